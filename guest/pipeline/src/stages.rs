@@ -1,0 +1,91 @@
+//! The two stages of a document job: what each asks the model, and what the
+//! job returns.
+//!
+//! Stage 1 writes an outline of the topic; stage 2 writes the document from
+//! that outline. The handler saves the outline in job state between them, so a
+//! retry after a stage-2 failure starts at stage 2.
+
+use crate::payload::Payload;
+
+/// The state key holding a finished outline.
+pub const OUTLINE_KEY: &str = "outline";
+
+/// System prompt of the outline stage.
+pub const OUTLINE_SYSTEM: &str = "You write outlines.";
+
+/// System prompt of the document stage.
+pub const DOCUMENT_SYSTEM: &str = "You write clear, well-structured documents in Markdown.";
+
+/// The user message of the outline stage.
+pub fn outline_prompt(payload: &Payload) -> String {
+    format!(
+        "Write an outline with {} sections about: {}",
+        payload.sections, payload.topic
+    )
+}
+
+/// The user message of the document stage, which carries the outline.
+pub fn document_prompt(payload: &Payload, outline: &str) -> String {
+    format!(
+        "Write a document about: {}\n\n\
+         Follow this outline, one Markdown section per item:\n\n{}",
+        payload.topic,
+        outline.trim(),
+    )
+}
+
+/// The job's result: `{"outline": …, "document": …}`.
+pub fn result(outline: &str, document: &str) -> String {
+    serde_json::json!({ "outline": outline, "document": document }).to_string()
+}
+
+/// The document's content blocks: the whole text, trimmed, as one Markdown
+/// block; none when it is blank.
+pub fn markdown(document: &str) -> Option<String> {
+    let document = document.trim();
+    (!document.is_empty()).then(|| document.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload() -> Payload {
+        Payload {
+            topic: "Tides".to_owned(),
+            sections: 4,
+        }
+    }
+
+    #[test]
+    fn outline_prompt_names_count_and_topic() {
+        assert_eq!(
+            outline_prompt(&payload()),
+            "Write an outline with 4 sections about: Tides"
+        );
+    }
+
+    #[test]
+    fn document_prompt_carries_topic_and_outline() {
+        let prompt = document_prompt(&payload(), "\n1. Moon\n2. Sun\n");
+        assert_eq!(
+            prompt,
+            "Write a document about: Tides\n\nFollow this outline, one Markdown section per item:\n\n1. Moon\n2. Sun"
+        );
+    }
+
+    #[test]
+    fn result_is_json_with_outline_and_document() {
+        let result: serde_json::Value = serde_json::from_str(&result("1. \"Moon\"", "# Tides\n")).unwrap();
+        assert_eq!(
+            result,
+            serde_json::json!({ "outline": "1. \"Moon\"", "document": "# Tides\n" })
+        );
+    }
+
+    #[test]
+    fn document_is_one_markdown_block_unless_blank() {
+        assert_eq!(markdown("\n# Tides\n\n- Moon\n"), Some("# Tides\n\n- Moon".to_owned()));
+        assert_eq!(markdown(" \n"), None);
+    }
+}

@@ -1,0 +1,260 @@
+//! Wires one spool instance together: Redis (embedded or given), the model backend
+//! (configured or the built-in stub), the runtime and its handlers, the workers
+//! and the HTTP API, and takes them down in the right order: stop accepting,
+//! drain jobs in flight, then stop what spool started (Redis last).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::embedded_redis::EmbeddedRedis;
+use crate::http::{self, AppState};
+use crate::models::{BackendConfig, BackendKind, ModelClient, OllamaApi};
+use crate::queue::{Queue, QueueKeys, Retention, WAKE_CHANNEL};
+use crate::registry::{BUILT_IN, Registry};
+use crate::runtime::{Limits, Runtime};
+use crate::stub::{self, StubArgs, StubServer};
+use crate::worker::{Route, Workers};
+
+/// How long in-flight jobs get to finish on shutdown before their entries are
+/// left pending for another instance.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A started instance.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub instance: String,
+    shutdown: CancellationToken,
+    http: tokio::task::JoinHandle<()>,
+    workers: JoinSet<()>,
+    background: JoinSet<()>,
+    stub: Option<StubServer>,
+    redis: Option<EmbeddedRedis>,
+}
+
+pub async fn start(config: Config) -> Result<Running> {
+    let instance = format!("spool-{}-{}", std::process::id(), format!("{:06x}", fastrand::u32(..0x100_0000)));
+
+    let (redis_url, embedded) = match &config.redis.url {
+        Some(url) => (url.clone(), None),
+        None => {
+            let server = EmbeddedRedis::start(&config.redis.data_dir, config.redis.appendfsync).await?;
+            tracing::info!(dir = %config.redis.data_dir.display(), fsync = ?config.redis.appendfsync, "started embedded redis-server (AOF on)");
+            (server.url().to_owned(), Some(server))
+        }
+    };
+    let client = redis::Client::open(redis_url.as_str()).with_context(|| format!("invalid Redis URL `{redis_url}`"))?;
+    let redis = connect(&client, &redis_url).await?;
+
+    let (backend, stub) = match &config.model {
+        Some(backend) => (backend.clone(), None),
+        None => {
+            let server = stub::start(&StubArgs { listen: SocketAddr::from(([127, 0, 0, 1], 0)), latency_ms: 0, chunk_delay_ms: 0 }).await?;
+            let backend = BackendConfig {
+                kind: BackendKind::Ollama,
+                url: server.url(),
+                api_key: None,
+                chat_model: "stub-chat".into(),
+                embed_model: "stub-embed".into(),
+                ollama_api: OllamaApi::Chat,
+                request_timeout_ms: 60_000,
+            };
+            (backend, Some(server))
+        }
+    };
+    let models = ModelClient::new(backend)?;
+    if stub.is_some() {
+        tracing::info!("model backend: the built-in STUB model server ({}); configure [model] or SPOOL_MODEL_URL for Ollama/OpenAI", models.describe());
+    } else {
+        tracing::info!("model backend: {}", models.describe());
+    }
+
+    let runtime = Arc::new(Runtime::new(Limits {
+        deadline: config.deadline(),
+        memory_bytes: config.sandbox.memory_mb * 1024 * 1024,
+        max_instances: config.sandbox.max_instances,
+        max_model_calls: config.sandbox.max_model_calls,
+    })?);
+    let registry = Arc::new(Registry::new(runtime.clone()));
+    let mut handler_names: Vec<String> = BUILT_IN.iter().map(|(name, _)| name.to_string()).collect();
+    handler_names.extend(config.handlers.keys().cloned());
+    config.validate(&handler_names)?;
+    for (name, bytes) in BUILT_IN {
+        registry.install(name, bytes).await?;
+    }
+    for (name, file) in &config.handlers {
+        let bytes = std::fs::read(&file.path).with_context(|| format!("reading handler `{name}` from {}", file.path.display()))?;
+        registry.install(name, &bytes).await?;
+    }
+
+    let queue = Queue::new(redis.clone());
+    let routes: BTreeMap<String, Route> =
+        config.queues.iter().map(|(name, q)| (name.clone(), Route { keys: QueueKeys::new(name), config: q.clone() })).collect();
+    for route in routes.values() {
+        queue.ensure_groups(&route.keys).await.with_context(|| format!("creating the consumer groups of queue `{}`", route.keys.name))?;
+    }
+    let routes = Arc::new(routes);
+
+    let shutdown = CancellationToken::new();
+    let wake = Arc::new(Notify::new());
+    let mut background = JoinSet::new();
+    background.spawn(listen_for_wakeups(client.clone(), wake.clone(), shutdown.clone()));
+
+    let workers = Arc::new(Workers {
+        queue: queue.clone(),
+        runtime: runtime.clone(),
+        registry: registry.clone(),
+        models: models.clone(),
+        routes: routes.clone(),
+        retention: Retention {
+            completed_secs: config.retention.completed_secs,
+            failed_secs: config.retention.failed_secs,
+            history: config.retention.history,
+        },
+        idle_poll: Duration::from_millis(config.workers.idle_poll_ms.max(10)),
+        wake,
+    });
+    let worker_stop = CancellationToken::new();
+    let mut worker_set = JoinSet::new();
+    for index in 0..config.workers.concurrency {
+        worker_set.spawn(workers.clone().run(format!("{instance}-w{index}"), index, worker_stop.clone()));
+    }
+    // Workers stop when the instance does; kept separate so HTTP can stop first.
+    let stop_workers = worker_stop.clone();
+    let instance_shutdown = shutdown.clone();
+    background.spawn(async move {
+        instance_shutdown.cancelled().await;
+        stop_workers.cancel();
+    });
+
+    let state = Arc::new(AppState {
+        queue,
+        runtime,
+        registry,
+        routes,
+        redis: client,
+        instance: instance.clone(),
+        model: models.describe(),
+        started: Instant::now(),
+    });
+    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let app = http::router(state, config.body_limit_bytes);
+    let http_shutdown = shutdown.clone();
+    let http = tokio::spawn(async move {
+        let served = axum::serve(listener, app).with_graceful_shutdown(async move { http_shutdown.cancelled().await }).await;
+        if let Err(error) = served {
+            tracing::error!(%error, "HTTP server stopped");
+        }
+    });
+    tracing::info!(%addr, %instance, workers = config.workers.concurrency, queues = ?config.queues.keys().collect::<Vec<_>>(), "spool is serving");
+    Ok(Running { addr, instance, shutdown, http, workers: worker_set, background, stub, redis: embedded })
+}
+
+impl Running {
+    /// Stops accepting, lets jobs in flight finish (up to the drain timeout),
+    /// then stops the stub model and the embedded Redis.
+    pub async fn stop(mut self) {
+        tracing::info!("shutting down: draining jobs in flight");
+        self.shutdown.cancel();
+        let drained = tokio::time::timeout(DRAIN_TIMEOUT, async { while self.workers.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::warn!("drain timeout reached; unfinished jobs stay pending for another instance");
+            self.workers.abort_all();
+        }
+        // Streaming responses (SSE) hold the server open; do not wait for them.
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.http).await;
+        self.http.abort();
+        self.background.abort_all();
+        if let Some(stub) = self.stub.take() {
+            stub.shutdown().await;
+        }
+        if let Some(redis) = self.redis.take() {
+            redis.stop().await;
+        }
+        tracing::info!("stopped");
+    }
+}
+
+/// Serves until SIGINT or SIGTERM, then stops cleanly.
+pub async fn serve(config: Config) -> Result<()> {
+    let running = start(config).await?;
+    wait_for_signal().await;
+    running.stop().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn connect(client: &redis::Client, url: &str) -> Result<ConnectionManager> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(5)))
+        .set_number_of_retries(3);
+    let started = Instant::now();
+    loop {
+        match client.get_connection_manager_with_config(config.clone()).await {
+            Ok(manager) => return Ok(manager),
+            Err(error) if started.elapsed() < Duration::from_secs(10) => {
+                tracing::warn!(%error, "Redis at {url} not reachable yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(error) => bail!("cannot reach Redis at {url}: {error}. Start it, fix --redis-url, or omit the URL to let spool run its own"),
+        }
+    }
+}
+
+/// Forwards "queue has work" announcements to idle workers. Pub/Sub drops
+/// messages while disconnected, so workers also poll; this only cuts latency.
+async fn listen_for_wakeups(client: redis::Client, wake: Arc<Notify>, shutdown: CancellationToken) {
+    use futures_util::StreamExt;
+    loop {
+        if let Ok(mut pubsub) = client.get_async_pubsub().await
+            && pubsub.subscribe(WAKE_CHANNEL).await.is_ok()
+        {
+            let mut messages = pubsub.on_message();
+            loop {
+                tokio::select! {
+                    message = messages.next() => match message {
+                        Some(_) => wake.notify_one(),
+                        None => break,
+                    },
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+            tracing::warn!("lost the wake-up subscription; reconnecting");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! The embedded default: a `redis-server` that spool starts in its data directory,
+//! waits for, and stops last on shutdown. Owns that child process only; what is
+//! stored in Redis is the queue's and the store's business.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tokio::process::{Child, Command};
+
+use crate::config::Fsync;
+
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub struct EmbeddedRedis {
+    child: Child,
+    dir: PathBuf,
+    url: String,
+}
+
+impl EmbeddedRedis {
+    /// Starts redis-server with AOF on, listening only on a unix socket in `dir`.
+    pub async fn start(dir: &Path, fsync: Fsync) -> Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating the Redis data directory {}", dir.display()))?;
+        let dir = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
+        let socket = dir.join("redis.sock");
+        let url = format!("redis+unix://{}", socket.display());
+        stop_leftover_server(&url).await;
+
+        let mut command = Command::new("redis-server");
+        command
+            .arg("--port").arg("0")
+            .arg("--unixsocket").arg(&socket)
+            .arg("--unixsocketperm").arg("700")
+            .arg("--dir").arg(&dir)
+            .arg("--save").arg("")
+            .arg("--appendonly").arg("yes")
+            .arg("--appendfsync").arg(match fsync { Fsync::Everysec => "everysec", Fsync::Always => "always" })
+            .arg("--logfile").arg(dir.join("redis.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            // Its own process group: a Ctrl-C in the terminal must reach spool
+            // only, so that spool can drain its jobs before stopping Redis.
+            .process_group(0)
+            .kill_on_drop(true);
+        let child = match command.spawn() {
+            Ok(child) => child,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+                "redis-server is not installed. Install it (Debian/Ubuntu: `sudo apt-get install -y redis-server`, macOS: `brew install redis`) or point spool at a server with --redis-url"
+            ),
+            Err(e) => return Err(e).context("starting redis-server"),
+        };
+        let mut server = Self { child, dir, url };
+        server.wait_until_ready().await?;
+        Ok(server)
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    async fn wait_until_ready(&mut self) -> Result<()> {
+        let started = Instant::now();
+        let client = redis::Client::open(self.url.as_str())?;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("redis-server exited at start ({status}); its log says:\n{}", self.log_tail());
+            }
+            if let Ok(mut conn) = client.get_multiplexed_async_connection().await
+                && redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok()
+            {
+                return Ok(());
+            }
+            if started.elapsed() > STARTUP_TIMEOUT {
+                bail!("redis-server did not answer within {STARTUP_TIMEOUT:?}; its log says:\n{}", self.log_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Asks the server to flush its AOF and exit; kills it if it will not.
+    pub async fn stop(mut self) {
+        if let Ok(client) = redis::Client::open(self.url.as_str())
+            && let Ok(mut conn) = client.get_multiplexed_async_connection().await
+        {
+            // SHUTDOWN closes the connection instead of answering.
+            let _ = redis::cmd("SHUTDOWN").query_async::<()>(&mut conn).await;
+        }
+        match tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await {
+            Ok(_) => tracing::info!("embedded redis-server stopped"),
+            Err(_) => {
+                tracing::warn!("embedded redis-server did not stop within 10 s; killing it");
+                let _ = self.child.kill().await;
+            }
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().rev().take(10).collect();
+        lines.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+}
+
+/// A spool that was killed leaves its redis-server running on the socket; stop it
+/// cleanly (it flushes its AOF) so the new one can take over the directory.
+async fn stop_leftover_server(url: &str) {
+    let Ok(client) = redis::Client::open(url) else { return };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else { return };
+    tracing::warn!("a redis-server from an earlier run still owns the data directory; shutting it down");
+    let _ = redis::cmd("SHUTDOWN").query_async::<()>(&mut conn).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && client.get_multiplexed_async_connection().await.is_ok() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

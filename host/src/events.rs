@@ -1,0 +1,106 @@
+//! Job event streams (`job_events:{job_id}`, source design C): every state change,
+//! progress step and streamed model delta of a job is one entry with the fields
+//! `event_type`, `data` (JSON, non-ASCII kept as is) and `timestamp` (ms).
+//! Clients replay them from any id, so a dropped SSE connection loses nothing.
+//!
+//! Owns appending and reading those streams; state changes themselves are
+//! written by the queue's scripts, which append their own events atomically.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionLike;
+use redis::streams::{StreamReadOptions, StreamReadReply};
+use redis::{AsyncCommands, RedisResult};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::queue::{events_key, job_key, now_ms};
+
+/// Events kept per job; older ones are trimmed.
+pub const MAX_EVENTS: usize = 1000;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Event {
+    /// The stream entry id; pass it back as `last_id` / `Last-Event-ID` to resume.
+    pub id: String,
+    pub event_type: String,
+    pub data: Value,
+    pub timestamp: u64,
+}
+
+impl Event {
+    /// The last event a job will ever have.
+    pub fn is_terminal(&self) -> bool {
+        match self.event_type.as_str() {
+            "task_completed" => true,
+            "task_failed" => self.data.get("final").and_then(Value::as_bool).unwrap_or(true),
+            _ => false,
+        }
+    }
+}
+
+/// Appends one event.
+pub async fn append(redis: &mut (impl ConnectionLike + Send + Sync), job_id: &str, event_type: &str, data: &str) -> RedisResult<()> {
+    xadd(&mut redis::pipe(), job_id, event_type, data).query_async(redis).await
+}
+
+/// Sets the job's progress and appends the matching `task_progress` event.
+pub async fn progress(redis: &mut (impl ConnectionLike + Send + Sync), job_id: &str, percent: u8, step: &str) -> RedisResult<()> {
+    let data = serde_json::json!({ "progress": percent, "step": step }).to_string();
+    let mut pipe = redis::pipe();
+    pipe.atomic().hset_multiple(job_key(job_id), &[("progress", percent.to_string()), ("step", step.to_owned())]).ignore();
+    xadd(&mut pipe, job_id, "task_progress", &data).query_async(redis).await
+}
+
+fn xadd<'a>(pipe: &'a mut redis::Pipeline, job_id: &str, event_type: &str, data: &str) -> &'a mut redis::Pipeline {
+    pipe.cmd("XADD")
+        .arg(events_key(job_id))
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(MAX_EVENTS)
+        .arg("*")
+        .arg("event_type")
+        .arg(event_type)
+        .arg("data")
+        .arg(data)
+        .arg("timestamp")
+        .arg(now_ms())
+        .ignore()
+}
+
+/// Events after `after` ("0" for all), waiting up to `block` for the first one.
+/// Blocking reads need a connection of their own whose response timeout is
+/// longer than `block`.
+pub async fn read(redis: &mut (impl ConnectionLike + Send + Sync), job_id: &str, after: &str, block: Option<Duration>) -> RedisResult<Vec<Event>> {
+    let mut options = StreamReadOptions::default().count(100);
+    if let Some(block) = block {
+        options = options.block(block.as_millis() as usize);
+    }
+    let reply: Option<StreamReadReply> = redis.xread_options(&[events_key(job_id)], &[after], &options).await?;
+    let entries = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids);
+    Ok(entries
+        .map(|entry| {
+            let field = |name: &str| entry.get::<String>(name).unwrap_or_default();
+            Event {
+                data: serde_json::from_str(&field("data")).unwrap_or(Value::Null),
+                event_type: field("event_type"),
+                timestamp: field("timestamp").parse().unwrap_or(0),
+                id: entry.id.clone(),
+            }
+        })
+        .collect())
+}
+
+/// How many events a job's stream holds and its first/last ids (design C's info query).
+pub async fn info(redis: &mut (impl ConnectionLike + Send + Sync), job_id: &str) -> RedisResult<Value> {
+    let key = events_key(job_id);
+    let length: u64 = redis.xlen(&key).await?;
+    let first: redis::streams::StreamRangeReply = redis.xrange_count(&key, "-", "+", 1).await?;
+    let last: redis::streams::StreamRangeReply = redis.xrevrange_count(&key, "+", "-", 1).await?;
+    Ok(serde_json::json!({
+        "stream": key,
+        "length": length,
+        "firstId": first.ids.first().map(|e| e.id.clone()),
+        "lastId": last.ids.first().map(|e| e.id.clone()),
+    }))
+}

@@ -1,0 +1,77 @@
+//! The HTTP API (axum on hyper). Owns routing, request validation and response
+//! shapes; the work itself is the queue's, the runtime's and the events module's.
+
+mod error;
+mod jobs;
+mod stream;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+
+pub use error::ApiError;
+
+use crate::queue::Queue;
+use crate::registry::Registry;
+use crate::runtime::Runtime;
+use crate::worker::Route;
+
+/// What every request handler can reach.
+pub struct AppState {
+    pub queue: Queue,
+    pub runtime: Arc<Runtime>,
+    pub registry: Arc<Registry>,
+    pub routes: Arc<BTreeMap<String, Route>>,
+    /// For the dedicated connections of blocking stream reads.
+    pub redis: redis::Client,
+    pub instance: String,
+    pub model: String,
+    pub started: Instant,
+}
+
+pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/api/chat", post(jobs::submit_chat))
+        .route("/api/queues/{queue}/jobs", post(jobs::submit_generic))
+        .route("/api/queues/{queue}/pause", post(jobs::pause))
+        .route("/api/queues/{queue}/resume", post(jobs::resume))
+        .route("/api/queues/{queue}/history", get(jobs::history))
+        .route("/api/queue/stats", get(jobs::stats))
+        .route("/api/job/{id}", get(jobs::get_job))
+        .route("/api/job/{id}/events", get(stream::job_events))
+        .route("/stream/status/{id}", get(stream::status_stream))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+async fn health(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let redis_ok = state.queue.ping().await.is_ok();
+    let body = serde_json::json!({
+        "status": if redis_ok { "ok" } else { "degraded" },
+        "redis": if redis_ok { "ok" } else { "unavailable" },
+        "instance": state.instance,
+        "uptimeSecs": state.started.elapsed().as_secs(),
+        "model": state.model,
+        "handlers": state.registry.versions(),
+        "queues": state.routes.keys().collect::<Vec<_>>(),
+    });
+    let status = if redis_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(body))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("not_found", "no such endpoint; see the README for the API")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not accept that method")
+}

@@ -1,0 +1,163 @@
+//! The `spool` command line: `serve` runs the host, `stub-model` runs the
+//! built-in model server on its own, `bench` measures the whole job path.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use spool::config::{Config, Fsync};
+use spool::models::{BackendConfig, BackendKind, OllamaApi};
+
+#[derive(Parser)]
+#[command(name = "spool", version, about = "Runs AI jobs from Redis Streams through WebAssembly handlers, paced for rate-limited model APIs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the host: HTTP API, workers, and (unless --redis-url is given) its own redis-server.
+    Serve(ServeArgs),
+    /// Run the stub model server alone (speaks the Ollama and OpenAI protocols).
+    StubModel(spool::stub::StubArgs),
+    /// Drive short jobs through the whole path and print throughput and latency.
+    Bench(spool::bench::BenchArgs),
+}
+
+/// Settings for `spool serve`. Each flag overrides the config file; each has an
+/// environment variable of the same meaning.
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML config file (all keys optional; see README "Configuration").
+    #[arg(long, env = "SPOOL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address of the HTTP API [default: 127.0.0.1:8080].
+    #[arg(long, env = "SPOOL_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Redis to use (redis://host:port, redis+unix:///path). Omitted: spool starts its own redis-server.
+    #[arg(long, env = "SPOOL_REDIS_URL")]
+    redis_url: Option<String>,
+    /// Data directory of the embedded redis-server [default: spool-data].
+    #[arg(long, env = "SPOOL_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// AOF fsync policy of the embedded redis-server: everysec may lose ~1-2 s of writes on a crash, always none [default: everysec].
+    #[arg(long, env = "SPOOL_FSYNC", value_enum)]
+    fsync: Option<Fsync>,
+    /// Jobs this instance runs at once [default: 3].
+    #[arg(long, env = "SPOOL_CONCURRENCY")]
+    concurrency: Option<usize>,
+    /// Wall-clock limit of one handler call, in ms [default: 120000].
+    #[arg(long, env = "SPOOL_DEADLINE_MS")]
+    deadline_ms: Option<u64>,
+    /// Model server base URL, e.g. http://127.0.0.1:11434. Omitted (and no [model] in the config): the built-in stub serves.
+    #[arg(long, env = "SPOOL_MODEL_URL")]
+    model_url: Option<String>,
+    /// Protocol of --model-url [default: ollama].
+    #[arg(long, env = "SPOOL_MODEL_KIND", value_enum)]
+    model_kind: Option<ModelKindArg>,
+    /// Bearer token for OpenAI-compatible servers.
+    #[arg(long, env = "SPOOL_MODEL_API_KEY", hide_env_values = true)]
+    model_api_key: Option<String>,
+    /// Default chat model [default: qwen2.5:0.5b].
+    #[arg(long, env = "SPOOL_CHAT_MODEL")]
+    chat_model: Option<String>,
+    /// Default embedding model [default: nomic-embed-text].
+    #[arg(long, env = "SPOOL_EMBED_MODEL")]
+    embed_model: Option<String>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ModelKindArg {
+    Ollama,
+    Openai,
+}
+
+impl ServeArgs {
+    fn into_config(self) -> anyhow::Result<Config> {
+        let mut config = Config::load(self.config.as_deref())?;
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        if self.redis_url.is_some() {
+            config.redis.url = self.redis_url.filter(|url| !url.is_empty());
+        }
+        if let Some(dir) = self.data_dir {
+            config.redis.data_dir = dir;
+        }
+        if let Some(fsync) = self.fsync {
+            config.redis.appendfsync = fsync;
+        }
+        if let Some(concurrency) = self.concurrency {
+            config.workers.concurrency = concurrency;
+        }
+        if let Some(deadline) = self.deadline_ms {
+            config.sandbox.deadline_ms = deadline;
+        }
+        if let Some(url) = self.model_url {
+            let kind = match self.model_kind {
+                Some(ModelKindArg::Openai) => BackendKind::Openai,
+                _ => BackendKind::Ollama,
+            };
+            config.model = Some(BackendConfig {
+                kind,
+                url,
+                api_key: None,
+                chat_model: "qwen2.5:0.5b".into(),
+                embed_model: "nomic-embed-text".into(),
+                ollama_api: OllamaApi::Chat,
+                request_timeout_ms: 120_000,
+            });
+        }
+        if let Some(model) = config.model.as_mut() {
+            if let Some(kind) = self.model_kind {
+                model.kind = match kind {
+                    ModelKindArg::Ollama => BackendKind::Ollama,
+                    ModelKindArg::Openai => BackendKind::Openai,
+                };
+            }
+            if self.model_api_key.is_some() {
+                model.api_key = self.model_api_key;
+            }
+            if let Some(chat) = self.chat_model {
+                model.chat_model = chat;
+            }
+            if let Some(embed) = self.embed_model {
+                model.embed_model = embed;
+            }
+        }
+        Ok(config)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("spool: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => spool::app::serve(args.into_config()?).await,
+            Command::StubModel(args) => spool::stub::run(args).await,
+            Command::Bench(args) => spool::bench::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("spool: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

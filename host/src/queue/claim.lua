@@ -1,0 +1,49 @@
+-- Gives one worker its next job, strictly high before normal before low.
+-- First moves retries whose time has come back into their class stream (so any
+-- instance may promote them, exactly once). Returns one of:
+--   {'job', stream index (1..3), entry id, job hash as field/value list}
+--   {'paused'}  the queue is paused
+--   {'again'}   an entry pointed at a vanished job and was dropped: call again
+--   {'idle', next retry time in ms or ''}
+-- KEYS[1] paused flag   KEYS[2] delayed zset   KEYS[3..5] high/normal/low streams
+-- ARGV[1] group   ARGV[2] consumer   ARGV[3] now (ms)   ARGV[4] job key prefix
+-- ARGV[5] event key prefix
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3], 'LIMIT', 0, 100)
+for _, id in ipairs(due) do
+  redis.call('ZREM', KEYS[2], id)
+  local job = ARGV[4] .. id
+  local class = redis.call('HGET', job, 'class')
+  if class then
+    local stream = KEYS[4]
+    if class == 'high' then stream = KEYS[3] elseif class == 'low' then stream = KEYS[5] end
+    local entry = redis.call('XADD', stream, '*', 'job', id)
+    redis.call('HSET', job, 'state', 'waiting', 'entry', entry)
+  end
+end
+
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return {'paused'}
+end
+
+for i = 3, 5 do
+  local read = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', 1, 'STREAMS', KEYS[i], '>')
+  if read then
+    local entry = read[1][2][1]
+    local entry_id, id = entry[1], entry[2][2]
+    local job = ARGV[4] .. id
+    if redis.call('EXISTS', job) == 0 then
+      redis.call('XACK', KEYS[i], ARGV[1], entry_id)
+      redis.call('XDEL', KEYS[i], entry_id)
+      return {'again'}
+    end
+    local attempt = redis.call('HINCRBY', job, 'attempts', 1)
+    redis.call('HSET', job, 'state', 'active', 'started_at', ARGV[3], 'worker', ARGV[2], 'entry', entry_id)
+    redis.call('HSETNX', job, 'first_started_at', ARGV[3])
+    redis.call('XADD', ARGV[5] .. id, 'MAXLEN', '~', 1000, '*', 'event_type', 'task_started',
+      'data', cjson.encode({attempt = attempt, worker = ARGV[2]}), 'timestamp', ARGV[3])
+    return {'job', i - 2, entry_id, redis.call('HGETALL', job)}
+  end
+end
+
+local next_due = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+return {'idle', next_due[2] or ''}

@@ -1,0 +1,11 @@
+//! Rust bindings for the `spool:handler` world, generated from `wit/`.
+
+wasmtime::component::bindgen!({
+    world: "handler",
+    path: "../wit",
+    imports: { default: async },
+    exports: { default: async },
+});
+
+pub use exports::spool::handler::hooks;
+pub use spool::handler::types;
