@@ -184,34 +184,27 @@ impl Running {
     }
 }
 
-/// Serves until SIGINT or SIGTERM, then stops cleanly.
+/// Serves until SIGINT or SIGTERM, then stops cleanly. The signal handlers are
+/// installed before anything starts, so a signal during start-up still leads
+/// to a clean stop (including the embedded Redis) instead of a dead process.
 pub async fn serve(config: Config) -> Result<()> {
+    let stop_requested = shutdown_signal()?;
     let running = start(config).await?;
-    wait_for_signal().await;
+    stop_requested.await;
     running.stop().await;
     Ok(())
 }
 
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+fn shutdown_signal() -> Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM received"),
+            _ = interrupt.recv() => tracing::info!("SIGINT received"),
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+    })
 }
 
 async fn connect(client: &redis::Client, url: &str) -> Result<ConnectionManager> {

@@ -1,1 +1,6 @@
+//! End-to-end tests: real redis-server, real guest components, real `spool`
+//! processes, the stub model server over loopback.
 
+mod support;
+
+mod foundation;

@@ -1,0 +1,303 @@
+#![allow(dead_code)] // Shared by all test modules; not each uses every helper.
+//! Test harness: real processes on loopback. A `redis-server` per test in its own
+//! temp dir (unix socket, AOF on), the stub model server in-process, and `spool
+//! serve` processes built by cargo. Everything is killed when dropped.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use spool::stub::{StubArgs, StubServer};
+
+pub const SPOOL: &str = env!("CARGO_BIN_EXE_spool");
+
+/// A redis-server owned by one test.
+pub struct Redis {
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    fsync: &'static str,
+}
+
+impl Redis {
+    pub fn start() -> Self {
+        Self::start_with_fsync("everysec")
+    }
+
+    pub fn start_with_fsync(fsync: &'static str) -> Self {
+        let dir = tempfile::Builder::new().prefix("spool-redis-").tempdir().expect("temp dir");
+        let mut redis = Self { dir, child: None, fsync };
+        redis.spawn();
+        redis
+    }
+
+    fn spawn(&mut self) {
+        let dir = self.dir.path();
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--unixsocket"])
+            .arg(dir.join("redis.sock"))
+            .args(["--unixsocketperm", "700", "--dir"])
+            .arg(dir)
+            .args(["--save", "", "--appendonly", "yes", "--appendfsync", self.fsync, "--logfile"])
+            .arg(dir.join("redis.log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install -y redis-server)");
+        self.child = Some(child);
+        let client = redis::Client::open(self.url()).expect("redis url");
+        wait_until("redis-server answers PING", Duration::from_secs(10), || {
+            client.get_connection().and_then(|mut c| redis::cmd("PING").query::<String>(&mut c)).is_ok()
+        });
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis+unix://{}", self.dir.path().join("redis.sock").display())
+    }
+
+    pub fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url()).and_then(|c| c.get_connection()).expect("redis connection")
+    }
+
+    /// SIGKILL, then start again on the same directory (AOF replay).
+    pub fn kill_and_restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The stub model server, in this test's process.
+pub async fn stub() -> StubServer {
+    spool::stub::start(&StubArgs { listen: "127.0.0.1:0".parse().expect("addr"), latency_ms: 0, chunk_delay_ms: 0 })
+        .await
+        .expect("stub model server starts")
+}
+
+/// One `spool serve` process.
+pub struct Host {
+    pub base: String,
+    child: Child,
+    pub log: PathBuf,
+    _config_dir: tempfile::TempDir,
+}
+
+#[derive(Clone)]
+pub struct HostOptions {
+    pub concurrency: usize,
+    /// Extra TOML for the generated config file (top-level keys, then tables;
+    /// not [workers] or [model], which the harness writes).
+    pub config: String,
+    pub extra_args: Vec<String>,
+}
+
+impl Default for HostOptions {
+    fn default() -> Self {
+        Self { concurrency: 3, config: String::new(), extra_args: Vec::new() }
+    }
+}
+
+impl Host {
+    pub fn start(redis: &Redis, stub: &StubServer, options: HostOptions) -> Self {
+        let config_dir = tempfile::Builder::new().prefix("spool-host-").tempdir().expect("temp dir");
+        let config_path = config_dir.path().join("spool.toml");
+        let config = format!(
+            // The test's own TOML first: its top-level keys must precede any table.
+            "{}\n[workers]\nconcurrency = {}\nidle_poll_ms = 200\n\n[model]\nkind = \"ollama\"\nurl = \"{}\"\nchat_model = \"stub-chat\"\nembed_model = \"stub-embed\"\nrequest_timeout_ms = 10000\n",
+            options.config,
+            options.concurrency,
+            stub.url()
+        );
+        std::fs::write(&config_path, config).expect("write config");
+        let port = free_port();
+        let log = config_dir.path().join("spool.log");
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(SPOOL)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--redis-url")
+            .arg(redis.url())
+            .args(&options.extra_args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn spool");
+        let host = Self { base: format!("http://127.0.0.1:{port}"), child, log, _config_dir: config_dir };
+        host.wait_healthy();
+        host
+    }
+
+    fn wait_healthy(&self) {
+        let url = format!("{}/health", self.base);
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(30) {
+            if let Ok(response) = blocking_get(&url)
+                && response.0 == 200
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("spool did not become healthy; log:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety concerns.
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+    }
+
+    /// Waits for the process to exit; returns its exit status code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !condition() {
+        assert!(started.elapsed() < timeout, "timed out after {timeout:?} waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A plain HTTP/1.0 GET over std's TcpStream: usable before and outside any runtime.
+fn blocking_get(url: &str) -> Result<(u16, String), String> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").ok_or("http only")?;
+    let (authority, path) = rest.split_once('/').map(|(a, p)| (a, format!("/{p}"))).unwrap_or((rest, "/".into()));
+    let mut stream = std::net::TcpStream::connect(authority).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).map_err(|e| e.to_string())?;
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or("no status line")?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// A small JSON-over-HTTP client for tests.
+#[derive(Clone)]
+pub struct Api {
+    http: reqwest::Client,
+}
+
+impl Default for Api {
+    fn default() -> Self {
+        Self { http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client") }
+    }
+}
+
+impl Api {
+    pub async fn post(&self, url: &str, body: &Value) -> (u16, Value) {
+        self.send(self.http.post(url).header("content-type", "application/json").body(body.to_string())).await
+    }
+
+    pub async fn post_raw(&self, url: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        self.send(self.http.post(url).header("content-type", "application/json").body(body)).await
+    }
+
+    pub async fn get(&self, url: &str) -> (u16, Value) {
+        self.send(self.http.get(url)).await
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
+        let response = request.send().await.expect("request reaches spool");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// Polls GET /api/job/{id} until the job is completed or failed.
+    pub async fn wait_terminal(&self, host: &Host, id: &str, timeout: Duration) -> Value {
+        let started = Instant::now();
+        loop {
+            let (status, job) = self.get(&host.url(&format!("/api/job/{id}"))).await;
+            if status == 200 && matches!(job["state"].as_str(), Some("completed" | "failed")) {
+                return job;
+            }
+            assert!(started.elapsed() < timeout, "job {id} not finished after {timeout:?}: {job}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+/// Reads a whole SSE response into (id, event, data) triples until it closes.
+pub async fn read_sse(url: &str, last_event_id: Option<&str>, timeout: Duration) -> Vec<(Option<String>, String, Value)> {
+    let client = reqwest::Client::new();
+    let mut request = client.get(url);
+    if let Some(id) = last_event_id {
+        request = request.header("last-event-id", id);
+    }
+    let body = tokio::time::timeout(timeout, async { request.send().await.expect("sse request").text().await.expect("sse body") })
+        .await
+        .expect("SSE stream ends by itself");
+    parse_sse(&body)
+}
+
+pub fn parse_sse(body: &str) -> Vec<(Option<String>, String, Value)> {
+    body.split("\n\n")
+        .filter_map(|frame| {
+            let (mut id, mut event, mut data) = (None, None, String::new());
+            for line in frame.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = Some(v.trim().to_owned());
+                } else if let Some(v) = line.strip_prefix("event:") {
+                    event = Some(v.trim().to_owned());
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim_start());
+                }
+            }
+            Some((id, event?, serde_json::from_str(&data).unwrap_or(Value::Null)))
+        })
+        .collect()
+}
+
+/// The chat guest's answer for a prompt with `history_len` earlier turns kept:
+/// the stub echoes the last user message and counts system + history + prompt.
+pub fn expected_chat_response(prompt: &str, history_len: usize) -> String {
+    format!("[stub-chat] {} messages; you said: {prompt}", history_len + 2)
+}
