@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const GUESTS: &[&str] = &["chat", "pipeline"];
+/// Test-only handlers from guest/fixtures, copied beside the guests for the e2e
+/// tests (`include_bytes!(concat!(env!("OUT_DIR"), ...))`); never embedded in the host.
+const FIXTURES: &[&str] = &["echo_v1", "echo_v2", "echo_trap"];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
@@ -15,7 +18,7 @@ fn main() {
     // The guests' own target dir: a nested cargo must not share (and wait on) ours.
     let target_dir = root.join("target").join("guests");
 
-    for path in ["wit", "guest/Cargo.toml", "guest/Cargo.lock", "guest/.cargo"] {
+    for path in ["wit", "guest/Cargo.toml", "guest/Cargo.lock", "guest/.cargo", "guest/fixtures"] {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }
     for entry in std::fs::read_dir(&guest_dir).into_iter().flatten().flatten() {
@@ -44,7 +47,7 @@ fn main() {
         ),
         Err(e) => panic!("could not run cargo to build the guests: {e}"),
     }
-    for guest in GUESTS {
+    for guest in GUESTS.iter().chain(FIXTURES) {
         copy(&target_dir.join("wasm32-wasip2/release").join(format!("{guest}.wasm")), &out_dir.join(format!("{guest}.wasm")));
     }
 }

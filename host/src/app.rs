@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::embedded_redis::EmbeddedRedis;
+use crate::handlers::{self, Handlers};
 use crate::http::{self, AppState};
 use crate::models::{BackendConfig, BackendKind, ModelClient, OllamaApi};
 use crate::queue::{Queue, QueueKeys, Retention, WAKE_CHANNEL};
@@ -36,6 +37,7 @@ pub struct Running {
     http: tokio::task::JoinHandle<()>,
     workers: JoinSet<()>,
     background: JoinSet<()>,
+    handlers: Arc<Handlers>,
     stub: Option<StubServer>,
     redis: Option<EmbeddedRedis>,
 }
@@ -84,16 +86,12 @@ pub async fn start(config: Config) -> Result<Running> {
         max_model_calls: config.sandbox.max_model_calls,
     })?);
     let registry = Arc::new(Registry::new(runtime.clone()));
+    let handlers = Arc::new(Handlers::new(runtime.clone(), registry.clone(), redis.clone(), instance.clone(), handler_settings(&config)));
     let mut handler_names: Vec<String> = BUILT_IN.iter().map(|(name, _)| name.to_string()).collect();
-    handler_names.extend(config.handlers.keys().cloned());
+    handler_names.extend(config.handlers.keys().chain(config.watch.keys()).cloned());
+    handler_names.extend(handlers.store().active_all().await.context("reading the handler registry")?.0.into_keys());
     config.validate(&handler_names)?;
-    for (name, bytes) in BUILT_IN {
-        registry.install(name, bytes).await?;
-    }
-    for (name, file) in &config.handlers {
-        let bytes = std::fs::read(&file.path).with_context(|| format!("reading handler `{name}` from {}", file.path.display()))?;
-        registry.install(name, &bytes).await?;
-    }
+    handlers.bootstrap(&config).await?;
 
     let queue = Queue::new(redis.clone());
     let routes: BTreeMap<String, Route> =
@@ -107,6 +105,10 @@ pub async fn start(config: Config) -> Result<Running> {
     let wake = Arc::new(Notify::new());
     let mut background = JoinSet::new();
     background.spawn(listen_for_wakeups(client.clone(), wake.clone(), shutdown.clone()));
+    background.spawn(handlers.clone().run_sync(client.clone(), shutdown.clone()));
+    if !config.watch.is_empty() {
+        background.spawn(crate::handlers::watch::run(handlers.clone(), config.watch.clone(), shutdown.clone()));
+    }
 
     let workers = Arc::new(Workers {
         queue: queue.clone(),
@@ -139,6 +141,7 @@ pub async fn start(config: Config) -> Result<Running> {
         queue,
         runtime,
         registry,
+        handlers: handlers.clone(),
         routes,
         redis: client,
         instance: instance.clone(),
@@ -156,7 +159,7 @@ pub async fn start(config: Config) -> Result<Running> {
         }
     });
     tracing::info!(%addr, %instance, workers = config.workers.concurrency, queues = ?config.queues.keys().collect::<Vec<_>>(), "spool is serving");
-    Ok(Running { addr, instance, shutdown, http, workers: worker_set, background, stub, redis: embedded })
+    Ok(Running { addr, instance, shutdown, http, workers: worker_set, background, handlers, stub, redis: embedded })
 }
 
 impl Running {
@@ -174,6 +177,7 @@ impl Running {
         let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.http).await;
         self.http.abort();
         self.background.abort_all();
+        self.handlers.leave().await;
         if let Some(stub) = self.stub.take() {
             stub.shutdown().await;
         }
@@ -205,6 +209,14 @@ fn shutdown_signal() -> Result<impl Future<Output = ()>> {
             _ = interrupt.recv() => tracing::info!("SIGINT received"),
         }
     })
+}
+
+fn handler_settings(config: &Config) -> handlers::Settings {
+    handlers::Settings {
+        cache_dir: config.registry.cache_dir.clone().unwrap_or_else(handlers::cache::default_dir),
+        max_component_bytes: config.registry.max_component_mb * 1024 * 1024,
+        check_interval: Duration::from_millis(config.registry.check_interval_ms),
+    }
 }
 
 async fn connect(client: &redis::Client, url: &str) -> Result<ConnectionManager> {

@@ -28,8 +28,34 @@ pub struct Config {
     /// Queue name -> how it is served.
     pub queues: BTreeMap<String, QueueConfig>,
     /// Extra handler components by name, loaded from files. The built-in
-    /// handlers `chat` and `pipeline` need no entry.
+    /// handlers `chat` and `pipeline` need no entry. Like the built-ins, a file
+    /// is only the handler's first version: once the handler has an active
+    /// version in Redis, new ones arrive by `spool deploy`.
     pub handlers: BTreeMap<String, HandlerFile>,
+    /// The handler registry: compiled cache, upload limit, switch checks.
+    pub registry: RegistryConfig,
+    /// Dev loop: handler name -> component file, re-deployed when it changes
+    /// (`spool serve --watch NAME=PATH`).
+    pub watch: BTreeMap<String, PathBuf>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Where compiled components are cached, keyed by content hash and engine
+    /// fingerprint. Absent: `$XDG_CACHE_HOME/spool/compiled` (or ~/.cache/...).
+    pub cache_dir: Option<PathBuf>,
+    /// Largest component `spool deploy` accepts, in MiB.
+    pub max_component_mb: usize,
+    /// Each instance re-reads the active versions this often even without a
+    /// change notification (Pub/Sub is at-most-once), in milliseconds.
+    pub check_interval_ms: u64,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self { cache_dir: None, max_component_mb: 32, check_interval_ms: 500 }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -91,6 +117,9 @@ pub struct RetentionConfig {
 pub struct QueueConfig {
     /// The handler that runs this queue's jobs.
     pub handler: String,
+    /// Pins the queue to one version of its handler (a version id as `spool
+    /// handlers` lists them); absent: the handler's active version.
+    pub handler_version: Option<String>,
     /// Runs of one job before it fails for good.
     pub max_attempts: u32,
     /// Delay before the first retry; doubles on each further attempt (+-20 % jitter).
@@ -118,6 +147,8 @@ impl Default for Config {
             retention: RetentionConfig::default(),
             queues: BTreeMap::from([("chat".into(), queue("chat")), ("documents".into(), queue("pipeline"))]),
             handlers: BTreeMap::new(),
+            registry: RegistryConfig::default(),
+            watch: BTreeMap::new(),
         }
     }
 }
@@ -148,7 +179,7 @@ impl Default for RetentionConfig {
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        Self { handler: "chat".into(), max_attempts: 3, backoff_ms: 2000, max_waiting: 10_000 }
+        Self { handler: "chat".into(), handler_version: None, max_attempts: 3, backoff_ms: 2000, max_waiting: 10_000 }
     }
 }
 
@@ -172,12 +203,23 @@ impl Config {
         if self.sandbox.max_instances == 0 || self.sandbox.memory_mb == 0 || self.sandbox.deadline_ms == 0 {
             bail!("sandbox.max_instances, memory_mb and deadline_ms must be above 0");
         }
+        if self.registry.max_component_mb == 0 || self.registry.check_interval_ms == 0 {
+            bail!("registry.max_component_mb and check_interval_ms must be above 0");
+        }
         for (name, queue) in &self.queues {
             if !crate::queue::valid_queue_name(name) {
                 bail!("queue name `{name}` must be 1-64 characters of a-z, 0-9, '-' or '_'");
             }
             if !known_handlers.contains(&queue.handler) {
-                bail!("queue `{name}` uses handler `{}`, which is neither built in nor listed under [handlers]", queue.handler);
+                bail!(
+                    "queue `{name}` uses handler `{}`, which is not built in, not listed under [handlers] and was never deployed (spool deploy)",
+                    queue.handler
+                );
+            }
+            if let Some(version) = &queue.handler_version
+                && !crate::handlers::valid_version(version)
+            {
+                bail!("queue `{name}`: handler_version `{version}` is not a version id (12 hex digits, as `spool handlers` lists them)");
             }
             if queue.max_attempts == 0 {
                 bail!("queue `{name}`: max_attempts must be at least 1");

@@ -6,12 +6,14 @@
 //! claims it, runs the handler with access to `models` and `events`, and `queue`
 //! records the outcome. `app` wires one instance together.
 
+pub mod admin_cli;
 pub mod app;
 pub mod bench;
 pub mod config;
 pub mod content;
 pub mod embedded_redis;
 pub mod events;
+pub mod handlers;
 pub mod http;
 pub mod models;
 pub mod queue;

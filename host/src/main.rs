@@ -1,5 +1,6 @@
 //! The `spool` command line: `serve` runs the host, `stub-model` runs the
-//! built-in model server on its own, `bench` measures the whole job path.
+//! built-in model server on its own, `bench` measures the whole job path,
+//! `deploy` / `rollback` / `handlers` manage handler versions of a running cluster.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,6 +25,12 @@ enum Command {
     StubModel(spool::stub::StubArgs),
     /// Drive short jobs through the whole path and print throughput and latency.
     Bench(spool::bench::BenchArgs),
+    /// Validate a handler component and make it the active version on every instance.
+    Deploy(spool::admin_cli::DeployArgs),
+    /// Make an earlier version of a handler active again on every instance.
+    Rollback(spool::admin_cli::RollbackArgs),
+    /// List handlers, or one handler's versions, history and instances.
+    Handlers(spool::admin_cli::HandlersArgs),
 }
 
 /// Settings for `spool serve`. Each flag overrides the config file; each has an
@@ -66,6 +73,10 @@ struct ServeArgs {
     /// Default embedding model [default: nomic-embed-text].
     #[arg(long, env = "SPOOL_EMBED_MODEL")]
     embed_model: Option<String>,
+    /// Dev loop: re-deploy a handler whenever its component file changes (NAME=PATH, or PATH
+    /// with the name taken from the file name). Repeatable.
+    #[arg(long, value_name = "NAME=PATH", value_parser = spool::handlers::watch::parse_spec)]
+    watch: Vec<(String, PathBuf)>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -77,6 +88,7 @@ enum ModelKindArg {
 impl ServeArgs {
     fn into_config(self) -> anyhow::Result<Config> {
         let mut config = Config::load(self.config.as_deref())?;
+        config.watch.extend(self.watch);
         if let Some(listen) = self.listen {
             config.listen = listen;
         }
@@ -151,6 +163,9 @@ fn main() -> ExitCode {
             Command::Serve(args) => spool::app::serve(args.into_config()?).await,
             Command::StubModel(args) => spool::stub::run(args).await,
             Command::Bench(args) => spool::bench::run(args).await,
+            Command::Deploy(args) => spool::admin_cli::deploy(args).await,
+            Command::Rollback(args) => spool::admin_cli::rollback(args).await,
+            Command::Handlers(args) => spool::admin_cli::list(args).await,
         }
     });
     match result {

@@ -105,7 +105,10 @@ impl Workers {
             payload: record.payload.clone(),
             attempt: record.attempts,
         };
-        let outcome = match self.registry.get(&record.handler) {
+        // Resolved once, here: a switch while the job runs does not affect it.
+        let handler = self.registry.resolve(&record.handler, route.config.handler_version.as_deref());
+        let handler_version = handler.as_ref().map(|h| h.version.clone());
+        let outcome = match handler {
             None => Outcome::Failed { error: format!("handler `{}` is not installed on this instance", record.handler) },
             Some(handler) => {
                 let host = Arc::new(WorkerHost { job_id: job.id.clone(), redis: self.queue.connection(), models: self.models.clone() });
@@ -127,6 +130,8 @@ impl Workers {
         if let Outcome::Failed { error } | Outcome::Retry { error, .. } = &outcome {
             tracing::warn!(job = %record.id, attempt = record.attempts, %error, "job attempt failed");
         }
+        let mut claimed = claimed;
+        claimed.record.handler_version = handler_version;
         self.record(claimed, outcome).await;
     }
 

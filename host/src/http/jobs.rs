@@ -99,7 +99,7 @@ fn checked_priority(priority: Option<i64>) -> Result<u8, ApiError> {
 /// Runs the queue's priority rule (in Wasm), then enqueues.
 async fn submit(state: &AppState, queue: &str, submission: Submission) -> Result<(StatusCode, Json<Value>), ApiError> {
     let route = state.routes.get(queue).ok_or_else(|| unknown_queue(state, queue))?;
-    let handler = state.registry.get(&route.config.handler).ok_or_else(|| {
+    let handler = state.registry.resolve(&route.config.handler, route.config.handler_version.as_deref()).ok_or_else(|| {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "handler_unavailable", format!("handler `{}` is not loaded", route.config.handler))
     })?;
     let id = uuid::Uuid::now_v7().to_string();

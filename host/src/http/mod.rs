@@ -1,6 +1,7 @@
 //! The HTTP API (axum on hyper). Owns routing, request validation and response
 //! shapes; the work itself is the queue's, the runtime's and the events module's.
 
+mod admin;
 mod error;
 mod jobs;
 mod stream;
@@ -17,6 +18,7 @@ use axum::routing::{get, post};
 
 pub use error::ApiError;
 
+use crate::handlers::Handlers;
 use crate::queue::Queue;
 use crate::registry::Registry;
 use crate::runtime::Runtime;
@@ -27,6 +29,7 @@ pub struct AppState {
     pub queue: Queue,
     pub runtime: Arc<Runtime>,
     pub registry: Arc<Registry>,
+    pub handlers: Arc<Handlers>,
     pub routes: Arc<BTreeMap<String, Route>>,
     /// For the dedicated connections of blocking stream reads.
     pub redis: redis::Client,
@@ -47,6 +50,7 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
         .route("/api/job/{id}", get(jobs::get_job))
         .route("/api/job/{id}/events", get(stream::job_events))
         .route("/stream/status/{id}", get(stream::status_stream))
+        .merge(admin::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -254,7 +254,7 @@ impl Queue {
         let now = now_ms();
         let duration_ms = now.saturating_sub(job.record.started_at.unwrap_or(now));
         let attempt = job.record.attempts;
-        let (state, zset, score, history, ttl, event_type, event, fields) = match outcome {
+        let (state, zset, score, history, ttl, event_type, event, mut fields) = match outcome {
             Outcome::Completed { result, blocks, handler_version } => {
                 let result_json: serde_json::Value = serde_json::from_str(result).unwrap_or(serde_json::Value::Null);
                 let event = serde_json::json!({ "result": result_json, "duration_ms": duration_ms, "attempt": attempt });
@@ -270,6 +270,10 @@ impl Queue {
                 ("failed", &keys.failed, now, retention.history, retention.failed_secs, "task_failed", event, vec![("error", error.clone())])
             }
         };
+        // A failed attempt records the version that ran it too (the worker sets it).
+        if let (false, Some(version)) = (matches!(outcome, Outcome::Completed { .. }), &job.record.handler_version) {
+            fields.push(("handler_version", version.clone()));
+        }
         let mut invocation = self.finish.prepare_invoke();
         invocation
             .key(job_key(id))

@@ -151,6 +151,33 @@ impl Runtime {
         Ok(HandlerComponent { name: name.to_owned(), version: content_version(bytes), pre })
     }
 
+    /// The engine components are compiled for (handler deployment compiles,
+    /// serializes and inspects components with it).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Identifies which precompiled artifacts this engine can load: artifacts
+    /// from an engine with another fingerprint (other wasmtime version or
+    /// settings) must be compiled again.
+    pub fn engine_fingerprint(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut hasher);
+        format!("{:016x}", hasher.finish())
+    }
+
+    /// Links an already compiled component (fresh or from the compiled cache)
+    /// against the handler world, as [`Runtime::load`] does after compiling.
+    pub fn link(&self, name: &str, version: &str, component: &Component) -> Result<HandlerComponent> {
+        let instance_pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(|e| wasm_error(e, &format!("handler `{name}` does not fit the spool:handler world")))?;
+        let pre = HandlerPre::new(instance_pre).map_err(|e| wasm_error(e, &format!("handler `{name}` lacks the hooks export")))?;
+        Ok(HandlerComponent { name: name.to_owned(), version: version.to_owned(), pre })
+    }
+
     /// The priority rule. `Ok(Err(reason))` is the guest refusing the job.
     pub async fn admit(&self, handler: &HandlerComponent, job: &Job) -> Result<Result<PriorityDecision, String>, GuestFailure> {
         self.call(handler, job, None, async |hooks, store| hooks.call_admit(store, job).await).await

@@ -1,0 +1,304 @@
+//! The handler registry in Redis: every handler's stored versions (component
+//! bytes plus metadata), which one is active, the activation history, and which
+//! version each running instance has switched to.
+//!
+//! Owns these keys and every write to them (versions are stored in one MULTI,
+//! activations by one Lua script). It does not compile or validate components.
+//!
+//! Keys: `spool:handlers:active` (hash name -> version), `spool:handlers:generation`
+//! (bumped by every activation), `spool:handler:{name}:versions` (hash version ->
+//! metadata JSON), `spool:handler:{name}:component:{version}` (the bytes),
+//! `spool:handler:{name}:history` (activations, newest first), `spool:instances`
+//! (zset instance -> last heartbeat, ms) and `spool:instance:{id}` (what it runs).
+//! Channel `spool:handlers:changed` carries the generation of each activation.
+
+use std::collections::{BTreeMap, HashMap};
+
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script, Value};
+use serde::{Deserialize, Serialize};
+
+pub const ACTIVE_KEY: &str = "spool:handlers:active";
+pub const GENERATION_KEY: &str = "spool:handlers:generation";
+pub const CHANGED_CHANNEL: &str = "spool:handlers:changed";
+const INSTANCES_KEY: &str = "spool:instances";
+/// Activations remembered per handler (rollback needs only the latest).
+const HISTORY_KEPT: u32 = 100;
+/// An instance that has not reported for this long is no longer counted.
+pub const INSTANCE_LIVE_MS: u64 = 5_000;
+/// Reports of instances silent this long are deleted.
+const INSTANCE_FORGET_MS: u64 = 60_000;
+
+fn versions_key(name: &str) -> String {
+    format!("spool:handler:{name}:versions")
+}
+fn history_key(name: &str) -> String {
+    format!("spool:handler:{name}:history")
+}
+fn component_key(name: &str, version: &str) -> String {
+    format!("spool:handler:{name}:component:{version}")
+}
+fn instance_key(instance: &str) -> String {
+    format!("spool:instance:{instance}")
+}
+
+/// What is known about one stored version.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionMeta {
+    /// First 12 hex digits of the SHA-256: the version id.
+    pub version: String,
+    pub sha256: String,
+    pub size: usize,
+    pub uploaded_at: u64,
+    /// Who or what uploaded it: a user name from the CLI, `built-in`, `config`, `watch`.
+    pub uploaded_by: String,
+    /// The WIT world it was validated against.
+    pub world: String,
+}
+
+/// One entry of a handler's activation history.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Activation {
+    pub version: String,
+    pub previous: Option<String>,
+    pub at: u64,
+    pub by: String,
+    pub action: String,
+    pub generation: u64,
+}
+
+/// How an activation request ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Activated {
+    Activated {
+        previous: Option<String>,
+        generation: u64,
+    },
+    /// The version was already active.
+    Unchanged {
+        generation: u64,
+    },
+    /// Seeding only: another version is active and stays so.
+    Kept {
+        active: String,
+        generation: u64,
+    },
+    /// No such stored version.
+    Missing,
+}
+
+/// What an instance last reported about itself.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceReport {
+    pub instance: String,
+    pub last_seen: u64,
+    /// The registry generation it has applied.
+    pub generation: u64,
+    /// When (its clock, ms) it applied that generation.
+    pub switched_at: u64,
+    /// Handler name -> the version its workers start jobs on.
+    pub handlers: BTreeMap<String, String>,
+}
+
+/// An activation request.
+pub struct ActivationRequest<'a> {
+    pub name: &'a str,
+    pub version: &'a str,
+    pub now_ms: u64,
+    pub by: &'a str,
+    pub action: &'a str,
+    /// Seeding: activate only when the handler has no active version.
+    pub only_if_none: bool,
+}
+
+#[derive(Clone)]
+pub struct HandlerStore {
+    redis: ConnectionManager,
+    activate: Script,
+}
+
+impl HandlerStore {
+    pub fn new(redis: ConnectionManager) -> Self {
+        Self {
+            redis,
+            activate: Script::new(include_str!("activate.lua")),
+        }
+    }
+
+    /// Stores a version's bytes and metadata together. Storing the same bytes
+    /// again keeps the first upload's metadata.
+    pub async fn store_version(&self, name: &str, meta: &VersionMeta, bytes: &[u8]) -> redis::RedisResult<()> {
+        let meta_json = serde_json::to_string(meta).unwrap_or_default();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .set(component_key(name, &meta.version), bytes)
+            .ignore()
+            .hset_nx(versions_key(name), &meta.version, meta_json)
+            .ignore();
+        pipe.query_async(&mut self.redis.clone()).await
+    }
+
+    pub async fn activate(&self, request: ActivationRequest<'_>) -> redis::RedisResult<Activated> {
+        let mut invocation = self.activate.prepare_invoke();
+        invocation
+            .key(ACTIVE_KEY)
+            .key(GENERATION_KEY)
+            .key(versions_key(request.name))
+            .key(history_key(request.name))
+            .key(component_key(request.name, request.version))
+            .arg(request.name)
+            .arg(request.version)
+            .arg(request.now_ms)
+            .arg(request.by)
+            .arg(request.action)
+            .arg(if request.only_if_none { "1" } else { "0" })
+            .arg(CHANGED_CHANNEL)
+            .arg(HISTORY_KEPT);
+        let reply: Vec<Value> = invocation.invoke_async(&mut self.redis.clone()).await?;
+        let text = |i: usize| reply.get(i).map(value_text).unwrap_or_default();
+        let generation = text(2).parse().unwrap_or(0);
+        Ok(match text(0).as_str() {
+            "activated" => Activated::Activated {
+                previous: Some(text(1)).filter(|p| !p.is_empty()),
+                generation,
+            },
+            "unchanged" => Activated::Unchanged { generation },
+            "kept" => Activated::Kept {
+                active: text(1),
+                generation,
+            },
+            _ => Activated::Missing,
+        })
+    }
+
+    /// Name -> active version of every handler, and the generation they belong to.
+    pub async fn active_all(&self) -> redis::RedisResult<(HashMap<String, String>, u64)> {
+        let (active, generation): (HashMap<String, String>, Option<u64>) = redis::pipe()
+            .atomic()
+            .hgetall(ACTIVE_KEY)
+            .get(GENERATION_KEY)
+            .query_async(&mut self.redis.clone())
+            .await?;
+        Ok((active, generation.unwrap_or(0)))
+    }
+
+    pub async fn active(&self, name: &str) -> redis::RedisResult<Option<String>> {
+        self.redis.clone().hget(ACTIVE_KEY, name).await
+    }
+
+    pub async fn generation(&self) -> redis::RedisResult<u64> {
+        let generation: Option<u64> = self.redis.clone().get(GENERATION_KEY).await?;
+        Ok(generation.unwrap_or(0))
+    }
+
+    /// Every stored version of a handler, oldest upload first.
+    pub async fn versions(&self, name: &str) -> redis::RedisResult<Vec<VersionMeta>> {
+        let raw: HashMap<String, String> = self.redis.clone().hgetall(versions_key(name)).await?;
+        let mut versions: Vec<VersionMeta> = raw
+            .values()
+            .filter_map(|json| serde_json::from_str(json).ok())
+            .collect();
+        versions.sort_by(|a, b| {
+            a.uploaded_at
+                .cmp(&b.uploaded_at)
+                .then_with(|| a.version.cmp(&b.version))
+        });
+        Ok(versions)
+    }
+
+    pub async fn version(&self, name: &str, version: &str) -> redis::RedisResult<Option<VersionMeta>> {
+        let raw: Option<String> = self.redis.clone().hget(versions_key(name), version).await?;
+        Ok(raw.and_then(|json| serde_json::from_str(&json).ok()))
+    }
+
+    /// The latest activations, newest first.
+    pub async fn history(&self, name: &str, limit: isize) -> redis::RedisResult<Vec<Activation>> {
+        let raw: Vec<String> = self.redis.clone().lrange(history_key(name), 0, limit - 1).await?;
+        Ok(raw.iter().filter_map(|json| serde_json::from_str(json).ok()).collect())
+    }
+
+    pub async fn component(&self, name: &str, version: &str) -> redis::RedisResult<Option<Vec<u8>>> {
+        self.redis.clone().get(component_key(name, version)).await
+    }
+
+    /// Records what this instance now runs; `heartbeat` keeps it listed.
+    pub async fn confirm(&self, report: &InstanceReport) -> redis::RedisResult<()> {
+        let handlers = serde_json::to_string(&report.handlers).unwrap_or_default();
+        let key = instance_key(&report.instance);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset_multiple(
+                &key,
+                &[
+                    ("generation", report.generation.to_string()),
+                    ("switched_at", report.switched_at.to_string()),
+                    ("handlers", handlers),
+                ],
+            )
+            .ignore()
+            .pexpire(&key, INSTANCE_FORGET_MS as i64)
+            .ignore()
+            .zadd(INSTANCES_KEY, &report.instance, report.last_seen)
+            .ignore();
+        pipe.query_async(&mut self.redis.clone()).await
+    }
+
+    pub async fn heartbeat(&self, instance: &str, now_ms: u64) -> redis::RedisResult<()> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .zadd(INSTANCES_KEY, instance, now_ms)
+            .ignore()
+            .pexpire(instance_key(instance), INSTANCE_FORGET_MS as i64)
+            .ignore();
+        pipe.query_async(&mut self.redis.clone()).await
+    }
+
+    pub async fn remove_instance(&self, instance: &str) -> redis::RedisResult<()> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .zrem(INSTANCES_KEY, instance)
+            .ignore()
+            .del(instance_key(instance))
+            .ignore();
+        pipe.query_async(&mut self.redis.clone()).await
+    }
+
+    /// The instances that reported within [`INSTANCE_LIVE_MS`].
+    pub async fn live_instances(&self, now_ms: u64) -> redis::RedisResult<Vec<InstanceReport>> {
+        let mut redis = self.redis.clone();
+        let _: i64 = redis
+            .zrembyscore(INSTANCES_KEY, "-inf", now_ms.saturating_sub(INSTANCE_FORGET_MS))
+            .await?;
+        let live: Vec<(String, u64)> = redis
+            .zrangebyscore_withscores(INSTANCES_KEY, now_ms.saturating_sub(INSTANCE_LIVE_MS), "+inf")
+            .await?;
+        let mut reports = Vec::with_capacity(live.len());
+        for (instance, last_seen) in live {
+            let fields: HashMap<String, String> = redis.hgetall(instance_key(&instance)).await?;
+            let number = |field: &str| fields.get(field).and_then(|v| v.parse().ok()).unwrap_or(0);
+            let handlers = fields
+                .get("handlers")
+                .and_then(|json| serde_json::from_str(json).ok())
+                .unwrap_or_default();
+            reports.push(InstanceReport {
+                generation: number("generation"),
+                switched_at: number("switched_at"),
+                handlers,
+                instance,
+                last_seen,
+            });
+        }
+        Ok(reports)
+    }
+}
+
+fn value_text(value: &Value) -> String {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+        Value::SimpleString(text) => text.clone(),
+        Value::Int(n) => n.to_string(),
+        _ => String::new(),
+    }
+}
