@@ -115,7 +115,9 @@ impl Status {
         if self.tty {
             eprint!("\r\x1b[2K");
         }
-        eprintln!("{text}");
+        if !text.is_empty() {
+            eprintln!("{text}");
+        }
     }
 }
 

@@ -174,7 +174,7 @@ fn started_on(redis: &mut redis::Connection, id: &str) -> (String, u64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deploy_then_rollback_under_load_on_two_instances_fails_and_loses_no_job() {
+async fn deploy_then_rollback_under_load_on_two_instances_neither_fails_nor_loses_a_job() {
     let redis = Redis::start();
     let stub = stub().await;
     stub.set_timing(30, 0); // one model call: ~30 ms; a long job: ~2 s

@@ -349,10 +349,14 @@ impl Handlers {
                 )));
             }
         };
-        tracing::info!(
-            handler = %handler.name, version = %handler.version, previous = previous.as_deref().unwrap_or("none"),
-            action, by, generation, changed, "handler version activated"
-        );
+        if changed {
+            tracing::info!(
+                handler = %handler.name, version = %handler.version, previous = previous.as_deref().unwrap_or("none"),
+                action, by, generation, "handler version activated"
+            );
+        } else {
+            tracing::info!(handler = %handler.name, version = %handler.version, action, by, "version already active; nothing to switch");
+        }
         // Switch here at once; other instances follow on the notification.
         if let Err(error) = self.sync().await {
             tracing::warn!(error = %format!("{error:#}"), "could not switch this instance yet; the periodic check will");

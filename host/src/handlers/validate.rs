@@ -288,7 +288,9 @@ fn describe(ty: &Type) -> String {
 
 /// Calls the three pure hooks once with a dummy job. Instantiating checks the
 /// export types; the calls prove the guest starts and returns. Refusing the
-/// dummy job is a fine answer for `admit`; trapping or hanging is not.
+/// dummy job is a fine answer for `admit`; trapping or hanging is not. (The
+/// payload carries the fields the example guests read, so they run their
+/// normal path instead of logging a warning on every deploy.)
 pub async fn smoke_run(runtime: &Runtime, handler: &HandlerComponent) -> Result<(), Rejection> {
     let job = Job {
         id: "smoke-test".into(),
@@ -296,7 +298,7 @@ pub async fn smoke_run(runtime: &Runtime, handler: &HandlerComponent) -> Result<
         user_id: String::new(),
         user_tier: String::new(),
         priority: 5,
-        payload: "{}".into(),
+        payload: r#"{"prompt": "smoke test", "topic": "smoke test"}"#.into(),
         attempt: 0,
     };
     let failed = |hook: &str, why: String| {
@@ -345,4 +347,32 @@ fn without_backtrace(message: &str) -> String {
         })
         .collect();
     kept.join(" ").replace("error while executing at wasm backtrace: ", "")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_header_tells_components_from_modules_and_from_other_bytes() {
+        let component = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
+        let module = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
+        assert!(check_header(&component, 1024).is_ok());
+        assert_eq!(check_header(&module, 1024).map_err(|r| r.code), Err("core_module"));
+        assert_eq!(
+            check_header(b"PK\x03\x04 a zip file", 1024).map_err(|r| r.code),
+            Err("not_wasm")
+        );
+        assert_eq!(check_header(&[], 1024).map_err(|r| r.code), Err("empty_upload"));
+        assert_eq!(check_header(&component, 4).map_err(|r| r.code), Err("too_large"));
+    }
+
+    #[test]
+    fn a_trap_message_loses_its_frames_but_keeps_the_cause() {
+        let message = "handler trapped: error while executing at wasm backtrace:\n    0:   0xfee0 - <unknown>!<wasm function 204>\n    1:   0x3968 - <unknown>!<wasm function 55>: wasm trap: unreachable (guest said: boom)";
+        assert_eq!(
+            without_backtrace(message),
+            "handler trapped: wasm trap: unreachable (guest said: boom)"
+        );
+    }
 }

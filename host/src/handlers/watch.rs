@@ -149,3 +149,22 @@ fn directory_of(path: &Path) -> PathBuf {
 fn canonical(dir: &Path) -> PathBuf {
     dir.canonicalize().unwrap_or_else(|_| dir.to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_watch_spec_names_the_handler_or_takes_the_file_stem() {
+        assert_eq!(
+            parse_spec("chat=target/x/chat.wasm"),
+            Ok(("chat".into(), PathBuf::from("target/x/chat.wasm")))
+        );
+        assert_eq!(
+            parse_spec("guest/echo_v1.wasm"),
+            Ok(("echo-v1".into(), PathBuf::from("guest/echo_v1.wasm")))
+        );
+        assert!(parse_spec("Bad Name=x.wasm").is_err_and(|e| e.contains("NAME=PATH")));
+        assert!(parse_spec("chat=").is_err());
+    }
+}
