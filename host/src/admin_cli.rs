@@ -122,15 +122,21 @@ impl Status {
 }
 
 pub async fn deploy(args: DeployArgs) -> Result<()> {
-    let bytes =
-        Bytes::from(std::fs::read(&args.component).with_context(|| format!("reading {}", args.component.display()))?);
+    let bytes = Bytes::from(
+        std::fs::read(&args.component)
+            .with_context(|| format!("reading {}", args.component.display()))?,
+    );
     let file = args
         .component
         .file_name()
         .map(|f| f.to_string_lossy().into_owned())
         .unwrap_or_default();
     let by = args.server.by.clone().unwrap_or_else(default_by);
-    let url = format!("{}/admin/handlers/{}/versions", base(&args.server.server), args.handler);
+    let url = format!(
+        "{}/admin/handlers/{}/versions",
+        base(&args.server.server),
+        args.handler
+    );
     let status = Arc::new(Status::new());
     let total = bytes.len();
     eprintln!(
@@ -165,7 +171,8 @@ pub async fn deploy(args: DeployArgs) -> Result<()> {
         .header(reqwest::header::CONTENT_LENGTH, total)
         .body(reqwest::Body::wrap_stream(body));
     let response = with_ticker(&status, started, &sent, total, request.send()).await;
-    let response = response.with_context(|| format!("cannot reach spool at {}", base(&args.server.server)))?;
+    let response =
+        response.with_context(|| format!("cannot reach spool at {}", base(&args.server.server)))?;
     let (code, reply) = read_json(response).await?;
     if !(200..300).contains(&code) {
         status.done("");
@@ -213,7 +220,11 @@ async fn with_ticker<T>(
 
 pub async fn rollback(args: RollbackArgs) -> Result<()> {
     let by = args.server.by.clone().unwrap_or_else(default_by);
-    let url = format!("{}/admin/handlers/{}/rollback", base(&args.server.server), args.handler);
+    let url = format!(
+        "{}/admin/handlers/{}/rollback",
+        base(&args.server.server),
+        args.handler
+    );
     let body = serde_json::json!({ "to": args.to, "by": by });
     let status = Status::new();
     status.update(&format!(
@@ -258,7 +269,13 @@ async fn finish(server: &str, handler: &str, reply: &Value, no_wait: bool) -> Re
     let http = client()?;
     let started = Instant::now();
     loop {
-        let (code, status) = read_json(http.get(&url).send().await.context("reading the switch status")?).await?;
+        let (code, status) = read_json(
+            http.get(&url)
+                .send()
+                .await
+                .context("reading the switch status")?,
+        )
+        .await?;
         if code != 200 {
             bail!("cannot read the switch status: {}", error_text(&status));
         }
@@ -324,7 +341,11 @@ pub async fn list(args: HandlersArgs) -> Result<()> {
     if args.handler.is_none() {
         println!("{:<24} ACTIVE", "HANDLER");
         for handler in rows("handlers") {
-            println!("{:<24} {}", text(&handler["name"]), text(&handler["active"]));
+            println!(
+                "{:<24} {}",
+                text(&handler["name"]),
+                text(&handler["active"])
+            );
         }
         println!(
             "\n{} live instance(s), registry generation {}",
@@ -376,22 +397,34 @@ pub async fn list(args: HandlersArgs) -> Result<()> {
 
 async fn read_json(response: reqwest::Response) -> Result<(u16, Value)> {
     let code = response.status().as_u16();
-    let text = response.text().await.context("reading the server's answer")?;
-    Ok((code, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+    let text = response
+        .text()
+        .await
+        .context("reading the server's answer")?;
+    Ok((
+        code,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    ))
 }
 
 fn error_text(reply: &Value) -> String {
-    match (reply["error"]["code"].as_str(), reply["error"]["message"].as_str()) {
+    match (
+        reply["error"]["code"].as_str(),
+        reply["error"]["message"].as_str(),
+    ) {
         (Some(code), Some(message)) => format!("{message} [{code}]"),
         _ => reply.to_string(),
     }
 }
 
 fn text(value: &Value) -> String {
-    value
-        .as_str()
-        .map(str::to_owned)
-        .unwrap_or_else(|| if value.is_null() { "-".into() } else { value.to_string() })
+    value.as_str().map(str::to_owned).unwrap_or_else(|| {
+        if value.is_null() {
+            "-".into()
+        } else {
+            value.to_string()
+        }
+    })
 }
 
 fn kib(bytes: usize) -> String {

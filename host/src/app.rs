@@ -43,23 +43,34 @@ pub struct Running {
 }
 
 pub async fn start(config: Config) -> Result<Running> {
-    let instance = format!("spool-{}-{}", std::process::id(), format!("{:06x}", fastrand::u32(..0x100_0000)));
+    let instance = format!(
+        "spool-{}-{}",
+        std::process::id(),
+        format!("{:06x}", fastrand::u32(..0x100_0000))
+    );
 
     let (redis_url, embedded) = match &config.redis.url {
         Some(url) => (url.clone(), None),
         None => {
-            let server = EmbeddedRedis::start(&config.redis.data_dir, config.redis.appendfsync).await?;
+            let server =
+                EmbeddedRedis::start(&config.redis.data_dir, config.redis.appendfsync).await?;
             tracing::info!(dir = %config.redis.data_dir.display(), fsync = ?config.redis.appendfsync, "started embedded redis-server (AOF on)");
             (server.url().to_owned(), Some(server))
         }
     };
-    let client = redis::Client::open(redis_url.as_str()).with_context(|| format!("invalid Redis URL `{redis_url}`"))?;
+    let client = redis::Client::open(redis_url.as_str())
+        .with_context(|| format!("invalid Redis URL `{redis_url}`"))?;
     let redis = connect(&client, &redis_url).await?;
 
     let (backend, stub) = match &config.model {
         Some(backend) => (backend.clone(), None),
         None => {
-            let server = stub::start(&StubArgs { listen: SocketAddr::from(([127, 0, 0, 1], 0)), latency_ms: 0, chunk_delay_ms: 0 }).await?;
+            let server = stub::start(&StubArgs {
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                latency_ms: 0,
+                chunk_delay_ms: 0,
+            })
+            .await?;
             let backend = BackendConfig {
                 kind: BackendKind::Ollama,
                 url: server.url(),
@@ -74,7 +85,10 @@ pub async fn start(config: Config) -> Result<Running> {
     };
     let models = ModelClient::new(backend)?;
     if stub.is_some() {
-        tracing::info!("model backend: the built-in STUB model server ({}); configure [model] or SPOOL_MODEL_URL for Ollama/OpenAI", models.describe());
+        tracing::info!(
+            "model backend: the built-in STUB model server ({}); configure [model] or SPOOL_MODEL_URL for Ollama/OpenAI",
+            models.describe()
+        );
     } else {
         tracing::info!("model backend: {}", models.describe());
     }
@@ -86,28 +100,67 @@ pub async fn start(config: Config) -> Result<Running> {
         max_model_calls: config.sandbox.max_model_calls,
     })?);
     let registry = Arc::new(Registry::new(runtime.clone()));
-    let handlers = Arc::new(Handlers::new(runtime.clone(), registry.clone(), redis.clone(), instance.clone(), handler_settings(&config)));
-    let mut handler_names: Vec<String> = BUILT_IN.iter().map(|(name, _)| name.to_string()).collect();
+    let handlers = Arc::new(Handlers::new(
+        runtime.clone(),
+        registry.clone(),
+        redis.clone(),
+        instance.clone(),
+        handler_settings(&config),
+    ));
+    let mut handler_names: Vec<String> =
+        BUILT_IN.iter().map(|(name, _)| name.to_string()).collect();
     handler_names.extend(config.handlers.keys().chain(config.watch.keys()).cloned());
-    handler_names.extend(handlers.store().active_all().await.context("reading the handler registry")?.0.into_keys());
+    handler_names.extend(
+        handlers
+            .store()
+            .active_all()
+            .await
+            .context("reading the handler registry")?
+            .0
+            .into_keys(),
+    );
     config.validate(&handler_names)?;
     handlers.bootstrap(&config).await?;
 
     let queue = Queue::new(redis.clone());
-    let routes: BTreeMap<String, Route> =
-        config.queues.iter().map(|(name, q)| (name.clone(), Route { keys: QueueKeys::new(name), config: q.clone() })).collect();
+    let routes: BTreeMap<String, Route> = config
+        .queues
+        .iter()
+        .map(|(name, q)| {
+            (
+                name.clone(),
+                Route {
+                    keys: QueueKeys::new(name),
+                    config: q.clone(),
+                },
+            )
+        })
+        .collect();
     for route in routes.values() {
-        queue.ensure_groups(&route.keys).await.with_context(|| format!("creating the consumer groups of queue `{}`", route.keys.name))?;
+        queue.ensure_groups(&route.keys).await.with_context(|| {
+            format!(
+                "creating the consumer groups of queue `{}`",
+                route.keys.name
+            )
+        })?;
     }
     let routes = Arc::new(routes);
 
     let shutdown = CancellationToken::new();
     let wake = Arc::new(Notify::new());
     let mut background = JoinSet::new();
-    background.spawn(listen_for_wakeups(client.clone(), wake.clone(), shutdown.clone()));
+    background.spawn(listen_for_wakeups(
+        client.clone(),
+        wake.clone(),
+        shutdown.clone(),
+    ));
     background.spawn(handlers.clone().run_sync(client.clone(), shutdown.clone()));
     if !config.watch.is_empty() {
-        background.spawn(crate::handlers::watch::run(handlers.clone(), config.watch.clone(), shutdown.clone()));
+        background.spawn(crate::handlers::watch::run(
+            handlers.clone(),
+            config.watch.clone(),
+            shutdown.clone(),
+        ));
     }
 
     let workers = Arc::new(Workers {
@@ -127,7 +180,11 @@ pub async fn start(config: Config) -> Result<Running> {
     let worker_stop = CancellationToken::new();
     let mut worker_set = JoinSet::new();
     for index in 0..config.workers.concurrency {
-        worker_set.spawn(workers.clone().run(format!("{instance}-w{index}"), index, worker_stop.clone()));
+        worker_set.spawn(workers.clone().run(
+            format!("{instance}-w{index}"),
+            index,
+            worker_stop.clone(),
+        ));
     }
     // Workers stop when the instance does; kept separate so HTTP can stop first.
     let stop_workers = worker_stop.clone();
@@ -148,18 +205,32 @@ pub async fn start(config: Config) -> Result<Running> {
         model: models.describe(),
         started: Instant::now(),
     });
-    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     let app = http::router(state, config.body_limit_bytes);
     let http_shutdown = shutdown.clone();
     let http = tokio::spawn(async move {
-        let served = axum::serve(listener, app).with_graceful_shutdown(async move { http_shutdown.cancelled().await }).await;
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+            .await;
         if let Err(error) = served {
             tracing::error!(%error, "HTTP server stopped");
         }
     });
     tracing::info!(%addr, %instance, workers = config.workers.concurrency, queues = ?config.queues.keys().collect::<Vec<_>>(), "spool is serving");
-    Ok(Running { addr, instance, shutdown, http, workers: worker_set, background, handlers, stub, redis: embedded })
+    Ok(Running {
+        addr,
+        instance,
+        shutdown,
+        http,
+        workers: worker_set,
+        background,
+        handlers,
+        stub,
+        redis: embedded,
+    })
 }
 
 impl Running {
@@ -168,9 +239,14 @@ impl Running {
     pub async fn stop(mut self) {
         tracing::info!("shutting down: draining jobs in flight");
         self.shutdown.cancel();
-        let drained = tokio::time::timeout(DRAIN_TIMEOUT, async { while self.workers.join_next().await.is_some() {} }).await;
+        let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            while self.workers.join_next().await.is_some() {}
+        })
+        .await;
         if drained.is_err() {
-            tracing::warn!("drain timeout reached; unfinished jobs stay pending for another instance");
+            tracing::warn!(
+                "drain timeout reached; unfinished jobs stay pending for another instance"
+            );
             self.workers.abort_all();
         }
         // Streaming responses (SSE) hold the server open; do not wait for them.
@@ -201,7 +277,8 @@ pub async fn serve(config: Config) -> Result<()> {
 
 fn shutdown_signal() -> Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     Ok(async move {
         tokio::select! {
@@ -213,7 +290,11 @@ fn shutdown_signal() -> Result<impl Future<Output = ()>> {
 
 fn handler_settings(config: &Config) -> handlers::Settings {
     handlers::Settings {
-        cache_dir: config.registry.cache_dir.clone().unwrap_or_else(handlers::cache::default_dir),
+        cache_dir: config
+            .registry
+            .cache_dir
+            .clone()
+            .unwrap_or_else(handlers::cache::default_dir),
         max_component_bytes: config.registry.max_component_mb * 1024 * 1024,
         check_interval: Duration::from_millis(config.registry.check_interval_ms),
     }
@@ -226,13 +307,18 @@ async fn connect(client: &redis::Client, url: &str) -> Result<ConnectionManager>
         .set_number_of_retries(3);
     let started = Instant::now();
     loop {
-        match client.get_connection_manager_with_config(config.clone()).await {
+        match client
+            .get_connection_manager_with_config(config.clone())
+            .await
+        {
             Ok(manager) => return Ok(manager),
             Err(error) if started.elapsed() < Duration::from_secs(10) => {
                 tracing::warn!(%error, "Redis at {url} not reachable yet; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            Err(error) => bail!("cannot reach Redis at {url}: {error}. Start it, fix --redis-url, or omit the URL to let spool run its own"),
+            Err(error) => bail!(
+                "cannot reach Redis at {url}: {error}. Start it, fix --redis-url, or omit the URL to let spool run its own"
+            ),
         }
     }
 }

@@ -54,7 +54,11 @@ pub struct RegistryConfig {
 
 impl Default for RegistryConfig {
     fn default() -> Self {
-        Self { cache_dir: None, max_component_mb: 32, check_interval_ms: 500 }
+        Self {
+            cache_dir: None,
+            max_component_mb: 32,
+            check_interval_ms: 500,
+        }
     }
 }
 
@@ -136,7 +140,10 @@ pub struct HandlerFile {
 
 impl Default for Config {
     fn default() -> Self {
-        let queue = |handler: &str| QueueConfig { handler: handler.into(), ..QueueConfig::default() };
+        let queue = |handler: &str| QueueConfig {
+            handler: handler.into(),
+            ..QueueConfig::default()
+        };
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             body_limit_bytes: 1024 * 1024,
@@ -145,7 +152,10 @@ impl Default for Config {
             workers: WorkerConfig::default(),
             sandbox: SandboxConfig::default(),
             retention: RetentionConfig::default(),
-            queues: BTreeMap::from([("chat".into(), queue("chat")), ("documents".into(), queue("pipeline"))]),
+            queues: BTreeMap::from([
+                ("chat".into(), queue("chat")),
+                ("documents".into(), queue("pipeline")),
+            ]),
             handlers: BTreeMap::new(),
             registry: RegistryConfig::default(),
             watch: BTreeMap::new(),
@@ -155,40 +165,66 @@ impl Default for Config {
 
 impl Default for RedisConfig {
     fn default() -> Self {
-        Self { url: None, data_dir: PathBuf::from("spool-data"), appendfsync: Fsync::Everysec }
+        Self {
+            url: None,
+            data_dir: PathBuf::from("spool-data"),
+            appendfsync: Fsync::Everysec,
+        }
     }
 }
 
 impl Default for WorkerConfig {
     fn default() -> Self {
-        Self { concurrency: 3, idle_poll_ms: 1000 }
+        Self {
+            concurrency: 3,
+            idle_poll_ms: 1000,
+        }
     }
 }
 
 impl Default for SandboxConfig {
     fn default() -> Self {
-        Self { deadline_ms: 120_000, memory_mb: 64, max_instances: 64, max_model_calls: 64 }
+        Self {
+            deadline_ms: 120_000,
+            memory_mb: 64,
+            max_instances: 64,
+            max_model_calls: 64,
+        }
     }
 }
 
 impl Default for RetentionConfig {
     fn default() -> Self {
-        Self { completed_secs: 3600, failed_secs: 24 * 3600, history: 50 }
+        Self {
+            completed_secs: 3600,
+            failed_secs: 24 * 3600,
+            history: 50,
+        }
     }
 }
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        Self { handler: "chat".into(), handler_version: None, max_attempts: 3, backoff_ms: 2000, max_waiting: 10_000 }
+        Self {
+            handler: "chat".into(),
+            handler_version: None,
+            max_attempts: 3,
+            backoff_ms: 2000,
+            max_waiting: 10_000,
+        }
     }
 }
 
 impl Config {
     /// Reads a TOML file; a missing `path` means all defaults.
     pub fn load(path: Option<&Path>) -> Result<Self> {
-        let Some(path) = path else { return Ok(Self::default()) };
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("config file {} is not valid", path.display()))
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        toml::from_str(&text)
+            .with_context(|| format!("config file {} is not valid", path.display()))
     }
 
     /// Checks what serde cannot: values in range, queues naming handlers that exist.
@@ -200,7 +236,10 @@ impl Config {
                 self.sandbox.max_instances
             );
         }
-        if self.sandbox.max_instances == 0 || self.sandbox.memory_mb == 0 || self.sandbox.deadline_ms == 0 {
+        if self.sandbox.max_instances == 0
+            || self.sandbox.memory_mb == 0
+            || self.sandbox.deadline_ms == 0
+        {
             bail!("sandbox.max_instances, memory_mb and deadline_ms must be above 0");
         }
         if self.registry.max_component_mb == 0 || self.registry.check_interval_ms == 0 {
@@ -219,7 +258,9 @@ impl Config {
             if let Some(version) = &queue.handler_version
                 && !crate::handlers::valid_version(version)
             {
-                bail!("queue `{name}`: handler_version `{version}` is not a version id (12 hex digits, as `spool handlers` lists them)");
+                bail!(
+                    "queue `{name}`: handler_version `{version}` is not a version id (12 hex digits, as `spool handlers` lists them)"
+                );
             }
             if queue.max_attempts == 0 {
                 bail!("queue `{name}`: max_attempts must be at least 1");

@@ -17,8 +17,14 @@ use crate::runtime::{HandlerComponent, Runtime};
 /// Handler components built from `guest/` and embedded by `build.rs`; seeded
 /// into the Redis registry as each handler's first version when it has none.
 pub const BUILT_IN: &[(&str, &[u8])] = &[
-    ("chat", include_bytes!(concat!(env!("OUT_DIR"), "/chat.wasm"))),
-    ("pipeline", include_bytes!(concat!(env!("OUT_DIR"), "/pipeline.wasm"))),
+    (
+        "chat",
+        include_bytes!(concat!(env!("OUT_DIR"), "/chat.wasm")),
+    ),
+    (
+        "pipeline",
+        include_bytes!(concat!(env!("OUT_DIR"), "/pipeline.wasm")),
+    ),
 ];
 
 type VersionKey = (String, String);
@@ -49,11 +55,15 @@ impl Registry {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Local> {
-        self.local.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.local
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Local> {
-        self.local.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.local
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Compiles, smoke-tests and activates a handler on this instance only,
@@ -64,7 +74,9 @@ impl Registry {
             .await
             .with_context(|| format!("validating handler `{name}`"))?;
         let mut local = self.write();
-        local.active.insert(name.to_owned(), handler.version.clone());
+        local
+            .active
+            .insert(name.to_owned(), handler.version.clone());
         local
             .loaded
             .insert((name.to_owned(), handler.version.clone()), handler.clone());
@@ -75,7 +87,10 @@ impl Registry {
     pub fn get(&self, name: &str) -> Option<HandlerComponent> {
         let local = self.read();
         let version = local.active.get(name)?;
-        local.loaded.get(&(name.to_owned(), version.clone())).cloned()
+        local
+            .loaded
+            .get(&(name.to_owned(), version.clone()))
+            .cloned()
     }
 
     /// The version a job of a queue runs: the queue's pin, else the active one.
@@ -88,7 +103,10 @@ impl Registry {
 
     /// A loaded version, active or not.
     pub fn loaded(&self, name: &str, version: &str) -> Option<HandlerComponent> {
-        self.read().loaded.get(&(name.to_owned(), version.to_owned())).cloned()
+        self.read()
+            .loaded
+            .get(&(name.to_owned(), version.to_owned()))
+            .cloned()
     }
 
     /// Name -> active version of every handler.
@@ -109,7 +127,9 @@ impl Registry {
 
     /// Keeps a loaded version for a queue that pins it.
     pub fn pin(&self, name: &str, version: &str) {
-        self.write().pinned.insert((name.to_owned(), version.to_owned()));
+        self.write()
+            .pinned
+            .insert((name.to_owned(), version.to_owned()));
     }
 
     /// Switches every handler to its version in `active` in one step. Versions

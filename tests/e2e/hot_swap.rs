@@ -86,10 +86,11 @@ async fn echo_status(api: &Api, host: &Host) -> Value {
 
 /// Runs the CLI to completion; returns (success, stdout, stderr).
 async fn cli(args: Vec<String>) -> (bool, String, String) {
-    let output = tokio::task::spawn_blocking(move || std::process::Command::new(SPOOL).args(&args).output())
-        .await
-        .expect("cli task")
-        .expect("run spool");
+    let output =
+        tokio::task::spawn_blocking(move || std::process::Command::new(SPOOL).args(&args).output())
+            .await
+            .expect("cli task")
+            .expect("run spool");
     (
         output.status.success(),
         String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -195,19 +196,29 @@ async fn deploy_then_rollback_under_load_on_two_instances_neither_fails_nor_lose
     let refused: Arc<Mutex<Vec<String>>> = Arc::default();
     let load = {
         let (submitted, refused, api) = (submitted.clone(), refused.clone(), api.clone());
-        let urls = [host_a.url("/api/queues/echo/jobs"), host_b.url("/api/queues/echo/jobs")];
+        let urls = [
+            host_a.url("/api/queues/echo/jobs"),
+            host_b.url("/api/queues/echo/jobs"),
+        ];
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(20));
             let mut posts = tokio::task::JoinSet::new();
             for i in 0..1000usize {
                 tick.tick().await;
-                let (url, api, submitted, refused) =
-                    (urls[i % 2].clone(), api.clone(), submitted.clone(), refused.clone());
+                let (url, api, submitted, refused) = (
+                    urls[i % 2].clone(),
+                    api.clone(),
+                    submitted.clone(),
+                    refused.clone(),
+                );
                 posts.spawn(async move {
                     let (status, reply) = api.post(&url, &json!({"payload": {"n": i}})).await;
                     match (status, reply["jobId"].as_str()) {
                         (202, Some(id)) => submitted.lock().expect("lock").push(id.to_owned()),
-                        _ => refused.lock().expect("lock").push(format!("{status} {reply}")),
+                        _ => refused
+                            .lock()
+                            .expect("lock")
+                            .push(format!("{status} {reply}")),
                     }
                 });
             }
@@ -241,7 +252,10 @@ async fn deploy_then_rollback_under_load_on_two_instances_neither_fails_nor_lose
     ])
     .await;
     assert!(ok, "rollback failed:\n{out}\n{err}");
-    assert!(out.contains(&format!("version {v1} active (was {v2})")), "{out}");
+    assert!(
+        out.contains(&format!("version {v1} active (was {v2})")),
+        "{out}"
+    );
     let rollback = read_switch(&echo_status(&api, &host_a).await, &v1);
 
     load.await.expect("load task");
@@ -278,7 +292,11 @@ async fn deploy_then_rollback_under_load_on_two_instances_neither_fails_nor_lose
             .get(&instance)
             .copied()
             .unwrap_or_else(|| panic!("unknown instance {instance}"));
-        let rolled_back_here = rollback.switched_at.get(&instance).copied().unwrap_or(u64::MAX);
+        let rolled_back_here = rollback
+            .switched_at
+            .get(&instance)
+            .copied()
+            .unwrap_or(u64::MAX);
         if started_at < deploy.activated_at || started_at > rolled_back_here {
             assert_eq!(number, 1, "job {id} started at {started_at} on {instance}");
         } else if started_at > deployed_here && started_at < rollback.activated_at {
@@ -319,14 +337,23 @@ async fn deploy_then_rollback_under_load_on_two_instances_neither_fails_nor_lose
 
 /// Posts `bytes` as a new `echo` version; returns (status, error code, message).
 async fn upload(api: &Api, host: &Host, bytes: Vec<u8>) -> (u16, String, String) {
-    let (status, reply) = api.post_raw(&host.url("/admin/handlers/echo/versions"), bytes).await;
-    let code = reply["error"]["code"].as_str().unwrap_or_default().to_owned();
-    let message = reply["error"]["message"].as_str().unwrap_or_default().to_owned();
+    let (status, reply) = api
+        .post_raw(&host.url("/admin/handlers/echo/versions"), bytes)
+        .await;
+    let code = reply["error"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let message = reply["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     (status, code, message)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_uploads_are_rejected_with_a_message_naming_the_problem_and_the_active_version_keeps_serving() {
+async fn bad_uploads_are_rejected_with_a_message_naming_the_problem_and_the_active_version_keeps_serving()
+ {
     let redis = Redis::start();
     let stub = stub().await;
     let fixtures = Fixtures::new();
@@ -396,7 +423,12 @@ async fn bad_uploads_are_rejected_with_a_message_naming_the_problem_and_the_acti
             ECHO_TRAP.to_vec(),
             422,
             "smoke_failed",
-            &["smoke run failed in `admit`", "unreachable", "panicked at", "echo.rs"],
+            &[
+                "smoke run failed in `admit`",
+                "unreachable",
+                "panicked at",
+                "echo.rs",
+            ],
         ),
         (
             "too large",
@@ -414,10 +446,17 @@ async fn bad_uploads_are_rejected_with_a_message_naming_the_problem_and_the_acti
             "{what}: {message}"
         );
         for phrase in phrases {
-            assert!(message.contains(phrase), "{what}: `{phrase}` missing from: {message}");
+            assert!(
+                message.contains(phrase),
+                "{what}: `{phrase}` missing from: {message}"
+            );
         }
         let status = echo_status(&api, &host).await;
-        assert_eq!(status["active"], v1.as_str(), "{what} changed the active version");
+        assert_eq!(
+            status["active"],
+            v1.as_str(),
+            "{what} changed the active version"
+        );
         assert_eq!(
             status["versions"].as_array().map(Vec::len),
             Some(1),
@@ -446,7 +485,9 @@ async fn bad_uploads_are_rejected_with_a_message_naming_the_problem_and_the_acti
     );
 
     // Nothing to roll back to, an unknown version, a bad name.
-    let (status, reply) = api.post(&host.url("/admin/handlers/echo/rollback"), &json!({})).await;
+    let (status, reply) = api
+        .post(&host.url("/admin/handlers/echo/rollback"), &json!({}))
+        .await;
     assert_eq!(
         (status, reply["error"]["code"].as_str()),
         (409, Some("nothing_to_roll_back")),
@@ -464,11 +505,17 @@ async fn bad_uploads_are_rejected_with_a_message_naming_the_problem_and_the_acti
         "{reply}"
     );
     assert!(
-        reply["error"]["message"].as_str().unwrap_or_default().contains(&v1),
+        reply["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&v1),
         "lists the stored versions: {reply}"
     );
     let (status, reply) = api
-        .post_raw(&host.url("/admin/handlers/No%20Such/versions"), ECHO_V2.to_vec())
+        .post_raw(
+            &host.url("/admin/handlers/No%20Such/versions"),
+            ECHO_V2.to_vec(),
+        )
         .await;
     assert_eq!(
         (status, reply["error"]["code"].as_str()),
@@ -490,7 +537,10 @@ async fn a_host_started_after_a_deploy_serves_the_active_version_from_the_compil
     let first = Host::start(&redis, &stub, options.clone());
     let api = Api::default();
     let (status, deployed) = api
-        .post_raw(&first.url("/admin/handlers/echo/versions?by=test"), ECHO_V2.to_vec())
+        .post_raw(
+            &first.url("/admin/handlers/echo/versions?by=test"),
+            ECHO_V2.to_vec(),
+        )
         .await;
     assert_eq!(status, 201, "{deployed}");
     assert_eq!(
@@ -513,7 +563,10 @@ async fn a_host_started_after_a_deploy_serves_the_active_version_from_the_compil
     );
     let log = second.log_text();
     assert!(!log.contains("cache miss"), "{log}");
-    assert!(log.contains("handler version loaded") && log.contains("cache"), "{log}");
+    assert!(
+        log.contains("handler version loaded") && log.contains("cache"),
+        "{log}"
+    );
     assert_eq!(
         run_one(&api, &second, "echo").await,
         2,
@@ -544,7 +597,11 @@ async fn a_pinned_queue_keeps_its_version_and_the_periodic_check_heals_a_missed_
         .await;
     assert_eq!(status, 201, "{reply}");
     assert_eq!(run_one(&api, &host, "echo").await, 2);
-    assert_eq!(run_one(&api, &host, "pinned").await, 1, "the pinned queue stays on v1");
+    assert_eq!(
+        run_one(&api, &host, "pinned").await,
+        1,
+        "the pinned queue stays on v1"
+    );
 
     // Activate v1 behind the host's back: no Pub/Sub message, only the new
     // generation. The periodic check must notice it.
@@ -632,7 +689,10 @@ async fn serve_watch_redeploys_the_guest_when_its_file_changes_and_rejects_a_bro
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(host.log_text().contains("not WebAssembly"));
-    assert_eq!(echo_status(&api, &host).await["active"], version(ECHO_V2).as_str());
+    assert_eq!(
+        echo_status(&api, &host).await["active"],
+        version(ECHO_V2).as_str()
+    );
     assert_eq!(
         run_one(&api, &host, "echo").await,
         2,

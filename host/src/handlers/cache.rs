@@ -98,7 +98,8 @@ impl CompiledCache {
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let component = Component::new(engine, bytes).map_err(|e| anyhow::anyhow!("{}", chain(&e)))?;
+        let component =
+            Component::new(engine, bytes).map_err(|e| anyhow::anyhow!("{}", chain(&e)))?;
         tracing::info!(
             sha256 = &sha256[..12],
             ms = started.elapsed().as_millis() as u64,
@@ -145,10 +146,18 @@ fn prepare_dir(dir: &Path) -> Result<()> {
 /// Write-then-rename, so a concurrent reader (another instance) never sees a
 /// half-written artifact.
 fn store(component: &Component, path: &Path) -> Result<()> {
-    let artifact = component.serialize().map_err(|e| anyhow::anyhow!("{}", chain(&e)))?;
-    let temporary = path.with_extension(format!("tmp-{}-{:08x}", std::process::id(), fastrand::u32(..)));
-    std::fs::write(&temporary, artifact).with_context(|| format!("writing {}", temporary.display()))?;
-    std::fs::rename(&temporary, path).with_context(|| format!("renaming into {}", path.display()))?;
+    let artifact = component
+        .serialize()
+        .map_err(|e| anyhow::anyhow!("{}", chain(&e)))?;
+    let temporary = path.with_extension(format!(
+        "tmp-{}-{:08x}",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
+    std::fs::write(&temporary, artifact)
+        .with_context(|| format!("writing {}", temporary.display()))?;
+    std::fs::rename(&temporary, path)
+        .with_context(|| format!("renaming into {}", path.display()))?;
     Ok(())
 }
 

@@ -122,7 +122,10 @@ pub fn valid_version(version: &str) -> bool {
 
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl Handlers {
@@ -172,9 +175,10 @@ impl Handlers {
         let cache = self.cache.clone();
         let sha256 = sha256.to_owned();
         let started = Instant::now();
-        let (component, source) = tokio::task::spawn_blocking(move || cache.load(&engine, &sha256, &bytes))
-            .await
-            .context("the compile task panicked")??;
+        let (component, source) =
+            tokio::task::spawn_blocking(move || cache.load(&engine, &sha256, &bytes))
+                .await
+                .context("the compile task panicked")??;
         Ok((component, source, started.elapsed().as_millis() as u64))
     }
 
@@ -184,7 +188,9 @@ impl Handlers {
             .contract
             .get_or_try_init(|| async {
                 let (_, bytes) = BUILT_IN[0];
-                let (component, ..) = self.compile(&sha256_hex(bytes), Bytes::from_static(bytes)).await?;
+                let (component, ..) = self
+                    .compile(&sha256_hex(bytes), Bytes::from_static(bytes))
+                    .await?;
                 Contract::from_component(self.runtime.engine(), &component).map(Arc::new)
             })
             .await?;
@@ -196,10 +202,13 @@ impl Handlers {
         validate::check_header(bytes, self.settings.max_component_bytes)?;
         let sha256 = sha256_hex(bytes);
         let version = sha256[..12].to_owned();
-        let (component, compiled_from, compile_ms) = self
-            .compile(&sha256, bytes.clone())
-            .await
-            .map_err(|e| Rejection::new("compile_failed", format!("the component does not compile: {e:#}")))?;
+        let (component, compiled_from, compile_ms) =
+            self.compile(&sha256, bytes.clone()).await.map_err(|e| {
+                Rejection::new(
+                    "compile_failed",
+                    format!("the component does not compile: {e:#}"),
+                )
+            })?;
         let contract = self
             .contract()
             .await
@@ -223,7 +232,13 @@ impl Handlers {
 
     /// Validates, stores and activates a new version. A rejected upload
     /// changes nothing: the active version keeps serving.
-    pub async fn deploy(&self, name: &str, bytes: Bytes, by: &str, action: &str) -> Result<Deployed, DeployError> {
+    pub async fn deploy(
+        &self,
+        name: &str,
+        bytes: Bytes,
+        by: &str,
+        action: &str,
+    ) -> Result<Deployed, DeployError> {
         if !valid_handler_name(name) {
             return Err(DeployError::Rejected(Rejection::new(
                 "invalid_handler_name",
@@ -251,12 +266,22 @@ impl Handlers {
 
     /// Activates a stored version again: the one active before the current
     /// one, or `to` (a version id or a unique prefix of one).
-    pub async fn rollback(&self, name: &str, to: Option<&str>, by: &str) -> Result<Deployed, DeployError> {
+    pub async fn rollback(
+        &self,
+        name: &str,
+        to: Option<&str>,
+        by: &str,
+    ) -> Result<Deployed, DeployError> {
         let versions = self.store.versions(name).await?;
         if versions.is_empty() {
             return Err(DeployError::UnknownHandler(name.to_owned()));
         }
-        let known = || versions.iter().map(|v| v.version.clone()).collect::<Vec<_>>();
+        let known = || {
+            versions
+                .iter()
+                .map(|v| v.version.clone())
+                .collect::<Vec<_>>()
+        };
         let target = match to {
             Some(wanted) => {
                 let matches: Vec<&VersionMeta> = versions
@@ -290,12 +315,12 @@ impl Handlers {
             None => {
                 let latest = self.store.history(name, 1).await?.into_iter().next();
                 let active = self.store.active(name).await?.unwrap_or_default();
-                let previous = latest
-                    .and_then(|a| a.previous)
-                    .ok_or_else(|| DeployError::NothingToRollBack {
+                let previous = latest.and_then(|a| a.previous).ok_or_else(|| {
+                    DeployError::NothingToRollBack {
                         name: name.into(),
                         active: active.clone(),
-                    })?;
+                    }
+                })?;
                 versions
                     .iter()
                     .find(|v| v.version == previous)
@@ -307,12 +332,16 @@ impl Handlers {
                     })?
             }
         };
-        let bytes = self.store.component(name, &target.version).await?.ok_or_else(|| {
-            DeployError::Internal(format!(
-                "the bytes of `{name}` version `{}` are missing from Redis",
-                target.version
-            ))
-        })?;
+        let bytes = self
+            .store
+            .component(name, &target.version)
+            .await?
+            .ok_or_else(|| {
+                DeployError::Internal(format!(
+                    "the bytes of `{name}` version `{}` are missing from Redis",
+                    target.version
+                ))
+            })?;
         if sha256_hex(&bytes) != target.sha256 {
             return Err(DeployError::Internal(format!(
                 "the stored bytes of `{name}` version `{}` do not match its hash",
@@ -321,11 +350,20 @@ impl Handlers {
         }
         let bytes = Bytes::from(bytes);
         // Validated when uploaded; checked again because this engine may differ.
-        let prepared = self.prepare(name, &bytes).await.map_err(DeployError::Rejected)?;
+        let prepared = self
+            .prepare(name, &bytes)
+            .await
+            .map_err(DeployError::Rejected)?;
         self.activate(prepared, bytes.len(), by, "rollback").await
     }
 
-    async fn activate(&self, prepared: Prepared, size: usize, by: &str, action: &str) -> Result<Deployed, DeployError> {
+    async fn activate(
+        &self,
+        prepared: Prepared,
+        size: usize,
+        by: &str,
+        action: &str,
+    ) -> Result<Deployed, DeployError> {
         let handler = prepared.handler.clone();
         self.registry.insert(prepared.handler);
         let activated_at = now_ms();
@@ -338,7 +376,10 @@ impl Handlers {
             only_if_none: false,
         };
         let (previous, changed, generation) = match self.store.activate(request).await? {
-            Activated::Activated { previous, generation } => (previous, true, generation),
+            Activated::Activated {
+                previous,
+                generation,
+            } => (previous, true, generation),
             Activated::Unchanged { generation } | Activated::Kept { generation, .. } => {
                 (Some(handler.version.clone()), false, generation)
             }
@@ -384,7 +425,9 @@ impl Handlers {
             .store
             .component(name, version)
             .await?
-            .with_context(|| format!("version `{version}` of handler `{name}` is not stored in Redis"))?;
+            .with_context(|| {
+                format!("version `{version}` of handler `{name}` is not stored in Redis")
+            })?;
         let sha256 = sha256_hex(&bytes);
         if !sha256.starts_with(version) {
             bail!("the stored bytes of `{name}` version `{version}` do not match its hash");
@@ -441,13 +484,19 @@ impl Handlers {
     /// load every active version and every version a queue pins.
     pub async fn bootstrap(&self, config: &Config) -> Result<()> {
         for (name, bytes) in BUILT_IN {
-            self.seed(name, Bytes::from_static(bytes), "built-in").await?;
+            self.seed(name, Bytes::from_static(bytes), "built-in")
+                .await?;
         }
         for (name, file) in &config.handlers {
-            let bytes = std::fs::read(&file.path)
-                .with_context(|| format!("reading handler `{name}` from {}", file.path.display()))?;
-            self.seed(name, Bytes::from(bytes), &format!("config:{}", file.path.display()))
-                .await?;
+            let bytes = std::fs::read(&file.path).with_context(|| {
+                format!("reading handler `{name}` from {}", file.path.display())
+            })?;
+            self.seed(
+                name,
+                Bytes::from(bytes),
+                &format!("config:{}", file.path.display()),
+            )
+            .await?;
         }
         for (name, path) in &config.watch {
             if let Err(error) = watch::deploy_file(self, name, path).await {
@@ -460,17 +509,21 @@ impl Handlers {
                 tracing::warn!(handler = %name, error = %format!("{error:#}"), "watched file not deployed; the active version keeps serving");
             }
         }
-        self.sync().await.context("loading the active handler versions")?;
+        self.sync()
+            .await
+            .context("loading the active handler versions")?;
         for (queue, route) in &config.queues {
             let Some(version) = &route.handler_version else {
                 continue;
             };
-            self.load_version(&route.handler, version).await.with_context(|| {
-                format!(
-                    "queue `{queue}` pins version `{version}` of handler `{}`",
-                    route.handler
-                )
-            })?;
+            self.load_version(&route.handler, version)
+                .await
+                .with_context(|| {
+                    format!(
+                        "queue `{queue}` pins version `{version}` of handler `{}`",
+                        route.handler
+                    )
+                })?;
             self.registry.pin(&route.handler, version);
         }
         Ok(())

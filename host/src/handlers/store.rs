@@ -76,14 +76,9 @@ pub enum Activated {
         generation: u64,
     },
     /// The version was already active.
-    Unchanged {
-        generation: u64,
-    },
+    Unchanged { generation: u64 },
     /// Seeding only: another version is active and stays so.
-    Kept {
-        active: String,
-        generation: u64,
-    },
+    Kept { active: String, generation: u64 },
     /// No such stored version.
     Missing,
 }
@@ -129,7 +124,12 @@ impl HandlerStore {
 
     /// Stores a version's bytes and metadata together. Storing the same bytes
     /// again keeps the first upload's metadata.
-    pub async fn store_version(&self, name: &str, meta: &VersionMeta, bytes: &[u8]) -> redis::RedisResult<()> {
+    pub async fn store_version(
+        &self,
+        name: &str,
+        meta: &VersionMeta,
+        bytes: &[u8],
+    ) -> redis::RedisResult<()> {
         let meta_json = serde_json::to_string(meta).unwrap_or_default();
         let mut pipe = redis::pipe();
         pipe.atomic()
@@ -208,18 +208,33 @@ impl HandlerStore {
         Ok(versions)
     }
 
-    pub async fn version(&self, name: &str, version: &str) -> redis::RedisResult<Option<VersionMeta>> {
+    pub async fn version(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> redis::RedisResult<Option<VersionMeta>> {
         let raw: Option<String> = self.redis.clone().hget(versions_key(name), version).await?;
         Ok(raw.and_then(|json| serde_json::from_str(&json).ok()))
     }
 
     /// The latest activations, newest first.
     pub async fn history(&self, name: &str, limit: isize) -> redis::RedisResult<Vec<Activation>> {
-        let raw: Vec<String> = self.redis.clone().lrange(history_key(name), 0, limit - 1).await?;
-        Ok(raw.iter().filter_map(|json| serde_json::from_str(json).ok()).collect())
+        let raw: Vec<String> = self
+            .redis
+            .clone()
+            .lrange(history_key(name), 0, limit - 1)
+            .await?;
+        Ok(raw
+            .iter()
+            .filter_map(|json| serde_json::from_str(json).ok())
+            .collect())
     }
 
-    pub async fn component(&self, name: &str, version: &str) -> redis::RedisResult<Option<Vec<u8>>> {
+    pub async fn component(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> redis::RedisResult<Option<Vec<u8>>> {
         self.redis.clone().get(component_key(name, version)).await
     }
 
@@ -269,10 +284,18 @@ impl HandlerStore {
     pub async fn live_instances(&self, now_ms: u64) -> redis::RedisResult<Vec<InstanceReport>> {
         let mut redis = self.redis.clone();
         let _: i64 = redis
-            .zrembyscore(INSTANCES_KEY, "-inf", now_ms.saturating_sub(INSTANCE_FORGET_MS))
+            .zrembyscore(
+                INSTANCES_KEY,
+                "-inf",
+                now_ms.saturating_sub(INSTANCE_FORGET_MS),
+            )
             .await?;
         let live: Vec<(String, u64)> = redis
-            .zrangebyscore_withscores(INSTANCES_KEY, now_ms.saturating_sub(INSTANCE_LIVE_MS), "+inf")
+            .zrangebyscore_withscores(
+                INSTANCES_KEY,
+                now_ms.saturating_sub(INSTANCE_LIVE_MS),
+                "+inf",
+            )
             .await?;
         let mut reports = Vec::with_capacity(live.len());
         for (instance, last_seen) in live {

@@ -42,7 +42,9 @@ impl Handlers {
         let local = self.registry.versions();
         let pending: Vec<(&String, &String)> = remote
             .iter()
-            .filter(|(name, version)| local.get(*name) != Some(*version) && !self.is_broken(name, version))
+            .filter(|(name, version)| {
+                local.get(*name) != Some(*version) && !self.is_broken(name, version)
+            })
             .collect();
         if applied.reported && generation == self.registry.generation() && pending.is_empty() {
             return Ok(());

@@ -52,7 +52,10 @@ pub fn check_header(bytes: &[u8], max_bytes: usize) -> Result<(), Rejection> {
     if bytes.len() > max_bytes {
         return Err(Rejection::new(
             "too_large",
-            format!("the component is {} bytes; the limit is {max_bytes}", bytes.len()),
+            format!(
+                "the component is {} bytes; the limit is {max_bytes}",
+                bytes.len()
+            ),
         ));
     }
     if wasmparser::Parser::is_component(bytes) {
@@ -93,10 +96,17 @@ impl Contract {
 
 /// Checks exports and imports against the handler world, naming the first
 /// missing or mismatched item.
-pub fn check_world(engine: &Engine, component: &Component, contract: &Contract) -> Result<(), Rejection> {
+pub fn check_world(
+    engine: &Engine,
+    component: &Component,
+    contract: &Contract,
+) -> Result<(), Rejection> {
     let component_type = component.component_type();
     for (name, _) in component_type.imports(engine) {
-        if !PROVIDED_PREFIXES.iter().any(|prefix| name.starts_with(prefix)) {
+        if !PROVIDED_PREFIXES
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+        {
             return Err(Rejection::new(
                 "wrong_world",
                 format!(
@@ -111,14 +121,19 @@ pub fn check_world(engine: &Engine, component: &Component, contract: &Contract) 
         if let Some(difference) = signature_difference(expected, actual) {
             return Err(Rejection::new(
                 "wrong_world",
-                format!("`{HOOKS_EXPORT}` function `{hook}` does not match the contract of `{WORLD}`: {difference}"),
+                format!(
+                    "`{HOOKS_EXPORT}` function `{hook}` does not match the contract of `{WORLD}`: {difference}"
+                ),
             ));
         }
     }
     Ok(())
 }
 
-fn hook_functions(engine: &Engine, component: &Component) -> Result<Vec<(&'static str, ComponentFunc)>, Rejection> {
+fn hook_functions(
+    engine: &Engine,
+    component: &Component,
+) -> Result<Vec<(&'static str, ComponentFunc)>, Rejection> {
     let component_type = component.component_type();
     let Some(export) = component_type.get_export(engine, HOOKS_EXPORT) else {
         let exports: Vec<String> = component_type
@@ -166,7 +181,13 @@ fn signature_difference(expected: &ComponentFunc, actual: &ComponentFunc) -> Opt
     let expected_params: Vec<(&str, Type)> = expected.params().collect();
     let actual_params: Vec<(&str, Type)> = actual.params().collect();
     if expected_params.len() != actual_params.len() {
-        let names = |params: &[(&str, Type)]| params.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", ");
+        let names = |params: &[(&str, Type)]| {
+            params
+                .iter()
+                .map(|(name, _)| *name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         return Some(format!(
             "it takes {} parameter(s) ({}), the contract {} ({})",
             actual_params.len(),
@@ -201,7 +222,13 @@ fn type_difference(expected: &Type, found: &Type) -> Option<String> {
         return None;
     }
     let nested = |what: String, inner: Option<String>| inner.map(|d| format!("{what}: {d}"));
-    let mismatch = || Some(format!("expected {}, found {}", describe(expected), describe(found)));
+    let mismatch = || {
+        Some(format!(
+            "expected {}, found {}",
+            describe(expected),
+            describe(found)
+        ))
+    };
     match (expected, found) {
         (Type::Record(want), Type::Record(got)) => {
             let want: Vec<_> = want.fields().map(|f| (f.name.to_owned(), f.ty)).collect();
@@ -209,12 +236,17 @@ fn type_difference(expected: &Type, found: &Type) -> Option<String> {
             for (index, (name, ty)) in want.iter().enumerate() {
                 match got.get(index) {
                     Some((got_name, got_ty)) if got_name == name => {
-                        if let Some(d) = nested(format!("field `{name}`"), type_difference(ty, got_ty)) {
+                        if let Some(d) =
+                            nested(format!("field `{name}`"), type_difference(ty, got_ty))
+                        {
                             return Some(d);
                         }
                     }
                     Some((got_name, _)) => {
-                        return Some(format!("field {} is `{got_name}`, expected `{name}`", index + 1));
+                        return Some(format!(
+                            "field {} is `{got_name}`, expected `{name}`",
+                            index + 1
+                        ));
                     }
                     None => return Some(format!("record lacks field `{name}`")),
                 }
@@ -225,8 +257,13 @@ fn type_difference(expected: &Type, found: &Type) -> Option<String> {
         (Type::Variant(want), Type::Variant(got)) => {
             let want: Vec<_> = want.cases().map(|c| (c.name.to_owned(), c.ty)).collect();
             let got: Vec<_> = got.cases().map(|c| (c.name.to_owned(), c.ty)).collect();
-            let names =
-                |cases: &[(String, Option<Type>)]| cases.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ");
+            let names = |cases: &[(String, Option<Type>)]| {
+                cases
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
             if want.len() != got.len() || want.iter().zip(&got).any(|(a, b)| a.0 != b.0) {
                 return Some(format!(
                     "variant cases are ({}), expected ({})",
@@ -234,19 +271,30 @@ fn type_difference(expected: &Type, found: &Type) -> Option<String> {
                     names(&want)
                 ));
             }
-            want.iter().zip(&got).find_map(|((name, a), (_, b))| match (a, b) {
-                (Some(a), Some(b)) => nested(format!("case `{name}`"), type_difference(a, b)),
-                (None, None) => None,
-                _ => Some(format!("case `{name}`: payloads differ")),
-            })
+            want.iter()
+                .zip(&got)
+                .find_map(|((name, a), (_, b))| match (a, b) {
+                    (Some(a), Some(b)) => nested(format!("case `{name}`"), type_difference(a, b)),
+                    (None, None) => None,
+                    _ => Some(format!("case `{name}`: payloads differ")),
+                })
         }
-        (Type::List(want), Type::List(got)) => nested("list element".into(), type_difference(&want.ty(), &got.ty())),
-        (Type::Option(want), Type::Option(got)) => nested("option".into(), type_difference(&want.ty(), &got.ty())),
-        (Type::Result(want), Type::Result(got)) => match ((want.ok(), got.ok()), (want.err(), got.err())) {
-            ((Some(a), Some(b)), _) if a != b => nested("ok".into(), type_difference(&a, &b)),
-            (_, (Some(a), Some(b))) if a != b => nested("error".into(), type_difference(&a, &b)),
-            _ => mismatch(),
-        },
+        (Type::List(want), Type::List(got)) => nested(
+            "list element".into(),
+            type_difference(&want.ty(), &got.ty()),
+        ),
+        (Type::Option(want), Type::Option(got)) => {
+            nested("option".into(), type_difference(&want.ty(), &got.ty()))
+        }
+        (Type::Result(want), Type::Result(got)) => {
+            match ((want.ok(), got.ok()), (want.err(), got.err())) {
+                ((Some(a), Some(b)), _) if a != b => nested("ok".into(), type_difference(&a, &b)),
+                (_, (Some(a), Some(b))) if a != b => {
+                    nested("error".into(), type_difference(&a, &b))
+                }
+                _ => mismatch(),
+            }
+        }
         _ => mismatch(),
     }
 }
@@ -280,7 +328,11 @@ fn describe(ty: &Type) -> String {
         }
         Type::Tuple(tuple) => format!(
             "tuple<{}>",
-            tuple.types().map(|t| describe(&t)).collect::<Vec<_>>().join(", ")
+            tuple
+                .types()
+                .map(|t| describe(&t))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         other => format!("{other:?}").to_lowercase(),
     }
@@ -304,7 +356,10 @@ pub async fn smoke_run(runtime: &Runtime, handler: &HandlerComponent) -> Result<
     let failed = |hook: &str, why: String| {
         Rejection::new(
             "smoke_failed",
-            format!("the smoke run failed in `{hook}`: {}", without_backtrace(&why)),
+            format!(
+                "the smoke run failed in `{hook}`: {}",
+                without_backtrace(&why)
+            ),
         )
     };
     let timed_out = |hook: &str| failed(hook, format!("no answer within {SMOKE_DEADLINE:?}"));
@@ -318,7 +373,12 @@ pub async fn smoke_run(runtime: &Runtime, handler: &HandlerComponent) -> Result<
         Ok(Err(failure)) => return Err(failed("shape-prompt", failure.to_string())),
         Ok(Ok(_)) => {}
     }
-    match tokio::time::timeout(SMOKE_DEADLINE, runtime.parse_content(handler, &job, "smoke test")).await {
+    match tokio::time::timeout(
+        SMOKE_DEADLINE,
+        runtime.parse_content(handler, &job, "smoke test"),
+    )
+    .await
+    {
         Err(_) => Err(timed_out("parse-content")),
         Ok(Err(failure)) => Err(failed("parse-content", failure.to_string())),
         Ok(Ok(_)) => Ok(()),
@@ -346,7 +406,8 @@ fn without_backtrace(message: &str) -> String {
             }
         })
         .collect();
-    kept.join(" ").replace("error while executing at wasm backtrace: ", "")
+    kept.join(" ")
+        .replace("error while executing at wasm backtrace: ", "")
 }
 
 #[cfg(test)]
@@ -358,13 +419,22 @@ mod tests {
         let component = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
         let module = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
         assert!(check_header(&component, 1024).is_ok());
-        assert_eq!(check_header(&module, 1024).map_err(|r| r.code), Err("core_module"));
+        assert_eq!(
+            check_header(&module, 1024).map_err(|r| r.code),
+            Err("core_module")
+        );
         assert_eq!(
             check_header(b"PK\x03\x04 a zip file", 1024).map_err(|r| r.code),
             Err("not_wasm")
         );
-        assert_eq!(check_header(&[], 1024).map_err(|r| r.code), Err("empty_upload"));
-        assert_eq!(check_header(&component, 4).map_err(|r| r.code), Err("too_large"));
+        assert_eq!(
+            check_header(&[], 1024).map_err(|r| r.code),
+            Err("empty_upload")
+        );
+        assert_eq!(
+            check_header(&component, 4).map_err(|r| r.code),
+            Err("too_large")
+        );
     }
 
     #[test]

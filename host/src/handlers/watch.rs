@@ -28,7 +28,9 @@ pub async fn deploy_file(handlers: &Handlers, name: &str, path: &Path) -> Result
         .await
         .with_context(|| format!("reading {}", path.display()))?;
     let by = format!("watch:{}", path.display());
-    let deployed = handlers.deploy(name, Bytes::from(bytes), &by, "watch").await?;
+    let deployed = handlers
+        .deploy(name, Bytes::from(bytes), &by, "watch")
+        .await?;
     Ok(deployed)
 }
 
@@ -58,11 +60,18 @@ pub fn parse_spec(spec: &str) -> Result<(String, PathBuf), String> {
 }
 
 /// Watches every entry until `shutdown`.
-pub async fn run(handlers: Arc<Handlers>, entries: BTreeMap<String, PathBuf>, shutdown: CancellationToken) {
+pub async fn run(
+    handlers: Arc<Handlers>,
+    entries: BTreeMap<String, PathBuf>,
+    shutdown: CancellationToken,
+) {
     let (sender, mut changes) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event
-            && matches!(event.kind, EventKind::Create(_) | EventKind::Modify(_) | EventKind::Any)
+            && matches!(
+                event.kind,
+                EventKind::Create(_) | EventKind::Modify(_) | EventKind::Any
+            )
         {
             for path in event.paths {
                 let _ = sender.send(path);

@@ -58,14 +58,18 @@ impl From<DeployError> for ApiError {
     fn from(error: DeployError) -> Self {
         let message = error.to_string();
         match error {
-            DeployError::Rejected(rejection) => ApiError::invalid(rejection.code, rejection.message),
+            DeployError::Rejected(rejection) => {
+                ApiError::invalid(rejection.code, rejection.message)
+            }
             DeployError::UnknownHandler(_) => ApiError::not_found("unknown_handler", message),
             DeployError::UnknownVersion { .. } => ApiError::not_found("unknown_version", message),
             DeployError::NothingToRollBack { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "nothing_to_roll_back", message)
             }
             DeployError::Redis(error) => error.into(),
-            DeployError::Internal(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "registry_error", message),
+            DeployError::Internal(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "registry_error", message)
+            }
         }
     }
 }
@@ -82,9 +86,14 @@ fn checked_name(name: &str) -> Result<(), ApiError> {
 }
 
 fn who(by: Option<String>) -> String {
-    by.map(|b| b.chars().filter(|c| !c.is_control()).take(128).collect::<String>())
-        .filter(|b| !b.trim().is_empty())
-        .unwrap_or_else(|| "admin-api".into())
+    by.map(|b| {
+        b.chars()
+            .filter(|c| !c.is_control())
+            .take(128)
+            .collect::<String>()
+    })
+    .filter(|b| !b.trim().is_empty())
+    .unwrap_or_else(|| "admin-api".into())
 }
 
 async fn deploy(
@@ -110,13 +119,19 @@ async fn deploy(
             )
         }
     })?;
-    let deployed = state.handlers.deploy(&name, bytes, &who(query.by), "deploy").await?;
+    let deployed = state
+        .handlers
+        .deploy(&name, bytes, &who(query.by), "deploy")
+        .await?;
     let status = if deployed.changed {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(serde_json::to_value(&deployed).unwrap_or(Value::Null))))
+    Ok((
+        status,
+        Json(serde_json::to_value(&deployed).unwrap_or(Value::Null)),
+    ))
 }
 
 async fn rollback(

@@ -56,12 +56,18 @@ struct GenericFields {
     priority: Option<i64>,
 }
 
-pub async fn submit_chat(State(state): State<Arc<AppState>>, ApiJson(body): ApiJson<Value>) -> Result<(StatusCode, Json<Value>), ApiError> {
+pub async fn submit_chat(
+    State(state): State<Arc<AppState>>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Value::Object(mut object) = body else {
-        return Err(ApiError::invalid("invalid_body", "the body must be a JSON object"));
+        return Err(ApiError::invalid(
+            "invalid_body",
+            "the body must be a JSON object",
+        ));
     };
-    let fields: ChatFields =
-        serde_json::from_value(Value::Object(object.clone())).map_err(|e| ApiError::invalid("invalid_field", e.to_string()))?;
+    let fields: ChatFields = serde_json::from_value(Value::Object(object.clone()))
+        .map_err(|e| ApiError::invalid("invalid_field", e.to_string()))?;
     for host_field in ["userId", "userTier", "priority"] {
         object.remove(host_field);
     }
@@ -79,7 +85,8 @@ pub async fn submit_generic(
     ApiPath(queue): ApiPath<String>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let fields: GenericFields = serde_json::from_value(body).map_err(|e| ApiError::invalid("invalid_field", e.to_string()))?;
+    let fields: GenericFields = serde_json::from_value(body)
+        .map_err(|e| ApiError::invalid("invalid_field", e.to_string()))?;
     let submission = Submission {
         user_id: fields.user_id,
         user_tier: fields.user_tier.unwrap_or_default(),
@@ -92,16 +99,36 @@ pub async fn submit_generic(
 fn checked_priority(priority: Option<i64>) -> Result<u8, ApiError> {
     match priority.unwrap_or(DEFAULT_PRIORITY) {
         p @ 1..=10 => Ok(p as u8),
-        p => Err(ApiError::invalid("invalid_priority", format!("priority must be an integer from 1 to 10, got {p}"))),
+        p => Err(ApiError::invalid(
+            "invalid_priority",
+            format!("priority must be an integer from 1 to 10, got {p}"),
+        )),
     }
 }
 
 /// Runs the queue's priority rule (in Wasm), then enqueues.
-async fn submit(state: &AppState, queue: &str, submission: Submission) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let route = state.routes.get(queue).ok_or_else(|| unknown_queue(state, queue))?;
-    let handler = state.registry.resolve(&route.config.handler, route.config.handler_version.as_deref()).ok_or_else(|| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "handler_unavailable", format!("handler `{}` is not loaded", route.config.handler))
-    })?;
+async fn submit(
+    state: &AppState,
+    queue: &str,
+    submission: Submission,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let route = state
+        .routes
+        .get(queue)
+        .ok_or_else(|| unknown_queue(state, queue))?;
+    let handler = state
+        .registry
+        .resolve(
+            &route.config.handler,
+            route.config.handler_version.as_deref(),
+        )
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "handler_unavailable",
+                format!("handler `{}` is not loaded", route.config.handler),
+            )
+        })?;
     let id = uuid::Uuid::now_v7().to_string();
     let job = Job {
         id: id.clone(),
@@ -116,7 +143,11 @@ async fn submit(state: &AppState, queue: &str, submission: Submission) -> Result
         Ok(Ok(decision)) => decision,
         Ok(Err(reason)) => return Err(ApiError::invalid("rejected_by_handler", reason)),
         Err(failure) => {
-            return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "handler_failed", format!("the priority rule failed: {failure}")));
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "handler_failed",
+                format!("the priority rule failed: {failure}"),
+            ));
         }
     };
     let score = decision.score.clamp(1, 10);
@@ -135,7 +166,11 @@ async fn submit(state: &AppState, queue: &str, submission: Submission) -> Result
     match state.queue.submit(new_job).await {
         Ok(_) => {}
         Err(SubmitError::Full(queue)) => {
-            return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", format!("queue `{queue}` is full; retry later")));
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "queue_full",
+                format!("queue `{queue}` is full; retry later"),
+            ));
         }
         Err(SubmitError::Redis(error)) => return Err(error.into()),
     }
@@ -153,16 +188,32 @@ async fn submit(state: &AppState, queue: &str, submission: Submission) -> Result
 
 fn unknown_queue(state: &AppState, queue: &str) -> ApiError {
     let known: Vec<&str> = state.routes.keys().map(String::as_str).collect();
-    ApiError::not_found("unknown_queue", format!("no queue named `{queue}`; known queues: {}", known.join(", ")))
+    ApiError::not_found(
+        "unknown_queue",
+        format!(
+            "no queue named `{queue}`; known queues: {}",
+            known.join(", ")
+        ),
+    )
 }
 
-pub async fn get_job(State(state): State<Arc<AppState>>, ApiPath(id): ApiPath<String>) -> Result<Json<Value>, ApiError> {
-    let record = state.queue.job(&id).await?.ok_or_else(|| job_not_found(&id))?;
+pub async fn get_job(
+    State(state): State<Arc<AppState>>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    let record = state
+        .queue
+        .job(&id)
+        .await?
+        .ok_or_else(|| job_not_found(&id))?;
     Ok(Json(record.to_json()))
 }
 
 pub fn job_not_found(id: &str) -> ApiError {
-    ApiError::not_found("job_not_found", format!("no job `{id}` (it may have expired after its retention time)"))
+    ApiError::not_found(
+        "job_not_found",
+        format!("no job `{id}` (it may have expired after its retention time)"),
+    )
 }
 
 pub async fn stats(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
@@ -175,7 +226,10 @@ pub async fn stats(State(state): State<Arc<AppState>>) -> Result<Json<Value>, Ap
         delayed += stats.delayed;
         completed += stats.completed;
         failed += stats.failed;
-        queues.insert(name.clone(), serde_json::to_value(&stats).unwrap_or(Value::Null));
+        queues.insert(
+            name.clone(),
+            serde_json::to_value(&stats).unwrap_or(Value::Null),
+        );
     }
     Ok(Json(json!({
         "waiting": waiting, "active": active, "delayed": delayed, "completed": completed, "failed": failed,
@@ -183,18 +237,32 @@ pub async fn stats(State(state): State<Arc<AppState>>) -> Result<Json<Value>, Ap
     })))
 }
 
-pub async fn pause(State(state): State<Arc<AppState>>, ApiPath(queue): ApiPath<String>) -> Result<Json<Value>, ApiError> {
+pub async fn pause(
+    State(state): State<Arc<AppState>>,
+    ApiPath(queue): ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
     set_paused(&state, &queue, true).await
 }
 
-pub async fn resume(State(state): State<Arc<AppState>>, ApiPath(queue): ApiPath<String>) -> Result<Json<Value>, ApiError> {
+pub async fn resume(
+    State(state): State<Arc<AppState>>,
+    ApiPath(queue): ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
     set_paused(&state, &queue, false).await
 }
 
 async fn set_paused(state: &AppState, queue: &str, paused: bool) -> Result<Json<Value>, ApiError> {
-    let route = state.routes.get(queue).ok_or_else(|| unknown_queue(state, queue))?;
+    let route = state
+        .routes
+        .get(queue)
+        .ok_or_else(|| unknown_queue(state, queue))?;
     state.queue.set_paused(&route.keys, paused).await?;
-    tracing::info!(queue, paused, "queue {}", if paused { "paused" } else { "resumed" });
+    tracing::info!(
+        queue,
+        paused,
+        "queue {}",
+        if paused { "paused" } else { "resumed" }
+    );
     Ok(Json(json!({ "queue": queue, "paused": paused })))
 }
 
@@ -219,12 +287,23 @@ pub async fn history(
     ApiPath(queue): ApiPath<String>,
     ApiQuery(query): ApiQuery<HistoryQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let route = state.routes.get(&queue).ok_or_else(|| unknown_queue(&state, &queue))?;
+    let route = state
+        .routes
+        .get(&queue)
+        .ok_or_else(|| unknown_queue(&state, &queue))?;
     let wanted = match JobState::parse(&query.state) {
         Some(s @ (JobState::Completed | JobState::Failed)) => s,
-        _ => return Err(ApiError::invalid("invalid_query", "state must be `completed` or `failed`")),
+        _ => {
+            return Err(ApiError::invalid(
+                "invalid_query",
+                "state must be `completed` or `failed`",
+            ));
+        }
     };
-    let ids = state.queue.history(&route.keys, wanted, query.limit.clamp(1, 1000) as isize).await?;
+    let ids = state
+        .queue
+        .history(&route.keys, wanted, query.limit.clamp(1, 1000) as isize)
+        .await?;
     let mut jobs = Vec::with_capacity(ids.len());
     for id in ids {
         // Entries outlive their records by up to the retention time; skip those.
@@ -232,5 +311,7 @@ pub async fn history(
             jobs.push(record.to_json());
         }
     }
-    Ok(Json(json!({ "queue": queue, "state": wanted.as_str(), "jobs": jobs })))
+    Ok(Json(
+        json!({ "queue": queue, "state": wanted.as_str(), "jobs": jobs }),
+    ))
 }

@@ -29,7 +29,11 @@ pub const GROUP: &str = "spool-workers";
 pub const WAKE_CHANNEL: &str = "spool:wake";
 pub const JOB_PREFIX: &str = "spool:job:";
 pub const EVENTS_PREFIX: &str = "job_events:";
-pub const CLASSES: [PriorityClass; 3] = [PriorityClass::High, PriorityClass::Normal, PriorityClass::Low];
+pub const CLASSES: [PriorityClass; 3] = [
+    PriorityClass::High,
+    PriorityClass::Normal,
+    PriorityClass::Low,
+];
 
 pub fn job_key(id: &str) -> String {
     format!("{JOB_PREFIX}{id}")
@@ -50,11 +54,17 @@ pub fn class_name(class: PriorityClass) -> &'static str {
 }
 
 pub fn valid_queue_name(name: &str) -> bool {
-    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// The keys of one queue.
@@ -117,7 +127,9 @@ pub enum Claim {
     Job(ClaimedJob),
     Paused,
     /// Nothing to do; `next_retry_ms` is when the earliest delayed retry is due.
-    Idle { next_retry_ms: Option<u64> },
+    Idle {
+        next_retry_ms: Option<u64>,
+    },
     Again,
 }
 
@@ -129,10 +141,19 @@ pub struct ClaimedJob {
 
 /// How an attempt ended, as the queue records it.
 pub enum Outcome {
-    Completed { result: String, blocks: String, handler_version: String },
+    Completed {
+        result: String,
+        blocks: String,
+        handler_version: String,
+    },
     /// The job will run again at `retry_at_ms`.
-    Retry { error: String, retry_at_ms: u64 },
-    Failed { error: String },
+    Retry {
+        error: String,
+        retry_at_ms: u64,
+    },
+    Failed {
+        error: String,
+    },
 }
 
 /// Retention applied when a job finishes.
@@ -183,7 +204,8 @@ impl Queue {
     pub async fn ensure_groups(&self, queue: &QueueKeys) -> redis::RedisResult<()> {
         let mut redis = self.redis.clone();
         for stream in &queue.streams {
-            let created: redis::RedisResult<()> = redis.xgroup_create_mkstream(stream, GROUP, "0").await;
+            let created: redis::RedisResult<()> =
+                redis.xgroup_create_mkstream(stream, GROUP, "0").await;
             match created {
                 Err(e) if e.code() == Some("BUSYGROUP") => {}
                 other => other?,
@@ -234,7 +256,12 @@ impl Queue {
         for stream in &queue.streams {
             invocation.key(stream);
         }
-        invocation.arg(GROUP).arg(consumer).arg(now_ms()).arg(JOB_PREFIX).arg(EVENTS_PREFIX);
+        invocation
+            .arg(GROUP)
+            .arg(consumer)
+            .arg(now_ms())
+            .arg(JOB_PREFIX)
+            .arg(EVENTS_PREFIX);
         let reply: Vec<Value> = match invocation.invoke_async(&mut self.redis.clone()).await {
             Err(e) if e.code() == Some("NOGROUP") => {
                 // Redis lost its data (restarted without persistence): recreate.
@@ -248,30 +275,76 @@ impl Queue {
 
     /// Records how an attempt ended and acknowledges its entry. Returns false
     /// when the attempt had already lost the job (another run finished it).
-    pub async fn finish(&self, job: &ClaimedJob, outcome: &Outcome, retention: Retention) -> redis::RedisResult<bool> {
+    pub async fn finish(
+        &self,
+        job: &ClaimedJob,
+        outcome: &Outcome,
+        retention: Retention,
+    ) -> redis::RedisResult<bool> {
         let keys = QueueKeys::new(&job.record.queue);
         let id = job.record.id.as_str();
         let now = now_ms();
         let duration_ms = now.saturating_sub(job.record.started_at.unwrap_or(now));
         let attempt = job.record.attempts;
         let (state, zset, score, history, ttl, event_type, event, mut fields) = match outcome {
-            Outcome::Completed { result, blocks, handler_version } => {
-                let result_json: serde_json::Value = serde_json::from_str(result).unwrap_or(serde_json::Value::Null);
+            Outcome::Completed {
+                result,
+                blocks,
+                handler_version,
+            } => {
+                let result_json: serde_json::Value =
+                    serde_json::from_str(result).unwrap_or(serde_json::Value::Null);
                 let event = serde_json::json!({ "result": result_json, "duration_ms": duration_ms, "attempt": attempt });
-                let fields = vec![("result", result.clone()), ("blocks", blocks.clone()), ("handler_version", handler_version.clone()), ("progress", "100".into())];
-                ("completed", &keys.completed, now, retention.history, retention.completed_secs, "task_completed", event, fields)
+                let fields = vec![
+                    ("result", result.clone()),
+                    ("blocks", blocks.clone()),
+                    ("handler_version", handler_version.clone()),
+                    ("progress", "100".into()),
+                ];
+                (
+                    "completed",
+                    &keys.completed,
+                    now,
+                    retention.history,
+                    retention.completed_secs,
+                    "task_completed",
+                    event,
+                    fields,
+                )
             }
             Outcome::Retry { error, retry_at_ms } => {
                 let event = serde_json::json!({ "error": error, "attempt": attempt, "final": false, "retry_at_ms": retry_at_ms });
-                ("delayed", &keys.delayed, *retry_at_ms, 0, 0, "task_failed", event, vec![("error", error.clone())])
+                (
+                    "delayed",
+                    &keys.delayed,
+                    *retry_at_ms,
+                    0,
+                    0,
+                    "task_failed",
+                    event,
+                    vec![("error", error.clone())],
+                )
             }
             Outcome::Failed { error } => {
-                let event = serde_json::json!({ "error": error, "attempt": attempt, "final": true });
-                ("failed", &keys.failed, now, retention.history, retention.failed_secs, "task_failed", event, vec![("error", error.clone())])
+                let event =
+                    serde_json::json!({ "error": error, "attempt": attempt, "final": true });
+                (
+                    "failed",
+                    &keys.failed,
+                    now,
+                    retention.history,
+                    retention.failed_secs,
+                    "task_failed",
+                    event,
+                    vec![("error", error.clone())],
+                )
             }
         };
         // A failed attempt records the version that ran it too (the worker sets it).
-        if let (false, Some(version)) = (matches!(outcome, Outcome::Completed { .. }), &job.record.handler_version) {
+        if let (false, Some(version)) = (
+            matches!(outcome, Outcome::Completed { .. }),
+            &job.record.handler_version,
+        ) {
             fields.push(("handler_version", version.clone()));
         }
         let mut invocation = self.finish.prepare_invoke();
@@ -310,7 +383,10 @@ impl Queue {
             redis.set::<_, _, ()>(&queue.paused, now_ms()).await
         } else {
             let mut pipe = redis::pipe();
-            pipe.del(&queue.paused).ignore().publish(WAKE_CHANNEL, &queue.name).ignore();
+            pipe.del(&queue.paused)
+                .ignore()
+                .publish(WAKE_CHANNEL, &queue.name)
+                .ignore();
             pipe.query_async(&mut redis).await
         }
     }
@@ -320,17 +396,26 @@ impl Queue {
         for stream in &queue.streams {
             pipe.xlen(stream).cmd("XPENDING").arg(stream).arg(GROUP);
         }
-        pipe.zcard(&queue.delayed).get(queue.counter("completed")).get(queue.counter("failed")).exists(&queue.paused);
+        pipe.zcard(&queue.delayed)
+            .get(queue.counter("completed"))
+            .get(queue.counter("failed"))
+            .exists(&queue.paused);
         let values: Vec<Value> = pipe.query_async(&mut self.redis.clone()).await?;
         let number = |v: &Value| -> u64 {
             match v {
                 Value::Int(n) => (*n).max(0) as u64,
-                Value::BulkString(b) => std::str::from_utf8(b).ok().and_then(|s| s.parse().ok()).unwrap_or(0),
+                Value::BulkString(b) => std::str::from_utf8(b)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0),
                 // XPENDING's summary starts with the pending count.
-                Value::Array(items) => items.first().map(|first| match first {
-                    Value::Int(n) => (*n).max(0) as u64,
-                    _ => 0,
-                }).unwrap_or(0),
+                Value::Array(items) => items
+                    .first()
+                    .map(|first| match first {
+                        Value::Int(n) => (*n).max(0) as u64,
+                        _ => 0,
+                    })
+                    .unwrap_or(0),
                 _ => 0,
             }
         };
@@ -346,7 +431,10 @@ impl Queue {
         for (i, class) in CLASSES.iter().enumerate() {
             let length = number(&values[2 * i]);
             let active = number(&values[2 * i + 1]);
-            let class_stats = ClassStats { waiting: length.saturating_sub(active), active };
+            let class_stats = ClassStats {
+                waiting: length.saturating_sub(active),
+                active,
+            };
             stats.waiting += class_stats.waiting;
             stats.active += class_stats.active;
             stats.by_priority.insert(class_name(*class), class_stats);
@@ -355,13 +443,24 @@ impl Queue {
     }
 
     /// The most recent finished job ids of a queue, newest first.
-    pub async fn history(&self, queue: &QueueKeys, state: JobState, limit: isize) -> redis::RedisResult<Vec<String>> {
-        let key = if state == JobState::Failed { &queue.failed } else { &queue.completed };
+    pub async fn history(
+        &self,
+        queue: &QueueKeys,
+        state: JobState,
+        limit: isize,
+    ) -> redis::RedisResult<Vec<String>> {
+        let key = if state == JobState::Failed {
+            &queue.failed
+        } else {
+            &queue.completed
+        };
         self.redis.clone().zrevrange(key, 0, limit - 1).await
     }
 
     pub async fn ping(&self) -> redis::RedisResult<()> {
-        redis::cmd("PING").query_async::<()>(&mut self.redis.clone()).await
+        redis::cmd("PING")
+            .query_async::<()>(&mut self.redis.clone())
+            .await
     }
 
     pub fn connection(&self) -> ConnectionManager {
@@ -378,21 +477,45 @@ fn parse_claim(reply: Vec<Value>) -> redis::RedisResult<Claim> {
             _ => String::new(),
         }
     };
-    let malformed = || redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "unexpected reply from the claim script"));
+    let malformed = || {
+        redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "unexpected reply from the claim script",
+        ))
+    };
     let mut items = reply.into_iter();
     let tag = items.next().map(|v| text(&v)).ok_or_else(malformed)?;
     match tag.as_str() {
         "paused" => Ok(Claim::Paused),
         "again" => Ok(Claim::Again),
-        "idle" => Ok(Claim::Idle { next_retry_ms: items.next().and_then(|v| text(&v).parse::<f64>().ok()).map(|ms| ms as u64) }),
+        "idle" => Ok(Claim::Idle {
+            next_retry_ms: items
+                .next()
+                .and_then(|v| text(&v).parse::<f64>().ok())
+                .map(|ms| ms as u64),
+        }),
         "job" => {
-            let index: usize = items.next().map(|v| text(&v)).and_then(|s| s.parse().ok()).ok_or_else(malformed)?;
+            let index: usize = items
+                .next()
+                .map(|v| text(&v))
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(malformed)?;
             let class = *CLASSES.get(index.wrapping_sub(1)).ok_or_else(malformed)?;
             let entry_id = items.next().map(|v| text(&v)).ok_or_else(malformed)?;
-            let Some(Value::Array(flat)) = items.next() else { return Err(malformed()) };
-            let fields: HashMap<String, String> = flat.chunks(2).filter(|p| p.len() == 2).map(|p| (text(&p[0]), text(&p[1]))).collect();
+            let Some(Value::Array(flat)) = items.next() else {
+                return Err(malformed());
+            };
+            let fields: HashMap<String, String> = flat
+                .chunks(2)
+                .filter(|p| p.len() == 2)
+                .map(|p| (text(&p[0]), text(&p[1])))
+                .collect();
             let record = JobRecord::from_fields(fields).ok_or_else(malformed)?;
-            Ok(Claim::Job(ClaimedJob { class, entry_id, record }))
+            Ok(Claim::Job(ClaimedJob {
+                class,
+                entry_id,
+                record,
+            }))
         }
         _ => Err(malformed()),
     }

@@ -99,7 +99,10 @@ impl JobRecord {
 
     /// The public shape, in the API's camelCase.
     pub fn to_json(&self) -> Value {
-        let parsed = |text: &Option<String>| text.as_deref().and_then(|t| serde_json::from_str::<Value>(t).ok());
+        let parsed = |text: &Option<String>| {
+            text.as_deref()
+                .and_then(|t| serde_json::from_str::<Value>(t).ok())
+        };
         json!({
             "id": self.id,
             "queue": self.queue,
