@@ -60,6 +60,12 @@ pub struct WorkerConfig {
     /// Idle workers re-check their queues this often even without a wake-up
     /// message (Pub/Sub is at-most-once), in milliseconds.
     pub idle_poll_ms: u64,
+    /// A job whose worker has not heart-beaten for this long is requeued for
+    /// another worker (crash recovery), in milliseconds.
+    pub visibility_timeout_ms: u64,
+    /// On SIGTERM, how long jobs in flight get to finish before they are left
+    /// for recovery by another instance, in milliseconds.
+    pub drain_timeout_ms: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -130,7 +136,7 @@ impl Default for RedisConfig {
 
 impl Default for WorkerConfig {
     fn default() -> Self {
-        Self { concurrency: 3, idle_poll_ms: 1000 }
+        Self { concurrency: 3, idle_poll_ms: 1000, visibility_timeout_ms: 30_000, drain_timeout_ms: 30_000 }
     }
 }
 
@@ -168,6 +174,9 @@ impl Config {
                 self.workers.concurrency,
                 self.sandbox.max_instances
             );
+        }
+        if self.workers.visibility_timeout_ms < 300 {
+            bail!("workers.visibility_timeout_ms must be at least 300 (heartbeats run three times per timeout)");
         }
         if self.sandbox.max_instances == 0 || self.sandbox.memory_mb == 0 || self.sandbox.deadline_ms == 0 {
             bail!("sandbox.max_instances, memory_mb and deadline_ms must be above 0");

@@ -10,6 +10,7 @@ pub mod app;
 pub mod bench;
 pub mod config;
 pub mod content;
+pub mod dead_cli;
 pub mod embedded_redis;
 pub mod events;
 pub mod http;

@@ -24,6 +24,8 @@ enum Command {
     StubModel(spool::stub::StubArgs),
     /// Drive short jobs through the whole path and print throughput and latency.
     Bench(spool::bench::BenchArgs),
+    /// Inspect, replay or purge dead jobs of a running instance.
+    Dead(spool::dead_cli::DeadArgs),
 }
 
 /// Settings for `spool serve`. Each flag overrides the config file; each has an
@@ -151,6 +153,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => spool::app::serve(args.into_config()?).await,
             Command::StubModel(args) => spool::stub::run(args).await,
             Command::Bench(args) => spool::bench::run(args).await,
+            Command::Dead(args) => spool::dead_cli::run(args).await,
         }
     });
     match result {

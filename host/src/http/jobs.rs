@@ -12,7 +12,8 @@ use serde_json::{Map, Value, json};
 
 use super::AppState;
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery};
-use crate::queue::{JobState, NewJob, SubmitError, class_name};
+use crate::queue::{CancelOutcome, JobState, NewJob, SubmitError, class_name};
+use crate::worker::Route;
 use crate::runtime::Job;
 
 const DEFAULT_PRIORITY: i64 = 5;
@@ -98,7 +99,7 @@ fn checked_priority(priority: Option<i64>) -> Result<u8, ApiError> {
 
 /// Runs the queue's priority rule (in Wasm), then enqueues.
 async fn submit(state: &AppState, queue: &str, submission: Submission) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let route = state.routes.get(queue).ok_or_else(|| unknown_queue(state, queue))?;
+    let route = route(state, queue)?;
     let handler = state.registry.get(&route.config.handler).ok_or_else(|| {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "handler_unavailable", format!("handler `{}` is not loaded", route.config.handler))
     })?;
@@ -151,14 +152,32 @@ async fn submit(state: &AppState, queue: &str, submission: Submission) -> Result
     Ok((StatusCode::ACCEPTED, Json(body)))
 }
 
-fn unknown_queue(state: &AppState, queue: &str) -> ApiError {
-    let known: Vec<&str> = state.routes.keys().map(String::as_str).collect();
-    ApiError::not_found("unknown_queue", format!("no queue named `{queue}`; known queues: {}", known.join(", ")))
+pub fn route<'a>(state: &'a AppState, queue: &str) -> Result<&'a Route, ApiError> {
+    state.routes.get(queue).ok_or_else(|| {
+        let known: Vec<&str> = state.routes.keys().map(String::as_str).collect();
+        ApiError::not_found("unknown_queue", format!("no queue named `{queue}`; known queues: {}", known.join(", ")))
+    })
 }
 
 pub async fn get_job(State(state): State<Arc<AppState>>, ApiPath(id): ApiPath<String>) -> Result<Json<Value>, ApiError> {
     let record = state.queue.job(&id).await?.ok_or_else(|| job_not_found(&id))?;
-    Ok(Json(record.to_json()))
+    let mut body = record.to_json();
+    body["attemptHistory"] = Value::Array(state.queue.attempt_history(&id).await?);
+    Ok(Json(body))
+}
+
+/// Cancels a waiting or delayed job at once; asks an active one to stop.
+pub async fn cancel(State(state): State<Arc<AppState>>, ApiPath(id): ApiPath<String>) -> Result<(StatusCode, Json<Value>), ApiError> {
+    match state.queue.cancel(&id, state.retention).await? {
+        CancelOutcome::Cancelled => Ok((StatusCode::OK, Json(json!({ "jobId": id, "state": "cancelled" })))),
+        CancelOutcome::Requested => Ok((StatusCode::ACCEPTED, Json(json!({ "jobId": id, "state": "active", "cancel": "requested" })))),
+        CancelOutcome::AlreadyFinished(finished) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_finished",
+            format!("job `{id}` already finished ({})", finished.as_str()),
+        )),
+        CancelOutcome::NotFound => Err(job_not_found(&id)),
+    }
 }
 
 pub fn job_not_found(id: &str) -> ApiError {
@@ -192,7 +211,7 @@ pub async fn resume(State(state): State<Arc<AppState>>, ApiPath(queue): ApiPath<
 }
 
 async fn set_paused(state: &AppState, queue: &str, paused: bool) -> Result<Json<Value>, ApiError> {
-    let route = state.routes.get(queue).ok_or_else(|| unknown_queue(state, queue))?;
+    let route = route(state, queue)?;
     state.queue.set_paused(&route.keys, paused).await?;
     tracing::info!(queue, paused, "queue {}", if paused { "paused" } else { "resumed" });
     Ok(Json(json!({ "queue": queue, "paused": paused })))
@@ -219,7 +238,7 @@ pub async fn history(
     ApiPath(queue): ApiPath<String>,
     ApiQuery(query): ApiQuery<HistoryQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let route = state.routes.get(&queue).ok_or_else(|| unknown_queue(&state, &queue))?;
+    let route = route(&state, &queue)?;
     let wanted = match JobState::parse(&query.state) {
         Some(s @ (JobState::Completed | JobState::Failed)) => s,
         _ => return Err(ApiError::invalid("invalid_query", "state must be `completed` or `failed`")),

@@ -1,6 +1,7 @@
 //! The HTTP API (axum on hyper). Owns routing, request validation and response
 //! shapes; the work itself is the queue's, the runtime's and the events module's.
 
+mod dead;
 mod error;
 mod jobs;
 mod stream;
@@ -13,11 +14,11 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 
 pub use error::ApiError;
 
-use crate::queue::Queue;
+use crate::queue::{Queue, Retention};
 use crate::registry::Registry;
 use crate::runtime::Runtime;
 use crate::worker::Route;
@@ -33,6 +34,7 @@ pub struct AppState {
     pub instance: String,
     pub model: String,
     pub started: Instant,
+    pub retention: Retention,
 }
 
 pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
@@ -43,8 +45,11 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
         .route("/api/queues/{queue}/pause", post(jobs::pause))
         .route("/api/queues/{queue}/resume", post(jobs::resume))
         .route("/api/queues/{queue}/history", get(jobs::history))
+        .route("/api/queues/{queue}/dead", get(dead::list).delete(dead::purge_all))
+        .route("/api/queues/{queue}/dead/{job}", delete(dead::purge_one))
+        .route("/api/queues/{queue}/dead/{job}/replay", post(dead::replay))
         .route("/api/queue/stats", get(jobs::stats))
-        .route("/api/job/{id}", get(jobs::get_job))
+        .route("/api/job/{id}", get(jobs::get_job).delete(jobs::cancel))
         .route("/api/job/{id}/events", get(stream::job_events))
         .route("/stream/status/{id}", get(stream::status_stream))
         .fallback(not_found)
