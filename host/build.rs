@@ -8,20 +8,38 @@ use std::process::Command;
 const GUESTS: &[&str] = &["chat", "pipeline"];
 
 fn main() {
-    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let root = manifest_dir.parent().expect("host/ lives in the workspace root");
+    let manifest_dir =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let root = manifest_dir
+        .parent()
+        .expect("host/ lives in the workspace root");
     let guest_dir = root.join("guest");
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     // The guests' own target dir: a nested cargo must not share (and wait on) ours.
     let target_dir = root.join("target").join("guests");
 
-    for path in ["wit", "guest/Cargo.toml", "guest/Cargo.lock", "guest/.cargo"] {
+    for path in [
+        "wit",
+        "guest/Cargo.toml",
+        "guest/Cargo.lock",
+        "guest/.cargo",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }
-    for entry in std::fs::read_dir(&guest_dir).into_iter().flatten().flatten() {
+    for entry in std::fs::read_dir(&guest_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         if entry.path().join("Cargo.toml").exists() {
-            println!("cargo:rerun-if-changed={}", entry.path().join("Cargo.toml").display());
-            println!("cargo:rerun-if-changed={}", entry.path().join("src").display());
+            println!(
+                "cargo:rerun-if-changed={}",
+                entry.path().join("Cargo.toml").display()
+            );
+            println!(
+                "cargo:rerun-if-changed={}",
+                entry.path().join("src").display()
+            );
         }
     }
 
@@ -45,7 +63,12 @@ fn main() {
         Err(e) => panic!("could not run cargo to build the guests: {e}"),
     }
     for guest in GUESTS {
-        copy(&target_dir.join("wasm32-wasip2/release").join(format!("{guest}.wasm")), &out_dir.join(format!("{guest}.wasm")));
+        copy(
+            &target_dir
+                .join("wasm32-wasip2/release")
+                .join(format!("{guest}.wasm")),
+            &out_dir.join(format!("{guest}.wasm")),
+        );
     }
 }
 

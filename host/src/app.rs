@@ -38,23 +38,34 @@ pub struct Running {
 }
 
 pub async fn start(config: Config) -> Result<Running> {
-    let instance = format!("spool-{}-{}", std::process::id(), format!("{:06x}", fastrand::u32(..0x100_0000)));
+    let instance = format!(
+        "spool-{}-{}",
+        std::process::id(),
+        format!("{:06x}", fastrand::u32(..0x100_0000))
+    );
 
     let (redis_url, embedded) = match &config.redis.url {
         Some(url) => (url.clone(), None),
         None => {
-            let server = EmbeddedRedis::start(&config.redis.data_dir, config.redis.appendfsync).await?;
+            let server =
+                EmbeddedRedis::start(&config.redis.data_dir, config.redis.appendfsync).await?;
             tracing::info!(dir = %config.redis.data_dir.display(), fsync = ?config.redis.appendfsync, "started embedded redis-server (AOF on)");
             (server.url().to_owned(), Some(server))
         }
     };
-    let client = redis::Client::open(redis_url.as_str()).with_context(|| format!("invalid Redis URL `{redis_url}`"))?;
+    let client = redis::Client::open(redis_url.as_str())
+        .with_context(|| format!("invalid Redis URL `{redis_url}`"))?;
     let redis = connect(&client, &redis_url).await?;
 
     let (backend, stub) = match &config.model {
         Some(backend) => (backend.clone(), None),
         None => {
-            let server = stub::start(&StubArgs { listen: SocketAddr::from(([127, 0, 0, 1], 0)), latency_ms: 0, chunk_delay_ms: 0 }).await?;
+            let server = stub::start(&StubArgs {
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                latency_ms: 0,
+                chunk_delay_ms: 0,
+            })
+            .await?;
             let backend = BackendConfig {
                 kind: BackendKind::Ollama,
                 url: server.url(),
@@ -69,7 +80,10 @@ pub async fn start(config: Config) -> Result<Running> {
     };
     let models = ModelClient::new(backend)?;
     if stub.is_some() {
-        tracing::info!("model backend: the built-in STUB model server ({}); configure [model] or SPOOL_MODEL_URL for Ollama/OpenAI", models.describe());
+        tracing::info!(
+            "model backend: the built-in STUB model server ({}); configure [model] or SPOOL_MODEL_URL for Ollama/OpenAI",
+            models.describe()
+        );
     } else {
         tracing::info!("model backend: {}", models.describe());
     }
@@ -81,22 +95,40 @@ pub async fn start(config: Config) -> Result<Running> {
         max_model_calls: config.sandbox.max_model_calls,
     })?);
     let registry = Arc::new(Registry::new(runtime.clone()));
-    let mut handler_names: Vec<String> = BUILT_IN.iter().map(|(name, _)| name.to_string()).collect();
+    let mut handler_names: Vec<String> =
+        BUILT_IN.iter().map(|(name, _)| name.to_string()).collect();
     handler_names.extend(config.handlers.keys().cloned());
     config.validate(&handler_names)?;
     for (name, bytes) in BUILT_IN {
         registry.install(name, bytes).await?;
     }
     for (name, file) in &config.handlers {
-        let bytes = std::fs::read(&file.path).with_context(|| format!("reading handler `{name}` from {}", file.path.display()))?;
+        let bytes = std::fs::read(&file.path)
+            .with_context(|| format!("reading handler `{name}` from {}", file.path.display()))?;
         registry.install(name, &bytes).await?;
     }
 
     let queue = Queue::new(redis.clone());
-    let routes: BTreeMap<String, Route> =
-        config.queues.iter().map(|(name, q)| (name.clone(), Route { keys: QueueKeys::new(name), config: q.clone() })).collect();
+    let routes: BTreeMap<String, Route> = config
+        .queues
+        .iter()
+        .map(|(name, q)| {
+            (
+                name.clone(),
+                Route {
+                    keys: QueueKeys::new(name),
+                    config: q.clone(),
+                },
+            )
+        })
+        .collect();
     for route in routes.values() {
-        queue.ensure_groups(&route.keys).await.with_context(|| format!("creating the consumer groups of queue `{}`", route.keys.name))?;
+        queue.ensure_groups(&route.keys).await.with_context(|| {
+            format!(
+                "creating the consumer groups of queue `{}`",
+                route.keys.name
+            )
+        })?;
     }
     let routes = Arc::new(routes);
 
@@ -108,7 +140,11 @@ pub async fn start(config: Config) -> Result<Running> {
     let shutdown = CancellationToken::new();
     let wake = Arc::new(Notify::new());
     let mut background = JoinSet::new();
-    background.spawn(listen_for_wakeups(client.clone(), wake.clone(), shutdown.clone()));
+    background.spawn(listen_for_wakeups(
+        client.clone(),
+        wake.clone(),
+        shutdown.clone(),
+    ));
 
     let workers = Arc::new(Workers {
         queue: queue.clone(),
@@ -121,11 +157,19 @@ pub async fn start(config: Config) -> Result<Running> {
         visibility: Duration::from_millis(config.workers.visibility_timeout_ms),
         wake,
     });
-    background.spawn(recover_abandoned_jobs(workers.clone(), format!("{instance}-recovery"), shutdown.clone()));
+    background.spawn(recover_abandoned_jobs(
+        workers.clone(),
+        format!("{instance}-recovery"),
+        shutdown.clone(),
+    ));
     let worker_stop = CancellationToken::new();
     let mut worker_set = JoinSet::new();
     for index in 0..config.workers.concurrency {
-        worker_set.spawn(workers.clone().run(format!("{instance}-w{index}"), index, worker_stop.clone()));
+        worker_set.spawn(workers.clone().run(
+            format!("{instance}-w{index}"),
+            index,
+            worker_stop.clone(),
+        ));
     }
     // Workers stop when the instance does; kept separate so HTTP can stop first.
     let stop_workers = worker_stop.clone();
@@ -146,19 +190,33 @@ pub async fn start(config: Config) -> Result<Running> {
         started: Instant::now(),
         retention,
     });
-    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     let app = http::router(state, config.body_limit_bytes);
     let http_shutdown = shutdown.clone();
     let http = tokio::spawn(async move {
-        let served = axum::serve(listener, app).with_graceful_shutdown(async move { http_shutdown.cancelled().await }).await;
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+            .await;
         if let Err(error) = served {
             tracing::error!(%error, "HTTP server stopped");
         }
     });
     tracing::info!(%addr, %instance, workers = config.workers.concurrency, queues = ?config.queues.keys().collect::<Vec<_>>(), "spool is serving");
     let drain_timeout = Duration::from_millis(config.workers.drain_timeout_ms);
-    Ok(Running { addr, instance, shutdown, http, workers: worker_set, background, stub, redis: embedded, drain_timeout })
+    Ok(Running {
+        addr,
+        instance,
+        shutdown,
+        http,
+        workers: worker_set,
+        background,
+        stub,
+        redis: embedded,
+        drain_timeout,
+    })
 }
 
 impl Running {
@@ -167,9 +225,14 @@ impl Running {
     pub async fn stop(mut self) {
         tracing::info!("shutting down: draining jobs in flight");
         self.shutdown.cancel();
-        let drained = tokio::time::timeout(self.drain_timeout, async { while self.workers.join_next().await.is_some() {} }).await;
+        let drained = tokio::time::timeout(self.drain_timeout, async {
+            while self.workers.join_next().await.is_some() {}
+        })
+        .await;
         if drained.is_err() {
-            tracing::warn!("drain timeout reached; unfinished jobs stay pending for another instance");
+            tracing::warn!(
+                "drain timeout reached; unfinished jobs stay pending for another instance"
+            );
             self.workers.abort_all();
         }
         // Streaming responses (SSE) hold the server open; do not wait for them.
@@ -199,7 +262,8 @@ pub async fn serve(config: Config) -> Result<()> {
 
 fn shutdown_signal() -> Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     Ok(async move {
         tokio::select! {
@@ -216,20 +280,29 @@ async fn connect(client: &redis::Client, url: &str) -> Result<ConnectionManager>
         .set_number_of_retries(3);
     let started = Instant::now();
     loop {
-        match client.get_connection_manager_with_config(config.clone()).await {
+        match client
+            .get_connection_manager_with_config(config.clone())
+            .await
+        {
             Ok(manager) => return Ok(manager),
             Err(error) if started.elapsed() < Duration::from_secs(10) => {
                 tracing::warn!(%error, "Redis at {url} not reachable yet; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            Err(error) => bail!("cannot reach Redis at {url}: {error}. Start it, fix --redis-url, or omit the URL to let spool run its own"),
+            Err(error) => bail!(
+                "cannot reach Redis at {url}: {error}. Start it, fix --redis-url, or omit the URL to let spool run its own"
+            ),
         }
     }
 }
 
 /// Every instance sweeps for abandoned jobs, twice per visibility timeout; the
 /// sweep is atomic per entry, so instances sweeping at once requeue each job once.
-async fn recover_abandoned_jobs(workers: Arc<Workers>, consumer: String, shutdown: CancellationToken) {
+async fn recover_abandoned_jobs(
+    workers: Arc<Workers>,
+    consumer: String,
+    shutdown: CancellationToken,
+) {
     let mut sweep = tokio::time::interval(workers.visibility / 2);
     loop {
         tokio::select! {
@@ -237,9 +310,15 @@ async fn recover_abandoned_jobs(workers: Arc<Workers>, consumer: String, shutdow
             _ = shutdown.cancelled() => return,
         }
         for route in workers.routes.values() {
-            match workers.queue.recover(&route.keys, &consumer, workers.visibility).await {
+            match workers
+                .queue
+                .recover(&route.keys, &consumer, workers.visibility)
+                .await
+            {
                 Ok(0) => {}
-                Ok(requeued) => tracing::warn!(queue = %route.keys.name, requeued, "requeued jobs of workers that stopped responding"),
+                Ok(requeued) => {
+                    tracing::warn!(queue = %route.keys.name, requeued, "requeued jobs of workers that stopped responding")
+                }
                 Err(error) => tracing::debug!(%error, "recovery sweep failed; will retry"),
             }
         }

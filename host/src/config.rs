@@ -113,7 +113,10 @@ pub struct HandlerFile {
 
 impl Default for Config {
     fn default() -> Self {
-        let queue = |handler: &str| QueueConfig { handler: handler.into(), ..QueueConfig::default() };
+        let queue = |handler: &str| QueueConfig {
+            handler: handler.into(),
+            ..QueueConfig::default()
+        };
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             body_limit_bytes: 1024 * 1024,
@@ -122,7 +125,10 @@ impl Default for Config {
             workers: WorkerConfig::default(),
             sandbox: SandboxConfig::default(),
             retention: RetentionConfig::default(),
-            queues: BTreeMap::from([("chat".into(), queue("chat")), ("documents".into(), queue("pipeline"))]),
+            queues: BTreeMap::from([
+                ("chat".into(), queue("chat")),
+                ("documents".into(), queue("pipeline")),
+            ]),
             handlers: BTreeMap::new(),
         }
     }
@@ -130,40 +136,67 @@ impl Default for Config {
 
 impl Default for RedisConfig {
     fn default() -> Self {
-        Self { url: None, data_dir: PathBuf::from("spool-data"), appendfsync: Fsync::Everysec }
+        Self {
+            url: None,
+            data_dir: PathBuf::from("spool-data"),
+            appendfsync: Fsync::Everysec,
+        }
     }
 }
 
 impl Default for WorkerConfig {
     fn default() -> Self {
-        Self { concurrency: 3, idle_poll_ms: 1000, visibility_timeout_ms: 30_000, drain_timeout_ms: 30_000 }
+        Self {
+            concurrency: 3,
+            idle_poll_ms: 1000,
+            visibility_timeout_ms: 30_000,
+            drain_timeout_ms: 30_000,
+        }
     }
 }
 
 impl Default for SandboxConfig {
     fn default() -> Self {
-        Self { deadline_ms: 120_000, memory_mb: 64, max_instances: 64, max_model_calls: 64 }
+        Self {
+            deadline_ms: 120_000,
+            memory_mb: 64,
+            max_instances: 64,
+            max_model_calls: 64,
+        }
     }
 }
 
 impl Default for RetentionConfig {
     fn default() -> Self {
-        Self { completed_secs: 3600, failed_secs: 24 * 3600, history: 50 }
+        Self {
+            completed_secs: 3600,
+            failed_secs: 24 * 3600,
+            history: 50,
+        }
     }
 }
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        Self { handler: "chat".into(), max_attempts: 3, backoff_ms: 2000, max_waiting: 10_000 }
+        Self {
+            handler: "chat".into(),
+            max_attempts: 3,
+            backoff_ms: 2000,
+            max_waiting: 10_000,
+        }
     }
 }
 
 impl Config {
     /// Reads a TOML file; a missing `path` means all defaults.
     pub fn load(path: Option<&Path>) -> Result<Self> {
-        let Some(path) = path else { return Ok(Self::default()) };
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("config file {} is not valid", path.display()))
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        toml::from_str(&text)
+            .with_context(|| format!("config file {} is not valid", path.display()))
     }
 
     /// Checks what serde cannot: values in range, queues naming handlers that exist.
@@ -176,9 +209,14 @@ impl Config {
             );
         }
         if self.workers.visibility_timeout_ms < 300 {
-            bail!("workers.visibility_timeout_ms must be at least 300 (heartbeats run three times per timeout)");
+            bail!(
+                "workers.visibility_timeout_ms must be at least 300 (heartbeats run three times per timeout)"
+            );
         }
-        if self.sandbox.max_instances == 0 || self.sandbox.memory_mb == 0 || self.sandbox.deadline_ms == 0 {
+        if self.sandbox.max_instances == 0
+            || self.sandbox.memory_mb == 0
+            || self.sandbox.deadline_ms == 0
+        {
             bail!("sandbox.max_instances, memory_mb and deadline_ms must be above 0");
         }
         for (name, queue) in &self.queues {
@@ -186,7 +224,10 @@ impl Config {
                 bail!("queue name `{name}` must be 1-64 characters of a-z, 0-9, '-' or '_'");
             }
             if !known_handlers.contains(&queue.handler) {
-                bail!("queue `{name}` uses handler `{}`, which is neither built in nor listed under [handlers]", queue.handler);
+                bail!(
+                    "queue `{name}` uses handler `{}`, which is neither built in nor listed under [handlers]",
+                    queue.handler
+                );
             }
             if queue.max_attempts == 0 {
                 bail!("queue `{name}`: max_attempts must be at least 1");

@@ -14,7 +14,9 @@ pub fn block_to_json(block: &ContentBlock) -> Value {
         ContentBlock::Text(text) => json!({ "type": "text", "text": text }),
         ContentBlock::Markdown(text) => json!({ "type": "markdown", "text": text }),
         ContentBlock::Html(text) => json!({ "type": "html", "html": text }),
-        ContentBlock::Code(code) => json!({ "type": "code", "language": code.language, "code": code.code }),
+        ContentBlock::Code(code) => {
+            json!({ "type": "code", "language": code.language, "code": code.code })
+        }
         // Checked to parse by the guest contract; kept as text if it does not.
         ContentBlock::Json(text) => {
             json!({ "type": "json", "json": serde_json::from_str::<Value>(text).unwrap_or_else(|_| Value::String(text.clone())) })
@@ -24,7 +26,9 @@ pub fn block_to_json(block: &ContentBlock) -> Value {
         ContentBlock::Audio(media) => media_to_json("audio", media),
         ContentBlock::Video(media) => media_to_json("video", media),
         ContentBlock::File(media) => media_to_json("file", media),
-        ContentBlock::Placeholder(p) => json!({ "type": "placeholder", "taskId": p.task_id, "description": p.description }),
+        ContentBlock::Placeholder(p) => {
+            json!({ "type": "placeholder", "taskId": p.task_id, "description": p.description })
+        }
     }
 }
 

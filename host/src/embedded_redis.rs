@@ -22,22 +22,36 @@ pub struct EmbeddedRedis {
 impl EmbeddedRedis {
     /// Starts redis-server with AOF on, listening only on a unix socket in `dir`.
     pub async fn start(dir: &Path, fsync: Fsync) -> Result<Self> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating the Redis data directory {}", dir.display()))?;
-        let dir = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the Redis data directory {}", dir.display()))?;
+        let dir = dir
+            .canonicalize()
+            .with_context(|| format!("resolving {}", dir.display()))?;
         let socket = dir.join("redis.sock");
         let url = format!("redis+unix://{}", socket.display());
         stop_leftover_server(&url).await;
 
         let mut command = Command::new("redis-server");
         command
-            .arg("--port").arg("0")
-            .arg("--unixsocket").arg(&socket)
-            .arg("--unixsocketperm").arg("700")
-            .arg("--dir").arg(&dir)
-            .arg("--save").arg("")
-            .arg("--appendonly").arg("yes")
-            .arg("--appendfsync").arg(match fsync { Fsync::Everysec => "everysec", Fsync::Always => "always" })
-            .arg("--logfile").arg(dir.join("redis.log"))
+            .arg("--port")
+            .arg("0")
+            .arg("--unixsocket")
+            .arg(&socket)
+            .arg("--unixsocketperm")
+            .arg("700")
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--save")
+            .arg("")
+            .arg("--appendonly")
+            .arg("yes")
+            .arg("--appendfsync")
+            .arg(match fsync {
+                Fsync::Everysec => "everysec",
+                Fsync::Always => "always",
+            })
+            .arg("--logfile")
+            .arg(dir.join("redis.log"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -66,15 +80,24 @@ impl EmbeddedRedis {
         let client = redis::Client::open(self.url.as_str())?;
         loop {
             if let Some(status) = self.child.try_wait()? {
-                bail!("redis-server exited at start ({status}); its log says:\n{}", self.log_tail());
+                bail!(
+                    "redis-server exited at start ({status}); its log says:\n{}",
+                    self.log_tail()
+                );
             }
             if let Ok(mut conn) = client.get_multiplexed_async_connection().await
-                && redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok()
+                && redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .is_ok()
             {
                 return Ok(());
             }
             if started.elapsed() > STARTUP_TIMEOUT {
-                bail!("redis-server did not answer within {STARTUP_TIMEOUT:?}; its log says:\n{}", self.log_tail());
+                bail!(
+                    "redis-server did not answer within {STARTUP_TIMEOUT:?}; its log says:\n{}",
+                    self.log_tail()
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -107,9 +130,15 @@ impl EmbeddedRedis {
 /// A spool that was killed leaves its redis-server running on the socket; stop it
 /// cleanly (it flushes its AOF) so the new one can take over the directory.
 async fn stop_leftover_server(url: &str) {
-    let Ok(client) = redis::Client::open(url) else { return };
-    let Ok(mut conn) = client.get_multiplexed_async_connection().await else { return };
-    tracing::warn!("a redis-server from an earlier run still owns the data directory; shutting it down");
+    let Ok(client) = redis::Client::open(url) else {
+        return;
+    };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return;
+    };
+    tracing::warn!(
+        "a redis-server from an earlier run still owns the data directory; shutting it down"
+    );
     let _ = redis::cmd("SHUTDOWN").query_async::<()>(&mut conn).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline && client.get_multiplexed_async_connection().await.is_ok() {

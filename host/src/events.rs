@@ -33,26 +33,54 @@ impl Event {
     pub fn is_terminal(&self) -> bool {
         match self.event_type.as_str() {
             "task_completed" | "task_cancelled" => true,
-            "task_failed" => self.data.get("final").and_then(Value::as_bool).unwrap_or(true),
+            "task_failed" => self
+                .data
+                .get("final")
+                .and_then(Value::as_bool)
+                .unwrap_or(true),
             _ => false,
         }
     }
 }
 
 /// Appends one event.
-pub async fn append(redis: &mut (impl ConnectionLike + Send + Sync), job_id: &str, event_type: &str, data: &str) -> RedisResult<()> {
-    xadd(&mut redis::pipe(), job_id, event_type, data).query_async(redis).await
+pub async fn append(
+    redis: &mut (impl ConnectionLike + Send + Sync),
+    job_id: &str,
+    event_type: &str,
+    data: &str,
+) -> RedisResult<()> {
+    xadd(&mut redis::pipe(), job_id, event_type, data)
+        .query_async(redis)
+        .await
 }
 
 /// Sets the job's progress and appends the matching `task_progress` event.
-pub async fn progress(redis: &mut (impl ConnectionLike + Send + Sync), job_id: &str, percent: u8, step: &str) -> RedisResult<()> {
+pub async fn progress(
+    redis: &mut (impl ConnectionLike + Send + Sync),
+    job_id: &str,
+    percent: u8,
+    step: &str,
+) -> RedisResult<()> {
     let data = serde_json::json!({ "progress": percent, "step": step }).to_string();
     let mut pipe = redis::pipe();
-    pipe.atomic().hset_multiple(job_key(job_id), &[("progress", percent.to_string()), ("step", step.to_owned())]).ignore();
-    xadd(&mut pipe, job_id, "task_progress", &data).query_async(redis).await
+    pipe.atomic()
+        .hset_multiple(
+            job_key(job_id),
+            &[("progress", percent.to_string()), ("step", step.to_owned())],
+        )
+        .ignore();
+    xadd(&mut pipe, job_id, "task_progress", &data)
+        .query_async(redis)
+        .await
 }
 
-fn xadd<'a>(pipe: &'a mut redis::Pipeline, job_id: &str, event_type: &str, data: &str) -> &'a mut redis::Pipeline {
+fn xadd<'a>(
+    pipe: &'a mut redis::Pipeline,
+    job_id: &str,
+    event_type: &str,
+    data: &str,
+) -> &'a mut redis::Pipeline {
     pipe.cmd("XADD")
         .arg(events_key(job_id))
         .arg("MAXLEN")
@@ -71,12 +99,19 @@ fn xadd<'a>(pipe: &'a mut redis::Pipeline, job_id: &str, event_type: &str, data:
 /// Events after `after` ("0" for all), waiting up to `block` for the first one.
 /// Blocking reads need a connection of their own whose response timeout is
 /// longer than `block`.
-pub async fn read(redis: &mut (impl ConnectionLike + Send + Sync), job_id: &str, after: &str, block: Option<Duration>) -> RedisResult<Vec<Event>> {
+pub async fn read(
+    redis: &mut (impl ConnectionLike + Send + Sync),
+    job_id: &str,
+    after: &str,
+    block: Option<Duration>,
+) -> RedisResult<Vec<Event>> {
     let mut options = StreamReadOptions::default().count(100);
     if let Some(block) = block {
         options = options.block(block.as_millis() as usize);
     }
-    let reply: Option<StreamReadReply> = redis.xread_options(&[events_key(job_id)], &[after], &options).await?;
+    let reply: Option<StreamReadReply> = redis
+        .xread_options(&[events_key(job_id)], &[after], &options)
+        .await?;
     let entries = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids);
     Ok(entries
         .map(|entry| {
@@ -92,7 +127,10 @@ pub async fn read(redis: &mut (impl ConnectionLike + Send + Sync), job_id: &str,
 }
 
 /// How many events a job's stream holds and its first/last ids (design C's info query).
-pub async fn info(redis: &mut (impl ConnectionLike + Send + Sync), job_id: &str) -> RedisResult<Value> {
+pub async fn info(
+    redis: &mut (impl ConnectionLike + Send + Sync),
+    job_id: &str,
+) -> RedisResult<Value> {
     let key = events_key(job_id);
     let length: u64 = redis.xlen(&key).await?;
     let first: redis::streams::StreamRangeReply = redis.xrange_count(&key, "-", "+", 1).await?;

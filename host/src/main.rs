@@ -10,7 +10,11 @@ use spool::config::{Config, Fsync};
 use spool::models::{BackendConfig, BackendKind, OllamaApi};
 
 #[derive(Parser)]
-#[command(name = "spool", version, about = "Runs AI jobs from Redis Streams through WebAssembly handlers, paced for rate-limited model APIs")]
+#[command(
+    name = "spool",
+    version,
+    about = "Runs AI jobs from Redis Streams through WebAssembly handlers, paced for rate-limited model APIs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -137,7 +141,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();

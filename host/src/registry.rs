@@ -11,8 +11,14 @@ use crate::runtime::{HandlerComponent, Job, Runtime};
 
 /// Handler components built from `guest/` and embedded by `build.rs`.
 pub const BUILT_IN: &[(&str, &[u8])] = &[
-    ("chat", include_bytes!(concat!(env!("OUT_DIR"), "/chat.wasm"))),
-    ("pipeline", include_bytes!(concat!(env!("OUT_DIR"), "/pipeline.wasm"))),
+    (
+        "chat",
+        include_bytes!(concat!(env!("OUT_DIR"), "/chat.wasm")),
+    ),
+    (
+        "pipeline",
+        include_bytes!(concat!(env!("OUT_DIR"), "/pipeline.wasm")),
+    ),
 ];
 
 pub struct Registry {
@@ -22,7 +28,10 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(runtime: Arc<Runtime>) -> Self {
-        Self { runtime, handlers: RwLock::new(HashMap::new()) }
+        Self {
+            runtime,
+            handlers: RwLock::new(HashMap::new()),
+        }
     }
 
     /// Compiles, smoke-tests and installs a handler under `name`.
@@ -30,19 +39,32 @@ impl Registry {
         let handler = self.runtime.load(name, bytes)?;
         smoke_test(&self.runtime, &handler).await?;
         tracing::info!(handler = name, version = %handler.version, bytes = bytes.len(), "handler ready");
-        let mut handlers = self.handlers.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut handlers = self
+            .handlers
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         handlers.insert(name.to_owned(), handler.clone());
         Ok(handler)
     }
 
     pub fn get(&self, name: &str) -> Option<HandlerComponent> {
-        self.handlers.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(name).cloned()
+        self.handlers
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(name)
+            .cloned()
     }
 
     /// Name -> version of every installed handler.
     pub fn versions(&self) -> HashMap<String, String> {
-        let handlers = self.handlers.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        handlers.iter().map(|(name, h)| (name.clone(), h.version.clone())).collect()
+        let handlers = self
+            .handlers
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        handlers
+            .iter()
+            .map(|(name, h)| (name.clone(), h.version.clone()))
+            .collect()
     }
 }
 
@@ -60,7 +82,10 @@ async fn smoke_test(runtime: &Runtime, handler: &HandlerComponent) -> Result<()>
     };
     match runtime.admit(handler, &job).await {
         Ok(_) => Ok::<(), anyhow::Error>(()),
-        Err(failure) => bail!("handler `{}` failed its smoke test: {failure}", handler.name),
+        Err(failure) => bail!(
+            "handler `{}` failed its smoke test: {failure}",
+            handler.name
+        ),
     }
     .with_context(|| format!("validating handler `{}`", handler.name))
 }

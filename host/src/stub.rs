@@ -29,13 +29,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
-use axum::Router;
 use futures_util::StreamExt as _;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -64,13 +64,20 @@ pub struct StubArgs {
 impl StubArgs {
     /// Loopback on a free port, without delays.
     pub fn ephemeral() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 0)), latency_ms: 0, chunk_delay_ms: 0 }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            latency_ms: 0,
+            chunk_delay_ms: 0,
+        }
     }
 }
 
 /// The stub's chat answer for `messages` sent to `model`.
 pub fn answer(model: &str, messages: &[ChatMessage]) -> String {
-    let last = messages.iter().rev().find(|message| message.role == Role::User);
+    let last = messages
+        .iter()
+        .rev()
+        .find(|message| message.role == Role::User);
     let last = last.map_or("", |message| message.content.as_str());
     format!("[{model}] {} messages; you said: {last}", messages.len())
 }
@@ -108,7 +115,9 @@ fn word_count(text: &str) -> usize {
 }
 
 fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 fn splitmix64(state: &mut u64) -> u64 {
@@ -166,7 +175,9 @@ impl Fault {
     fn check(&self) -> Result<(), String> {
         match (self.status, &self.midstream_error) {
             (Some(status), None) if !(400..=599).contains(&status) => {
-                return Err(format!("status {status} is not an error status (400..=599)"));
+                return Err(format!(
+                    "status {status} is not an error status (400..=599)"
+                ));
             }
             (Some(_), None) | (None, Some(_)) => {}
             _ => return Err("a fault needs exactly one of `status` and `midstream_error`".into()),
@@ -175,8 +186,10 @@ impl Fault {
             return Err("`times` must be at least 1".into());
         }
         for (name, value) in &self.headers {
-            HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("header name {name:?}: {e}"))?;
-            HeaderValue::from_str(value).map_err(|e| format!("header {name} value {value:?}: {e}"))?;
+            HeaderName::from_bytes(name.as_bytes())
+                .map_err(|e| format!("header name {name:?}: {e}"))?;
+            HeaderValue::from_str(value)
+                .map_err(|e| format!("header {name} value {value:?}: {e}"))?;
         }
         Ok(())
     }
@@ -242,7 +255,10 @@ impl StubServer {
 
     /// The same as `POST /_stub/config` with both fields.
     pub fn set_timing(&self, latency_ms: u64, chunk_delay_ms: u64) {
-        self.stub.lock().timing = Timing { latency_ms, chunk_delay_ms };
+        self.stub.lock().timing = Timing {
+            latency_ms,
+            chunk_delay_ms,
+        };
     }
 
     /// The same as `POST /_stub/reset`.
@@ -274,8 +290,13 @@ pub async fn start(args: &StubArgs) -> anyhow::Result<StubServer> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding the stub model server to {}", args.listen))?;
-    let addr = listener.local_addr().context("reading the stub model server's address")?;
-    let stub = Stub::new(Timing { latency_ms: args.latency_ms, chunk_delay_ms: args.chunk_delay_ms });
+    let addr = listener
+        .local_addr()
+        .context("reading the stub model server's address")?;
+    let stub = Stub::new(Timing {
+        latency_ms: args.latency_ms,
+        chunk_delay_ms: args.chunk_delay_ms,
+    });
     let (stop, stopped) = oneshot::channel::<()>();
     let app = router(stub.clone());
     let task = tokio::spawn(async move {
@@ -286,14 +307,21 @@ pub async fn start(args: &StubArgs) -> anyhow::Result<StubServer> {
             tracing::warn!(%error, "stub model server failed");
         }
     });
-    Ok(StubServer { addr, stub, stop: Some(stop), task: Some(task) })
+    Ok(StubServer {
+        addr,
+        stub,
+        stop: Some(stop),
+        task: Some(task),
+    })
 }
 
 /// `spool stub-model`: serves until ctrl-c.
 pub async fn run(args: StubArgs) -> anyhow::Result<()> {
     let server = start(&args).await?;
     tracing::info!(url = %server.url(), "stub model server (Ollama and OpenAI protocols) listening");
-    tokio::signal::ctrl_c().await.context("waiting for ctrl-c")?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for ctrl-c")?;
     server.shutdown().await;
     Ok(())
 }
@@ -306,12 +334,21 @@ fn router(stub: Stub) -> Router {
         .route("/v1/chat/completions", post(openai_chat))
         .route("/v1/embeddings", post(openai_embed))
         .route("/api/tags", get(ollama_tags))
-        .route("/api/version", get(|| async { Json(json!({ "version": "0.0.0-stub" })) }))
+        .route(
+            "/api/version",
+            get(|| async { Json(json!({ "version": "0.0.0-stub" })) }),
+        )
         .route("/v1/models", get(openai_models))
-        .route("/_stub/stats", get(|State(stub): State<Stub>| async move { Json(stub.lock().stats.clone()) }))
+        .route(
+            "/_stub/stats",
+            get(|State(stub): State<Stub>| async move { Json(stub.lock().stats.clone()) }),
+        )
         .route("/_stub/faults", post(add_faults))
         .route("/_stub/config", post(configure))
-        .route("/_stub/reset", post(|State(stub): State<Stub>| async move { stub.reset() }))
+        .route(
+            "/_stub/reset",
+            post(|State(stub): State<Stub>| async move { stub.reset() }),
+        )
         .with_state(stub)
 }
 
@@ -336,7 +373,13 @@ struct Timing {
 
 impl Stub {
     fn new(timing: Timing) -> Self {
-        Self { started: Instant::now(), shared: Arc::new(Mutex::new(Shared { timing, ..Shared::default() })) }
+        Self {
+            started: Instant::now(),
+            shared: Arc::new(Mutex::new(Shared {
+                timing,
+                ..Shared::default()
+            })),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Shared> {
@@ -369,44 +412,75 @@ impl Stub {
         let stats = &mut shared.stats;
         *stats.calls.entry(path.to_owned()).or_default() += 1;
         stats.total += 1;
-        stats.model_calls.push(ModelCall { path: path.to_owned(), at_ms, items, status });
+        stats.model_calls.push(ModelCall {
+            path: path.to_owned(),
+            at_ms,
+            items,
+            status,
+        });
         (fault, shared.timing)
     }
 }
 
 impl Shared {
     fn take_fault(&mut self, path: &str) -> Option<Fault> {
-        let index = self.faults.iter().position(|fault| fault.applies_to(path))?;
+        let index = self
+            .faults
+            .iter()
+            .position(|fault| fault.applies_to(path))?;
         let fault = self.faults.get_mut(index)?;
         fault.times = fault.times.saturating_sub(1);
-        if fault.times == 0 { self.faults.remove(index) } else { Some(fault.clone()) }
+        if fault.times == 0 {
+            self.faults.remove(index)
+        } else {
+            Some(fault.clone())
+        }
     }
 }
 
 /// Records the call, waits out the latency, and either answers with an injected error
 /// status (`Err`) or lets the endpoint answer, possibly failing part-way with the
 /// returned message. Also returns the delay between streamed pieces.
-async fn admit(stub: &Stub, kind: BackendKind, path: &'static str, items: usize) -> Result<(Option<String>, Duration), Response> {
+async fn admit(
+    stub: &Stub,
+    kind: BackendKind,
+    path: &'static str,
+    items: usize,
+) -> Result<(Option<String>, Duration), Response> {
     let (fault, timing) = stub.record_call(path, items);
     tracing::debug!(path, items, ?fault, "stub model call");
     tokio::time::sleep(Duration::from_millis(timing.latency_ms)).await;
     let chunk_delay = Duration::from_millis(timing.chunk_delay_ms);
     match fault {
         None => Ok((None, chunk_delay)),
-        Some(Fault { midstream_error: Some(message), .. }) => Ok((Some(message), chunk_delay)),
+        Some(Fault {
+            midstream_error: Some(message),
+            ..
+        }) => Ok((Some(message), chunk_delay)),
         Some(fault) => Err(fault_response(kind, &fault)),
     }
 }
 
 fn fault_response(kind: BackendKind, fault: &Fault) -> Response {
-    let status = fault.status.and_then(|status| StatusCode::from_u16(status).ok());
+    let status = fault
+        .status
+        .and_then(|status| StatusCode::from_u16(status).ok());
     let status = status.unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let rate_limited_openai = kind == BackendKind::Openai && status == StatusCode::TOO_MANY_REQUESTS;
-    let code = fault.code.as_deref().or(rate_limited_openai.then_some("rate_limit_exceeded"));
+    let rate_limited_openai =
+        kind == BackendKind::Openai && status == StatusCode::TOO_MANY_REQUESTS;
+    let code = fault
+        .code
+        .as_deref()
+        .or(rate_limited_openai.then_some("rate_limit_exceeded"));
     let mut response = match &fault.body {
         Some(Value::String(text)) => (status, text.clone()).into_response(),
         Some(body) => (status, Json(body.clone())).into_response(),
-        None => error_response(kind, status, &format!("stub: injected HTTP {}", status.as_u16()), code),
+        None => error_response(
+            kind,
+            status,
+            &format!("stub: injected HTTP {}", status.as_u16()),
+            code,
+        ),
     };
     let headers = response.headers_mut();
     if let Some(secs) = fault.retry_after_secs {
@@ -416,17 +490,28 @@ fn fault_response(kind: BackendKind, fault: &Fault) -> Response {
         headers.insert(HeaderName::from_static("retry-after-ms"), ms.into());
     }
     if rate_limited_openai {
-        headers.insert(HeaderName::from_static("x-ratelimit-remaining-requests"), HeaderValue::from_static("0"));
+        headers.insert(
+            HeaderName::from_static("x-ratelimit-remaining-requests"),
+            HeaderValue::from_static("0"),
+        );
     }
     for (name, value) in &fault.headers {
-        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
             headers.insert(name, value);
         }
     }
     response
 }
 
-fn error_response(kind: BackendKind, status: StatusCode, message: &str, code: Option<&str>) -> Response {
+fn error_response(
+    kind: BackendKind,
+    status: StatusCode,
+    message: &str,
+    code: Option<&str>,
+) -> Response {
     let body = match kind {
         BackendKind::Ollama => json!({ "error": message }),
         BackendKind::Openai => {
@@ -444,7 +529,12 @@ fn error_response(kind: BackendKind, status: StatusCode, message: &str, code: Op
 
 fn parse<T: DeserializeOwned>(kind: BackendKind, body: &[u8]) -> Result<T, Response> {
     serde_json::from_slice(body).map_err(|e| {
-        error_response(kind, StatusCode::BAD_REQUEST, &format!("invalid request body: {e}"), None)
+        error_response(
+            kind,
+            StatusCode::BAD_REQUEST,
+            &format!("invalid request body: {e}"),
+            None,
+        )
     })
 }
 
@@ -496,23 +586,47 @@ impl EmbedInput {
 async fn ollama_chat(State(stub): State<Stub>, body: Bytes) -> Result<Response, Response> {
     let request: ChatBody = parse(BackendKind::Ollama, &body)?;
     let completion = Completion::answering(request.model, &request.messages);
-    chat_reply(&stub, Flavor::OllamaChat, &completion, request.stream.unwrap_or(true)).await
+    chat_reply(
+        &stub,
+        Flavor::OllamaChat,
+        &completion,
+        request.stream.unwrap_or(true),
+    )
+    .await
 }
 
 async fn ollama_generate(State(stub): State<Stub>, body: Bytes) -> Result<Response, Response> {
     let request: GenerateBody = parse(BackendKind::Ollama, &body)?;
-    let system = request.system.map(|system| ChatMessage::new(Role::System, system));
-    let messages: Vec<ChatMessage> =
-        system.into_iter().chain([ChatMessage::new(Role::User, request.prompt)]).collect();
+    let system = request
+        .system
+        .map(|system| ChatMessage::new(Role::System, system));
+    let messages: Vec<ChatMessage> = system
+        .into_iter()
+        .chain([ChatMessage::new(Role::User, request.prompt)])
+        .collect();
     let completion = Completion::answering(request.model, &messages);
-    chat_reply(&stub, Flavor::OllamaGenerate, &completion, request.stream.unwrap_or(true)).await
+    chat_reply(
+        &stub,
+        Flavor::OllamaGenerate,
+        &completion,
+        request.stream.unwrap_or(true),
+    )
+    .await
 }
 
 async fn openai_chat(State(stub): State<Stub>, body: Bytes) -> Result<Response, Response> {
     let request: ChatBody = parse(BackendKind::Openai, &body)?;
-    let include_usage = request.stream_options.is_some_and(|options| options.include_usage);
+    let include_usage = request
+        .stream_options
+        .is_some_and(|options| options.include_usage);
     let completion = Completion::answering(request.model, &request.messages);
-    chat_reply(&stub, Flavor::Openai { include_usage }, &completion, request.stream.unwrap_or(false)).await
+    chat_reply(
+        &stub,
+        Flavor::Openai { include_usage },
+        &completion,
+        request.stream.unwrap_or(false),
+    )
+    .await
 }
 
 async fn ollama_embed(State(stub): State<Stub>, body: Bytes) -> Result<Response, Response> {
@@ -520,7 +634,10 @@ async fn ollama_embed(State(stub): State<Stub>, body: Bytes) -> Result<Response,
     let texts = request.input.into_texts();
     let (failure, _) = admit(&stub, BackendKind::Ollama, "/api/embed", texts.len()).await?;
     let vectors: Vec<Vec<f32>> = texts.iter().map(|text| embedding(text)).collect();
-    Ok(json_reply(&json!({ "model": request.model, "embeddings": vectors }), failure.is_some()))
+    Ok(json_reply(
+        &json!({ "model": request.model, "embeddings": vectors }),
+        failure.is_some(),
+    ))
 }
 
 async fn openai_embed(State(stub): State<Stub>, body: Bytes) -> Result<Response, Response> {
@@ -549,7 +666,9 @@ async fn ollama_tags() -> Json<Value> {
 }
 
 async fn openai_models() -> Json<Value> {
-    Json(json!({ "object": "list", "data": [{ "id": "stub", "object": "model", "created": 0, "owned_by": "spool" }] }))
+    Json(
+        json!({ "object": "list", "data": [{ "id": "stub", "object": "model", "created": 0, "owned_by": "spool" }] }),
+    )
 }
 
 async fn add_faults(State(stub): State<Stub>, body: Bytes) -> Response {
@@ -558,7 +677,9 @@ async fn add_faults(State(stub): State<Stub>, body: Bytes) -> Response {
         .and_then(|faults| stub.inject(faults));
     match queued {
         Ok(queued) => Json(json!({ "queued": queued })).into_response(),
-        Err(message) => (StatusCode::BAD_REQUEST, Json(json!({ "error": message }))).into_response(),
+        Err(message) => {
+            (StatusCode::BAD_REQUEST, Json(json!({ "error": message }))).into_response()
+        }
     }
 }
 
@@ -571,7 +692,13 @@ async fn configure(State(stub): State<Stub>, body: Bytes) -> Response {
     }
     let update: TimingUpdate = match serde_json::from_slice(&body) {
         Ok(update) => update,
-        Err(e) => return (StatusCode::BAD_REQUEST, Json(json!({ "error": e.to_string() }))).into_response(),
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({ "error": e.to_string() })),
+            )
+                .into_response();
+        }
     };
     let mut shared = stub.lock();
     let timing = &mut shared.timing;
@@ -592,7 +719,10 @@ impl Completion {
     fn answering(model: String, messages: &[ChatMessage]) -> Self {
         let text = answer(&model, messages);
         Self {
-            prompt_tokens: messages.iter().map(|message| word_count(&message.content)).sum(),
+            prompt_tokens: messages
+                .iter()
+                .map(|message| word_count(&message.content))
+                .sum(),
             completion_tokens: word_count(&text),
             text,
             model,
@@ -652,7 +782,9 @@ impl Flavor {
 
     fn piece(self, completion: &Completion, piece: &str) -> Bytes {
         match self {
-            Flavor::Openai { .. } => sse(&openai_chunk(completion, json!({ "content": piece }), None)),
+            Flavor::Openai { .. } => {
+                sse(&openai_chunk(completion, json!({ "content": piece }), None))
+            }
             _ => ndjson(&self.ollama_line(completion, piece, false)),
         }
     }
@@ -678,7 +810,9 @@ impl Flavor {
     /// An error reported inside a 200 stream.
     fn failure(self, message: &str) -> Bytes {
         match self {
-            Flavor::Openai { .. } => sse(&json!({ "error": { "message": message, "type": "server_error", "code": null } })),
+            Flavor::Openai { .. } => sse(
+                &json!({ "error": { "message": message, "type": "server_error", "code": null } }),
+            ),
             _ => ndjson(&json!({ "error": message })),
         }
     }
@@ -686,7 +820,9 @@ impl Flavor {
     fn ollama_line(self, completion: &Completion, content: &str, done: bool) -> Value {
         let mut line = json!({ "model": completion.model, "created_at": CREATED_AT, "done": done });
         match self {
-            Flavor::OllamaChat => line["message"] = json!({ "role": "assistant", "content": content }),
+            Flavor::OllamaChat => {
+                line["message"] = json!({ "role": "assistant", "content": content })
+            }
             _ => line["response"] = json!(content),
         }
         if done {
@@ -724,7 +860,12 @@ fn sse(value: &Value) -> Bytes {
     Bytes::from(format!("data: {value}\n\n"))
 }
 
-async fn chat_reply(stub: &Stub, flavor: Flavor, completion: &Completion, stream: bool) -> Result<Response, Response> {
+async fn chat_reply(
+    stub: &Stub,
+    flavor: Flavor,
+    completion: &Completion,
+    stream: bool,
+) -> Result<Response, Response> {
     let (failure, chunk_delay) = admit(stub, flavor.kind(), flavor.path(), 1).await?;
     if !stream {
         return Ok(json_reply(&flavor.whole(completion), failure.is_some()));
@@ -755,16 +896,21 @@ fn json_reply(body: &Value, cut: bool) -> Response {
         return (json, bytes).into_response();
     }
     let half = bytes.slice(..bytes.len() / 2);
-    let broken = futures_util::stream::iter([Ok(half), Err(std::io::Error::other("stub: injected mid-stream failure"))]);
+    let broken = futures_util::stream::iter([
+        Ok(half),
+        Err(std::io::Error::other("stub: injected mid-stream failure")),
+    ]);
     (json, Body::from_stream(broken)).into_response()
 }
 
 fn streamed(content_type: &'static str, frames: Vec<Bytes>, delay: Duration) -> Response {
-    let body = futures_util::stream::iter(frames.into_iter().enumerate()).then(move |(index, frame)| async move {
-        if index > 0 && !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        Ok::<_, std::io::Error>(frame)
-    });
+    let body = futures_util::stream::iter(frames.into_iter().enumerate()).then(
+        move |(index, frame)| async move {
+            if index > 0 && !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            Ok::<_, std::io::Error>(frame)
+        },
+    );
     ([(CONTENT_TYPE, content_type)], Body::from_stream(body)).into_response()
 }

@@ -19,7 +19,9 @@ use crate::config::QueueConfig;
 use crate::content::blocks_to_json;
 use crate::events;
 use crate::models::{ChatReply, ChatRequest, ModelClient, ModelError};
-use crate::queue::{Claim, ClaimedJob, Heartbeat, Outcome, Queue, QueueKeys, Retention, job_state_key, now_ms};
+use crate::queue::{
+    Claim, ClaimedJob, Heartbeat, Outcome, Queue, QueueKeys, Retention, job_state_key, now_ms,
+};
 use crate::registry::Registry;
 use crate::runtime::{Job, JobError, JobHost, Runtime};
 
@@ -72,7 +74,9 @@ impl Workers {
                         worked = true;
                         break;
                     }
-                    Ok(Claim::Idle { next_retry_ms: Some(due) }) => {
+                    Ok(Claim::Idle {
+                        next_retry_ms: Some(due),
+                    }) => {
                         wait = wait.min(Duration::from_millis(due.saturating_sub(now_ms())));
                     }
                     Ok(Claim::Idle { .. } | Claim::Paused) => redis_down_since = None,
@@ -101,7 +105,9 @@ impl Workers {
         let record = &claimed.record;
         let outcome = if record.attempts > route.config.max_attempts {
             // Only a job whose workers kept vanishing mid-run gets here.
-            Some(Outcome::Failed { error: format!("abandoned by its worker {} times", record.attempts - 1) })
+            Some(Outcome::Failed {
+                error: format!("abandoned by its worker {} times", record.attempts - 1),
+            })
         } else {
             self.run_handler(&claimed, route, consumer).await
         };
@@ -112,16 +118,28 @@ impl Workers {
                 }
                 self.record(claimed, outcome).await;
             }
-            None => tracing::info!(job = %record.id, "job was requeued by recovery while it ran; this attempt stops"),
+            None => {
+                tracing::info!(job = %record.id, "job was requeued by recovery while it ran; this attempt stops")
+            }
         }
     }
 
     /// Runs the job's handler while heart-beating its entry. `None`: the job was
     /// given to another attempt meanwhile and this one must record nothing.
-    async fn run_handler(&self, claimed: &ClaimedJob, route: &Route, consumer: &str) -> Option<Outcome> {
+    async fn run_handler(
+        &self,
+        claimed: &ClaimedJob,
+        route: &Route,
+        consumer: &str,
+    ) -> Option<Outcome> {
         let record = &claimed.record;
         let Some(handler) = self.registry.get(&record.handler) else {
-            return Some(Outcome::Failed { error: format!("handler `{}` is not installed on this instance", record.handler) });
+            return Some(Outcome::Failed {
+                error: format!(
+                    "handler `{}` is not installed on this instance",
+                    record.handler
+                ),
+            });
         };
         let job = Job {
             id: record.id.clone(),
@@ -132,7 +150,11 @@ impl Workers {
             payload: record.payload.clone(),
             attempt: record.attempts,
         };
-        let host = Arc::new(WorkerHost { job_id: job.id.clone(), redis: self.queue.connection(), models: self.models.clone() });
+        let host = Arc::new(WorkerHost {
+            job_id: job.id.clone(),
+            redis: self.queue.connection(),
+            models: self.models.clone(),
+        });
         let run = self.runtime.handle(&handler, &job, host);
         tokio::pin!(run);
         let mut heartbeat = tokio::time::interval(self.visibility / 3);
@@ -156,11 +178,17 @@ impl Workers {
                     blocks: blocks_to_json(&output.blocks).to_string(),
                     handler_version: handler.version.clone(),
                 },
-                Err(e) => Outcome::Failed { error: format!("handler returned a result that is not JSON: {e}") },
+                Err(e) => Outcome::Failed {
+                    error: format!("handler returned a result that is not JSON: {e}"),
+                },
             },
             Ok(Err(JobError::Reject(reason))) => Outcome::Failed { error: reason },
-            Ok(Err(JobError::Retry(hint))) => retry_or_fail(&route.config, record.attempts, hint.reason, hint.after_ms),
-            Err(failure) => retry_or_fail(&route.config, record.attempts, failure.to_string(), None),
+            Ok(Err(JobError::Retry(hint))) => {
+                retry_or_fail(&route.config, record.attempts, hint.reason, hint.after_ms)
+            }
+            Err(failure) => {
+                retry_or_fail(&route.config, record.attempts, failure.to_string(), None)
+            }
         })
     }
 
@@ -188,14 +216,28 @@ impl Workers {
 
 /// Exponential backoff from the queue's base delay, +-20 % jitter, unless the
 /// handler asked for a specific wait.
-fn retry_or_fail(config: &QueueConfig, attempts: u32, error: String, after_ms: Option<u64>) -> Outcome {
+fn retry_or_fail(
+    config: &QueueConfig,
+    attempts: u32,
+    error: String,
+    after_ms: Option<u64>,
+) -> Outcome {
     if attempts >= config.max_attempts {
-        return Outcome::Failed { error: format!("{error} (after {attempts} attempts)") };
+        return Outcome::Failed {
+            error: format!("{error} (after {attempts} attempts)"),
+        };
     }
-    let backoff = config.backoff_ms.saturating_mul(1 << attempts.saturating_sub(1).min(20));
+    let backoff = config
+        .backoff_ms
+        .saturating_mul(1 << attempts.saturating_sub(1).min(20));
     let jittered = backoff as f64 * (0.8 + 0.4 * fastrand::f64());
-    let delay = after_ms.unwrap_or(jittered as u64).max(after_ms.unwrap_or(0));
-    Outcome::Retry { error, retry_at_ms: now_ms() + delay }
+    let delay = after_ms
+        .unwrap_or(jittered as u64)
+        .max(after_ms.unwrap_or(0));
+    Outcome::Retry {
+        error,
+        retry_at_ms: now_ms() + delay,
+    }
 }
 
 /// What a running `handle` reaches outside its sandbox.
@@ -227,7 +269,9 @@ impl JobHost for WorkerHost {
                         text.push_str(&more);
                     }
                     let data = serde_json::json!({ "text": text }).to_string();
-                    if let Err(error) = events::append(&mut redis, &job_id, "text_delta", &data).await {
+                    if let Err(error) =
+                        events::append(&mut redis, &job_id, "text_delta", &data).await
+                    {
                         tracing::warn!(job = %job_id, %error, "could not publish text_delta");
                     }
                 }
@@ -242,38 +286,59 @@ impl JobHost for WorkerHost {
         })
     }
 
-    fn embed(&self, model: Option<String>, texts: Vec<String>) -> BoxFuture<'_, Result<Vec<Vec<f32>>, ModelError>> {
+    fn embed(
+        &self,
+        model: Option<String>,
+        texts: Vec<String>,
+    ) -> BoxFuture<'_, Result<Vec<Vec<f32>>, ModelError>> {
         Box::pin(async move { self.models.embed(model.as_deref(), &texts).await })
     }
 
     fn progress(&self, percent: u8, step: String) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let result = events::progress(&mut self.redis.clone(), &self.job_id, percent, &step).await;
+            let result =
+                events::progress(&mut self.redis.clone(), &self.job_id, percent, &step).await;
             self.log_redis_error("progress", result);
         })
     }
 
     fn emit(&self, event_type: String, data: String) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let result = events::append(&mut self.redis.clone(), &self.job_id, &event_type, &data).await;
+            let result =
+                events::append(&mut self.redis.clone(), &self.job_id, &event_type, &data).await;
             self.log_redis_error("event", result);
         })
     }
 
     fn state_get(&self, key: String) -> BoxFuture<'_, Option<String>> {
-        Box::pin(async move { self.redis.clone().hget(job_state_key(&self.job_id), key).await.ok().flatten() })
+        Box::pin(async move {
+            self.redis
+                .clone()
+                .hget(job_state_key(&self.job_id), key)
+                .await
+                .ok()
+                .flatten()
+        })
     }
 
     fn state_set(&self, key: String, value: String) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let result = self.redis.clone().hset(job_state_key(&self.job_id), key, value).await;
+            let result = self
+                .redis
+                .clone()
+                .hset(job_state_key(&self.job_id), key, value)
+                .await;
             self.log_redis_error("state", result);
         })
     }
 
     fn state_delete(&self, key: String) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let result = self.redis.clone().hdel(job_state_key(&self.job_id), key).await;
+            let result = self
+                .redis
+                .clone()
+                .hdel(job_state_key(&self.job_id), key)
+                .await;
             self.log_redis_error("state", result);
         })
     }

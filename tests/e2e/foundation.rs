@@ -13,7 +13,9 @@ const WAIT: Duration = Duration::from_secs(60);
 /// Submits 200 chat jobs of mixed priorities while the queue is paused, resumes,
 /// and returns (class, job record) for each, plus the prompts by job id.
 async fn run_mixed_priorities(host: &Host, api: &Api) -> Vec<(String, Value, String, usize)> {
-    let (status, _) = api.post(&host.url("/api/queues/chat/pause"), &json!({})).await;
+    let (status, _) = api
+        .post(&host.url("/api/queues/chat/pause"), &json!({}))
+        .await;
     assert_eq!(status, 200);
     let mut submitted = Vec::new();
     for i in 0..200u32 {
@@ -32,14 +34,33 @@ async fn run_mixed_priorities(host: &Host, api: &Api) -> Vec<(String, Value, Str
         }
         let (status, reply) = api.post(&host.url("/api/chat"), &body).await;
         assert_eq!(status, 202, "{reply}");
-        let expected_class = if vip || priority >= 8 { "high" } else if priority >= 4 { "normal" } else { "low" };
-        assert_eq!(reply["class"], expected_class, "priority {priority}, vip {vip}");
-        submitted.push((reply["jobId"].as_str().unwrap_or_default().to_owned(), expected_class.to_owned(), prompt, if with_history { 2 } else { 0 }));
+        let expected_class = if vip || priority >= 8 {
+            "high"
+        } else if priority >= 4 {
+            "normal"
+        } else {
+            "low"
+        };
+        assert_eq!(
+            reply["class"], expected_class,
+            "priority {priority}, vip {vip}"
+        );
+        submitted.push((
+            reply["jobId"].as_str().unwrap_or_default().to_owned(),
+            expected_class.to_owned(),
+            prompt,
+            if with_history { 2 } else { 0 },
+        ));
     }
     let (_, stats) = api.get(&host.url("/api/queue/stats")).await;
-    assert_eq!(stats["queues"]["chat"]["waiting"], 200, "all jobs wait while paused: {stats}");
+    assert_eq!(
+        stats["queues"]["chat"]["waiting"], 200,
+        "all jobs wait while paused: {stats}"
+    );
     assert_eq!(stats["queues"]["chat"]["active"], 0);
-    let (status, _) = api.post(&host.url("/api/queues/chat/resume"), &json!({})).await;
+    let (status, _) = api
+        .post(&host.url("/api/queues/chat/resume"), &json!({}))
+        .await;
     assert_eq!(status, 200);
 
     let mut finished = Vec::new();
@@ -55,52 +76,111 @@ fn check_results(finished: &[(String, Value, String, usize)]) {
         assert_eq!(job["state"], "completed", "{job}");
         assert_eq!(job["class"], class.as_str());
         let expected = expected_chat_response(prompt, *history);
-        assert_eq!(job["result"]["response"], expected, "result is the stub's answer to the guest-shaped prompt");
+        assert_eq!(
+            job["result"]["response"], expected,
+            "result is the stub's answer to the guest-shaped prompt"
+        );
         assert_eq!(job["blocks"], json!([{"type": "text", "text": expected}]));
         assert_eq!(job["handler"], "chat");
-        assert!(job["handlerVersion"].as_str().is_some_and(|v| v.len() == 12), "{job}");
+        assert!(
+            job["handlerVersion"]
+                .as_str()
+                .is_some_and(|v| v.len() == 12),
+            "{job}"
+        );
         assert_eq!(job["attempts"], 1);
         assert_eq!(job["progress"], 100);
     }
 }
 
 fn times(finished: &[(String, Value, String, usize)], class: &str, field: &str) -> Vec<u64> {
-    finished.iter().filter(|(c, ..)| c == class).map(|(_, job, ..)| job[field].as_u64().unwrap_or(0)).collect()
+    finished
+        .iter()
+        .filter(|(c, ..)| c == class)
+        .map(|(_, job, ..)| job[field].as_u64().unwrap_or(0))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_worker_finishes_every_high_job_before_any_normal_starts_and_normal_before_low() {
     let redis = Redis::start();
     let stub = stub().await;
-    let host = Host::start(&redis, &stub, HostOptions { concurrency: 1, ..Default::default() });
+    let host = Host::start(
+        &redis,
+        &stub,
+        HostOptions {
+            concurrency: 1,
+            ..Default::default()
+        },
+    );
     let api = Api::default();
     let finished = run_mixed_priorities(&host, &api).await;
     check_results(&finished);
-    let last_high_finish = times(&finished, "high", "finishedAt").into_iter().max().unwrap_or(0);
-    let first_normal_start = times(&finished, "normal", "startedAt").into_iter().min().unwrap_or(u64::MAX);
-    let last_normal_finish = times(&finished, "normal", "finishedAt").into_iter().max().unwrap_or(0);
-    let first_low_start = times(&finished, "low", "startedAt").into_iter().min().unwrap_or(u64::MAX);
-    assert!(last_high_finish <= first_normal_start, "a normal job started before the last high one finished");
-    assert!(last_normal_finish <= first_low_start, "a low job started before the last normal one finished");
+    let last_high_finish = times(&finished, "high", "finishedAt")
+        .into_iter()
+        .max()
+        .unwrap_or(0);
+    let first_normal_start = times(&finished, "normal", "startedAt")
+        .into_iter()
+        .min()
+        .unwrap_or(u64::MAX);
+    let last_normal_finish = times(&finished, "normal", "finishedAt")
+        .into_iter()
+        .max()
+        .unwrap_or(0);
+    let first_low_start = times(&finished, "low", "startedAt")
+        .into_iter()
+        .min()
+        .unwrap_or(u64::MAX);
+    assert!(
+        last_high_finish <= first_normal_start,
+        "a normal job started before the last high one finished"
+    );
+    assert!(
+        last_normal_finish <= first_low_start,
+        "a low job started before the last normal one finished"
+    );
     // Same-millisecond ties say nothing; the stream order inside a class is FIFO.
     let high_starts = times(&finished, "high", "startedAt");
-    assert!(high_starts.windows(2).all(|w| w[0] <= w[1]), "high jobs ran in submission order");
+    assert!(
+        high_starts.windows(2).all(|w| w[0] <= w[1]),
+        "high jobs ran in submission order"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_workers_start_every_high_job_before_any_normal_and_normal_before_low() {
     let redis = Redis::start();
     let stub = stub().await;
-    let host = Host::start(&redis, &stub, HostOptions { concurrency: 3, ..Default::default() });
+    let host = Host::start(
+        &redis,
+        &stub,
+        HostOptions {
+            concurrency: 3,
+            ..Default::default()
+        },
+    );
     let api = Api::default();
     let finished = run_mixed_priorities(&host, &api).await;
     check_results(&finished);
     // With three workers a normal job may start while the last high ones are
     // still running, but never before every high job has been claimed.
-    let last_high_start = times(&finished, "high", "startedAt").into_iter().max().unwrap_or(0);
-    let first_normal_start = times(&finished, "normal", "startedAt").into_iter().min().unwrap_or(u64::MAX);
-    let last_normal_start = times(&finished, "normal", "startedAt").into_iter().max().unwrap_or(0);
-    let first_low_start = times(&finished, "low", "startedAt").into_iter().min().unwrap_or(u64::MAX);
+    let last_high_start = times(&finished, "high", "startedAt")
+        .into_iter()
+        .max()
+        .unwrap_or(0);
+    let first_normal_start = times(&finished, "normal", "startedAt")
+        .into_iter()
+        .min()
+        .unwrap_or(u64::MAX);
+    let last_normal_start = times(&finished, "normal", "startedAt")
+        .into_iter()
+        .max()
+        .unwrap_or(0);
+    let first_low_start = times(&finished, "low", "startedAt")
+        .into_iter()
+        .min()
+        .unwrap_or(u64::MAX);
     assert!(last_high_start <= first_normal_start);
     assert!(last_normal_start <= first_low_start);
     let (_, stats) = api.get(&host.url("/api/queue/stats")).await;
@@ -116,7 +196,12 @@ async fn sse_stream_delivers_progress_deltas_and_the_terminal_state_and_resumes_
     let host = Host::start(&redis, &stub, HostOptions::default());
     let api = Api::default();
     let prompt = "tell me something with several words in it";
-    let (status, reply) = api.post(&host.url("/api/chat"), &json!({"userId": "u", "prompt": prompt})).await;
+    let (status, reply) = api
+        .post(
+            &host.url("/api/chat"),
+            &json!({"userId": "u", "prompt": prompt}),
+        )
+        .await;
     assert_eq!(status, 202, "{reply}");
     assert_eq!(reply["class"], "normal", "default priority 5 is normal");
     let id = reply["jobId"].as_str().unwrap_or_default().to_owned();
@@ -124,21 +209,51 @@ async fn sse_stream_delivers_progress_deltas_and_the_terminal_state_and_resumes_
     let events = read_sse(&host.url(&format!("/stream/status/{id}")), None, WAIT).await;
     let names: Vec<&str> = events.iter().map(|(_, e, _)| e.as_str()).collect();
     assert_eq!(names.first(), Some(&"state"), "a snapshot comes first");
-    assert_eq!(names.last(), Some(&"task_completed"), "the stream ends with the terminal event: {names:?}");
+    assert_eq!(
+        names.last(),
+        Some(&"task_completed"),
+        "the stream ends with the terminal event: {names:?}"
+    );
     for expected in ["task_queued", "task_started", "task_progress", "text_delta"] {
-        assert!(names.contains(&expected), "{expected} missing from {names:?}");
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
     }
-    let progress: Vec<u64> = events.iter().filter(|(_, e, _)| e == "task_progress").filter_map(|(_, _, d)| d["data"]["progress"].as_u64()).collect();
-    assert!(progress.len() >= 3 && progress.windows(2).all(|w| w[0] < w[1]), "progress rises: {progress:?}");
-    let streamed: String = events.iter().filter(|(_, e, _)| e == "text_delta").filter_map(|(_, _, d)| d["data"]["text"].as_str()).collect();
-    assert_eq!(streamed, expected_chat_response(prompt, 0), "deltas add up to the answer");
+    let progress: Vec<u64> = events
+        .iter()
+        .filter(|(_, e, _)| e == "task_progress")
+        .filter_map(|(_, _, d)| d["data"]["progress"].as_u64())
+        .collect();
+    assert!(
+        progress.len() >= 3 && progress.windows(2).all(|w| w[0] < w[1]),
+        "progress rises: {progress:?}"
+    );
+    let streamed: String = events
+        .iter()
+        .filter(|(_, e, _)| e == "text_delta")
+        .filter_map(|(_, _, d)| d["data"]["text"].as_str())
+        .collect();
+    assert_eq!(
+        streamed,
+        expected_chat_response(prompt, 0),
+        "deltas add up to the answer"
+    );
     let completed = &events.last().map(|(_, _, d)| d.clone()).unwrap_or_default();
-    assert_eq!(completed["data"]["result"]["response"], expected_chat_response(prompt, 0));
+    assert_eq!(
+        completed["data"]["result"]["response"],
+        expected_chat_response(prompt, 0)
+    );
 
     // Resume from the middle: exactly the rest, no gap, no duplicate.
     let ids: Vec<String> = events.iter().filter_map(|(id, ..)| id.clone()).collect();
     let middle = ids.len() / 2;
-    let rest = read_sse(&host.url(&format!("/stream/status/{id}")), Some(&ids[middle]), WAIT).await;
+    let rest = read_sse(
+        &host.url(&format!("/stream/status/{id}")),
+        Some(&ids[middle]),
+        WAIT,
+    )
+    .await;
     let rest_ids: Vec<String> = rest.iter().filter_map(|(id, ..)| id.clone()).collect();
     assert_eq!(rest_ids, ids[middle + 1..].to_vec());
 
@@ -153,34 +268,132 @@ async fn sse_stream_delivers_progress_deltas_and_the_terminal_state_and_resumes_
 async fn bad_input_gets_a_json_4xx_naming_the_problem_and_the_host_keeps_serving() {
     let redis = Redis::start();
     let stub = stub().await;
-    let host = Host::start(&redis, &stub, HostOptions { extra_args: vec![], config: "body_limit_bytes = 4096\n".into(), ..Default::default() });
+    let host = Host::start(
+        &redis,
+        &stub,
+        HostOptions {
+            extra_args: vec![],
+            config: "body_limit_bytes = 4096\n".into(),
+            ..Default::default()
+        },
+    );
     let api = Api::default();
     let chat = host.url("/api/chat");
     let cases: Vec<(&str, u16, &str, &str, (u16, Value))> = vec![
-        ("malformed JSON", 400, "malformed_json", "", api.post_raw(&chat, "{\"userId\": ").await),
-        ("missing prompt", 422, "invalid_field", "prompt", api.post(&chat, &json!({"userId": "u"})).await),
-        ("missing userId", 422, "invalid_field", "userId", api.post(&chat, &json!({"prompt": "hi"})).await),
-        ("priority 0", 422, "invalid_priority", "got 0", api.post(&chat, &json!({"userId": "u", "prompt": "hi", "priority": 0})).await),
-        ("priority 11", 422, "invalid_priority", "got 11", api.post(&chat, &json!({"userId": "u", "prompt": "hi", "priority": 11})).await),
-        ("unknown queue", 404, "unknown_queue", "nope", api.post(&host.url("/api/queues/nope/jobs"), &json!({"payload": {}})).await),
-        ("body over the limit", 413, "body_too_large", "", api.post(&chat, &json!({"userId": "u", "prompt": "x".repeat(5000)})).await),
-        ("guest rejects", 422, "rejected_by_handler", "prompt", api.post(&chat, &json!({"userId": "u", "prompt": ""})).await),
-        ("bad history", 422, "invalid_field", "", api.post(&chat, &json!({"userId": "u", "prompt": "hi", "conversationHistory": [{"role": "user"}]})).await),
-        ("unknown job", 404, "job_not_found", "", api.get(&host.url("/api/job/does-not-exist")).await),
-        ("unknown route", 404, "not_found", "", api.get(&host.url("/api/nothing")).await),
+        (
+            "malformed JSON",
+            400,
+            "malformed_json",
+            "",
+            api.post_raw(&chat, "{\"userId\": ").await,
+        ),
+        (
+            "missing prompt",
+            422,
+            "invalid_field",
+            "prompt",
+            api.post(&chat, &json!({"userId": "u"})).await,
+        ),
+        (
+            "missing userId",
+            422,
+            "invalid_field",
+            "userId",
+            api.post(&chat, &json!({"prompt": "hi"})).await,
+        ),
+        (
+            "priority 0",
+            422,
+            "invalid_priority",
+            "got 0",
+            api.post(
+                &chat,
+                &json!({"userId": "u", "prompt": "hi", "priority": 0}),
+            )
+            .await,
+        ),
+        (
+            "priority 11",
+            422,
+            "invalid_priority",
+            "got 11",
+            api.post(
+                &chat,
+                &json!({"userId": "u", "prompt": "hi", "priority": 11}),
+            )
+            .await,
+        ),
+        (
+            "unknown queue",
+            404,
+            "unknown_queue",
+            "nope",
+            api.post(&host.url("/api/queues/nope/jobs"), &json!({"payload": {}}))
+                .await,
+        ),
+        (
+            "body over the limit",
+            413,
+            "body_too_large",
+            "",
+            api.post(&chat, &json!({"userId": "u", "prompt": "x".repeat(5000)}))
+                .await,
+        ),
+        (
+            "guest rejects",
+            422,
+            "rejected_by_handler",
+            "prompt",
+            api.post(&chat, &json!({"userId": "u", "prompt": ""})).await,
+        ),
+        (
+            "bad history",
+            422,
+            "invalid_field",
+            "",
+            api.post(
+                &chat,
+                &json!({"userId": "u", "prompt": "hi", "conversationHistory": [{"role": "user"}]}),
+            )
+            .await,
+        ),
+        (
+            "unknown job",
+            404,
+            "job_not_found",
+            "",
+            api.get(&host.url("/api/job/does-not-exist")).await,
+        ),
+        (
+            "unknown route",
+            404,
+            "not_found",
+            "",
+            api.get(&host.url("/api/nothing")).await,
+        ),
     ];
     for (case, status, code, mentions, (got_status, body)) in cases {
         assert_eq!(got_status, status, "{case}: {body}");
         assert_eq!(body["error"]["code"], code, "{case}: {body}");
         let message = body["error"]["message"].as_str().unwrap_or_default();
-        assert!(!message.is_empty() && message.contains(mentions), "{case}: message `{message}` should mention `{mentions}`");
+        assert!(
+            !message.is_empty() && message.contains(mentions),
+            "{case}: message `{message}` should mention `{mentions}`"
+        );
     }
     let (status, health) = api.get(&host.url("/health")).await;
     assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
-    let (status, reply) = api.post(&chat, &json!({"userId": "u", "prompt": "still here?"})).await;
+    let (status, reply) = api
+        .post(&chat, &json!({"userId": "u", "prompt": "still here?"}))
+        .await;
     assert_eq!(status, 202, "{reply}");
-    let job = api.wait_terminal(&host, reply["jobId"].as_str().unwrap_or_default(), WAIT).await;
-    assert_eq!(job["result"]["response"], expected_chat_response("still here?", 0));
+    let job = api
+        .wait_terminal(&host, reply["jobId"].as_str().unwrap_or_default(), WAIT)
+        .await;
+    assert_eq!(
+        job["result"]["response"],
+        expected_chat_response("still here?", 0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,7 +402,12 @@ async fn the_pipeline_guest_runs_outline_then_document_with_its_business_events(
     let stub = stub().await;
     let host = Host::start(&redis, &stub, HostOptions::default());
     let api = Api::default();
-    let (status, reply) = api.post(&host.url("/api/queues/documents/jobs"), &json!({"payload": {"topic": "tea", "sections": 2}, "priority": 9})).await;
+    let (status, reply) = api
+        .post(
+            &host.url("/api/queues/documents/jobs"),
+            &json!({"payload": {"topic": "tea", "sections": 2}, "priority": 9}),
+        )
+        .await;
     assert_eq!(status, 202, "{reply}");
     assert_eq!(reply["class"], "high");
     let id = reply["jobId"].as_str().unwrap_or_default().to_owned();
@@ -197,13 +415,24 @@ async fn the_pipeline_guest_runs_outline_then_document_with_its_business_events(
     assert_eq!(job["state"], "completed", "{job}");
     assert_eq!(job["handler"], "pipeline");
     let outline = job["result"]["outline"].as_str().unwrap_or_default();
-    assert!(outline.contains("Write an outline with 2 sections about: tea"), "{job}");
+    assert!(
+        outline.contains("Write an outline with 2 sections about: tea"),
+        "{job}"
+    );
     let document = job["result"]["document"].as_str().unwrap_or_default();
     assert!(document.starts_with("[stub-chat]"), "{job}");
-    assert_eq!(job["blocks"], json!([{"type": "markdown", "text": document}]));
+    assert_eq!(
+        job["blocks"],
+        json!([{"type": "markdown", "text": document}])
+    );
     let events = read_sse(&host.url(&format!("/stream/status/{id}")), None, WAIT).await;
     let names: Vec<&str> = events.iter().map(|(_, e, _)| e.as_str()).collect();
-    let position = |name: &str| names.iter().position(|n| *n == name).unwrap_or_else(|| panic!("{name} missing: {names:?}"));
+    let position = |name: &str| {
+        names
+            .iter()
+            .position(|n| *n == name)
+            .unwrap_or_else(|| panic!("{name} missing: {names:?}"))
+    };
     assert!(position("outline_generated") < position("document_generated"));
     assert!(position("document_generated") < position("task_completed"));
     let counts: HashMap<&str, usize> = names.iter().fold(HashMap::new(), |mut m, n| {
@@ -211,25 +440,51 @@ async fn the_pipeline_guest_runs_outline_then_document_with_its_business_events(
         m
     });
     assert_eq!(counts.get("task_completed"), Some(&1));
-    assert_eq!(stub.stats().calls.get("/api/chat"), Some(&2), "two stages, two model calls");
+    assert_eq!(
+        stub.stats().calls.get("/api/chat"),
+        Some(&2),
+        "two stages, two model calls"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_job_fails_twice_then_completes_on_attempt_three_after_the_backoff() {
     let redis = Redis::start();
     let stub = stub().await;
-    let config = "[queues.chat]\nhandler = \"chat\"\nmax_attempts = 3\nbackoff_ms = 300\n".to_owned();
-    let host = Host::start(&redis, &stub, HostOptions { config, ..Default::default() });
-    stub.inject([spool::stub::Fault { status: Some(500), times: 2, ..Default::default() }]).expect("fault");
+    let config =
+        "[queues.chat]\nhandler = \"chat\"\nmax_attempts = 3\nbackoff_ms = 300\n".to_owned();
+    let host = Host::start(
+        &redis,
+        &stub,
+        HostOptions {
+            config,
+            ..Default::default()
+        },
+    );
+    stub.inject([spool::stub::Fault {
+        status: Some(500),
+        times: 2,
+        ..Default::default()
+    }])
+    .expect("fault");
     let api = Api::default();
-    let (status, reply) = api.post(&host.url("/api/chat"), &json!({"userId": "u", "prompt": "third time lucky"})).await;
+    let (status, reply) = api
+        .post(
+            &host.url("/api/chat"),
+            &json!({"userId": "u", "prompt": "third time lucky"}),
+        )
+        .await;
     assert_eq!(status, 202);
     let id = reply["jobId"].as_str().unwrap_or_default().to_owned();
     let job = api.wait_terminal(&host, &id, WAIT).await;
     assert_eq!(job["state"], "completed", "{job}");
     assert_eq!(job["attempts"], 3);
     let events = read_sse(&host.url(&format!("/stream/status/{id}")), None, WAIT).await;
-    let starts: Vec<u64> = events.iter().filter(|(_, e, _)| e == "task_started").filter_map(|(_, _, d)| d["timestamp"].as_u64()).collect();
+    let starts: Vec<u64> = events
+        .iter()
+        .filter(|(_, e, _)| e == "task_started")
+        .filter_map(|(_, _, d)| d["timestamp"].as_u64())
+        .collect();
     let failures = events.iter().filter(|(_, e, _)| e == "task_failed").count();
     assert_eq!((starts.len(), failures), (3, 2));
     // Backoff 300 ms then 600 ms, each with at most 20 % jitter off.
@@ -242,13 +497,28 @@ async fn a_rejected_model_request_fails_the_job_at_once_with_a_readable_error() 
     let redis = Redis::start();
     let stub = stub().await;
     let host = Host::start(&redis, &stub, HostOptions::default());
-    stub.inject([spool::stub::Fault { status: Some(401), times: 5, ..Default::default() }]).expect("fault");
+    stub.inject([spool::stub::Fault {
+        status: Some(401),
+        times: 5,
+        ..Default::default()
+    }])
+    .expect("fault");
     let api = Api::default();
-    let (_, reply) = api.post(&host.url("/api/chat"), &json!({"userId": "u", "prompt": "hi"})).await;
-    let job = api.wait_terminal(&host, reply["jobId"].as_str().unwrap_or_default(), WAIT).await;
+    let (_, reply) = api
+        .post(
+            &host.url("/api/chat"),
+            &json!({"userId": "u", "prompt": "hi"}),
+        )
+        .await;
+    let job = api
+        .wait_terminal(&host, reply["jobId"].as_str().unwrap_or_default(), WAIT)
+        .await;
     assert_eq!(job["state"], "failed");
     assert_eq!(job["attempts"], 1, "not retried: {job}");
-    assert!(job["error"].as_str().is_some_and(|e| e.contains("401")), "{job}");
+    assert!(
+        job["error"].as_str().is_some_and(|e| e.contains("401")),
+        "{job}"
+    );
     let (_, stats) = api.get(&host.url("/api/queue/stats")).await;
     assert_eq!(stats["queues"]["chat"]["failed"], 1);
 }
@@ -259,25 +529,43 @@ fn serve_without_a_redis_url_runs_its_own_redis_server_and_stops_it_on_sigterm()
     let port = free_port();
     let log = data.path().join("spool.log");
     let mut child = std::process::Command::new(SPOOL)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
         .arg(data.path().join("redis"))
         .env_remove("SPOOL_REDIS_URL")
         .stderr(std::fs::File::create(&log).expect("log"))
         .spawn()
         .expect("spawn spool");
     let socket = data.path().join("redis/redis.sock");
-    wait_until("the embedded redis answers", Duration::from_secs(30), || {
-        redis::Client::open(format!("redis+unix://{}", socket.display()))
-            .and_then(|c| c.get_connection())
-            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-            .is_ok()
-    });
-    assert!(data.path().join("redis/appendonlydir").exists(), "AOF is on");
+    wait_until(
+        "the embedded redis answers",
+        Duration::from_secs(30),
+        || {
+            redis::Client::open(format!("redis+unix://{}", socket.display()))
+                .and_then(|c| c.get_connection())
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                .is_ok()
+        },
+    );
+    assert!(
+        data.path().join("redis/appendonlydir").exists(),
+        "AOF is on"
+    );
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().expect("spool exits");
-    assert!(status.success(), "clean exit; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
-    let still_up = redis::Client::open(format!("redis+unix://{}", socket.display())).and_then(|c| c.get_connection()).is_ok();
+    assert!(
+        status.success(),
+        "clean exit; log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let still_up = redis::Client::open(format!("redis+unix://{}", socket.display()))
+        .and_then(|c| c.get_connection())
+        .is_ok();
     assert!(!still_up, "the embedded redis-server stopped with spool");
 }
 
@@ -294,5 +582,8 @@ fn serve_without_redis_server_installed_says_how_to_install_it() {
         .expect("run spool");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("redis-server is not installed") && stderr.contains("apt-get install"), "{stderr}");
+    assert!(
+        stderr.contains("redis-server is not installed") && stderr.contains("apt-get install"),
+        "{stderr}"
+    );
 }

@@ -25,8 +25,15 @@ impl Redis {
     }
 
     pub fn start_with_fsync(fsync: &'static str) -> Self {
-        let dir = tempfile::Builder::new().prefix("spool-redis-").tempdir().expect("temp dir");
-        let mut redis = Self { dir, child: None, fsync };
+        let dir = tempfile::Builder::new()
+            .prefix("spool-redis-")
+            .tempdir()
+            .expect("temp dir");
+        let mut redis = Self {
+            dir,
+            child: None,
+            fsync,
+        };
         redis.spawn();
         redis
     }
@@ -38,7 +45,15 @@ impl Redis {
             .arg(dir.join("redis.sock"))
             .args(["--unixsocketperm", "700", "--dir"])
             .arg(dir)
-            .args(["--save", "", "--appendonly", "yes", "--appendfsync", self.fsync, "--logfile"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                self.fsync,
+                "--logfile",
+            ])
             .arg(dir.join("redis.log"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -47,16 +62,24 @@ impl Redis {
         self.child = Some(child);
         let client = redis::Client::open(self.url()).expect("redis url");
         wait_until("redis-server answers PING", Duration::from_secs(10), || {
-            client.get_connection().and_then(|mut c| redis::cmd("PING").query::<String>(&mut c)).is_ok()
+            client
+                .get_connection()
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                .is_ok()
         });
     }
 
     pub fn url(&self) -> String {
-        format!("redis+unix://{}", self.dir.path().join("redis.sock").display())
+        format!(
+            "redis+unix://{}",
+            self.dir.path().join("redis.sock").display()
+        )
     }
 
     pub fn connection(&self) -> redis::Connection {
-        redis::Client::open(self.url()).and_then(|c| c.get_connection()).expect("redis connection")
+        redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .expect("redis connection")
     }
 
     /// SIGKILL, then start again on the same directory (AOF replay).
@@ -81,9 +104,13 @@ impl Drop for Redis {
 
 /// The stub model server, in this test's process.
 pub async fn stub() -> StubServer {
-    spool::stub::start(&StubArgs { listen: "127.0.0.1:0".parse().expect("addr"), latency_ms: 0, chunk_delay_ms: 0 })
-        .await
-        .expect("stub model server starts")
+    spool::stub::start(&StubArgs {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        latency_ms: 0,
+        chunk_delay_ms: 0,
+    })
+    .await
+    .expect("stub model server starts")
 }
 
 /// One `spool serve` process.
@@ -101,23 +128,34 @@ pub struct HostOptions {
     /// not [workers] or [model], which the harness writes).
     pub config: String,
     pub extra_args: Vec<String>,
+    /// Extra lines for the [workers] table, e.g. "visibility_timeout_ms = 1500".
+    pub workers: String,
 }
 
 impl Default for HostOptions {
     fn default() -> Self {
-        Self { concurrency: 3, config: String::new(), extra_args: Vec::new() }
+        Self {
+            concurrency: 3,
+            config: String::new(),
+            extra_args: Vec::new(),
+            workers: String::new(),
+        }
     }
 }
 
 impl Host {
     pub fn start(redis: &Redis, stub: &StubServer, options: HostOptions) -> Self {
-        let config_dir = tempfile::Builder::new().prefix("spool-host-").tempdir().expect("temp dir");
+        let config_dir = tempfile::Builder::new()
+            .prefix("spool-host-")
+            .tempdir()
+            .expect("temp dir");
         let config_path = config_dir.path().join("spool.toml");
         let config = format!(
             // The test's own TOML first: its top-level keys must precede any table.
-            "{}\n[workers]\nconcurrency = {}\nidle_poll_ms = 200\n\n[model]\nkind = \"ollama\"\nurl = \"{}\"\nchat_model = \"stub-chat\"\nembed_model = \"stub-embed\"\nrequest_timeout_ms = 10000\n",
+            "{}\n[workers]\nconcurrency = {}\nidle_poll_ms = 200\n{}\n\n[model]\nkind = \"ollama\"\nurl = \"{}\"\nchat_model = \"stub-chat\"\nembed_model = \"stub-embed\"\nrequest_timeout_ms = 10000\n",
             options.config,
             options.concurrency,
+            options.workers,
             stub.url()
         );
         std::fs::write(&config_path, config).expect("write config");
@@ -138,7 +176,12 @@ impl Host {
             .stderr(log_file)
             .spawn()
             .expect("spawn spool");
-        let host = Self { base: format!("http://127.0.0.1:{port}"), child, log, _config_dir: config_dir };
+        let host = Self {
+            base: format!("http://127.0.0.1:{port}"),
+            child,
+            log,
+            _config_dir: config_dir,
+        };
         host.wait_healthy();
         host
     }
@@ -172,6 +215,11 @@ impl Host {
         }
     }
 
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Waits for the process to exit; returns its exit status code.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
         let started = Instant::now();
@@ -193,13 +241,19 @@ impl Drop for Host {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
     let started = Instant::now();
     while !condition() {
-        assert!(started.elapsed() < timeout, "timed out after {timeout:?} waiting until {what}");
+        assert!(
+            started.elapsed() < timeout,
+            "timed out after {timeout:?} waiting until {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -208,14 +262,29 @@ pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> 
 fn blocking_get(url: &str) -> Result<(u16, String), String> {
     use std::io::{Read, Write};
     let rest = url.strip_prefix("http://").ok_or("http only")?;
-    let (authority, path) = rest.split_once('/').map(|(a, p)| (a, format!("/{p}"))).unwrap_or((rest, "/".into()));
+    let (authority, path) = rest
+        .split_once('/')
+        .map(|(a, p)| (a, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
     let mut stream = std::net::TcpStream::connect(authority).map_err(|e| e.to_string())?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n").map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n")
+        .map_err(|e| e.to_string())?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).map_err(|e| e.to_string())?;
-    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or("no status line")?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| e.to_string())?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or("no status line")?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -227,17 +296,38 @@ pub struct Api {
 
 impl Default for Api {
     fn default() -> Self {
-        Self { http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client") }
+        Self {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client"),
+        }
     }
 }
 
 impl Api {
     pub async fn post(&self, url: &str, body: &Value) -> (u16, Value) {
-        self.send(self.http.post(url).header("content-type", "application/json").body(body.to_string())).await
+        self.send(
+            self.http
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body.to_string()),
+        )
+        .await
     }
 
     pub async fn post_raw(&self, url: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
-        self.send(self.http.post(url).header("content-type", "application/json").body(body)).await
+        self.send(
+            self.http
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body),
+        )
+        .await
+    }
+
+    pub async fn send_delete(&self, url: &str) -> (u16, Value) {
+        self.send(self.http.delete(url)).await
     }
 
     pub async fn get(&self, url: &str) -> (u16, Value) {
@@ -248,33 +338,72 @@ impl Api {
         let response = request.send().await.expect("request reaches spool");
         let status = response.status().as_u16();
         let text = response.text().await.expect("body");
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     /// Polls GET /api/job/{id} until the job is completed or failed.
     pub async fn wait_terminal(&self, host: &Host, id: &str, timeout: Duration) -> Value {
+        self.wait_states(host, id, timeout, &["completed", "failed"])
+            .await
+    }
+
+    pub async fn wait_terminal_or_cancelled(
+        &self,
+        host: &Host,
+        id: &str,
+        timeout: Duration,
+    ) -> Value {
+        self.wait_states(host, id, timeout, &["completed", "failed", "cancelled"])
+            .await
+    }
+
+    async fn wait_states(
+        &self,
+        host: &Host,
+        id: &str,
+        timeout: Duration,
+        states: &[&str],
+    ) -> Value {
         let started = Instant::now();
         loop {
             let (status, job) = self.get(&host.url(&format!("/api/job/{id}"))).await;
-            if status == 200 && matches!(job["state"].as_str(), Some("completed" | "failed")) {
+            if status == 200 && job["state"].as_str().is_some_and(|s| states.contains(&s)) {
                 return job;
             }
-            assert!(started.elapsed() < timeout, "job {id} not finished after {timeout:?}: {job}");
+            assert!(
+                started.elapsed() < timeout,
+                "job {id} not finished after {timeout:?}: {job}"
+            );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
 }
 
 /// Reads a whole SSE response into (id, event, data) triples until it closes.
-pub async fn read_sse(url: &str, last_event_id: Option<&str>, timeout: Duration) -> Vec<(Option<String>, String, Value)> {
+pub async fn read_sse(
+    url: &str,
+    last_event_id: Option<&str>,
+    timeout: Duration,
+) -> Vec<(Option<String>, String, Value)> {
     let client = reqwest::Client::new();
     let mut request = client.get(url);
     if let Some(id) = last_event_id {
         request = request.header("last-event-id", id);
     }
-    let body = tokio::time::timeout(timeout, async { request.send().await.expect("sse request").text().await.expect("sse body") })
-        .await
-        .expect("SSE stream ends by itself");
+    let body = tokio::time::timeout(timeout, async {
+        request
+            .send()
+            .await
+            .expect("sse request")
+            .text()
+            .await
+            .expect("sse body")
+    })
+    .await
+    .expect("SSE stream ends by itself");
     parse_sse(&body)
 }
 
@@ -291,7 +420,11 @@ pub fn parse_sse(body: &str) -> Vec<(Option<String>, String, Value)> {
                     data.push_str(v.trim_start());
                 }
             }
-            Some((id, event?, serde_json::from_str(&data).unwrap_or(Value::Null)))
+            Some((
+                id,
+                event?,
+                serde_json::from_str(&data).unwrap_or(Value::Null),
+            ))
         })
         .collect()
 }
@@ -299,5 +432,8 @@ pub fn parse_sse(body: &str) -> Vec<(Option<String>, String, Value)> {
 /// The chat guest's answer for a prompt with `history_len` earlier turns kept:
 /// the stub echoes the last user message and counts system + history + prompt.
 pub fn expected_chat_response(prompt: &str, history_len: usize) -> String {
-    format!("[stub-chat] {} messages; you said: {prompt}", history_len + 2)
+    format!(
+        "[stub-chat] {} messages; you said: {prompt}",
+        history_len + 2
+    )
 }

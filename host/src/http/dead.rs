@@ -28,29 +28,49 @@ pub async fn list(
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let keys = &route(&state, &queue)?.keys;
-    let dead = state.queue.dead_letters(keys, query.limit.clamp(1, 1000)).await?;
+    let dead = state
+        .queue
+        .dead_letters(keys, query.limit.clamp(1, 1000))
+        .await?;
     Ok(Json(json!({ "queue": queue, "dead": dead })))
 }
 
-pub async fn replay(State(state): State<Arc<AppState>>, ApiPath((queue, job)): ApiPath<(String, String)>) -> Result<Json<Value>, ApiError> {
+pub async fn replay(
+    State(state): State<Arc<AppState>>,
+    ApiPath((queue, job)): ApiPath<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
     let keys = &route(&state, &queue)?.keys;
     if !state.queue.replay(keys, &job).await? {
-        return Err(ApiError::not_found("not_dead", format!("job `{job}` is not in the dead-letter queue of `{queue}`")));
+        return Err(ApiError::not_found(
+            "not_dead",
+            format!("job `{job}` is not in the dead-letter queue of `{queue}`"),
+        ));
     }
     tracing::info!(%queue, %job, "dead job replayed");
-    Ok(Json(json!({ "jobId": job, "queue": queue, "state": "waiting" })))
+    Ok(Json(
+        json!({ "jobId": job, "queue": queue, "state": "waiting" }),
+    ))
 }
 
-pub async fn purge_all(State(state): State<Arc<AppState>>, ApiPath(queue): ApiPath<String>) -> Result<Json<Value>, ApiError> {
+pub async fn purge_all(
+    State(state): State<Arc<AppState>>,
+    ApiPath(queue): ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
     let keys = &route(&state, &queue)?.keys;
     let purged = state.queue.purge_dead(keys, None).await?;
     Ok(Json(json!({ "queue": queue, "purged": purged })))
 }
 
-pub async fn purge_one(State(state): State<Arc<AppState>>, ApiPath((queue, job)): ApiPath<(String, String)>) -> Result<Json<Value>, ApiError> {
+pub async fn purge_one(
+    State(state): State<Arc<AppState>>,
+    ApiPath((queue, job)): ApiPath<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
     let keys = &route(&state, &queue)?.keys;
     match state.queue.purge_dead(keys, Some(&job)).await? {
-        0 => Err(ApiError::not_found("not_dead", format!("job `{job}` is not in the dead-letter queue of `{queue}`"))),
+        0 => Err(ApiError::not_found(
+            "not_dead",
+            format!("job `{job}` is not in the dead-letter queue of `{queue}`"),
+        )),
         purged => Ok(Json(json!({ "queue": queue, "purged": purged }))),
     }
 }

@@ -13,8 +13,8 @@ use serde_json::{Map, Value, json};
 use super::AppState;
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::queue::{CancelOutcome, JobState, NewJob, SubmitError, class_name};
-use crate::worker::Route;
 use crate::runtime::Job;
+use crate::worker::Route;
 
 const DEFAULT_PRIORITY: i64 = 5;
 
@@ -57,12 +57,18 @@ struct GenericFields {
     priority: Option<i64>,
 }
 
-pub async fn submit_chat(State(state): State<Arc<AppState>>, ApiJson(body): ApiJson<Value>) -> Result<(StatusCode, Json<Value>), ApiError> {
+pub async fn submit_chat(
+    State(state): State<Arc<AppState>>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Value::Object(mut object) = body else {
-        return Err(ApiError::invalid("invalid_body", "the body must be a JSON object"));
+        return Err(ApiError::invalid(
+            "invalid_body",
+            "the body must be a JSON object",
+        ));
     };
-    let fields: ChatFields =
-        serde_json::from_value(Value::Object(object.clone())).map_err(|e| ApiError::invalid("invalid_field", e.to_string()))?;
+    let fields: ChatFields = serde_json::from_value(Value::Object(object.clone()))
+        .map_err(|e| ApiError::invalid("invalid_field", e.to_string()))?;
     for host_field in ["userId", "userTier", "priority"] {
         object.remove(host_field);
     }
@@ -80,7 +86,8 @@ pub async fn submit_generic(
     ApiPath(queue): ApiPath<String>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let fields: GenericFields = serde_json::from_value(body).map_err(|e| ApiError::invalid("invalid_field", e.to_string()))?;
+    let fields: GenericFields = serde_json::from_value(body)
+        .map_err(|e| ApiError::invalid("invalid_field", e.to_string()))?;
     let submission = Submission {
         user_id: fields.user_id,
         user_tier: fields.user_tier.unwrap_or_default(),
@@ -93,15 +100,26 @@ pub async fn submit_generic(
 fn checked_priority(priority: Option<i64>) -> Result<u8, ApiError> {
     match priority.unwrap_or(DEFAULT_PRIORITY) {
         p @ 1..=10 => Ok(p as u8),
-        p => Err(ApiError::invalid("invalid_priority", format!("priority must be an integer from 1 to 10, got {p}"))),
+        p => Err(ApiError::invalid(
+            "invalid_priority",
+            format!("priority must be an integer from 1 to 10, got {p}"),
+        )),
     }
 }
 
 /// Runs the queue's priority rule (in Wasm), then enqueues.
-async fn submit(state: &AppState, queue: &str, submission: Submission) -> Result<(StatusCode, Json<Value>), ApiError> {
+async fn submit(
+    state: &AppState,
+    queue: &str,
+    submission: Submission,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let route = route(state, queue)?;
     let handler = state.registry.get(&route.config.handler).ok_or_else(|| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "handler_unavailable", format!("handler `{}` is not loaded", route.config.handler))
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "handler_unavailable",
+            format!("handler `{}` is not loaded", route.config.handler),
+        )
     })?;
     let id = uuid::Uuid::now_v7().to_string();
     let job = Job {
@@ -117,7 +135,11 @@ async fn submit(state: &AppState, queue: &str, submission: Submission) -> Result
         Ok(Ok(decision)) => decision,
         Ok(Err(reason)) => return Err(ApiError::invalid("rejected_by_handler", reason)),
         Err(failure) => {
-            return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "handler_failed", format!("the priority rule failed: {failure}")));
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "handler_failed",
+                format!("the priority rule failed: {failure}"),
+            ));
         }
     };
     let score = decision.score.clamp(1, 10);
@@ -136,7 +158,11 @@ async fn submit(state: &AppState, queue: &str, submission: Submission) -> Result
     match state.queue.submit(new_job).await {
         Ok(_) => {}
         Err(SubmitError::Full(queue)) => {
-            return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", format!("queue `{queue}` is full; retry later")));
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "queue_full",
+                format!("queue `{queue}` is full; retry later"),
+            ));
         }
         Err(SubmitError::Redis(error)) => return Err(error.into()),
     }
@@ -155,22 +181,44 @@ async fn submit(state: &AppState, queue: &str, submission: Submission) -> Result
 pub fn route<'a>(state: &'a AppState, queue: &str) -> Result<&'a Route, ApiError> {
     state.routes.get(queue).ok_or_else(|| {
         let known: Vec<&str> = state.routes.keys().map(String::as_str).collect();
-        ApiError::not_found("unknown_queue", format!("no queue named `{queue}`; known queues: {}", known.join(", ")))
+        ApiError::not_found(
+            "unknown_queue",
+            format!(
+                "no queue named `{queue}`; known queues: {}",
+                known.join(", ")
+            ),
+        )
     })
 }
 
-pub async fn get_job(State(state): State<Arc<AppState>>, ApiPath(id): ApiPath<String>) -> Result<Json<Value>, ApiError> {
-    let record = state.queue.job(&id).await?.ok_or_else(|| job_not_found(&id))?;
+pub async fn get_job(
+    State(state): State<Arc<AppState>>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    let record = state
+        .queue
+        .job(&id)
+        .await?
+        .ok_or_else(|| job_not_found(&id))?;
     let mut body = record.to_json();
     body["attemptHistory"] = Value::Array(state.queue.attempt_history(&id).await?);
     Ok(Json(body))
 }
 
 /// Cancels a waiting or delayed job at once; asks an active one to stop.
-pub async fn cancel(State(state): State<Arc<AppState>>, ApiPath(id): ApiPath<String>) -> Result<(StatusCode, Json<Value>), ApiError> {
+pub async fn cancel(
+    State(state): State<Arc<AppState>>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     match state.queue.cancel(&id, state.retention).await? {
-        CancelOutcome::Cancelled => Ok((StatusCode::OK, Json(json!({ "jobId": id, "state": "cancelled" })))),
-        CancelOutcome::Requested => Ok((StatusCode::ACCEPTED, Json(json!({ "jobId": id, "state": "active", "cancel": "requested" })))),
+        CancelOutcome::Cancelled => Ok((
+            StatusCode::OK,
+            Json(json!({ "jobId": id, "state": "cancelled" })),
+        )),
+        CancelOutcome::Requested => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({ "jobId": id, "state": "active", "cancel": "requested" })),
+        )),
         CancelOutcome::AlreadyFinished(finished) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "already_finished",
@@ -181,7 +229,10 @@ pub async fn cancel(State(state): State<Arc<AppState>>, ApiPath(id): ApiPath<Str
 }
 
 pub fn job_not_found(id: &str) -> ApiError {
-    ApiError::not_found("job_not_found", format!("no job `{id}` (it may have expired after its retention time)"))
+    ApiError::not_found(
+        "job_not_found",
+        format!("no job `{id}` (it may have expired after its retention time)"),
+    )
 }
 
 pub async fn stats(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
@@ -194,7 +245,10 @@ pub async fn stats(State(state): State<Arc<AppState>>) -> Result<Json<Value>, Ap
         delayed += stats.delayed;
         completed += stats.completed;
         failed += stats.failed;
-        queues.insert(name.clone(), serde_json::to_value(&stats).unwrap_or(Value::Null));
+        queues.insert(
+            name.clone(),
+            serde_json::to_value(&stats).unwrap_or(Value::Null),
+        );
     }
     Ok(Json(json!({
         "waiting": waiting, "active": active, "delayed": delayed, "completed": completed, "failed": failed,
@@ -202,18 +256,29 @@ pub async fn stats(State(state): State<Arc<AppState>>) -> Result<Json<Value>, Ap
     })))
 }
 
-pub async fn pause(State(state): State<Arc<AppState>>, ApiPath(queue): ApiPath<String>) -> Result<Json<Value>, ApiError> {
+pub async fn pause(
+    State(state): State<Arc<AppState>>,
+    ApiPath(queue): ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
     set_paused(&state, &queue, true).await
 }
 
-pub async fn resume(State(state): State<Arc<AppState>>, ApiPath(queue): ApiPath<String>) -> Result<Json<Value>, ApiError> {
+pub async fn resume(
+    State(state): State<Arc<AppState>>,
+    ApiPath(queue): ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
     set_paused(&state, &queue, false).await
 }
 
 async fn set_paused(state: &AppState, queue: &str, paused: bool) -> Result<Json<Value>, ApiError> {
     let route = route(state, queue)?;
     state.queue.set_paused(&route.keys, paused).await?;
-    tracing::info!(queue, paused, "queue {}", if paused { "paused" } else { "resumed" });
+    tracing::info!(
+        queue,
+        paused,
+        "queue {}",
+        if paused { "paused" } else { "resumed" }
+    );
     Ok(Json(json!({ "queue": queue, "paused": paused })))
 }
 
@@ -241,9 +306,17 @@ pub async fn history(
     let route = route(&state, &queue)?;
     let wanted = match JobState::parse(&query.state) {
         Some(s @ (JobState::Completed | JobState::Failed)) => s,
-        _ => return Err(ApiError::invalid("invalid_query", "state must be `completed` or `failed`")),
+        _ => {
+            return Err(ApiError::invalid(
+                "invalid_query",
+                "state must be `completed` or `failed`",
+            ));
+        }
     };
-    let ids = state.queue.history(&route.keys, wanted, query.limit.clamp(1, 1000) as isize).await?;
+    let ids = state
+        .queue
+        .history(&route.keys, wanted, query.limit.clamp(1, 1000) as isize)
+        .await?;
     let mut jobs = Vec::with_capacity(ids.len());
     for id in ids {
         // Entries outlive their records by up to the retention time; skip those.
@@ -251,5 +324,7 @@ pub async fn history(
             jobs.push(record.to_json());
         }
     }
-    Ok(Json(json!({ "queue": queue, "state": wanted.as_str(), "jobs": jobs })))
+    Ok(Json(
+        json!({ "queue": queue, "state": wanted.as_str(), "jobs": jobs }),
+    ))
 }

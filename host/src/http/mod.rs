@@ -45,7 +45,10 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
         .route("/api/queues/{queue}/pause", post(jobs::pause))
         .route("/api/queues/{queue}/resume", post(jobs::resume))
         .route("/api/queues/{queue}/history", get(jobs::history))
-        .route("/api/queues/{queue}/dead", get(dead::list).delete(dead::purge_all))
+        .route(
+            "/api/queues/{queue}/dead",
+            get(dead::list).delete(dead::purge_all),
+        )
         .route("/api/queues/{queue}/dead/{job}", delete(dead::purge_one))
         .route("/api/queues/{queue}/dead/{job}/replay", post(dead::replay))
         .route("/api/queue/stats", get(jobs::stats))
@@ -69,7 +72,11 @@ async fn health(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         "handlers": state.registry.versions(),
         "queues": state.routes.keys().collect::<Vec<_>>(),
     });
-    let status = if redis_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if redis_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, axum::Json(body))
 }
 
@@ -78,5 +85,9 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not accept that method")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not accept that method",
+    )
 }

@@ -37,15 +37,36 @@ pub async fn status_stream(
     ApiQuery(query): ApiQuery<StreamQuery>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    let record = state.queue.job(&id).await?.ok_or_else(|| job_not_found(&id))?;
-    let resume_from = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned).or(query.last_id);
+    let record = state
+        .queue
+        .job(&id)
+        .await?
+        .ok_or_else(|| job_not_found(&id))?;
+    let resume_from = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or(query.last_id);
     let after = resume_from.unwrap_or_else(|| "0".into());
     validate_stream_id(&after)?;
-    let config = AsyncConnectionConfig::new().set_response_timeout(Some(READ_BLOCK + Duration::from_secs(5)));
-    let connection = state.redis.get_multiplexed_async_connection_with_config(&config).await?;
+    let config = AsyncConnectionConfig::new()
+        .set_response_timeout(Some(READ_BLOCK + Duration::from_secs(5)));
+    let connection = state
+        .redis
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
 
-    let snapshot = SseEvent::default().event("state").data(record.to_json().to_string());
-    let reader = Reader { state, job_id: id, after, connection, buffered: VecDeque::new(), finished: false };
+    let snapshot = SseEvent::default()
+        .event("state")
+        .data(record.to_json().to_string());
+    let reader = Reader {
+        state,
+        job_id: id,
+        after,
+        connection,
+        buffered: VecDeque::new(),
+        finished: false,
+    };
     let events = futures_util::stream::unfold(reader, Reader::next);
     let stream = futures_util::StreamExt::chain(futures_util::stream::iter([Ok(snapshot)]), events);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
@@ -75,7 +96,14 @@ impl Reader {
             if self.finished {
                 return None;
             }
-            match events::read(&mut self.connection, &self.job_id, &self.after, Some(READ_BLOCK)).await {
+            match events::read(
+                &mut self.connection,
+                &self.job_id,
+                &self.after,
+                Some(READ_BLOCK),
+            )
+            .await
+            {
                 Ok(batch) if !batch.is_empty() => {
                     if let Some(last) = batch.last() {
                         self.after = last.id.clone();
@@ -90,7 +118,10 @@ impl Reader {
                 },
                 Err(error) => {
                     tracing::warn!(job = %self.job_id, %error, "event stream read failed; closing the SSE stream");
-                    let sse = SseEvent::default().event("error").data(json!({ "error": "event store unavailable; reconnect with Last-Event-ID" }).to_string());
+                    let sse = SseEvent::default().event("error").data(
+                        json!({ "error": "event store unavailable; reconnect with Last-Event-ID" })
+                            .to_string(),
+                    );
                     self.finished = true;
                     return Some((Ok(sse), self));
                 }
@@ -101,9 +132,20 @@ impl Reader {
 
 fn validate_stream_id(id: &str) -> Result<(), ApiError> {
     let mut parts = id.splitn(2, '-');
-    let valid = parts.next().is_some_and(|ms| !ms.is_empty() && ms.bytes().all(|b| b.is_ascii_digit()))
-        && parts.next().is_none_or(|seq| !seq.is_empty() && seq.bytes().all(|b| b.is_ascii_digit()));
-    if valid { Ok(()) } else { Err(ApiError::invalid("invalid_last_id", format!("`{id}` is not a stream id like 1700000000000-0"))) }
+    let valid = parts
+        .next()
+        .is_some_and(|ms| !ms.is_empty() && ms.bytes().all(|b| b.is_ascii_digit()))
+        && parts
+            .next()
+            .is_none_or(|seq| !seq.is_empty() && seq.bytes().all(|b| b.is_ascii_digit()));
+    if valid {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            "invalid_last_id",
+            format!("`{id}` is not a stream id like 1700000000000-0"),
+        ))
+    }
 }
 
 #[derive(Deserialize)]

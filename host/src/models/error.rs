@@ -20,7 +20,11 @@ pub enum ModelError {
     /// `retry-after-ms`, `retry-after` (seconds or HTTP date), or OpenAI's
     /// `x-ratelimit-reset-requests` / `x-ratelimit-reset-tokens` ("1s", "6m0s", "20ms").
     #[error("rate limited (HTTP {status}, retry after {retry_after:?}): {message}")]
-    RateLimited { status: u16, retry_after: Option<Duration>, message: String },
+    RateLimited {
+        status: u16,
+        retry_after: Option<Duration>,
+        message: String,
+    },
     /// Transient: 5xx, connect or timeout errors, a stream cut short or failing mid-way.
     #[error("model server unavailable: {0}")]
     Unavailable(String),
@@ -54,16 +58,30 @@ pub(super) async fn from_response(mut response: reqwest::Response) -> ModelError
             Ok(None) | Err(_) => break,
         }
     }
-    classify(response.status(), response.headers(), &body, SystemTime::now())
+    classify(
+        response.status(),
+        response.headers(),
+        &body,
+        SystemTime::now(),
+    )
 }
 
-pub(super) fn classify(status: StatusCode, headers: &HeaderMap, body: &[u8], now: SystemTime) -> ModelError {
+pub(super) fn classify(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: SystemTime,
+) -> ModelError {
     let (message, quota_exhausted) = error_details(status, body);
     let status = status.as_u16();
     match status {
         // OpenAI reports an exhausted quota as 429, but waiting will not refill it.
         _ if quota_exhausted => ModelError::Rejected { status, message },
-        429 | 403 => ModelError::RateLimited { status, retry_after: retry_after(headers, now), message },
+        429 | 403 => ModelError::RateLimited {
+            status,
+            retry_after: retry_after(headers, now),
+            message,
+        },
         500..=599 => ModelError::Unavailable(format!("HTTP {status}: {message}")),
         _ => ModelError::Rejected { status, message },
     }
@@ -80,14 +98,20 @@ pub(super) fn interrupted(error: reqwest::Error) -> ModelError {
 }
 
 pub(super) fn bad_body(status: u16, error: impl Display) -> ModelError {
-    ModelError::Rejected { status, message: format!("unreadable response body: {error}") }
+    ModelError::Rejected {
+        status,
+        message: format!("unreadable response body: {error}"),
+    }
 }
 
 /// The message carried by an `error` field, whichever protocol's shape it has.
 pub(super) fn error_field_message(error: &Value) -> String {
     match error {
         Value::String(text) => text.clone(),
-        other => other.get("message").and_then(Value::as_str).map_or_else(|| other.to_string(), str::to_owned),
+        other => other
+            .get("message")
+            .and_then(Value::as_str)
+            .map_or_else(|| other.to_string(), str::to_owned),
     }
 }
 
@@ -128,7 +152,12 @@ fn error_details(status: StatusCode, body: &[u8]) -> (String, bool) {
 
 /// The wait a rate-limited response asks for, from the most precise header present.
 pub(super) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok()).map(str::trim);
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::trim)
+    };
     if let Some(ms) = header("retry-after-ms").and_then(non_negative) {
         return Duration::try_from_secs_f64(ms / 1000.0).ok();
     }
@@ -144,12 +173,18 @@ pub(super) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Durati
         let exhausted = header(&format!("x-ratelimit-remaining-{budget}")) == Some("0");
         (reset, exhausted)
     });
-    let exhausted = resets.iter().filter(|(_, exhausted)| *exhausted).filter_map(|(reset, _)| *reset).max();
+    let exhausted = resets
+        .iter()
+        .filter(|(_, exhausted)| *exhausted)
+        .filter_map(|(reset, _)| *reset)
+        .max();
     exhausted.or_else(|| resets.iter().filter_map(|(reset, _)| *reset).max())
 }
 
 fn non_negative(text: &str) -> Option<f64> {
-    text.parse::<f64>().ok().filter(|value| value.is_finite() && *value >= 0.0)
+    text.parse::<f64>()
+        .ok()
+        .filter(|value| value.is_finite() && *value >= 0.0)
 }
 
 /// Go's `time.Duration` text as OpenAI sends it: "20ms", "1s", "6m0s", "1h2m3.5s".
@@ -183,16 +218,22 @@ fn parse_go_duration(text: &str) -> Option<Duration> {
 
 /// An HTTP date in its only current form, IMF-fixdate: "Sun, 06 Nov 1994 08:49:37 GMT".
 fn parse_http_date(text: &str) -> Option<SystemTime> {
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
     let mut parts = text.split_whitespace();
     let _weekday = parts.next()?;
     let day: i64 = parts.next()?.parse().ok()?;
     let month_name = parts.next()?;
     let month = MONTHS.iter().position(|name| *name == month_name)? as i64 + 1;
     let year: i64 = parts.next()?.parse().ok()?;
-    let mut clock = parts.next()?.split(':').map(|part| part.parse::<i64>().ok());
+    let mut clock = parts
+        .next()?
+        .split(':')
+        .map(|part| part.parse::<i64>().ok());
     let (hour, minute, second) = (clock.next()??, clock.next()??, clock.next()??);
-    if parts.next()? != "GMT" || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+    if parts.next()? != "GMT" || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60
+    {
         return None;
     }
     let secs = days_since_epoch(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second;
@@ -218,34 +259,66 @@ mod tests {
         pairs
             .iter()
             .map(|(name, value)| {
-                (HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_str(value).unwrap())
+                (
+                    HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    HeaderValue::from_str(value).unwrap(),
+                )
             })
             .collect()
     }
 
     fn wait(pairs: &[(&str, &str)]) -> Option<Duration> {
-        retry_after(&headers(pairs), UNIX_EPOCH + Duration::from_secs(784_111_777))
+        retry_after(
+            &headers(pairs),
+            UNIX_EPOCH + Duration::from_secs(784_111_777),
+        )
     }
 
     #[test]
     fn retry_after_reads_every_header_form() {
         assert_eq!(wait(&[("retry-after", "2")]), Some(Duration::from_secs(2)));
-        assert_eq!(wait(&[("retry-after", "0.5")]), Some(Duration::from_millis(500)));
-        assert_eq!(wait(&[("retry-after-ms", "1500"), ("retry-after", "2")]), Some(Duration::from_millis(1500)));
+        assert_eq!(
+            wait(&[("retry-after", "0.5")]),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(
+            wait(&[("retry-after-ms", "1500"), ("retry-after", "2")]),
+            Some(Duration::from_millis(1500))
+        );
         // 784111777 is Sun, 06 Nov 1994 08:49:37 GMT.
-        assert_eq!(wait(&[("retry-after", "Sun, 06 Nov 1994 08:49:47 GMT")]), Some(Duration::from_secs(10)));
-        assert_eq!(wait(&[("retry-after", "Sun, 06 Nov 1994 08:49:00 GMT")]), Some(Duration::ZERO));
+        assert_eq!(
+            wait(&[("retry-after", "Sun, 06 Nov 1994 08:49:47 GMT")]),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            wait(&[("retry-after", "Sun, 06 Nov 1994 08:49:00 GMT")]),
+            Some(Duration::ZERO)
+        );
         assert_eq!(wait(&[("retry-after", "soon")]), None);
-        assert_eq!(wait(&[("x-ratelimit-reset-requests", "6m0s")]), Some(Duration::from_secs(360)));
-        assert_eq!(wait(&[("x-ratelimit-reset-tokens", "20ms")]), Some(Duration::from_millis(20)));
+        assert_eq!(
+            wait(&[("x-ratelimit-reset-requests", "6m0s")]),
+            Some(Duration::from_secs(360))
+        );
+        assert_eq!(
+            wait(&[("x-ratelimit-reset-tokens", "20ms")]),
+            Some(Duration::from_millis(20))
+        );
         assert_eq!(wait(&[]), None);
     }
 
     #[test]
     fn ratelimit_reset_prefers_the_exhausted_budget() {
-        let both = [("x-ratelimit-reset-requests", "6m0s"), ("x-ratelimit-reset-tokens", "1s")];
+        let both = [
+            ("x-ratelimit-reset-requests", "6m0s"),
+            ("x-ratelimit-reset-tokens", "1s"),
+        ];
         assert_eq!(wait(&both), Some(Duration::from_secs(360)));
-        let tokens_out = [both[0], both[1], ("x-ratelimit-remaining-tokens", "0"), ("x-ratelimit-remaining-requests", "9")];
+        let tokens_out = [
+            both[0],
+            both[1],
+            ("x-ratelimit-remaining-tokens", "0"),
+            ("x-ratelimit-remaining-requests", "9"),
+        ];
         assert_eq!(wait(&tokens_out), Some(Duration::from_secs(1)));
     }
 
@@ -263,7 +336,10 @@ mod tests {
 
     #[test]
     fn http_dates_parse() {
-        assert_eq!(parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT"), Some(UNIX_EPOCH));
+        assert_eq!(
+            parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT"),
+            Some(UNIX_EPOCH)
+        );
         assert_eq!(
             parse_http_date("Tue, 29 Feb 2000 12:00:00 GMT"),
             Some(UNIX_EPOCH + Duration::from_secs(951_825_600))
@@ -276,22 +352,55 @@ mod tests {
     fn statuses_and_bodies_classify() {
         let now = SystemTime::now();
         let classify = |status: u16, body: &str| {
-            classify(StatusCode::from_u16(status).unwrap(), &HeaderMap::new(), body.as_bytes(), now)
+            classify(
+                StatusCode::from_u16(status).unwrap(),
+                &HeaderMap::new(),
+                body.as_bytes(),
+                now,
+            )
         };
         assert_eq!(
-            classify(429, r#"{"error": {"message": "slow down", "type": "requests", "code": "rate_limit_exceeded"}}"#),
-            ModelError::RateLimited { status: 429, retry_after: None, message: "slow down".into() }
+            classify(
+                429,
+                r#"{"error": {"message": "slow down", "type": "requests", "code": "rate_limit_exceeded"}}"#
+            ),
+            ModelError::RateLimited {
+                status: 429,
+                retry_after: None,
+                message: "slow down".into()
+            }
         );
         assert_eq!(
-            classify(429, r#"{"error": {"message": "pay up", "type": "insufficient_quota", "code": "insufficient_quota"}}"#),
-            ModelError::Rejected { status: 429, message: "pay up".into() }
+            classify(
+                429,
+                r#"{"error": {"message": "pay up", "type": "insufficient_quota", "code": "insufficient_quota"}}"#
+            ),
+            ModelError::Rejected {
+                status: 429,
+                message: "pay up".into()
+            }
         );
-        assert!(matches!(classify(403, ""), ModelError::RateLimited { status: 403, .. }));
-        assert_eq!(classify(404, r#"{"error": "model 'x' not found"}"#), ModelError::Rejected {
-            status: 404,
-            message: "model 'x' not found".into()
-        });
-        assert_eq!(classify(502, "<html>bad gateway</html>"), ModelError::Unavailable("HTTP 502: <html>bad gateway</html>".into()));
-        assert_eq!(classify(401, ""), ModelError::Rejected { status: 401, message: "Unauthorized".into() });
+        assert!(matches!(
+            classify(403, ""),
+            ModelError::RateLimited { status: 403, .. }
+        ));
+        assert_eq!(
+            classify(404, r#"{"error": "model 'x' not found"}"#),
+            ModelError::Rejected {
+                status: 404,
+                message: "model 'x' not found".into()
+            }
+        );
+        assert_eq!(
+            classify(502, "<html>bad gateway</html>"),
+            ModelError::Unavailable("HTTP 502: <html>bad gateway</html>".into())
+        );
+        assert_eq!(
+            classify(401, ""),
+            ModelError::Rejected {
+                status: 401,
+                message: "Unauthorized".into()
+            }
+        );
     }
 }

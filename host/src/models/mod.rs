@@ -81,7 +81,10 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: Role, content: impl Into<String>) -> Self {
-        Self { role, content: content.into() }
+        Self {
+            role,
+            content: content.into(),
+        }
     }
 }
 
@@ -146,7 +149,10 @@ impl ModelClient {
             .user_agent(concat!("spool/", env!("CARGO_PKG_VERSION")))
             .build()
             .context("building the HTTP client for model calls")?;
-        Ok(Self { config: Arc::new(config), http })
+        Ok(Self {
+            config: Arc::new(config),
+            http,
+        })
     }
 
     pub fn config(&self) -> &BackendConfig {
@@ -171,7 +177,11 @@ impl ModelClient {
     }
 
     /// One vector per input text, in input order. `model` `None` uses the configured embed model.
-    pub async fn embed(&self, model: Option<&str>, texts: &[String]) -> Result<Vec<Vec<f32>>, ModelError> {
+    pub async fn embed(
+        &self,
+        model: Option<&str>,
+        texts: &[String],
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
@@ -187,7 +197,11 @@ impl ModelClient {
         if vectors.len() != texts.len() {
             return Err(ModelError::Rejected {
                 status: 200,
-                message: format!("asked for {} embeddings, got {}", texts.len(), vectors.len()),
+                message: format!(
+                    "asked for {} embeddings, got {}",
+                    texts.len(),
+                    vectors.len()
+                ),
             });
         }
         Ok(vectors)
@@ -216,11 +230,19 @@ impl ModelClient {
         }
         tokio::time::timeout(Duration::from_millis(limit_ms), call)
             .await
-            .unwrap_or_else(|_| Err(ModelError::Unavailable(format!("no complete answer within {limit_ms} ms"))))
+            .unwrap_or_else(|_| {
+                Err(ModelError::Unavailable(format!(
+                    "no complete answer within {limit_ms} ms"
+                )))
+            })
     }
 
     /// Sends one POST and turns any non-success status into the matching `ModelError`.
-    async fn post(&self, path: &str, body: &impl Serialize) -> Result<reqwest::Response, ModelError> {
+    async fn post(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> Result<reqwest::Response, ModelError> {
         let body = serde_json::to_vec(body).map_err(|e| ModelError::Rejected {
             status: 0,
             message: format!("request body could not be encoded: {e}"),
@@ -253,7 +275,9 @@ impl ModelClient {
 }
 
 /// Reads a whole non-streamed JSON body.
-async fn json_body<T: serde::de::DeserializeOwned>(response: reqwest::Response) -> Result<T, ModelError> {
+async fn json_body<T: serde::de::DeserializeOwned>(
+    response: reqwest::Response,
+) -> Result<T, ModelError> {
     let status = response.status().as_u16();
     let bytes = response.bytes().await.map_err(error::interrupted)?;
     serde_json::from_slice(&bytes).map_err(|e| error::bad_body(status, e))

@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::stream::{self, Step};
-use super::{ChatMessage, ChatReply, ChatRequest, ModelClient, ModelError, OllamaApi, Params, Role, error};
+use super::{
+    ChatMessage, ChatReply, ChatRequest, ModelClient, ModelError, OllamaApi, Params, Role, error,
+};
 
 pub(super) async fn chat(
     client: &ModelClient,
@@ -21,24 +23,46 @@ pub(super) async fn chat(
     let format = request.params.json_output.then_some("json");
     let response = match client.config().ollama_api {
         OllamaApi::Chat => {
-            let body = ChatBody { model, messages: &request.messages, stream: true, options, format };
+            let body = ChatBody {
+                model,
+                messages: &request.messages,
+                stream: true,
+                options,
+                format,
+            };
             client.post("/api/chat", &body).await?
         }
         OllamaApi::Generate => {
             let (system, prompt) = flatten(&request.messages);
-            let body = GenerateBody { model, prompt, system, stream: true, options, format };
+            let body = GenerateBody {
+                model,
+                prompt,
+                system,
+                stream: true,
+                options,
+                format,
+            };
             client.post("/api/generate", &body).await?
         }
     };
     read_reply(response, model, on_delta).await
 }
 
-pub(super) async fn embed(client: &ModelClient, model: &str, texts: &[String]) -> Result<Vec<Vec<f32>>, ModelError> {
+pub(super) async fn embed(
+    client: &ModelClient,
+    model: &str,
+    texts: &[String],
+) -> Result<Vec<Vec<f32>>, ModelError> {
     #[derive(Deserialize)]
     struct Embeddings {
         embeddings: Vec<Vec<f32>>,
     }
-    let response = client.post("/api/embed", &serde_json::json!({ "model": model, "input": texts })).await?;
+    let response = client
+        .post(
+            "/api/embed",
+            &serde_json::json!({ "model": model, "input": texts }),
+        )
+        .await?;
     let reply: Embeddings = super::json_body(response).await?;
     Ok(reply.embeddings)
 }
@@ -51,23 +75,40 @@ async fn read_reply(
 ) -> Result<ChatReply, ModelError> {
     let status = response.status().as_u16();
     let mut reply = ChatReply::empty(model);
-    let flow = stream::for_each_line(response, |line| accept_line(&mut reply, line, status, on_delta)).await?;
+    let flow = stream::for_each_line(response, |line| {
+        accept_line(&mut reply, line, status, on_delta)
+    })
+    .await?;
     if flow.is_continue() {
-        return Err(ModelError::Unavailable("stream ended before Ollama said done".into()));
+        return Err(ModelError::Unavailable(
+            "stream ended before Ollama said done".into(),
+        ));
     }
     Ok(reply)
 }
 
-fn accept_line(reply: &mut ChatReply, line: &str, status: u16, on_delta: &mut (dyn FnMut(&str) + Send)) -> Step {
+fn accept_line(
+    reply: &mut ChatReply,
+    line: &str,
+    status: u16,
+    on_delta: &mut (dyn FnMut(&str) + Send),
+) -> Step {
     if line.trim().is_empty() {
         return Ok(ControlFlow::Continue(()));
     }
     let line: Line = serde_json::from_str(line).map_err(|e| error::bad_body(status, e))?;
     if let Some(failure) = line.error {
         // Ollama reports failures after the 200 head (e.g. the runner crashed) this way.
-        return Err(ModelError::Unavailable(format!("failed mid-stream: {}", error::error_field_message(&failure))));
+        return Err(ModelError::Unavailable(format!(
+            "failed mid-stream: {}",
+            error::error_field_message(&failure)
+        )));
     }
-    let piece = line.message.map(|message| message.content).or(line.response).unwrap_or_default();
+    let piece = line
+        .message
+        .map(|message| message.content)
+        .or(line.response)
+        .unwrap_or_default();
     if !piece.is_empty() {
         on_delta(&piece);
         reply.text.push_str(&piece);
@@ -87,10 +128,16 @@ fn accept_line(reply: &mut ChatReply, line: &str, status: u16, on_delta: &mut (d
 /// /api/generate takes one system string and one prompt: system messages are joined,
 /// and the other messages become a role-labelled transcript (a lone message stays bare).
 fn flatten(messages: &[ChatMessage]) -> (Option<String>, String) {
-    let (system, turns): (Vec<&ChatMessage>, Vec<&ChatMessage>) =
-        messages.iter().partition(|message| message.role == Role::System);
-    let system = (!system.is_empty())
-        .then(|| system.iter().map(|message| message.content.as_str()).collect::<Vec<_>>().join("\n\n"));
+    let (system, turns): (Vec<&ChatMessage>, Vec<&ChatMessage>) = messages
+        .iter()
+        .partition(|message| message.role == Role::System);
+    let system = (!system.is_empty()).then(|| {
+        system
+            .iter()
+            .map(|message| message.content.as_str())
+            .collect::<Vec<_>>()
+            .join("\n\n")
+    });
     let prompt = match turns.as_slice() {
         [only] => only.content.clone(),
         _ => turns
@@ -183,7 +230,10 @@ mod tests {
 
     async fn read(body: &str, cuts: &[usize]) -> (Result<ChatReply, ModelError>, Vec<String>) {
         let mut deltas = Vec::new();
-        let reply = read_reply(chunked_response(body, cuts), "asked", &mut |piece| deltas.push(piece.to_owned())).await;
+        let reply = read_reply(chunked_response(body, cuts), "asked", &mut |piece| {
+            deltas.push(piece.to_owned())
+        })
+        .await;
         (reply, deltas)
     }
 
@@ -195,46 +245,81 @@ mod tests {
             "\"prompt_eval_count\":4,\"eval_count\":2}\n",
         );
         let inside_e_acute = body.find('é').unwrap() + 1;
-        let (reply, deltas) = read(body, &[inside_e_acute, inside_e_acute + 20, body.len() - 30]).await;
+        let (reply, deltas) = read(
+            body,
+            &[inside_e_acute, inside_e_acute + 20, body.len() - 30],
+        )
+        .await;
         assert_eq!(deltas, ["héllo ", "you"]);
-        assert_eq!(reply, Ok(ChatReply {
-            text: "héllo you".into(),
-            model: "m:1".into(),
-            prompt_tokens: Some(4),
-            completion_tokens: Some(2),
-            finish_reason: Some("stop".into()),
-        }));
+        assert_eq!(
+            reply,
+            Ok(ChatReply {
+                text: "héllo you".into(),
+                model: "m:1".into(),
+                prompt_tokens: Some(4),
+                completion_tokens: Some(2),
+                finish_reason: Some("stop".into()),
+            })
+        );
     }
 
     #[tokio::test]
     async fn stream_without_done_is_unavailable() {
         let (reply, deltas) = read("{\"response\":\"partial\"}\n", &[5]).await;
         assert_eq!(deltas, ["partial"]);
-        assert!(matches!(reply, Err(ModelError::Unavailable(_))), "{reply:?}");
+        assert!(
+            matches!(reply, Err(ModelError::Unavailable(_))),
+            "{reply:?}"
+        );
     }
 
     #[tokio::test]
     async fn error_line_and_garbage_are_classified() {
         let (reply, _) = read("{\"response\":\"a\"}\n{\"error\":\"runner died\"}\n", &[]).await;
-        assert_eq!(reply, Err(ModelError::Unavailable("failed mid-stream: runner died".into())));
+        assert_eq!(
+            reply,
+            Err(ModelError::Unavailable(
+                "failed mid-stream: runner died".into()
+            ))
+        );
         let (reply, _) = read("<html>\n", &[]).await;
-        assert!(matches!(reply, Err(ModelError::Rejected { status: 200, .. })), "{reply:?}");
+        assert!(
+            matches!(reply, Err(ModelError::Rejected { status: 200, .. })),
+            "{reply:?}"
+        );
     }
 
     #[test]
     fn generate_flattens_messages() {
         let system = ChatMessage::new(Role::System, "be brief");
         let user = ChatMessage::new(Role::User, "hi");
-        assert_eq!(flatten(&[system.clone(), user.clone()]), (Some("be brief".into()), "hi".into()));
+        assert_eq!(
+            flatten(&[system.clone(), user.clone()]),
+            (Some("be brief".into()), "hi".into())
+        );
         let assistant = ChatMessage::new(Role::Assistant, "hello");
-        assert_eq!(flatten(&[user.clone(), assistant, user]), (None, "User: hi\n\nAssistant: hello\n\nUser: hi".into()));
+        assert_eq!(
+            flatten(&[user.clone(), assistant, user]),
+            (None, "User: hi\n\nAssistant: hello\n\nUser: hi".into())
+        );
     }
 
     #[test]
     fn request_body_carries_only_set_options() {
-        let params = Params { temperature: Some(0.7), max_tokens: Some(5), json_output: true, ..Params::default() };
+        let params = Params {
+            temperature: Some(0.7),
+            max_tokens: Some(5),
+            json_output: true,
+            ..Params::default()
+        };
         let messages = [ChatMessage::new(Role::User, "hi")];
-        let body = ChatBody { model: "m", messages: &messages, stream: true, options: Options::from(&params), format: Some("json") };
+        let body = ChatBody {
+            model: "m",
+            messages: &messages,
+            stream: true,
+            options: Options::from(&params),
+            format: Some("json"),
+        };
         assert_eq!(
             serde_json::to_string(&body).unwrap(),
             r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true,"options":{"temperature":0.7,"num_predict":5},"format":"json"}"#

@@ -23,18 +23,26 @@ pub(super) async fn chat(
         model,
         messages: &request.messages,
         stream: true,
-        stream_options: StreamOptions { include_usage: true },
+        stream_options: StreamOptions {
+            include_usage: true,
+        },
         max_tokens: params.max_tokens,
         temperature: params.temperature,
         top_p: params.top_p,
         stop: &params.stop,
-        response_format: params.json_output.then_some(ResponseFormat { r#type: "json_object" }),
+        response_format: params.json_output.then_some(ResponseFormat {
+            r#type: "json_object",
+        }),
     };
     let response = client.post("/v1/chat/completions", &body).await?;
     read_reply(response, model, on_delta).await
 }
 
-pub(super) async fn embed(client: &ModelClient, model: &str, texts: &[String]) -> Result<Vec<Vec<f32>>, ModelError> {
+pub(super) async fn embed(
+    client: &ModelClient,
+    model: &str,
+    texts: &[String],
+) -> Result<Vec<Vec<f32>>, ModelError> {
     #[derive(Deserialize)]
     struct Embeddings {
         data: Vec<Embedding>,
@@ -44,7 +52,12 @@ pub(super) async fn embed(client: &ModelClient, model: &str, texts: &[String]) -
         index: usize,
         embedding: Vec<f32>,
     }
-    let response = client.post("/v1/embeddings", &serde_json::json!({ "model": model, "input": texts })).await?;
+    let response = client
+        .post(
+            "/v1/embeddings",
+            &serde_json::json!({ "model": model, "input": texts }),
+        )
+        .await?;
     let mut reply: Embeddings = super::json_body(response).await?;
     reply.data.sort_by_key(|item| item.index);
     Ok(reply.data.into_iter().map(|item| item.embedding).collect())
@@ -58,26 +71,41 @@ async fn read_reply(
 ) -> Result<ChatReply, ModelError> {
     let status = response.status().as_u16();
     let mut reply = ChatReply::empty(model);
-    let flow = stream::for_each_event(response, |data| accept_event(&mut reply, data, status, on_delta)).await?;
+    let flow = stream::for_each_event(response, |data| {
+        accept_event(&mut reply, data, status, on_delta)
+    })
+    .await?;
     if flow.is_continue() {
         return Err(ModelError::Unavailable("stream ended before [DONE]".into()));
     }
     Ok(reply)
 }
 
-fn accept_event(reply: &mut ChatReply, data: &str, status: u16, on_delta: &mut (dyn FnMut(&str) + Send)) -> Step {
+fn accept_event(
+    reply: &mut ChatReply,
+    data: &str,
+    status: u16,
+    on_delta: &mut (dyn FnMut(&str) + Send),
+) -> Step {
     if data.trim() == "[DONE]" {
         return Ok(ControlFlow::Break(()));
     }
     let chunk: Chunk = serde_json::from_str(data).map_err(|e| error::bad_body(status, e))?;
     if let Some(failure) = chunk.error {
-        return Err(ModelError::Unavailable(format!("failed mid-stream: {}", error::error_field_message(&failure))));
+        return Err(ModelError::Unavailable(format!(
+            "failed mid-stream: {}",
+            error::error_field_message(&failure)
+        )));
     }
     if let Some(model) = chunk.model.filter(|model| !model.is_empty()) {
         reply.model = model;
     }
     if let Some(choice) = chunk.choices.into_iter().next() {
-        if let Some(piece) = choice.delta.and_then(|delta| delta.content).filter(|piece| !piece.is_empty()) {
+        if let Some(piece) = choice
+            .delta
+            .and_then(|delta| delta.content)
+            .filter(|piece| !piece.is_empty())
+        {
             on_delta(&piece);
             reply.text.push_str(&piece);
         }
@@ -154,7 +182,10 @@ mod tests {
 
     async fn read(body: &str, cuts: &[usize]) -> (Result<ChatReply, ModelError>, Vec<String>) {
         let mut deltas = Vec::new();
-        let reply = read_reply(chunked_response(body, cuts), "asked", &mut |piece| deltas.push(piece.to_owned())).await;
+        let reply = read_reply(chunked_response(body, cuts), "asked", &mut |piece| {
+            deltas.push(piece.to_owned())
+        })
+        .await;
         (reply, deltas)
     }
 
@@ -189,14 +220,22 @@ mod tests {
         let truncated = &STREAM[..STREAM.find("data: [DONE]").unwrap()];
         let (reply, deltas) = read(truncated, &[]).await;
         assert_eq!(deltas, ["ça ", "va"]);
-        assert!(matches!(reply, Err(ModelError::Unavailable(_))), "{reply:?}");
+        assert!(
+            matches!(reply, Err(ModelError::Unavailable(_))),
+            "{reply:?}"
+        );
     }
 
     #[tokio::test]
     async fn error_event_is_unavailable() {
         let body = "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"error\":{\"message\":\"overloaded\"}}\n\n";
         let (reply, _) = read(body, &[]).await;
-        assert_eq!(reply, Err(ModelError::Unavailable("failed mid-stream: overloaded".into())));
+        assert_eq!(
+            reply,
+            Err(ModelError::Unavailable(
+                "failed mid-stream: overloaded".into()
+            ))
+        );
     }
 
     #[test]
@@ -207,12 +246,16 @@ mod tests {
             model: "m",
             messages: &messages,
             stream: true,
-            stream_options: StreamOptions { include_usage: true },
+            stream_options: StreamOptions {
+                include_usage: true,
+            },
             max_tokens: None,
             temperature: Some(0.2),
             top_p: None,
             stop: &stop,
-            response_format: Some(ResponseFormat { r#type: "json_object" }),
+            response_format: Some(ResponseFormat {
+                r#type: "json_object",
+            }),
         };
         assert_eq!(
             serde_json::to_string(&body).unwrap(),

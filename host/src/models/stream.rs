@@ -15,7 +15,10 @@ pub(super) type Step = Result<ControlFlow<()>, ModelError>;
 
 /// Calls `on_line` for each line of the body until it breaks or the body ends.
 /// `Continue` means the body ended before any handler call said the reply was complete.
-pub(super) async fn for_each_line(mut response: reqwest::Response, mut on_line: impl FnMut(&str) -> Step) -> Step {
+pub(super) async fn for_each_line(
+    mut response: reqwest::Response,
+    mut on_line: impl FnMut(&str) -> Step,
+) -> Step {
     let mut framer = LineFramer::default();
     while let Some(chunk) = response.chunk().await.map_err(error::interrupted)? {
         framer.push(&chunk);
@@ -32,7 +35,10 @@ pub(super) async fn for_each_line(mut response: reqwest::Response, mut on_line: 
 }
 
 /// Calls `on_data` with the data of each server-sent event, like `for_each_line`.
-pub(super) async fn for_each_event(response: reqwest::Response, mut on_data: impl FnMut(&str) -> Step) -> Step {
+pub(super) async fn for_each_event(
+    response: reqwest::Response,
+    mut on_data: impl FnMut(&str) -> Step,
+) -> Step {
     let mut events = SseEvents::default();
     let flow = for_each_line(response, |line| match events.push_line(line) {
         Some(data) => on_data(&data),
@@ -59,7 +65,10 @@ impl LineFramer {
     }
 
     pub(super) fn next_line(&mut self) -> Option<String> {
-        let Some(offset) = self.pending[self.searched..].iter().position(|&byte| byte == b'\n') else {
+        let Some(offset) = self.pending[self.searched..]
+            .iter()
+            .position(|&byte| byte == b'\n')
+        else {
             self.searched = self.pending.len();
             return None;
         };
@@ -145,18 +154,30 @@ mod tests {
 
     fn events_of(chunks: &[&[u8]]) -> Vec<String> {
         let mut events = SseEvents::default();
-        let mut found: Vec<String> = lines_of(chunks).iter().filter_map(|line| events.push_line(line)).collect();
+        let mut found: Vec<String> = lines_of(chunks)
+            .iter()
+            .filter_map(|line| events.push_line(line))
+            .collect();
         found.extend(events.finish());
         found
     }
 
-    const NDJSON: &str = "{\"response\":\"héllo \"}\n{\"response\":\"wörld 🌍\"}\r\n\n{\"done\":true}";
+    const NDJSON: &str =
+        "{\"response\":\"héllo \"}\n{\"response\":\"wörld 🌍\"}\r\n\n{\"done\":true}";
     const SSE: &str = ": keep-alive\r\ndata: {\"a\":\"ünï\"}\r\n\r\nevent: x\ndata: line one\ndata: 🌍\nid: 7\n\ndata: [DONE]\n\n";
 
     #[test]
     fn lines_survive_every_split_point() {
         let whole = lines_of(&[NDJSON.as_bytes()]);
-        assert_eq!(whole, ["{\"response\":\"héllo \"}", "{\"response\":\"wörld 🌍\"}", "", "{\"done\":true}"]);
+        assert_eq!(
+            whole,
+            [
+                "{\"response\":\"héllo \"}",
+                "{\"response\":\"wörld 🌍\"}",
+                "",
+                "{\"done\":true}"
+            ]
+        );
         let bytes = NDJSON.as_bytes();
         for first in 0..=bytes.len() {
             for second in first..=bytes.len() {

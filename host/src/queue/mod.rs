@@ -34,7 +34,11 @@ pub const GROUP: &str = "spool-workers";
 pub const WAKE_CHANNEL: &str = "spool:wake";
 pub const JOB_PREFIX: &str = "spool:job:";
 pub const EVENTS_PREFIX: &str = "job_events:";
-pub const CLASSES: [PriorityClass; 3] = [PriorityClass::High, PriorityClass::Normal, PriorityClass::Low];
+pub const CLASSES: [PriorityClass; 3] = [
+    PriorityClass::High,
+    PriorityClass::Normal,
+    PriorityClass::Low,
+];
 
 pub fn job_key(id: &str) -> String {
     format!("{JOB_PREFIX}{id}")
@@ -60,11 +64,17 @@ pub fn class_name(class: PriorityClass) -> &'static str {
 }
 
 pub fn valid_queue_name(name: &str) -> bool {
-    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// The keys of one queue.
@@ -129,7 +139,9 @@ pub enum Claim {
     Job(ClaimedJob),
     Paused,
     /// Nothing to do; `next_retry_ms` is when the earliest delayed retry is due.
-    Idle { next_retry_ms: Option<u64> },
+    Idle {
+        next_retry_ms: Option<u64>,
+    },
     Again,
 }
 
@@ -141,10 +153,19 @@ pub struct ClaimedJob {
 
 /// How an attempt ended, as the queue records it.
 pub enum Outcome {
-    Completed { result: String, blocks: String, handler_version: String },
+    Completed {
+        result: String,
+        blocks: String,
+        handler_version: String,
+    },
     /// The job will run again at `retry_at_ms`.
-    Retry { error: String, retry_at_ms: u64 },
-    Failed { error: String },
+    Retry {
+        error: String,
+        retry_at_ms: u64,
+    },
+    Failed {
+        error: String,
+    },
     /// A client cancelled the job while it ran.
     Cancelled,
 }
@@ -237,7 +258,8 @@ impl Queue {
     pub async fn ensure_groups(&self, queue: &QueueKeys) -> redis::RedisResult<()> {
         let mut redis = self.redis.clone();
         for stream in &queue.streams {
-            let created: redis::RedisResult<()> = redis.xgroup_create_mkstream(stream, GROUP, "0").await;
+            let created: redis::RedisResult<()> =
+                redis.xgroup_create_mkstream(stream, GROUP, "0").await;
             match created {
                 Err(e) if e.code() == Some("BUSYGROUP") => {}
                 other => other?,
@@ -288,7 +310,12 @@ impl Queue {
         for stream in &queue.streams {
             invocation.key(stream);
         }
-        invocation.arg(GROUP).arg(consumer).arg(now_ms()).arg(JOB_PREFIX).arg(EVENTS_PREFIX);
+        invocation
+            .arg(GROUP)
+            .arg(consumer)
+            .arg(now_ms())
+            .arg(JOB_PREFIX)
+            .arg(EVENTS_PREFIX);
         let reply: Vec<Value> = match invocation.invoke_async(&mut self.redis.clone()).await {
             Err(e) if e.code() == Some("NOGROUP") => {
                 // Redis lost its data (restarted without persistence): recreate.
@@ -302,31 +329,83 @@ impl Queue {
 
     /// Records how an attempt ended and acknowledges its entry. Returns false
     /// when the attempt had already lost the job (another run finished it).
-    pub async fn finish(&self, job: &ClaimedJob, outcome: &Outcome, retention: Retention) -> redis::RedisResult<bool> {
+    pub async fn finish(
+        &self,
+        job: &ClaimedJob,
+        outcome: &Outcome,
+        retention: Retention,
+    ) -> redis::RedisResult<bool> {
         let keys = QueueKeys::new(&job.record.queue);
         let id = job.record.id.as_str();
         let now = now_ms();
         let duration_ms = now.saturating_sub(job.record.started_at.unwrap_or(now));
         let attempt = job.record.attempts;
         let (state, zset, score, history, ttl, event_type, event, fields) = match outcome {
-            Outcome::Completed { result, blocks, handler_version } => {
-                let result_json: serde_json::Value = serde_json::from_str(result).unwrap_or(serde_json::Value::Null);
+            Outcome::Completed {
+                result,
+                blocks,
+                handler_version,
+            } => {
+                let result_json: serde_json::Value =
+                    serde_json::from_str(result).unwrap_or(serde_json::Value::Null);
                 let event = serde_json::json!({ "result": result_json, "duration_ms": duration_ms, "attempt": attempt });
-                let fields = vec![("result", result.clone()), ("blocks", blocks.clone()), ("handler_version", handler_version.clone()), ("progress", "100".into())];
-                ("completed", &keys.completed, now, retention.history, retention.completed_secs, "task_completed", event, fields)
+                let fields = vec![
+                    ("result", result.clone()),
+                    ("blocks", blocks.clone()),
+                    ("handler_version", handler_version.clone()),
+                    ("progress", "100".into()),
+                ];
+                (
+                    "completed",
+                    &keys.completed,
+                    now,
+                    retention.history,
+                    retention.completed_secs,
+                    "task_completed",
+                    event,
+                    fields,
+                )
             }
             Outcome::Retry { error, retry_at_ms } => {
                 let event = serde_json::json!({ "error": error, "attempt": attempt, "final": false, "retry_at_ms": retry_at_ms });
-                ("delayed", &keys.delayed, *retry_at_ms, 0, 0, "task_failed", event, vec![("error", error.clone())])
+                (
+                    "delayed",
+                    &keys.delayed,
+                    *retry_at_ms,
+                    0,
+                    0,
+                    "task_failed",
+                    event,
+                    vec![("error", error.clone())],
+                )
             }
             Outcome::Failed { error } => {
-                let event = serde_json::json!({ "error": error, "attempt": attempt, "final": true });
-                ("failed", &keys.failed, now, retention.history, retention.failed_secs, "task_failed", event, vec![("error", error.clone())])
+                let event =
+                    serde_json::json!({ "error": error, "attempt": attempt, "final": true });
+                (
+                    "failed",
+                    &keys.failed,
+                    now,
+                    retention.history,
+                    retention.failed_secs,
+                    "task_failed",
+                    event,
+                    vec![("error", error.clone())],
+                )
             }
             Outcome::Cancelled => {
                 let event = serde_json::json!({ "previous_state": "active", "attempt": attempt });
                 let fields = vec![("error", "cancelled by request".to_owned())];
-                ("cancelled", &keys.failed, now, retention.history, retention.failed_secs, "task_cancelled", event, fields)
+                (
+                    "cancelled",
+                    &keys.failed,
+                    now,
+                    retention.history,
+                    retention.failed_secs,
+                    "task_cancelled",
+                    event,
+                    fields,
+                )
             }
         };
         let attempt_record = serde_json::json!({
@@ -366,7 +445,11 @@ impl Queue {
     }
 
     /// Keeps the entry of a running job alive; says whether to go on.
-    pub async fn heartbeat(&self, job: &ClaimedJob, consumer: &str) -> redis::RedisResult<Heartbeat> {
+    pub async fn heartbeat(
+        &self,
+        job: &ClaimedJob,
+        consumer: &str,
+    ) -> redis::RedisResult<Heartbeat> {
         let keys = QueueKeys::new(&job.record.queue);
         let verdict: String = self
             .heartbeat
@@ -386,8 +469,17 @@ impl Queue {
 
     /// Requeues the jobs of workers silent for longer than `visibility`. Walks
     /// each stream's whole pending list; returns how many jobs were requeued.
-    pub async fn recover(&self, queue: &QueueKeys, consumer: &str, visibility: std::time::Duration) -> redis::RedisResult<u64> {
-        let mut cursors = [String::from("0-0"), String::from("0-0"), String::from("0-0")];
+    pub async fn recover(
+        &self,
+        queue: &QueueKeys,
+        consumer: &str,
+        visibility: std::time::Duration,
+    ) -> redis::RedisResult<u64> {
+        let mut cursors = [
+            String::from("0-0"),
+            String::from("0-0"),
+            String::from("0-0"),
+        ];
         let mut requeued = 0;
         // XAUTOCLAIM scans a bounded slice per call: go on until every cursor is back at 0-0.
         for _ in 0..1000 {
@@ -407,7 +499,8 @@ impl Queue {
             for cursor in &cursors {
                 invocation.arg(cursor);
             }
-            let (high, normal, low, count): (String, String, String, u64) = invocation.invoke_async(&mut self.redis.clone()).await?;
+            let (high, normal, low, count): (String, String, String, u64) =
+                invocation.invoke_async(&mut self.redis.clone()).await?;
             requeued += count;
             cursors = [high, normal, low];
             if cursors.iter().all(|c| c == "0-0") {
@@ -417,7 +510,11 @@ impl Queue {
         Ok(requeued)
     }
 
-    pub async fn cancel(&self, id: &str, retention: Retention) -> redis::RedisResult<CancelOutcome> {
+    pub async fn cancel(
+        &self,
+        id: &str,
+        retention: Retention,
+    ) -> redis::RedisResult<CancelOutcome> {
         let previous: Option<String> = self
             .cancel
             .key(job_key(id))
@@ -436,15 +533,29 @@ impl Queue {
     }
 
     /// The newest dead letters of a queue first.
-    pub async fn dead_letters(&self, queue: &QueueKeys, limit: usize) -> redis::RedisResult<Vec<DeadLetter>> {
-        let reply: redis::streams::StreamRangeReply = self.redis.clone().xrevrange_count(&queue.dead, "+", "-", limit).await?;
+    pub async fn dead_letters(
+        &self,
+        queue: &QueueKeys,
+        limit: usize,
+    ) -> redis::RedisResult<Vec<DeadLetter>> {
+        let reply: redis::streams::StreamRangeReply = self
+            .redis
+            .clone()
+            .xrevrange_count(&queue.dead, "+", "-", limit)
+            .await?;
         Ok(reply
             .ids
             .into_iter()
             .map(|entry| {
                 let field = |name: &str| entry.get::<String>(name).unwrap_or_default();
-                let record: Vec<String> = serde_json::from_str(&field("record")).unwrap_or_default();
-                let recorded = |name: &str| record.chunks(2).find(|p| p.len() == 2 && p[0] == name).map(|p| p[1].clone());
+                let record: Vec<String> =
+                    serde_json::from_str(&field("record")).unwrap_or_default();
+                let recorded = |name: &str| {
+                    record
+                        .chunks(2)
+                        .find(|p| p.len() == 2 && p[0] == name)
+                        .map(|p| p[1].clone())
+                };
                 DeadLetter {
                     job_id: field("job"),
                     failed_at: field("failed_at").parse().unwrap_or(0),
@@ -473,7 +584,11 @@ impl Queue {
     }
 
     /// Removes one dead letter (`Some(job id)`) or all of them; returns how many.
-    pub async fn purge_dead(&self, queue: &QueueKeys, job: Option<&str>) -> redis::RedisResult<u64> {
+    pub async fn purge_dead(
+        &self,
+        queue: &QueueKeys,
+        job: Option<&str>,
+    ) -> redis::RedisResult<u64> {
         let mut redis = self.redis.clone();
         match job {
             None => {
@@ -483,7 +598,11 @@ impl Queue {
             }
             Some(id) => {
                 let dead = self.dead_letters(queue, usize::MAX).await?;
-                let ids: Vec<&str> = dead.iter().filter(|d| d.job_id == id).map(|d| d.dead_id.as_str()).collect();
+                let ids: Vec<&str> = dead
+                    .iter()
+                    .filter(|d| d.job_id == id)
+                    .map(|d| d.dead_id.as_str())
+                    .collect();
                 if ids.is_empty() {
                     return Ok(0);
                 }
@@ -495,7 +614,10 @@ impl Queue {
     /// Each attempt's outcome, oldest first.
     pub async fn attempt_history(&self, id: &str) -> redis::RedisResult<Vec<serde_json::Value>> {
         let items: Vec<String> = self.redis.clone().lrange(attempts_key(id), 0, -1).await?;
-        Ok(items.iter().filter_map(|i| serde_json::from_str(i).ok()).collect())
+        Ok(items
+            .iter()
+            .filter_map(|i| serde_json::from_str(i).ok())
+            .collect())
     }
 
     pub async fn job(&self, id: &str) -> redis::RedisResult<Option<JobRecord>> {
@@ -509,7 +631,10 @@ impl Queue {
             redis.set::<_, _, ()>(&queue.paused, now_ms()).await
         } else {
             let mut pipe = redis::pipe();
-            pipe.del(&queue.paused).ignore().publish(WAKE_CHANNEL, &queue.name).ignore();
+            pipe.del(&queue.paused)
+                .ignore()
+                .publish(WAKE_CHANNEL, &queue.name)
+                .ignore();
             pipe.query_async(&mut redis).await
         }
     }
@@ -528,12 +653,18 @@ impl Queue {
         let number = |v: &Value| -> u64 {
             match v {
                 Value::Int(n) => (*n).max(0) as u64,
-                Value::BulkString(b) => std::str::from_utf8(b).ok().and_then(|s| s.parse().ok()).unwrap_or(0),
+                Value::BulkString(b) => std::str::from_utf8(b)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0),
                 // XPENDING's summary starts with the pending count.
-                Value::Array(items) => items.first().map(|first| match first {
-                    Value::Int(n) => (*n).max(0) as u64,
-                    _ => 0,
-                }).unwrap_or(0),
+                Value::Array(items) => items
+                    .first()
+                    .map(|first| match first {
+                        Value::Int(n) => (*n).max(0) as u64,
+                        _ => 0,
+                    })
+                    .unwrap_or(0),
                 _ => 0,
             }
         };
@@ -550,7 +681,10 @@ impl Queue {
         for (i, class) in CLASSES.iter().enumerate() {
             let length = number(&values[2 * i]);
             let active = number(&values[2 * i + 1]);
-            let class_stats = ClassStats { waiting: length.saturating_sub(active), active };
+            let class_stats = ClassStats {
+                waiting: length.saturating_sub(active),
+                active,
+            };
             stats.waiting += class_stats.waiting;
             stats.active += class_stats.active;
             stats.by_priority.insert(class_name(*class), class_stats);
@@ -559,13 +693,24 @@ impl Queue {
     }
 
     /// The most recent finished job ids of a queue, newest first.
-    pub async fn history(&self, queue: &QueueKeys, state: JobState, limit: isize) -> redis::RedisResult<Vec<String>> {
-        let key = if state == JobState::Failed { &queue.failed } else { &queue.completed };
+    pub async fn history(
+        &self,
+        queue: &QueueKeys,
+        state: JobState,
+        limit: isize,
+    ) -> redis::RedisResult<Vec<String>> {
+        let key = if state == JobState::Failed {
+            &queue.failed
+        } else {
+            &queue.completed
+        };
         self.redis.clone().zrevrange(key, 0, limit - 1).await
     }
 
     pub async fn ping(&self) -> redis::RedisResult<()> {
-        redis::cmd("PING").query_async::<()>(&mut self.redis.clone()).await
+        redis::cmd("PING")
+            .query_async::<()>(&mut self.redis.clone())
+            .await
     }
 
     pub fn connection(&self) -> ConnectionManager {
@@ -582,21 +727,45 @@ fn parse_claim(reply: Vec<Value>) -> redis::RedisResult<Claim> {
             _ => String::new(),
         }
     };
-    let malformed = || redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "unexpected reply from the claim script"));
+    let malformed = || {
+        redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "unexpected reply from the claim script",
+        ))
+    };
     let mut items = reply.into_iter();
     let tag = items.next().map(|v| text(&v)).ok_or_else(malformed)?;
     match tag.as_str() {
         "paused" => Ok(Claim::Paused),
         "again" => Ok(Claim::Again),
-        "idle" => Ok(Claim::Idle { next_retry_ms: items.next().and_then(|v| text(&v).parse::<f64>().ok()).map(|ms| ms as u64) }),
+        "idle" => Ok(Claim::Idle {
+            next_retry_ms: items
+                .next()
+                .and_then(|v| text(&v).parse::<f64>().ok())
+                .map(|ms| ms as u64),
+        }),
         "job" => {
-            let index: usize = items.next().map(|v| text(&v)).and_then(|s| s.parse().ok()).ok_or_else(malformed)?;
+            let index: usize = items
+                .next()
+                .map(|v| text(&v))
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(malformed)?;
             let class = *CLASSES.get(index.wrapping_sub(1)).ok_or_else(malformed)?;
             let entry_id = items.next().map(|v| text(&v)).ok_or_else(malformed)?;
-            let Some(Value::Array(flat)) = items.next() else { return Err(malformed()) };
-            let fields: HashMap<String, String> = flat.chunks(2).filter(|p| p.len() == 2).map(|p| (text(&p[0]), text(&p[1]))).collect();
+            let Some(Value::Array(flat)) = items.next() else {
+                return Err(malformed());
+            };
+            let fields: HashMap<String, String> = flat
+                .chunks(2)
+                .filter(|p| p.len() == 2)
+                .map(|p| (text(&p[0]), text(&p[1])))
+                .collect();
             let record = JobRecord::from_fields(fields).ok_or_else(malformed)?;
-            Ok(Claim::Job(ClaimedJob { class, entry_id, record }))
+            Ok(Claim::Job(ClaimedJob {
+                class,
+                entry_id,
+                record,
+            }))
         }
         _ => Err(malformed()),
     }

@@ -105,7 +105,10 @@ impl JobRecord {
 
     /// The public shape, in the API's camelCase.
     pub fn to_json(&self) -> Value {
-        let parsed = |text: &Option<String>| text.as_deref().and_then(|t| serde_json::from_str::<Value>(t).ok());
+        let parsed = |text: &Option<String>| {
+            text.as_deref()
+                .and_then(|t| serde_json::from_str::<Value>(t).ok())
+        };
         json!({
             "id": self.id,
             "queue": self.queue,
@@ -119,6 +122,7 @@ impl JobRecord {
             "attempts": self.attempts,
             "handler": self.handler,
             "handlerVersion": self.handler_version,
+            "worker": self.worker,
             "result": parsed(&self.result),
             "blocks": parsed(&self.blocks),
             "error": self.error,

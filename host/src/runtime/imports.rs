@@ -8,7 +8,13 @@ use super::{GuestState, ModelError, ModelReply, ModelRequest, Role};
 use crate::models;
 
 /// Event names the host writes itself; a guest may not forge them.
-const RESERVED_EVENTS: &[&str] = &["task_started", "task_progress", "task_completed", "task_failed", "text_delta"];
+const RESERVED_EVENTS: &[&str] = &[
+    "task_started",
+    "task_progress",
+    "task_completed",
+    "task_failed",
+    "text_delta",
+];
 const MAX_EVENT_TYPE_LEN: usize = 64;
 
 impl types::Host for GuestState {}
@@ -17,10 +23,14 @@ impl GuestState {
     /// Takes one model call from the budget, or says why the guest may not call.
     fn take_model_call(&mut self) -> Result<std::sync::Arc<dyn super::JobHost>, ModelError> {
         let Some(host) = self.host.clone() else {
-            return Err(ModelError::Denied("model calls are only available in `handle`".into()));
+            return Err(ModelError::Denied(
+                "model calls are only available in `handle`".into(),
+            ));
         };
         if self.model_calls_left == 0 {
-            return Err(ModelError::Denied("this job used up its model-call budget".into()));
+            return Err(ModelError::Denied(
+                "this job used up its model-call budget".into(),
+            ));
         }
         self.model_calls_left -= 1;
         Ok(host)
@@ -30,7 +40,10 @@ impl GuestState {
 impl model::Host for GuestState {
     async fn chat(&mut self, request: ModelRequest) -> Result<ModelReply, ModelError> {
         let host = self.take_model_call()?;
-        let reply = host.chat(chat_request(request)).await.map_err(model_error)?;
+        let reply = host
+            .chat(chat_request(request))
+            .await
+            .map_err(model_error)?;
         Ok(ModelReply {
             text: reply.text,
             model: reply.model,
@@ -40,7 +53,11 @@ impl model::Host for GuestState {
         })
     }
 
-    async fn embed(&mut self, model: Option<String>, texts: Vec<String>) -> Result<Vec<Vec<f32>>, ModelError> {
+    async fn embed(
+        &mut self,
+        model: Option<String>,
+        texts: Vec<String>,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
         let host = self.take_model_call()?;
         host.embed(model, texts).await.map_err(model_error)
     }
@@ -56,7 +73,9 @@ impl events::Host for GuestState {
     async fn emit(&mut self, event_type: String, data: String) {
         let valid_name = !event_type.is_empty()
             && event_type.len() <= MAX_EVENT_TYPE_LEN
-            && event_type.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            && event_type
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
         if !valid_name || RESERVED_EVENTS.contains(&event_type.as_str()) {
             tracing::warn!(handler = %self.handler, job = %self.job_id, %event_type, "guest event refused: reserved or not lower_snake_case");
             return;
@@ -108,7 +127,14 @@ impl state::Host for GuestState {
 pub fn chat_request(request: ModelRequest) -> models::ChatRequest {
     models::ChatRequest {
         model: request.model,
-        messages: request.messages.into_iter().map(|m| models::ChatMessage { role: role(m.role), content: m.content }).collect(),
+        messages: request
+            .messages
+            .into_iter()
+            .map(|m| models::ChatMessage {
+                role: role(m.role),
+                content: m.content,
+            })
+            .collect(),
         params: models::Params {
             temperature: request.params.temperature,
             top_p: request.params.top_p,
@@ -130,10 +156,12 @@ fn role(role: Role) -> models::Role {
 
 pub fn model_error(error: models::ModelError) -> ModelError {
     match error {
-        models::ModelError::RateLimited { retry_after, .. } => {
-            ModelError::RateLimited(retry_after.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
-        }
+        models::ModelError::RateLimited { retry_after, .. } => ModelError::RateLimited(
+            retry_after.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        ),
         models::ModelError::Unavailable(message) => ModelError::Unavailable(message),
-        models::ModelError::Rejected { status, message } => ModelError::Rejected(format!("{status}: {message}")),
+        models::ModelError::Rejected { status, message } => {
+            ModelError::Rejected(format!("{status}: {message}"))
+        }
     }
 }

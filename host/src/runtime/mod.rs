@@ -16,15 +16,19 @@ use anyhow::Result;
 use futures_util::future::BoxFuture;
 use tokio::sync::Semaphore;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::{
+    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
+    StoreLimitsBuilder, Trap,
+};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-pub use bindings::types::{
-    ChatMessage, CodeBlock, ContentBlock, Job, JobError, JobOutput, Media, MediaSource, ModelError, ModelParams,
-    ModelReply, ModelRequest, Placeholder, PriorityClass, PriorityDecision, RetryHint, Role,
-};
 pub use bindings::spool::handler::logging::Level as LogLevel;
+pub use bindings::types::{
+    ChatMessage, CodeBlock, ContentBlock, Job, JobError, JobOutput, Media, MediaSource, ModelError,
+    ModelParams, ModelReply, ModelRequest, Placeholder, PriorityClass, PriorityDecision, RetryHint,
+    Role,
+};
 use bindings::{Handler, HandlerPre};
 
 /// How often the epoch advances; the granularity of guest deadlines.
@@ -59,8 +63,15 @@ pub enum GuestFailure {
 /// What a running `handle` call may do outside its sandbox. Implemented by the
 /// worker (Redis + model backend) and by guest tests (scripted replies).
 pub trait JobHost: Send + Sync {
-    fn chat(&self, request: crate::models::ChatRequest) -> BoxFuture<'_, Result<crate::models::ChatReply, crate::models::ModelError>>;
-    fn embed(&self, model: Option<String>, texts: Vec<String>) -> BoxFuture<'_, Result<Vec<Vec<f32>>, crate::models::ModelError>>;
+    fn chat(
+        &self,
+        request: crate::models::ChatRequest,
+    ) -> BoxFuture<'_, Result<crate::models::ChatReply, crate::models::ModelError>>;
+    fn embed(
+        &self,
+        model: Option<String>,
+        texts: Vec<String>,
+    ) -> BoxFuture<'_, Result<Vec<Vec<f32>>, crate::models::ModelError>>;
     fn progress(&self, percent: u8, step: String) -> BoxFuture<'_, ()>;
     fn emit(&self, event_type: String, data: String) -> BoxFuture<'_, ()>;
     fn state_get(&self, key: String) -> BoxFuture<'_, Option<String>>;
@@ -91,7 +102,10 @@ pub struct GuestState {
 
 impl WasiView for GuestState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -121,17 +135,25 @@ impl Runtime {
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
             // No WASIp3 here; without it calls into the component are 4-5x cheaper.
             .concurrency_support(false);
-        let engine = Engine::new(&config).map_err(|e| wasm_error(e, "configuring the WebAssembly engine"))?;
+        let engine = Engine::new(&config)
+            .map_err(|e| wasm_error(e, "configuring the WebAssembly engine"))?;
 
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| wasm_error(e, "linking WASI"))?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| wasm_error(e, "linking WASI"))?;
         Handler::add_to_linker::<_, HasSelf<GuestState>>(&mut linker, |state| state)
             .map_err(|e| wasm_error(e, "linking the spool:handler imports"))?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         spawn_epoch_ticker(engine.clone(), ticker_stop.clone());
         let slots = Arc::new(Semaphore::new(instances as usize));
-        Ok(Self { engine, linker, limits, slots, ticker_stop })
+        Ok(Self {
+            engine,
+            linker,
+            limits,
+            slots,
+            ticker_stop,
+        })
     }
 
     pub fn limits(&self) -> &Limits {
@@ -142,31 +164,70 @@ impl Runtime {
     /// types are only checked at instantiation: callers activating a new
     /// version should make one call (e.g. `admit`) before trusting it.
     pub fn load(&self, name: &str, bytes: &[u8]) -> Result<HandlerComponent> {
-        let component = Component::new(&self.engine, bytes).map_err(|e| wasm_error(e, &format!("compiling handler `{name}`")))?;
-        let instance_pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| wasm_error(e, &format!("handler `{name}` does not fit the spool:handler world")))?;
-        let pre = HandlerPre::new(instance_pre).map_err(|e| wasm_error(e, &format!("handler `{name}` lacks the hooks export")))?;
-        Ok(HandlerComponent { name: name.to_owned(), version: content_version(bytes), pre })
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| wasm_error(e, &format!("compiling handler `{name}`")))?;
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            wasm_error(
+                e,
+                &format!("handler `{name}` does not fit the spool:handler world"),
+            )
+        })?;
+        let pre = HandlerPre::new(instance_pre)
+            .map_err(|e| wasm_error(e, &format!("handler `{name}` lacks the hooks export")))?;
+        Ok(HandlerComponent {
+            name: name.to_owned(),
+            version: content_version(bytes),
+            pre,
+        })
     }
 
     /// The priority rule. `Ok(Err(reason))` is the guest refusing the job.
-    pub async fn admit(&self, handler: &HandlerComponent, job: &Job) -> Result<Result<PriorityDecision, String>, GuestFailure> {
-        self.call(handler, job, None, async |hooks, store| hooks.call_admit(store, job).await).await
+    pub async fn admit(
+        &self,
+        handler: &HandlerComponent,
+        job: &Job,
+    ) -> Result<Result<PriorityDecision, String>, GuestFailure> {
+        self.call(handler, job, None, async |hooks, store| {
+            hooks.call_admit(store, job).await
+        })
+        .await
     }
 
-    pub async fn shape_prompt(&self, handler: &HandlerComponent, job: &Job, history: &[ChatMessage]) -> Result<ModelRequest, GuestFailure> {
-        self.call(handler, job, None, async |hooks, store| hooks.call_shape_prompt(store, job, history).await).await
+    pub async fn shape_prompt(
+        &self,
+        handler: &HandlerComponent,
+        job: &Job,
+        history: &[ChatMessage],
+    ) -> Result<ModelRequest, GuestFailure> {
+        self.call(handler, job, None, async |hooks, store| {
+            hooks.call_shape_prompt(store, job, history).await
+        })
+        .await
     }
 
-    pub async fn parse_content(&self, handler: &HandlerComponent, job: &Job, text: &str) -> Result<Vec<ContentBlock>, GuestFailure> {
-        self.call(handler, job, None, async |hooks, store| hooks.call_parse_content(store, text).await).await
+    pub async fn parse_content(
+        &self,
+        handler: &HandlerComponent,
+        job: &Job,
+        text: &str,
+    ) -> Result<Vec<ContentBlock>, GuestFailure> {
+        self.call(handler, job, None, async |hooks, store| {
+            hooks.call_parse_content(store, text).await
+        })
+        .await
     }
 
     /// Runs a whole job with access to `host`.
-    pub async fn handle(&self, handler: &HandlerComponent, job: &Job, host: Arc<dyn JobHost>) -> Result<Result<JobOutput, JobError>, GuestFailure> {
-        self.call(handler, job, Some(host), async |hooks, store| hooks.call_handle(store, job).await).await
+    pub async fn handle(
+        &self,
+        handler: &HandlerComponent,
+        job: &Job,
+        host: Arc<dyn JobHost>,
+    ) -> Result<Result<JobOutput, JobError>, GuestFailure> {
+        self.call(handler, job, Some(host), async |hooks, store| {
+            hooks.call_handle(store, job).await
+        })
+        .await
     }
 
     /// One hook call in a fresh instance: waits for a pool slot, instantiates,
@@ -179,13 +240,23 @@ impl Runtime {
         invoke: impl AsyncFnOnce(&bindings::hooks::Guest, &mut Store<GuestState>) -> wasmtime::Result<R>,
     ) -> Result<R, GuestFailure> {
         // The semaphore is never closed, so acquiring only waits.
-        let _slot = self.slots.acquire().await.map_err(|e| GuestFailure::Instantiate(e.to_string()))?;
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|e| GuestFailure::Instantiate(e.to_string()))?;
         let output = MemoryOutputPipe::new(GUEST_OUTPUT_CAP);
         let mut store = self.new_store(handler, job, host, output.clone());
         let deadline = self.limits.deadline;
         let run = async {
-            let instance = handler.pre.instantiate_async(&mut store).await.map_err(|e| (true, e))?;
-            invoke(instance.spool_handler_hooks(), &mut store).await.map_err(|e| (false, e))
+            let instance = handler
+                .pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|e| (true, e))?;
+            invoke(instance.spool_handler_hooks(), &mut store)
+                .await
+                .map_err(|e| (false, e))
         };
         let outcome = tokio::time::timeout(deadline, run).await;
         let guest_output = String::from_utf8_lossy(&output.contents()).into_owned();
@@ -200,10 +271,22 @@ impl Runtime {
         }
     }
 
-    fn new_store(&self, handler: &HandlerComponent, job: &Job, host: Option<Arc<dyn JobHost>>, output: MemoryOutputPipe) -> Store<GuestState> {
+    fn new_store(
+        &self,
+        handler: &HandlerComponent,
+        job: &Job,
+        host: Option<Arc<dyn JobHost>>,
+        output: MemoryOutputPipe,
+    ) -> Store<GuestState> {
         // Nothing granted: no preopened dirs, no env, no args, no sockets.
-        let wasi = WasiCtx::builder().stdout(output.clone()).stderr(output).build();
-        let limits = StoreLimitsBuilder::new().memory_size(self.limits.memory_bytes).instances(32).build();
+        let wasi = WasiCtx::builder()
+            .stdout(output.clone())
+            .stderr(output)
+            .build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.limits.memory_bytes)
+            .instances(32)
+            .build();
         let state = GuestState {
             wasi,
             table: ResourceTable::new(),
@@ -239,7 +322,11 @@ fn spawn_epoch_ticker(engine: Engine, stop: Arc<AtomicBool>) {
             }
         })
         .map(drop)
-        .unwrap_or_else(|e| tracing::error!("cannot start the epoch ticker, guest deadlines rely on timeouts only: {e}"));
+        .unwrap_or_else(|e| {
+            tracing::error!(
+                "cannot start the epoch ticker, guest deadlines rely on timeouts only: {e}"
+            )
+        });
 }
 
 fn classify_trap(error: wasmtime::Error, deadline: Duration, guest_output: &str) -> GuestFailure {
@@ -247,9 +334,17 @@ fn classify_trap(error: wasmtime::Error, deadline: Duration, guest_output: &str)
         return GuestFailure::Deadline(deadline);
     }
     // A Rust guest prints its panic message to stderr just before trapping.
-    let panic_line = guest_output.lines().rev().find(|l| l.contains("panicked at")).or_else(|| guest_output.lines().last());
+    let panic_line = guest_output
+        .lines()
+        .rev()
+        .find(|l| l.contains("panicked at"))
+        .or_else(|| guest_output.lines().last());
     match panic_line {
-        Some(line) => GuestFailure::Trap(format!("{} (guest said: {})", error_chain(&error), line.trim())),
+        Some(line) => GuestFailure::Trap(format!(
+            "{} (guest said: {})",
+            error_chain(&error),
+            line.trim()
+        )),
         None => GuestFailure::Trap(error_chain(&error)),
     }
 }
@@ -260,7 +355,11 @@ fn wasm_error(error: wasmtime::Error, context: &str) -> anyhow::Error {
 }
 
 fn error_chain(error: &wasmtime::Error) -> String {
-    error.chain().map(|cause| cause.to_string()).collect::<Vec<_>>().join(": ")
+    error
+        .chain()
+        .map(|cause| cause.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 /// The version id of a component: its content hash, so equal bytes are one version.
