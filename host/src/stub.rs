@@ -529,6 +529,8 @@ fn error_response(
     (status, Json(body)).into_response()
 }
 
+// Handlers return `Result<Response, Response>`; boxing the error would only add noise.
+#[allow(clippy::result_large_err)]
 fn parse<T: DeserializeOwned>(kind: BackendKind, body: &[u8]) -> Result<T, Response> {
     serde_json::from_slice(body).map_err(|e| {
         error_response(
@@ -1037,7 +1039,8 @@ mod tests {
             json!({ "model": "e", "input": "one" }),
         )
         .await;
-        let vectors: Vec<Vec<f32>> = serde_json::from_value(json_of(&text)["embeddings"].clone()).unwrap();
+        let vectors: Vec<Vec<f32>> =
+            serde_json::from_value(json_of(&text)["embeddings"].clone()).unwrap();
         assert_eq!(vectors, [embedding("one")]);
 
         let (status, _, text) = call(
