@@ -39,6 +39,7 @@ pub struct AppState {
 
 pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
     Router::new()
+        .route("/", get(page))
         .route("/health", get(health))
         .route("/api/chat", post(jobs::submit_chat))
         .route("/api/queues/{queue}/jobs", post(jobs::submit_generic))
@@ -78,6 +79,11 @@ async fn health(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, axum::Json(body))
+}
+
+/// A chat page with live job progress and queue stats, over the public API only.
+async fn page() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("page.html"))
 }
 
 async fn not_found() -> ApiError {
