@@ -388,7 +388,6 @@ async fn finished_jobs_expire_after_their_retention_history_keeps_the_last_n_and
     for id in &quick {
         api.wait_terminal(&host, id, WAIT).await;
     }
-    let mut redis_conn = redis.connection();
     type PendingSummary = (
         u64,
         Option<String>,

@@ -19,7 +19,7 @@ use crate::worker::Route;
 const DEFAULT_PRIORITY: i64 = 5;
 
 /// The fields the host itself reads from a submission.
-struct Submission {
+pub struct Submission {
     user_id: String,
     user_tier: String,
     priority: u8,
@@ -61,6 +61,21 @@ pub async fn submit_chat(
     State(state): State<Arc<AppState>>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let accepted = submit(&state, "chat", chat_submission(body)?).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
+pub async fn submit_generic(
+    State(state): State<Arc<AppState>>,
+    ApiPath(queue): ApiPath<String>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let accepted = submit(&state, &queue, generic_submission(body)?).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
+/// Reads a chat submission (design E's body); the handler gets the rest as payload.
+pub fn chat_submission(body: Value) -> Result<Submission, ApiError> {
     let Value::Object(mut object) = body else {
         return Err(ApiError::invalid(
             "invalid_body",
@@ -72,29 +87,24 @@ pub async fn submit_chat(
     for host_field in ["userId", "userTier", "priority"] {
         object.remove(host_field);
     }
-    let submission = Submission {
+    Ok(Submission {
         user_id: fields.user_id,
         user_tier: fields.user_tier.unwrap_or_default(),
         priority: checked_priority(fields.priority)?,
         payload: Value::Object(object).to_string(),
-    };
-    submit(&state, "chat", submission).await
+    })
 }
 
-pub async fn submit_generic(
-    State(state): State<Arc<AppState>>,
-    ApiPath(queue): ApiPath<String>,
-    ApiJson(body): ApiJson<Value>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+/// Reads a generic submission: `{payload, priority?, userId?, userTier?}`.
+pub fn generic_submission(body: Value) -> Result<Submission, ApiError> {
     let fields: GenericFields = serde_json::from_value(body)
         .map_err(|e| ApiError::invalid("invalid_field", e.to_string()))?;
-    let submission = Submission {
+    Ok(Submission {
         user_id: fields.user_id,
         user_tier: fields.user_tier.unwrap_or_default(),
         priority: checked_priority(fields.priority)?,
         payload: fields.payload.to_string(),
-    };
-    submit(&state, &queue, submission).await
+    })
 }
 
 fn checked_priority(priority: Option<i64>) -> Result<u8, ApiError> {
@@ -108,11 +118,11 @@ fn checked_priority(priority: Option<i64>) -> Result<u8, ApiError> {
 }
 
 /// Runs the queue's priority rule (in Wasm), then enqueues.
-async fn submit(
+pub async fn submit(
     state: &AppState,
     queue: &str,
     submission: Submission,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<Value, ApiError> {
     let route = route(state, queue)?;
     let handler = state.registry.get(&route.config.handler).ok_or_else(|| {
         ApiError::new(
@@ -175,7 +185,7 @@ async fn submit(
         "statusUrl": format!("/api/job/{id}"),
         "streamUrl": format!("/stream/status/{id}"),
     });
-    Ok((StatusCode::ACCEPTED, Json(body)))
+    Ok(body)
 }
 
 pub fn route<'a>(state: &'a AppState, queue: &str) -> Result<&'a Route, ApiError> {

@@ -5,6 +5,7 @@ mod dead;
 mod error;
 mod jobs;
 mod stream;
+mod ws;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -56,6 +57,7 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
         .route("/api/job/{id}", get(jobs::get_job).delete(jobs::cancel))
         .route("/api/job/{id}/events", get(stream::job_events))
         .route("/stream/status/{id}", get(stream::status_stream))
+        .route("/ws", get(ws::upgrade))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
