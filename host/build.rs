@@ -66,6 +66,11 @@ fn main() {
         ),
         Err(e) => panic!("could not run cargo to build the guests: {e}"),
     }
+    // Lets tests run the guests' own unit tests natively, for this same target.
+    println!(
+        "cargo:rustc-env=SPOOL_HOST_TARGET={}",
+        std::env::var("TARGET").unwrap_or_default()
+    );
     for guest in GUESTS.iter().chain(FIXTURES) {
         copy(
             &target_dir

@@ -25,10 +25,6 @@ use crate::runtime::{Limits, Runtime};
 use crate::stub::{self, StubArgs, StubServer};
 use crate::worker::{Route, Workers};
 
-/// How long in-flight jobs get to finish on shutdown before their entries are
-/// left pending for another instance.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// A started instance.
 pub struct Running {
     pub addr: SocketAddr,
@@ -40,6 +36,7 @@ pub struct Running {
     handlers: Arc<Handlers>,
     stub: Option<StubServer>,
     redis: Option<EmbeddedRedis>,
+    drain_timeout: Duration,
 }
 
 pub async fn start(config: Config) -> Result<Running> {
@@ -146,6 +143,11 @@ pub async fn start(config: Config) -> Result<Running> {
     }
     let routes = Arc::new(routes);
 
+    let retention = Retention {
+        completed_secs: config.retention.completed_secs,
+        failed_secs: config.retention.failed_secs,
+        history: config.retention.history,
+    };
     let shutdown = CancellationToken::new();
     let wake = Arc::new(Notify::new());
     let mut background = JoinSet::new();
@@ -169,14 +171,16 @@ pub async fn start(config: Config) -> Result<Running> {
         registry: registry.clone(),
         models: models.clone(),
         routes: routes.clone(),
-        retention: Retention {
-            completed_secs: config.retention.completed_secs,
-            failed_secs: config.retention.failed_secs,
-            history: config.retention.history,
-        },
+        retention,
         idle_poll: Duration::from_millis(config.workers.idle_poll_ms.max(10)),
+        visibility: Duration::from_millis(config.workers.visibility_timeout_ms),
         wake,
     });
+    background.spawn(recover_abandoned_jobs(
+        workers.clone(),
+        format!("{instance}-recovery"),
+        shutdown.clone(),
+    ));
     let worker_stop = CancellationToken::new();
     let mut worker_set = JoinSet::new();
     for index in 0..config.workers.concurrency {
@@ -204,6 +208,7 @@ pub async fn start(config: Config) -> Result<Running> {
         instance: instance.clone(),
         model: models.describe(),
         started: Instant::now(),
+        retention,
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -220,6 +225,7 @@ pub async fn start(config: Config) -> Result<Running> {
         }
     });
     tracing::info!(%addr, %instance, workers = config.workers.concurrency, queues = ?config.queues.keys().collect::<Vec<_>>(), "spool is serving");
+    let drain_timeout = Duration::from_millis(config.workers.drain_timeout_ms);
     Ok(Running {
         addr,
         instance,
@@ -230,6 +236,7 @@ pub async fn start(config: Config) -> Result<Running> {
         handlers,
         stub,
         redis: embedded,
+        drain_timeout,
     })
 }
 
@@ -239,7 +246,7 @@ impl Running {
     pub async fn stop(mut self) {
         tracing::info!("shutting down: draining jobs in flight");
         self.shutdown.cancel();
-        let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        let drained = tokio::time::timeout(self.drain_timeout, async {
             while self.workers.join_next().await.is_some() {}
         })
         .await;
@@ -319,6 +326,35 @@ async fn connect(client: &redis::Client, url: &str) -> Result<ConnectionManager>
             Err(error) => bail!(
                 "cannot reach Redis at {url}: {error}. Start it, fix --redis-url, or omit the URL to let spool run its own"
             ),
+        }
+    }
+}
+
+/// Every instance sweeps for abandoned jobs, twice per visibility timeout; the
+/// sweep is atomic per entry, so instances sweeping at once requeue each job once.
+async fn recover_abandoned_jobs(
+    workers: Arc<Workers>,
+    consumer: String,
+    shutdown: CancellationToken,
+) {
+    let mut sweep = tokio::time::interval(workers.visibility / 2);
+    loop {
+        tokio::select! {
+            _ = sweep.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        for route in workers.routes.values() {
+            match workers
+                .queue
+                .recover(&route.keys, &consumer, workers.visibility)
+                .await
+            {
+                Ok(0) => {}
+                Ok(requeued) => {
+                    tracing::warn!(queue = %route.keys.name, requeued, "requeued jobs of workers that stopped responding")
+                }
+                Err(error) => tracing::debug!(%error, "recovery sweep failed; will retry"),
+            }
         }
     }
 }

@@ -90,6 +90,12 @@ pub struct WorkerConfig {
     /// Idle workers re-check their queues this often even without a wake-up
     /// message (Pub/Sub is at-most-once), in milliseconds.
     pub idle_poll_ms: u64,
+    /// A job whose worker has not heart-beaten for this long is requeued for
+    /// another worker (crash recovery), in milliseconds.
+    pub visibility_timeout_ms: u64,
+    /// On SIGTERM, how long jobs in flight get to finish before they are left
+    /// for recovery by another instance, in milliseconds.
+    pub drain_timeout_ms: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -178,6 +184,8 @@ impl Default for WorkerConfig {
         Self {
             concurrency: 3,
             idle_poll_ms: 1000,
+            visibility_timeout_ms: 30_000,
+            drain_timeout_ms: 30_000,
         }
     }
 }
@@ -234,6 +242,11 @@ impl Config {
                 "workers.concurrency ({}) exceeds sandbox.max_instances ({}): raise max_instances",
                 self.workers.concurrency,
                 self.sandbox.max_instances
+            );
+        }
+        if self.workers.visibility_timeout_ms < 300 {
+            bail!(
+                "workers.visibility_timeout_ms must be at least 300 (heartbeats run three times per timeout)"
             );
         }
         if self.sandbox.max_instances == 0

@@ -32,7 +32,7 @@ impl Event {
     /// The last event a job will ever have.
     pub fn is_terminal(&self) -> bool {
         match self.event_type.as_str() {
-            "task_completed" => true,
+            "task_completed" | "task_cancelled" => true,
             "task_failed" => self
                 .data
                 .get("final")

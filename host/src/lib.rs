@@ -11,6 +11,7 @@ pub mod app;
 pub mod bench;
 pub mod config;
 pub mod content;
+pub mod dead_cli;
 pub mod embedded_redis;
 pub mod events;
 pub mod handlers;

@@ -35,6 +35,8 @@ enum Command {
     Rollback(spool::admin_cli::RollbackArgs),
     /// List handlers, or one handler's versions, history and instances.
     Handlers(spool::admin_cli::HandlersArgs),
+    /// Inspect, replay or purge dead jobs of a running instance.
+    Dead(spool::dead_cli::DeadArgs),
 }
 
 /// Settings for `spool serve`. Each flag overrides the config file; each has an
@@ -171,6 +173,7 @@ fn main() -> ExitCode {
             Command::Deploy(args) => spool::admin_cli::deploy(args).await,
             Command::Rollback(args) => spool::admin_cli::rollback(args).await,
             Command::Handlers(args) => spool::admin_cli::list(args).await,
+            Command::Dead(args) => spool::dead_cli::run(args).await,
         }
     });
     match result {

@@ -96,13 +96,15 @@ pub fn embedding(text: &str) -> Vec<f32> {
 pub fn word_pieces(text: &str) -> Vec<&str> {
     let mut pieces = Vec::new();
     let mut start = 0;
-    let mut after_space = false;
+    let (mut piece_has_word, mut after_space) = (false, false);
     for (index, character) in text.char_indices() {
-        if after_space && !character.is_whitespace() {
+        let is_space = character.is_whitespace();
+        if piece_has_word && after_space && !is_space {
             pieces.push(&text[start..index]);
             start = index;
         }
-        after_space = character.is_whitespace();
+        piece_has_word |= !is_space;
+        after_space = is_space;
     }
     if start < text.len() {
         pieces.push(&text[start..]);
@@ -527,6 +529,8 @@ fn error_response(
     (status, Json(body)).into_response()
 }
 
+// Handlers return `Result<Response, Response>`; boxing the error would only add noise.
+#[allow(clippy::result_large_err)]
 fn parse<T: DeserializeOwned>(kind: BackendKind, body: &[u8]) -> Result<T, Response> {
     serde_json::from_slice(body).map_err(|e| {
         error_response(
@@ -913,4 +917,281 @@ fn streamed(content_type: &'static str, frames: Vec<Bytes>, delay: Duration) -> 
         },
     );
     ([(CONTENT_TYPE, content_type)], Body::from_stream(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answer_names_model_count_and_last_user_message() {
+        let messages = [
+            ChatMessage::new(Role::User, "first"),
+            ChatMessage::new(Role::User, "second"),
+            ChatMessage::new(Role::Assistant, "reply"),
+        ];
+        assert_eq!(answer("m", &messages), "[m] 3 messages; you said: second");
+        assert_eq!(answer("m", &messages[2..]), "[m] 1 messages; you said: ");
+    }
+
+    #[test]
+    fn pieces_split_at_words_and_rejoin() {
+        assert_eq!(word_pieces(" a  b\nc "), [" a  ", "b\n", "c "]);
+        assert!(word_pieces("").is_empty());
+        let text = answer("m", &[ChatMessage::new(Role::User, "héllo 🌍\twörld")]);
+        assert_eq!(word_pieces(&text).concat(), text);
+    }
+
+    #[test]
+    fn embedding_is_stable_and_bounded() {
+        let vector = embedding("hello");
+        assert_eq!(vector.len(), EMBEDDING_DIM);
+        assert!(
+            vector.iter().all(|value| (-1.0..1.0).contains(value)),
+            "{vector:?}"
+        );
+        assert_eq!(vector, embedding("hello"));
+        assert_ne!(vector, embedding("hellp"));
+        // Pins the formula: FNV-1a-64("") is 0xcbf29ce484222325.
+        let mut state = 0xcbf2_9ce4_8422_2325;
+        assert_eq!(
+            embedding("")[0],
+            (splitmix64(&mut state) >> 40) as f32 / 8_388_608.0 - 1.0
+        );
+    }
+
+    async fn call(
+        http: &reqwest::Client,
+        server: &StubServer,
+        path: &str,
+        body: Value,
+    ) -> (u16, reqwest::header::HeaderMap, String) {
+        let response = http
+            .post(format!("{}{path}", server.url()))
+            .header(CONTENT_TYPE, "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let (status, headers) = (response.status().as_u16(), response.headers().clone());
+        (status, headers, response.text().await.unwrap())
+    }
+
+    fn json_of(text: &str) -> Value {
+        serde_json::from_str(text).unwrap()
+    }
+
+    #[tokio::test]
+    async fn unstreamed_replies_have_the_single_object_forms() {
+        let server = start(&StubArgs::ephemeral()).await.unwrap();
+        let http = reqwest::Client::new();
+        let messages = json!([{ "role": "user", "content": "hi there" }]);
+
+        let (_, _, text) = call(
+            &http,
+            &server,
+            "/api/chat",
+            json!({ "model": "m", "messages": messages, "stream": false }),
+        )
+        .await;
+        let reply = json_of(&text);
+        assert_eq!(
+            reply["message"]["content"],
+            "[m] 1 messages; you said: hi there"
+        );
+        assert_eq!(
+            (
+                reply["done"].clone(),
+                reply["prompt_eval_count"].clone(),
+                reply["eval_count"].clone()
+            ),
+            (json!(true), json!(2), json!(7))
+        );
+
+        let (_, _, text) = call(
+            &http,
+            &server,
+            "/api/generate",
+            json!({ "model": "g", "prompt": "yo", "system": "s", "stream": false }),
+        )
+        .await;
+        assert_eq!(json_of(&text)["response"], "[g] 2 messages; you said: yo");
+
+        let (_, headers, text) = call(
+            &http,
+            &server,
+            "/v1/chat/completions",
+            json!({ "model": "o", "messages": messages }),
+        )
+        .await;
+        let reply = json_of(&text);
+        assert_eq!(headers[CONTENT_TYPE], "application/json");
+        assert_eq!(
+            reply["choices"][0]["message"]["content"],
+            "[o] 1 messages; you said: hi there"
+        );
+        assert_eq!(reply["usage"]["total_tokens"], 9);
+
+        let (_, _, text) = call(
+            &http,
+            &server,
+            "/api/embed",
+            json!({ "model": "e", "input": "one" }),
+        )
+        .await;
+        let vectors: Vec<Vec<f32>> =
+            serde_json::from_value(json_of(&text)["embeddings"].clone()).unwrap();
+        assert_eq!(vectors, [embedding("one")]);
+
+        let (status, _, text) = call(
+            &http,
+            &server,
+            "/v1/chat/completions",
+            json!({ "messages": [] }),
+        )
+        .await;
+        assert_eq!(status, 400);
+        assert!(
+            json_of(&text)["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("model"),
+            "{text}"
+        );
+        assert_eq!(
+            server.stats().total,
+            4,
+            "malformed calls are not model calls"
+        );
+    }
+
+    #[tokio::test]
+    async fn openai_stream_ends_with_usage_and_done() {
+        let server = start(&StubArgs::ephemeral()).await.unwrap();
+        let body = json!({ "model": "o", "messages": [{ "role": "user", "content": "x" }], "stream": true,
+                           "stream_options": { "include_usage": true } });
+        let (_, headers, text) = call(
+            &reqwest::Client::new(),
+            &server,
+            "/v1/chat/completions",
+            body,
+        )
+        .await;
+        assert_eq!(headers[CONTENT_TYPE], "text/event-stream");
+        let events: Vec<&str> = text
+            .split("\n\n")
+            .filter(|event| !event.is_empty())
+            .collect();
+        let pieces = word_pieces("[o] 1 messages; you said: x");
+        assert_eq!(events.len(), pieces.len() + 3, "{text}");
+        assert_eq!(events[events.len() - 1], "data: [DONE]");
+        let usage = json_of(events[events.len() - 2].trim_start_matches("data: "));
+        assert_eq!(usage["usage"]["completion_tokens"], 6);
+    }
+
+    #[tokio::test]
+    async fn control_api_queues_faults_by_path_and_counts_calls() {
+        let server = start(&StubArgs::ephemeral()).await.unwrap();
+        let http = reqwest::Client::new();
+        let faults = json!([
+            { "status": 429, "retry_after_secs": 2, "times": 2, "paths": ["/api/embed"] },
+            { "status": 503, "body": "<html>down</html>" },
+        ]);
+        let (status, _, text) = call(&http, &server, "/_stub/faults", faults).await;
+        assert_eq!((status, json_of(&text)), (200, json!({ "queued": 2 })));
+        let (status, _, _) = call(&http, &server, "/_stub/faults", json!([{ "times": 1 }])).await;
+        assert_eq!(
+            status, 400,
+            "a fault without status or midstream_error is refused"
+        );
+
+        let embed = json!({ "model": "e", "input": ["a", "b"] });
+        let chat = json!({ "model": "m", "messages": [], "stream": false });
+        let (status, _, text) = call(&http, &server, "/api/chat", chat.clone()).await;
+        assert_eq!(
+            (status, text.as_str()),
+            (503, "<html>down</html>"),
+            "the first matching fault, not the first queued"
+        );
+        for _ in 0..2 {
+            let (status, headers, text) = call(&http, &server, "/api/embed", embed.clone()).await;
+            assert_eq!(
+                (status, &headers[RETRY_AFTER]),
+                (429, &HeaderValue::from_static("2"))
+            );
+            assert_eq!(
+                json_of(&text),
+                json!({ "error": "stub: injected HTTP 429" })
+            );
+        }
+        assert_eq!(
+            call(&http, &server, "/api/embed", embed).await.0,
+            200,
+            "the fault was used up"
+        );
+
+        let stats: StubStats = serde_json::from_str(
+            &http
+                .get(format!("{}/_stub/stats", server.url()))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(stats.total, 4);
+        assert_eq!(
+            stats.calls,
+            BTreeMap::from([("/api/chat".to_owned(), 1), ("/api/embed".to_owned(), 3)])
+        );
+        let statuses: Vec<Option<u16>> = stats.model_calls.iter().map(|call| call.status).collect();
+        assert_eq!(statuses, [Some(503), Some(429), Some(429), None]);
+        assert_eq!(stats.model_calls[1].items, 2);
+        assert!(
+            stats
+                .model_calls
+                .windows(2)
+                .all(|pair| pair[0].at_ms <= pair[1].at_ms)
+        );
+
+        let (status, _, _) = call(
+            &http,
+            &server,
+            "/_stub/config",
+            json!({ "latency_ms": 150 }),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let started = Instant::now();
+        assert_eq!(call(&http, &server, "/api/chat", chat).await.0, 200);
+        assert!(
+            started.elapsed() >= Duration::from_millis(150),
+            "latency applies"
+        );
+
+        server
+            .inject([Fault {
+                midstream_error: Some("x".into()),
+                ..Fault::default()
+            }])
+            .unwrap();
+        assert_eq!(
+            call(&http, &server, "/_stub/reset", json!(null)).await.0,
+            200
+        );
+        assert_eq!(server.stats(), StubStats::default());
+        assert_eq!(server.stub.lock().faults.len(), 0);
+
+        for path in ["/api/tags", "/api/version", "/v1/models"] {
+            let response = http
+                .get(format!("{}{path}", server.url()))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200, "{path}");
+        }
+        server.shutdown().await;
+    }
 }

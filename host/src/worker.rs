@@ -20,10 +20,10 @@ use crate::content::blocks_to_json;
 use crate::events;
 use crate::models::{ChatReply, ChatRequest, ModelClient, ModelError};
 use crate::queue::{
-    Claim, ClaimedJob, Outcome, Queue, QueueKeys, Retention, job_state_key, now_ms,
+    Claim, ClaimedJob, Heartbeat, Outcome, Queue, QueueKeys, Retention, job_state_key, now_ms,
 };
 use crate::registry::Registry;
-use crate::runtime::{Job, JobError, JobHost, Runtime};
+use crate::runtime::{HandlerComponent, Job, JobError, JobHost, Runtime};
 
 /// A queue as the workers serve it.
 #[derive(Clone, Debug)]
@@ -41,6 +41,9 @@ pub struct Workers {
     pub routes: Arc<BTreeMap<String, Route>>,
     pub retention: Retention,
     pub idle_poll: Duration,
+    /// A running job heart-beats three times per visibility timeout; an entry
+    /// silent for longer is presumed abandoned and requeued.
+    pub visibility: Duration,
     /// Woken when a submission anywhere announces work.
     pub wake: Arc<Notify>,
 }
@@ -63,7 +66,7 @@ impl Workers {
                 match self.queue.claim(&route.keys, &consumer).await {
                     Ok(Claim::Job(job)) => {
                         redis_down_since = None;
-                        self.run_job(job, route).await;
+                        self.run_job(job, route, &consumer).await;
                         worked = true;
                         break;
                     }
@@ -98,8 +101,59 @@ impl Workers {
         }
     }
 
-    async fn run_job(&self, claimed: ClaimedJob, route: &Route) {
+    async fn run_job(&self, claimed: ClaimedJob, route: &Route, consumer: &str) {
         let record = &claimed.record;
+        let (outcome, ran_on) = if record.attempts > route.config.max_attempts {
+            // Only a job whose workers kept vanishing mid-run gets here.
+            let error = format!("abandoned by its worker {} times", record.attempts - 1);
+            (Some(Outcome::Failed { error }), None)
+        } else {
+            // Resolved once, at claim time: a version switch while the job runs
+            // does not affect it.
+            let handler = self
+                .registry
+                .resolve(&record.handler, route.config.handler_version.as_deref());
+            let ran_on = handler.as_ref().map(|h| h.version.clone());
+            (
+                self.run_handler(&claimed, handler, route, consumer).await,
+                ran_on,
+            )
+        };
+        match outcome {
+            Some(outcome) => {
+                if let Outcome::Failed { error } | Outcome::Retry { error, .. } = &outcome {
+                    tracing::warn!(job = %record.id, attempt = record.attempts, %error, "job attempt failed");
+                }
+                let mut claimed = claimed;
+                if ran_on.is_some() {
+                    claimed.record.handler_version = ran_on;
+                }
+                self.record(claimed, outcome).await;
+            }
+            None => {
+                tracing::info!(job = %record.id, "job was requeued by recovery while it ran; this attempt stops")
+            }
+        }
+    }
+
+    /// Runs the job's handler while heart-beating its entry. `None`: the job was
+    /// given to another attempt meanwhile and this one must record nothing.
+    async fn run_handler(
+        &self,
+        claimed: &ClaimedJob,
+        handler: Option<HandlerComponent>,
+        route: &Route,
+        consumer: &str,
+    ) -> Option<Outcome> {
+        let record = &claimed.record;
+        let Some(handler) = handler else {
+            return Some(Outcome::Failed {
+                error: format!(
+                    "handler `{}` is not installed on this instance",
+                    record.handler
+                ),
+            });
+        };
         let job = Job {
             id: record.id.clone(),
             queue: record.queue.clone(),
@@ -109,53 +163,46 @@ impl Workers {
             payload: record.payload.clone(),
             attempt: record.attempts,
         };
-        // Resolved once, here: a switch while the job runs does not affect it.
-        let handler = self
-            .registry
-            .resolve(&record.handler, route.config.handler_version.as_deref());
-        let handler_version = handler.as_ref().map(|h| h.version.clone());
-        let outcome = match handler {
-            None => Outcome::Failed {
-                error: format!(
-                    "handler `{}` is not installed on this instance",
-                    record.handler
-                ),
-            },
-            Some(handler) => {
-                let host = Arc::new(WorkerHost {
-                    job_id: job.id.clone(),
-                    redis: self.queue.connection(),
-                    models: self.models.clone(),
-                });
-                match self.runtime.handle(&handler, &job, host).await {
-                    Ok(Ok(output)) => {
-                        match serde_json::from_str::<serde_json::Value>(&output.result) {
-                            Ok(_) => Outcome::Completed {
-                                result: output.result,
-                                blocks: blocks_to_json(&output.blocks).to_string(),
-                                handler_version: handler.version.clone(),
-                            },
-                            Err(e) => Outcome::Failed {
-                                error: format!("handler returned a result that is not JSON: {e}"),
-                            },
-                        }
-                    }
-                    Ok(Err(JobError::Reject(reason))) => Outcome::Failed { error: reason },
-                    Ok(Err(JobError::Retry(hint))) => {
-                        retry_or_fail(&route.config, record.attempts, hint.reason, hint.after_ms)
-                    }
-                    Err(failure) => {
-                        retry_or_fail(&route.config, record.attempts, failure.to_string(), None)
-                    }
-                }
+        let host = Arc::new(WorkerHost {
+            job_id: job.id.clone(),
+            redis: self.queue.connection(),
+            models: self.models.clone(),
+        });
+        let run = self.runtime.handle(&handler, &job, host);
+        tokio::pin!(run);
+        let mut heartbeat = tokio::time::interval(self.visibility / 3);
+        heartbeat.tick().await;
+        let result = loop {
+            tokio::select! {
+                result = &mut run => break result,
+                _ = heartbeat.tick() => match self.queue.heartbeat(claimed, consumer).await {
+                    Ok(Heartbeat::Run) => {}
+                    Ok(Heartbeat::Cancel) => return Some(Outcome::Cancelled),
+                    Ok(Heartbeat::Lost) => return None,
+                    // Redis away: keep working; recording the outcome retries.
+                    Err(error) => tracing::warn!(job = %record.id, %error, "heartbeat failed"),
+                },
             }
         };
-        if let Outcome::Failed { error } | Outcome::Retry { error, .. } = &outcome {
-            tracing::warn!(job = %record.id, attempt = record.attempts, %error, "job attempt failed");
-        }
-        let mut claimed = claimed;
-        claimed.record.handler_version = handler_version;
-        self.record(claimed, outcome).await;
+        Some(match result {
+            Ok(Ok(output)) => match serde_json::from_str::<serde_json::Value>(&output.result) {
+                Ok(_) => Outcome::Completed {
+                    result: output.result,
+                    blocks: blocks_to_json(&output.blocks).to_string(),
+                    handler_version: handler.version.clone(),
+                },
+                Err(e) => Outcome::Failed {
+                    error: format!("handler returned a result that is not JSON: {e}"),
+                },
+            },
+            Ok(Err(JobError::Reject(reason))) => Outcome::Failed { error: reason },
+            Ok(Err(JobError::Retry(hint))) => {
+                retry_or_fail(&route.config, record.attempts, hint.reason, hint.after_ms)
+            }
+            Err(failure) => {
+                retry_or_fail(&route.config, record.attempts, failure.to_string(), None)
+            }
+        })
     }
 
     /// Writes the outcome, retrying while Redis is briefly away. If it never

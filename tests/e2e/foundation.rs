@@ -587,3 +587,70 @@ fn serve_without_redis_server_installed_says_how_to_install_it() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_client_submits_jobs_and_receives_their_events_until_the_end() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let redis = Redis::start();
+    let stub = stub().await;
+    let host = Host::start(&redis, &stub, HostOptions::default());
+    let ws_url = host.base.replace("http://", "ws://") + "/ws";
+    let (mut socket, _) = tokio_tungstenite::connect_async(&ws_url)
+        .await
+        .expect("websocket connects");
+    let send = |frame: Value| Message::Text(frame.to_string().into());
+    socket
+        .send(send(
+            json!({"type": "submit", "userId": "ws", "prompt": "over the socket", "priority": 8}),
+        ))
+        .await
+        .expect("send");
+    socket
+        .send(send(
+            json!({"type": "submit", "userId": "ws", "prompt": "bad", "priority": 42}),
+        ))
+        .await
+        .expect("send");
+    socket
+        .send(send(json!({"type": "dance"})))
+        .await
+        .expect("send");
+
+    let (mut accepted, mut errors, mut events) = (None, Vec::new(), Vec::new());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while let Ok(Some(Ok(Message::Text(text)))) =
+        tokio::time::timeout_at(deadline, socket.next()).await
+    {
+        let frame: Value = serde_json::from_str(text.as_str()).expect("JSON frame");
+        match frame["type"].as_str() {
+            Some("accepted") => accepted = Some(frame),
+            Some("error") => errors.push(frame["code"].as_str().unwrap_or_default().to_owned()),
+            Some("event") => {
+                let done = frame["event"] == "task_completed";
+                events.push(frame);
+                if done {
+                    break;
+                }
+            }
+            other => panic!("unexpected frame type {other:?}"),
+        }
+    }
+    let accepted = accepted.expect("the submission was accepted");
+    assert_eq!(accepted["class"], "high");
+    assert_eq!(
+        errors,
+        ["invalid_priority", "invalid_field"],
+        "bad frames get typed errors, the socket stays open"
+    );
+    let names: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+    assert_eq!(names.first(), Some(&"task_queued"), "{names:?}");
+    assert!(names.contains(&"text_delta"));
+    let completed = events.last().expect("events");
+    assert_eq!(completed["jobId"], accepted["jobId"]);
+    assert_eq!(
+        completed["data"]["result"]["response"],
+        expected_chat_response("over the socket", 0)
+    );
+}

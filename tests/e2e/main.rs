@@ -4,4 +4,6 @@
 mod support;
 
 mod foundation;
+mod guests;
 mod hot_swap;
+mod reliability;

@@ -128,6 +128,8 @@ pub struct HostOptions {
     /// not [workers] or [model], which the harness writes).
     pub config: String,
     pub extra_args: Vec<String>,
+    /// Extra lines for the [workers] table, e.g. "visibility_timeout_ms = 1500".
+    pub workers: String,
 }
 
 impl Default for HostOptions {
@@ -136,6 +138,7 @@ impl Default for HostOptions {
             concurrency: 3,
             config: String::new(),
             extra_args: Vec::new(),
+            workers: String::new(),
         }
     }
 }
@@ -149,9 +152,10 @@ impl Host {
         let config_path = config_dir.path().join("spool.toml");
         let config = format!(
             // The test's own TOML first: its top-level keys must precede any table.
-            "{}\n[workers]\nconcurrency = {}\nidle_poll_ms = 200\n\n[model]\nkind = \"ollama\"\nurl = \"{}\"\nchat_model = \"stub-chat\"\nembed_model = \"stub-embed\"\nrequest_timeout_ms = 10000\n",
+            "{}\n[workers]\nconcurrency = {}\nidle_poll_ms = 200\n{}\n\n[model]\nkind = \"ollama\"\nurl = \"{}\"\nchat_model = \"stub-chat\"\nembed_model = \"stub-embed\"\nrequest_timeout_ms = 10000\n",
             options.config,
             options.concurrency,
+            options.workers,
             stub.url()
         );
         std::fs::write(&config_path, config).expect("write config");
@@ -209,6 +213,11 @@ impl Host {
         unsafe {
             libc::kill(self.child.id() as i32, signal);
         }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Waits for the process to exit; returns its exit status code.
@@ -317,6 +326,10 @@ impl Api {
         .await
     }
 
+    pub async fn send_delete(&self, url: &str) -> (u16, Value) {
+        self.send(self.http.delete(url)).await
+    }
+
     pub async fn get(&self, url: &str) -> (u16, Value) {
         self.send(self.http.get(url)).await
     }
@@ -333,10 +346,31 @@ impl Api {
 
     /// Polls GET /api/job/{id} until the job is completed or failed.
     pub async fn wait_terminal(&self, host: &Host, id: &str, timeout: Duration) -> Value {
+        self.wait_states(host, id, timeout, &["completed", "failed"])
+            .await
+    }
+
+    pub async fn wait_terminal_or_cancelled(
+        &self,
+        host: &Host,
+        id: &str,
+        timeout: Duration,
+    ) -> Value {
+        self.wait_states(host, id, timeout, &["completed", "failed", "cancelled"])
+            .await
+    }
+
+    async fn wait_states(
+        &self,
+        host: &Host,
+        id: &str,
+        timeout: Duration,
+        states: &[&str],
+    ) -> Value {
         let started = Instant::now();
         loop {
             let (status, job) = self.get(&host.url(&format!("/api/job/{id}"))).await;
-            if status == 200 && matches!(job["state"].as_str(), Some("completed" | "failed")) {
+            if status == 200 && job["state"].as_str().is_some_and(|s| states.contains(&s)) {
                 return job;
             }
             assert!(

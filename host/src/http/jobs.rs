@@ -12,13 +12,14 @@ use serde_json::{Map, Value, json};
 
 use super::AppState;
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery};
-use crate::queue::{JobState, NewJob, SubmitError, class_name};
+use crate::queue::{CancelOutcome, JobState, NewJob, SubmitError, class_name};
 use crate::runtime::Job;
+use crate::worker::Route;
 
 const DEFAULT_PRIORITY: i64 = 5;
 
 /// The fields the host itself reads from a submission.
-struct Submission {
+pub struct Submission {
     user_id: String,
     user_tier: String,
     priority: u8,
@@ -60,6 +61,21 @@ pub async fn submit_chat(
     State(state): State<Arc<AppState>>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let accepted = submit(&state, "chat", chat_submission(body)?).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
+pub async fn submit_generic(
+    State(state): State<Arc<AppState>>,
+    ApiPath(queue): ApiPath<String>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let accepted = submit(&state, &queue, generic_submission(body)?).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
+/// Reads a chat submission (design E's body); the handler gets the rest as payload.
+pub fn chat_submission(body: Value) -> Result<Submission, ApiError> {
     let Value::Object(mut object) = body else {
         return Err(ApiError::invalid(
             "invalid_body",
@@ -71,29 +87,24 @@ pub async fn submit_chat(
     for host_field in ["userId", "userTier", "priority"] {
         object.remove(host_field);
     }
-    let submission = Submission {
+    Ok(Submission {
         user_id: fields.user_id,
         user_tier: fields.user_tier.unwrap_or_default(),
         priority: checked_priority(fields.priority)?,
         payload: Value::Object(object).to_string(),
-    };
-    submit(&state, "chat", submission).await
+    })
 }
 
-pub async fn submit_generic(
-    State(state): State<Arc<AppState>>,
-    ApiPath(queue): ApiPath<String>,
-    ApiJson(body): ApiJson<Value>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+/// Reads a generic submission: `{payload, priority?, userId?, userTier?}`.
+pub fn generic_submission(body: Value) -> Result<Submission, ApiError> {
     let fields: GenericFields = serde_json::from_value(body)
         .map_err(|e| ApiError::invalid("invalid_field", e.to_string()))?;
-    let submission = Submission {
+    Ok(Submission {
         user_id: fields.user_id,
         user_tier: fields.user_tier.unwrap_or_default(),
         priority: checked_priority(fields.priority)?,
         payload: fields.payload.to_string(),
-    };
-    submit(&state, &queue, submission).await
+    })
 }
 
 fn checked_priority(priority: Option<i64>) -> Result<u8, ApiError> {
@@ -107,15 +118,12 @@ fn checked_priority(priority: Option<i64>) -> Result<u8, ApiError> {
 }
 
 /// Runs the queue's priority rule (in Wasm), then enqueues.
-async fn submit(
+pub async fn submit(
     state: &AppState,
     queue: &str,
     submission: Submission,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let route = state
-        .routes
-        .get(queue)
-        .ok_or_else(|| unknown_queue(state, queue))?;
+) -> Result<Value, ApiError> {
+    let route = route(state, queue)?;
     let handler = state
         .registry
         .resolve(
@@ -183,18 +191,20 @@ async fn submit(
         "statusUrl": format!("/api/job/{id}"),
         "streamUrl": format!("/stream/status/{id}"),
     });
-    Ok((StatusCode::ACCEPTED, Json(body)))
+    Ok(body)
 }
 
-fn unknown_queue(state: &AppState, queue: &str) -> ApiError {
-    let known: Vec<&str> = state.routes.keys().map(String::as_str).collect();
-    ApiError::not_found(
-        "unknown_queue",
-        format!(
-            "no queue named `{queue}`; known queues: {}",
-            known.join(", ")
-        ),
-    )
+pub fn route<'a>(state: &'a AppState, queue: &str) -> Result<&'a Route, ApiError> {
+    state.routes.get(queue).ok_or_else(|| {
+        let known: Vec<&str> = state.routes.keys().map(String::as_str).collect();
+        ApiError::not_found(
+            "unknown_queue",
+            format!(
+                "no queue named `{queue}`; known queues: {}",
+                known.join(", ")
+            ),
+        )
+    })
 }
 
 pub async fn get_job(
@@ -206,7 +216,32 @@ pub async fn get_job(
         .job(&id)
         .await?
         .ok_or_else(|| job_not_found(&id))?;
-    Ok(Json(record.to_json()))
+    let mut body = record.to_json();
+    body["attemptHistory"] = Value::Array(state.queue.attempt_history(&id).await?);
+    Ok(Json(body))
+}
+
+/// Cancels a waiting or delayed job at once; asks an active one to stop.
+pub async fn cancel(
+    State(state): State<Arc<AppState>>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    match state.queue.cancel(&id, state.retention).await? {
+        CancelOutcome::Cancelled => Ok((
+            StatusCode::OK,
+            Json(json!({ "jobId": id, "state": "cancelled" })),
+        )),
+        CancelOutcome::Requested => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({ "jobId": id, "state": "active", "cancel": "requested" })),
+        )),
+        CancelOutcome::AlreadyFinished(finished) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_finished",
+            format!("job `{id}` already finished ({})", finished.as_str()),
+        )),
+        CancelOutcome::NotFound => Err(job_not_found(&id)),
+    }
 }
 
 pub fn job_not_found(id: &str) -> ApiError {
@@ -252,10 +287,7 @@ pub async fn resume(
 }
 
 async fn set_paused(state: &AppState, queue: &str, paused: bool) -> Result<Json<Value>, ApiError> {
-    let route = state
-        .routes
-        .get(queue)
-        .ok_or_else(|| unknown_queue(state, queue))?;
+    let route = route(state, queue)?;
     state.queue.set_paused(&route.keys, paused).await?;
     tracing::info!(
         queue,
@@ -287,10 +319,7 @@ pub async fn history(
     ApiPath(queue): ApiPath<String>,
     ApiQuery(query): ApiQuery<HistoryQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let route = state
-        .routes
-        .get(&queue)
-        .ok_or_else(|| unknown_queue(&state, &queue))?;
+    let route = route(&state, &queue)?;
     let wanted = match JobState::parse(&query.state) {
         Some(s @ (JobState::Completed | JobState::Failed)) => s,
         _ => {

@@ -2,9 +2,11 @@
 //! shapes; the work itself is the queue's, the runtime's and the events module's.
 
 mod admin;
+mod dead;
 mod error;
 mod jobs;
 mod stream;
+mod ws;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,12 +16,12 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 
 pub use error::ApiError;
 
 use crate::handlers::Handlers;
-use crate::queue::Queue;
+use crate::queue::{Queue, Retention};
 use crate::registry::Registry;
 use crate::runtime::Runtime;
 use crate::worker::Route;
@@ -36,21 +38,30 @@ pub struct AppState {
     pub instance: String,
     pub model: String,
     pub started: Instant,
+    pub retention: Retention,
 }
 
 pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
     Router::new()
+        .route("/", get(page))
         .route("/health", get(health))
         .route("/api/chat", post(jobs::submit_chat))
         .route("/api/queues/{queue}/jobs", post(jobs::submit_generic))
         .route("/api/queues/{queue}/pause", post(jobs::pause))
         .route("/api/queues/{queue}/resume", post(jobs::resume))
         .route("/api/queues/{queue}/history", get(jobs::history))
+        .route(
+            "/api/queues/{queue}/dead",
+            get(dead::list).delete(dead::purge_all),
+        )
+        .route("/api/queues/{queue}/dead/{job}", delete(dead::purge_one))
+        .route("/api/queues/{queue}/dead/{job}/replay", post(dead::replay))
         .route("/api/queue/stats", get(jobs::stats))
-        .route("/api/job/{id}", get(jobs::get_job))
+        .route("/api/job/{id}", get(jobs::get_job).delete(jobs::cancel))
         .route("/api/job/{id}/events", get(stream::job_events))
         .route("/stream/status/{id}", get(stream::status_stream))
         .merge(admin::routes())
+        .route("/ws", get(ws::upgrade))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -74,6 +85,11 @@ async fn health(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, axum::Json(body))
+}
+
+/// A chat page with live job progress and queue stats, over the public API only.
+async fn page() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("page.html"))
 }
 
 async fn not_found() -> ApiError {

@@ -193,6 +193,9 @@ fn parse_go_duration(text: &str) -> Option<Duration> {
     if let Some(secs) = non_negative(text) {
         return Duration::try_from_secs_f64(secs).ok();
     }
+    if text.is_empty() {
+        return None;
+    }
     let is_number_char = |c: char| c.is_ascii_digit() || c == '.';
     let mut rest = text;
     let mut secs = 0.0;

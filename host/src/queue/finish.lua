@@ -1,32 +1,42 @@
 -- Records the end of one attempt and acknowledges its stream entry, atomically.
 -- Only the attempt that currently owns the job may finish it, so a job that ran
 -- twice (its first worker presumed dead) gets one result and one final event.
--- Returns 1 when recorded, 0 when this attempt no longer owned the job.
+-- A job that fails for good is also appended to the queue's dead-letter stream,
+-- with a snapshot of its record so that it can be replayed after the record
+-- itself has expired. Returns 1 when recorded, 0 when the attempt had lost the job.
 -- KEYS[1] job hash   KEYS[2] stream   KEYS[3] job event stream   KEYS[4] job state hash
 -- KEYS[5] outcome zset (history, or delayed retries)   KEYS[6] outcome counter
+-- KEYS[7] attempt history list   KEYS[8] dead-letter stream
 -- ARGV[1] group   ARGV[2] entry id   ARGV[3] job id   ARGV[4] now (ms)
 -- ARGV[5] new state   ARGV[6] zset score   ARGV[7] history length (0: not a history)
 -- ARGV[8] ttl in seconds (0: keep)   ARGV[9] event type   ARGV[10] event data
--- ARGV[11..] job hash field/value pairs
+-- ARGV[11] attempt record (JSON)   ARGV[12..] job hash field/value pairs
 redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[2], ARGV[2])
 local owner = redis.call('HMGET', KEYS[1], 'state', 'entry')
 if owner[1] ~= 'active' or owner[2] ~= ARGV[2] then
   return 0
 end
-redis.call('HSET', KEYS[1], 'state', ARGV[5], 'finished_at', ARGV[4], unpack(ARGV, 11))
+redis.call('HSET', KEYS[1], 'state', ARGV[5], 'finished_at', ARGV[4], unpack(ARGV, 12))
+redis.call('HDEL', KEYS[1], 'cancel')
+redis.call('RPUSH', KEYS[7], ARGV[11])
 redis.call('ZADD', KEYS[5], ARGV[6], ARGV[3])
 local history = tonumber(ARGV[7])
 if history > 0 then
   redis.call('ZREMRANGEBYRANK', KEYS[5], 0, -(history + 1))
   redis.call('INCR', KEYS[6])
 end
+if ARGV[5] == 'failed' then
+  local snapshot = cjson.encode(redis.call('HGETALL', KEYS[1]))
+  local dead = redis.call('XADD', KEYS[8], '*', 'job', ARGV[3], 'failed_at', ARGV[4], 'record', snapshot)
+  redis.call('HSET', KEYS[1], 'dead_entry', dead)
+end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', 1000, '*',
   'event_type', ARGV[9], 'data', ARGV[10], 'timestamp', ARGV[4])
 local ttl = tonumber(ARGV[8])
 if ttl > 0 then
-  redis.call('EXPIRE', KEYS[1], ttl)
-  redis.call('EXPIRE', KEYS[3], ttl)
-  redis.call('EXPIRE', KEYS[4], ttl)
+  for _, key in ipairs({KEYS[1], KEYS[3], KEYS[4], KEYS[7]}) do
+    redis.call('EXPIRE', key, ttl)
+  end
 end
 return 1

@@ -7,8 +7,13 @@
 //!
 //! Keys: `spool:q:{queue}:{high|normal|low}` streams, `spool:q:{queue}:paused`,
 //! `spool:q:{queue}:delayed` (retries by due time), `spool:q:{queue}:completed` /
-//! `:failed` (recent history) and `:count:*` totals; `spool:job:{id}` (the job
-//! record), `spool:job:{id}:state` (the guest's state), `job_events:{id}`.
+//! `:failed` (recent history), `spool:q:{queue}:dead` (dead letters) and
+//! `:count:*` totals; `spool:job:{id}` (the job record), `spool:job:{id}:state`
+//! (the guest's state), `spool:job:{id}:attempts` (attempt history), `job_events:{id}`.
+//!
+//! Delivery is at-least-once: an entry is acknowledged only by the script that
+//! records its outcome; a worker heart-beats the entry of the job it runs, and
+//! `recover` requeues entries whose worker stopped heart-beating.
 
 mod record;
 
@@ -41,6 +46,11 @@ pub fn job_key(id: &str) -> String {
 pub fn job_state_key(id: &str) -> String {
     format!("{JOB_PREFIX}{id}:state")
 }
+pub fn attempts_key(id: &str) -> String {
+    format!("{JOB_PREFIX}{id}:attempts")
+}
+/// Prefix of every per-queue key; the queue name in braces is a Redis Cluster hash tag.
+const QUEUE_PREFIX: &str = "spool:q:";
 pub fn events_key(id: &str) -> String {
     format!("{EVENTS_PREFIX}{id}")
 }
@@ -76,11 +86,12 @@ pub struct QueueKeys {
     delayed: String,
     completed: String,
     failed: String,
+    dead: String,
 }
 
 impl QueueKeys {
     pub fn new(name: &str) -> Self {
-        let key = |suffix: &str| format!("spool:q:{{{name}}}:{suffix}");
+        let key = |suffix: &str| format!("{QUEUE_PREFIX}{{{name}}}:{suffix}");
         Self {
             name: name.to_owned(),
             streams: CLASSES.map(|c| key(class_name(c))),
@@ -88,6 +99,7 @@ impl QueueKeys {
             delayed: key("delayed"),
             completed: key("completed"),
             failed: key("failed"),
+            dead: key("dead"),
         }
     }
 
@@ -96,7 +108,7 @@ impl QueueKeys {
     }
 
     fn counter(&self, state: &str) -> String {
-        format!("spool:q:{{{}}}:count:{state}", self.name)
+        format!("{QUEUE_PREFIX}{{{}}}:count:{state}", self.name)
     }
 }
 
@@ -154,6 +166,38 @@ pub enum Outcome {
     Failed {
         error: String,
     },
+    /// A client cancelled the job while it ran.
+    Cancelled,
+}
+
+/// What a heartbeat learned about the job it keeps alive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Heartbeat {
+    Run,
+    Cancel,
+    /// Recovery gave the job to another attempt: stop, record nothing.
+    Lost,
+}
+
+/// What a cancel request found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CancelOutcome {
+    Cancelled,
+    /// The job runs; its worker stops it at its next heartbeat.
+    Requested,
+    AlreadyFinished(JobState),
+    NotFound,
+}
+
+/// One job in a queue's dead-letter stream.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetter {
+    pub dead_id: String,
+    pub job_id: String,
+    pub failed_at: u64,
+    pub error: Option<String>,
+    pub attempts: Option<u32>,
 }
 
 /// Retention applied when a job finishes.
@@ -177,6 +221,8 @@ pub struct QueueStats {
     pub delayed: u64,
     pub completed: u64,
     pub failed: u64,
+    /// Jobs in the dead-letter stream.
+    pub dead: u64,
     pub paused: bool,
     pub by_priority: HashMap<&'static str, ClassStats>,
 }
@@ -188,6 +234,10 @@ pub struct Queue {
     submit: Script,
     claim: Script,
     finish: Script,
+    recover: Script,
+    heartbeat: Script,
+    cancel: Script,
+    replay: Script,
 }
 
 impl Queue {
@@ -197,6 +247,10 @@ impl Queue {
             submit: Script::new(include_str!("submit.lua")),
             claim: Script::new(include_str!("claim.lua")),
             finish: Script::new(include_str!("finish.lua")),
+            recover: Script::new(include_str!("recover.lua")),
+            heartbeat: Script::new(include_str!("heartbeat.lua")),
+            cancel: Script::new(include_str!("cancel.lua")),
+            replay: Script::new(include_str!("replay.lua")),
         }
     }
 
@@ -339,6 +393,20 @@ impl Queue {
                     vec![("error", error.clone())],
                 )
             }
+            Outcome::Cancelled => {
+                let event = serde_json::json!({ "previous_state": "active", "attempt": attempt });
+                let fields = vec![("error", "cancelled by request".to_owned())];
+                (
+                    "cancelled",
+                    &keys.failed,
+                    now,
+                    retention.history,
+                    retention.failed_secs,
+                    "task_cancelled",
+                    event,
+                    fields,
+                )
+            }
         };
         // A failed attempt records the version that ran it too (the worker sets it).
         if let (false, Some(version)) = (
@@ -347,6 +415,14 @@ impl Queue {
         ) {
             fields.push(("handler_version", version.clone()));
         }
+        let attempt_record = serde_json::json!({
+            "attempt": attempt,
+            "worker": job.record.worker,
+            "startedAt": job.record.started_at,
+            "finishedAt": now,
+            "outcome": state,
+            "error": event.get("error"),
+        });
         let mut invocation = self.finish.prepare_invoke();
         invocation
             .key(job_key(id))
@@ -355,6 +431,8 @@ impl Queue {
             .key(job_state_key(id))
             .key(zset)
             .key(keys.counter(state))
+            .key(attempts_key(id))
+            .key(&keys.dead)
             .arg(GROUP)
             .arg(&job.entry_id)
             .arg(id)
@@ -364,12 +442,189 @@ impl Queue {
             .arg(history)
             .arg(ttl)
             .arg(event_type)
-            .arg(event.to_string());
+            .arg(event.to_string())
+            .arg(attempt_record.to_string());
         for (field, value) in fields {
             invocation.arg(field).arg(value);
         }
         let recorded: i64 = invocation.invoke_async(&mut self.redis.clone()).await?;
         Ok(recorded == 1)
+    }
+
+    /// Keeps the entry of a running job alive; says whether to go on.
+    pub async fn heartbeat(
+        &self,
+        job: &ClaimedJob,
+        consumer: &str,
+    ) -> redis::RedisResult<Heartbeat> {
+        let keys = QueueKeys::new(&job.record.queue);
+        let verdict: String = self
+            .heartbeat
+            .key(keys.stream(job.class))
+            .key(job_key(&job.record.id))
+            .arg(GROUP)
+            .arg(consumer)
+            .arg(&job.entry_id)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(match verdict.as_str() {
+            "cancel" => Heartbeat::Cancel,
+            "lost" => Heartbeat::Lost,
+            _ => Heartbeat::Run,
+        })
+    }
+
+    /// Requeues the jobs of workers silent for longer than `visibility`. Walks
+    /// each stream's whole pending list; returns how many jobs were requeued.
+    pub async fn recover(
+        &self,
+        queue: &QueueKeys,
+        consumer: &str,
+        visibility: std::time::Duration,
+    ) -> redis::RedisResult<u64> {
+        let mut cursors = [
+            String::from("0-0"),
+            String::from("0-0"),
+            String::from("0-0"),
+        ];
+        let mut requeued = 0;
+        // XAUTOCLAIM scans a bounded slice per call: go on until every cursor is back at 0-0.
+        for _ in 0..1000 {
+            let mut invocation = self.recover.prepare_invoke();
+            for stream in &queue.streams {
+                invocation.key(stream);
+            }
+            invocation
+                .arg(GROUP)
+                .arg(consumer)
+                .arg(visibility.as_millis() as u64)
+                .arg(now_ms())
+                .arg(JOB_PREFIX)
+                .arg(EVENTS_PREFIX)
+                .arg(WAKE_CHANNEL)
+                .arg(&queue.name);
+            for cursor in &cursors {
+                invocation.arg(cursor);
+            }
+            let (high, normal, low, count): (String, String, String, u64) =
+                invocation.invoke_async(&mut self.redis.clone()).await?;
+            requeued += count;
+            cursors = [high, normal, low];
+            if cursors.iter().all(|c| c == "0-0") {
+                break;
+            }
+        }
+        Ok(requeued)
+    }
+
+    pub async fn cancel(
+        &self,
+        id: &str,
+        retention: Retention,
+    ) -> redis::RedisResult<CancelOutcome> {
+        let previous: Option<String> = self
+            .cancel
+            .key(job_key(id))
+            .key(events_key(id))
+            .arg(now_ms())
+            .arg(retention.failed_secs.max(1))
+            .arg(QUEUE_PREFIX)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(match previous.as_deref().and_then(JobState::parse) {
+            None => CancelOutcome::NotFound,
+            Some(JobState::Waiting | JobState::Delayed) => CancelOutcome::Cancelled,
+            Some(JobState::Active) => CancelOutcome::Requested,
+            Some(finished) => CancelOutcome::AlreadyFinished(finished),
+        })
+    }
+
+    /// The newest dead letters of a queue first.
+    pub async fn dead_letters(
+        &self,
+        queue: &QueueKeys,
+        limit: usize,
+    ) -> redis::RedisResult<Vec<DeadLetter>> {
+        let reply: redis::streams::StreamRangeReply = self
+            .redis
+            .clone()
+            .xrevrange_count(&queue.dead, "+", "-", limit)
+            .await?;
+        Ok(reply
+            .ids
+            .into_iter()
+            .map(|entry| {
+                let field = |name: &str| entry.get::<String>(name).unwrap_or_default();
+                let record: Vec<String> =
+                    serde_json::from_str(&field("record")).unwrap_or_default();
+                let recorded = |name: &str| {
+                    record
+                        .chunks(2)
+                        .find(|p| p.len() == 2 && p[0] == name)
+                        .map(|p| p[1].clone())
+                };
+                DeadLetter {
+                    job_id: field("job"),
+                    failed_at: field("failed_at").parse().unwrap_or(0),
+                    error: recorded("error"),
+                    attempts: recorded("attempts").and_then(|a| a.parse().ok()),
+                    dead_id: entry.id,
+                }
+            })
+            .collect())
+    }
+
+    /// Re-queues a dead job with a fresh set of attempts. False: not dead here.
+    pub async fn replay(&self, queue: &QueueKeys, id: &str) -> redis::RedisResult<bool> {
+        let entry: Option<String> = self
+            .replay
+            .key(&queue.dead)
+            .key(job_key(id))
+            .key(events_key(id))
+            .arg(id)
+            .arg(now_ms())
+            .arg(QUEUE_PREFIX)
+            .arg(WAKE_CHANNEL)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(entry.is_some())
+    }
+
+    /// Removes one dead letter (`Some(job id)`) or all of them; returns how many.
+    pub async fn purge_dead(
+        &self,
+        queue: &QueueKeys,
+        job: Option<&str>,
+    ) -> redis::RedisResult<u64> {
+        let mut redis = self.redis.clone();
+        match job {
+            None => {
+                let length: u64 = redis.xlen(&queue.dead).await?;
+                redis.del::<_, ()>(&queue.dead).await?;
+                Ok(length)
+            }
+            Some(id) => {
+                let dead = self.dead_letters(queue, usize::MAX).await?;
+                let ids: Vec<&str> = dead
+                    .iter()
+                    .filter(|d| d.job_id == id)
+                    .map(|d| d.dead_id.as_str())
+                    .collect();
+                if ids.is_empty() {
+                    return Ok(0);
+                }
+                redis.xdel(&queue.dead, &ids).await
+            }
+        }
+    }
+
+    /// Each attempt's outcome, oldest first.
+    pub async fn attempt_history(&self, id: &str) -> redis::RedisResult<Vec<serde_json::Value>> {
+        let items: Vec<String> = self.redis.clone().lrange(attempts_key(id), 0, -1).await?;
+        Ok(items
+            .iter()
+            .filter_map(|i| serde_json::from_str(i).ok())
+            .collect())
     }
 
     pub async fn job(&self, id: &str) -> redis::RedisResult<Option<JobRecord>> {
@@ -399,7 +654,8 @@ impl Queue {
         pipe.zcard(&queue.delayed)
             .get(queue.counter("completed"))
             .get(queue.counter("failed"))
-            .exists(&queue.paused);
+            .exists(&queue.paused)
+            .xlen(&queue.dead);
         let values: Vec<Value> = pipe.query_async(&mut self.redis.clone()).await?;
         let number = |v: &Value| -> u64 {
             match v {
@@ -426,6 +682,7 @@ impl Queue {
             completed: number(&values[7]),
             failed: number(&values[8]),
             paused: number(&values[9]) == 1,
+            dead: number(&values[10]),
             by_priority: HashMap::new(),
         };
         for (i, class) in CLASSES.iter().enumerate() {

@@ -13,6 +13,7 @@ pub enum JobState {
     Delayed,
     Completed,
     Failed,
+    Cancelled,
 }
 
 impl JobState {
@@ -23,6 +24,7 @@ impl JobState {
             "delayed" => Self::Delayed,
             "completed" => Self::Completed,
             "failed" => Self::Failed,
+            "cancelled" => Self::Cancelled,
             _ => return None,
         })
     }
@@ -34,11 +36,12 @@ impl JobState {
             Self::Delayed => "delayed",
             Self::Completed => "completed",
             Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
         }
     }
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Completed | Self::Failed)
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
     }
 }
 
@@ -55,6 +58,8 @@ pub struct JobRecord {
     pub payload: String,
     pub handler: String,
     pub handler_version: Option<String>,
+    /// The consumer running (or that last ran) the job.
+    pub worker: Option<String>,
     pub attempts: u32,
     pub progress: u8,
     pub step: Option<String>,
@@ -84,6 +89,7 @@ impl JobRecord {
             payload: take("payload").unwrap_or_else(|| "{}".into()),
             handler: take("handler").unwrap_or_default(),
             handler_version: take("handler_version"),
+            worker: take("worker"),
             attempts: number(take("attempts")).unwrap_or(0) as u32,
             progress: number(take("progress")).unwrap_or(0).min(100) as u8,
             step: take("step"),
@@ -116,6 +122,7 @@ impl JobRecord {
             "attempts": self.attempts,
             "handler": self.handler,
             "handlerVersion": self.handler_version,
+            "worker": self.worker,
             "result": parsed(&self.result),
             "blocks": parsed(&self.blocks),
             "error": self.error,

@@ -1,0 +1,164 @@
+//! The WebSocket channel, `GET /ws`: submit jobs and follow their events over one
+//! socket. Client frames are JSON text:
+//!
+//! - `{"type": "submit", "queue"?: "chat", ...}`: the rest is the body of `POST
+//!   /api/chat` (queue `chat`, the default) or of `POST /api/queues/{queue}/jobs`;
+//! - `{"type": "watch", "jobId": "...", "lastId"?: "..."}`: follow an existing job.
+//!
+//! Server frames: `{"type": "accepted", ...}` (the HTTP 202 body), `{"type":
+//! "event", "jobId", "id", "event", "data", "timestamp"}` for every event of each
+//! job submitted or watched until its terminal one, and `{"type": "error", "code",
+//! "message"}`. Events come from the job's stream, so any instance can serve them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use redis::AsyncConnectionConfig;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::AppState;
+use super::error::ApiError;
+use super::jobs::{chat_submission, generic_submission, submit};
+use crate::events;
+
+/// Frames waiting to be written before readers of job events slow down.
+const OUTBOX: usize = 256;
+const READ_BLOCK: Duration = Duration::from_secs(10);
+
+pub async fn upgrade(State(state): State<Arc<AppState>>, upgrade: WebSocketUpgrade) -> Response {
+    upgrade.on_upgrade(move |socket| serve(state, socket))
+}
+
+async fn serve(state: Arc<AppState>, mut socket: WebSocket) {
+    let (outbox, mut frames) = mpsc::channel::<Value>(OUTBOX);
+    loop {
+        tokio::select! {
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Text(text))) => {
+                    if let Some(reply) = handle_frame(&state, &outbox, text.as_str()).await {
+                        let _ = outbox.send(reply).await;
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {} // pings are answered by axum; binary frames are ignored
+            },
+            Some(frame) = frames.recv() => {
+                if socket.send(Message::Text(frame.to_string().into())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Acts on one client frame; returns the immediate reply, if any.
+async fn handle_frame(
+    state: &Arc<AppState>,
+    outbox: &mpsc::Sender<Value>,
+    text: &str,
+) -> Option<Value> {
+    let frame: Value = match serde_json::from_str(text) {
+        Ok(frame) => frame,
+        Err(e) => {
+            return Some(error_frame(&ApiError::invalid(
+                "malformed_json",
+                e.to_string(),
+            )));
+        }
+    };
+    match frame["type"].as_str() {
+        Some("submit") => {
+            let queue = frame["queue"].as_str().unwrap_or("chat").to_owned();
+            let mut body = frame.clone();
+            if let Value::Object(object) = &mut body {
+                object.remove("type");
+                object.remove("queue");
+            }
+            let submission = if queue == "chat" {
+                chat_submission(body)
+            } else {
+                generic_submission(body)
+            };
+            let accepted = match submission {
+                Ok(submission) => submit(state, &queue, submission).await,
+                Err(error) => Err(error),
+            };
+            match accepted {
+                Ok(mut accepted) => {
+                    let job = accepted["jobId"].as_str().unwrap_or_default().to_owned();
+                    accepted["type"] = json!("accepted");
+                    let _ = outbox.send(accepted).await;
+                    tokio::spawn(follow(state.clone(), job, "0".into(), outbox.clone()));
+                    None
+                }
+                Err(error) => Some(error_frame(&error)),
+            }
+        }
+        Some("watch") => {
+            let Some(job) = frame["jobId"].as_str() else {
+                return Some(error_frame(&ApiError::invalid(
+                    "invalid_field",
+                    "watch needs a `jobId`",
+                )));
+            };
+            let after = frame["lastId"].as_str().unwrap_or("0").to_owned();
+            tokio::spawn(follow(state.clone(), job.to_owned(), after, outbox.clone()));
+            None
+        }
+        _ => Some(error_frame(&ApiError::invalid(
+            "invalid_field",
+            "`type` must be `submit` or `watch`",
+        ))),
+    }
+}
+
+/// Forwards one job's events to the socket until its terminal event.
+async fn follow(state: Arc<AppState>, job: String, mut after: String, outbox: mpsc::Sender<Value>) {
+    let config = AsyncConnectionConfig::new()
+        .set_response_timeout(Some(READ_BLOCK + Duration::from_secs(5)));
+    let mut connection = match state
+        .redis
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+    {
+        Ok(connection) => connection,
+        Err(error) => {
+            let _ = outbox.send(error_frame(&error.into())).await;
+            return;
+        }
+    };
+    loop {
+        let batch = match events::read(&mut connection, &job, &after, Some(READ_BLOCK)).await {
+            Ok(batch) => batch,
+            Err(error) => {
+                let _ = outbox.send(error_frame(&error.into())).await;
+                return;
+            }
+        };
+        if batch.is_empty() {
+            match state.queue.job(&job).await {
+                Ok(Some(record)) if !record.state.is_terminal() => continue,
+                _ => return,
+            }
+        }
+        for event in batch {
+            after = event.id.clone();
+            let terminal = event.is_terminal();
+            let frame = json!({
+                "type": "event", "jobId": job, "id": event.id, "event": event.event_type,
+                "data": event.data, "timestamp": event.timestamp,
+            });
+            if outbox.send(frame).await.is_err() || terminal {
+                return;
+            }
+        }
+    }
+}
+
+fn error_frame(error: &ApiError) -> Value {
+    json!({ "type": "error", "code": error.code, "message": error.message })
+}

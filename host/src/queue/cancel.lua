@@ -1,0 +1,27 @@
+-- Cancels a job. A waiting or delayed job is taken out of line at once; an
+-- active one gets a cancel flag its worker sees at its next heartbeat (best
+-- effort: the model call in flight is abandoned, not undone).
+-- Returns the job's state before the call, or false when there is no such job.
+-- KEYS[1] job hash   KEYS[2] job event stream
+-- ARGV[1] now (ms)   ARGV[2] ttl in seconds   ARGV[3] queue key prefix
+local job = redis.call('HMGET', KEYS[1], 'state', 'queue', 'class', 'entry', 'id')
+local state = job[1]
+if not state then
+  return false
+end
+local queue = ARGV[3] .. '{' .. job[2] .. '}:'
+if state == 'waiting' or state == 'delayed' then
+  if state == 'waiting' then
+    redis.call('XDEL', queue .. job[3], job[4])
+  else
+    redis.call('ZREM', queue .. 'delayed', job[5])
+  end
+  redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished_at', ARGV[1], 'error', 'cancelled by request')
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', 1000, '*', 'event_type', 'task_cancelled',
+    'data', cjson.encode({previous_state = state}), 'timestamp', ARGV[1])
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+elseif state == 'active' then
+  redis.call('HSET', KEYS[1], 'cancel', ARGV[1])
+end
+return state

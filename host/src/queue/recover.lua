@@ -1,0 +1,36 @@
+-- Puts the jobs of vanished workers back in line. An entry pending longer than
+-- the visibility timeout belongs to a worker that stopped heart-beating (crashed,
+-- killed, cut off): it is acknowledged and the job queued again at the tail of
+-- its class stream. If that worker was merely slow, its finish is refused later
+-- because the job now points at the new entry, so no job completes twice.
+-- Returns {next cursor per stream (3), jobs requeued}.
+-- KEYS[1..3] high/normal/low streams
+-- ARGV[1] group   ARGV[2] recovery consumer   ARGV[3] min idle (ms)   ARGV[4] now (ms)
+-- ARGV[5] job key prefix   ARGV[6] event key prefix   ARGV[7] wake channel
+-- ARGV[8] queue name   ARGV[9..11] cursors
+local cursors, requeued = {}, 0
+for i = 1, 3 do
+  local reply = redis.call('XAUTOCLAIM', KEYS[i], ARGV[1], ARGV[2], ARGV[3], ARGV[8 + i], 'COUNT', 100)
+  cursors[i] = reply[1]
+  for _, entry in ipairs(reply[2]) do
+    local entry_id, fields = entry[1], entry[2]
+    redis.call('XACK', KEYS[i], ARGV[1], entry_id)
+    redis.call('XDEL', KEYS[i], entry_id)
+    if fields and fields[2] then
+      local id = fields[2]
+      local job = ARGV[5] .. id
+      local owner = redis.call('HMGET', job, 'state', 'entry', 'worker')
+      if owner[1] == 'active' and owner[2] == entry_id then
+        local fresh = redis.call('XADD', KEYS[i], '*', 'job', id)
+        redis.call('HSET', job, 'state', 'waiting', 'entry', fresh)
+        redis.call('XADD', ARGV[6] .. id, 'MAXLEN', '~', 1000, '*', 'event_type', 'task_requeued',
+          'data', cjson.encode({reason = 'worker stopped responding', worker = owner[3]}), 'timestamp', ARGV[4])
+        requeued = requeued + 1
+      end
+    end
+  end
+end
+if requeued > 0 then
+  redis.call('PUBLISH', ARGV[7], ARGV[8])
+end
+return {cursors[1], cursors[2], cursors[3], requeued}
