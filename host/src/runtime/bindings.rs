@@ -8,4 +8,5 @@ wasmtime::component::bindgen!({
 });
 
 pub use exports::spool::handler::hooks;
-pub use spool::handler::types;
+// `self::`: under rustdoc the crate itself (also `spool`) is in scope too.
+pub use self::spool::handler::types;
