@@ -5,6 +5,10 @@
 //! (`runtime`, in Wasm); `queue` stores it in its priority's stream; a `worker`
 //! claims it, runs the handler with access to `models` and `events`, and `queue`
 //! records the outcome. `app` wires one instance together.
+//!
+//! Which handler version runs is `handlers`' business: versions live in Redis, are
+//! validated before activation, and every instance switches to the active one; a
+//! worker resolves it from the local `registry` once per job.
 
 pub mod admin_cli;
 pub mod app;
