@@ -14,7 +14,7 @@ pub mod sync;
 pub mod validate;
 pub mod watch;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,6 +32,10 @@ use crate::runtime::{HandlerComponent, Runtime};
 use cache::{CompiledCache, Source};
 use store::{Activated, ActivationRequest, HandlerStore, VersionMeta};
 use validate::{Contract, Rejection};
+
+/// A version that failed to load on this instance (Redis away, a compile
+/// error) is tried again after this long.
+const RETRY_BROKEN: Duration = Duration::from_secs(30);
 
 /// How this instance takes part in the handler registry.
 #[derive(Clone, Debug)]
@@ -53,8 +57,9 @@ pub struct Handlers {
     instance: String,
     settings: Settings,
     sync: sync::SyncState,
-    /// `name@version` that failed to load here; not retried on every check.
-    broken: Mutex<HashSet<String>>,
+    /// `name@version` that failed to load here, and when: retried only after
+    /// [`RETRY_BROKEN`], not on every check (a compile costs CPU).
+    broken: Mutex<HashMap<String, Instant>>,
 }
 
 /// A validated version, compiled and linked, not yet active.
@@ -149,7 +154,7 @@ impl Handlers {
             instance,
             settings,
             sync: sync::SyncState::default(),
-            broken: Mutex::new(HashSet::new()),
+            broken: Mutex::new(HashMap::new()),
         }
     }
 
@@ -530,16 +535,16 @@ impl Handlers {
     }
 
     fn is_broken(&self, name: &str, version: &str) -> bool {
-        self.broken
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&format!("{name}@{version}"))
+        let broken = self.broken.lock().unwrap_or_else(|p| p.into_inner());
+        broken
+            .get(&format!("{name}@{version}"))
+            .is_some_and(|since| since.elapsed() < RETRY_BROKEN)
     }
 
+    /// Records a failed load; true when it is news (worth logging).
     fn mark_broken(&self, name: &str, version: &str) -> bool {
-        self.broken
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(format!("{name}@{version}"))
+        let mut broken = self.broken.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = broken.insert(format!("{name}@{version}"), Instant::now());
+        previous.is_none_or(|since| since.elapsed() >= RETRY_BROKEN)
     }
 }

@@ -55,6 +55,10 @@ impl Handlers {
                 Ok(_) => {
                     next.insert(name.clone(), version.clone());
                 }
+                // Redis away: nothing is wrong with the version; the next check retries.
+                Err(error) if error.downcast_ref::<redis::RedisError>().is_some() => {
+                    return Err(error);
+                }
                 Err(error) => {
                     if self.mark_broken(name, version) {
                         tracing::error!(handler = %name, %version, error = %format!("{error:#}"), "cannot load the active version; this instance keeps running its current one");
