@@ -107,14 +107,15 @@ impl Workers {
             // Only a job whose workers kept vanishing mid-run gets here.
             Some(Outcome::Failed {
                 error: format!("abandoned by its worker {} times", record.attempts - 1),
+                kind: "abandoned",
             })
         } else {
             self.run_handler(&claimed, route, consumer).await
         };
         match outcome {
             Some(outcome) => {
-                if let Outcome::Failed { error } | Outcome::Retry { error, .. } = &outcome {
-                    tracing::warn!(job = %record.id, attempt = record.attempts, %error, "job attempt failed");
+                if let Outcome::Failed { error, kind } | Outcome::Retry { error, kind, .. } = &outcome {
+                    tracing::warn!(job = %record.id, attempt = record.attempts, %error, error_kind = kind, "job attempt failed");
                 }
                 self.record(claimed, outcome).await;
             }
@@ -139,6 +140,7 @@ impl Workers {
                     "handler `{}` is not installed on this instance",
                     record.handler
                 ),
+                kind: "handler_missing",
             });
         };
         let job = Job {
@@ -180,15 +182,28 @@ impl Workers {
                 },
                 Err(e) => Outcome::Failed {
                     error: format!("handler returned a result that is not JSON: {e}"),
+                    kind: "invalid_result",
                 },
             },
-            Ok(Err(JobError::Reject(reason))) => Outcome::Failed { error: reason },
-            Ok(Err(JobError::Retry(hint))) => {
-                retry_or_fail(&route.config, record.attempts, hint.reason, hint.after_ms)
-            }
-            Err(failure) => {
-                retry_or_fail(&route.config, record.attempts, failure.to_string(), None)
-            }
+            Ok(Err(JobError::Reject(reason))) => Outcome::Failed {
+                error: reason,
+                kind: "rejected",
+            },
+            Ok(Err(JobError::Retry(hint))) => retry_or_fail(
+                &route.config,
+                record.attempts,
+                hint.reason,
+                "retry_requested",
+                hint.after_ms,
+            ),
+            // A sandbox failure counts as an attempt like any other.
+            Err(failure) => retry_or_fail(
+                &route.config,
+                record.attempts,
+                failure.to_string(),
+                failure.kind(),
+                None,
+            ),
         })
     }
 
@@ -220,11 +235,13 @@ fn retry_or_fail(
     config: &QueueConfig,
     attempts: u32,
     error: String,
+    kind: &'static str,
     after_ms: Option<u64>,
 ) -> Outcome {
     if attempts >= config.max_attempts {
         return Outcome::Failed {
             error: format!("{error} (after {attempts} attempts)"),
+            kind,
         };
     }
     let backoff = config
@@ -236,6 +253,7 @@ fn retry_or_fail(
         .max(after_ms.unwrap_or(0));
     Outcome::Retry {
         error,
+        kind,
         retry_at_ms: now_ms() + delay,
     }
 }
