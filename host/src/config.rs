@@ -274,7 +274,11 @@ impl SandboxConfig {
             max_model_calls: self.max_model_calls,
             max_host_calls: self.max_host_calls,
             max_output_bytes: self.max_output_bytes,
-            per_handler: self.handlers.iter().map(|(name, o)| (name.clone(), handler_limits(o))).collect(),
+            per_handler: self
+                .handlers
+                .iter()
+                .map(|(name, o)| (name.clone(), handler_limits(o)))
+                .collect(),
         }
     }
 

@@ -114,7 +114,9 @@ impl Workers {
         };
         match outcome {
             Some(outcome) => {
-                if let Outcome::Failed { error, kind } | Outcome::Retry { error, kind, .. } = &outcome {
+                if let Outcome::Failed { error, kind } | Outcome::Retry { error, kind, .. } =
+                    &outcome
+                {
                     tracing::warn!(job = %record.id, attempt = record.attempts, %error, error_kind = kind, "job attempt failed");
                 }
                 self.record(claimed, outcome).await;

@@ -73,14 +73,22 @@ impl JobHost for PureHookHost {
         &self,
         _request: crate::models::ChatRequest,
     ) -> BoxFuture<'_, Result<crate::models::ChatReply, crate::models::ModelError>> {
-        Box::pin(async { Err(crate::models::ModelError::Unavailable("no model in pure hooks".into())) })
+        Box::pin(async {
+            Err(crate::models::ModelError::Unavailable(
+                "no model in pure hooks".into(),
+            ))
+        })
     }
     fn embed(
         &self,
         _model: Option<String>,
         _texts: Vec<String>,
     ) -> BoxFuture<'_, Result<Vec<Vec<f32>>, crate::models::ModelError>> {
-        Box::pin(async { Err(crate::models::ModelError::Unavailable("no model in pure hooks".into())) })
+        Box::pin(async {
+            Err(crate::models::ModelError::Unavailable(
+                "no model in pure hooks".into(),
+            ))
+        })
     }
     fn progress(&self, _percent: u8, _step: String) -> BoxFuture<'_, ()> {
         Box::pin(async {})
@@ -320,7 +328,10 @@ impl Runtime {
                 })
                 .await
                 .map(HookReturn::ParseContent),
-            Hook::Handle => self.handle(handler, job, host).await.map(HookReturn::Handle),
+            Hook::Handle => self
+                .handle(handler, job, host)
+                .await
+                .map(HookReturn::Handle),
         }
     }
 
@@ -342,7 +353,14 @@ impl Runtime {
             .map_err(|e| GuestFailure::Instantiate(e.to_string()))?;
         let limits = self.limits.for_handler(&handler.name);
         let output = BoundedOutput::new(GUEST_OUTPUT_CAP);
-        let mut store = self.new_store(handler, job, host.clone(), full_access, limits, output.clone());
+        let mut store = self.new_store(
+            handler,
+            job,
+            host.clone(),
+            full_access,
+            limits,
+            output.clone(),
+        );
         let run = async {
             let instance = handler
                 .pre
@@ -428,7 +446,10 @@ impl Runtime {
 
 /// Bytes of a job's output as the host will store it.
 fn output_size(output: &JobOutput) -> usize {
-    output.result.len() + crate::content::blocks_to_json(&output.blocks).to_string().len()
+    output.result.len()
+        + crate::content::blocks_to_json(&output.blocks)
+            .to_string()
+            .len()
 }
 
 impl Drop for Runtime {

@@ -28,11 +28,17 @@ struct Captured {
 
 impl BoundedOutput {
     pub fn new(capacity: usize) -> Self {
-        Self { capacity, buffer: Arc::default() }
+        Self {
+            capacity,
+            buffer: Arc::default(),
+        }
     }
 
     fn push(&self, bytes: &[u8]) {
-        let mut captured = self.buffer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut captured = self
+            .buffer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let room = self.capacity.saturating_sub(captured.kept.len());
         let kept = bytes.len().min(room);
         captured.kept.extend_from_slice(&bytes[..kept]);
@@ -41,10 +47,16 @@ impl BoundedOutput {
 
     /// What the guest wrote, lossily decoded, with a note when it was cut.
     pub fn text(&self) -> String {
-        let captured = self.buffer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let captured = self
+            .buffer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut text = String::from_utf8_lossy(&captured.kept).into_owned();
         if captured.dropped > 0 {
-            text.push_str(&format!("\n[spool: {} more bytes of guest output dropped]", captured.dropped));
+            text.push_str(&format!(
+                "\n[spool: {} more bytes of guest output dropped]",
+                captured.dropped
+            ));
         }
         text
     }
@@ -89,7 +101,11 @@ impl Pollable for BoundedOutput {
 }
 
 impl AsyncWrite for BoundedOutput {
-    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         self.push(buf);
         Poll::Ready(Ok(buf.len()))
     }
@@ -112,6 +128,9 @@ mod tests {
         let output = BoundedOutput::new(4);
         output.push(b"abc");
         output.push(b"defg");
-        assert_eq!(output.text(), "abcd\n[spool: 3 more bytes of guest output dropped]");
+        assert_eq!(
+            output.text(),
+            "abcd\n[spool: 3 more bytes of guest output dropped]"
+        );
     }
 }

@@ -108,7 +108,9 @@ impl std::fmt::Display for CallCap {
 pub enum GuestFailure {
     #[error("handler exceeded its deadline of {0:?}")]
     Deadline(Duration),
-    #[error("handler ran out of memory: it tried to grow its memory to {requested} bytes; the cap is {limit} bytes")]
+    #[error(
+        "handler ran out of memory: it tried to grow its memory to {requested} bytes; the cap is {limit} bytes"
+    )]
     MemoryExhausted { requested: usize, limit: usize },
     #[error("handler panicked: {0}")]
     Panic(String),
@@ -169,12 +171,20 @@ const STORE_OBJECTS_CAP: usize = 32;
 
 impl GuestLimiter {
     pub fn new(memory_cap: usize) -> Self {
-        Self { memory_cap, refused_growth: None }
+        Self {
+            memory_cap,
+            refused_growth: None,
+        }
     }
 }
 
 impl ResourceLimiter for GuestLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.memory_cap {
             self.refused_growth = Some(desired);
             return Ok(false);
@@ -182,7 +192,12 @@ impl ResourceLimiter for GuestLimiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= TABLE_ELEMENTS_CAP)
     }
 
@@ -237,7 +252,10 @@ pub fn classify_trap(
         return GuestFailure::Deadline(limits.deadline);
     }
     if let Some(requested) = refused_growth {
-        return GuestFailure::MemoryExhausted { requested, limit: limits.memory_bytes };
+        return GuestFailure::MemoryExhausted {
+            requested,
+            limit: limits.memory_bytes,
+        };
     }
     if matches!(trap, Some(Trap::StackOverflow)) {
         return GuestFailure::StackOverflow;
@@ -245,7 +263,11 @@ pub fn classify_trap(
     if let Some(message) = panic_message(guest_output) {
         return GuestFailure::Panic(message);
     }
-    match guest_output.lines().rev().find(|line| !line.trim().is_empty()) {
+    match guest_output
+        .lines()
+        .rev()
+        .find(|line| !line.trim().is_empty())
+    {
         Some(line) => GuestFailure::Trap(format!("{error_chain} (guest said: {})", line.trim())),
         None => GuestFailure::Trap(error_chain.to_owned()),
     }
@@ -257,11 +279,23 @@ pub fn classify_trap(
 pub fn panic_message(guest_output: &str) -> Option<String> {
     let mut lines = guest_output.lines();
     let header = lines.rfind(|line| line.contains("panicked at"))?;
-    let location = header.split("panicked at").nth(1).unwrap_or_default().trim().trim_end_matches(':');
+    let location = header
+        .split("panicked at")
+        .nth(1)
+        .unwrap_or_default()
+        .trim()
+        .trim_end_matches(':');
     // The message follows the header up to the backtrace note; older
     // toolchains put it on the header line itself, after a comma.
-    let after = guest_output.rsplit_once(header).map(|(_, rest)| rest).unwrap_or_default();
-    let message: Vec<&str> = after.lines().skip_while(|l| l.trim().is_empty()).take_while(|l| !l.starts_with("note:")).collect();
+    let after = guest_output
+        .rsplit_once(header)
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    let message: Vec<&str> = after
+        .lines()
+        .skip_while(|l| l.trim().is_empty())
+        .take_while(|l| !l.starts_with("note:"))
+        .collect();
     let message = message.join("\n").trim().to_owned();
     Some(match (message.is_empty(), location.is_empty()) {
         (true, _) => header.trim().to_owned(),
@@ -279,20 +313,39 @@ mod tests {
         let mut limits = Limits::default();
         limits.per_handler.insert(
             "small".into(),
-            HandlerLimits { memory_bytes: Some(1 << 20), deadline: Some(Duration::from_millis(5)), ..Default::default() },
+            HandlerLimits {
+                memory_bytes: Some(1 << 20),
+                deadline: Some(Duration::from_millis(5)),
+                ..Default::default()
+            },
         );
-        limits.per_handler.insert("big".into(), HandlerLimits { memory_bytes: Some(256 << 20), ..Default::default() });
+        limits.per_handler.insert(
+            "big".into(),
+            HandlerLimits {
+                memory_bytes: Some(256 << 20),
+                ..Default::default()
+            },
+        );
         let small = limits.for_handler("small");
-        assert_eq!((small.memory_bytes, small.deadline), (1 << 20, Duration::from_millis(5)));
+        assert_eq!(
+            (small.memory_bytes, small.deadline),
+            (1 << 20, Duration::from_millis(5))
+        );
         assert_eq!(small.max_model_calls, limits.max_model_calls);
-        assert_eq!(limits.for_handler("other").memory_bytes, limits.memory_bytes);
+        assert_eq!(
+            limits.for_handler("other").memory_bytes,
+            limits.memory_bytes
+        );
         assert_eq!(limits.largest_memory(), 256 << 20);
     }
 
     #[test]
     fn panic_message_is_read_from_stderr() {
         let stderr = "\nthread '<unnamed>' panicked at src/lib.rs:12:9:\nguest gave up: bad input\nnote: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n";
-        assert_eq!(panic_message(stderr).as_deref(), Some("guest gave up: bad input (at src/lib.rs:12:9)"));
+        assert_eq!(
+            panic_message(stderr).as_deref(),
+            Some("guest gave up: bad input (at src/lib.rs:12:9)")
+        );
         assert_eq!(panic_message("just some output\n"), None);
     }
 }
