@@ -30,6 +30,8 @@ enum Command {
     Bench(spool::bench::BenchArgs),
     /// Inspect, replay or purge dead jobs of a running instance.
     Dead(spool::dead_cli::DeadArgs),
+    /// Test a handler component in isolation, or scaffold a new one.
+    Guest(spool::guest_cli::GuestArgs),
 }
 
 /// Settings for `spool serve`. Each flag overrides the config file; each has an
@@ -159,6 +161,7 @@ fn main() -> ExitCode {
             Command::StubModel(args) => spool::stub::run(args).await,
             Command::Bench(args) => spool::bench::run(args).await,
             Command::Dead(args) => spool::dead_cli::run(args).await,
+            Command::Guest(args) => spool::guest_cli::run(args).await,
         }
     });
     match result {

@@ -21,6 +21,7 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+pub use imports::chat_request;
 use output::BoundedOutput;
 pub use sandbox::{
     CallCap, CallLimits, FAILURE_KINDS, GuestFailure, HandlerLimits, Limits, panic_message,
