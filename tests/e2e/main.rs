@@ -4,5 +4,6 @@
 mod support;
 
 mod foundation;
+mod guest_cli;
 mod reliability;
 mod sandbox;
