@@ -7,5 +7,5 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use exports::spool::handler::hooks;
-pub use spool::handler::types;
+pub use self::exports::spool::handler::hooks;
+pub use self::spool::handler::types;
