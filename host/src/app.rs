@@ -21,7 +21,7 @@ use crate::http::{self, AppState};
 use crate::models::{BackendConfig, BackendKind, ModelClient, OllamaApi};
 use crate::queue::{Queue, QueueKeys, Retention, WAKE_CHANNEL};
 use crate::registry::{BUILT_IN, Registry};
-use crate::runtime::{Limits, Runtime};
+use crate::runtime::Runtime;
 use crate::stub::{self, StubArgs, StubServer};
 use crate::worker::{Route, Workers};
 
@@ -90,12 +90,7 @@ pub async fn start(config: Config) -> Result<Running> {
         tracing::info!("model backend: {}", models.describe());
     }
 
-    let runtime = Arc::new(Runtime::new(Limits {
-        deadline: config.deadline(),
-        memory_bytes: config.sandbox.memory_mb * 1024 * 1024,
-        max_instances: config.sandbox.max_instances,
-        max_model_calls: config.sandbox.max_model_calls,
-    })?);
+    let runtime = Arc::new(Runtime::new(config.sandbox.limits())?);
     let registry = Arc::new(Registry::new(runtime.clone()));
     let handlers = Arc::new(Handlers::new(
         runtime.clone(),

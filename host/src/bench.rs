@@ -50,6 +50,7 @@ async fn wasm_costs(calls: usize) -> Result<()> {
         memory_bytes: 64 << 20,
         max_instances: 16,
         max_model_calls: 8,
+        ..Limits::default()
     })?;
     let (_, bytes) = BUILT_IN
         .iter()

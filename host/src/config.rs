@@ -107,8 +107,26 @@ pub struct SandboxConfig {
     pub memory_mb: usize,
     /// Guest instances alive at once (pool size); calls beyond wait.
     pub max_instances: u32,
-    /// Model calls one job may make.
+    /// Model calls one job may make; one more fails the job (`call_cap_exceeded`).
     pub max_model_calls: u32,
+    /// Other host calls (events, logging, state) one hook call may make.
+    pub max_host_calls: u32,
+    /// Bytes of result + content blocks one job may return (`output_too_large`).
+    pub max_output_bytes: usize,
+    /// Per-handler overrides of the limits above, e.g.
+    /// `[sandbox.handlers.chat] deadline_ms = 30000`.
+    pub handlers: BTreeMap<String, HandlerSandbox>,
+}
+
+/// Limits one handler overrides; absent keys keep the `[sandbox]` value.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HandlerSandbox {
+    pub deadline_ms: Option<u64>,
+    pub memory_mb: Option<usize>,
+    pub max_model_calls: Option<u32>,
+    pub max_host_calls: Option<u32>,
+    pub max_output_bytes: Option<usize>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -197,6 +215,9 @@ impl Default for SandboxConfig {
             memory_mb: 64,
             max_instances: 64,
             max_model_calls: 64,
+            max_host_calls: 10_000,
+            max_output_bytes: 1 << 20,
+            handlers: BTreeMap::new(),
         }
     }
 }
@@ -249,12 +270,7 @@ impl Config {
                 "workers.visibility_timeout_ms must be at least 300 (heartbeats run three times per timeout)"
             );
         }
-        if self.sandbox.max_instances == 0
-            || self.sandbox.memory_mb == 0
-            || self.sandbox.deadline_ms == 0
-        {
-            bail!("sandbox.max_instances, memory_mb and deadline_ms must be above 0");
-        }
+        self.sandbox.validate()?;
         if self.registry.max_component_mb == 0 || self.registry.check_interval_ms == 0 {
             bail!("registry.max_component_mb and check_interval_ms must be above 0");
         }
@@ -284,5 +300,43 @@ impl Config {
 
     pub fn deadline(&self) -> Duration {
         Duration::from_millis(self.sandbox.deadline_ms)
+    }
+}
+
+impl SandboxConfig {
+    /// The runtime's limits: these defaults plus each handler's overrides.
+    pub fn limits(&self) -> crate::runtime::Limits {
+        let handler_limits = |o: &HandlerSandbox| crate::runtime::HandlerLimits {
+            deadline: o.deadline_ms.map(Duration::from_millis),
+            memory_bytes: o.memory_mb.map(|mb| mb << 20),
+            max_model_calls: o.max_model_calls,
+            max_host_calls: o.max_host_calls,
+            max_output_bytes: o.max_output_bytes,
+        };
+        crate::runtime::Limits {
+            deadline: Duration::from_millis(self.deadline_ms),
+            memory_bytes: self.memory_mb << 20,
+            max_instances: self.max_instances,
+            max_model_calls: self.max_model_calls,
+            max_host_calls: self.max_host_calls,
+            max_output_bytes: self.max_output_bytes,
+            per_handler: self
+                .handlers
+                .iter()
+                .map(|(name, o)| (name.clone(), handler_limits(o)))
+                .collect(),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.max_instances == 0 || self.memory_mb == 0 || self.deadline_ms == 0 {
+            bail!("sandbox.max_instances, memory_mb and deadline_ms must be above 0");
+        }
+        for (name, o) in &self.handlers {
+            if o.deadline_ms == Some(0) || o.memory_mb == Some(0) {
+                bail!("sandbox.handlers.{name}: deadline_ms and memory_mb must be above 0");
+            }
+        }
+        Ok(())
     }
 }

@@ -18,6 +18,8 @@ pub mod content;
 pub mod dead_cli;
 pub mod embedded_redis;
 pub mod events;
+pub mod guest_cli;
+pub mod guest_test;
 pub mod handlers;
 pub mod http;
 pub mod models;

@@ -37,6 +37,8 @@ enum Command {
     Handlers(spool::admin_cli::HandlersArgs),
     /// Inspect, replay or purge dead jobs of a running instance.
     Dead(spool::dead_cli::DeadArgs),
+    /// Test a handler component in isolation, or scaffold a new one.
+    Guest(spool::guest_cli::GuestArgs),
 }
 
 /// Settings for `spool serve`. Each flag overrides the config file; each has an
@@ -174,6 +176,7 @@ fn main() -> ExitCode {
             Command::Rollback(args) => spool::admin_cli::rollback(args).await,
             Command::Handlers(args) => spool::admin_cli::list(args).await,
             Command::Dead(args) => spool::dead_cli::run(args).await,
+            Command::Guest(args) => spool::guest_cli::run(args).await,
         }
     });
     match result {

@@ -106,7 +106,13 @@ impl Workers {
         let (outcome, ran_on) = if record.attempts > route.config.max_attempts {
             // Only a job whose workers kept vanishing mid-run gets here.
             let error = format!("abandoned by its worker {} times", record.attempts - 1);
-            (Some(Outcome::Failed { error }), None)
+            (
+                Some(Outcome::Failed {
+                    error,
+                    kind: "abandoned",
+                }),
+                None,
+            )
         } else {
             // Resolved once, at claim time: a version switch while the job runs
             // does not affect it.
@@ -121,8 +127,10 @@ impl Workers {
         };
         match outcome {
             Some(outcome) => {
-                if let Outcome::Failed { error } | Outcome::Retry { error, .. } = &outcome {
-                    tracing::warn!(job = %record.id, attempt = record.attempts, %error, "job attempt failed");
+                if let Outcome::Failed { error, kind } | Outcome::Retry { error, kind, .. } =
+                    &outcome
+                {
+                    tracing::warn!(job = %record.id, attempt = record.attempts, %error, error_kind = kind, "job attempt failed");
                 }
                 let mut claimed = claimed;
                 if ran_on.is_some() {
@@ -152,6 +160,7 @@ impl Workers {
                     "handler `{}` is not installed on this instance",
                     record.handler
                 ),
+                kind: "handler_missing",
             });
         };
         let job = Job {
@@ -193,15 +202,28 @@ impl Workers {
                 },
                 Err(e) => Outcome::Failed {
                     error: format!("handler returned a result that is not JSON: {e}"),
+                    kind: "invalid_result",
                 },
             },
-            Ok(Err(JobError::Reject(reason))) => Outcome::Failed { error: reason },
-            Ok(Err(JobError::Retry(hint))) => {
-                retry_or_fail(&route.config, record.attempts, hint.reason, hint.after_ms)
-            }
-            Err(failure) => {
-                retry_or_fail(&route.config, record.attempts, failure.to_string(), None)
-            }
+            Ok(Err(JobError::Reject(reason))) => Outcome::Failed {
+                error: reason,
+                kind: "rejected",
+            },
+            Ok(Err(JobError::Retry(hint))) => retry_or_fail(
+                &route.config,
+                record.attempts,
+                hint.reason,
+                "retry_requested",
+                hint.after_ms,
+            ),
+            // A sandbox failure counts as an attempt like any other.
+            Err(failure) => retry_or_fail(
+                &route.config,
+                record.attempts,
+                failure.to_string(),
+                failure.kind(),
+                None,
+            ),
         })
     }
 
@@ -233,11 +255,13 @@ fn retry_or_fail(
     config: &QueueConfig,
     attempts: u32,
     error: String,
+    kind: &'static str,
     after_ms: Option<u64>,
 ) -> Outcome {
     if attempts >= config.max_attempts {
         return Outcome::Failed {
             error: format!("{error} (after {attempts} attempts)"),
+            kind,
         };
     }
     let backoff = config
@@ -249,6 +273,7 @@ fn retry_or_fail(
         .max(after_ms.unwrap_or(0));
     Outcome::Retry {
         error,
+        kind,
         retry_at_ms: now_ms() + delay,
     }
 }

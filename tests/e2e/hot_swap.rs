@@ -425,8 +425,8 @@ async fn bad_uploads_are_rejected_with_a_message_naming_the_problem_and_the_acti
             "smoke_failed",
             &[
                 "smoke run failed in `admit`",
-                "unreachable",
-                "panicked at",
+                "always traps",
+                "handler panicked",
                 "echo.rs",
             ],
         ),

@@ -4,6 +4,8 @@
 mod support;
 
 mod foundation;
+mod guest_cli;
 mod guests;
 mod hot_swap;
 mod reliability;
+mod sandbox;

@@ -161,10 +161,13 @@ pub enum Outcome {
     /// The job will run again at `retry_at_ms`.
     Retry {
         error: String,
+        /// Stable name of the failure, stored as `error_kind` (e.g. `deadline`).
+        kind: &'static str,
         retry_at_ms: u64,
     },
     Failed {
         error: String,
+        kind: &'static str,
     },
     /// A client cancelled the job while it ran.
     Cancelled,
@@ -366,8 +369,12 @@ impl Queue {
                     fields,
                 )
             }
-            Outcome::Retry { error, retry_at_ms } => {
-                let event = serde_json::json!({ "error": error, "attempt": attempt, "final": false, "retry_at_ms": retry_at_ms });
+            Outcome::Retry {
+                error,
+                kind,
+                retry_at_ms,
+            } => {
+                let event = serde_json::json!({ "error": error, "error_kind": kind, "attempt": attempt, "final": false, "retry_at_ms": retry_at_ms });
                 (
                     "delayed",
                     &keys.delayed,
@@ -376,12 +383,11 @@ impl Queue {
                     0,
                     "task_failed",
                     event,
-                    vec![("error", error.clone())],
+                    vec![("error", error.clone()), ("error_kind", kind.to_string())],
                 )
             }
-            Outcome::Failed { error } => {
-                let event =
-                    serde_json::json!({ "error": error, "attempt": attempt, "final": true });
+            Outcome::Failed { error, kind } => {
+                let event = serde_json::json!({ "error": error, "error_kind": kind, "attempt": attempt, "final": true });
                 (
                     "failed",
                     &keys.failed,
@@ -390,7 +396,7 @@ impl Queue {
                     retention.failed_secs,
                     "task_failed",
                     event,
-                    vec![("error", error.clone())],
+                    vec![("error", error.clone()), ("error_kind", kind.to_string())],
                 )
             }
             Outcome::Cancelled => {
@@ -422,6 +428,7 @@ impl Queue {
             "finishedAt": now,
             "outcome": state,
             "error": event.get("error"),
+            "errorKind": event.get("error_kind"),
         });
         let mut invocation = self.finish.prepare_invoke();
         invocation

@@ -7,6 +7,6 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use exports::spool::handler::hooks;
-// `self::`: under rustdoc the crate itself (also `spool`) is in scope too.
+// `self::`: under rustdoc the crate itself (also named `spool`) is in scope too.
+pub use self::exports::spool::handler::hooks;
 pub use self::spool::handler::types;

@@ -1,10 +1,12 @@
 //! The host side of the world's imports (`model`, `events`, `logging`, `state`):
 //! checks the sandbox's budgets, converts WIT types to the model client's types
-//! and forwards to the call's [`JobHost`]. The pure hooks have no host: model
-//! calls are denied and state reads come back empty.
+//! and forwards to the call's [`JobHost`]. The pure hooks may only log: model
+//! calls are denied, events dropped and state reads come back empty. Every
+//! call counts against the job's caps; one past a cap is refused and marks
+//! the whole call failed (`GuestFailure::CallCapExceeded`).
 
 use super::bindings::spool::handler::{events, logging, model, state, types};
-use super::{GuestState, ModelError, ModelReply, ModelRequest, Role};
+use super::{CallCap, GuestState, ModelError, ModelReply, ModelRequest, Role};
 use crate::models;
 
 /// Event names the host writes itself; a guest may not forge them.
@@ -20,20 +22,39 @@ const MAX_EVENT_TYPE_LEN: usize = 64;
 impl types::Host for GuestState {}
 
 impl GuestState {
-    /// Takes one model call from the budget, or says why the guest may not call.
+    /// Takes one model call from the budget, or says why the guest may not
+    /// call. Asking beyond the cap also marks the call failed.
     fn take_model_call(&mut self) -> Result<std::sync::Arc<dyn super::JobHost>, ModelError> {
-        let Some(host) = self.host.clone() else {
+        if !self.full_access {
             return Err(ModelError::Denied(
                 "model calls are only available in `handle`".into(),
             ));
-        };
+        }
         if self.model_calls_left == 0 {
-            return Err(ModelError::Denied(
-                "this job used up its model-call budget".into(),
-            ));
+            self.cap_exceeded.get_or_insert(CallCap::Model);
+            return Err(ModelError::Denied(format!(
+                "this job used up its budget of {} model calls",
+                self.limits.max_model_calls
+            )));
         }
         self.model_calls_left -= 1;
-        Ok(host)
+        Ok(self.host.clone())
+    }
+
+    /// Takes one host call (events, logging, state) from the budget. False:
+    /// over the cap; the call is ignored and the job will fail.
+    fn take_host_call(&mut self) -> bool {
+        if self.host_calls_left == 0 {
+            self.cap_exceeded.get_or_insert(CallCap::Host);
+            return false;
+        }
+        self.host_calls_left -= 1;
+        true
+    }
+
+    /// The host for a call that needs full access (events, state), if allowed.
+    fn effect_host(&mut self) -> Option<std::sync::Arc<dyn super::JobHost>> {
+        (self.take_host_call() && self.full_access).then(|| self.host.clone())
     }
 }
 
@@ -65,12 +86,15 @@ impl model::Host for GuestState {
 
 impl events::Host for GuestState {
     async fn progress(&mut self, percent: u8, step: String) {
-        if let Some(host) = &self.host {
+        if let Some(host) = self.effect_host() {
             host.progress(percent.min(100), step).await;
         }
     }
 
     async fn emit(&mut self, event_type: String, data: String) {
+        let Some(host) = self.effect_host() else {
+            return;
+        };
         let valid_name = !event_type.is_empty()
             && event_type.len() <= MAX_EVENT_TYPE_LEN
             && event_type
@@ -84,14 +108,15 @@ impl events::Host for GuestState {
             tracing::warn!(handler = %self.handler, job = %self.job_id, %event_type, "guest event refused: data is not JSON");
             return;
         }
-        if let Some(host) = &self.host {
-            host.emit(event_type, data).await;
-        }
+        host.emit(event_type, data).await;
     }
 }
 
 impl logging::Host for GuestState {
     async fn log(&mut self, level: logging::Level, message: String) {
+        if !self.take_host_call() {
+            return;
+        }
         let (handler, job) = (&self.handler, &self.job_id);
         match level {
             logging::Level::Trace => tracing::trace!(%handler, %job, "guest: {message}"),
@@ -100,25 +125,26 @@ impl logging::Host for GuestState {
             logging::Level::Warn => tracing::warn!(%handler, %job, "guest: {message}"),
             logging::Level::Error => tracing::error!(%handler, %job, "guest: {message}"),
         }
+        self.host.log(level, &message);
     }
 }
 
 impl state::Host for GuestState {
     async fn get(&mut self, key: String) -> Option<String> {
-        match &self.host {
+        match self.effect_host() {
             Some(host) => host.state_get(key).await,
             None => None,
         }
     }
 
     async fn set(&mut self, key: String, value: String) {
-        if let Some(host) = &self.host {
+        if let Some(host) = self.effect_host() {
             host.state_set(key, value).await;
         }
     }
 
     async fn delete(&mut self, key: String) {
-        if let Some(host) = &self.host {
+        if let Some(host) = self.effect_host() {
             host.state_delete(key).await;
         }
     }

@@ -7,6 +7,8 @@
 
 mod bindings;
 mod imports;
+mod output;
+mod sandbox;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,12 +18,15 @@ use anyhow::Result;
 use futures_util::future::BoxFuture;
 use tokio::sync::Semaphore;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{
-    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
-    StoreLimitsBuilder, Trap,
-};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+pub use imports::chat_request;
+use output::BoundedOutput;
+pub use sandbox::{
+    CallCap, CallLimits, FAILURE_KINDS, GuestFailure, HandlerLimits, Limits, panic_message,
+};
+use sandbox::{FrozenClock, GuestLimiter};
 
 pub use bindings::spool::handler::logging::Level as LogLevel;
 pub use bindings::types::{
@@ -35,30 +40,6 @@ use bindings::{Handler, HandlerPre};
 const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// Bytes of a guest's stdout+stderr kept for its log and failure messages.
 const GUEST_OUTPUT_CAP: usize = 16 * 1024;
-
-/// Per-call sandbox limits.
-#[derive(Clone, Debug)]
-pub struct Limits {
-    /// Wall-clock bound for one hook call, host calls included.
-    pub deadline: Duration,
-    /// Linear memory a guest may grow to.
-    pub memory_bytes: usize,
-    /// Instances that may exist at once; further calls wait for a free slot.
-    pub max_instances: u32,
-    /// Model calls (chat + embed) one `handle` call may make.
-    pub max_model_calls: u32,
-}
-
-/// A guest call that did not return normally. Only the job that made it fails.
-#[derive(Debug, thiserror::Error)]
-pub enum GuestFailure {
-    #[error("handler exceeded its deadline of {0:?}")]
-    Deadline(Duration),
-    #[error("handler trapped: {0}")]
-    Trap(String),
-    #[error("handler could not be instantiated: {0}")]
-    Instantiate(String),
-}
 
 /// What a running `handle` call may do outside its sandbox. Implemented by the
 /// worker (Redis + model backend) and by guest tests (scripted replies).
@@ -77,6 +58,54 @@ pub trait JobHost: Send + Sync {
     fn state_get(&self, key: String) -> BoxFuture<'_, Option<String>>;
     fn state_set(&self, key: String, value: String) -> BoxFuture<'_, ()>;
     fn state_delete(&self, key: String) -> BoxFuture<'_, ()>;
+    /// A line the guest logged through `logging`; the runtime has already
+    /// written it to the host's log, tagged with the job id.
+    fn log(&self, _level: LogLevel, _message: &str) {}
+    /// What the guest wrote to stdout/stderr during one call (bounded); the
+    /// runtime has already written it to the host's log.
+    fn guest_output(&self, _text: &str) {}
+}
+
+/// The host of the pure hooks: they may log, nothing else reaches it.
+struct PureHookHost;
+
+impl JobHost for PureHookHost {
+    fn chat(
+        &self,
+        _request: crate::models::ChatRequest,
+    ) -> BoxFuture<'_, Result<crate::models::ChatReply, crate::models::ModelError>> {
+        Box::pin(async {
+            Err(crate::models::ModelError::Unavailable(
+                "no model in pure hooks".into(),
+            ))
+        })
+    }
+    fn embed(
+        &self,
+        _model: Option<String>,
+        _texts: Vec<String>,
+    ) -> BoxFuture<'_, Result<Vec<Vec<f32>>, crate::models::ModelError>> {
+        Box::pin(async {
+            Err(crate::models::ModelError::Unavailable(
+                "no model in pure hooks".into(),
+            ))
+        })
+    }
+    fn progress(&self, _percent: u8, _step: String) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+    fn emit(&self, _event_type: String, _data: String) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+    fn state_get(&self, _key: String) -> BoxFuture<'_, Option<String>> {
+        Box::pin(async { None })
+    }
+    fn state_set(&self, _key: String, _value: String) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+    fn state_delete(&self, _key: String) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// A compiled handler version, ready to instantiate.
@@ -92,12 +121,36 @@ pub struct HandlerComponent {
 pub struct GuestState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limiter: GuestLimiter,
+    limits: CallLimits,
     handler: String,
     job_id: String,
-    /// `None` for the pure hooks, which get no model access and no state.
-    host: Option<Arc<dyn JobHost>>,
+    host: Arc<dyn JobHost>,
+    /// False for the pure hooks, which get no model access, no state and no events.
+    full_access: bool,
     model_calls_left: u32,
+    host_calls_left: u32,
+    /// Set when the guest asked for a call beyond its cap; fails the call.
+    cap_exceeded: Option<CallCap>,
+}
+
+/// A hook and its arguments, for callers that pick the hook at run time
+/// (`spool guest test`, the test harness).
+#[derive(Clone, Copy, Debug)]
+pub enum Hook<'a> {
+    Admit,
+    ShapePrompt(&'a [ChatMessage]),
+    ParseContent(&'a str),
+    Handle,
+}
+
+/// What a [`Hook`] returned.
+#[derive(Clone, Debug)]
+pub enum HookReturn {
+    Admit(Result<PriorityDecision, String>),
+    ShapePrompt(ModelRequest),
+    ParseContent(Vec<ContentBlock>),
+    Handle(Result<JobOutput, JobError>),
 }
 
 impl WasiView for GuestState {
@@ -115,6 +168,7 @@ pub struct Runtime {
     limits: Limits,
     slots: Arc<Semaphore>,
     ticker_stop: Arc<AtomicBool>,
+    pure_hook_host: Arc<dyn JobHost>,
 }
 
 impl Runtime {
@@ -127,7 +181,7 @@ impl Runtime {
             .total_memories(instances * 2)
             .total_tables(instances * 4)
             .total_stacks(instances)
-            .max_memory_size(limits.memory_bytes)
+            .max_memory_size(limits.largest_memory())
             // Reset the used top of a pooled fiber stack by memset instead of
             // madvise on every call.
             .async_stack_keep_resident(128 << 10);
@@ -156,6 +210,7 @@ impl Runtime {
             limits,
             slots,
             ticker_stop,
+            pure_hook_host: Arc::new(PureHookHost),
         })
     }
 
@@ -231,7 +286,8 @@ impl Runtime {
         handler: &HandlerComponent,
         job: &Job,
     ) -> Result<Result<PriorityDecision, String>, GuestFailure> {
-        self.call(handler, job, None, async |hooks, store| {
+        let host = self.pure_hook_host.clone();
+        self.call(handler, job, host, false, async |hooks, store| {
             hooks.call_admit(store, job).await
         })
         .await
@@ -243,7 +299,8 @@ impl Runtime {
         job: &Job,
         history: &[ChatMessage],
     ) -> Result<ModelRequest, GuestFailure> {
-        self.call(handler, job, None, async |hooks, store| {
+        let host = self.pure_hook_host.clone();
+        self.call(handler, job, host, false, async |hooks, store| {
             hooks.call_shape_prompt(store, job, history).await
         })
         .await
@@ -255,23 +312,69 @@ impl Runtime {
         job: &Job,
         text: &str,
     ) -> Result<Vec<ContentBlock>, GuestFailure> {
-        self.call(handler, job, None, async |hooks, store| {
+        let host = self.pure_hook_host.clone();
+        self.call(handler, job, host, false, async |hooks, store| {
             hooks.call_parse_content(store, text).await
         })
         .await
     }
 
-    /// Runs a whole job with access to `host`.
+    /// Runs a whole job with access to `host`. Output beyond the handler's
+    /// `max_output_bytes` fails the call.
     pub async fn handle(
         &self,
         handler: &HandlerComponent,
         job: &Job,
         host: Arc<dyn JobHost>,
     ) -> Result<Result<JobOutput, JobError>, GuestFailure> {
-        self.call(handler, job, Some(host), async |hooks, store| {
-            hooks.call_handle(store, job).await
-        })
-        .await
+        let returned = self
+            .call(handler, job, host, true, async |hooks, store| {
+                hooks.call_handle(store, job).await
+            })
+            .await?;
+        let limit = self.limits.for_handler(&handler.name).max_output_bytes;
+        if let Ok(output) = &returned {
+            let bytes = output_size(output);
+            if bytes > limit {
+                return Err(GuestFailure::OutputTooLarge { bytes, limit });
+            }
+        }
+        Ok(returned)
+    }
+
+    /// Any hook, chosen at run time. The pure hooks get `host` for their logs
+    /// only: as in production they have no model, state or events.
+    pub async fn call_hook(
+        &self,
+        handler: &HandlerComponent,
+        job: &Job,
+        hook: Hook<'_>,
+        host: Arc<dyn JobHost>,
+    ) -> Result<HookReturn, GuestFailure> {
+        match hook {
+            Hook::Admit => self
+                .call(handler, job, host, false, async |hooks, store| {
+                    hooks.call_admit(store, job).await
+                })
+                .await
+                .map(HookReturn::Admit),
+            Hook::ShapePrompt(history) => self
+                .call(handler, job, host, false, async |hooks, store| {
+                    hooks.call_shape_prompt(store, job, history).await
+                })
+                .await
+                .map(HookReturn::ShapePrompt),
+            Hook::ParseContent(text) => self
+                .call(handler, job, host, false, async |hooks, store| {
+                    hooks.call_parse_content(store, text).await
+                })
+                .await
+                .map(HookReturn::ParseContent),
+            Hook::Handle => self
+                .handle(handler, job, host)
+                .await
+                .map(HookReturn::Handle),
+        }
     }
 
     /// One hook call in a fresh instance: waits for a pool slot, instantiates,
@@ -280,7 +383,8 @@ impl Runtime {
         &self,
         handler: &HandlerComponent,
         job: &Job,
-        host: Option<Arc<dyn JobHost>>,
+        host: Arc<dyn JobHost>,
+        full_access: bool,
         invoke: impl AsyncFnOnce(&bindings::hooks::Guest, &mut Store<GuestState>) -> wasmtime::Result<R>,
     ) -> Result<R, GuestFailure> {
         // The semaphore is never closed, so acquiring only waits.
@@ -289,9 +393,16 @@ impl Runtime {
             .acquire()
             .await
             .map_err(|e| GuestFailure::Instantiate(e.to_string()))?;
-        let output = MemoryOutputPipe::new(GUEST_OUTPUT_CAP);
-        let mut store = self.new_store(handler, job, host, output.clone());
-        let deadline = self.limits.deadline;
+        let limits = self.limits.for_handler(&handler.name);
+        let output = BoundedOutput::new(GUEST_OUTPUT_CAP);
+        let mut store = self.new_store(
+            handler,
+            job,
+            host.clone(),
+            full_access,
+            limits,
+            output.clone(),
+        );
         let run = async {
             let instance = handler
                 .pre
@@ -302,16 +413,32 @@ impl Runtime {
                 .await
                 .map_err(|e| (false, e))
         };
-        let outcome = tokio::time::timeout(deadline, run).await;
-        let guest_output = String::from_utf8_lossy(&output.contents()).into_owned();
+        let outcome = tokio::time::timeout(limits.deadline, run).await;
+        let guest_output = output.text();
         if !guest_output.trim().is_empty() {
             tracing::info!(handler = %handler.name, job = %job.id, output = %guest_output.trim_end(), "guest output");
+            host.guest_output(&guest_output);
+        }
+        let state = store.data();
+        // A guest that went past a call cap fails whatever it did next.
+        if let Some(cap) = state.cap_exceeded {
+            let limit = match cap {
+                CallCap::Model => limits.max_model_calls,
+                CallCap::Host => limits.max_host_calls,
+            };
+            return Err(GuestFailure::CallCapExceeded { cap, limit });
         }
         match outcome {
-            Err(_elapsed) => Err(GuestFailure::Deadline(deadline)),
+            Err(_elapsed) => Err(GuestFailure::Deadline(limits.deadline)),
             Ok(Ok(value)) => Ok(value),
             Ok(Err((true, error))) => Err(GuestFailure::Instantiate(error_chain(&error))),
-            Ok(Err((false, error))) => Err(classify_trap(error, deadline, &guest_output)),
+            Ok(Err((false, error))) => Err(sandbox::classify_trap(
+                &error,
+                &limits,
+                state.limiter.refused_growth,
+                &guest_output,
+                &error_chain(&error),
+            )),
         }
     }
 
@@ -319,35 +446,52 @@ impl Runtime {
         &self,
         handler: &HandlerComponent,
         job: &Job,
-        host: Option<Arc<dyn JobHost>>,
-        output: MemoryOutputPipe,
+        host: Arc<dyn JobHost>,
+        full_access: bool,
+        limits: CallLimits,
+        output: BoundedOutput,
     ) -> Store<GuestState> {
-        // Nothing granted: no preopened dirs, no env, no args, no sockets.
+        // Nothing granted: no preopened dirs, no env, no args, no sockets (the
+        // default address check refuses every address), and a clock stuck at
+        // the epoch.
         let wasi = WasiCtx::builder()
             .stdout(output.clone())
             .stderr(output)
-            .build();
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(self.limits.memory_bytes)
-            .instances(32)
+            .wall_clock(FrozenClock)
+            .monotonic_clock(FrozenClock)
+            .allow_ip_name_lookup(false)
+            .allow_tcp(false)
+            .allow_udp(false)
             .build();
         let state = GuestState {
             wasi,
             table: ResourceTable::new(),
+            limiter: GuestLimiter::new(limits.memory_bytes),
             limits,
             handler: handler.name.clone(),
             job_id: job.id.clone(),
             host,
-            model_calls_left: self.limits.max_model_calls,
+            full_access,
+            model_calls_left: limits.max_model_calls,
+            host_calls_left: limits.max_host_calls,
+            cap_exceeded: None,
         };
         let mut store = Store::new(&self.engine, state);
-        store.limiter(|state| &mut state.limits);
+        store.limiter(|state| &mut state.limiter);
         // Yield to tokio at every tick so the timeout above can cancel a guest
         // that loops without ever calling the host.
         store.set_epoch_deadline(1);
         store.epoch_deadline_async_yield_and_update(1);
         store
     }
+}
+
+/// Bytes of a job's output as the host will store it.
+fn output_size(output: &JobOutput) -> usize {
+    output.result.len()
+        + crate::content::blocks_to_json(&output.blocks)
+            .to_string()
+            .len()
 }
 
 impl Drop for Runtime {
@@ -371,26 +515,6 @@ fn spawn_epoch_ticker(engine: Engine, stop: Arc<AtomicBool>) {
                 "cannot start the epoch ticker, guest deadlines rely on timeouts only: {e}"
             )
         });
-}
-
-fn classify_trap(error: wasmtime::Error, deadline: Duration, guest_output: &str) -> GuestFailure {
-    if matches!(error.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
-        return GuestFailure::Deadline(deadline);
-    }
-    // A Rust guest prints its panic message to stderr just before trapping.
-    let panic_line = guest_output
-        .lines()
-        .rev()
-        .find(|l| l.contains("panicked at"))
-        .or_else(|| guest_output.lines().last());
-    match panic_line {
-        Some(line) => GuestFailure::Trap(format!(
-            "{} (guest said: {})",
-            error_chain(&error),
-            line.trim()
-        )),
-        None => GuestFailure::Trap(error_chain(&error)),
-    }
 }
 
 /// wasmtime's errors are not `std::error::Error`; keep their whole cause chain.

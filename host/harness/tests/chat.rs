@@ -1,0 +1,214 @@
+//! The built-in `chat` guest (guest/chat) tested through the harness: the
+//! compiled component in the production sandbox, with scripted model replies.
+
+use serde_json::{Value, json};
+use spool::registry::BUILT_IN;
+use spool_harness::{Harness, Reply, Role};
+
+fn chat() -> Harness {
+    let (_, bytes) = BUILT_IN
+        .iter()
+        .find(|(name, _)| *name == "chat")
+        .expect("chat is built in");
+    Harness::from_bytes("chat", bytes).expect("chat loads")
+}
+
+#[test]
+fn priorities_1_to_10_map_to_low_normal_high() {
+    let chat = chat();
+    for priority in 1..=10u8 {
+        let expected = match priority {
+            1..=3 => "low",
+            4..=7 => "normal",
+            _ => "high",
+        };
+        for tier in ["", "standard", "new", "inactive"] {
+            let run = chat.admit(
+                chat.job(json!({"prompt": "hi"}))
+                    .priority(priority)
+                    .user_tier(tier),
+            );
+            assert_eq!(
+                run.decision(),
+                (expected.to_owned(), priority),
+                "priority {priority}, tier {tier:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn vip_users_are_always_high_and_keep_their_score() {
+    let chat = chat();
+    for priority in [1, 3, 5, 10] {
+        for tier in ["vip", "VIP", " Vip "] {
+            let run = chat.admit(
+                chat.job(json!({"prompt": "hi"}))
+                    .priority(priority)
+                    .user_tier(tier),
+            );
+            assert_eq!(
+                run.decision(),
+                ("high".to_owned(), priority),
+                "tier {tier:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn admit_refuses_a_payload_without_a_prompt() {
+    let chat = chat();
+    let run = chat.admit(chat.job(json!({"conversationHistory": []})));
+    assert_eq!(
+        run.refused(),
+        Some("payload.prompt must be a non-empty string")
+    );
+}
+
+fn messages(run: &spool_harness::Run) -> Vec<(String, String)> {
+    run.returned()["messages"]
+        .as_array()
+        .expect("a request has messages")
+        .iter()
+        .map(|m| {
+            (
+                m["role"].as_str().unwrap_or_default().to_owned(),
+                m["content"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn prompt_puts_the_system_prompt_first_and_the_user_prompt_last() {
+    let chat = chat();
+    let job = chat
+        .job(json!({"prompt": "and now?"}))
+        .history(Role::User, "first question")
+        .history(Role::Assistant, "first answer");
+    let run = chat.shape_prompt(job);
+    let messages = messages(&run);
+    assert_eq!(messages.len(), 4, "{messages:?}");
+    assert_eq!(messages[0].0, "system");
+    assert!(!messages[0].1.is_empty());
+    assert_eq!(
+        messages[1],
+        ("user".to_owned(), "first question".to_owned())
+    );
+    assert_eq!(
+        messages[2],
+        ("assistant".to_owned(), "first answer".to_owned())
+    );
+    assert_eq!(messages[3], ("user".to_owned(), "and now?".to_owned()));
+    assert_eq!(run.returned()["model"], Value::Null);
+}
+
+#[test]
+fn history_is_trimmed_to_the_budget_oldest_first() {
+    let chat = chat();
+    // Four turns of 10 characters; a budget of 25 keeps the newest two.
+    let mut job =
+        chat.job(json!({"prompt": "next", "historyBudgetChars": 25, "system": "Be terse."}));
+    for (i, role) in [Role::User, Role::Assistant, Role::User, Role::Assistant]
+        .into_iter()
+        .enumerate()
+    {
+        job = job.history(role, &format!("turn-{i}----"));
+    }
+    let messages = messages(&chat.shape_prompt(job));
+    let contents: Vec<&str> = messages.iter().map(|(_, c)| c.as_str()).collect();
+    assert_eq!(contents, ["Be terse.", "turn-2----", "turn-3----", "next"]);
+}
+
+#[test]
+fn content_blocks_code_with_language_json_thinking_and_text() {
+    let chat = chat();
+    let answer = "<think>The user wants code.</think>Here it is:\n```rust\nfn main() {}\n```\nAnd data:\n```json\n{\"a\": [1, 2]}\n```\nDone.";
+    let run = chat.parse_content(answer);
+    assert_eq!(
+        run.returned(),
+        &json!([
+            {"type": "thinking", "text": "The user wants code."},
+            {"type": "text", "text": "Here it is:"},
+            {"type": "code", "language": "rust", "code": "fn main() {}"},
+            {"type": "text", "text": "And data:"},
+            {"type": "json", "json": {"a": [1, 2]}},
+            {"type": "text", "text": "Done."},
+        ])
+    );
+    let plain = chat.parse_content("  just words\n");
+    assert_eq!(
+        plain.returned(),
+        &json!([{"type": "text", "text": "just words"}])
+    );
+    let broken_json = chat.parse_content("```json\n{oops\n```");
+    assert_eq!(
+        broken_json.returned(),
+        &json!([{"type": "code", "language": "json", "code": "{oops"}])
+    );
+}
+
+#[test]
+fn handle_calls_the_model_once_and_returns_its_answer_as_blocks() {
+    let chat = chat();
+    let job = chat
+        .job(json!({"prompt": "show me", "conversationHistory": [{"role": "user", "content": "hi"}], "maxTokens": 64}))
+        .reply(Reply::text("Sure:\n```sh\nls\n```"));
+    let run = chat.handle(job);
+    assert_eq!(run.result()["response"], "Sure:\n```sh\nls\n```");
+    assert_eq!(
+        run.blocks(),
+        [
+            json!({"type": "text", "text": "Sure:"}),
+            json!({"type": "code", "language": "sh", "code": "ls"})
+        ]
+    );
+    assert_eq!(
+        run.event_types(),
+        [
+            "task_progress",
+            "task_progress",
+            "text_delta",
+            "task_progress"
+        ]
+    );
+    let requests = run.chat_requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0]["params"]["max_tokens"], 64);
+    assert_eq!(
+        requests[0]["messages"][1],
+        json!({"role": "user", "content": "hi"})
+    );
+    assert!(run.logs().iter().any(|l| {
+        l["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("1 of 1 history turns sent")
+    }));
+}
+
+#[test]
+fn model_errors_become_retries_or_rejections() {
+    let chat = chat();
+    let run = chat.handle(
+        chat.job(json!({"prompt": "x"}))
+            .reply(Reply::rate_limited(Some(1500))),
+    );
+    assert_eq!(
+        run.retry(),
+        Some(("model rate-limited".to_owned(), Some(1500)))
+    );
+
+    let run = chat.handle(
+        chat.job(json!({"prompt": "x"}))
+            .reply(Reply::unavailable("502 Bad Gateway")),
+    );
+    assert_eq!(run.retry(), Some(("502 Bad Gateway".to_owned(), None)));
+
+    let run = chat.handle(
+        chat.job(json!({"prompt": "x"}))
+            .reply(Reply::rejected(400, "unknown model")),
+    );
+    assert_eq!(run.rejected(), Some("400: unknown model"));
+}
