@@ -28,6 +28,8 @@ enum Command {
     StubModel(spool::stub::StubArgs),
     /// Drive short jobs through the whole path and print throughput and latency.
     Bench(spool::bench::BenchArgs),
+    /// Measure one rate-limiter check (vs a Redis PING) and the observed/configured rate of a run.
+    BenchLimiter(spool::limiter::bench::LimiterBenchArgs),
     /// Inspect, replay or purge dead jobs of a running instance.
     Dead(spool::dead_cli::DeadArgs),
 }
@@ -72,6 +74,12 @@ struct ServeArgs {
     /// Default embedding model [default: nomic-embed-text].
     #[arg(long, env = "SPOOL_EMBED_MODEL")]
     embed_model: Option<String>,
+    /// Model calls per second, shared by all instances using the same backend [default: 2].
+    #[arg(long, env = "SPOOL_RATE_LIMIT")]
+    rate_limit: Option<f64>,
+    /// Burst capacity of the shared rate limit [default: 5].
+    #[arg(long, env = "SPOOL_RATE_CAPACITY")]
+    rate_capacity: Option<f64>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -97,6 +105,12 @@ impl ServeArgs {
         }
         if let Some(concurrency) = self.concurrency {
             config.workers.concurrency = concurrency;
+        }
+        if let Some(rate) = self.rate_limit {
+            config.limits.rate_per_sec = rate;
+        }
+        if let Some(capacity) = self.rate_capacity {
+            config.limits.capacity = capacity;
         }
         if let Some(deadline) = self.deadline_ms {
             config.sandbox.deadline_ms = deadline;
@@ -158,6 +172,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => spool::app::serve(args.into_config()?).await,
             Command::StubModel(args) => spool::stub::run(args).await,
             Command::Bench(args) => spool::bench::run(args).await,
+            Command::BenchLimiter(args) => spool::limiter::bench::run(args).await,
             Command::Dead(args) => spool::dead_cli::run(args).await,
         }
     });

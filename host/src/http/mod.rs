@@ -4,6 +4,7 @@
 mod dead;
 mod error;
 mod jobs;
+pub mod limits;
 mod stream;
 
 use std::collections::BTreeMap;
