@@ -489,3 +489,40 @@ async fn a_per_user_limit_holds_back_one_tenant_without_slowing_the_others() {
         "and took no backend token"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_403_burst_answer_is_honoured_like_a_429_and_counted_apart() {
+    let redis = Redis::start();
+    let stub = stub().await;
+    let gateway = gateway(&redis, &stub, LimitsConfig::default()).await;
+    stub.inject([Fault {
+        status: Some(403),
+        retry_after_ms: Some(300),
+        ..Default::default()
+    }])
+    .expect("fault");
+    let context = CallContext {
+        job_id: "burst",
+        user_id: None,
+        deadline: Instant::now() + Duration::from_secs(10),
+    };
+    let reply = gateway
+        .chat(&context, &chat("after a 403"), &mut |_| {})
+        .await
+        .expect("retried after the window");
+    assert!(reply.text.contains("after a 403"));
+    let times = arrivals(&stub, "/api/chat");
+    assert_eq!(times.len(), 2);
+    assert!(
+        times[1] - times[0] >= 0.3,
+        "retried {:.3} s after the 403, inside its 300 ms window",
+        times[1] - times[0]
+    );
+    let snapshot = gateway.snapshot().await.expect("snapshot");
+    assert_eq!(snapshot.limiter.rate_limited.get("403"), Some(&1));
+    assert_eq!(snapshot.limiter.rate_limited.get("429"), None);
+    assert_eq!(
+        snapshot.limiter.effective_rate_per_sec, 1.0,
+        "design A: 2/s lowered to 1/s"
+    );
+}

@@ -184,7 +184,7 @@ impl Limiter {
                 .run_acquire(mode, user, budget, expected_generation)
                 .await?;
             if rate_changed == 1 {
-                tracing::info!(backend = %self.name, rate, configured = self.config.rate_per_sec, "model rate recovering after a quiet period");
+                self.log_recovery(rate);
             }
             let wait = Duration::from_micros(wait_us);
             match status {
@@ -214,7 +214,7 @@ impl Limiter {
                     });
                 }
                 1 => {
-                    tracing::info!(backend = %self.name, available = format!("{tokens:.2}"), rate, wait_ms = wait.as_millis() as u64, "waiting for a token (available: {tokens:.2})");
+                    tracing::info!(backend = %self.name, rate, wait_ms = wait.as_millis() as u64, "waiting for a token (available: {tokens:.2})");
                     tokio::time::sleep(wait).await;
                     // A 429 elsewhere while we slept voids the slot; confirming
                     // costs one round trip and re-reserves if so.
@@ -243,6 +243,10 @@ impl Limiter {
         Err(AcquireError::TooLong(
             deadline.saturating_duration_since(Instant::now()),
         ))
+    }
+
+    fn log_recovery(&self, rate: f64) {
+        tracing::info!(backend = %self.name, rate, configured = self.config.rate_per_sec, "model rate recovering after a quiet period");
     }
 
     async fn run_acquire(
@@ -330,8 +334,11 @@ impl Limiter {
 
     /// The current state, recovery applied, without taking anything.
     pub async fn snapshot(&self) -> Result<LimiterSnapshot, redis::RedisError> {
-        let (_, _, tokens, rate, generation, _, cooldown_us) =
+        let (_, _, tokens, rate, generation, rate_changed, cooldown_us) =
             self.run_acquire("peek", None, Duration::ZERO, -1).await?;
+        if rate_changed == 1 {
+            self.log_recovery(rate);
+        }
         let fields: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
             .arg(&self.key)
             .query_async(&mut self.redis.clone())
