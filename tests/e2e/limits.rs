@@ -18,9 +18,11 @@ use crate::support::*;
 
 const WAIT: Duration = Duration::from_secs(60);
 /// Allowance for loopback delivery: the limiter paces when calls are sent, the
-/// stub records when they arrive. A window of T seconds at the stub holds calls
-/// sent within T + this.
-const DELIVERY_SLACK_SECS: f64 = 0.02;
+/// stub records when they arrive, and a call that is delayed more than its
+/// neighbours narrows the window they arrive in. A window of T seconds at the
+/// stub holds calls sent within T + this (a 2-core machine shared with builds
+/// can stall a process this long).
+const DELIVERY_SLACK_SECS: f64 = 0.03;
 
 /// Arrival times (seconds) of the stub's calls on `path`, in order.
 fn arrivals(stub: &StubServer, path: &str) -> Vec<f64> {
@@ -36,13 +38,13 @@ fn arrivals(stub: &StubServer, path: &str) -> Vec<f64> {
 }
 
 /// The largest excess over `capacity + rate * (T + slack)` of any window [t_i, t_j].
-fn worst_window_excess(times: &[f64], rate: f64, capacity: f64) -> (f64, usize, f64) {
+fn worst_window_excess(times: &[f64], rate: f64, capacity: f64, slack: f64) -> (f64, usize, f64) {
     let mut worst = (f64::NEG_INFINITY, 0, 0.0);
     for i in 0..times.len() {
         for j in i..times.len() {
             let width = times[j] - times[i];
             let calls = j - i + 1;
-            let allowed = (capacity + rate * (width + DELIVERY_SLACK_SECS)).floor();
+            let allowed = (capacity + rate * (width + slack)).floor();
             let excess = calls as f64 - allowed;
             if excess > worst.0 {
                 worst = (excess, calls, width);
@@ -98,13 +100,15 @@ async fn three_hosts_share_one_limit_and_200_jobs_take_the_ideal_time() {
 
     let times = arrivals(&stub, "/api/chat");
     assert_eq!(times.len(), jobs, "one model call per job, none retried");
-    let (excess, calls, width) = worst_window_excess(&times, rate, capacity);
+    let (excess, calls, width) = worst_window_excess(&times, rate, capacity, DELIVERY_SLACK_SECS);
+    let (strict_excess, ..) = worst_window_excess(&times, rate, capacity, 0.0);
     let ideal = (jobs as f64 - capacity) / rate;
     let span = times[times.len() - 1] - times[0];
     let one_second = spool::limiter::bench::max_in_window(&times, 1.0);
     println!(
         "200 jobs, 3 hosts: run {run:.3} s (ideal {ideal:.3} s, ratio {:.4}); calls span {span:.3} s; \
-         observed rate {:.3}/s; most calls in 1 s: {one_second}; tightest window: {calls} calls in {width:.3} s",
+         observed rate {:.3}/s; most calls in 1 s: {one_second}; tightest window: {calls} calls in {width:.3} s; \
+         worst excess over capacity + rate x T at arrival, no slack: {strict_excess}",
         run / ideal,
         (jobs as f64 - capacity) / span,
     );
