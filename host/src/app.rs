@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::embedded_redis::EmbeddedRedis;
+use crate::gateway::Gateway;
 use crate::handlers::{self, Handlers};
 use crate::http::{self, AppState};
 use crate::models::{BackendConfig, BackendKind, ModelClient, OllamaApi};
@@ -89,6 +90,13 @@ pub async fn start(config: Config) -> Result<Running> {
     } else {
         tracing::info!("model backend: {}", models.describe());
     }
+
+    let gateway = Arc::new(Gateway::new(
+        models.clone(),
+        redis.clone(),
+        config.limits.clone(),
+    ));
+    tracing::info!(rate_per_sec = config.limits.rate_per_sec, capacity = config.limits.capacity, per_user = ?config.limits.per_user, "model calls paced by the shared rate limiter");
 
     let runtime = Arc::new(Runtime::new(config.sandbox.limits())?);
     let registry = Arc::new(Registry::new(runtime.clone()));
@@ -164,7 +172,7 @@ pub async fn start(config: Config) -> Result<Running> {
         queue: queue.clone(),
         runtime: runtime.clone(),
         registry: registry.clone(),
-        models: models.clone(),
+        gateway: gateway.clone(),
         routes: routes.clone(),
         retention,
         idle_poll: Duration::from_millis(config.workers.idle_poll_ms.max(10)),
@@ -209,7 +217,7 @@ pub async fn start(config: Config) -> Result<Running> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
-    let app = http::router(state, config.body_limit_bytes);
+    let app = http::router(state, config.body_limit_bytes).merge(http::limits::router(gateway));
     let http_shutdown = shutdown.clone();
     let http = tokio::spawn(async move {
         let served = axum::serve(listener, app)

@@ -156,6 +156,8 @@ async fn whole_path(args: &BenchArgs) -> Result<()> {
     config.listen = "127.0.0.1:0".parse()?;
     config.redis.data_dir = data.clone();
     config.workers.concurrency = args.concurrency;
+    // This bench measures the job path, not the pacing (see `spool bench-limiter`).
+    config.limits = crate::limiter::LimitsConfig::unpaced();
     config
         .queues
         .get_mut("chat")

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::limiter::LimitsConfig;
 use crate::models::BackendConfig;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -25,6 +26,8 @@ pub struct Config {
     pub workers: WorkerConfig,
     pub sandbox: SandboxConfig,
     pub retention: RetentionConfig,
+    /// Pacing of model calls: shared rate limit, retries, embedding batches and cache.
+    pub limits: LimitsConfig,
     /// Queue name -> how it is served.
     pub queues: BTreeMap<String, QueueConfig>,
     /// Extra handler components by name, loaded from files. The built-in
@@ -176,6 +179,7 @@ impl Default for Config {
             workers: WorkerConfig::default(),
             sandbox: SandboxConfig::default(),
             retention: RetentionConfig::default(),
+            limits: LimitsConfig::default(),
             queues: BTreeMap::from([
                 ("chat".into(), queue("chat")),
                 ("documents".into(), queue("pipeline")),
@@ -258,6 +262,7 @@ impl Config {
 
     /// Checks what serde cannot: values in range, queues naming handlers that exist.
     pub fn validate(&self, known_handlers: &[String]) -> Result<()> {
+        self.limits.validate()?;
         if self.workers.concurrency > self.sandbox.max_instances as usize {
             bail!(
                 "workers.concurrency ({}) exceeds sandbox.max_instances ({}): raise max_instances",

@@ -35,6 +35,8 @@ enum Command {
     Rollback(spool::admin_cli::RollbackArgs),
     /// List handlers, or one handler's versions, history and instances.
     Handlers(spool::admin_cli::HandlersArgs),
+    /// Measure one rate-limiter check (vs a Redis PING) and the observed/configured rate of a run.
+    BenchLimiter(spool::limiter::bench::LimiterBenchArgs),
     /// Inspect, replay or purge dead jobs of a running instance.
     Dead(spool::dead_cli::DeadArgs),
     /// Test a handler component in isolation, or scaffold a new one.
@@ -85,6 +87,12 @@ struct ServeArgs {
     /// with the name taken from the file name). Repeatable.
     #[arg(long, value_name = "NAME=PATH", value_parser = spool::handlers::watch::parse_spec)]
     watch: Vec<(String, PathBuf)>,
+    /// Model calls per second, shared by all instances using the same backend [default: 2].
+    #[arg(long, env = "SPOOL_RATE_LIMIT")]
+    rate_limit: Option<f64>,
+    /// Burst capacity of the shared rate limit [default: 5].
+    #[arg(long, env = "SPOOL_RATE_CAPACITY")]
+    rate_capacity: Option<f64>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -111,6 +119,12 @@ impl ServeArgs {
         }
         if let Some(concurrency) = self.concurrency {
             config.workers.concurrency = concurrency;
+        }
+        if let Some(rate) = self.rate_limit {
+            config.limits.rate_per_sec = rate;
+        }
+        if let Some(capacity) = self.rate_capacity {
+            config.limits.capacity = capacity;
         }
         if let Some(deadline) = self.deadline_ms {
             config.sandbox.deadline_ms = deadline;
@@ -175,6 +189,7 @@ fn main() -> ExitCode {
             Command::Deploy(args) => spool::admin_cli::deploy(args).await,
             Command::Rollback(args) => spool::admin_cli::rollback(args).await,
             Command::Handlers(args) => spool::admin_cli::list(args).await,
+            Command::BenchLimiter(args) => spool::limiter::bench::run(args).await,
             Command::Dead(args) => spool::dead_cli::run(args).await,
             Command::Guest(args) => spool::guest_cli::run(args).await,
         }

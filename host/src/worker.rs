@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::QueueConfig;
 use crate::content::blocks_to_json;
 use crate::events;
-use crate::models::{ChatReply, ChatRequest, ModelClient, ModelError};
+use crate::gateway::{CallContext, Gateway};
+use crate::models::{ChatReply, ChatRequest, ModelError};
 use crate::queue::{
     Claim, ClaimedJob, Heartbeat, Outcome, Queue, QueueKeys, Retention, job_state_key, now_ms,
 };
@@ -37,7 +38,8 @@ pub struct Workers {
     pub queue: Queue,
     pub runtime: Arc<Runtime>,
     pub registry: Arc<Registry>,
-    pub models: ModelClient,
+    /// Every model call goes through it: shared rate limit, retries, embedding cache.
+    pub gateway: Arc<Gateway>,
     pub routes: Arc<BTreeMap<String, Route>>,
     pub retention: Retention,
     pub idle_poll: Duration,
@@ -174,8 +176,11 @@ impl Workers {
         };
         let host = Arc::new(WorkerHost {
             job_id: job.id.clone(),
+            user_id: job.user_id.clone(),
+            // Model-call waits and retries must fit in the handler's deadline.
+            deadline: std::time::Instant::now() + self.runtime.limits().deadline,
             redis: self.queue.connection(),
-            models: self.models.clone(),
+            gateway: self.gateway.clone(),
         });
         let run = self.runtime.handle(&handler, &job, host);
         tokio::pin!(run);
@@ -281,11 +286,21 @@ fn retry_or_fail(
 /// What a running `handle` reaches outside its sandbox.
 struct WorkerHost {
     job_id: String,
+    user_id: String,
+    deadline: std::time::Instant,
     redis: ConnectionManager,
-    models: ModelClient,
+    gateway: Arc<Gateway>,
 }
 
 impl WorkerHost {
+    fn call_context(&self) -> CallContext<'_> {
+        CallContext {
+            job_id: &self.job_id,
+            user_id: Some(&self.user_id),
+            deadline: self.deadline,
+        }
+    }
+
     fn log_redis_error(&self, what: &str, result: redis::RedisResult<()>) {
         if let Err(error) = result {
             tracing::warn!(job = %self.job_id, %error, "could not write {what}");
@@ -317,7 +332,10 @@ impl JobHost for WorkerHost {
             let mut on_delta = |piece: &str| {
                 let _ = sender.send(piece.to_owned());
             };
-            let reply = self.models.chat(&request, &mut on_delta).await;
+            let reply = self
+                .gateway
+                .chat(&self.call_context(), &request, &mut on_delta)
+                .await;
             drop(sender);
             let _ = writer.await;
             reply
@@ -329,7 +347,11 @@ impl JobHost for WorkerHost {
         model: Option<String>,
         texts: Vec<String>,
     ) -> BoxFuture<'_, Result<Vec<Vec<f32>>, ModelError>> {
-        Box::pin(async move { self.models.embed(model.as_deref(), &texts).await })
+        Box::pin(async move {
+            self.gateway
+                .embed(&self.call_context(), model.as_deref(), &texts)
+                .await
+        })
     }
 
     fn progress(&self, percent: u8, step: String) -> BoxFuture<'_, ()> {

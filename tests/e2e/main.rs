@@ -7,5 +7,6 @@ mod foundation;
 mod guest_cli;
 mod guests;
 mod hot_swap;
+mod limits;
 mod reliability;
 mod sandbox;

@@ -150,9 +150,16 @@ impl Host {
             .tempdir()
             .expect("temp dir");
         let config_path = config_dir.path().join("spool.toml");
+        // Tests about other things run unpaced and without in-call retries (a
+        // failed model call fails its attempt), unless they bring a [limits] table.
+        let limits = if options.config.contains("[limits]") {
+            ""
+        } else {
+            "\n[limits]\nrate_per_sec = 100000.0\ncapacity = 100000.0\nmax_call_attempts = 1\n"
+        };
         let config = format!(
             // The test's own TOML first: its top-level keys must precede any table.
-            "{}\n[workers]\nconcurrency = {}\nidle_poll_ms = 200\n{}\n\n[model]\nkind = \"ollama\"\nurl = \"{}\"\nchat_model = \"stub-chat\"\nembed_model = \"stub-embed\"\nrequest_timeout_ms = 10000\n",
+            "{}{limits}\n[workers]\nconcurrency = {}\nidle_poll_ms = 200\n{}\n\n[model]\nkind = \"ollama\"\nurl = \"{}\"\nchat_model = \"stub-chat\"\nembed_model = \"stub-embed\"\nrequest_timeout_ms = 10000\n",
             options.config,
             options.concurrency,
             options.workers,

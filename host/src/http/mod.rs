@@ -5,6 +5,7 @@ mod admin;
 mod dead;
 mod error;
 mod jobs;
+pub mod limits;
 mod stream;
 mod ws;
 

@@ -1,0 +1,532 @@
+//! Model calls under the shared, adaptive rate limit (issue: rate limits): three
+//! hosts paced by one bucket in Redis, 429 + Retry-After honoured by everyone,
+//! in-call retries, embedding batches and cache, per-user limits. The stub model
+//! server records the arrival time of every call it receives.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use spool::gateway::{CallContext, Gateway};
+use spool::limiter::{LimitsConfig, UserLimit};
+use spool::models::{
+    BackendConfig, BackendKind, ChatMessage, ChatRequest, ModelClient, ModelError, OllamaApi, Role,
+};
+use spool::stub::{Fault, StubServer};
+
+use crate::support::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+/// Allowance for loopback delivery: the limiter paces when calls are sent, the
+/// stub records when they arrive, and a call that is delayed more than its
+/// neighbours narrows the window they arrive in. A window of T seconds at the
+/// stub holds calls sent within T + this (a 2-core machine shared with builds
+/// can stall a process this long).
+const DELIVERY_SLACK_SECS: f64 = 0.03;
+
+/// Arrival times (seconds) of the stub's calls on `path`, in order.
+fn arrivals(stub: &StubServer, path: &str) -> Vec<f64> {
+    let mut times: Vec<f64> = stub
+        .stats()
+        .model_calls
+        .iter()
+        .filter(|call| call.path == path)
+        .map(|call| call.at_ms / 1000.0)
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times
+}
+
+/// The largest excess over `capacity + rate * (T + slack)` of any window [t_i, t_j].
+fn worst_window_excess(times: &[f64], rate: f64, capacity: f64, slack: f64) -> (f64, usize, f64) {
+    let mut worst = (f64::NEG_INFINITY, 0, 0.0);
+    for i in 0..times.len() {
+        for j in i..times.len() {
+            let width = times[j] - times[i];
+            let calls = j - i + 1;
+            let allowed = (capacity + rate * (width + slack)).floor();
+            let excess = calls as f64 - allowed;
+            if excess > worst.0 {
+                worst = (excess, calls, width);
+            }
+        }
+    }
+    worst
+}
+
+async fn completed(api: &Api, host: &Host) -> u64 {
+    let (_, stats) = api.get(&host.url("/api/queue/stats")).await;
+    stats["queues"]["chat"]["completed"].as_u64().unwrap_or(0)
+}
+
+async fn limits(api: &Api, host: &Host) -> Value {
+    let (status, body) = api.get(&host.url("/api/limits")).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hosts_share_one_limit_and_200_jobs_take_the_ideal_time() {
+    let redis = Redis::start();
+    let stub = stub().await;
+    let (rate, capacity, jobs) = (20.0, 5.0, 200usize);
+    let options = HostOptions {
+        concurrency: 3,
+        config: format!("[limits]\nrate_per_sec = {rate}\ncapacity = {capacity}\n"),
+        ..Default::default()
+    };
+    let hosts: Vec<Host> = (0..3)
+        .map(|_| Host::start(&redis, &stub, options.clone()))
+        .collect();
+    let api = Api::default();
+    let (status, _) = api
+        .post(&hosts[0].url("/api/queues/chat/pause"), &json!({}))
+        .await;
+    assert_eq!(status, 200);
+    for i in 0..jobs {
+        let host = &hosts[i % 3];
+        let body = json!({"userId": format!("user-{i}"), "prompt": format!("paced {i}")});
+        let (status, reply) = api.post(&host.url("/api/chat"), &body).await;
+        assert_eq!(status, 202, "{reply}");
+    }
+    let started = Instant::now();
+    api.post(&hosts[1].url("/api/queues/chat/resume"), &json!({}))
+        .await;
+    while completed(&api, &hosts[2]).await < jobs as u64 {
+        assert!(started.elapsed() < WAIT, "jobs did not finish");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let run = started.elapsed().as_secs_f64();
+
+    let times = arrivals(&stub, "/api/chat");
+    assert_eq!(times.len(), jobs, "one model call per job, none retried");
+    let (excess, calls, width) = worst_window_excess(&times, rate, capacity, DELIVERY_SLACK_SECS);
+    let (strict_excess, ..) = worst_window_excess(&times, rate, capacity, 0.0);
+    let ideal = (jobs as f64 - capacity) / rate;
+    let span = times[times.len() - 1] - times[0];
+    let one_second = spool::limiter::bench::max_in_window(&times, 1.0);
+    println!(
+        "200 jobs, 3 hosts: run {run:.3} s (ideal {ideal:.3} s, ratio {:.4}); calls span {span:.3} s; \
+         observed rate {:.3}/s; most calls in 1 s: {one_second}; tightest window: {calls} calls in {width:.3} s; \
+         worst excess over capacity + rate x T at arrival, no slack: {strict_excess}",
+        run / ideal,
+        (jobs as f64 - capacity) / span,
+    );
+    assert!(
+        excess <= 0.0,
+        "{calls} calls within {width:.3} s exceed capacity + rate x T (+{DELIVERY_SLACK_SECS} s delivery)"
+    );
+    assert!(
+        one_second <= (capacity + rate) as usize,
+        "{one_second} calls in one second"
+    );
+    assert!(
+        run <= ideal * 1.05,
+        "run took {run:.3} s, more than 5 % over the ideal {ideal:.3} s"
+    );
+
+    let body = limits(&api, &hosts[0]).await;
+    assert_eq!(body["limiter"]["granted"], jobs, "{body}");
+    assert_eq!(body["limiter"]["configuredRatePerSec"], rate, "{body}");
+    assert!(
+        body["limiter"]["waits"].as_u64().unwrap_or(0) >= jobs as u64 - 10,
+        "{body}"
+    );
+    let logged = hosts
+        .iter()
+        .any(|host| host.log_text().contains("waiting for a token (available: "));
+    assert!(logged, "hosts log their waits for tokens");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_with_retry_after_stops_every_host_for_the_window_then_the_rate_recovers() {
+    let redis = Redis::start();
+    let stub = stub().await;
+    let options = HostOptions {
+        concurrency: 3,
+        config: "[limits]\nrate_per_sec = 10.0\ncapacity = 2.0\nrecovery_quiet_ms = 1000\n\
+                 recovery_interval_ms = 300\nrecovery_step = 0.5\n"
+            .into(),
+        ..Default::default()
+    };
+    let hosts = [
+        Host::start(&redis, &stub, options.clone()),
+        Host::start(&redis, &stub, options),
+    ];
+    stub.inject([Fault {
+        status: Some(429),
+        retry_after_secs: Some(2),
+        times: 3,
+        paths: vec!["/api/chat".into()],
+        ..Default::default()
+    }])
+    .expect("fault");
+    let api = Api::default();
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let host = &hosts[i % 2];
+        let (status, reply) = api
+            .post(
+                &host.url("/api/chat"),
+                &json!({"userId": format!("u{i}"), "prompt": format!("limited {i}")}),
+            )
+            .await;
+        assert_eq!(status, 202, "{reply}");
+        ids.push(reply["jobId"].as_str().unwrap_or_default().to_owned());
+    }
+
+    // While the backend's window is open, everyone sees the slow-down.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let during = loop {
+        let body = limits(&api, &hosts[1]).await;
+        if body["limiter"]["cooldownRemainingMs"].as_u64().unwrap_or(0) > 0 {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no cool-down ever visible: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let lowered = during["limiter"]["effectiveRatePerSec"]
+        .as_f64()
+        .unwrap_or(f64::NAN);
+    assert!(lowered < 10.0, "rate lowered for everyone: {during}");
+    assert!(
+        during["limiter"]["rateLimited"]["429"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1,
+        "{during}"
+    );
+
+    for (i, id) in ids.iter().enumerate() {
+        let job = api.wait_terminal(&hosts[i % 2], id, WAIT).await;
+        assert_eq!(job["state"], "completed", "{job}");
+        assert_eq!(
+            job["attempts"], 1,
+            "retried inside the model call, not as a job retry: {job}"
+        );
+    }
+
+    // No call arrived inside any announced window (calls already on the wire
+    // when the 429 was answered are allowed their delivery time).
+    let calls = stub.stats().model_calls;
+    let limited: Vec<f64> = calls
+        .iter()
+        .filter(|c| c.status == Some(429))
+        .map(|c| c.at_ms)
+        .collect();
+    assert_eq!(limited.len(), 3, "every injected 429 was served: {calls:?}");
+    for at in &limited {
+        let inside: Vec<f64> = calls
+            .iter()
+            .map(|c| c.at_ms)
+            .filter(|t| *t > at + 50.0 && *t < at + 2000.0)
+            .collect();
+        assert!(
+            inside.is_empty(),
+            "calls at {inside:?} ms inside the window of the 429 at {at} ms"
+        );
+    }
+
+    // After a quiet second the rate climbs back to the configured 10/s.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let body = limits(&api, &hosts[0]).await;
+        if body["limiter"]["effectiveRatePerSec"].as_f64() == Some(10.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rate never recovered: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let logs: String = hosts.iter().map(Host::log_text).collect();
+    assert!(
+        logs.contains("effective rate lowered"),
+        "the slow-down is logged"
+    );
+    assert!(logs.contains("rate recovering"), "the recovery is logged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_fails_at_once_while_5xx_are_retried_inside_the_call() {
+    let redis = Redis::start();
+    let stub = stub().await;
+    let options = HostOptions {
+        config: "[limits]\nrate_per_sec = 1000.0\nmax_call_attempts = 5\nretry_backoff_ms = 50\n"
+            .into(),
+        ..Default::default()
+    };
+    let host = Host::start(&redis, &stub, options);
+    let api = Api::default();
+
+    stub.inject([Fault {
+        status: Some(401),
+        times: 5,
+        ..Default::default()
+    }])
+    .expect("fault");
+    let (_, reply) = api
+        .post(
+            &host.url("/api/chat"),
+            &json!({"userId": "u", "prompt": "unauthorised"}),
+        )
+        .await;
+    let job = api
+        .wait_terminal(&host, reply["jobId"].as_str().unwrap_or_default(), WAIT)
+        .await;
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(job["attempts"], 1, "{job}");
+    let error = job["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("401") && error.contains("injected HTTP 401"),
+        "readable error: {error}"
+    );
+    assert_eq!(stub.stats().total, 1, "a 401 is never retried");
+    stub.reset();
+
+    stub.inject([Fault {
+        status: Some(503),
+        times: 2,
+        ..Default::default()
+    }])
+    .expect("fault");
+    let (_, reply) = api
+        .post(
+            &host.url("/api/chat"),
+            &json!({"userId": "u", "prompt": "flaky"}),
+        )
+        .await;
+    let job = api
+        .wait_terminal(&host, reply["jobId"].as_str().unwrap_or_default(), WAIT)
+        .await;
+    assert_eq!(job["state"], "completed", "{job}");
+    assert_eq!(job["attempts"], 1, "{job}");
+    assert_eq!(stub.stats().total, 3, "two 503s then the answer");
+    let body = limits(&api, &host).await;
+    assert_eq!(body["limiter"]["retries"], 2, "{body}");
+    assert_eq!(body["limiter"]["failuresRejected"], 1, "{body}");
+}
+
+fn backend(stub: &StubServer) -> BackendConfig {
+    BackendConfig {
+        kind: BackendKind::Ollama,
+        url: stub.url(),
+        api_key: None,
+        chat_model: "stub-chat".into(),
+        embed_model: "stub-embed".into(),
+        ollama_api: OllamaApi::Chat,
+        request_timeout_ms: 10_000,
+    }
+}
+
+async fn gateway(redis: &Redis, stub: &StubServer, config: LimitsConfig) -> Arc<Gateway> {
+    let client = ModelClient::new(backend(stub)).expect("client");
+    let connection = redis::Client::open(redis.url())
+        .expect("url")
+        .get_connection_manager()
+        .await
+        .expect("redis");
+    Arc::new(Gateway::new(client, connection, config))
+}
+
+/// 100 callers embed one text each, all at once.
+async fn embed_concurrently(
+    gateway: &Arc<Gateway>,
+    texts: &[String],
+) -> Vec<Result<Vec<Vec<f32>>, ModelError>> {
+    let calls = texts.iter().enumerate().map(|(i, text)| {
+        let gateway = gateway.clone();
+        let text = text.clone();
+        tokio::spawn(async move {
+            let job = format!("job-{i}");
+            let context = CallContext {
+                job_id: &job,
+                user_id: None,
+                deadline: Instant::now() + Duration::from_secs(30),
+            };
+            gateway.embed(&context, None, &[text]).await
+        })
+    });
+    let mut results = Vec::new();
+    for call in futures_util::future::join_all(calls).await {
+        results.push(call.expect("task"));
+    }
+    results
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_embeddings_share_batches_and_repeated_texts_come_from_the_cache() {
+    let redis = Redis::start();
+    let stub = stub().await;
+    let config = LimitsConfig {
+        rate_per_sec: 100.0,
+        embed_batch_size: 5,
+        // Long enough that all 100 callers arrive while batches are open.
+        embed_batch_wait_ms: 300,
+        ..LimitsConfig::default()
+    };
+    let gateway = gateway(&redis, &stub, config).await;
+    let texts: Vec<String> = (0..100).map(|i| format!("message number {i}")).collect();
+
+    let results = embed_concurrently(&gateway, &texts).await;
+    for (text, result) in texts.iter().zip(&results) {
+        let vectors = result.as_ref().expect("embedding");
+        assert_eq!(
+            vectors,
+            &vec![spool::stub::embedding(text)],
+            "the vector of {text:?}"
+        );
+    }
+    let stats = stub.stats();
+    let calls = stats.calls.get("/api/embed").copied().unwrap_or(0);
+    let items: usize = stats.model_calls.iter().map(|c| c.items).sum();
+    println!("100 single-text embeddings reached the stub as {calls} calls");
+    assert!(
+        calls <= 20,
+        "{calls} embedding calls for 100 texts in batches of 5"
+    );
+    assert_eq!(items, 100, "every text sent once");
+    let snapshot = gateway.snapshot().await.expect("snapshot");
+    assert_eq!(snapshot.limiter.granted, calls, "one token per batch");
+
+    // The same texts again, plus duplicates: all from the cache.
+    let mut repeated = texts.clone();
+    repeated.extend(texts.iter().take(20).cloned());
+    let results = embed_concurrently(&gateway, &repeated).await;
+    for (text, result) in repeated.iter().zip(&results) {
+        assert_eq!(
+            result.as_ref().expect("embedding"),
+            &vec![spool::stub::embedding(text)]
+        );
+    }
+    assert_eq!(
+        stub.stats().total,
+        calls,
+        "cache hits never reach the backend"
+    );
+    let snapshot = gateway.snapshot().await.expect("snapshot");
+    assert_eq!(snapshot.embeddings.cache_hits, 120);
+    assert_eq!(snapshot.limiter.granted, calls, "cache hits take no token");
+}
+
+fn chat(prompt: &str) -> ChatRequest {
+    ChatRequest {
+        model: None,
+        messages: vec![ChatMessage::new(Role::User, prompt)],
+        params: Default::default(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_user_limit_holds_back_one_tenant_without_slowing_the_others() {
+    let redis = Redis::start();
+    let stub = stub().await;
+    // Design E's shape (calls per minute), small enough to exhaust in a test.
+    let config = LimitsConfig {
+        rate_per_sec: 100.0,
+        per_user: Some(UserLimit {
+            calls: 2.0,
+            per_secs: 60.0,
+        }),
+        ..LimitsConfig::default()
+    };
+    let gateway = gateway(&redis, &stub, config).await;
+    let users = ["heavy", "heavy", "heavy", "light", "light"];
+    let calls = users.into_iter().enumerate().map(|(i, user)| {
+        let gateway = gateway.clone();
+        tokio::spawn(async move {
+            let job = format!("job-{i}");
+            let context = CallContext {
+                job_id: &job,
+                user_id: Some(user),
+                // Far shorter than heavy's next token (30 s away).
+                deadline: Instant::now() + Duration::from_secs(3),
+            };
+            let reply = gateway
+                .chat(&context, &chat(&format!("{user} {i}")), &mut |_| {})
+                .await;
+            (user, reply)
+        })
+    });
+    let mut outcomes = Vec::new();
+    for call in futures_util::future::join_all(calls).await {
+        let (user, reply) = call.expect("task");
+        outcomes.push((user, reply.map(|r| r.text.contains(user))));
+    }
+    let answered = |who: &str| {
+        outcomes
+            .iter()
+            .filter(|(u, r)| *u == who && matches!(r, Ok(true)))
+            .count()
+    };
+    assert_eq!(
+        answered("heavy"),
+        2,
+        "heavy gets its 2 calls per minute: {outcomes:?}"
+    );
+    assert_eq!(
+        answered("light"),
+        2,
+        "light is not held back by heavy: {outcomes:?}"
+    );
+    let refused: Vec<_> = outcomes.iter().filter(|(_, r)| r.is_err()).collect();
+    assert_eq!(refused.len(), 1, "{outcomes:?}");
+    match &refused[0].1 {
+        Err(ModelError::RateLimited {
+            retry_after: Some(wait),
+            ..
+        }) => assert!(
+            *wait > Duration::from_secs(20),
+            "told how long to wait: {wait:?}"
+        ),
+        other => panic!("heavy's third call should be rate-limited with a wait: {other:?}"),
+    }
+    assert_eq!(
+        stub.stats().total,
+        4,
+        "the refused call never reached the backend"
+    );
+    assert_eq!(
+        gateway.snapshot().await.expect("snapshot").limiter.granted,
+        4,
+        "and took no backend token"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_403_burst_answer_is_honoured_like_a_429_and_counted_apart() {
+    let redis = Redis::start();
+    let stub = stub().await;
+    let gateway = gateway(&redis, &stub, LimitsConfig::default()).await;
+    stub.inject([Fault {
+        status: Some(403),
+        retry_after_ms: Some(300),
+        ..Default::default()
+    }])
+    .expect("fault");
+    let context = CallContext {
+        job_id: "burst",
+        user_id: None,
+        deadline: Instant::now() + Duration::from_secs(10),
+    };
+    let reply = gateway
+        .chat(&context, &chat("after a 403"), &mut |_| {})
+        .await
+        .expect("retried after the window");
+    assert!(reply.text.contains("after a 403"));
+    let times = arrivals(&stub, "/api/chat");
+    assert_eq!(times.len(), 2);
+    assert!(
+        times[1] - times[0] >= 0.3,
+        "retried {:.3} s after the 403, inside its 300 ms window",
+        times[1] - times[0]
+    );
+    let snapshot = gateway.snapshot().await.expect("snapshot");
+    assert_eq!(snapshot.limiter.rate_limited.get("403"), Some(&1));
+    assert_eq!(snapshot.limiter.rate_limited.get("429"), None);
+    assert_eq!(
+        snapshot.limiter.effective_rate_per_sec, 1.0,
+        "design A: 2/s lowered to 1/s"
+    );
+}
