@@ -96,6 +96,7 @@ pub async fn start(config: Config) -> Result<Running> {
     }
 
     let queue = Queue::new(redis.clone());
+    let sessions = crate::store::Store::new(redis.clone(), config.sessions.clone());
     let routes: BTreeMap<String, Route> =
         config.queues.iter().map(|(name, q)| (name.clone(), Route { keys: QueueKeys::new(name), config: q.clone() })).collect();
     for route in routes.values() {
@@ -107,6 +108,7 @@ pub async fn start(config: Config) -> Result<Running> {
     let wake = Arc::new(Notify::new());
     let mut background = JoinSet::new();
     background.spawn(listen_for_wakeups(client.clone(), wake.clone(), shutdown.clone()));
+    background.spawn(crate::store::periodic_cleanup(sessions.clone(), shutdown.clone()));
 
     let workers = Arc::new(Workers {
         queue: queue.clone(),
@@ -121,6 +123,7 @@ pub async fn start(config: Config) -> Result<Running> {
         },
         idle_poll: Duration::from_millis(config.workers.idle_poll_ms.max(10)),
         wake,
+        sessions: sessions.clone(),
     });
     let worker_stop = CancellationToken::new();
     let mut worker_set = JoinSet::new();
@@ -137,6 +140,7 @@ pub async fn start(config: Config) -> Result<Running> {
 
     let state = Arc::new(AppState {
         queue,
+        sessions,
         runtime,
         registry,
         routes,

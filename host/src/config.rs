@@ -30,6 +30,8 @@ pub struct Config {
     /// Extra handler components by name, loaded from files. The built-in
     /// handlers `chat` and `pipeline` need no entry.
     pub handlers: BTreeMap<String, HandlerFile>,
+    /// The session/message store (design D).
+    pub sessions: crate::store::SessionsConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -118,6 +120,7 @@ impl Default for Config {
             retention: RetentionConfig::default(),
             queues: BTreeMap::from([("chat".into(), queue("chat")), ("documents".into(), queue("pipeline"))]),
             handlers: BTreeMap::new(),
+            sessions: Default::default(),
         }
     }
 }

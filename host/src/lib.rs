@@ -17,5 +17,6 @@ pub mod models;
 pub mod queue;
 pub mod registry;
 pub mod runtime;
+pub mod store;
 pub mod stub;
 pub mod worker;

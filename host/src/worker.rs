@@ -21,7 +21,8 @@ use crate::events;
 use crate::models::{ChatReply, ChatRequest, ModelClient, ModelError};
 use crate::queue::{Claim, ClaimedJob, Outcome, Queue, QueueKeys, Retention, job_state_key, now_ms};
 use crate::registry::Registry;
-use crate::runtime::{Job, JobError, JobHost, Runtime};
+use crate::runtime::{ContentBlock, Job, JobError, JobHost, Runtime, TaskUpdate};
+use crate::store::{self, BoundMessage, JobEnd, Store};
 
 /// A queue as the workers serve it.
 #[derive(Clone, Debug)]
@@ -41,6 +42,8 @@ pub struct Workers {
     pub idle_poll: Duration,
     /// Woken when a submission anywhere announces work.
     pub wake: Arc<Notify>,
+    /// Session messages that jobs of session tasks drive.
+    pub sessions: Store,
 }
 
 impl Workers {
@@ -105,10 +108,17 @@ impl Workers {
             payload: record.payload.clone(),
             attempt: record.attempts,
         };
+        let message = store::bound_message(&self.sessions, &job.id, &job.payload).await;
         let outcome = match self.registry.get(&record.handler) {
             None => Outcome::Failed { error: format!("handler `{}` is not installed on this instance", record.handler) },
             Some(handler) => {
-                let host = Arc::new(WorkerHost { job_id: job.id.clone(), redis: self.queue.connection(), models: self.models.clone() });
+                let host = Arc::new(WorkerHost {
+                    job_id: job.id.clone(),
+                    redis: self.queue.connection(),
+                    models: self.models.clone(),
+                    sessions: self.sessions.clone(),
+                    message: message.clone(),
+                });
                 match self.runtime.handle(&handler, &job, host).await {
                     Ok(Ok(output)) => match serde_json::from_str::<serde_json::Value>(&output.result) {
                         Ok(_) => Outcome::Completed {
@@ -127,19 +137,28 @@ impl Workers {
         if let Outcome::Failed { error } | Outcome::Retry { error, .. } = &outcome {
             tracing::warn!(job = %record.id, attempt = record.attempts, %error, "job attempt failed");
         }
-        self.record(claimed, outcome).await;
+        let recorded = self.record(claimed, &outcome).await;
+        if let (true, Some(message)) = (recorded, &message) {
+            let end = match &outcome {
+                Outcome::Completed { .. } => JobEnd::Completed,
+                Outcome::Retry { error, .. } => JobEnd::Retrying(error),
+                Outcome::Failed { error } => JobEnd::Failed(error),
+            };
+            store::settle(&self.sessions, message, end).await;
+        }
     }
 
     /// Writes the outcome, retrying while Redis is briefly away. If it never
     /// comes back the entry stays pending, and recovery hands it out again.
-    async fn record(&self, claimed: ClaimedJob, outcome: Outcome) {
+    /// Returns whether this attempt's outcome is the one recorded.
+    async fn record(&self, claimed: ClaimedJob, outcome: &Outcome) -> bool {
         let mut delay = Duration::from_millis(100);
         for _ in 0..10 {
-            match self.queue.finish(&claimed, &outcome, self.retention).await {
-                Ok(true) => return,
+            match self.queue.finish(&claimed, outcome, self.retention).await {
+                Ok(true) => return true,
                 Ok(false) => {
                     tracing::info!(job = %claimed.record.id, "attempt lost its job to another run; result discarded");
-                    return;
+                    return false;
                 }
                 Err(error) => {
                     tracing::warn!(job = %claimed.record.id, %error, "cannot record job outcome yet");
@@ -149,6 +168,7 @@ impl Workers {
             }
         }
         tracing::error!(job = %claimed.record.id, "gave up recording job outcome; it stays pending for recovery");
+        false
     }
 }
 
@@ -169,9 +189,16 @@ struct WorkerHost {
     job_id: String,
     redis: ConnectionManager,
     models: ModelClient,
+    sessions: Store,
+    /// The session message this job drives, if any.
+    message: Option<BoundMessage>,
 }
 
 impl WorkerHost {
+    fn bound(&self) -> Result<&BoundMessage, String> {
+        self.message.as_ref().ok_or_else(|| "this job drives no message".to_owned())
+    }
+
     fn log_redis_error(&self, what: &str, result: redis::RedisResult<()>) {
         if let Err(error) = result {
             tracing::warn!(job = %self.job_id, %error, "could not write {what}");
@@ -242,5 +269,29 @@ impl JobHost for WorkerHost {
             let result = self.redis.clone().hdel(job_state_key(&self.job_id), key).await;
             self.log_redis_error("state", result);
         })
+    }
+
+    fn message_id(&self) -> Option<String> {
+        self.message.as_ref().map(|bound| bound.message_id.clone())
+    }
+
+    fn message_append_text(&self, text: String) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move { self.bound()?.append_text(&self.sessions, text).await })
+    }
+
+    fn message_add_content(&self, block: ContentBlock) -> BoxFuture<'_, Result<String, String>> {
+        Box::pin(async move { self.bound()?.add_content(&self.sessions, block).await })
+    }
+
+    fn message_start_task(&self, description: String) -> BoxFuture<'_, Result<String, String>> {
+        Box::pin(async move { self.bound()?.start_task(&self.sessions, description).await })
+    }
+
+    fn message_update_task(&self, task_id: String, update: TaskUpdate) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move { self.bound()?.update_task(&self.sessions, task_id, update).await })
+    }
+
+    fn message_complete(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move { self.bound()?.complete(&self.sessions).await })
     }
 }

@@ -25,6 +25,7 @@ use crate::worker::Route;
 /// What every request handler can reach.
 pub struct AppState {
     pub queue: Queue,
+    pub sessions: crate::store::Store,
     pub runtime: Arc<Runtime>,
     pub registry: Arc<Registry>,
     pub routes: Arc<BTreeMap<String, Route>>,

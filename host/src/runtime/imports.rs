@@ -1,10 +1,11 @@
-//! The host side of the world's imports (`model`, `events`, `logging`, `state`):
+//! The host side of the world's imports (`model`, `events`, `logging`, `state`,
+//! `messages`):
 //! checks the sandbox's budgets, converts WIT types to the model client's types
 //! and forwards to the call's [`JobHost`]. The pure hooks have no host: model
 //! calls are denied and state reads come back empty.
 
-use super::bindings::spool::handler::{events, logging, model, state, types};
-use super::{GuestState, ModelError, ModelReply, ModelRequest, Role};
+use super::bindings::spool::handler::{events, logging, messages, model, state, types};
+use super::{ContentBlock, GuestState, ModelError, ModelReply, ModelRequest, Role, TaskUpdate};
 use crate::models;
 
 /// Event names the host writes itself; a guest may not forge them.
@@ -101,6 +102,50 @@ impl state::Host for GuestState {
     async fn delete(&mut self, key: String) {
         if let Some(host) = &self.host {
             host.state_delete(key).await;
+        }
+    }
+}
+
+/// The pure hooks have no host and so no message.
+const NO_MESSAGE: &str = "this hook drives no message (only `handle` may)";
+
+impl messages::Host for GuestState {
+    async fn message_id(&mut self) -> Option<String> {
+        self.host.as_ref().and_then(|host| host.message_id())
+    }
+
+    async fn append_text(&mut self, text: String) -> Result<(), String> {
+        match self.host.clone() {
+            Some(host) => host.message_append_text(text).await,
+            None => Err(NO_MESSAGE.into()),
+        }
+    }
+
+    async fn add_content(&mut self, block: ContentBlock) -> Result<String, String> {
+        match self.host.clone() {
+            Some(host) => host.message_add_content(block).await,
+            None => Err(NO_MESSAGE.into()),
+        }
+    }
+
+    async fn start_task(&mut self, description: String) -> Result<String, String> {
+        match self.host.clone() {
+            Some(host) => host.message_start_task(description).await,
+            None => Err(NO_MESSAGE.into()),
+        }
+    }
+
+    async fn update_task(&mut self, task_id: String, update: TaskUpdate) -> Result<(), String> {
+        match self.host.clone() {
+            Some(host) => host.message_update_task(task_id, update).await,
+            None => Err(NO_MESSAGE.into()),
+        }
+    }
+
+    async fn complete(&mut self) -> Result<(), String> {
+        match self.host.clone() {
+            Some(host) => host.message_complete().await,
+            None => Err(NO_MESSAGE.into()),
         }
     }
 }

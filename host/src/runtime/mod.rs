@@ -22,7 +22,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 pub use bindings::types::{
     ChatMessage, CodeBlock, ContentBlock, Job, JobError, JobOutput, Media, MediaSource, ModelError, ModelParams,
-    ModelReply, ModelRequest, Placeholder, PriorityClass, PriorityDecision, RetryHint, Role,
+    ModelReply, ModelRequest, Placeholder, PriorityClass, PriorityDecision, RetryHint, Role, TaskStatus, TaskUpdate,
 };
 pub use bindings::spool::handler::logging::Level as LogLevel;
 use bindings::{Handler, HandlerPre};
@@ -66,6 +66,33 @@ pub trait JobHost: Send + Sync {
     fn state_get(&self, key: String) -> BoxFuture<'_, Option<String>>;
     fn state_set(&self, key: String, value: String) -> BoxFuture<'_, ()>;
     fn state_delete(&self, key: String) -> BoxFuture<'_, ()>;
+
+    // The `messages` interface (design D). Defaults refuse: only a host that
+    // binds jobs to session messages (the worker) overrides them.
+
+    /// The id of the message this job drives, if any.
+    fn message_id(&self) -> Option<String> {
+        None
+    }
+    fn message_append_text(&self, _text: String) -> BoxFuture<'_, Result<(), String>> {
+        no_bound_message()
+    }
+    fn message_add_content(&self, _block: ContentBlock) -> BoxFuture<'_, Result<String, String>> {
+        no_bound_message()
+    }
+    fn message_start_task(&self, _description: String) -> BoxFuture<'_, Result<String, String>> {
+        no_bound_message()
+    }
+    fn message_update_task(&self, _task_id: String, _update: TaskUpdate) -> BoxFuture<'_, Result<(), String>> {
+        no_bound_message()
+    }
+    fn message_complete(&self) -> BoxFuture<'_, Result<(), String>> {
+        no_bound_message()
+    }
+}
+
+fn no_bound_message<T: Send + 'static>() -> BoxFuture<'static, Result<T, String>> {
+    Box::pin(async { Err("this job drives no message".to_owned()) })
 }
 
 /// A compiled handler version, ready to instantiate.
