@@ -18,11 +18,11 @@ use crate::runtime::Job;
 const DEFAULT_PRIORITY: i64 = 5;
 
 /// The fields the host itself reads from a submission.
-struct Submission {
-    user_id: String,
-    user_tier: String,
-    priority: u8,
-    payload: String,
+pub(super) struct Submission {
+    pub user_id: String,
+    pub user_tier: String,
+    pub priority: u8,
+    pub payload: String,
 }
 
 /// The chat API's fields (design E); anything else in the body (model, system,
@@ -98,11 +98,21 @@ fn checked_priority(priority: Option<i64>) -> Result<u8, ApiError> {
 
 /// Runs the queue's priority rule (in Wasm), then enqueues.
 async fn submit(state: &AppState, queue: &str, submission: Submission) -> Result<(StatusCode, Json<Value>), ApiError> {
+    submit_with_id(state, queue, uuid::Uuid::now_v7().to_string(), submission).await
+}
+
+/// [`submit`] with an id chosen by the caller (session tasks bind the job's
+/// message to its id before the job is queued).
+pub(super) async fn submit_with_id(
+    state: &AppState,
+    queue: &str,
+    id: String,
+    submission: Submission,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let route = state.routes.get(queue).ok_or_else(|| unknown_queue(state, queue))?;
     let handler = state.registry.get(&route.config.handler).ok_or_else(|| {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "handler_unavailable", format!("handler `{}` is not loaded", route.config.handler))
     })?;
-    let id = uuid::Uuid::now_v7().to_string();
     let job = Job {
         id: id.clone(),
         queue: queue.to_owned(),

@@ -3,6 +3,8 @@
 
 mod error;
 mod jobs;
+mod message_stream;
+mod sessions;
 mod stream;
 
 use std::collections::BTreeMap;
@@ -48,10 +50,26 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
         .route("/api/job/{id}", get(jobs::get_job))
         .route("/api/job/{id}/events", get(stream::job_events))
         .route("/stream/status/{id}", get(stream::status_stream))
+        .merge(sessions_router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
+}
+
+/// Design D's session/message API, and job event streams under /api/v1.
+fn sessions_router() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/api/v1/sessions", post(sessions::create_session))
+        .route("/api/v1/sessions/{sid}", get(sessions::get_session).delete(sessions::delete_session))
+        .route("/api/v1/sessions/{sid}/messages", post(sessions::post_message).get(sessions::list_messages))
+        .route("/api/v1/sessions/{sid}/messages/{mid}/stream", get(message_stream::message_stream))
+        .route("/api/v1/sessions/{sid}/tasks", post(sessions::start_task))
+        .route("/api/v1/messages/{mid}", get(sessions::get_message))
+        .route("/api/v1/content/{id}", get(sessions::get_content))
+        .route("/api/v1/cleanup", post(sessions::cleanup))
+        .route("/api/v1/jobs/{id}/stream", get(stream::status_stream))
+        .route("/api/v1/jobs/{id}/events", get(stream::job_events))
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> impl IntoResponse {

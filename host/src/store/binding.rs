@@ -48,7 +48,11 @@ pub async fn bound_message(store: &Store, job_id: &str, payload: &str) -> Option
             Some(BoundMessage { session_id: session_id.to_owned(), message_id: message_id.to_owned() })
         }
         _ => {
-            tracing::warn!(job = job_id, message = message_id, "job names a message that is not bound to it; ignoring the binding");
+            tracing::warn!(
+                job = job_id,
+                message = message_id,
+                "job names a message that is not bound to it; ignoring the binding"
+            );
             None
         }
     }
@@ -62,7 +66,9 @@ pub async fn settle(store: &Store, bound: &BoundMessage, end: JobEnd<'_>) {
     let result = match end {
         JobEnd::Completed => store.complete(sid, mid).await.map(drop),
         JobEnd::Failed(error) => store.fail(sid, mid, error).await.map(drop),
-        JobEnd::Retrying(error) => store.abandon_tasks(sid, mid, &format!("attempt failed, will retry: {error}")).await.map(drop),
+        JobEnd::Retrying(error) => {
+            store.abandon_tasks(sid, mid, &format!("attempt failed, will retry: {error}")).await.map(drop)
+        }
     };
     match result {
         Ok(()) | Err(StoreError::Finished(_)) => {}
@@ -95,7 +101,9 @@ impl BoundMessage {
                 }
                 TaskChange::Completed { result }
             }
-            TaskStatus::Failed => TaskChange::Failed { error: update.error.unwrap_or_else(|| "the task failed".into()) },
+            TaskStatus::Failed => {
+                TaskChange::Failed { error: update.error.unwrap_or_else(|| "the task failed".into()) }
+            }
         };
         store.update_task(&self.session_id, &self.message_id, &task_id, change).await.map(drop).map_err(guest_error)
     }

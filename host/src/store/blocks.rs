@@ -137,7 +137,8 @@ mod tests {
 
     #[test]
     fn a_reference_keeps_the_layout_fields_but_not_the_bytes() {
-        let block = json!({"type": "image", "base64": "A".repeat(50_000), "caption": "cat", "width": 640, "height": 480});
+        let block =
+            json!({"type": "image", "base64": "A".repeat(50_000), "caption": "cat", "width": 640, "height": 480});
         let entry = reference("b1", &block, 50_100);
         assert_eq!(
             entry,

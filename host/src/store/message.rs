@@ -36,15 +36,27 @@ pub struct MessageEvent {
 /// A change to a running task.
 #[derive(Clone, Debug)]
 pub enum TaskChange {
-    Progress { progress: Option<f32>, step: Option<String> },
+    Progress {
+        progress: Option<f32>,
+        step: Option<String>,
+    },
     /// The result block replaces the placeholder; `None` removes it.
-    Completed { result: Option<Value> },
-    Failed { error: String },
+    Completed {
+        result: Option<Value>,
+    },
+    Failed {
+        error: String,
+    },
 }
 
 impl Store {
     /// Creates a streaming message (publishes `message_start`); returns its id.
-    pub async fn create_message(&self, session_id: &str, role: &str, job_id: Option<&str>) -> Result<String, StoreError> {
+    pub async fn create_message(
+        &self,
+        session_id: &str,
+        role: &str,
+        job_id: Option<&str>,
+    ) -> Result<String, StoreError> {
         let id = new_id();
         let mut change = creation(session_id, &id, role);
         if let Some(job_id) = job_id {
@@ -56,7 +68,13 @@ impl Store {
 
     /// Creates a finished message with its text and blocks in one write
     /// (message_start, text_delta, content_added..., message_end).
-    pub async fn post_message(&self, session_id: &str, role: &str, text: &str, blocks: &[Value]) -> Result<String, StoreError> {
+    pub async fn post_message(
+        &self,
+        session_id: &str,
+        role: &str,
+        text: &str,
+        blocks: &[Value],
+    ) -> Result<String, StoreError> {
         let id = new_id();
         let mut change = creation(session_id, &id, role);
         if !text.is_empty() {
@@ -93,7 +111,12 @@ impl Store {
     }
 
     /// Starts a task: a placeholder block whose id is the task id; returns it.
-    pub async fn start_task(&self, session_id: &str, message_id: &str, description: &str) -> Result<String, StoreError> {
+    pub async fn start_task(
+        &self,
+        session_id: &str,
+        message_id: &str,
+        description: &str,
+    ) -> Result<String, StoreError> {
         let task_id = new_id();
         let placeholder = json!({ "type": "placeholder", "taskId": task_id, "description": description });
         let mut change = Change::default();
@@ -109,7 +132,13 @@ impl Store {
         Ok(task_id)
     }
 
-    pub async fn update_task(&self, session_id: &str, message_id: &str, task_id: &str, update: TaskChange) -> Result<u64, StoreError> {
+    pub async fn update_task(
+        &self,
+        session_id: &str,
+        message_id: &str,
+        task_id: &str,
+        update: TaskChange,
+    ) -> Result<u64, StoreError> {
         let mut change = Change { guards: vec![task_id.to_owned()], ..Change::default() };
         match update {
             TaskChange::Progress { progress, step } => {
@@ -126,15 +155,18 @@ impl Store {
                 change.field(task_field(task_id, "status"), COMPLETED).field(task_field(task_id, "progress"), "1");
                 change.field(task_field(task_id, "finished_at"), now_ms().to_string());
                 let entry = match &result {
-                    Some(block) => Some(change.block(BlockMode::Replace, task_id, block, self.config.inline_limit_bytes)),
+                    Some(block) => {
+                        Some(change.block(BlockMode::Replace, task_id, block, self.config.inline_limit_bytes))
+                    }
                     None => {
                         change.remove_block(task_id);
                         None
                     }
                 };
-                change
-                    .event("task_completed", json!({ "taskId": task_id, "result": entry }))
-                    .event("content_updated", json!({ "blockId": task_id, "block": entry, "removed": entry.is_none() }));
+                change.event("task_completed", json!({ "taskId": task_id, "result": entry })).event(
+                    "content_updated",
+                    json!({ "blockId": task_id, "block": entry, "removed": entry.is_none() }),
+                );
             }
             TaskChange::Failed { error } => fail_task(&mut change, task_id, &error),
         }
@@ -143,7 +175,8 @@ impl Store {
 
     /// Marks the message completed (`message_end`); running tasks fail first.
     pub async fn complete(&self, session_id: &str, message_id: &str) -> Result<u64, StoreError> {
-        let mut change = self.close_tasks(message_id, "the message was completed while the task was still running").await?;
+        let mut change =
+            self.close_tasks(message_id, "the message was completed while the task was still running").await?;
         change.field("status", COMPLETED).event("message_end", json!({ "status": COMPLETED }));
         self.apply(session_id, message_id, change).await
     }
@@ -202,7 +235,8 @@ impl Store {
                 for block in blocks.iter_mut() {
                     let Some(id) = content_id(block).map(str::to_owned) else { continue };
                     // Content that expired before its message stays a reference, marked missing.
-                    match loaded.get(&id).cloned().flatten().and_then(|json| serde_json::from_str::<Value>(&json).ok()) {
+                    match loaded.get(&id).cloned().flatten().and_then(|json| serde_json::from_str::<Value>(&json).ok())
+                    {
                         Some(full) => *block = with_storage(&id, full),
                         None => block["missing"] = true.into(),
                     }
@@ -215,7 +249,9 @@ impl Store {
     /// One separately stored block, loaded on demand.
     pub async fn content(&self, content_id: &str) -> Result<Option<Value>, StoreError> {
         let fields: HashMap<String, String> = self.connection().hgetall(content_key(content_id)).await?;
-        let Some(block) = fields.get("block").and_then(|json| serde_json::from_str::<Value>(json).ok()) else { return Ok(None) };
+        let Some(block) = fields.get("block").and_then(|json| serde_json::from_str::<Value>(json).ok()) else {
+            return Ok(None);
+        };
         Ok(Some(json!({
             "id": content_id,
             "messageId": fields.get("message_id"),
@@ -228,8 +264,12 @@ impl Store {
 
     /// Which session a message belongs to, and its status (`None`: no such message).
     pub async fn message_status(&self, message_id: &str) -> Result<Option<(String, String)>, StoreError> {
-        let (session, status): (Option<String>, Option<String>) =
-            redis::cmd("HMGET").arg(message_key(message_id)).arg("session_id").arg("status").query_async(&mut self.connection()).await?;
+        let (session, status): (Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(message_key(message_id))
+            .arg("session_id")
+            .arg("status")
+            .query_async(&mut self.connection())
+            .await?;
         Ok(session.zip(status))
     }
 }
@@ -248,7 +288,8 @@ pub async fn read_events(
     if let Some(block) = block {
         options = options.block(block.as_millis() as usize);
     }
-    let reply: Option<StreamReadReply> = redis.xread_options(&[message_stream_key(session_id, message_id)], &[after], &options).await?;
+    let reply: Option<StreamReadReply> =
+        redis.xread_options(&[message_stream_key(session_id, message_id)], &[after], &options).await?;
     let entries = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids);
     Ok(entries
         .map(|entry| {

@@ -287,7 +287,13 @@ impl Change {
     /// Adds (or replaces) block `id`: inline in the snapshot when small, else in
     /// `content:{id}` with a reference in the snapshot. Returns what the
     /// snapshot holds for it (also what events carry: never the large body).
-    fn block(&mut self, mode: BlockMode, id: &str, block: &serde_json::Value, inline_limit: usize) -> serde_json::Value {
+    fn block(
+        &mut self,
+        mode: BlockMode,
+        id: &str,
+        block: &serde_json::Value,
+        inline_limit: usize,
+    ) -> serde_json::Value {
         let json = block.to_string();
         let entry = if json.len() > inline_limit {
             let kind = block.get("type").and_then(serde_json::Value::as_str).unwrap_or("unknown").to_owned();

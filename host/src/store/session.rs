@@ -8,7 +8,9 @@ use redis::AsyncCommands;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::{SESSIONS_INDEX, Store, StoreError, content_key, message_key, new_id, session_index_key, session_key, stream_prefix};
+use super::{
+    SESSIONS_INDEX, Store, StoreError, content_key, message_key, new_id, session_index_key, session_key, stream_prefix,
+};
 use crate::queue::now_ms;
 
 /// Sessions the cleanup visits per page of the sessions index.
@@ -76,7 +78,12 @@ impl Store {
 
     /// A page of a session's messages, oldest first (snapshots without the
     /// separately stored content), and the session's message count.
-    pub async fn list_messages(&self, session_id: &str, limit: usize, offset: usize) -> Result<(Vec<Value>, u64), StoreError> {
+    pub async fn list_messages(
+        &self,
+        session_id: &str,
+        limit: usize,
+        offset: usize,
+    ) -> Result<(Vec<Value>, u64), StoreError> {
         let index = session_index_key(session_id);
         let stop = (offset + limit).saturating_sub(1) as isize;
         let mut pipe = redis::pipe();
@@ -100,7 +107,8 @@ impl Store {
         let mut report = CleanupReport::default();
         let mut start = 0isize;
         loop {
-            let sessions: Vec<String> = self.connection().zrange(SESSIONS_INDEX, start, start + CLEANUP_PAGE - 1).await?;
+            let sessions: Vec<String> =
+                self.connection().zrange(SESSIONS_INDEX, start, start + CLEANUP_PAGE - 1).await?;
             if sessions.is_empty() {
                 break;
             }
