@@ -8,6 +8,7 @@
 
 pub mod app;
 pub mod bench;
+pub mod bench_sessions;
 pub mod config;
 pub mod content;
 pub mod embedded_redis;

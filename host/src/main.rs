@@ -24,6 +24,8 @@ enum Command {
     StubModel(spool::stub::StubArgs),
     /// Drive short jobs through the whole path and print throughput and latency.
     Bench(spool::bench::BenchArgs),
+    /// Time the session/message store (create, append, task update, load, SSE delay) against design D's claims.
+    BenchSessions(spool::bench_sessions::BenchSessionsArgs),
 }
 
 /// Settings for `spool serve`. Each flag overrides the config file; each has an
@@ -151,6 +153,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => spool::app::serve(args.into_config()?).await,
             Command::StubModel(args) => spool::stub::run(args).await,
             Command::Bench(args) => spool::bench::run(args).await,
+            Command::BenchSessions(args) => spool::bench_sessions::run(args).await,
         }
     });
     match result {

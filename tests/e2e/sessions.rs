@@ -416,3 +416,26 @@ async fn cleanup_deletes_old_messages_and_keeps_the_session_index_consistent() {
     let (status, _) = api.get(&host.url(&format!("/api/v1/messages/{}", fresh["id"].as_str().expect("id")))).await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_message_stream_gets_ping_heartbeats_and_ends_at_message_end() {
+    let redis = Redis::start();
+    let stub = stub().await;
+    let config = "[sessions]\nping_interval_ms = 100\n";
+    let host = Host::start(&redis, &stub, HostOptions { config: config.into(), ..Default::default() });
+    let api = Api::default();
+    let sid = new_session(&api, &host).await;
+    let manager = redis_client(&redis).get_connection_manager().await.expect("redis");
+    let store = spool::store::Store::new(manager, spool::store::SessionsConfig::default());
+    let mid = store.create_message(&sid, "assistant", None).await.expect("create");
+
+    let url = host.url(&format!("/api/v1/sessions/{sid}/messages/{mid}/stream"));
+    let reader = tokio::spawn(async move { read_message_stream(&url, None, None).await });
+    // Quiet until a few heartbeats have certainly been due, then end the message.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    store.complete(&sid, &mid).await.expect("complete");
+    let frames = reader.await.expect("reader");
+    let pings = frames.iter().filter(|(id, event, _)| id.is_none() && event == "ping").count();
+    assert!(pings >= 1, "{frames:?}");
+    assert_eq!(event_types(&frames), ["message_start", "message_end"], "pings carry no id and no sequence number");
+}

@@ -2,7 +2,9 @@
 //! SSE, from any instance, live until `message_end`. Each frame carries the
 //! event's stream id as its SSE `id`, so a client that reconnects with
 //! `Last-Event-ID` (or `?last_id=`) continues with the next event: no gap, no
-//! duplicate. A quiet stream gets `ping` events (no id; never stored).
+//! duplicate. A quiet stream gets `ping` events (no id; never stored). If the
+//! store becomes unreachable the stream ends with a `stream_error` event (not
+//! to be confused with the message's own `error` event): reconnect to resume.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -98,7 +100,7 @@ impl Follower {
                 Err(error) => {
                     tracing::warn!(message = %self.mid, %error, "message stream read failed; closing the SSE stream");
                     let sse = SseEvent::default()
-                        .event("error")
+                        .event("stream_error")
                         .data(json!({ "error": "event store unavailable; reconnect with Last-Event-ID" }).to_string());
                     self.finished = true;
                     return Some((Ok(sse), self));
