@@ -123,6 +123,7 @@ pub async fn start(config: Config) -> Result<Running> {
     handlers.bootstrap(&config).await?;
 
     let queue = Queue::new(redis.clone());
+    let sessions = crate::store::Store::new(redis.clone(), config.sessions.clone());
     let routes: BTreeMap<String, Route> = config
         .queues
         .iter()
@@ -144,7 +145,12 @@ pub async fn start(config: Config) -> Result<Running> {
             )
         })?;
     }
-    let routes = Arc::new(routes);
+    let intake = crate::intake::Intake {
+        queue: queue.clone(),
+        runtime: runtime.clone(),
+        registry: registry.clone(),
+        routes: Arc::new(routes),
+    };
 
     let retention = Retention {
         completed_secs: config.retention.completed_secs,
@@ -167,17 +173,19 @@ pub async fn start(config: Config) -> Result<Running> {
             shutdown.clone(),
         ));
     }
+    background.spawn(crate::store::periodic_cleanup(
+        sessions.clone(),
+        shutdown.clone(),
+    ));
 
     let workers = Arc::new(Workers {
-        queue: queue.clone(),
-        runtime: runtime.clone(),
-        registry: registry.clone(),
+        intake: intake.clone(),
         gateway: gateway.clone(),
-        routes: routes.clone(),
         retention,
         idle_poll: Duration::from_millis(config.workers.idle_poll_ms.max(10)),
         visibility: Duration::from_millis(config.workers.visibility_timeout_ms),
         wake,
+        sessions: sessions.clone(),
     });
     background.spawn(recover_abandoned_jobs(
         workers.clone(),
@@ -203,10 +211,9 @@ pub async fn start(config: Config) -> Result<Running> {
 
     let state = Arc::new(AppState {
         queue,
-        runtime,
-        registry,
+        sessions,
+        intake,
         handlers: handlers.clone(),
-        routes,
         redis: client,
         instance: instance.clone(),
         model: models.describe(),
@@ -346,8 +353,9 @@ async fn recover_abandoned_jobs(
             _ = sweep.tick() => {}
             _ = shutdown.cancelled() => return,
         }
-        for route in workers.routes.values() {
+        for route in workers.intake.routes.values() {
             match workers
+                .intake
                 .queue
                 .recover(&route.keys, &consumer, workers.visibility)
                 .await

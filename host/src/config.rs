@@ -40,6 +40,8 @@ pub struct Config {
     /// Dev loop: handler name -> component file, re-deployed when it changes
     /// (`spool serve --watch NAME=PATH`).
     pub watch: BTreeMap<String, PathBuf>,
+    /// The session/message store (design D).
+    pub sessions: crate::store::SessionsConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -187,6 +189,7 @@ impl Default for Config {
             handlers: BTreeMap::new(),
             registry: RegistryConfig::default(),
             watch: BTreeMap::new(),
+            sessions: Default::default(),
         }
     }
 }

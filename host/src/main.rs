@@ -41,6 +41,8 @@ enum Command {
     Dead(spool::dead_cli::DeadArgs),
     /// Test a handler component in isolation, or scaffold a new one.
     Guest(spool::guest_cli::GuestArgs),
+    /// Time the session/message store (create, append, task update, load, SSE delay) against design D's claims.
+    BenchSessions(spool::bench_sessions::BenchSessionsArgs),
 }
 
 /// Settings for `spool serve`. Each flag overrides the config file; each has an
@@ -192,6 +194,7 @@ fn main() -> ExitCode {
             Command::BenchLimiter(args) => spool::limiter::bench::run(args).await,
             Command::Dead(args) => spool::dead_cli::run(args).await,
             Command::Guest(args) => spool::guest_cli::run(args).await,
+            Command::BenchSessions(args) => spool::bench_sessions::run(args).await,
         }
     });
     match result {

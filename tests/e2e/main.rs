@@ -10,3 +10,4 @@ mod hot_swap;
 mod limits;
 mod reliability;
 mod sandbox;
+mod sessions;

@@ -341,6 +341,10 @@ impl Api {
         self.send(self.http.get(url)).await
     }
 
+    pub async fn delete(&self, url: &str) -> (u16, Value) {
+        self.send(self.http.delete(url)).await
+    }
+
     async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
         let response = request.send().await.expect("request reaches spool");
         let status = response.status().as_u16();

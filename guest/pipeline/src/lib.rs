@@ -1,4 +1,5 @@
-//! Design C's two-stage document generator (queue `"documents"`).
+//! Design C's two-stage document generator (queue `"documents"`), and the
+//! workflows of session tasks (`simple`, `planner`, `critic`; see [`flows`]).
 //!
 //! A job `{"topic": …, "sections"?: 1..=10}` is answered in two model calls:
 //! an outline, then a document written from it. The finished outline is kept in
@@ -11,6 +12,7 @@
 //! [`common::decide`] (priority), [`payload`] (job body) and [`stages`]
 //! (prompts, result and blocks).
 
+mod flows;
 pub mod payload;
 pub mod stages;
 
@@ -20,15 +22,13 @@ wit_bindgen::generate!({
 });
 
 use exports::spool::handler::hooks::Guest;
+use payload::{Payload, Workflow};
 use spool::handler::logging::{self, Level};
 use spool::handler::types::{
     ChatMessage, ContentBlock, Job, JobError, JobOutput, ModelError, ModelParams, ModelRequest, PriorityClass,
     PriorityDecision, RetryHint, Role,
 };
-use spool::handler::{events, model, state};
-
-use payload::Payload;
-use stages::{DOCUMENT_SYSTEM, OUTLINE_KEY, OUTLINE_SYSTEM};
+use stages::OUTLINE_SYSTEM;
 
 struct Pipeline;
 
@@ -49,6 +49,8 @@ impl Guest for Pipeline {
             Payload {
                 topic: job.payload.clone(),
                 sections: payload::DEFAULT_SECTIONS,
+                workflow: Workflow::Planner,
+                max_iterations: payload::DEFAULT_ITERATIONS,
             }
         });
         request(OUTLINE_SYSTEM, stages::outline_prompt(&payload))
@@ -63,50 +65,16 @@ impl Guest for Pipeline {
 
     fn handle(job: Job) -> Result<JobOutput, JobError> {
         let payload = Payload::parse(&job.payload).map_err(JobError::Reject)?;
-
-        // Stage 1: the outline, unless an earlier attempt already wrote it.
-        let outline = match state::get(OUTLINE_KEY) {
-            Some(outline) => {
-                logging::log(Level::Info, "resuming with the outline of an earlier attempt");
-                outline
-            }
-            None => {
-                events::progress(10, "generating outline");
-                let reply = model::chat(&request(OUTLINE_SYSTEM, stages::outline_prompt(&payload)))?;
-                state::set(OUTLINE_KEY, &reply.text);
-                events::emit(
-                    "outline_generated",
-                    &serde_json::json!({ "outline": reply.text }).to_string(),
-                );
-                reply.text
-            }
+        let output = match payload.workflow {
+            Workflow::Planner => flows::planner(&payload)?,
+            Workflow::Simple => flows::simple(&payload)?,
+            Workflow::Critic => flows::critic(&payload)?,
         };
-
-        // Stage 2: the document, written from the outline.
-        events::progress(50, "generating document");
-        let reply = model::chat(&request(DOCUMENT_SYSTEM, stages::document_prompt(&payload, &outline)))?;
-        let document = reply.text;
-        let length = document.chars().count();
-        events::emit(
-            "document_generated",
-            &serde_json::json!({ "length": length }).to_string(),
-        );
-        events::progress(100, "done");
-
         logging::log(
             Level::Info,
-            &format!(
-                "document on {:?}: {} sections, {length} characters",
-                payload.topic, payload.sections
-            ),
+            &format!("{:?} workflow on {:?} finished", payload.workflow, payload.topic),
         );
-        Ok(JobOutput {
-            result: stages::result(&outline, &document),
-            blocks: stages::markdown(&document)
-                .map(ContentBlock::Markdown)
-                .into_iter()
-                .collect(),
-        })
+        Ok(output)
     }
 }
 

@@ -1,5 +1,7 @@
-//! The document job body: `{"topic": string, "sections"?: 1..=10}`, and how it
-//! is checked.
+//! The document job body: `{"topic": string, "sections"?: 1..=10,
+//! "workflow"?: "simple" | "planner" | "critic", "maxIterations"?: 1..=10}`, and
+//! how it is checked. Session tasks add a `message` object naming the message
+//! the job drives; the host reads that one, the guest ignores it.
 
 use serde_json::Value;
 
@@ -9,6 +11,23 @@ pub const DEFAULT_SECTIONS: u8 = 3;
 /// The most sections a document may ask for.
 pub const MAX_SECTIONS: u8 = 10;
 
+/// Critique/revise rounds of the `critic` workflow when the payload does not say.
+pub const DEFAULT_ITERATIONS: u8 = 2;
+
+/// The most critique/revise rounds a payload may ask for.
+pub const MAX_ITERATIONS: u8 = 10;
+
+/// How the job answers its topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workflow {
+    /// One model call answers the topic.
+    Simple,
+    /// Design C's two stages: an outline, then a document written from it.
+    Planner,
+    /// A draft, then up to `max_iterations` rounds of critique and revision.
+    Critic,
+}
+
 /// A checked document payload, e.g. `{"topic": "Rust error handling", "sections": 4}`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Payload {
@@ -17,6 +36,11 @@ pub struct Payload {
     /// How many sections the outline has: 1..=[`MAX_SECTIONS`], by default
     /// [`DEFAULT_SECTIONS`].
     pub sections: u8,
+    /// [`Workflow::Planner`] unless the payload says otherwise.
+    pub workflow: Workflow,
+    /// Rounds of the critic workflow: 1..=[`MAX_ITERATIONS`], by default
+    /// [`DEFAULT_ITERATIONS`].
+    pub max_iterations: u8,
 }
 
 impl Payload {
@@ -42,7 +66,29 @@ impl Payload {
                 .ok_or_else(|| format!("payload.sections must be an integer from 1 to {MAX_SECTIONS}"))?,
         };
 
-        Ok(Self { topic, sections })
+        let workflow = match fields.get("workflow") {
+            None | Some(Value::Null) => Workflow::Planner,
+            Some(Value::String(name)) if name == "simple" => Workflow::Simple,
+            Some(Value::String(name)) if name == "planner" => Workflow::Planner,
+            Some(Value::String(name)) if name == "critic" => Workflow::Critic,
+            Some(_) => return Err("payload.workflow must be \"simple\", \"planner\" or \"critic\"".to_owned()),
+        };
+
+        let max_iterations = match fields.get("maxIterations") {
+            None | Some(Value::Null) => DEFAULT_ITERATIONS,
+            Some(rounds) => rounds
+                .as_u64()
+                .and_then(|n| u8::try_from(n).ok())
+                .filter(|n| (1..=MAX_ITERATIONS).contains(n))
+                .ok_or_else(|| format!("payload.maxIterations must be an integer from 1 to {MAX_ITERATIONS}"))?,
+        };
+
+        Ok(Self {
+            topic,
+            sections,
+            workflow,
+            max_iterations,
+        })
     }
 }
 
@@ -54,7 +100,26 @@ mod tests {
         Payload {
             topic: topic.to_owned(),
             sections,
+            workflow: Workflow::Planner,
+            max_iterations: DEFAULT_ITERATIONS,
         }
+    }
+
+    #[test]
+    fn reads_workflow_and_rounds() {
+        let parsed = Payload::parse(r#"{"topic": "Tides", "workflow": "critic", "maxIterations": 4, "message": {}}"#);
+        assert_eq!(
+            parsed.map(|p| (p.workflow, p.max_iterations)),
+            Ok((Workflow::Critic, 4))
+        );
+        assert_eq!(
+            Payload::parse(r#"{"topic": "Tides", "workflow": "simple"}"#).map(|p| p.workflow),
+            Ok(Workflow::Simple)
+        );
+        assert!(Payload::parse(r#"{"topic": "Tides", "workflow": "chaos"}"#).is_err_and(|r| r.contains("workflow")));
+        assert!(
+            Payload::parse(r#"{"topic": "Tides", "maxIterations": 0}"#).is_err_and(|r| r.contains("maxIterations"))
+        );
     }
 
     #[test]

@@ -16,6 +16,30 @@ pub const OUTLINE_SYSTEM: &str = "You write outlines.";
 /// System prompt of the document stage.
 pub const DOCUMENT_SYSTEM: &str = "You write clear, well-structured documents in Markdown.";
 
+/// System prompt of the `simple` workflow.
+pub const ANSWER_SYSTEM: &str = "You answer requests helpfully and concisely.";
+
+/// System prompt of the critic workflow's critique stage.
+pub const CRITIC_SYSTEM: &str = "You are a demanding editor. Point out what to improve, or answer APPROVED.";
+
+/// A critique containing this word ends the critic workflow early.
+pub const APPROVED: &str = "APPROVED";
+
+/// The user message of a critique round.
+pub fn critique_prompt(payload: &Payload, draft: &str) -> String {
+    format!("Critique this draft about {}:\n\n{}", payload.topic, draft.trim())
+}
+
+/// The user message of a revision round.
+pub fn revision_prompt(payload: &Payload, draft: &str, critique: &str) -> String {
+    format!(
+        "Revise this draft about {} following the critique.\n\nDraft:\n{}\n\nCritique:\n{}",
+        payload.topic,
+        draft.trim(),
+        critique.trim()
+    )
+}
+
 /// The user message of the outline stage.
 pub fn outline_prompt(payload: &Payload) -> String {
     format!(
@@ -54,6 +78,8 @@ mod tests {
         Payload {
             topic: "Tides".to_owned(),
             sections: 4,
+            workflow: crate::payload::Workflow::Planner,
+            max_iterations: 2,
         }
     }
 

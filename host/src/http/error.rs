@@ -7,6 +7,8 @@ use axum::extract::{FromRequest, FromRequestParts};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
+use crate::intake::IntakeError;
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -39,6 +41,27 @@ impl IntoResponse for ApiError {
         }
         let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
         (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<IntakeError> for ApiError {
+    fn from(error: IntakeError) -> Self {
+        let message = error.to_string();
+        match error {
+            IntakeError::UnknownQueue { .. } => Self::not_found("unknown_queue", message),
+            IntakeError::HandlerUnavailable(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "handler_unavailable",
+                message,
+            ),
+            IntakeError::Rejected(reason) => Self::invalid("rejected_by_handler", reason),
+            IntakeError::HandlerFailed(_) => {
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "handler_failed", message)
+            }
+            IntakeError::Full(_) => Self::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", message),
+            IntakeError::Duplicate(_) => Self::new(StatusCode::CONFLICT, "duplicate_job", message),
+            IntakeError::Redis(error) => error.into(),
+        }
     }
 }
 

@@ -12,19 +12,11 @@ use serde_json::{Map, Value, json};
 
 use super::AppState;
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery};
-use crate::queue::{CancelOutcome, JobState, NewJob, SubmitError, class_name};
-use crate::runtime::Job;
+use crate::intake::Submission;
+use crate::queue::{CancelOutcome, JobState};
 use crate::worker::Route;
 
 const DEFAULT_PRIORITY: i64 = 5;
-
-/// The fields the host itself reads from a submission.
-pub struct Submission {
-    user_id: String,
-    user_tier: String,
-    priority: u8,
-    payload: String,
-}
 
 /// The chat API's fields (design E); anything else in the body (model, system,
 /// temperature...) is passed to the handler untouched.
@@ -117,94 +109,28 @@ fn checked_priority(priority: Option<i64>) -> Result<u8, ApiError> {
     }
 }
 
-/// Runs the queue's priority rule (in Wasm), then enqueues.
+/// Runs the queue's priority rule (in Wasm), then enqueues; the body
+/// answers where to follow the job.
 pub async fn submit(
     state: &AppState,
     queue: &str,
     submission: Submission,
 ) -> Result<Value, ApiError> {
-    let route = route(state, queue)?;
-    let handler = state
-        .registry
-        .resolve(
-            &route.config.handler,
-            route.config.handler_version.as_deref(),
-        )
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "handler_unavailable",
-                format!("handler `{}` is not loaded", route.config.handler),
-            )
-        })?;
-    let id = uuid::Uuid::now_v7().to_string();
-    let job = Job {
-        id: id.clone(),
-        queue: queue.to_owned(),
-        user_id: submission.user_id.clone(),
-        user_tier: submission.user_tier.clone(),
-        priority: submission.priority,
-        payload: submission.payload.clone(),
-        attempt: 0,
-    };
-    let decision = match state.runtime.admit(&handler, &job).await {
-        Ok(Ok(decision)) => decision,
-        Ok(Err(reason)) => return Err(ApiError::invalid("rejected_by_handler", reason)),
-        Err(failure) => {
-            return Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "handler_failed",
-                format!("the priority rule failed: {failure}"),
-            ));
-        }
-    };
-    let score = decision.score.clamp(1, 10);
-    let new_job = NewJob {
-        id: &id,
-        queue: &route.keys,
-        class: decision.class,
-        score,
-        priority: submission.priority,
-        user_id: &submission.user_id,
-        user_tier: &submission.user_tier,
-        payload: &submission.payload,
-        handler: &handler.name,
-        max_waiting: route.config.max_waiting,
-    };
-    match state.queue.submit(new_job).await {
-        Ok(_) => {}
-        Err(SubmitError::Full(queue)) => {
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "queue_full",
-                format!("queue `{queue}` is full; retry later"),
-            ));
-        }
-        Err(SubmitError::Redis(error)) => return Err(error.into()),
-    }
-    let body = json!({
+    let accepted = state.intake.submit(queue, &submission).await?;
+    let id = accepted.id;
+    Ok(json!({
         "jobId": id,
-        "queue": queue,
+        "queue": accepted.queue,
         "state": "waiting",
-        "class": class_name(decision.class),
-        "score": score,
+        "class": accepted.class,
+        "score": accepted.score,
         "statusUrl": format!("/api/job/{id}"),
         "streamUrl": format!("/stream/status/{id}"),
-    });
-    Ok(body)
+    }))
 }
 
 pub fn route<'a>(state: &'a AppState, queue: &str) -> Result<&'a Route, ApiError> {
-    state.routes.get(queue).ok_or_else(|| {
-        let known: Vec<&str> = state.routes.keys().map(String::as_str).collect();
-        ApiError::not_found(
-            "unknown_queue",
-            format!(
-                "no queue named `{queue}`; known queues: {}",
-                known.join(", ")
-            ),
-        )
-    })
+    Ok(state.intake.route(queue)?)
 }
 
 pub async fn get_job(
@@ -254,7 +180,7 @@ pub fn job_not_found(id: &str) -> ApiError {
 pub async fn stats(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
     let mut queues = Map::new();
     let (mut waiting, mut active, mut delayed, mut completed, mut failed) = (0, 0, 0, 0, 0);
-    for (name, route) in state.routes.iter() {
+    for (name, route) in state.intake.routes.iter() {
         let stats = state.queue.stats(&route.keys).await?;
         waiting += stats.waiting;
         active += stats.active;

@@ -6,10 +6,11 @@ mod dead;
 mod error;
 mod jobs;
 pub mod limits;
+mod message_stream;
+mod sessions;
 mod stream;
 mod ws;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,18 +23,18 @@ use axum::routing::{delete, get, post};
 pub use error::ApiError;
 
 use crate::handlers::Handlers;
+use crate::intake::Intake;
 use crate::queue::{Queue, Retention};
-use crate::registry::Registry;
-use crate::runtime::Runtime;
-use crate::worker::Route;
+use crate::store::Store;
 
 /// What every request handler can reach.
 pub struct AppState {
     pub queue: Queue,
-    pub runtime: Arc<Runtime>,
-    pub registry: Arc<Registry>,
+    /// Sessions and messages (design D).
+    pub sessions: Store,
+    /// Queues, routes, runtime and loaded handler versions; how jobs enter.
+    pub intake: Intake,
     pub handlers: Arc<Handlers>,
-    pub routes: Arc<BTreeMap<String, Route>>,
     /// For the dedicated connections of blocking stream reads.
     pub redis: redis::Client,
     pub instance: String,
@@ -63,10 +64,35 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
         .route("/stream/status/{id}", get(stream::status_stream))
         .merge(admin::routes())
         .route("/ws", get(ws::upgrade))
+        .merge(sessions_router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
+}
+
+/// Design D's session/message API, and job event streams under /api/v1.
+fn sessions_router() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/api/v1/sessions", post(sessions::create_session))
+        .route(
+            "/api/v1/sessions/{sid}",
+            get(sessions::get_session).delete(sessions::delete_session),
+        )
+        .route(
+            "/api/v1/sessions/{sid}/messages",
+            post(sessions::post_message).get(sessions::list_messages),
+        )
+        .route(
+            "/api/v1/sessions/{sid}/messages/{mid}/stream",
+            get(message_stream::message_stream),
+        )
+        .route("/api/v1/sessions/{sid}/tasks", post(sessions::start_task))
+        .route("/api/v1/messages/{mid}", get(sessions::get_message))
+        .route("/api/v1/content/{id}", get(sessions::get_content))
+        .route("/api/v1/cleanup", post(sessions::cleanup))
+        .route("/api/v1/jobs/{id}/stream", get(stream::status_stream))
+        .route("/api/v1/jobs/{id}/events", get(stream::job_events))
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> impl IntoResponse {
@@ -77,8 +103,8 @@ async fn health(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         "instance": state.instance,
         "uptimeSecs": state.started.elapsed().as_secs(),
         "model": state.model,
-        "handlers": state.registry.versions(),
-        "queues": state.routes.keys().collect::<Vec<_>>(),
+        "handlers": state.intake.registry.versions(),
+        "queues": state.intake.routes.keys().collect::<Vec<_>>(),
     });
     let status = if redis_ok {
         StatusCode::OK

@@ -69,7 +69,9 @@ pub async fn status_stream(
     };
     let events = futures_util::stream::unfold(reader, Reader::next);
     let stream = futures_util::StreamExt::chain(futures_util::stream::iter([Ok(snapshot)]), events);
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+    // Heartbeats are `ping` events (design D), so clients see them as events.
+    let ping = SseEvent::default().event("ping").data("{}");
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).event(ping)))
 }
 
 /// Follows one job's event stream until its terminal event.
@@ -130,7 +132,7 @@ impl Reader {
     }
 }
 
-fn validate_stream_id(id: &str) -> Result<(), ApiError> {
+pub(super) fn validate_stream_id(id: &str) -> Result<(), ApiError> {
     let mut parts = id.splitn(2, '-');
     let valid = parts
         .next()

@@ -130,6 +130,8 @@ pub struct NewJob<'a> {
 pub enum SubmitError {
     #[error("queue `{0}` is full; retry later")]
     Full(String),
+    #[error("a job with this id exists")]
+    Duplicate,
     #[error(transparent)]
     Redis(#[from] redis::RedisError),
 }
@@ -304,7 +306,11 @@ impl Queue {
             invocation.arg(field).arg(value);
         }
         let entry: Option<String> = invocation.invoke_async(&mut self.redis.clone()).await?;
-        entry.ok_or_else(|| SubmitError::Full(job.queue.name.clone()))
+        match entry {
+            None => Err(SubmitError::Full(job.queue.name.clone())),
+            Some(reply) if reply == "duplicate" => Err(SubmitError::Duplicate),
+            Some(entry) => Ok(entry),
+        }
     }
 
     pub async fn claim(&self, queue: &QueueKeys, consumer: &str) -> redis::RedisResult<Claim> {

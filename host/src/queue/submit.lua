@@ -1,8 +1,12 @@
 -- Enqueues one job atomically: its hash, its stream entry, its first event, and a
--- wake-up for idle workers. Refuses (returns false) when the stream is full.
+-- wake-up for idle workers. Refuses when the stream is full (returns false) or
+-- the id is taken (returns 'duplicate': a follow-up job handed on twice).
 -- KEYS[1] class stream   KEYS[2] job hash   KEYS[3] job event stream
 -- ARGV[1] max waiting   ARGV[2] job id   ARGV[3] now (ms)   ARGV[4] event data
 -- ARGV[5] wake channel  ARGV[6] queue name   ARGV[7..] job hash field/value pairs
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return 'duplicate'
+end
 if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then
   return false
 end

@@ -1,12 +1,14 @@
-//! The host side of the world's imports (`model`, `events`, `logging`, `state`):
-//! checks the sandbox's budgets, converts WIT types to the model client's types
+//! The host side of the world's imports (`model`, `events`, `logging`, `state`,
+//! `messages`, `jobs`): checks the sandbox's budgets, converts WIT types to the model client's types
 //! and forwards to the call's [`JobHost`]. The pure hooks may only log: model
 //! calls are denied, events dropped and state reads come back empty. Every
 //! call counts against the job's caps; one past a cap is refused and marks
 //! the whole call failed (`GuestFailure::CallCapExceeded`).
 
-use super::bindings::spool::handler::{events, logging, model, state, types};
-use super::{CallCap, GuestState, ModelError, ModelReply, ModelRequest, Role};
+use super::bindings::spool::handler::{events, jobs, logging, messages, model, state, types};
+use super::{
+    CallCap, ContentBlock, GuestState, ModelError, ModelReply, ModelRequest, Role, TaskUpdate,
+};
 use crate::models;
 
 /// Event names the host writes itself; a guest may not forge them.
@@ -16,6 +18,7 @@ const RESERVED_EVENTS: &[&str] = &[
     "task_completed",
     "task_failed",
     "text_delta",
+    "follow_up_queued",
 ];
 const MAX_EVENT_TYPE_LEN: usize = 64;
 
@@ -147,6 +150,58 @@ impl state::Host for GuestState {
         if let Some(host) = self.effect_host() {
             host.state_delete(key).await;
         }
+    }
+}
+
+/// What the pure hooks hear from `messages` and `jobs`.
+const HANDLE_ONLY: &str = "only `handle` may change messages or queue jobs";
+
+impl GuestState {
+    /// The host for a `messages`/`jobs` call, or why there is none: a pure
+    /// hook, or a job over its host-call cap.
+    fn job_host(&mut self) -> Result<std::sync::Arc<dyn super::JobHost>, String> {
+        if !self.take_host_call() {
+            return Err("this job used up its budget of host calls".into());
+        }
+        if !self.full_access {
+            return Err(HANDLE_ONLY.into());
+        }
+        Ok(self.host.clone())
+    }
+}
+
+impl messages::Host for GuestState {
+    async fn message_id(&mut self) -> Option<String> {
+        self.job_host().ok()?.message_id()
+    }
+
+    async fn append_text(&mut self, text: String) -> Result<(), String> {
+        self.job_host()?.message_append_text(text).await
+    }
+
+    async fn add_content(&mut self, block: ContentBlock) -> Result<String, String> {
+        self.job_host()?.message_add_content(block).await
+    }
+
+    async fn start_task(&mut self, description: String) -> Result<String, String> {
+        self.job_host()?.message_start_task(description).await
+    }
+
+    async fn update_task(&mut self, task_id: String, update: TaskUpdate) -> Result<(), String> {
+        self.job_host()?.message_update_task(task_id, update).await
+    }
+
+    async fn complete(&mut self) -> Result<(), String> {
+        self.job_host()?.message_complete().await
+    }
+}
+
+impl jobs::Host for GuestState {
+    async fn follow_up(&mut self, queue: String, payload: String) -> Result<String, String> {
+        if serde_json::from_str::<serde_json::Value>(&payload).is_err() {
+            return Err("the follow-up's payload is not JSON".into());
+        }
+        self.job_host()?.follow_up(queue, payload)
     }
 }
 

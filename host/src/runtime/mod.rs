@@ -32,7 +32,7 @@ pub use bindings::spool::handler::logging::Level as LogLevel;
 pub use bindings::types::{
     ChatMessage, CodeBlock, ContentBlock, Job, JobError, JobOutput, Media, MediaSource, ModelError,
     ModelParams, ModelReply, ModelRequest, Placeholder, PriorityClass, PriorityDecision, RetryHint,
-    Role,
+    Role, TaskStatus, TaskUpdate,
 };
 use bindings::{Handler, HandlerPre};
 
@@ -64,6 +64,43 @@ pub trait JobHost: Send + Sync {
     /// What the guest wrote to stdout/stderr during one call (bounded); the
     /// runtime has already written it to the host's log.
     fn guest_output(&self, _text: &str) {}
+
+    // The `messages` interface (design D). Defaults refuse: only a host that
+    // binds jobs to session messages (the worker) overrides them.
+
+    /// The id of the message this job drives, if any.
+    fn message_id(&self) -> Option<String> {
+        None
+    }
+    fn message_append_text(&self, _text: String) -> BoxFuture<'_, Result<(), String>> {
+        no_bound_message()
+    }
+    fn message_add_content(&self, _block: ContentBlock) -> BoxFuture<'_, Result<String, String>> {
+        no_bound_message()
+    }
+    fn message_start_task(&self, _description: String) -> BoxFuture<'_, Result<String, String>> {
+        no_bound_message()
+    }
+    fn message_update_task(
+        &self,
+        _task_id: String,
+        _update: TaskUpdate,
+    ) -> BoxFuture<'_, Result<(), String>> {
+        no_bound_message()
+    }
+    fn message_complete(&self) -> BoxFuture<'_, Result<(), String>> {
+        no_bound_message()
+    }
+
+    /// A follow-up job (the `jobs` interface) to queue if this job completes;
+    /// returns the id it will have.
+    fn follow_up(&self, _queue: String, _payload: String) -> Result<String, String> {
+        Err("only a running job can queue follow-up jobs".to_owned())
+    }
+}
+
+fn no_bound_message<T: Send + 'static>() -> BoxFuture<'static, Result<T, String>> {
+    Box::pin(async { Err("this job drives no message".to_owned()) })
 }
 
 /// The host of the pure hooks: they may log, nothing else reaches it.

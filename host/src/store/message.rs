@@ -1,0 +1,522 @@
+//! Message operations (design D): create, append text, add content, start and
+//! update tasks, complete, fail; loading snapshots, separately stored content
+//! and events. Each write is one atomic [`Change`]; reads never write.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use redis::aio::ConnectionLike;
+use redis::streams::{StreamReadOptions, StreamReadReply};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::blocks::content_id;
+use super::{
+    BlockMode, Change, Requirement, Store, StoreError, content_key, message_key,
+    message_stream_key, new_id,
+};
+use crate::queue::now_ms;
+
+/// A message's status field: `streaming` until `message_end`.
+pub const STREAMING: &str = "streaming";
+pub const COMPLETED: &str = "completed";
+pub const ERROR: &str = "error";
+
+/// One event of a message stream.
+#[derive(Clone, Debug, Serialize)]
+pub struct MessageEvent {
+    /// The stream entry id; pass it back as `last_id` / `Last-Event-ID` to resume.
+    pub id: String,
+    /// The message's sequence number of this event, from 1 without gaps.
+    pub seq: u64,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub data: Value,
+    pub timestamp: u64,
+}
+
+/// A change to a running task.
+#[derive(Clone, Debug)]
+pub enum TaskChange {
+    Progress {
+        progress: Option<f32>,
+        step: Option<String>,
+    },
+    /// The result block replaces the placeholder; `None` removes it.
+    Completed {
+        result: Option<Value>,
+    },
+    Failed {
+        error: String,
+    },
+}
+
+impl Store {
+    /// Creates a streaming message (publishes `message_start`); returns its id.
+    pub async fn create_message(
+        &self,
+        session_id: &str,
+        role: &str,
+        job_id: Option<&str>,
+    ) -> Result<String, StoreError> {
+        let id = new_id();
+        let mut change = creation(session_id, &id, role);
+        if let Some(job_id) = job_id {
+            change.field("job_id", job_id);
+        }
+        self.apply(session_id, &id, change).await?;
+        Ok(id)
+    }
+
+    /// Creates a finished message with its text and blocks in one write
+    /// (message_start, text_delta, content_added..., message_end).
+    pub async fn post_message(
+        &self,
+        session_id: &str,
+        role: &str,
+        text: &str,
+        blocks: &[Value],
+    ) -> Result<String, StoreError> {
+        let id = new_id();
+        let mut change = creation(session_id, &id, role);
+        if !text.is_empty() {
+            change.text = text.to_owned();
+            change.event("text_delta", json!({ "text": text }));
+        }
+        for block in blocks {
+            let block_id = new_id();
+            let entry = change.block(
+                BlockMode::Append,
+                &block_id,
+                block,
+                self.config.inline_limit_bytes,
+            );
+            change.event(
+                "content_added",
+                json!({ "blockId": block_id, "block": entry }),
+            );
+        }
+        change
+            .field("status", COMPLETED)
+            .event("message_end", json!({ "status": COMPLETED }));
+        self.apply(session_id, &id, change).await?;
+        Ok(id)
+    }
+
+    pub async fn append_text(
+        &self,
+        session_id: &str,
+        message_id: &str,
+        text: &str,
+    ) -> Result<u64, StoreError> {
+        if text.is_empty() {
+            return Err(StoreError::Invalid(
+                "nothing to append: the text is empty".into(),
+            ));
+        }
+        let mut change = Change {
+            text: text.to_owned(),
+            ..Change::default()
+        };
+        change.event("text_delta", json!({ "text": text }));
+        self.apply(session_id, message_id, change).await
+    }
+
+    /// Appends a block (already checked); returns its id.
+    pub async fn add_content(
+        &self,
+        session_id: &str,
+        message_id: &str,
+        block: &Value,
+    ) -> Result<String, StoreError> {
+        let block_id = new_id();
+        let mut change = Change::default();
+        let entry = change.block(
+            BlockMode::Append,
+            &block_id,
+            block,
+            self.config.inline_limit_bytes,
+        );
+        change.event(
+            "content_added",
+            json!({ "blockId": block_id, "block": entry }),
+        );
+        self.apply(session_id, message_id, change).await?;
+        Ok(block_id)
+    }
+
+    /// Starts a task: a placeholder block whose id is the task id; returns it.
+    pub async fn start_task(
+        &self,
+        session_id: &str,
+        message_id: &str,
+        description: &str,
+    ) -> Result<String, StoreError> {
+        let task_id = new_id();
+        let placeholder =
+            json!({ "type": "placeholder", "taskId": task_id, "description": description });
+        let mut change = Change::default();
+        let entry = change.block(
+            BlockMode::Append,
+            &task_id,
+            &placeholder,
+            self.config.inline_limit_bytes,
+        );
+        change
+            .field(task_field(&task_id, "status"), "running")
+            .field(task_field(&task_id, "description"), description)
+            .field(task_field(&task_id, "progress"), "0")
+            .field(task_field(&task_id, "started_at"), now_ms().to_string())
+            .event(
+                "task_started",
+                json!({ "taskId": task_id, "description": description }),
+            )
+            .event(
+                "content_added",
+                json!({ "blockId": task_id, "block": entry }),
+            );
+        self.apply(session_id, message_id, change).await?;
+        Ok(task_id)
+    }
+
+    pub async fn update_task(
+        &self,
+        session_id: &str,
+        message_id: &str,
+        task_id: &str,
+        update: TaskChange,
+    ) -> Result<u64, StoreError> {
+        let mut change = Change {
+            guards: vec![task_id.to_owned()],
+            ..Change::default()
+        };
+        match update {
+            TaskChange::Progress { progress, step } => {
+                let progress = progress.map(|p| if p.is_nan() { 0.0 } else { p.clamp(0.0, 1.0) });
+                if let Some(progress) = progress {
+                    change.field(task_field(task_id, "progress"), progress.to_string());
+                }
+                if let Some(step) = &step {
+                    change.field(task_field(task_id, "step"), step.clone());
+                }
+                change.event(
+                    "task_progress",
+                    json!({ "taskId": task_id, "progress": progress, "step": step }),
+                );
+            }
+            TaskChange::Completed { result } => {
+                change
+                    .field(task_field(task_id, "status"), COMPLETED)
+                    .field(task_field(task_id, "progress"), "1");
+                change.field(task_field(task_id, "finished_at"), now_ms().to_string());
+                let entry = match &result {
+                    Some(block) => Some(change.block(
+                        BlockMode::Replace,
+                        task_id,
+                        block,
+                        self.config.inline_limit_bytes,
+                    )),
+                    None => {
+                        change.remove_block(task_id);
+                        None
+                    }
+                };
+                change
+                    .event(
+                        "task_completed",
+                        json!({ "taskId": task_id, "result": entry }),
+                    )
+                    .event(
+                        "content_updated",
+                        json!({ "blockId": task_id, "block": entry, "removed": entry.is_none() }),
+                    );
+            }
+            TaskChange::Failed { error } => fail_task(&mut change, task_id, &error),
+        }
+        self.apply(session_id, message_id, change).await
+    }
+
+    /// Marks the message completed (`message_end`); running tasks fail first.
+    pub async fn complete(&self, session_id: &str, message_id: &str) -> Result<u64, StoreError> {
+        let mut change = self
+            .close_tasks(
+                message_id,
+                "the message was completed while the task was still running",
+            )
+            .await?;
+        change
+            .field("status", COMPLETED)
+            .event("message_end", json!({ "status": COMPLETED }));
+        self.apply(session_id, message_id, change).await
+    }
+
+    /// Ends the message in an error: running tasks fail, then `error` and `message_end`.
+    pub async fn fail(
+        &self,
+        session_id: &str,
+        message_id: &str,
+        error: &str,
+    ) -> Result<u64, StoreError> {
+        let mut change = self.close_tasks(message_id, error).await?;
+        change
+            .field("status", ERROR)
+            .field("error", error)
+            .event("error", json!({ "message": error }))
+            .event("message_end", json!({ "status": ERROR, "error": error }));
+        self.apply(session_id, message_id, change).await
+    }
+
+    /// Fails the running tasks but leaves the message streaming: an attempt
+    /// of its job failed and another will run. Returns whether any task was open.
+    pub async fn abandon_tasks(
+        &self,
+        session_id: &str,
+        message_id: &str,
+        error: &str,
+    ) -> Result<bool, StoreError> {
+        let change = self.close_tasks(message_id, error).await?;
+        if change.guards.is_empty() {
+            return Ok(false);
+        }
+        self.apply(session_id, message_id, change).await?;
+        Ok(true)
+    }
+
+    /// A change that fails every running task (guarded: if one finishes in
+    /// the meantime the whole change is refused rather than half-applied).
+    async fn close_tasks(&self, message_id: &str, error: &str) -> Result<Change, StoreError> {
+        let fields: HashMap<String, String> =
+            self.connection().hgetall(message_key(message_id)).await?;
+        if fields.is_empty() {
+            return Err(StoreError::MessageNotFound(message_id.to_owned()));
+        }
+        let mut change = Change::default();
+        for task in running_tasks(&fields) {
+            change.guards.push(task.clone());
+            fail_task(&mut change, &task, error);
+        }
+        Ok(change)
+    }
+
+    /// The message snapshot as JSON; `include_content` also loads blocks that
+    /// are stored on their own (otherwise they stay references).
+    pub async fn load(
+        &self,
+        message_id: &str,
+        include_content: bool,
+    ) -> Result<Option<Value>, StoreError> {
+        let fields: HashMap<String, String> =
+            self.connection().hgetall(message_key(message_id)).await?;
+        let Some(mut snapshot) = snapshot(&fields) else {
+            return Ok(None);
+        };
+        if include_content && let Some(Value::Array(blocks)) = snapshot.get_mut("blocks") {
+            let ids: Vec<String> = blocks
+                .iter()
+                .filter_map(content_id)
+                .map(str::to_owned)
+                .collect();
+            if !ids.is_empty() {
+                let mut pipe = redis::pipe();
+                for id in &ids {
+                    pipe.hget(content_key(id), "block");
+                }
+                let loaded: Vec<Option<String>> = pipe.query_async(&mut self.connection()).await?;
+                let loaded: HashMap<&String, Option<String>> = ids.iter().zip(loaded).collect();
+                for block in blocks.iter_mut() {
+                    let Some(id) = content_id(block).map(str::to_owned) else {
+                        continue;
+                    };
+                    // Content that expired before its message stays a reference, marked missing.
+                    match loaded
+                        .get(&id)
+                        .cloned()
+                        .flatten()
+                        .and_then(|json| serde_json::from_str::<Value>(&json).ok())
+                    {
+                        Some(full) => *block = with_storage(&id, full),
+                        None => block["missing"] = true.into(),
+                    }
+                }
+            }
+        }
+        Ok(Some(snapshot))
+    }
+
+    /// One separately stored block, loaded on demand.
+    pub async fn content(&self, content_id: &str) -> Result<Option<Value>, StoreError> {
+        let fields: HashMap<String, String> =
+            self.connection().hgetall(content_key(content_id)).await?;
+        let Some(block) = fields
+            .get("block")
+            .and_then(|json| serde_json::from_str::<Value>(json).ok())
+        else {
+            return Ok(None);
+        };
+        Ok(Some(json!({
+            "id": content_id,
+            "messageId": fields.get("message_id"),
+            "type": fields.get("type"),
+            "bytes": fields.get("bytes").and_then(|b| b.parse::<u64>().ok()),
+            "createdAt": fields.get("created_at").and_then(|t| t.parse::<u64>().ok()),
+            "block": block,
+        })))
+    }
+
+    /// Which session a message belongs to, and its status (`None`: no such message).
+    pub async fn message_status(
+        &self,
+        message_id: &str,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        let (session, status): (Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(message_key(message_id))
+            .arg("session_id")
+            .arg("status")
+            .query_async(&mut self.connection())
+            .await?;
+        Ok(session.zip(status))
+    }
+}
+
+/// Events of a message after stream id `after` ("0" for all), waiting up to
+/// `block` for the first. Blocking reads need a connection of their own whose
+/// response timeout is longer than `block`.
+pub async fn read_events(
+    redis: &mut (impl ConnectionLike + Send + Sync),
+    session_id: &str,
+    message_id: &str,
+    after: &str,
+    block: Option<Duration>,
+) -> redis::RedisResult<Vec<MessageEvent>> {
+    let mut options = StreamReadOptions::default().count(200);
+    if let Some(block) = block {
+        options = options.block(block.as_millis() as usize);
+    }
+    let reply: Option<StreamReadReply> = redis
+        .xread_options(
+            &[message_stream_key(session_id, message_id)],
+            &[after],
+            &options,
+        )
+        .await?;
+    let entries = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids);
+    Ok(entries
+        .map(|entry| {
+            let field = |name: &str| entry.get::<String>(name).unwrap_or_default();
+            MessageEvent {
+                seq: field("seq").parse().unwrap_or(0),
+                event_type: field("event_type"),
+                data: serde_json::from_str(&field("data")).unwrap_or(Value::Null),
+                timestamp: field("timestamp").parse().unwrap_or(0),
+                id: entry.id.clone(),
+            }
+        })
+        .collect())
+}
+
+fn creation(session_id: &str, message_id: &str, role: &str) -> Change {
+    let now = now_ms().to_string();
+    let mut change = Change {
+        requirement: Requirement::Absent,
+        ..Change::default()
+    };
+    change
+        .field("id", message_id)
+        .field("session_id", session_id)
+        .field("role", role)
+        .field("status", STREAMING)
+        .field("created_at", now)
+        .event(
+            "message_start",
+            json!({ "messageId": message_id, "sessionId": session_id, "role": role }),
+        );
+    change
+}
+
+fn fail_task(change: &mut Change, task_id: &str, error: &str) {
+    change
+        .field(task_field(task_id, "status"), "failed")
+        .field(task_field(task_id, "error"), error)
+        .field(task_field(task_id, "finished_at"), now_ms().to_string())
+        .remove_block(task_id)
+        .event("task_failed", json!({ "taskId": task_id, "error": error }))
+        .event(
+            "content_updated",
+            json!({ "blockId": task_id, "block": null, "removed": true }),
+        );
+}
+
+fn task_field(task_id: &str, name: &str) -> String {
+    format!("task:{task_id}:{name}")
+}
+
+fn running_tasks(fields: &HashMap<String, String>) -> Vec<String> {
+    fields
+        .iter()
+        .filter_map(|(field, value)| {
+            let task = field.strip_prefix("task:")?.strip_suffix(":status")?;
+            (value == "running").then(|| task.to_owned())
+        })
+        .collect()
+}
+
+fn with_storage(id: &str, block: Value) -> Value {
+    let mut block = super::blocks::with_id(id, &block);
+    block["stored"] = "separate".into();
+    block
+}
+
+/// The public JSON of a message hash; `None` when the hash is empty (no such message).
+fn snapshot(fields: &HashMap<String, String>) -> Option<Value> {
+    let id = fields.get("id")?;
+    let number = |name: &str| fields.get(name).and_then(|v| v.parse::<u64>().ok());
+    let order = fields.get("block_order").map(String::as_str).unwrap_or("");
+    let blocks: Vec<Value> = order
+        .split(',')
+        .filter(|id| !id.is_empty())
+        .filter_map(|id| {
+            fields
+                .get(&format!("block:{id}"))
+                .and_then(|json| serde_json::from_str(json).ok())
+        })
+        .collect();
+    let mut tasks: Vec<Value> = fields
+        .keys()
+        .filter_map(|field| field.strip_prefix("task:")?.strip_suffix(":status"))
+        .map(|task| {
+            let get = |name: &str| fields.get(&task_field(task, name));
+            let time = |name: &str| get(name).and_then(|v| v.parse::<u64>().ok());
+            json!({
+                "taskId": task,
+                "description": get("description"),
+                "status": get("status"),
+                "progress": get("progress").and_then(|v| v.parse::<f64>().ok()),
+                "step": get("step"),
+                "error": get("error"),
+                "startedAt": time("started_at"),
+                "finishedAt": time("finished_at"),
+            })
+        })
+        .collect();
+    tasks.sort_by_key(|task| {
+        (
+            task["startedAt"].as_u64(),
+            task["taskId"].as_str().map(str::to_owned),
+        )
+    });
+    Some(json!({
+        "id": id,
+        "sessionId": fields.get("session_id"),
+        "role": fields.get("role"),
+        "status": fields.get("status"),
+        "text": fields.get("text").map(String::as_str).unwrap_or(""),
+        "blocks": blocks,
+        "tasks": tasks,
+        "seq": number("seq").unwrap_or(0),
+        "jobId": fields.get("job_id"),
+        "error": fields.get("error"),
+        "createdAt": number("created_at"),
+        "updatedAt": number("updated_at"),
+    }))
+}

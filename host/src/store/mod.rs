@@ -1,0 +1,336 @@
+//! The stateless session/message store (source design D): everything lives in
+//! Redis, so any instance serves any request and any instance can stream any
+//! message.
+//!
+//! Keys (exactly as design D names them, plus two of our own):
+//! - `message:{mid}` hash: the message snapshot (expires `message_ttl_secs`
+//!   after its last change, 24 h by default);
+//! - `stream:session:{sid}:message:{mid}`: its events, the last `max_events`
+//!   (1,000) kept, each with a per-message sequence number;
+//! - `session:{sid}:messages` zset: the session index, score = creation time (ms);
+//! - `content:{id}` hash: a content block over `inline_limit_bytes` (10 KB),
+//!   stored on its own (expires after 7 days) and referenced from the snapshot;
+//! - ours: `session:{sid}` hash (the session's own fields) and `sessions:index`
+//!   zset (every session by last activity, for the periodic cleanup).
+//!
+//! Every change to a message is one Lua script call (`apply.lua`): snapshot,
+//! content and events are written together or not at all. This module owns
+//! these keys; it does not touch job keys (the queue's) nor job event streams
+//! (`crate::events`).
+
+mod binding;
+mod blocks;
+mod message;
+mod session;
+
+use std::sync::Arc;
+
+use redis::aio::ConnectionManager;
+use redis::{Script, Value as RedisValue};
+use serde::{Deserialize, Serialize};
+
+pub use binding::{BoundMessage, FINAL_STATUSES, JobEnd, bound_message, settle};
+pub use blocks::validate_block;
+pub use message::{MessageEvent, TaskChange, read_events};
+pub use session::{CleanupReport, periodic_cleanup};
+
+use crate::queue::now_ms;
+
+/// Limits and lifetimes of the store, `[sessions]` in the config file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionsConfig {
+    /// A message snapshot and its event stream expire this long after their last change.
+    pub message_ttl_secs: u64,
+    /// Separately stored content blocks expire this long after they were written.
+    pub content_ttl_secs: u64,
+    /// A session (its fields and index) expires this long after its last new message.
+    pub session_ttl_secs: u64,
+    /// Events kept per message stream; older ones are trimmed.
+    pub max_events: u64,
+    /// Content blocks whose JSON is larger than this are stored on their own.
+    pub inline_limit_bytes: usize,
+    /// The periodic cleanup deletes messages older than this; 0 turns it off.
+    pub cleanup_after_days: u64,
+    /// How often the periodic cleanup runs.
+    pub cleanup_interval_secs: u64,
+    /// A `ping` event is sent on a quiet message SSE stream this often.
+    pub ping_interval_ms: u64,
+    /// The queue that runs session tasks (POST /api/v1/sessions/{sid}/tasks);
+    /// its handler drives the task's message through the `messages` imports.
+    pub task_queue: String,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        Self {
+            message_ttl_secs: 24 * 3600,
+            content_ttl_secs: 7 * 24 * 3600,
+            session_ttl_secs: 7 * 24 * 3600,
+            max_events: 1000,
+            inline_limit_bytes: 10 * 1024,
+            cleanup_after_days: 7,
+            cleanup_interval_secs: 3600,
+            ping_interval_ms: 15_000,
+            task_queue: "documents".into(),
+        }
+    }
+}
+
+pub fn message_key(message_id: &str) -> String {
+    format!("message:{message_id}")
+}
+pub fn message_stream_key(session_id: &str, message_id: &str) -> String {
+    format!("{}{message_id}", stream_prefix(session_id))
+}
+fn stream_prefix(session_id: &str) -> String {
+    format!("stream:session:{session_id}:message:")
+}
+pub fn session_index_key(session_id: &str) -> String {
+    format!("session:{session_id}:messages")
+}
+pub fn session_key(session_id: &str) -> String {
+    format!("session:{session_id}")
+}
+pub fn content_key(content_id: &str) -> String {
+    format!("{CONTENT_PREFIX}{content_id}")
+}
+const CONTENT_PREFIX: &str = "content:";
+pub const SESSIONS_INDEX: &str = "sessions:index";
+
+/// Ids chosen by clients end up in key names: keep them to a safe alphabet.
+pub fn valid_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no message `{0}` (it may have expired)")]
+    MessageNotFound(String),
+    #[error("no session `{0}` (it may have expired or been deleted)")]
+    SessionNotFound(String),
+    #[error("message `{0}` already exists")]
+    MessageExists(String),
+    #[error("the message is already {0} and takes no more changes")]
+    Finished(String),
+    #[error("task `{0}` is {1}, not running")]
+    TaskNotRunning(String, String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+}
+
+/// Handle to the store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    redis: ConnectionManager,
+    config: Arc<SessionsConfig>,
+    apply: Arc<Script>,
+    delete: Arc<Script>,
+}
+
+impl Store {
+    pub fn new(redis: ConnectionManager, config: SessionsConfig) -> Self {
+        Self {
+            redis,
+            config: Arc::new(config),
+            apply: Arc::new(Script::new(include_str!("apply.lua"))),
+            delete: Arc::new(Script::new(include_str!("delete.lua"))),
+        }
+    }
+
+    pub fn config(&self) -> &SessionsConfig {
+        &self.config
+    }
+
+    fn connection(&self) -> ConnectionManager {
+        self.redis.clone()
+    }
+
+    /// Runs one [`Change`] of message `message_id` in session `session_id`.
+    /// Returns the message's last sequence number.
+    async fn apply(
+        &self,
+        session_id: &str,
+        message_id: &str,
+        change: Change,
+    ) -> Result<u64, StoreError> {
+        let config = &self.config;
+        let mut invocation = self.apply.prepare_invoke();
+        invocation
+            .key(message_key(message_id))
+            .key(message_stream_key(session_id, message_id))
+            .key(session_key(session_id))
+            .key(session_index_key(session_id))
+            .key(SESSIONS_INDEX)
+            .arg(now_ms())
+            .arg(config.message_ttl_secs.max(1))
+            .arg(config.max_events.max(1))
+            .arg(config.content_ttl_secs.max(1))
+            .arg(CONTENT_PREFIX)
+            .arg(config.session_ttl_secs.max(1))
+            .arg(change.requirement.as_str())
+            .arg(&change.text);
+        invocation.arg(change.guards.len());
+        for task in &change.guards {
+            invocation.arg(task);
+        }
+        invocation.arg(change.fields.len());
+        for (field, value) in &change.fields {
+            invocation.arg(field).arg(value);
+        }
+        invocation.arg(change.blocks.len());
+        for (mode, block, json) in &change.blocks {
+            invocation.arg(mode.as_str()).arg(block).arg(json);
+        }
+        invocation.arg(change.contents.len());
+        for content in &change.contents {
+            invocation
+                .arg(&content.id)
+                .arg(&content.json)
+                .arg(message_id)
+                .arg(&content.kind)
+                .arg(content.json.len());
+        }
+        invocation.arg(change.events.len());
+        for (event_type, data) in &change.events {
+            invocation.arg(*event_type).arg(data);
+        }
+        let reply: Vec<RedisValue> = invocation.invoke_async(&mut self.connection()).await?;
+        let text = |index: usize| reply.get(index).map(redis_text).unwrap_or_default();
+        match text(0).as_str() {
+            "ok" => Ok(text(1).parse().unwrap_or(0)),
+            "missing" => Err(StoreError::MessageNotFound(message_id.to_owned())),
+            "exists" => Err(StoreError::MessageExists(message_id.to_owned())),
+            "no_session" => Err(StoreError::SessionNotFound(session_id.to_owned())),
+            "finished" => Err(StoreError::Finished(text(1))),
+            "task" => Err(StoreError::TaskNotRunning(text(1), text(2))),
+            other => Err(StoreError::Redis(redis::RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "unexpected reply from the message script",
+                other.to_owned(),
+            )))),
+        }
+    }
+}
+
+fn redis_text(value: &RedisValue) -> String {
+    match value {
+        RedisValue::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+        RedisValue::SimpleString(text) => text.clone(),
+        RedisValue::Int(number) => number.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// What a change requires of the message before it applies.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Requirement {
+    /// Creating: the id must be free and the session must exist.
+    Absent,
+    /// The message must exist and still be streaming.
+    #[default]
+    Streaming,
+}
+
+impl Requirement {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Absent => "absent",
+            Self::Streaming => "streaming",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BlockMode {
+    Append,
+    Replace,
+    Remove,
+}
+
+impl BlockMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Append => "append",
+            Self::Replace => "replace",
+            Self::Remove => "remove",
+        }
+    }
+}
+
+struct ContentWrite {
+    id: String,
+    json: String,
+    kind: String,
+}
+
+/// Everything one `apply.lua` call writes. Built by the message operations.
+#[derive(Default)]
+struct Change {
+    requirement: Requirement,
+    text: String,
+    /// Tasks that must still be running for the change to apply.
+    guards: Vec<String>,
+    fields: Vec<(String, String)>,
+    blocks: Vec<(BlockMode, String, String)>,
+    contents: Vec<ContentWrite>,
+    events: Vec<(&'static str, String)>,
+}
+
+impl Change {
+    fn field(&mut self, name: impl Into<String>, value: impl Into<String>) -> &mut Self {
+        self.fields.push((name.into(), value.into()));
+        self
+    }
+
+    fn event(&mut self, event_type: &'static str, data: serde_json::Value) -> &mut Self {
+        self.events.push((event_type, data.to_string()));
+        self
+    }
+
+    /// Adds (or replaces) block `id`: inline in the snapshot when small, else in
+    /// `content:{id}` with a reference in the snapshot. Returns what the
+    /// snapshot holds for it (also what events carry: never the large body).
+    fn block(
+        &mut self,
+        mode: BlockMode,
+        id: &str,
+        block: &serde_json::Value,
+        inline_limit: usize,
+    ) -> serde_json::Value {
+        let json = block.to_string();
+        let entry = if json.len() > inline_limit {
+            let kind = block
+                .get("type")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("unknown")
+                .to_owned();
+            let reference = blocks::reference(id, block, json.len());
+            self.contents.push(ContentWrite {
+                id: id.to_owned(),
+                json,
+                kind,
+            });
+            reference
+        } else {
+            blocks::with_id(id, block)
+        };
+        self.blocks.push((mode, id.to_owned(), entry.to_string()));
+        entry
+    }
+
+    fn remove_block(&mut self, id: &str) -> &mut Self {
+        self.blocks
+            .push((BlockMode::Remove, id.to_owned(), String::new()));
+        self
+    }
+}

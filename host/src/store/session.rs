@@ -1,0 +1,183 @@
+//! Sessions: create, read, delete (with every message), list a session's
+//! messages in order, and the cleanup of old messages that keeps each
+//! session's index consistent with the messages that still exist.
+
+use std::collections::HashMap;
+
+use redis::AsyncCommands;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::{
+    SESSIONS_INDEX, Store, StoreError, content_key, message_key, new_id, session_index_key,
+    session_key, stream_prefix,
+};
+use crate::queue::now_ms;
+
+/// Sessions the cleanup visits per page of the sessions index.
+const CLEANUP_PAGE: isize = 200;
+
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CleanupReport {
+    pub sessions_visited: u64,
+    pub messages_deleted: u64,
+    pub sessions_deleted: u64,
+}
+
+impl Store {
+    /// Creates a session (`metadata`: any JSON the client wants kept); returns its id.
+    pub async fn create_session(&self, metadata: &Value) -> Result<String, StoreError> {
+        let id = new_id();
+        let now = now_ms();
+        let ttl = self.config.session_ttl_secs.max(1) as i64;
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset_multiple(
+                session_key(&id),
+                &[
+                    ("id", id.clone()),
+                    ("created_at", now.to_string()),
+                    ("updated_at", now.to_string()),
+                    ("metadata", metadata.to_string()),
+                ],
+            )
+            .ignore()
+            .expire(session_key(&id), ttl)
+            .ignore()
+            .zadd(SESSIONS_INDEX, &id, now)
+            .ignore();
+        pipe.query_async::<()>(&mut self.connection()).await?;
+        Ok(id)
+    }
+
+    pub async fn session(&self, session_id: &str) -> Result<Option<Value>, StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.hgetall(session_key(session_id))
+            .zcard(session_index_key(session_id));
+        let (fields, count): (HashMap<String, String>, u64) =
+            pipe.query_async(&mut self.connection()).await?;
+        let Some(id) = fields.get("id") else {
+            return Ok(None);
+        };
+        let number = |name: &str| fields.get(name).and_then(|v| v.parse::<u64>().ok());
+        Ok(Some(json!({
+            "id": id,
+            "createdAt": number("created_at"),
+            "updatedAt": number("updated_at"),
+            "metadata": fields.get("metadata").and_then(|m| serde_json::from_str::<Value>(m).ok()).unwrap_or(Value::Null),
+            "messageCount": count,
+        })))
+    }
+
+    /// Deletes a session and all its messages; returns how many messages went,
+    /// or `None` when there was no such session.
+    pub async fn delete_session(&self, session_id: &str) -> Result<Option<u64>, StoreError> {
+        let exists: bool = self.connection().exists(session_key(session_id)).await?;
+        if !exists {
+            return Ok(None);
+        }
+        let (deleted, _) = self.delete_messages(session_id, "all", now_ms()).await?;
+        Ok(Some(deleted))
+    }
+
+    /// A page of a session's messages, oldest first (snapshots without the
+    /// separately stored content), and the session's message count.
+    pub async fn list_messages(
+        &self,
+        session_id: &str,
+        limit: usize,
+        offset: usize,
+    ) -> Result<(Vec<Value>, u64), StoreError> {
+        let index = session_index_key(session_id);
+        let stop = (offset + limit).saturating_sub(1) as isize;
+        let mut pipe = redis::pipe();
+        pipe.zrange(&index, offset as isize, stop).zcard(&index);
+        let (ids, total): (Vec<String>, u64) = pipe.query_async(&mut self.connection()).await?;
+        let mut messages = Vec::with_capacity(ids.len());
+        for id in ids {
+            // An expired message may still be indexed until the next cleanup.
+            if let Some(snapshot) = self.load(&id, false).await? {
+                messages.push(snapshot);
+            }
+        }
+        Ok((messages, total))
+    }
+
+    /// Deletes messages created before `older_than_ms` ago in every session,
+    /// drops index entries of messages that expired, and removes sessions
+    /// left empty and idle since before the cutoff.
+    pub async fn cleanup(&self, older_than_ms: u64) -> Result<CleanupReport, StoreError> {
+        let cutoff = now_ms().saturating_sub(older_than_ms);
+        let mut report = CleanupReport::default();
+        let mut start = 0isize;
+        loop {
+            let sessions: Vec<String> = self
+                .connection()
+                .zrange(SESSIONS_INDEX, start, start + CLEANUP_PAGE - 1)
+                .await?;
+            if sessions.is_empty() {
+                break;
+            }
+            let mut removed = 0;
+            for session in &sessions {
+                let (messages, session_deleted) =
+                    self.delete_messages(session, "older", cutoff).await?;
+                report.sessions_visited += 1;
+                report.messages_deleted += messages;
+                if session_deleted {
+                    report.sessions_deleted += 1;
+                    removed += 1;
+                }
+            }
+            // Deleted sessions left the index, shifting the rest forward.
+            start += sessions.len() as isize - removed;
+        }
+        if report.messages_deleted > 0 || report.sessions_deleted > 0 {
+            tracing::info!(?report, "cleanup deleted old messages");
+        }
+        Ok(report)
+    }
+
+    async fn delete_messages(
+        &self,
+        session_id: &str,
+        mode: &str,
+        cutoff: u64,
+    ) -> Result<(u64, bool), StoreError> {
+        let mut invocation = self.delete.prepare_invoke();
+        invocation
+            .key(session_index_key(session_id))
+            .key(session_key(session_id))
+            .key(SESSIONS_INDEX)
+            .arg(mode)
+            .arg(cutoff)
+            .arg(message_key(""))
+            .arg(stream_prefix(session_id))
+            .arg(content_key(""))
+            .arg(session_id);
+        let (deleted, session_deleted): (u64, u64) =
+            invocation.invoke_async(&mut self.connection()).await?;
+        Ok((deleted, session_deleted == 1))
+    }
+}
+
+/// Runs [`Store::cleanup`] every `cleanup_interval_secs` until `shutdown`
+/// (never, when `cleanup_after_days` is 0). Every instance may run it: the
+/// deletions are idempotent scripts, so overlapping runs do no harm.
+pub async fn periodic_cleanup(store: Store, shutdown: tokio_util::sync::CancellationToken) {
+    let days = store.config.cleanup_after_days;
+    if days == 0 {
+        return;
+    }
+    let interval = std::time::Duration::from_secs(store.config.cleanup_interval_secs.max(1));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        if let Err(error) = store.cleanup(days.saturating_mul(24 * 3600 * 1000)).await {
+            tracing::warn!(%error, "periodic cleanup of old messages failed; will try again");
+        }
+    }
+}
