@@ -135,7 +135,8 @@ fn splitmix64(state: &mut u64) -> u64 {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Fault {
-    /// Answer with this status (400..=599) and an error body in the protocol's format.
+    /// Answer with this status (400..=599) and an error body in the protocol's format;
+    /// 200 answers normally (a spacer: "the next call succeeds, the one after fails").
     pub status: Option<u16>,
     /// Sent as `Retry-After`.
     pub retry_after_secs: Option<u64>,
@@ -176,9 +177,9 @@ impl Default for Fault {
 impl Fault {
     fn check(&self) -> Result<(), String> {
         match (self.status, &self.midstream_error) {
-            (Some(status), None) if !(400..=599).contains(&status) => {
+            (Some(status), None) if status != 200 && !(400..=599).contains(&status) => {
                 return Err(format!(
-                    "status {status} is not an error status (400..=599)"
+                    "status {status} is neither 200 nor an error status (400..=599)"
                 ));
             }
             (Some(_), None) | (None, Some(_)) => {}
@@ -454,7 +455,10 @@ async fn admit(
     tokio::time::sleep(Duration::from_millis(timing.latency_ms)).await;
     let chunk_delay = Duration::from_millis(timing.chunk_delay_ms);
     match fault {
-        None => Ok((None, chunk_delay)),
+        None
+        | Some(Fault {
+            status: Some(200), ..
+        }) => Ok((None, chunk_delay)),
         Some(Fault {
             midstream_error: Some(message),
             ..

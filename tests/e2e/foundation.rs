@@ -1,7 +1,6 @@
 //! The whole job path (issue: foundation): priorities, results shaped by the
 //! guest, SSE progress, bad input, the second guest, the embedded Redis.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -411,35 +410,56 @@ async fn the_pipeline_guest_runs_outline_then_document_with_its_business_events(
     assert_eq!(status, 202, "{reply}");
     assert_eq!(reply["class"], "high");
     let id = reply["jobId"].as_str().unwrap_or_default().to_owned();
-    let job = api.wait_terminal(&host, &id, WAIT).await;
-    assert_eq!(job["state"], "completed", "{job}");
-    assert_eq!(job["handler"], "pipeline");
-    let outline = job["result"]["outline"].as_str().unwrap_or_default();
+    // Stage 1, the outline, is the submitted job; stage 2 its follow-up.
+    let outline_job = api.wait_terminal(&host, &id, WAIT).await;
+    assert_eq!(outline_job["state"], "completed", "{outline_job}");
+    assert_eq!(outline_job["handler"], "pipeline");
+    let outline = outline_job["result"]["outline"]
+        .as_str()
+        .unwrap_or_default();
     assert!(
         outline.contains("Write an outline with 2 sections about: tea"),
-        "{job}"
+        "{outline_job}"
     );
-    let document = job["result"]["document"].as_str().unwrap_or_default();
-    assert!(document.starts_with("[stub-chat]"), "{job}");
+    let next = outline_job["result"]["next"].as_str().unwrap_or_default();
+    assert_eq!(next, format!("{id}.1"), "{outline_job}");
+    let document_job = api.wait_terminal(&host, next, WAIT).await;
+    assert_eq!(document_job["state"], "completed", "{document_job}");
     assert_eq!(
-        job["blocks"],
+        document_job["class"], "high",
+        "the follow-up keeps the priority"
+    );
+    assert_eq!(document_job["result"]["outline"], outline);
+    let document = document_job["result"]["document"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(document.starts_with("[stub-chat]"), "{document_job}");
+    assert_eq!(
+        document_job["blocks"],
         json!([{"type": "markdown", "text": document}])
     );
-    let events = read_sse(&host.url(&format!("/stream/status/{id}")), None, WAIT).await;
-    let names: Vec<&str> = events.iter().map(|(_, e, _)| e.as_str()).collect();
-    let position = |name: &str| {
-        names
-            .iter()
-            .position(|n| *n == name)
-            .unwrap_or_else(|| panic!("{name} missing: {names:?}"))
-    };
-    assert!(position("outline_generated") < position("document_generated"));
-    assert!(position("document_generated") < position("task_completed"));
-    let counts: HashMap<&str, usize> = names.iter().fold(HashMap::new(), |mut m, n| {
-        *m.entry(*n).or_default() += 1;
-        m
-    });
-    assert_eq!(counts.get("task_completed"), Some(&1));
+
+    // Each stage's events are on its own job's stream, ending at its completion.
+    for (job, own_event) in [
+        (&id, "outline_generated"),
+        (&next.to_owned(), "document_generated"),
+    ] {
+        let events = read_sse(&host.url(&format!("/stream/status/{job}")), None, WAIT).await;
+        let names: Vec<&str> = events.iter().map(|(_, e, _)| e.as_str()).collect();
+        let position = |name: &str| {
+            names
+                .iter()
+                .position(|n| *n == name)
+                .unwrap_or_else(|| panic!("{name} missing from {job}: {names:?}"))
+        };
+        assert!(position("task_started") < position(own_event), "{names:?}");
+        assert!(
+            position(own_event) < position("task_completed"),
+            "{names:?}"
+        );
+        assert_eq!(names.iter().filter(|n| **n == "task_completed").count(), 1);
+        assert_eq!(names.contains(&"follow_up_queued"), *job == id, "{names:?}");
+    }
     assert_eq!(
         stub.stats().calls.get("/api/chat"),
         Some(&2),

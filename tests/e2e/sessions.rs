@@ -193,51 +193,58 @@ async fn a_task_started_on_a_is_processed_by_b_and_streamed_from_c_with_every_ev
         "{message}"
     );
 
-    // B ran the job: its worker names B's instance; A and C have no workers.
+    // B ran both stages, each a job of its own (A and C have no workers),
+    // and C serves both job streams (design C): lifecycle and business events.
     let (_, health_b) = api.get(&b.url("/health")).await;
     let instance_b = health_b["instance"].as_str().expect("instance");
-    let (status, job_events) = api
-        .get(&c.url(&format!("/api/v1/jobs/{job_id}/events")))
-        .await;
-    assert_eq!(status, 200, "{job_events}");
-    let events = job_events["events"].as_array().expect("events");
-    let started = events
-        .iter()
-        .find(|e| e["event_type"] == "task_started")
-        .expect("task_started");
-    assert!(
-        started["data"]["worker"]
-            .as_str()
-            .is_some_and(|w| w.starts_with(instance_b)),
-        "{started} vs {instance_b}"
-    );
-    // Design C's job stream: lifecycle and business events, and its info.
-    let job_types: Vec<&str> = events
-        .iter()
-        .filter_map(|e| e["event_type"].as_str())
-        .collect();
-    for kind in [
-        "task_started",
-        "task_progress",
-        "outline_generated",
-        "document_generated",
-        "task_completed",
+    let document_job = format!("{job_id}.1");
+    for (job, business) in [
+        (job_id, "outline_generated"),
+        (document_job.as_str(), "document_generated"),
     ] {
-        assert!(job_types.contains(&kind), "{kind} in {job_types:?}");
+        let (status, job_events) = api.get(&c.url(&format!("/api/v1/jobs/{job}/events"))).await;
+        assert_eq!(status, 200, "{job_events}");
+        let events = job_events["events"].as_array().expect("events");
+        let started = events
+            .iter()
+            .find(|e| e["event_type"] == "task_started")
+            .expect("task_started");
+        assert!(
+            started["data"]["worker"]
+                .as_str()
+                .is_some_and(|w| w.starts_with(instance_b)),
+            "{started} vs {instance_b}"
+        );
+        let job_types: Vec<&str> = events
+            .iter()
+            .filter_map(|e| e["event_type"].as_str())
+            .collect();
+        for kind in ["task_started", "task_progress", business, "task_completed"] {
+            assert!(job_types.contains(&kind), "{kind} in {job}: {job_types:?}");
+        }
+        assert_eq!(
+            job_events["info"]["length"].as_u64(),
+            Some(events.len() as u64)
+        );
+        let completed = events
+            .iter()
+            .find(|e| e["event_type"] == "task_completed")
+            .expect("task_completed");
+        assert!(completed["data"]["duration_ms"].is_u64(), "{completed}");
+        if job == job_id {
+            let queued = events
+                .iter()
+                .find(|e| e["event_type"] == "follow_up_queued")
+                .expect("follow_up_queued");
+            assert_eq!(queued["data"]["jobId"], document_job.as_str(), "{queued}");
+            assert_eq!(completed["data"]["result"]["next"], document_job.as_str());
+        } else {
+            assert!(
+                completed["data"]["result"]["document"].is_string(),
+                "{completed}"
+            );
+        }
     }
-    assert_eq!(
-        job_events["info"]["length"].as_u64(),
-        Some(events.len() as u64)
-    );
-    let completed = events
-        .iter()
-        .find(|e| e["event_type"] == "task_completed")
-        .expect("task_completed");
-    assert!(
-        completed["data"]["duration_ms"].is_u64()
-            && completed["data"]["result"]["document"].is_string(),
-        "{completed}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -476,7 +483,7 @@ async fn a_completed_task_replaces_its_placeholder_and_a_failed_one_leaves_task_
     // The model refuses (401): the stage fails, the job fails, the message ends in error.
     stub.inject([spool::stub::Fault {
         status: Some(401),
-        times: 5,
+        times: 1,
         ..Default::default()
     }])
     .expect("fault");
@@ -525,21 +532,85 @@ async fn a_completed_task_replaces_its_placeholder_and_a_failed_one_leaves_task_
         .await;
     assert_eq!(job["state"], "failed");
 
-    // Listing the session shows both messages, oldest first.
+    // The outline stage succeeds, the document stage (the follow-up job, which
+    // took the message over) is refused: the message still ends in error.
+    stub.inject([
+        spool::stub::Fault {
+            status: Some(200),
+            ..Default::default()
+        },
+        spool::stub::Fault {
+            status: Some(401),
+            times: 1,
+            ..Default::default()
+        },
+    ])
+    .expect("faults");
+    let task = start_task(
+        &api,
+        &host,
+        &sid,
+        json!({"task_description": "Rings", "workflow": "planner"}),
+    )
+    .await;
+    let mid = task["messageId"].as_str().expect("mid");
+    let frames = read_message_stream(
+        &host.url(&format!("/api/v1/sessions/{sid}/messages/{mid}/stream")),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        event_types(&frames),
+        [
+            "message_start",
+            "task_started",
+            "content_added",
+            "task_completed",
+            "content_updated",
+            "task_started",
+            "content_added",
+            "task_failed",
+            "content_updated",
+            "error",
+            "message_end"
+        ]
+    );
+    let (_, message) = api.get(&host.url(&format!("/api/v1/messages/{mid}"))).await;
+    assert_eq!(message["status"], "error", "{message}");
+    let blocks = message["blocks"].as_array().expect("blocks");
+    assert_eq!(
+        blocks.len(),
+        1,
+        "the outline stays, no placeholder: {message}"
+    );
+    assert_eq!(blocks[0]["type"], "markdown");
+    let first = task["jobId"].as_str().expect("job");
+    let outline_job = api.wait_terminal(&host, first, WAIT).await;
+    let document_job = api.wait_terminal(&host, &format!("{first}.1"), WAIT).await;
+    assert_eq!(
+        (
+            outline_job["state"].as_str(),
+            document_job["state"].as_str()
+        ),
+        (Some("completed"), Some("failed"))
+    );
+
+    // Listing the session shows every message, oldest first.
     let (status, list) = api
         .get(&host.url(&format!(
             "/api/v1/sessions/{sid}/messages?limit=50&offset=0"
         )))
         .await;
     assert_eq!(status, 200);
-    assert_eq!(list["total"], 2);
+    assert_eq!(list["total"], 3);
     let statuses: Vec<&str> = list["messages"]
         .as_array()
         .expect("list")
         .iter()
         .filter_map(|m| m["status"].as_str())
         .collect();
-    assert_eq!(statuses, ["completed", "error"]);
+    assert_eq!(statuses, ["completed", "error", "error"]);
     let (status, error) = api
         .post(
             &host.url(&format!("/api/v1/sessions/{sid}/tasks")),

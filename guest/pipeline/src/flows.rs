@@ -1,94 +1,140 @@
 //! The three workflows of a session task (and of any `documents` job), as
-//! WIT glue: each stage is one model call, reported as a task of the job's
-//! message (a placeholder replaced by the stage's result, or removed with a
-//! `task_failed` event when the stage fails) and as progress and business
-//! events on the job's own event stream.
+//! WIT glue. Every stage is a job of its own: it makes one model call (two for
+//! a critic round), reports it as a task of the job's message (a placeholder
+//! replaced by the stage's result, or removed with a `task_failed` event when
+//! the stage fails) and as progress and business events on its own job's event
+//! stream, then either queues the next stage as a follow-up job (which takes
+//! the message over) or finishes the message.
 //!
 //! Jobs that drive no message (plain `documents` jobs) get `err` from every
 //! `messages` call; the stages then just skip their message updates.
 
-use crate::spool::handler::types::{ContentBlock, JobError, JobOutput, TaskStatus, TaskUpdate};
-use crate::spool::handler::{events, messages, model, state};
-use crate::stages::{self, ANSWER_SYSTEM, APPROVED, CRITIC_SYSTEM, DOCUMENT_SYSTEM, OUTLINE_KEY, OUTLINE_SYSTEM};
-use crate::{payload::Payload, request};
+use serde_json::json;
 
-/// Design C: an outline (kept in job state, so a retry resumes at stage 2),
-/// then a document written from it.
-pub fn planner(payload: &Payload) -> Result<JobOutput, JobError> {
-    let outline = match state::get(OUTLINE_KEY) {
-        Some(outline) => outline,
-        None => {
-            let outline = stage("Outline", 10, request(OUTLINE_SYSTEM, stages::outline_prompt(payload)))?;
-            state::set(OUTLINE_KEY, &outline);
-            events::emit(
-                "outline_generated",
-                &serde_json::json!({ "outline": outline }).to_string(),
-            );
-            outline
-        }
-    };
+use crate::payload::{Payload, Stage, Workflow};
+use crate::request;
+use crate::spool::handler::types::{ContentBlock, JobError, JobOutput, TaskStatus, TaskUpdate};
+use crate::spool::handler::{events, jobs, messages, model};
+use crate::stages::{self, ANSWER_SYSTEM, APPROVED, CRITIC_SYSTEM, DOCUMENT_SYSTEM, OUTLINE_SYSTEM};
+
+/// Runs the payload's stage of its workflow; later stages go to `queue`.
+pub fn run(queue: &str, payload: &Payload) -> Result<JobOutput, JobError> {
+    match (&payload.stage, payload.workflow) {
+        (_, Workflow::Simple) => simple(payload),
+        (Stage::First, Workflow::Planner) => outline(queue, payload),
+        (Stage::Document { outline }, _) => document(payload, outline),
+        (Stage::First, Workflow::Critic) => draft(queue, payload),
+        (Stage::Review { draft, round }, _) => review(queue, payload, draft, *round),
+    }
+}
+
+/// One model call answers the task.
+fn simple(payload: &Payload) -> Result<JobOutput, JobError> {
+    let answer = stage("Answer", 10, request(ANSWER_SYSTEM, payload.topic.clone()))?;
+    finish(&answer);
+    Ok(output(json!({ "answer": answer }), &answer))
+}
+
+/// Design C, stage 1: the outline; the document is the next job's.
+fn outline(queue: &str, payload: &Payload) -> Result<JobOutput, JobError> {
+    let outline = stage("Outline", 10, request(OUTLINE_SYSTEM, stages::outline_prompt(payload)))?;
+    events::emit("outline_generated", &json!({ "outline": outline }).to_string());
+    let next = follow_up(
+        queue,
+        payload,
+        Stage::Document {
+            outline: outline.clone(),
+        },
+    )?;
+    events::progress(100, "outline done; the document is next");
+    Ok(output(json!({ "outline": outline, "next": next }), &outline))
+}
+
+/// Design C, stage 2: the document, written from the outline.
+fn document(payload: &Payload, outline: &str) -> Result<JobOutput, JobError> {
     let document = stage(
         "Document",
-        50,
-        request(DOCUMENT_SYSTEM, stages::document_prompt(payload, &outline)),
+        10,
+        request(DOCUMENT_SYSTEM, stages::document_prompt(payload, outline)),
     )?;
     events::emit(
         "document_generated",
-        &serde_json::json!({ "length": document.chars().count() }).to_string(),
+        &json!({ "length": document.chars().count() }).to_string(),
     );
     finish(&document);
     Ok(JobOutput {
-        result: stages::result(&outline, &document),
+        result: stages::result(outline, &document),
         blocks: markdown_blocks(&document),
     })
 }
 
-/// One model call answers the task.
-pub fn simple(payload: &Payload) -> Result<JobOutput, JobError> {
-    let answer = stage("Answer", 10, request(ANSWER_SYSTEM, payload.topic.clone()))?;
-    finish(&answer);
-    Ok(JobOutput {
-        result: serde_json::json!({ "answer": answer }).to_string(),
-        blocks: markdown_blocks(&answer),
-    })
+/// Critic, stage 1: a draft; each review round is a job of its own.
+fn draft(queue: &str, payload: &Payload) -> Result<JobOutput, JobError> {
+    let draft = stage("Draft", 10, request(ANSWER_SYSTEM, payload.topic.clone()))?;
+    events::emit(
+        "draft_generated",
+        &json!({ "length": draft.chars().count() }).to_string(),
+    );
+    let next = follow_up(
+        queue,
+        payload,
+        Stage::Review {
+            draft: draft.clone(),
+            round: 1,
+        },
+    )?;
+    events::progress(100, "draft done; review round 1 is next");
+    Ok(output(json!({ "draft": draft, "next": next }), &draft))
 }
 
-/// A draft, then rounds of critique and revision until the critic approves
-/// or `max_iterations` rounds are done.
-pub fn critic(payload: &Payload) -> Result<JobOutput, JobError> {
-    let rounds = u32::from(payload.max_iterations);
-    let mut draft = stage("Draft", 5, request(ANSWER_SYSTEM, payload.topic.clone()))?;
-    let mut done = 0;
-    for round in 1..=rounds {
-        let percent = (10 + 80 * (round - 1) / rounds) as u8;
-        let critique = stage(
-            &format!("Critique {round}"),
-            percent,
-            request(CRITIC_SYSTEM, stages::critique_prompt(payload, &draft)),
-        )?;
-        events::emit(
-            "critique_generated",
-            &serde_json::json!({ "round": round, "critique": critique }).to_string(),
-        );
-        done = round;
-        if critique.contains(APPROVED) {
-            break;
-        }
-        draft = stage(
-            &format!("Revision {round}"),
-            percent + (40 / rounds) as u8,
-            request(ANSWER_SYSTEM, stages::revision_prompt(payload, &draft, &critique)),
-        )?;
-        events::emit(
-            "revision_generated",
-            &serde_json::json!({ "round": round, "length": draft.chars().count() }).to_string(),
-        );
+/// Critic, one round: a critique, then (unless the critic approves) a
+/// revision, and another round until `maxIterations`.
+fn review(queue: &str, payload: &Payload, draft: &str, round: u8) -> Result<JobOutput, JobError> {
+    let critique = stage(
+        &format!("Critique {round}"),
+        10,
+        request(CRITIC_SYSTEM, stages::critique_prompt(payload, draft)),
+    )?;
+    events::emit(
+        "critique_generated",
+        &json!({ "round": round, "critique": critique }).to_string(),
+    );
+    if critique.contains(APPROVED) {
+        finish(draft);
+        return Ok(output(json!({ "draft": draft, "rounds": round }), draft));
     }
-    finish(&draft);
-    Ok(JobOutput {
-        result: serde_json::json!({ "draft": draft, "rounds": done }).to_string(),
-        blocks: markdown_blocks(&draft),
-    })
+    let revised = stage(
+        &format!("Revision {round}"),
+        50,
+        request(ANSWER_SYSTEM, stages::revision_prompt(payload, draft, &critique)),
+    )?;
+    events::emit(
+        "revision_generated",
+        &json!({ "round": round, "length": revised.chars().count() }).to_string(),
+    );
+    if round >= payload.max_iterations {
+        finish(&revised);
+        return Ok(output(json!({ "draft": revised, "rounds": round }), &revised));
+    }
+    let next = follow_up(
+        queue,
+        payload,
+        Stage::Review {
+            draft: revised.clone(),
+            round: round + 1,
+        },
+    )?;
+    events::progress(100, &format!("round {round} done; round {} is next", round + 1));
+    Ok(output(
+        json!({ "draft": revised, "round": round, "next": next }),
+        &revised,
+    ))
+}
+
+/// Queues the job of the next stage (run once this one completes).
+fn follow_up(queue: &str, payload: &Payload, next: Stage) -> Result<String, JobError> {
+    jobs::follow_up(queue, &payload.next(next))
+        .map_err(|reason| JobError::Reject(format!("could not queue the next stage: {reason}")))
 }
 
 /// One model call as a task of the message: started with a placeholder,
@@ -134,6 +180,14 @@ fn finish(text: &str) {
         let _ = messages::complete();
     }
     events::progress(100, "done");
+}
+
+/// A stage's output: its result JSON and its text as a Markdown block.
+fn output(result: serde_json::Value, text: &str) -> JobOutput {
+    JobOutput {
+        result: result.to_string(),
+        blocks: markdown_blocks(text),
+    }
 }
 
 fn markdown_blocks(text: &str) -> Vec<ContentBlock> {

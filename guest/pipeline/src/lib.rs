@@ -1,11 +1,10 @@
 //! Design C's two-stage document generator (queue `"documents"`), and the
 //! workflows of session tasks (`simple`, `planner`, `critic`; see [`flows`]).
 //!
-//! A job `{"topic": …, "sections"?: 1..=10}` is answered in two model calls:
-//! an outline, then a document written from it. The finished outline is kept in
-//! job state under `"outline"`, so a retry skips stage 1, and each stage
-//! announces itself with a custom event (`outline_generated`,
-//! `document_generated`).
+//! A job `{"topic": …, "sections"?: 1..=10}` is answered in two stages, each a
+//! job of its own: an outline, then (in a follow-up job) a document written
+//! from it. Each stage announces itself with a custom event on its own job's
+//! stream (`outline_generated`, `document_generated`).
 //!
 //! This file is the glue between the WIT world `handler` and the rules, which
 //! live in plain Rust modules so they can be unit-tested on the host target:
@@ -22,7 +21,7 @@ wit_bindgen::generate!({
 });
 
 use exports::spool::handler::hooks::Guest;
-use payload::{Payload, Workflow};
+use payload::{Payload, Stage, Workflow};
 use spool::handler::logging::{self, Level};
 use spool::handler::types::{
     ChatMessage, ContentBlock, Job, JobError, JobOutput, ModelError, ModelParams, ModelRequest, PriorityClass,
@@ -51,6 +50,8 @@ impl Guest for Pipeline {
                 sections: payload::DEFAULT_SECTIONS,
                 workflow: Workflow::Planner,
                 max_iterations: payload::DEFAULT_ITERATIONS,
+                stage: Stage::First,
+                message: None,
             }
         });
         request(OUTLINE_SYSTEM, stages::outline_prompt(&payload))
@@ -65,14 +66,15 @@ impl Guest for Pipeline {
 
     fn handle(job: Job) -> Result<JobOutput, JobError> {
         let payload = Payload::parse(&job.payload).map_err(JobError::Reject)?;
-        let output = match payload.workflow {
-            Workflow::Planner => flows::planner(&payload)?,
-            Workflow::Simple => flows::simple(&payload)?,
-            Workflow::Critic => flows::critic(&payload)?,
-        };
+        let output = flows::run(&job.queue, &payload)?;
         logging::log(
             Level::Info,
-            &format!("{:?} workflow on {:?} finished", payload.workflow, payload.topic),
+            &format!(
+                "{:?} workflow on {:?}: {} stage done",
+                payload.workflow,
+                payload.topic,
+                payload.stage.name()
+            ),
         );
         Ok(output)
     }

@@ -1,7 +1,13 @@
 //! The document job body: `{"topic": string, "sections"?: 1..=10,
 //! "workflow"?: "simple" | "planner" | "critic", "maxIterations"?: 1..=10}`, and
 //! how it is checked. Session tasks add a `message` object naming the message
-//! the job drives; the host reads that one, the guest ignores it.
+//! the job drives; the guest only copies it into its follow-up jobs.
+//!
+//! Each stage of a workflow is a job of its own. A client submits the first
+//! stage; the job of each later stage is a follow-up queued by the previous
+//! one, with the same fields plus `"stage"` and what the stage works from:
+//! `{"stage": "document", "outline": …}` (planner) or
+//! `{"stage": "review", "draft": …, "round": 1..=maxIterations}` (critic).
 
 use serde_json::Value;
 
@@ -28,6 +34,27 @@ pub enum Workflow {
     Critic,
 }
 
+/// Which stage of its workflow a job runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// The first: the answer (simple), the outline (planner), the draft (critic).
+    First,
+    /// Planner, stage 2: the document, written from the outline.
+    Document { outline: String },
+    /// Critic: one round of critique (and revision, unless approved).
+    Review { draft: String, round: u8 },
+}
+
+impl Stage {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Stage::First => "first",
+            Stage::Document { .. } => "document",
+            Stage::Review { .. } => "review",
+        }
+    }
+}
+
 /// A checked document payload, e.g. `{"topic": "Rust error handling", "sections": 4}`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Payload {
@@ -41,6 +68,9 @@ pub struct Payload {
     /// Rounds of the critic workflow: 1..=[`MAX_ITERATIONS`], by default
     /// [`DEFAULT_ITERATIONS`].
     pub max_iterations: u8,
+    pub stage: Stage,
+    /// The session message the job drives, passed on to the next stage's job.
+    pub message: Option<Value>,
 }
 
 impl Payload {
@@ -83,12 +113,71 @@ impl Payload {
                 .ok_or_else(|| format!("payload.maxIterations must be an integer from 1 to {MAX_ITERATIONS}"))?,
         };
 
+        let text = |name: &str| match fields.get(name).and_then(Value::as_str) {
+            Some(text) if !text.trim().is_empty() => Ok(text.to_owned()),
+            _ => Err(format!("payload.{name} must be a non-empty string")),
+        };
+        let stage = match (fields.get("stage").and_then(Value::as_str), workflow) {
+            (None, _) => Stage::First,
+            (Some("document"), Workflow::Planner) => Stage::Document {
+                outline: text("outline")?,
+            },
+            (Some("review"), Workflow::Critic) => Stage::Review {
+                draft: text("draft")?,
+                round: fields
+                    .get("round")
+                    .and_then(Value::as_u64)
+                    .and_then(|n| u8::try_from(n).ok())
+                    .filter(|n| (1..=max_iterations).contains(n))
+                    .ok_or_else(|| format!("payload.round must be an integer from 1 to {max_iterations}"))?,
+            },
+            (Some(stage), workflow) => {
+                return Err(format!(
+                    "payload.stage `{stage}` is not a stage of the {workflow:?} workflow"
+                ));
+            }
+        };
+
         Ok(Self {
             topic,
             sections,
             workflow,
             max_iterations,
+            stage,
+            message: fields.get("message").cloned(),
         })
+    }
+
+    /// The payload of the job that runs `stage` next: this one's fields with
+    /// the stage's own.
+    pub fn next(&self, stage: Stage) -> String {
+        let workflow = match self.workflow {
+            Workflow::Simple => "simple",
+            Workflow::Planner => "planner",
+            Workflow::Critic => "critic",
+        };
+        let mut next = serde_json::json!({
+            "topic": self.topic,
+            "sections": self.sections,
+            "workflow": workflow,
+            "maxIterations": self.max_iterations,
+        });
+        match stage {
+            Stage::First => {}
+            Stage::Document { outline } => {
+                next["stage"] = "document".into();
+                next["outline"] = outline.into();
+            }
+            Stage::Review { draft, round } => {
+                next["stage"] = "review".into();
+                next["draft"] = draft.into();
+                next["round"] = round.into();
+            }
+        }
+        if let Some(message) = &self.message {
+            next["message"] = message.clone();
+        }
+        next.to_string()
     }
 }
 
@@ -102,6 +191,56 @@ mod tests {
             sections,
             workflow: Workflow::Planner,
             max_iterations: DEFAULT_ITERATIONS,
+            stage: Stage::First,
+            message: None,
+        }
+    }
+
+    #[test]
+    fn the_next_stage_keeps_the_fields_and_the_message() {
+        let first = Payload::parse(r#"{"topic": "Tides", "sections": 2, "message": {"messageId": "m"}}"#).unwrap();
+        let next = first.next(Stage::Document {
+            outline: "1. Moon".into(),
+        });
+        let second = Payload::parse(&next).unwrap();
+        assert_eq!(
+            second.stage,
+            Stage::Document {
+                outline: "1. Moon".into()
+            }
+        );
+        assert_eq!((second.topic.as_str(), second.sections), ("Tides", 2));
+        assert_eq!(second.message, first.message);
+        let critic = Payload::parse(r#"{"topic": "Tides", "workflow": "critic", "maxIterations": 3}"#).unwrap();
+        let review = Payload::parse(&critic.next(Stage::Review {
+            draft: "d".into(),
+            round: 3,
+        }))
+        .unwrap();
+        assert_eq!(
+            review.stage,
+            Stage::Review {
+                draft: "d".into(),
+                round: 3
+            }
+        );
+    }
+
+    #[test]
+    fn refuses_a_stage_that_does_not_fit() {
+        for (json, problem) in [
+            (r#"{"topic": "T", "stage": "document"}"#, "payload.outline"),
+            (r#"{"topic": "T", "stage": "review"}"#, "not a stage of the Planner"),
+            (
+                r#"{"topic": "T", "workflow": "critic", "stage": "review", "draft": "d", "round": 3}"#,
+                "payload.round",
+            ),
+            (r#"{"topic": "T", "stage": "lunch"}"#, "`lunch`"),
+        ] {
+            assert!(
+                Payload::parse(json).is_err_and(|reason| reason.contains(problem)),
+                "{json}"
+            );
         }
     }
 

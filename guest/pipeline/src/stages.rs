@@ -1,14 +1,11 @@
-//! The two stages of a document job: what each asks the model, and what the
-//! job returns.
+//! The stages of the workflows: what each asks the model, and what the last
+//! one returns.
 //!
-//! Stage 1 writes an outline of the topic; stage 2 writes the document from
-//! that outline. The handler saves the outline in job state between them, so a
-//! retry after a stage-2 failure starts at stage 2.
+//! Planner: stage 1 writes an outline of the topic; stage 2 (the next job)
+//! writes the document from that outline, which its payload carries, so a
+//! retry of stage 2 never redoes stage 1.
 
 use crate::payload::Payload;
-
-/// The state key holding a finished outline.
-pub const OUTLINE_KEY: &str = "outline";
 
 /// System prompt of the outline stage.
 pub const OUTLINE_SYSTEM: &str = "You write outlines.";
@@ -80,6 +77,8 @@ mod tests {
             sections: 4,
             workflow: crate::payload::Workflow::Planner,
             max_iterations: 2,
+            stage: crate::payload::Stage::First,
+            message: None,
         }
     }
 

@@ -299,6 +299,12 @@ impl Run {
     pub fn state(&self) -> &std::collections::BTreeMap<String, String> {
         &self.0.state
     }
+
+    /// The follow-up jobs `handle` asked for, each `{"id", "queue", "payload"}`
+    /// (recorded, not queued).
+    pub fn follow_ups(&self) -> &[Value] {
+        &self.0.follow_ups
+    }
 }
 
 /// Runs `cargo build --release --target wasm32-wasip2` in `crate_dir` and

@@ -125,10 +125,13 @@ pub struct Record {
     pub logs: Vec<Value>,
     pub output: String,
     pub state: BTreeMap<String, String>,
+    /// `{"id", "queue", "payload"}` for each follow-up job asked for.
+    pub follow_ups: Vec<Value>,
     pub unused_replies: usize,
 }
 
 pub struct ScriptedHost {
+    job_id: String,
     replies: Mutex<VecDeque<ScriptedReply>>,
     record: Mutex<Record>,
 }
@@ -137,8 +140,9 @@ pub struct ScriptedHost {
 const SCRIPTED_MODEL: &str = "scripted";
 
 impl ScriptedHost {
-    pub fn new(replies: Vec<ScriptedReply>, state: BTreeMap<String, String>) -> Self {
+    pub fn new(job_id: &str, replies: Vec<ScriptedReply>, state: BTreeMap<String, String>) -> Self {
         Self {
+            job_id: job_id.to_owned(),
             replies: Mutex::new(replies.into()),
             record: Mutex::new(Record {
                 state,
@@ -275,5 +279,16 @@ impl JobHost for ScriptedHost {
 
     fn guest_output(&self, text: &str) {
         self.record().output.push_str(text);
+    }
+
+    /// Recorded, never queued; ids as the worker would give them.
+    fn follow_up(&self, queue: String, payload: String) -> Result<String, String> {
+        let mut record = self.record();
+        let id = format!("{}.{}", self.job_id, record.follow_ups.len() + 1);
+        let payload = serde_json::from_str(&payload).unwrap_or(Value::String(payload));
+        record
+            .follow_ups
+            .push(json!({"id": id, "queue": queue, "payload": payload}));
+        Ok(id)
     }
 }

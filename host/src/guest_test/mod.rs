@@ -112,6 +112,9 @@ pub struct Report {
     pub output: String,
     /// The job's state after the run.
     pub state: BTreeMap<String, String>,
+    /// `{"id", "queue", "payload"}` for each follow-up job `handle` asked
+    /// for (recorded, not queued).
+    pub follow_ups: Vec<Value>,
     /// Scripted replies the guest never asked for.
     pub unused_replies: usize,
     /// Each expectation and whether it held.
@@ -152,6 +155,7 @@ impl Fixture {
 /// Runs the fixture's hook once in a fresh instance.
 pub async fn run(runtime: &Runtime, handler: &HandlerComponent, fixture: &Fixture) -> Report {
     let host = Arc::new(ScriptedHost::new(
+        &fixture.job.id,
         fixture.replies.clone(),
         fixture.state.clone(),
     ));
@@ -191,6 +195,7 @@ pub async fn run(runtime: &Runtime, handler: &HandlerComponent, fixture: &Fixtur
         logs: recorded.logs,
         output: recorded.output,
         state: recorded.state,
+        follow_ups: recorded.follow_ups,
         unused_replies: recorded.unused_replies,
         checks: Vec::new(),
         pass: false,
