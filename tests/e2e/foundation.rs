@@ -404,7 +404,7 @@ async fn the_pipeline_guest_runs_outline_then_document_with_its_business_events(
     let (status, reply) = api
         .post(
             &host.url("/api/queues/documents/jobs"),
-            &json!({"payload": {"topic": "tea", "sections": 2}, "priority": 9}),
+            &json!({"payload": {"topic": "tea 茶", "sections": 2}, "priority": 9}),
         )
         .await;
     assert_eq!(status, 202, "{reply}");
@@ -418,7 +418,7 @@ async fn the_pipeline_guest_runs_outline_then_document_with_its_business_events(
         .as_str()
         .unwrap_or_default();
     assert!(
-        outline.contains("Write an outline with 2 sections about: tea"),
+        outline.contains("Write an outline with 2 sections about: tea 茶"),
         "{outline_job}"
     );
     let next = outline_job["result"]["next"].as_str().unwrap_or_default();
@@ -465,6 +465,27 @@ async fn the_pipeline_guest_runs_outline_then_document_with_its_business_events(
         Some(&2),
         "two stages, two model calls"
     );
+    // Design C's entry fields, with non-ASCII text stored as is (not \u-escaped).
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(format!("job_events:{id}"))
+        .arg("-")
+        .arg("+")
+        .query(&mut redis.connection())
+        .expect("job events");
+    let (_, fields) = entries
+        .iter()
+        .find(|(_, fields)| {
+            fields
+                .iter()
+                .any(|(k, v)| k == "event_type" && v == "outline_generated")
+        })
+        .expect("outline_generated entry");
+    let names: Vec<&str> = fields.iter().map(|(k, _)| k.as_str()).collect();
+    for field in ["event_type", "data", "timestamp"] {
+        assert!(names.contains(&field), "{names:?}");
+    }
+    let data = &fields.iter().find(|(k, _)| k == "data").expect("data").1;
+    assert!(data.contains("茶") && !data.contains("\\u"), "{data}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
