@@ -6,7 +6,8 @@
 //! on loopback (no workers; the stub model), then times the store's
 //! operations as an instance performs them (one Lua call or read each) and
 //! the delay from an append to its arrival at an SSE client of the instance.
-//! Fixed counts, loopback only; owns nothing but its temporary files.
+//! Each figure is also given as a ratio to a Redis PING measured in the same
+//! run. Fixed counts, loopback only; owns nothing but its temporary files.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -33,6 +34,7 @@ pub struct BenchSessionsArgs {
 /// One measured operation.
 struct Row {
     name: &'static str,
+    /// Design D's claim; infinite for the baseline, which has none.
     claim_ms: f64,
     samples: Vec<Duration>,
 }
@@ -70,6 +72,15 @@ async fn measure(args: &BenchSessionsArgs, redis_url: &str, base: &str) -> Resul
     );
     let session = store.create_session(&json!({"bench": true})).await?;
     let n = args.operations;
+
+    // The baseline: one Redis round trip on the same kind of connection.
+    let mut redis = client.get_connection_manager().await?;
+    let mut ping = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        redis::cmd("PING").query_async::<()>(&mut redis).await?;
+        ping.push(started.elapsed());
+    }
 
     let mut create = Vec::with_capacity(n);
     let mut messages = Vec::with_capacity(n);
@@ -152,6 +163,11 @@ async fn measure(args: &BenchSessionsArgs, redis_url: &str, base: &str) -> Resul
 
     let sse = sse_delays(&store, &session, &messages[3], base, args.sse_events).await?;
     Ok(vec![
+        Row {
+            name: "baseline: Redis PING",
+            claim_ms: f64::INFINITY,
+            samples: ping,
+        },
         Row {
             name: "create message",
             claim_ms: 10.0,
@@ -281,9 +297,14 @@ fn print(args: &BenchSessionsArgs, rows: &[Row]) {
         args.operations, args.sse_events
     );
     println!(
-        "{:<22} {:>6} {:>9} {:>9} {:>9}  {:<16} {}",
-        "operation", "n", "p50 ms", "p99 ms", "max ms", "design D claim", "p99 within"
+        "{:<22} {:>6} {:>9} {:>9} {:>9} {:>9}  {:<16} {}",
+        "operation", "n", "p50 ms", "p99 ms", "max ms", "p50/PING", "design D claim", "p99 within"
     );
+    let baseline_p50 = rows.first().map_or(0.0, |row| {
+        let mut sorted = row.samples.clone();
+        sorted.sort();
+        percentile(&sorted, 0.5)
+    });
     for row in rows {
         let mut sorted = row.samples.clone();
         sorted.sort();
@@ -292,15 +313,22 @@ fn print(args: &BenchSessionsArgs, rows: &[Row]) {
             percentile(&sorted, 0.99),
             percentile(&sorted, 1.0),
         );
+        let (claim, within) = if row.claim_ms.is_finite() {
+            let within = if p99 < row.claim_ms { "yes" } else { "NO" };
+            (format!("< {} ms", row.claim_ms), within)
+        } else {
+            ("-".to_owned(), "-")
+        };
         println!(
-            "{:<22} {:>6} {:>9.3} {:>9.3} {:>9.3}  {:<16} {}",
+            "{:<22} {:>6} {:>9.3} {:>9.3} {:>9.3} {:>8.1}x  {:<16} {}",
             row.name,
             sorted.len(),
             p50,
             p99,
             max,
-            format!("< {} ms", row.claim_ms),
-            if p99 < row.claim_ms { "yes" } else { "NO" }
+            p50 / baseline_p50.max(1e-9),
+            claim,
+            within
         );
     }
 }

@@ -348,3 +348,23 @@ impl SandboxConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The README's "Configuration" block is what a user copies: it must parse
+    /// and say exactly what the defaults are.
+    #[test]
+    fn the_readme_configuration_block_is_the_defaults() {
+        let readme = include_str!("../../README.md");
+        let section = &readme[readme.find("## Configuration").expect("section")..];
+        let start = section.find("```toml\n").expect("toml block") + "```toml\n".len();
+        let block = &section[start..start + section[start..].find("```").expect("block end")];
+        let parsed: Config = toml::from_str(block).expect("the README block parses");
+        assert_eq!(
+            serde_json::to_value(&parsed).expect("json"),
+            serde_json::to_value(Config::default()).expect("json")
+        );
+    }
+}
