@@ -571,3 +571,55 @@ async fn while_redis_is_down_the_api_answers_503_and_the_host_resumes_when_it_is
         expected_chat_response("job after outage", 0)
     );
 }
+
+/// Follow-up jobs are queued under ids derived from their parent's, so a parent
+/// that runs twice (recovery after a crash) must find its follow-up in place:
+/// a second submission under a taken id is refused and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_id_is_queued_once_however_often_it_is_submitted() {
+    use spool::queue::{NewJob, Queue, QueueKeys, SubmitError};
+    use spool::runtime::PriorityClass;
+
+    let redis = Redis::start();
+    let connection = redis::Client::open(redis.url())
+        .expect("url")
+        .get_connection_manager()
+        .await
+        .expect("redis");
+    let queue = Queue::new(connection);
+    let keys = QueueKeys::new("documents");
+    queue.ensure_groups(&keys).await.expect("groups");
+    let job = |payload: &'static str| NewJob {
+        id: "parent.1",
+        queue: &keys,
+        class: PriorityClass::Normal,
+        score: 5,
+        priority: 5,
+        user_id: "u",
+        user_tier: "",
+        payload,
+        handler: "pipeline",
+        max_waiting: 100,
+    };
+    queue
+        .submit(job(r#"{"run": 1}"#))
+        .await
+        .expect("first submission");
+    let again = queue.submit(job(r#"{"run": 2}"#)).await;
+    assert!(matches!(again, Err(SubmitError::Duplicate)), "{again:?}");
+    let record = queue.job("parent.1").await.expect("read").expect("job");
+    assert_eq!(
+        record.payload, r#"{"run": 1}"#,
+        "the first submission stands"
+    );
+    let entries: u64 = redis::cmd("XLEN")
+        .arg(keys.stream(PriorityClass::Normal))
+        .query(&mut redis.connection())
+        .expect("xlen");
+    assert_eq!(entries, 1);
+    let events: u64 = redis::cmd("XLEN")
+        .arg("job_events:parent.1")
+        .query(&mut redis.connection())
+        .expect("xlen");
+    assert_eq!(events, 1, "one task_queued event");
+}

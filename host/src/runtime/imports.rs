@@ -198,10 +198,18 @@ impl messages::Host for GuestState {
 
 impl jobs::Host for GuestState {
     async fn follow_up(&mut self, queue: String, payload: String) -> Result<String, String> {
+        let host = self.job_host()?;
+        // A follow-up is output too: it may not be larger than a job's output.
+        if payload.len() > self.limits.max_output_bytes {
+            return Err(format!(
+                "the follow-up's payload is over {} bytes",
+                self.limits.max_output_bytes
+            ));
+        }
         if serde_json::from_str::<serde_json::Value>(&payload).is_err() {
             return Err("the follow-up's payload is not JSON".into());
         }
-        self.job_host()?.follow_up(queue, payload)
+        host.follow_up(queue, payload)
     }
 }
 
