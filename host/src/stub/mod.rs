@@ -22,6 +22,10 @@
 //!   model call consumes the first queued fault whose `paths` match it.
 //! - `POST /_stub/config` `{"latency_ms", "chunk_delay_ms"}` (either optional) retimes replies.
 //! - `POST /_stub/reset` clears the fault queue and the statistics.
+//!
+//! Here: the server, its shared state and the control API. `answers` computes
+//! the deterministic answers, `faults` the fault queue's entries and error
+//! bodies, `protocol` the model endpoints of both protocols.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -30,23 +34,29 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
-use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
-use futures_util::StreamExt as _;
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::models::{BackendKind, ChatMessage, Role};
+use crate::models::BackendKind;
 
-pub const EMBEDDING_DIM: usize = 8;
-const CREATED_AT: &str = "1970-01-01T00:00:00Z";
+mod answers;
+mod faults;
+mod protocol;
+
+pub use answers::{EMBEDDING_DIM, answer, embedding, word_pieces};
+pub use faults::Fault;
+use faults::fault_response;
+use protocol::{
+    ollama_chat, ollama_embed, ollama_generate, ollama_tags, openai_chat, openai_embed,
+    openai_models,
+};
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct StubArgs {
@@ -69,136 +79,6 @@ impl StubArgs {
             latency_ms: 0,
             chunk_delay_ms: 0,
         }
-    }
-}
-
-/// The stub's chat answer for `messages` sent to `model`.
-pub fn answer(model: &str, messages: &[ChatMessage]) -> String {
-    let last = messages
-        .iter()
-        .rev()
-        .find(|message| message.role == Role::User);
-    let last = last.map_or("", |message| message.content.as_str());
-    format!("[{model}] {} messages; you said: {last}", messages.len())
-}
-
-/// The stub's embedding: `EMBEDDING_DIM` values in [-1, 1). With `s` = FNV-1a-64 of the
-/// text's UTF-8 bytes and `z_i` the i-th output (from 1) of SplitMix64 seeded with `s`,
-/// `v[i-1] = (z_i >> 40) / 2^23 - 1`, exact in f32 and stable everywhere.
-pub fn embedding(text: &str) -> Vec<f32> {
-    let mut state = fnv1a64(text.as_bytes());
-    (0..EMBEDDING_DIM)
-        .map(|_| (splitmix64(&mut state) >> 40) as f32 / (1u32 << 23) as f32 - 1.0)
-        .collect()
-}
-
-/// How the stub streams `text`: words with their trailing whitespace.
-pub fn word_pieces(text: &str) -> Vec<&str> {
-    let mut pieces = Vec::new();
-    let mut start = 0;
-    let (mut piece_has_word, mut after_space) = (false, false);
-    for (index, character) in text.char_indices() {
-        let is_space = character.is_whitespace();
-        if piece_has_word && after_space && !is_space {
-            pieces.push(&text[start..index]);
-            start = index;
-        }
-        piece_has_word |= !is_space;
-        after_space = is_space;
-    }
-    if start < text.len() {
-        pieces.push(&text[start..]);
-    }
-    pieces
-}
-
-fn word_count(text: &str) -> usize {
-    text.split_whitespace().count()
-}
-
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// One entry of the fault queue; `POST /_stub/faults` takes a JSON array of these.
-/// Exactly one of `status` and `midstream_error` must be set.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Fault {
-    /// Answer with this status (400..=599) and an error body in the protocol's format;
-    /// 200 answers normally (a spacer: "the next call succeeds, the one after fails").
-    pub status: Option<u16>,
-    /// Sent as `Retry-After`.
-    pub retry_after_secs: Option<u64>,
-    /// Sent as `retry-after-ms`.
-    pub retry_after_ms: Option<u64>,
-    /// Extra response headers, e.g. `{"x-ratelimit-reset-requests": "6m0s"}`.
-    pub headers: BTreeMap<String, String>,
-    /// OpenAI error `code`, e.g. `insufficient_quota`.
-    pub code: Option<String>,
-    /// Replaces the error body: a JSON string is sent as plain text, other JSON as is.
-    pub body: Option<Value>,
-    /// Start a 200 stream, send one piece, then report this error in the protocol's
-    /// stream format and close (no `done` / `[DONE]`). Non-streamed replies instead send
-    /// half their body and drop the connection.
-    pub midstream_error: Option<String>,
-    /// How many calls this fault answers before it leaves the queue (default 1).
-    pub times: u32,
-    /// Model paths it applies to, e.g. `["/api/chat"]`; empty means all.
-    pub paths: Vec<String>,
-}
-
-impl Default for Fault {
-    fn default() -> Self {
-        Self {
-            status: None,
-            retry_after_secs: None,
-            retry_after_ms: None,
-            headers: BTreeMap::new(),
-            code: None,
-            body: None,
-            midstream_error: None,
-            times: 1,
-            paths: Vec::new(),
-        }
-    }
-}
-
-impl Fault {
-    fn check(&self) -> Result<(), String> {
-        match (self.status, &self.midstream_error) {
-            (Some(status), None) if status != 200 && !(400..=599).contains(&status) => {
-                return Err(format!(
-                    "status {status} is neither 200 nor an error status (400..=599)"
-                ));
-            }
-            (Some(_), None) | (None, Some(_)) => {}
-            _ => return Err("a fault needs exactly one of `status` and `midstream_error`".into()),
-        }
-        if self.times == 0 {
-            return Err("`times` must be at least 1".into());
-        }
-        for (name, value) in &self.headers {
-            HeaderName::from_bytes(name.as_bytes())
-                .map_err(|e| format!("header name {name:?}: {e}"))?;
-            HeaderValue::from_str(value)
-                .map_err(|e| format!("header {name} value {value:?}: {e}"))?;
-        }
-        Ok(())
-    }
-
-    fn applies_to(&self, path: &str) -> bool {
-        self.paths.is_empty() || self.paths.iter().any(|candidate| candidate == path)
     }
 }
 
@@ -467,218 +347,6 @@ async fn admit(
     }
 }
 
-fn fault_response(kind: BackendKind, fault: &Fault) -> Response {
-    let status = fault
-        .status
-        .and_then(|status| StatusCode::from_u16(status).ok());
-    let status = status.unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let rate_limited_openai =
-        kind == BackendKind::Openai && status == StatusCode::TOO_MANY_REQUESTS;
-    let code = fault
-        .code
-        .as_deref()
-        .or(rate_limited_openai.then_some("rate_limit_exceeded"));
-    let mut response = match &fault.body {
-        Some(Value::String(text)) => (status, text.clone()).into_response(),
-        Some(body) => (status, Json(body.clone())).into_response(),
-        None => error_response(
-            kind,
-            status,
-            &format!("stub: injected HTTP {}", status.as_u16()),
-            code,
-        ),
-    };
-    let headers = response.headers_mut();
-    if let Some(secs) = fault.retry_after_secs {
-        headers.insert(RETRY_AFTER, secs.into());
-    }
-    if let Some(ms) = fault.retry_after_ms {
-        headers.insert(HeaderName::from_static("retry-after-ms"), ms.into());
-    }
-    if rate_limited_openai {
-        headers.insert(
-            HeaderName::from_static("x-ratelimit-remaining-requests"),
-            HeaderValue::from_static("0"),
-        );
-    }
-    for (name, value) in &fault.headers {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            headers.insert(name, value);
-        }
-    }
-    response
-}
-
-fn error_response(
-    kind: BackendKind,
-    status: StatusCode,
-    message: &str,
-    code: Option<&str>,
-) -> Response {
-    let body = match kind {
-        BackendKind::Ollama => json!({ "error": message }),
-        BackendKind::Openai => {
-            let error_type = match code {
-                Some("insufficient_quota") => "insufficient_quota",
-                _ if status.is_server_error() => "server_error",
-                _ if status == StatusCode::TOO_MANY_REQUESTS => "requests",
-                _ => "invalid_request_error",
-            };
-            json!({ "error": { "message": message, "type": error_type, "code": code } })
-        }
-    };
-    (status, Json(body)).into_response()
-}
-
-// Handlers return `Result<Response, Response>`; boxing the error would only add noise.
-#[allow(clippy::result_large_err)]
-fn parse<T: DeserializeOwned>(kind: BackendKind, body: &[u8]) -> Result<T, Response> {
-    serde_json::from_slice(body).map_err(|e| {
-        error_response(
-            kind,
-            StatusCode::BAD_REQUEST,
-            &format!("invalid request body: {e}"),
-            None,
-        )
-    })
-}
-
-#[derive(Deserialize)]
-struct ChatBody {
-    model: String,
-    messages: Vec<ChatMessage>,
-    stream: Option<bool>,
-    stream_options: Option<StreamOptions>,
-}
-
-#[derive(Deserialize)]
-struct StreamOptions {
-    #[serde(default)]
-    include_usage: bool,
-}
-
-#[derive(Deserialize)]
-struct GenerateBody {
-    model: String,
-    #[serde(default)]
-    prompt: String,
-    system: Option<String>,
-    stream: Option<bool>,
-}
-
-#[derive(Deserialize)]
-struct EmbedBody {
-    model: String,
-    input: EmbedInput,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum EmbedInput {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl EmbedInput {
-    fn into_texts(self) -> Vec<String> {
-        match self {
-            EmbedInput::One(text) => vec![text],
-            EmbedInput::Many(texts) => texts,
-        }
-    }
-}
-
-async fn ollama_chat(State(stub): State<Stub>, body: Bytes) -> Result<Response, Response> {
-    let request: ChatBody = parse(BackendKind::Ollama, &body)?;
-    let completion = Completion::answering(request.model, &request.messages);
-    chat_reply(
-        &stub,
-        Flavor::OllamaChat,
-        &completion,
-        request.stream.unwrap_or(true),
-    )
-    .await
-}
-
-async fn ollama_generate(State(stub): State<Stub>, body: Bytes) -> Result<Response, Response> {
-    let request: GenerateBody = parse(BackendKind::Ollama, &body)?;
-    let system = request
-        .system
-        .map(|system| ChatMessage::new(Role::System, system));
-    let messages: Vec<ChatMessage> = system
-        .into_iter()
-        .chain([ChatMessage::new(Role::User, request.prompt)])
-        .collect();
-    let completion = Completion::answering(request.model, &messages);
-    chat_reply(
-        &stub,
-        Flavor::OllamaGenerate,
-        &completion,
-        request.stream.unwrap_or(true),
-    )
-    .await
-}
-
-async fn openai_chat(State(stub): State<Stub>, body: Bytes) -> Result<Response, Response> {
-    let request: ChatBody = parse(BackendKind::Openai, &body)?;
-    let include_usage = request
-        .stream_options
-        .is_some_and(|options| options.include_usage);
-    let completion = Completion::answering(request.model, &request.messages);
-    chat_reply(
-        &stub,
-        Flavor::Openai { include_usage },
-        &completion,
-        request.stream.unwrap_or(false),
-    )
-    .await
-}
-
-async fn ollama_embed(State(stub): State<Stub>, body: Bytes) -> Result<Response, Response> {
-    let request: EmbedBody = parse(BackendKind::Ollama, &body)?;
-    let texts = request.input.into_texts();
-    let (failure, _) = admit(&stub, BackendKind::Ollama, "/api/embed", texts.len()).await?;
-    let vectors: Vec<Vec<f32>> = texts.iter().map(|text| embedding(text)).collect();
-    Ok(json_reply(
-        &json!({ "model": request.model, "embeddings": vectors }),
-        failure.is_some(),
-    ))
-}
-
-async fn openai_embed(State(stub): State<Stub>, body: Bytes) -> Result<Response, Response> {
-    let request: EmbedBody = parse(BackendKind::Openai, &body)?;
-    let texts = request.input.into_texts();
-    let (failure, _) = admit(&stub, BackendKind::Openai, "/v1/embeddings", texts.len()).await?;
-    let data: Vec<Value> = texts
-        .iter()
-        .enumerate()
-        .map(|(index, text)| json!({ "object": "embedding", "index": index, "embedding": embedding(text) }))
-        .collect();
-    let tokens: usize = texts.iter().map(|text| word_count(text)).sum();
-    let body = json!({
-        "object": "list",
-        "data": data,
-        "model": request.model,
-        "usage": { "prompt_tokens": tokens, "total_tokens": tokens },
-    });
-    Ok(json_reply(&body, failure.is_some()))
-}
-
-async fn ollama_tags() -> Json<Value> {
-    Json(json!({ "models": [{
-        "name": "stub", "model": "stub", "modified_at": CREATED_AT, "size": 0, "digest": "stub", "details": {}
-    }] }))
-}
-
-async fn openai_models() -> Json<Value> {
-    Json(
-        json!({ "object": "list", "data": [{ "id": "stub", "object": "model", "created": 0, "owned_by": "spool" }] }),
-    )
-}
-
 async fn add_faults(State(stub): State<Stub>, body: Bytes) -> Response {
     let queued = serde_json::from_slice::<Vec<Fault>>(&body)
         .map_err(|e| e.to_string())
@@ -715,254 +383,13 @@ async fn configure(State(stub): State<Stub>, body: Bytes) -> Response {
     Json(*timing).into_response()
 }
 
-/// A deterministic reply, with the usage numbers both protocols report.
-struct Completion {
-    model: String,
-    text: String,
-    prompt_tokens: usize,
-    completion_tokens: usize,
-}
-
-impl Completion {
-    fn answering(model: String, messages: &[ChatMessage]) -> Self {
-        let text = answer(&model, messages);
-        Self {
-            prompt_tokens: messages
-                .iter()
-                .map(|message| word_count(&message.content))
-                .sum(),
-            completion_tokens: word_count(&text),
-            text,
-            model,
-        }
-    }
-}
-
-/// The three chat endpoints differ only in how they frame the same completion.
-#[derive(Clone, Copy)]
-enum Flavor {
-    OllamaChat,
-    OllamaGenerate,
-    Openai { include_usage: bool },
-}
-
-impl Flavor {
-    fn kind(self) -> BackendKind {
-        match self {
-            Flavor::Openai { .. } => BackendKind::Openai,
-            _ => BackendKind::Ollama,
-        }
-    }
-
-    fn path(self) -> &'static str {
-        match self {
-            Flavor::OllamaChat => "/api/chat",
-            Flavor::OllamaGenerate => "/api/generate",
-            Flavor::Openai { .. } => "/v1/chat/completions",
-        }
-    }
-
-    fn content_type(self) -> &'static str {
-        match self {
-            Flavor::Openai { .. } => "text/event-stream",
-            _ => "application/x-ndjson",
-        }
-    }
-
-    /// The single-object reply to `stream: false`.
-    fn whole(self, completion: &Completion) -> Value {
-        match self {
-            Flavor::Openai { .. } => json!({
-                "id": "chatcmpl-stub",
-                "object": "chat.completion",
-                "created": 0,
-                "model": completion.model,
-                "choices": [{
-                    "index": 0,
-                    "message": { "role": "assistant", "content": completion.text },
-                    "finish_reason": "stop",
-                }],
-                "usage": openai_usage(completion),
-            }),
-            _ => self.ollama_line(completion, &completion.text, true),
-        }
-    }
-
-    fn piece(self, completion: &Completion, piece: &str) -> Bytes {
-        match self {
-            Flavor::Openai { .. } => {
-                sse(&openai_chunk(completion, json!({ "content": piece }), None))
-            }
-            _ => ndjson(&self.ollama_line(completion, piece, false)),
-        }
-    }
-
-    /// What follows the last piece of a complete stream.
-    fn ending(self, completion: &Completion) -> Vec<Bytes> {
-        match self {
-            Flavor::Openai { include_usage } => {
-                let mut frames = vec![sse(&openai_chunk(completion, json!({}), Some("stop")))];
-                if include_usage {
-                    let mut usage = openai_chunk(completion, json!({}), None);
-                    usage["choices"] = json!([]);
-                    usage["usage"] = openai_usage(completion);
-                    frames.push(sse(&usage));
-                }
-                frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
-                frames
-            }
-            _ => vec![ndjson(&self.ollama_line(completion, "", true))],
-        }
-    }
-
-    /// An error reported inside a 200 stream.
-    fn failure(self, message: &str) -> Bytes {
-        match self {
-            Flavor::Openai { .. } => sse(
-                &json!({ "error": { "message": message, "type": "server_error", "code": null } }),
-            ),
-            _ => ndjson(&json!({ "error": message })),
-        }
-    }
-
-    fn ollama_line(self, completion: &Completion, content: &str, done: bool) -> Value {
-        let mut line = json!({ "model": completion.model, "created_at": CREATED_AT, "done": done });
-        match self {
-            Flavor::OllamaChat => {
-                line["message"] = json!({ "role": "assistant", "content": content })
-            }
-            _ => line["response"] = json!(content),
-        }
-        if done {
-            line["done_reason"] = json!("stop");
-            line["prompt_eval_count"] = json!(completion.prompt_tokens);
-            line["eval_count"] = json!(completion.completion_tokens);
-        }
-        line
-    }
-}
-
-fn openai_chunk(completion: &Completion, delta: Value, finish_reason: Option<&str>) -> Value {
-    json!({
-        "id": "chatcmpl-stub",
-        "object": "chat.completion.chunk",
-        "created": 0,
-        "model": completion.model,
-        "choices": [{ "index": 0, "delta": delta, "finish_reason": finish_reason }],
-    })
-}
-
-fn openai_usage(completion: &Completion) -> Value {
-    json!({
-        "prompt_tokens": completion.prompt_tokens,
-        "completion_tokens": completion.completion_tokens,
-        "total_tokens": completion.prompt_tokens + completion.completion_tokens,
-    })
-}
-
-fn ndjson(value: &Value) -> Bytes {
-    Bytes::from(format!("{value}\n"))
-}
-
-fn sse(value: &Value) -> Bytes {
-    Bytes::from(format!("data: {value}\n\n"))
-}
-
-async fn chat_reply(
-    stub: &Stub,
-    flavor: Flavor,
-    completion: &Completion,
-    stream: bool,
-) -> Result<Response, Response> {
-    let (failure, chunk_delay) = admit(stub, flavor.kind(), flavor.path(), 1).await?;
-    if !stream {
-        return Ok(json_reply(&flavor.whole(completion), failure.is_some()));
-    }
-    let pieces = word_pieces(&completion.text);
-    let frames: Vec<Bytes> = match failure {
-        None => pieces
-            .iter()
-            .map(|piece| flavor.piece(completion, piece))
-            .chain(flavor.ending(completion))
-            .collect(),
-        Some(message) => pieces
-            .iter()
-            .take(1)
-            .map(|piece| flavor.piece(completion, piece))
-            .chain([flavor.failure(&message)])
-            .collect(),
-    };
-    Ok(streamed(flavor.content_type(), frames, chunk_delay))
-}
-
-/// A whole JSON reply. When `cut`, only its first half is sent before the connection
-/// drops: the non-streamed form of a mid-stream failure.
-fn json_reply(body: &Value, cut: bool) -> Response {
-    let bytes = Bytes::from(body.to_string());
-    let json = [(CONTENT_TYPE, "application/json")];
-    if !cut {
-        return (json, bytes).into_response();
-    }
-    let half = bytes.slice(..bytes.len() / 2);
-    let broken = futures_util::stream::iter([
-        Ok(half),
-        Err(std::io::Error::other("stub: injected mid-stream failure")),
-    ]);
-    (json, Body::from_stream(broken)).into_response()
-}
-
-fn streamed(content_type: &'static str, frames: Vec<Bytes>, delay: Duration) -> Response {
-    let body = futures_util::stream::iter(frames.into_iter().enumerate()).then(
-        move |(index, frame)| async move {
-            if index > 0 && !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
-            Ok::<_, std::io::Error>(frame)
-        },
-    );
-    ([(CONTENT_TYPE, content_type)], Body::from_stream(body)).into_response()
-}
-
 #[cfg(test)]
 mod tests {
+    use axum::http::HeaderValue;
+    use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
+    use serde_json::Value;
+
     use super::*;
-
-    #[test]
-    fn answer_names_model_count_and_last_user_message() {
-        let messages = [
-            ChatMessage::new(Role::User, "first"),
-            ChatMessage::new(Role::User, "second"),
-            ChatMessage::new(Role::Assistant, "reply"),
-        ];
-        assert_eq!(answer("m", &messages), "[m] 3 messages; you said: second");
-        assert_eq!(answer("m", &messages[2..]), "[m] 1 messages; you said: ");
-    }
-
-    #[test]
-    fn pieces_split_at_words_and_rejoin() {
-        assert_eq!(word_pieces(" a  b\nc "), [" a  ", "b\n", "c "]);
-        assert!(word_pieces("").is_empty());
-        let text = answer("m", &[ChatMessage::new(Role::User, "héllo 🌍\twörld")]);
-        assert_eq!(word_pieces(&text).concat(), text);
-    }
-
-    #[test]
-    fn embedding_is_stable_and_bounded() {
-        let vector = embedding("hello");
-        assert_eq!(vector.len(), EMBEDDING_DIM);
-        assert!(
-            vector.iter().all(|value| (-1.0..1.0).contains(value)),
-            "{vector:?}"
-        );
-        assert_eq!(vector, embedding("hello"));
-        assert_ne!(vector, embedding("hellp"));
-        // Pins the formula: FNV-1a-64("") is 0xcbf29ce484222325.
-        let mut state = 0xcbf2_9ce4_8422_2325;
-        assert_eq!(
-            embedding("")[0],
-            (splitmix64(&mut state) >> 40) as f32 / 8_388_608.0 - 1.0
-        );
-    }
 
     async fn call(
         http: &reqwest::Client,
