@@ -32,6 +32,16 @@ async fn start_task(api: &Api, host: &Host, sid: &str, body: Value) -> Value {
     task
 }
 
+/// Starts a task and reads its message's stream to `message_end`; returns the
+/// task (its ids) and the frames.
+async fn run_task(api: &Api, host: &Host, sid: &str, body: Value) -> (Value, Vec<Frame>) {
+    let task = start_task(api, host, sid, body).await;
+    let mid = task["messageId"].as_str().expect("mid");
+    let url = host.url(&format!("/api/v1/sessions/{sid}/messages/{mid}/stream"));
+    let frames = read_message_stream(&url, None, None).await;
+    (task, frames)
+}
+
 /// Reads a message's SSE stream until it closes, or until `stop_after` id'd
 /// events arrived (then drops the connection, like a client going away).
 async fn read_message_stream(
@@ -440,7 +450,7 @@ async fn a_completed_task_replaces_its_placeholder_and_a_failed_one_leaves_task_
     let api = Api::default();
     let sid = new_session(&api, &host).await;
 
-    let task = start_task(
+    let (task, frames) = run_task(
         &api,
         &host,
         &sid,
@@ -448,12 +458,6 @@ async fn a_completed_task_replaces_its_placeholder_and_a_failed_one_leaves_task_
     )
     .await;
     let mid = task["messageId"].as_str().expect("mid");
-    let frames = read_message_stream(
-        &host.url(&format!("/api/v1/sessions/{sid}/messages/{mid}/stream")),
-        None,
-        None,
-    )
-    .await;
     assert_eq!(
         event_types(&frames),
         [
@@ -487,7 +491,7 @@ async fn a_completed_task_replaces_its_placeholder_and_a_failed_one_leaves_task_
         ..Default::default()
     }])
     .expect("fault");
-    let task = start_task(
+    let (task, frames) = run_task(
         &api,
         &host,
         &sid,
@@ -495,12 +499,6 @@ async fn a_completed_task_replaces_its_placeholder_and_a_failed_one_leaves_task_
     )
     .await;
     let mid = task["messageId"].as_str().expect("mid");
-    let frames = read_message_stream(
-        &host.url(&format!("/api/v1/sessions/{sid}/messages/{mid}/stream")),
-        None,
-        None,
-    )
-    .await;
     let types = event_types(&frames);
     assert_eq!(
         types,
@@ -546,7 +544,7 @@ async fn a_completed_task_replaces_its_placeholder_and_a_failed_one_leaves_task_
         },
     ])
     .expect("faults");
-    let task = start_task(
+    let (task, frames) = run_task(
         &api,
         &host,
         &sid,
@@ -554,12 +552,6 @@ async fn a_completed_task_replaces_its_placeholder_and_a_failed_one_leaves_task_
     )
     .await;
     let mid = task["messageId"].as_str().expect("mid");
-    let frames = read_message_stream(
-        &host.url(&format!("/api/v1/sessions/{sid}/messages/{mid}/stream")),
-        None,
-        None,
-    )
-    .await;
     assert_eq!(
         event_types(&frames),
         [
