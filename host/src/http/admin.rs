@@ -8,10 +8,11 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
+use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -96,6 +97,42 @@ fn who(by: Option<String>) -> String {
     .unwrap_or_else(|| "admin-api".into())
 }
 
+/// Reads an upload of at most `limit` bytes. An oversized one is still read
+/// to its end (up to a bound, without keeping it): answering while the client
+/// is still sending makes the server reset the connection, and the client
+/// would see that instead of the 413.
+async fn read_upload(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    const DRAIN_BOUND: usize = 256 * 1024 * 1024;
+    let mut data = body.into_data_stream();
+    let mut bytes = Vec::new();
+    let mut received = 0usize;
+    while let Some(chunk) = data.next().await {
+        let chunk = chunk.map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                "could not read the upload (connection closed early?)",
+            )
+        })?;
+        received = received.saturating_add(chunk.len());
+        if received <= limit {
+            bytes.extend_from_slice(&chunk);
+        } else if received > limit.saturating_add(DRAIN_BOUND) {
+            break;
+        }
+    }
+    if received > limit {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "the component exceeds the upload limit of {limit} bytes (registry.max_component_mb)"
+            ),
+        ));
+    }
+    Ok(bytes.into())
+}
+
 async fn deploy(
     State(state): State<Arc<AppState>>,
     ApiPath(name): ApiPath<String>,
@@ -104,21 +141,7 @@ async fn deploy(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     checked_name(&name)?;
     let limit = state.handlers.max_component_bytes();
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|error| {
-        if error.into_inner().is::<http_body_util::LengthLimitError>() {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("the component exceeds the upload limit of {limit} bytes (registry.max_component_mb)"),
-            )
-        } else {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_body",
-                "could not read the upload (connection closed early?)",
-            )
-        }
-    })?;
+    let bytes = read_upload(body, limit).await?;
     let deployed = state
         .handlers
         .deploy(&name, bytes, &who(query.by), "deploy")
