@@ -9,11 +9,12 @@
 //! Jobs that drive no message (plain `documents` jobs) get `err` from every
 //! `messages` call; the stages then just skip their message updates.
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::payload::{Payload, Stage, Workflow};
 use crate::request;
 use crate::spool::handler::types::{ContentBlock, JobError, JobOutput, TaskStatus, TaskUpdate};
+use crate::spool::handler::logging::{self, Level};
 use crate::spool::handler::{events, jobs, messages, model};
 use crate::stages::{self, ANSWER_SYSTEM, APPROVED, CRITIC_SYSTEM, DOCUMENT_SYSTEM, OUTLINE_SYSTEM};
 
@@ -38,7 +39,7 @@ fn simple(payload: &Payload) -> Result<JobOutput, JobError> {
 /// Design C, stage 1: the outline; the document is the next job's.
 fn outline(queue: &str, payload: &Payload) -> Result<JobOutput, JobError> {
     let outline = stage("Outline", 10, request(OUTLINE_SYSTEM, stages::outline_prompt(payload)))?;
-    events::emit("outline_generated", &json!({ "outline": outline }).to_string());
+    announce("outline_generated", json!({ "outline": outline }));
     let next = follow_up(
         queue,
         payload,
@@ -57,10 +58,7 @@ fn document(payload: &Payload, outline: &str) -> Result<JobOutput, JobError> {
         10,
         request(DOCUMENT_SYSTEM, stages::document_prompt(payload, outline)),
     )?;
-    events::emit(
-        "document_generated",
-        &json!({ "length": document.chars().count() }).to_string(),
-    );
+    announce("document_generated", json!({ "length": document.chars().count() }));
     finish(&document);
     Ok(JobOutput {
         result: stages::result(outline, &document),
@@ -71,10 +69,7 @@ fn document(payload: &Payload, outline: &str) -> Result<JobOutput, JobError> {
 /// Critic, stage 1: a draft; each review round is a job of its own.
 fn draft(queue: &str, payload: &Payload) -> Result<JobOutput, JobError> {
     let draft = stage("Draft", 10, request(ANSWER_SYSTEM, payload.topic.clone()))?;
-    events::emit(
-        "draft_generated",
-        &json!({ "length": draft.chars().count() }).to_string(),
-    );
+    announce("draft_generated", json!({ "length": draft.chars().count() }));
     let next = follow_up(
         queue,
         payload,
@@ -95,10 +90,7 @@ fn review(queue: &str, payload: &Payload, draft: &str, round: u8) -> Result<JobO
         10,
         request(CRITIC_SYSTEM, stages::critique_prompt(payload, draft)),
     )?;
-    events::emit(
-        "critique_generated",
-        &json!({ "round": round, "critique": critique }).to_string(),
-    );
+    announce("critique_generated", json!({ "round": round, "critique": critique }));
     if critique.contains(APPROVED) {
         finish(draft);
         return Ok(output(json!({ "draft": draft, "rounds": round }), draft));
@@ -108,10 +100,7 @@ fn review(queue: &str, payload: &Payload, draft: &str, round: u8) -> Result<JobO
         50,
         request(ANSWER_SYSTEM, stages::revision_prompt(payload, draft, &critique)),
     )?;
-    events::emit(
-        "revision_generated",
-        &json!({ "round": round, "length": revised.chars().count() }).to_string(),
-    );
+    announce("revision_generated", json!({ "round": round, "length": revised.chars().count() }));
     if round >= payload.max_iterations {
         finish(&revised);
         return Ok(output(json!({ "draft": revised, "rounds": round }), &revised));
@@ -131,10 +120,20 @@ fn review(queue: &str, payload: &Payload, draft: &str, round: u8) -> Result<JobO
     ))
 }
 
-/// Queues the job of the next stage (run once this one completes).
+/// Queues the job of the next stage (run once this one completes). The
+/// message, if this job drives one, goes with it: the next stage finishes it.
 fn follow_up(queue: &str, payload: &Payload, next: Stage) -> Result<String, JobError> {
-    jobs::follow_up(queue, &payload.next(next))
+    let take_message = messages::message_id().is_some();
+    jobs::follow_up(queue, &payload.next(next), take_message)
         .map_err(|reason| JobError::Reject(format!("could not queue the next stage: {reason}")))
+}
+
+/// Publishes a stage's business event. The event only informs watchers, so a
+/// refusal is logged rather than failing the stage.
+fn announce(event: &str, data: Value) {
+    if let Err(error) = events::emit(event, &data.to_string()) {
+        logging::log(Level::Warn, &format!("event {event} refused: {}", error.name()));
+    }
 }
 
 /// One model call as a task of the message: started with a placeholder,

@@ -51,7 +51,6 @@ impl Guest for Pipeline {
                 workflow: Workflow::Planner,
                 max_iterations: payload::DEFAULT_ITERATIONS,
                 stage: Stage::First,
-                message: None,
             }
         });
         request(OUTLINE_SYSTEM, stages::outline_prompt(&payload))

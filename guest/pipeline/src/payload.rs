@@ -1,7 +1,6 @@
 //! The document job body: `{"topic": string, "sections"?: 1..=10,
 //! "workflow"?: "simple" | "planner" | "critic", "maxIterations"?: 1..=10}`, and
-//! how it is checked. Session tasks add a `message` object naming the message
-//! the job drives; the guest only copies it into its follow-up jobs.
+//! how it is checked. Other fields are ignored.
 //!
 //! Each stage of a workflow is a job of its own. A client submits the first
 //! stage; the job of each later stage is a follow-up queued by the previous
@@ -69,8 +68,6 @@ pub struct Payload {
     /// [`DEFAULT_ITERATIONS`].
     pub max_iterations: u8,
     pub stage: Stage,
-    /// The session message the job drives, passed on to the next stage's job.
-    pub message: Option<Value>,
 }
 
 impl Payload {
@@ -144,7 +141,6 @@ impl Payload {
             workflow,
             max_iterations,
             stage,
-            message: fields.get("message").cloned(),
         })
     }
 
@@ -174,9 +170,6 @@ impl Payload {
                 next["round"] = round.into();
             }
         }
-        if let Some(message) = &self.message {
-            next["message"] = message.clone();
-        }
         next.to_string()
     }
 }
@@ -192,13 +185,12 @@ mod tests {
             workflow: Workflow::Planner,
             max_iterations: DEFAULT_ITERATIONS,
             stage: Stage::First,
-            message: None,
         }
     }
 
     #[test]
-    fn the_next_stage_keeps_the_fields_and_the_message() {
-        let first = Payload::parse(r#"{"topic": "Tides", "sections": 2, "message": {"messageId": "m"}}"#).unwrap();
+    fn the_next_stage_keeps_the_fields() {
+        let first = Payload::parse(r#"{"topic": "Tides", "sections": 2}"#).unwrap();
         let next = first.next(Stage::Document {
             outline: "1. Moon".into(),
         });
@@ -210,7 +202,6 @@ mod tests {
             }
         );
         assert_eq!((second.topic.as_str(), second.sections), ("Tides", 2));
-        assert_eq!(second.message, first.message);
         let critic = Payload::parse(r#"{"topic": "Tides", "workflow": "critic", "maxIterations": 3}"#).unwrap();
         let review = Payload::parse(&critic.next(Stage::Review {
             draft: "d".into(),

@@ -78,7 +78,6 @@ mod tests {
             workflow: crate::payload::Workflow::Planner,
             max_iterations: 2,
             stage: crate::payload::Stage::First,
-            message: None,
         }
     }
 
