@@ -15,20 +15,11 @@
 //!
 //! Fences and think tags are recognised anywhere, not only at the start of a
 //! line; inside a fence or a thinking section nothing else is recognised.
+//!
+//! Owns only this splitting. The block shapes are the SDK's [`Block`], and
+//! nothing here calls the host, so `parse-content` stays a pure rule.
 
-/// A typed piece of an answer; the subset of the WIT `content-block` variants
-/// this parser produces.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Block {
-    Text(String),
-    Code {
-        language: Option<String>,
-        code: String,
-    },
-    /// JSON text that parses.
-    Json(String),
-    Thinking(String),
-}
+use spool_sdk::content::Block;
 
 const THINK_OPEN: &str = "<think>";
 const THINK_CLOSE: &str = "</think>";

@@ -1,9 +1,12 @@
 //! The chat job body: what a client may send, and how it is checked.
+//!
+//! Owns [`Payload`] and its refusals. It must not shape prompts: what the
+//! model is sent from a payload is [`crate::prompt`]'s rule.
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
-
-use crate::prompt::Message;
+use spool_sdk::PayloadError;
+use spool_sdk::chat::Message;
 
 /// The longest prompt accepted, in characters.
 pub const MAX_PROMPT_CHARS: usize = 32_000;
@@ -48,21 +51,18 @@ pub struct Payload {
 impl Payload {
     /// Parses and checks a payload, or says what is wrong with it (the reason
     /// the client gets back when `admit` refuses the job).
-    pub fn parse(json: &str) -> Result<Self, String> {
-        let value: Value = serde_json::from_str(json).map_err(|err| format!("payload is not valid JSON: {err}"))?;
-        let Value::Object(fields) = value else {
-            return Err("payload must be a JSON object".to_owned());
-        };
+    pub fn parse(json: &str) -> Result<Self, PayloadError> {
+        let fields = spool_sdk::payload::object(json)?;
 
         let prompt = match fields.get("prompt") {
             Some(Value::String(prompt)) if !prompt.trim().is_empty() => prompt.clone(),
-            _ => return Err("payload.prompt must be a non-empty string".to_owned()),
+            _ => return Err(PayloadError::new("payload.prompt must be a non-empty string")),
         };
         let length = prompt.chars().count();
         if length > MAX_PROMPT_CHARS {
-            return Err(format!(
+            return Err(PayloadError::new(format!(
                 "payload.prompt is {length} characters long; the limit is {MAX_PROMPT_CHARS}"
-            ));
+            )));
         }
 
         let history = match fields.get("conversationHistory") {
@@ -89,19 +89,21 @@ impl Payload {
 }
 
 /// Reads `conversationHistory`: an array of `{role, content}` objects.
-fn parse_history(turns: &Value) -> Result<Vec<Message>, String> {
+fn parse_history(turns: &Value) -> Result<Vec<Message>, PayloadError> {
     let Value::Array(turns) = turns else {
-        return Err("payload.conversationHistory must be an array of {role, content} objects".to_owned());
+        return Err(PayloadError::new(
+            "payload.conversationHistory must be an array of {role, content} objects",
+        ));
     };
     turns
         .iter()
         .enumerate()
         .map(|(index, turn)| {
             Message::deserialize(turn).map_err(|err| {
-                format!(
+                PayloadError::new(format!(
                     "payload.conversationHistory[{index}] must be {{role, content}} with role \
                      system, user, assistant or tool: {err}"
-                )
+                ))
             })
         })
         .collect()
@@ -114,11 +116,12 @@ fn string(fields: &Map<String, Value>, key: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use spool_sdk::chat::Role;
+
     use super::*;
-    use crate::prompt::Role;
 
     fn reason(json: &str) -> String {
-        Payload::parse(json).expect_err("payload should be refused")
+        Payload::parse(json).expect_err("payload should be refused").into()
     }
 
     #[test]

@@ -1,7 +1,11 @@
-//! Prompt shaping: the chat message types and the rule that turns a payload
-//! and its conversation history into the request sent to the model.
+//! Prompt shaping: the rule that turns a payload and its conversation history
+//! into the request sent to the model.
+//!
+//! Owns what the model is sent: the system prompt, how much history fits and
+//! the order of the turns. It must not check payloads; [`crate::payload`] has
+//! done that before a payload gets here.
 
-use serde::Deserialize;
+use spool_sdk::chat::{Message, Request, Role};
 
 use crate::payload::Payload;
 
@@ -11,44 +15,6 @@ pub const SYSTEM_PROMPT: &str = "You are a helpful assistant. Answer concisely."
 /// How many characters of history content are kept unless the payload sets
 /// `historyBudgetChars`.
 pub const DEFAULT_HISTORY_BUDGET: usize = 8_000;
-
-/// Speaker of a chat message; mirrors the WIT enum `role` and reads the
-/// lowercase names clients send (`"system"`, `"user"`, `"assistant"`, `"tool"`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    System,
-    User,
-    Assistant,
-    Tool,
-}
-
-/// One turn of a conversation; mirrors the WIT record `chat-message`.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-pub struct Message {
-    pub role: Role,
-    pub content: String,
-}
-
-impl Message {
-    pub fn new(role: Role, content: impl Into<String>) -> Self {
-        Self {
-            role,
-            content: content.into(),
-        }
-    }
-}
-
-/// A chat completion request; the parts of the WIT `model-request` this
-/// handler sets (the other sampling parameters stay at their defaults).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Request {
-    /// `None`: the host's default model.
-    pub model: Option<String>,
-    pub messages: Vec<Message>,
-    pub temperature: Option<f32>,
-    pub max_tokens: Option<u32>,
-}
 
 /// Builds the request for a chat job: the system prompt, then as much recent
 /// history as fits the budget (see [`recent_within`]), then the user's prompt.
@@ -64,9 +30,9 @@ pub fn shape(payload: &Payload, history: &[Message]) -> Request {
 
     Request {
         model: payload.model.clone(),
-        messages,
         temperature: payload.temperature,
         max_tokens: payload.max_tokens,
+        ..Request::new(messages)
     }
 }
 
