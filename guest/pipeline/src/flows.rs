@@ -1,22 +1,24 @@
-//! The three workflows of a session task (and of any `documents` job), as
-//! WIT glue. Every stage is a job of its own: it makes one model call (two for
-//! a critic round), reports it as a task of the job's message (a placeholder
-//! replaced by the stage's result, or removed with a `task_failed` event when
-//! the stage fails) and as progress and business events on its own job's event
-//! stream, then either queues the next stage as a follow-up job (which takes
-//! the message over) or finishes the message.
+//! The three workflows of a session task (and of any `documents` job), run
+//! against the host. Every stage is a job of its own: it makes one model call
+//! (two for a critic round), reports it as a task of the job's message (a
+//! placeholder replaced by the stage's result, or removed with a `task_failed`
+//! event when the stage fails) and as progress and business events on its own
+//! job's event stream, then either queues the next stage as a follow-up job
+//! (passing the message on to it) or finishes the message.
 //!
 //! Jobs that drive no message (plain `documents` jobs) get `err` from every
 //! `messages` call; the stages then just skip their message updates.
+//!
+//! Owns the order of the stages and every host call. It must not word prompts
+//! or shape results; those are [`crate::stages`]' rules.
 
 use serde_json::{Value, json};
+use spool_sdk::chat::Request;
+use spool_sdk::logging::{self, Level};
+use spool_sdk::{JobError, JobOutput, TaskStatus, TaskUpdate, events, jobs, messages, model};
 
 use crate::payload::{Payload, Stage, Workflow};
-use crate::request;
-use crate::spool::handler::types::{ContentBlock, JobError, JobOutput, TaskStatus, TaskUpdate};
-use crate::spool::handler::logging::{self, Level};
-use crate::spool::handler::{events, jobs, messages, model};
-use crate::stages::{self, ANSWER_SYSTEM, APPROVED, CRITIC_SYSTEM, DOCUMENT_SYSTEM, OUTLINE_SYSTEM};
+use crate::stages::{self, ANSWER_SYSTEM, APPROVED, CRITIC_SYSTEM, DOCUMENT_SYSTEM, OUTLINE_SYSTEM, request};
 
 /// Runs the payload's stage of its workflow; later stages go to `queue`.
 pub fn run(queue: &str, payload: &Payload) -> Result<JobOutput, JobError> {
@@ -31,12 +33,12 @@ pub fn run(queue: &str, payload: &Payload) -> Result<JobOutput, JobError> {
 
 /// One model call answers the task.
 fn simple(payload: &Payload) -> Result<JobOutput, JobError> {
-    let answer = stage("Answer", 10, request(ANSWER_SYSTEM, payload.topic.clone()))?;
+    let answer = stage("Answer", 10, request(ANSWER_SYSTEM, &payload.topic))?;
     finish(&answer);
     Ok(output(json!({ "answer": answer }), &answer))
 }
 
-/// Design C, stage 1: the outline; the document is the next job's.
+/// Planner, stage 1: the outline; the document is the next job's.
 fn outline(queue: &str, payload: &Payload) -> Result<JobOutput, JobError> {
     let outline = stage("Outline", 10, request(OUTLINE_SYSTEM, stages::outline_prompt(payload)))?;
     announce("outline_generated", json!({ "outline": outline }));
@@ -51,7 +53,7 @@ fn outline(queue: &str, payload: &Payload) -> Result<JobOutput, JobError> {
     Ok(output(json!({ "outline": outline, "next": next }), &outline))
 }
 
-/// Design C, stage 2: the document, written from the outline.
+/// Planner, stage 2: the document, written from the outline.
 fn document(payload: &Payload, outline: &str) -> Result<JobOutput, JobError> {
     let document = stage(
         "Document",
@@ -60,15 +62,15 @@ fn document(payload: &Payload, outline: &str) -> Result<JobOutput, JobError> {
     )?;
     announce("document_generated", json!({ "length": document.chars().count() }));
     finish(&document);
-    Ok(JobOutput {
-        result: stages::result(outline, &document),
-        blocks: markdown_blocks(&document),
-    })
+    Ok(JobOutput::new(
+        stages::result(outline, &document),
+        stages::markdown(&document),
+    ))
 }
 
 /// Critic, stage 1: a draft; each review round is a job of its own.
 fn draft(queue: &str, payload: &Payload) -> Result<JobOutput, JobError> {
-    let draft = stage("Draft", 10, request(ANSWER_SYSTEM, payload.topic.clone()))?;
+    let draft = stage("Draft", 10, request(ANSWER_SYSTEM, &payload.topic))?;
     announce("draft_generated", json!({ "length": draft.chars().count() }));
     let next = follow_up(
         queue,
@@ -100,7 +102,10 @@ fn review(queue: &str, payload: &Payload, draft: &str, round: u8) -> Result<JobO
         50,
         request(ANSWER_SYSTEM, stages::revision_prompt(payload, draft, &critique)),
     )?;
-    announce("revision_generated", json!({ "round": round, "length": revised.chars().count() }));
+    announce(
+        "revision_generated",
+        json!({ "round": round, "length": revised.chars().count() }),
+    );
     if round >= payload.max_iterations {
         finish(&revised);
         return Ok(output(json!({ "draft": revised, "rounds": round }), &revised));
@@ -138,39 +143,27 @@ fn announce(event: &str, data: Value) {
 
 /// One model call as a task of the message: started with a placeholder,
 /// completed with the answer as a Markdown block, or failed with the error.
-fn stage(description: &str, percent: u8, request: crate::ModelRequest) -> Result<String, JobError> {
+fn stage(description: &str, percent: u8, request: Request) -> Result<String, JobError> {
     let task = messages::start_task(description).ok();
     events::progress(percent, description);
-    match model::chat(&request) {
-        Ok(reply) => {
-            if let Some(task) = &task {
-                let result = stages::markdown(&reply.text).map(ContentBlock::Markdown);
-                let _ = messages::update_task(task, &update(TaskStatus::Completed, result, None));
-            }
-            Ok(reply.text)
-        }
-        Err(error) => {
-            let failure = JobError::from(error);
-            if let Some(task) = &task {
-                let reason = match &failure {
-                    JobError::Retry(hint) => hint.reason.clone(),
-                    JobError::Reject(reason) => reason.clone(),
-                };
-                let _ = messages::update_task(task, &update(TaskStatus::Failed, None, Some(reason)));
-            }
-            Err(failure)
-        }
+    let answer = model::chat(&request.into()).map_err(JobError::from);
+    if let Some(task) = &task {
+        let (status, result, error) = match &answer {
+            Ok(reply) => (TaskStatus::Completed, stages::markdown(&reply.text), None),
+            Err(failure) => (TaskStatus::Failed, None, Some(failure.reason().to_owned())),
+        };
+        let update = TaskUpdate {
+            status,
+            progress: Some(1.0),
+            step: None,
+            result: result.map(Into::into),
+            error,
+        };
+        // The task only mirrors the stage for watchers of the message: a
+        // refused update must not fail the stage that did its work.
+        let _ = messages::update_task(task, &update);
     }
-}
-
-fn update(status: TaskStatus, result: Option<ContentBlock>, error: Option<String>) -> TaskUpdate {
-    TaskUpdate {
-        status,
-        progress: Some(1.0),
-        step: None,
-        result,
-        error,
-    }
+    Ok(answer?.text)
 }
 
 /// The final answer becomes the message's text, and the message is complete.
@@ -182,13 +175,6 @@ fn finish(text: &str) {
 }
 
 /// A stage's output: its result JSON and its text as a Markdown block.
-fn output(result: serde_json::Value, text: &str) -> JobOutput {
-    JobOutput {
-        result: result.to_string(),
-        blocks: markdown_blocks(text),
-    }
-}
-
-fn markdown_blocks(text: &str) -> Vec<ContentBlock> {
-    stages::markdown(text).map(ContentBlock::Markdown).into_iter().collect()
+fn output(result: Value, text: &str) -> JobOutput {
+    JobOutput::new(result, stages::markdown(text))
 }

@@ -2,13 +2,24 @@
 //! "workflow"?: "simple" | "planner" | "critic", "maxIterations"?: 1..=10}`, and
 //! how it is checked. Other fields are ignored.
 //!
+//! A session task (POST /api/v1/sessions/{sid}/tasks) arrives here with its
+//! `task_description` as the topic, and `admit` is the only check its fields
+//! get before the job is queued: the refusals below are what the client sees.
+//!
 //! Each stage of a workflow is a job of its own. A client submits the first
 //! stage; the job of each later stage is a follow-up queued by the previous
 //! one, with the same fields plus `"stage"` and what the stage works from:
 //! `{"stage": "document", "outline": …}` (planner) or
 //! `{"stage": "review", "draft": …, "round": 1..=maxIterations}` (critic).
+//!
+//! Owns [`Payload`], its limits and its refusals. It must not call the host.
 
-use serde_json::Value;
+use serde_json::{Map, Value, json};
+use spool_sdk::PayloadError;
+
+/// The longest topic accepted, in bytes once trimmed (a session task's
+/// description included).
+pub const MAX_TOPIC_BYTES: usize = 10_000;
 
 /// Sections in the outline when the payload does not say.
 pub const DEFAULT_SECTIONS: u8 = 3;
@@ -27,10 +38,23 @@ pub const MAX_ITERATIONS: u8 = 10;
 pub enum Workflow {
     /// One model call answers the topic.
     Simple,
-    /// Design C's two stages: an outline, then a document written from it.
+    /// Two stages: an outline, then a document written from it.
     Planner,
     /// A draft, then up to `max_iterations` rounds of critique and revision.
     Critic,
+}
+
+impl Workflow {
+    const ALL: [Workflow; 3] = [Workflow::Simple, Workflow::Planner, Workflow::Critic];
+
+    /// The name a payload gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workflow::Simple => "simple",
+            Workflow::Planner => "planner",
+            Workflow::Critic => "critic",
+        }
+    }
 }
 
 /// Which stage of its workflow a job runs.
@@ -57,7 +81,8 @@ impl Stage {
 /// A checked document payload, e.g. `{"topic": "Rust error handling", "sections": 4}`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Payload {
-    /// What the document is about: a non-blank string, trimmed.
+    /// What the document is about: a non-blank string of at most
+    /// [`MAX_TOPIC_BYTES`], trimmed.
     pub topic: String,
     /// How many sections the outline has: 1..=[`MAX_SECTIONS`], by default
     /// [`DEFAULT_SECTIONS`].
@@ -73,46 +98,39 @@ pub struct Payload {
 impl Payload {
     /// Parses and checks a payload, or says what is wrong with it (the reason
     /// the client gets back when `admit` refuses the job).
-    pub fn parse(json: &str) -> Result<Self, String> {
-        let value: Value = serde_json::from_str(json).map_err(|err| format!("payload is not valid JSON: {err}"))?;
-        let Value::Object(fields) = value else {
-            return Err("payload must be a JSON object".to_owned());
-        };
+    pub fn parse(json: &str) -> Result<Self, PayloadError> {
+        let fields = spool_sdk::payload::object(json)?;
 
         let topic = match fields.get("topic").and_then(Value::as_str).map(str::trim) {
             Some(topic) if !topic.is_empty() => topic.to_owned(),
-            _ => return Err("payload.topic must be a non-empty string".to_owned()),
+            _ => return Err(PayloadError::new("payload.topic must be a non-empty string")),
+        };
+        if topic.len() > MAX_TOPIC_BYTES {
+            return Err(PayloadError::new(format!(
+                "payload.topic is {} bytes long; the limit is {MAX_TOPIC_BYTES}",
+                topic.len()
+            )));
+        }
+
+        let sections = count(&fields, "sections", MAX_SECTIONS, Some(DEFAULT_SECTIONS))?;
+
+        let workflow = match present(&fields, "workflow") {
+            None => Workflow::Planner,
+            Some(name) => Workflow::ALL
+                .into_iter()
+                .find(|workflow| name.as_str() == Some(workflow.name()))
+                .ok_or_else(|| {
+                    PayloadError::new(format!(
+                        "payload.workflow must be \"simple\", \"planner\" or \"critic\", not {name}"
+                    ))
+                })?,
         };
 
-        let sections = match fields.get("sections") {
-            None | Some(Value::Null) => DEFAULT_SECTIONS,
-            Some(sections) => sections
-                .as_u64()
-                .and_then(|n| u8::try_from(n).ok())
-                .filter(|n| (1..=MAX_SECTIONS).contains(n))
-                .ok_or_else(|| format!("payload.sections must be an integer from 1 to {MAX_SECTIONS}"))?,
-        };
-
-        let workflow = match fields.get("workflow") {
-            None | Some(Value::Null) => Workflow::Planner,
-            Some(Value::String(name)) if name == "simple" => Workflow::Simple,
-            Some(Value::String(name)) if name == "planner" => Workflow::Planner,
-            Some(Value::String(name)) if name == "critic" => Workflow::Critic,
-            Some(_) => return Err("payload.workflow must be \"simple\", \"planner\" or \"critic\"".to_owned()),
-        };
-
-        let max_iterations = match fields.get("maxIterations") {
-            None | Some(Value::Null) => DEFAULT_ITERATIONS,
-            Some(rounds) => rounds
-                .as_u64()
-                .and_then(|n| u8::try_from(n).ok())
-                .filter(|n| (1..=MAX_ITERATIONS).contains(n))
-                .ok_or_else(|| format!("payload.maxIterations must be an integer from 1 to {MAX_ITERATIONS}"))?,
-        };
+        let max_iterations = count(&fields, "maxIterations", MAX_ITERATIONS, Some(DEFAULT_ITERATIONS))?;
 
         let text = |name: &str| match fields.get(name).and_then(Value::as_str) {
             Some(text) if !text.trim().is_empty() => Ok(text.to_owned()),
-            _ => Err(format!("payload.{name} must be a non-empty string")),
+            _ => Err(PayloadError::new(format!("payload.{name} must be a non-empty string"))),
         };
         let stage = match (fields.get("stage").and_then(Value::as_str), workflow) {
             (None, _) => Stage::First,
@@ -121,17 +139,13 @@ impl Payload {
             },
             (Some("review"), Workflow::Critic) => Stage::Review {
                 draft: text("draft")?,
-                round: fields
-                    .get("round")
-                    .and_then(Value::as_u64)
-                    .and_then(|n| u8::try_from(n).ok())
-                    .filter(|n| (1..=max_iterations).contains(n))
-                    .ok_or_else(|| format!("payload.round must be an integer from 1 to {max_iterations}"))?,
+                round: count(&fields, "round", max_iterations, None)?,
             },
             (Some(stage), workflow) => {
-                return Err(format!(
-                    "payload.stage `{stage}` is not a stage of the {workflow:?} workflow"
-                ));
+                return Err(PayloadError::new(format!(
+                    "payload.stage `{stage}` is not a stage of the {} workflow",
+                    workflow.name()
+                )));
             }
         };
 
@@ -147,15 +161,10 @@ impl Payload {
     /// The payload of the job that runs `stage` next: this one's fields with
     /// the stage's own.
     pub fn next(&self, stage: Stage) -> String {
-        let workflow = match self.workflow {
-            Workflow::Simple => "simple",
-            Workflow::Planner => "planner",
-            Workflow::Critic => "critic",
-        };
-        let mut next = serde_json::json!({
+        let mut next = json!({
             "topic": self.topic,
             "sections": self.sections,
-            "workflow": workflow,
+            "workflow": self.workflow.name(),
             "maxIterations": self.max_iterations,
         });
         match stage {
@@ -174,6 +183,28 @@ impl Payload {
     }
 }
 
+/// The field `name`, unless it is absent or `null` (both mean "the default").
+fn present<'a>(fields: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    fields.get(name).filter(|value| !value.is_null())
+}
+
+/// The field `name` as an integer in 1..=`max`; `default` when it is absent,
+/// and refused when there is no default.
+fn count(fields: &Map<String, Value>, name: &str, max: u8, default: Option<u8>) -> Result<u8, PayloadError> {
+    let value = present(fields, name);
+    if let (None, Some(default)) = (value, default) {
+        return Ok(default);
+    }
+    value
+        .and_then(Value::as_u64)
+        .and_then(|n| u8::try_from(n).ok())
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| {
+            let given = value.map(|value| format!(", not {value}")).unwrap_or_default();
+            PayloadError::new(format!("payload.{name} must be an integer from 1 to {max}{given}"))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,6 +217,10 @@ mod tests {
             max_iterations: DEFAULT_ITERATIONS,
             stage: Stage::First,
         }
+    }
+
+    fn reason(json: &str) -> String {
+        Payload::parse(json).expect_err("payload should be refused").into()
     }
 
     #[test]
@@ -218,20 +253,30 @@ mod tests {
     }
 
     #[test]
+    fn the_next_stage_carries_no_message() {
+        let session_task = r#"{"topic": "T", "message": {"sessionId": "s", "messageId": "m"}}"#;
+        let next = Payload::parse(session_task)
+            .unwrap()
+            .next(Stage::Document { outline: "o".into() });
+        assert!(serde_json::from_str::<Value>(&next).unwrap().get("message").is_none());
+    }
+
+    #[test]
     fn refuses_a_stage_that_does_not_fit() {
         for (json, problem) in [
             (r#"{"topic": "T", "stage": "document"}"#, "payload.outline"),
-            (r#"{"topic": "T", "stage": "review"}"#, "not a stage of the Planner"),
+            (r#"{"topic": "T", "stage": "review"}"#, "not a stage of the planner"),
             (
                 r#"{"topic": "T", "workflow": "critic", "stage": "review", "draft": "d", "round": 3}"#,
-                "payload.round",
+                "payload.round must be an integer from 1 to 2, not 3",
+            ),
+            (
+                r#"{"topic": "T", "workflow": "critic", "stage": "review", "draft": "d"}"#,
+                "payload.round must be an integer from 1 to 2",
             ),
             (r#"{"topic": "T", "stage": "lunch"}"#, "`lunch`"),
         ] {
-            assert!(
-                Payload::parse(json).is_err_and(|reason| reason.contains(problem)),
-                "{json}"
-            );
+            assert!(reason(json).contains(problem), "{json}: {}", reason(json));
         }
     }
 
@@ -242,14 +287,35 @@ mod tests {
             parsed.map(|p| (p.workflow, p.max_iterations)),
             Ok((Workflow::Critic, 4))
         );
-        assert_eq!(
-            Payload::parse(r#"{"topic": "Tides", "workflow": "simple"}"#).map(|p| p.workflow),
-            Ok(Workflow::Simple)
-        );
-        assert!(Payload::parse(r#"{"topic": "Tides", "workflow": "chaos"}"#).is_err_and(|r| r.contains("workflow")));
-        assert!(
-            Payload::parse(r#"{"topic": "Tides", "maxIterations": 0}"#).is_err_and(|r| r.contains("maxIterations"))
-        );
+        for workflow in Workflow::ALL {
+            let json = format!(r#"{{"topic": "Tides", "workflow": "{}"}}"#, workflow.name());
+            assert_eq!(Payload::parse(&json).map(|p| p.workflow), Ok(workflow));
+        }
+        for rounds in [1, 10] {
+            let json = format!(r#"{{"topic": "Tides", "maxIterations": {rounds}}}"#);
+            assert_eq!(Payload::parse(&json).map(|p| p.max_iterations), Ok(rounds));
+        }
+    }
+
+    /// What the session task route refused before the guest checked it alone.
+    #[test]
+    fn refuses_an_unknown_workflow() {
+        for name in [r#""chaos""#, r#""""#, r#""Planner""#, "3", "[]"] {
+            assert_eq!(
+                reason(&format!(r#"{{"topic": "T", "workflow": {name}}}"#)),
+                format!(r#"payload.workflow must be "simple", "planner" or "critic", not {name}"#)
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_rounds_out_of_range() {
+        for rounds in ["0", "11", "-1", "2.5", "\"3\"", "4294967297"] {
+            assert_eq!(
+                reason(&format!(r#"{{"topic": "T", "maxIterations": {rounds}}}"#)),
+                format!("payload.maxIterations must be an integer from 1 to 10, not {rounds}")
+            );
+        }
     }
 
     #[test]
@@ -281,12 +347,17 @@ mod tests {
             r#"{"topic": " \t"}"#,
             r#"{"topic": ["x"]}"#,
         ] {
-            assert_eq!(
-                Payload::parse(json),
-                Err("payload.topic must be a non-empty string".to_owned()),
-                "{json}"
-            );
+            assert_eq!(reason(json), "payload.topic must be a non-empty string", "{json}");
         }
+    }
+
+    #[test]
+    fn refuses_an_overlong_topic() {
+        let at_limit = format!(r#"{{"topic": " {} "}}"#, "é".repeat(MAX_TOPIC_BYTES / 2));
+        assert!(Payload::parse(&at_limit).is_ok());
+
+        let over = format!(r#"{{"topic": "{}"}}"#, "a".repeat(MAX_TOPIC_BYTES + 1));
+        assert_eq!(reason(&over), "payload.topic is 10001 bytes long; the limit is 10000");
     }
 
     #[test]
@@ -294,8 +365,8 @@ mod tests {
         for sections in ["0", "11", "-1", "2.5", "\"3\"", "300"] {
             let json = format!(r#"{{"topic": "Tides", "sections": {sections}}}"#);
             assert_eq!(
-                Payload::parse(&json),
-                Err("payload.sections must be an integer from 1 to 10".to_owned()),
+                reason(&json),
+                format!("payload.sections must be an integer from 1 to 10, not {sections}"),
                 "{json}"
             );
         }
@@ -303,7 +374,7 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_a_json_object() {
-        assert!(Payload::parse("{").is_err_and(|reason| reason.starts_with("payload is not valid JSON")));
-        assert_eq!(Payload::parse("[]"), Err("payload must be a JSON object".to_owned()));
+        assert!(reason("{").starts_with("payload is not valid JSON"));
+        assert_eq!(reason("[]"), "payload must be a JSON object");
     }
 }

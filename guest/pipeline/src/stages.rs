@@ -4,6 +4,13 @@
 //! Planner: stage 1 writes an outline of the topic; stage 2 (the next job)
 //! writes the document from that outline, which its payload carries, so a
 //! retry of stage 2 never redoes stage 1.
+//!
+//! Owns the prompts and the shape of results and blocks. It must not call the
+//! host: running the stages is [`crate::flows`]' work.
+
+use serde_json::{Value, json};
+use spool_sdk::chat::{Message, Request};
+use spool_sdk::content::Block;
 
 use crate::payload::Payload;
 
@@ -21,6 +28,12 @@ pub const CRITIC_SYSTEM: &str = "You are a demanding editor. Point out what to i
 
 /// A critique containing this word ends the critic workflow early.
 pub const APPROVED: &str = "APPROVED";
+
+/// A stage's request: its system prompt and one user message, to the host's
+/// default model.
+pub fn request(system: &str, user: impl Into<String>) -> Request {
+    Request::new(vec![Message::system(system), Message::user(user)])
+}
 
 /// The user message of a critique round.
 pub fn critique_prompt(payload: &Payload, draft: &str) -> String {
@@ -55,16 +68,16 @@ pub fn document_prompt(payload: &Payload, outline: &str) -> String {
     )
 }
 
-/// The job's result: `{"outline": …, "document": …}`.
-pub fn result(outline: &str, document: &str) -> String {
-    serde_json::json!({ "outline": outline, "document": document }).to_string()
+/// The document stage's result: `{"outline": …, "document": …}`.
+pub fn result(outline: &str, document: &str) -> Value {
+    json!({ "outline": outline, "document": document })
 }
 
-/// The document's content blocks: the whole text, trimmed, as one Markdown
-/// block; none when it is blank.
-pub fn markdown(document: &str) -> Option<String> {
-    let document = document.trim();
-    (!document.is_empty()).then(|| document.to_owned())
+/// A stage's content block: its whole text, trimmed, as one Markdown block;
+/// none when it is blank.
+pub fn markdown(text: &str) -> Option<Block> {
+    let text = text.trim();
+    (!text.is_empty()).then(|| Block::Markdown(text.to_owned()))
 }
 
 #[cfg(test)]
@@ -99,17 +112,29 @@ mod tests {
     }
 
     #[test]
-    fn result_is_json_with_outline_and_document() {
-        let result: serde_json::Value = serde_json::from_str(&result("1. \"Moon\"", "# Tides\n")).unwrap();
+    fn a_request_is_the_system_prompt_then_the_user_message() {
+        let request = request(OUTLINE_SYSTEM, "Outline tides");
         assert_eq!(
-            result,
-            serde_json::json!({ "outline": "1. \"Moon\"", "document": "# Tides\n" })
+            request.messages,
+            [Message::system(OUTLINE_SYSTEM), Message::user("Outline tides")]
+        );
+        assert_eq!(request.model, None);
+    }
+
+    #[test]
+    fn result_is_json_with_outline_and_document() {
+        assert_eq!(
+            result("1. \"Moon\"", "# Tides\n"),
+            json!({ "outline": "1. \"Moon\"", "document": "# Tides\n" })
         );
     }
 
     #[test]
     fn document_is_one_markdown_block_unless_blank() {
-        assert_eq!(markdown("\n# Tides\n\n- Moon\n"), Some("# Tides\n\n- Moon".to_owned()));
+        assert_eq!(
+            markdown("\n# Tides\n\n- Moon\n"),
+            Some(Block::Markdown("# Tides\n\n- Moon".to_owned()))
+        );
         assert_eq!(markdown(" \n"), None);
     }
 }
