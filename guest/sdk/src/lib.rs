@@ -47,7 +47,7 @@
 //!
 //! What is here:
 //! - the generated types ([`Job`], [`JobOutput`], [`JobError`], [`ModelRequest`],
-//!   [`ContentBlock`], ...), the host's interfaces ([`model`], [`events`],
+//!   [`ContentBlock`], [`EmitError`], ...), the host's interfaces ([`model`], [`events`],
 //!   [`logging`], [`state`], [`messages`], [`jobs`]), the [`Guest`] trait and
 //!   [`export!`];
 //! - [`priority`]: the default priority rule, in plain Rust;
@@ -85,6 +85,7 @@ pub mod bindings {
 
 pub use bindings::export;
 pub use bindings::exports::spool::handler::hooks::Guest;
+pub use bindings::spool::handler::events::EmitError;
 pub use bindings::spool::handler::types::*;
 pub use bindings::spool::handler::{events, jobs, logging, messages, model, state};
 pub use payload::PayloadError;

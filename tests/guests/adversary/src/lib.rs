@@ -7,20 +7,24 @@
 //! - `stack`: recurses until the call stack overflows;
 //! - `big_output`: returns a 10 MB result;
 //! - `model_calls`: makes 10,000 model calls, then succeeds;
-//! - `probe`: reports what it can see of files, network, environment and clock.
-
-wit_bindgen::generate!({
-    world: "handler",
-    path: "../../../wit",
-});
+//! - `probe`: reports what it can see of files, network, environment and clock;
+//! - `emit_reserved`: tries to emit every event name the host writes itself
+//!   (and `task_anything`, under the host's reserved `task_` prefix), then
+//!   emits `emit_report` with the error each attempt got, e.g.
+//!   `{"task_queued": "reserved_name", …}` (`"ok"` for one that was
+//!   accepted), and succeeds with that same object as its result.
+//!
+//! Owns the misbehaviours the sandbox tests (tests/e2e/sandbox.rs) select by
+//! `mode`; a mode changes only together with the test that relies on it.
+//! Any other mode is rejected.
 
 use std::hint::black_box;
 
-use exports::spool::handler::hooks::Guest;
-use spool::handler::model;
-use spool::handler::types::{
-    ChatMessage, ContentBlock, Job, JobError, JobOutput, ModelParams, ModelRequest, PriorityClass, PriorityDecision,
-    Role,
+use serde_json::{Map, Value};
+use spool_sdk::chat::{Message, Request};
+use spool_sdk::{
+    ChatMessage, ContentBlock, EmitError, Guest, Job, JobError, JobOutput, ModelRequest,
+    PriorityClass, PriorityDecision, events, model,
 };
 
 pub const PANIC_MESSAGE: &str = "adversary panics on purpose";
@@ -29,7 +33,10 @@ struct Adversary;
 
 impl Guest for Adversary {
     fn admit(job: Job) -> Result<PriorityDecision, String> {
-        Ok(PriorityDecision { class: PriorityClass::Normal, score: job.priority })
+        Ok(PriorityDecision {
+            class: PriorityClass::Normal,
+            score: job.priority,
+        })
     }
 
     fn shape_prompt(job: Job, _history: Vec<ChatMessage>) -> ModelRequest {
@@ -71,18 +78,26 @@ impl Guest for Adversary {
                 format!("{{\"answered\":{answered}}}")
             }
             "probe" => probe(),
+            "emit_reserved" => emit_reserved()?,
             other => return Err(JobError::Reject(format!("unknown mode {other:?}"))),
         };
-        Ok(JobOutput { result, blocks: Vec::new() })
+        Ok(JobOutput {
+            result,
+            blocks: Vec::new(),
+        })
     }
 }
 
-export!(Adversary);
+spool_sdk::export!(Adversary);
 
 /// Recursion the optimiser cannot turn into a loop.
 #[inline(never)]
 fn recurse(depth: u64) -> u64 {
-    if depth == 0 { 0 } else { black_box(recurse(black_box(depth - 1))) + 1 }
+    if depth == 0 {
+        0
+    } else {
+        black_box(recurse(black_box(depth - 1))) + 1
+    }
 }
 
 /// What the sandbox lets a guest see; every answer should be "nothing".
@@ -102,10 +117,49 @@ fn probe() -> String {
     .to_string()
 }
 
+/// The event names the host writes itself, and one more under its reserved
+/// `task_` prefix: a guest must get every one of them refused.
+const HOST_EVENTS: [&str; 11] = [
+    "task_queued",
+    "task_started",
+    "task_progress",
+    "text_delta",
+    "task_retrying",
+    "task_requeued",
+    "task_completed",
+    "task_failed",
+    "task_cancelled",
+    "follow_up_queued",
+    "task_anything",
+];
+
+/// Emits each of [`HOST_EVENTS`] and reports what came back, as the custom
+/// event `emit_report` and as the result.
+fn emit_reserved() -> Result<String, JobError> {
+    let report: Map<String, Value> = HOST_EVENTS
+        .iter()
+        .map(|name| {
+            let outcome = match events::emit(name, "{}") {
+                Ok(()) => "ok".to_owned(),
+                Err(error) => snake_case(error),
+            };
+            (name.to_string(), Value::String(outcome))
+        })
+        .collect();
+    let report = Value::Object(report).to_string();
+    // The report is the evidence: without it the test would see a success
+    // that proves nothing, so a refused report fails the job instead.
+    events::emit("emit_report", &report).map_err(|error| {
+        JobError::Reject(format!("emit_report was refused: {}", snake_case(error)))
+    })?;
+    Ok(report)
+}
+
+/// The error's WIT name in lower_snake_case, like every other name in events.
+fn snake_case(error: EmitError) -> String {
+    error.name().replace('-', "_")
+}
+
 fn request(prompt: &str) -> ModelRequest {
-    ModelRequest {
-        model: None,
-        messages: vec![ChatMessage { role: Role::User, content: prompt.to_owned() }],
-        params: ModelParams { temperature: None, top_p: None, max_tokens: None, stop: Vec::new(), json_output: false },
-    }
+    Request::new(vec![Message::user(prompt)]).into()
 }
