@@ -1,6 +1,7 @@
 //! `spool guest new`: writes a handler crate from the templates next to this
-//! file, with a copy of the WIT contract and a lockfile pinned to the versions
-//! this spool checkout builds with. Writes only inside the new directory.
+//! file, depending on this spool checkout's guest SDK (which carries the WIT
+//! contract) and harness, with a lockfile pinned to the versions the checkout
+//! builds with. Writes only inside the new directory.
 
 use std::path::{Path, PathBuf};
 
@@ -11,8 +12,6 @@ const LIB_RS: &str = include_str!("template/lib.rs.tmpl");
 const HANDLER_TEST: &str = include_str!("template/handler_test.rs.tmpl");
 const FIXTURE: &str = include_str!("template/fixture.json.tmpl");
 const README: &str = include_str!("template/README.md.tmpl");
-const WIT_TYPES: &str = include_str!("../../../wit/types.wit");
-const WIT_WORLD: &str = include_str!("../../../wit/world.wit");
 
 pub fn create(name: &str, dir: &Path, spool_path: &Path) -> Result<()> {
     if !valid_name(name) {
@@ -38,20 +37,29 @@ pub fn create(name: &str, dir: &Path, spool_path: &Path) -> Result<()> {
     let harness = harness
         .canonicalize()
         .with_context(|| format!("resolving {}", harness.display()))?;
+    let sdk = spool_path.join("guest").join("sdk");
+    if !sdk.join("Cargo.toml").exists() {
+        bail!(
+            "no spool-sdk crate at {}: pass --spool-path pointing at a spool checkout",
+            sdk.display()
+        );
+    }
+    let sdk = sdk
+        .canonicalize()
+        .with_context(|| format!("resolving {}", sdk.display()))?;
     let fill = |template: &str| {
         template
             .replace("{{name}}", name)
             .replace("{{crate_file}}", &name.replace('-', "_"))
             .replace("{{harness_path}}", &harness.display().to_string())
+            .replace("{{sdk_path}}", &sdk.display().to_string())
     };
-    let files: [(PathBuf, String); 7] = [
+    let files: [(PathBuf, String); 5] = [
         ("Cargo.toml".into(), fill(CARGO_TOML)),
         ("src/lib.rs".into(), fill(LIB_RS)),
         ("tests/handler.rs".into(), fill(HANDLER_TEST)),
         ("fixture.json".into(), fill(FIXTURE)),
         ("README.md".into(), fill(README)),
-        ("wit/types.wit".into(), WIT_TYPES.to_owned()),
-        ("wit/world.wit".into(), WIT_WORLD.to_owned()),
     ];
     for (path, contents) in files {
         write(&dir.join(path), &contents)?;
