@@ -14,17 +14,17 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
-use crate::embedded_redis::EmbeddedRedis;
-use crate::gateway::Gateway;
-use crate::handlers::{self, Handlers};
+use spool_core::config::Config;
+use spool_core::embedded_redis::EmbeddedRedis;
+use spool_core::gateway::Gateway;
+use spool_core::handlers::{self, Handlers};
 use crate::http::{self, AppState};
-use crate::models::{BackendConfig, BackendKind, ModelClient, OllamaApi};
-use crate::queue::{Queue, QueueKeys, Retention, WAKE_CHANNEL};
-use crate::registry::{BUILT_IN, Registry};
-use crate::runtime::Runtime;
+use spool_core::models::{BackendConfig, BackendKind, ModelClient, OllamaApi};
+use spool_core::queue::{Queue, QueueKeys, Retention, WAKE_CHANNEL};
+use {crate::BUILT_IN, spool_core::registry::Registry};
+use spool_runtime::Runtime;
 use crate::stub::{self, StubArgs, StubServer};
-use crate::worker::{Route, Workers};
+use spool_core::worker::{Route, Workers};
 
 /// A started instance.
 pub struct Running {
@@ -106,6 +106,7 @@ pub async fn start(config: Config) -> Result<Running> {
         redis.clone(),
         instance.clone(),
         handler_settings(&config),
+        BUILT_IN,
     ));
     let mut handler_names: Vec<String> =
         BUILT_IN.iter().map(|(name, _)| name.to_string()).collect();
@@ -123,7 +124,7 @@ pub async fn start(config: Config) -> Result<Running> {
     handlers.bootstrap(&config).await?;
 
     let queue = Queue::new(redis.clone());
-    let sessions = crate::store::Store::new(redis.clone(), config.sessions.clone());
+    let sessions = spool_core::store::Store::new(redis.clone(), config.sessions.clone());
     let routes: BTreeMap<String, Route> = config
         .queues
         .iter()
@@ -145,7 +146,7 @@ pub async fn start(config: Config) -> Result<Running> {
             )
         })?;
     }
-    let intake = crate::intake::Intake {
+    let intake = spool_core::intake::Intake {
         queue: queue.clone(),
         runtime: runtime.clone(),
         registry: registry.clone(),
@@ -167,13 +168,13 @@ pub async fn start(config: Config) -> Result<Running> {
     ));
     background.spawn(handlers.clone().run_sync(client.clone(), shutdown.clone()));
     if !config.watch.is_empty() {
-        background.spawn(crate::handlers::watch::run(
+        background.spawn(spool_core::handlers::watch::run(
             handlers.clone(),
             config.watch.clone(),
             shutdown.clone(),
         ));
     }
-    background.spawn(crate::store::periodic_cleanup(
+    background.spawn(spool_core::store::periodic_cleanup(
         sessions.clone(),
         shutdown.clone(),
     ));
@@ -311,7 +312,7 @@ fn handler_settings(config: &Config) -> handlers::Settings {
             .registry
             .cache_dir
             .clone()
-            .unwrap_or_else(handlers::cache::default_dir),
+            .unwrap_or_else(spool_runtime::cache::default_dir),
         max_component_bytes: config.registry.max_component_mb * 1024 * 1024,
         check_interval: Duration::from_millis(config.registry.check_interval_ms),
     }

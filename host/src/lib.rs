@@ -1,35 +1,27 @@
-//! spool: AI jobs from Redis Streams, run by WebAssembly handlers and paced for
-//! rate-limited model APIs. The binary (`main.rs`) is a thin CLI over these modules.
+//! spool, the service: an HTTP API, a WebSocket channel and a command line in
+//! front of `spool-core`, plus the stub model server and the benchmarks. The
+//! binary (`main.rs`) is a thin CLI over these modules.
 //!
-//! A job's path: `http` validates a submission and runs the handler's priority rule
-//! (`runtime`, in Wasm); `queue` stores it in its priority's stream; a `worker`
-//! claims it, runs the handler with access to `models` and `events`, and `queue`
-//! records the outcome. `app` wires one instance together.
+//! - [`app`]: wires one instance together (Redis, handlers, workers, HTTP).
+//! - [`http`]: the API routes, SSE and WebSocket.
+//! - [`cli`]: the operator and guest-author commands (deploy, dead letters, guest test/new).
+//! - [`stub`]: a model server speaking the Ollama and OpenAI protocols, for offline use and tests.
+//! - [`bench`]: commands that print measured figures against a baseline of the same run.
 //!
-//! Which handler version runs is `handlers`' business: versions live in Redis, are
-//! validated before activation, and every instance switches to the active one; a
-//! worker resolves it from the local `registry` once per job.
+//! Built-in handlers are the components built from `guest/` by `build.rs`.
 
-pub mod admin_cli;
 pub mod app;
 pub mod bench;
-pub mod bench_sessions;
-pub mod config;
-pub mod content;
-pub mod dead_cli;
-pub mod embedded_redis;
-pub mod events;
-pub mod gateway;
-pub mod guest_cli;
-pub mod guest_test;
-pub mod handlers;
+pub mod cli;
 pub mod http;
-pub mod intake;
-pub mod limiter;
-pub mod models;
-pub mod queue;
-pub mod registry;
-pub mod runtime;
-pub mod store;
 pub mod stub;
-pub mod worker;
+
+/// Handler components built from `guest/` and embedded by `build.rs`; seeded
+/// into the Redis registry as each handler's first version when it has none.
+pub const BUILT_IN: &[(&str, &[u8])] = &[
+    ("chat", include_bytes!(concat!(env!("OUT_DIR"), "/chat.wasm"))),
+    (
+        "pipeline",
+        include_bytes!(concat!(env!("OUT_DIR"), "/pipeline.wasm")),
+    ),
+];

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use spool::config::{Config, Fsync};
-use spool::models::{BackendConfig, BackendKind, OllamaApi};
+use spool_core::config::{Config, Fsync};
+use spool_core::models::{BackendConfig, BackendKind, OllamaApi};
 
 #[derive(Parser)]
 #[command(
@@ -30,19 +30,19 @@ enum Command {
     /// Drive short jobs through the whole path and print throughput and latency.
     Bench(spool::bench::BenchArgs),
     /// Validate a handler component and make it the active version on every instance.
-    Deploy(spool::admin_cli::DeployArgs),
+    Deploy(spool::cli::admin::DeployArgs),
     /// Make an earlier version of a handler active again on every instance.
-    Rollback(spool::admin_cli::RollbackArgs),
+    Rollback(spool::cli::admin::RollbackArgs),
     /// List handlers, or one handler's versions, history and instances.
-    Handlers(spool::admin_cli::HandlersArgs),
+    Handlers(spool::cli::admin::HandlersArgs),
     /// Measure one rate-limiter check (vs a Redis PING) and the observed/configured rate of a run.
-    BenchLimiter(spool::limiter::bench::LimiterBenchArgs),
+    BenchLimiter(spool::bench::limiter::LimiterBenchArgs),
     /// Inspect, replay or purge dead jobs of a running instance.
-    Dead(spool::dead_cli::DeadArgs),
+    Dead(spool::cli::dead::DeadArgs),
     /// Test a handler component in isolation, or scaffold a new one.
-    Guest(spool::guest_cli::GuestArgs),
+    Guest(spool::cli::guest::GuestArgs),
     /// Time the session/message store (create, append, task update, load, SSE delay) against design D's claims.
-    BenchSessions(spool::bench_sessions::BenchSessionsArgs),
+    BenchSessions(spool::bench::sessions::BenchSessionsArgs),
 }
 
 /// Settings for `spool serve`. Each flag overrides the config file; each has an
@@ -62,7 +62,7 @@ struct ServeArgs {
     #[arg(long, env = "SPOOL_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// AOF fsync policy of the embedded redis-server: everysec may lose ~1-2 s of writes on a crash, always none [default: everysec].
-    #[arg(long, env = "SPOOL_FSYNC", value_enum)]
+    #[arg(long, env = "SPOOL_FSYNC", value_parser = str::parse::<Fsync>)]
     fsync: Option<Fsync>,
     /// Jobs this instance runs at once [default: 3].
     #[arg(long, env = "SPOOL_CONCURRENCY")]
@@ -87,7 +87,7 @@ struct ServeArgs {
     embed_model: Option<String>,
     /// Dev loop: re-deploy a handler whenever its component file changes (NAME=PATH, or PATH
     /// with the name taken from the file name). Repeatable.
-    #[arg(long, value_name = "NAME=PATH", value_parser = spool::handlers::watch::parse_spec)]
+    #[arg(long, value_name = "NAME=PATH", value_parser = spool_core::handlers::watch::parse_spec)]
     watch: Vec<(String, PathBuf)>,
     /// Model calls per second, shared by all instances using the same backend [default: 2].
     #[arg(long, env = "SPOOL_RATE_LIMIT")]
@@ -188,13 +188,13 @@ fn main() -> ExitCode {
             Command::Serve(args) => spool::app::serve(args.into_config()?).await,
             Command::StubModel(args) => spool::stub::run(args).await,
             Command::Bench(args) => spool::bench::run(args).await,
-            Command::Deploy(args) => spool::admin_cli::deploy(args).await,
-            Command::Rollback(args) => spool::admin_cli::rollback(args).await,
-            Command::Handlers(args) => spool::admin_cli::list(args).await,
-            Command::BenchLimiter(args) => spool::limiter::bench::run(args).await,
-            Command::Dead(args) => spool::dead_cli::run(args).await,
-            Command::Guest(args) => spool::guest_cli::run(args).await,
-            Command::BenchSessions(args) => spool::bench_sessions::run(args).await,
+            Command::Deploy(args) => spool::cli::admin::deploy(args).await,
+            Command::Rollback(args) => spool::cli::admin::rollback(args).await,
+            Command::Handlers(args) => spool::cli::admin::list(args).await,
+            Command::BenchLimiter(args) => spool::bench::limiter::run(args).await,
+            Command::Dead(args) => spool::cli::dead::run(args).await,
+            Command::Guest(args) => spool::cli::guest::run(args).await,
+            Command::BenchSessions(args) => spool::bench::sessions::run(args).await,
         }
     });
     match result {

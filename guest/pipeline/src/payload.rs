@@ -2,9 +2,10 @@
 //! "workflow"?: "simple" | "planner" | "critic", "maxIterations"?: 1..=10}`, and
 //! how it is checked. Other fields are ignored.
 //!
-//! A session task (POST /api/v1/sessions/{sid}/tasks) arrives here with its
-//! `task_description` as the topic, and `admit` is the only check its fields
-//! get before the job is queued: the refusals below are what the client sees.
+//! A session task (POST /api/v1/sessions/{sid}/tasks) arrives here as the
+//! client sent it (`task_description` is the topic, `max_iterations` the
+//! rounds), and `admit` is the only check its fields get before the job is
+//! queued: the refusals below are what the client sees.
 //!
 //! Each stage of a workflow is a job of its own. A client submits the first
 //! stage; the job of each later stage is a follow-up queued by the previous
@@ -99,7 +100,14 @@ impl Payload {
     /// Parses and checks a payload, or says what is wrong with it (the reason
     /// the client gets back when `admit` refuses the job).
     pub fn parse(json: &str) -> Result<Self, PayloadError> {
-        let fields = spool_sdk::payload::object(json)?;
+        let mut fields = spool_sdk::payload::object(json)?;
+        // A session task's body (POST /api/v1/sessions/{sid}/tasks) arrives as
+        // the client sent it, with two fields spelt its own way.
+        for (task_name, name) in [("task_description", "topic"), ("max_iterations", "maxIterations")] {
+            if let Some(value) = fields.remove(task_name) {
+                fields.entry(name).or_insert(value);
+            }
+        }
 
         let topic = match fields.get("topic").and_then(Value::as_str).map(str::trim) {
             Some(topic) if !topic.is_empty() => topic.to_owned(),

@@ -18,9 +18,9 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery};
-use crate::handlers::store::InstanceReport;
-use crate::handlers::{DeployError, Handlers, valid_handler_name};
-use crate::queue::now_ms;
+use spool_core::handlers::store::InstanceReport;
+use spool_core::handlers::{DeployError, Handlers, valid_handler_name};
+use spool_core::queue::now_ms;
 
 /// Activations listed per handler.
 const HISTORY_SHOWN: isize = 20;

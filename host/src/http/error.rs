@@ -7,7 +7,7 @@ use axum::extract::{FromRequest, FromRequestParts};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use crate::intake::IntakeError;
+use spool_core::intake::IntakeError;
 
 #[derive(Debug)]
 pub struct ApiError {

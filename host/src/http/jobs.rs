@@ -12,31 +12,23 @@ use serde_json::{Map, Value, json};
 
 use super::AppState;
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery};
-use crate::intake::Submission;
-use crate::queue::{CancelOutcome, JobState};
-use crate::worker::Route;
+use spool_core::intake::Submission;
+use spool_core::queue::{CancelOutcome, JobState};
+use spool_core::worker::Route;
 
 const DEFAULT_PRIORITY: i64 = 5;
+/// The queue POST /api/chat submits to.
+pub const CHAT_QUEUE: &str = "chat";
 
-/// The chat API's fields (design E); anything else in the body (model, system,
-/// temperature...) is passed to the handler untouched.
+/// The fields of a chat submission the host owns: who asks and how urgently.
+/// Everything else in the body (prompt, conversationHistory, model, ...) is the
+/// handler's payload, checked by its `admit`, never read here.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-#[allow(dead_code)] // Parsed to validate; the handler reads the payload itself.
-struct ChatFields {
+struct ChatHostFields {
     user_id: String,
-    prompt: String,
-    #[serde(default)]
-    conversation_history: Vec<HistoryTurn>,
     priority: Option<i64>,
     user_tier: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[allow(dead_code)]
-struct HistoryTurn {
-    role: String,
-    content: String,
 }
 
 #[derive(Deserialize)]
@@ -53,7 +45,7 @@ pub async fn submit_chat(
     State(state): State<Arc<AppState>>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let accepted = submit(&state, "chat", chat_submission(body)?).await?;
+    let accepted = submit(&state, CHAT_QUEUE, chat_submission(body)?).await?;
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
@@ -74,7 +66,7 @@ pub fn chat_submission(body: Value) -> Result<Submission, ApiError> {
             "the body must be a JSON object",
         ));
     };
-    let fields: ChatFields = serde_json::from_value(Value::Object(object.clone()))
+    let fields: ChatHostFields = serde_json::from_value(Value::Object(object.clone()))
         .map_err(|e| ApiError::invalid("invalid_field", e.to_string()))?;
     for host_field in ["userId", "userTier", "priority"] {
         object.remove(host_field);
@@ -84,6 +76,7 @@ pub fn chat_submission(body: Value) -> Result<Submission, ApiError> {
         user_tier: fields.user_tier.unwrap_or_default(),
         priority: checked_priority(fields.priority)?,
         payload: Value::Object(object).to_string(),
+        message: None,
     })
 }
 
@@ -96,6 +89,7 @@ pub fn generic_submission(body: Value) -> Result<Submission, ApiError> {
         user_tier: fields.user_tier.unwrap_or_default(),
         priority: checked_priority(fields.priority)?,
         payload: fields.payload.to_string(),
+        message: None,
     })
 }
 

@@ -10,7 +10,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 
 use super::ApiError;
-use crate::gateway::{Gateway, GatewaySnapshot};
+use spool_core::gateway::{Gateway, GatewaySnapshot};
 
 /// A router of its own, merged into the API by `app`, so the shared `AppState`
 /// needs no field for the gateway.

@@ -24,8 +24,8 @@ use super::AppState;
 use super::error::{ApiError, ApiPath, ApiQuery};
 use super::sessions::checked_id;
 use super::stream::validate_stream_id;
-use crate::queue::now_ms;
-use crate::store::{FINAL_STATUSES, MessageEvent, StoreError, read_events};
+use spool_core::queue::now_ms;
+use spool_core::store::{FINAL_STATUSES, MessageEvent, StoreError, read_events};
 
 #[derive(Deserialize)]
 pub struct StreamQuery {

@@ -22,10 +22,10 @@ use axum::routing::{delete, get, post};
 
 pub use error::ApiError;
 
-use crate::handlers::Handlers;
-use crate::intake::Intake;
-use crate::queue::{Queue, Retention};
-use crate::store::Store;
+use spool_core::handlers::Handlers;
+use spool_core::intake::Intake;
+use spool_core::queue::{Queue, Retention};
+use spool_core::store::Store;
 
 /// What every request handler can reach.
 pub struct AppState {

@@ -2,7 +2,7 @@
 //! post/list/get, separately stored content on demand, session tasks (a
 //! multi-step workflow run by a guest on the task queue) and the cleanup of
 //! old messages. The message SSE stream is in `message_stream.rs`; the store
-//! itself is `crate::store`.
+//! itself is `spool_core::store`.
 
 use std::sync::Arc;
 
@@ -11,18 +11,15 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::AppState;
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery};
-use crate::intake::Submission;
-use crate::store::{StoreError, valid_id, validate_block};
+use spool_core::intake::Submission;
+use spool_core::queue::BoundMessage;
+use spool_core::store::{StoreError, valid_id, validate_block};
 
 const ROLES: &[&str] = &["user", "assistant", "system", "tool"];
-const WORKFLOWS: &[&str] = &["simple", "planner", "critic"];
-const MAX_ITERATIONS: u32 = 10;
-const DEFAULT_ITERATIONS: u32 = 2;
-const MAX_TASK_DESCRIPTION: usize = 10_000;
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
@@ -240,58 +237,14 @@ pub async fn get_content(
     content.map(Json).ok_or_else(|| ApiError::not_found("content_not_found", format!("no stored content `{id}` (blocks of 10 KB or less live in their message; stored content expires after 7 days)")))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewTask {
-    task_description: String,
-    #[serde(default = "default_workflow")]
-    workflow: String,
-    #[serde(default = "default_iterations")]
-    max_iterations: u32,
-}
-
-fn default_workflow() -> String {
-    "planner".into()
-}
-
-fn default_iterations() -> u32 {
-    DEFAULT_ITERATIONS
-}
-
 /// POST /api/v1/sessions/{sid}/tasks: creates the assistant message the task
 /// will fill and queues the job whose guest runs the workflow and drives it.
 pub async fn start_task(
     State(state): State<Arc<AppState>>,
     ApiPath(sid): ApiPath<String>,
-    ApiJson(body): ApiJson<NewTask>,
+    ApiJson(body): ApiJson<Map<String, Value>>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     checked_id("session", &sid)?;
-    let description = body.task_description.trim();
-    if description.is_empty() || description.len() > MAX_TASK_DESCRIPTION {
-        return Err(ApiError::invalid(
-            "invalid_field",
-            format!("task_description must be 1 to {MAX_TASK_DESCRIPTION} bytes of text"),
-        ));
-    }
-    if !WORKFLOWS.contains(&body.workflow.as_str()) {
-        return Err(ApiError::invalid(
-            "invalid_workflow",
-            format!(
-                "workflow must be one of {}, got `{}`",
-                WORKFLOWS.join(", "),
-                body.workflow
-            ),
-        ));
-    }
-    if !(1..=MAX_ITERATIONS).contains(&body.max_iterations) {
-        return Err(ApiError::invalid(
-            "invalid_field",
-            format!(
-                "max_iterations must be from 1 to {MAX_ITERATIONS}, got {}",
-                body.max_iterations
-            ),
-        ));
-    }
     let queue = state.sessions.config().task_queue.clone();
     if !state.intake.routes.contains_key(&queue) {
         return Err(ApiError::new(
@@ -307,15 +260,15 @@ pub async fn start_task(
         .sessions
         .create_message(&sid, "assistant", Some(&job_id))
         .await?;
-    let payload = json!({
-        "topic": description,
-        "workflow": body.workflow,
-        "maxIterations": body.max_iterations,
-        "message": { "sessionId": sid, "messageId": message_id },
-    });
+    // The body is the task's payload: the task queue's handler checks it in
+    // `admit` (a refusal is a 422 naming the field) and the host never reads it.
     let submission = Submission {
         priority: 5,
-        payload: payload.to_string(),
+        payload: Value::Object(body).to_string(),
+        message: Some(BoundMessage {
+            session_id: sid.clone(),
+            message_id: message_id.clone(),
+        }),
         ..Submission::default()
     };
     if let Err(error) = state
@@ -345,8 +298,6 @@ pub async fn start_task(
             "messageId": message_id,
             "jobId": job_id,
             "queue": queue,
-            "workflow": body.workflow,
-            "maxIterations": body.max_iterations,
             "messageUrl": format!("/api/v1/messages/{message_id}"),
             "streamUrl": format!("/api/v1/sessions/{sid}/messages/{message_id}/stream"),
             "jobStreamUrl": format!("/api/v1/jobs/{job_id}/stream"),

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::error::{ApiError, ApiPath, ApiQuery};
 use super::jobs::job_not_found;
-use crate::events::{self, Event};
+use spool_core::events::{self, Event};
 
 /// How long one blocking read waits before the job's state is re-checked.
 const READ_BLOCK: Duration = Duration::from_secs(10);

@@ -1,8 +1,8 @@
 //! The WebSocket channel, `GET /ws`: submit jobs and follow their events over one
 //! socket. Client frames are JSON text:
 //!
-//! - `{"type": "submit", "queue"?: "chat", ...}`: the rest is the body of `POST
-//!   /api/chat` (queue `chat`, the default) or of `POST /api/queues/{queue}/jobs`;
+//! - `{"type": "submit", ...}`: without `queue`, the rest is the body of `POST
+//!   /api/chat`; with `"queue": "..."`, the body of `POST /api/queues/{queue}/jobs`;
 //! - `{"type": "watch", "jobId": "...", "lastId"?: "..."}`: follow an existing job.
 //!
 //! Server frames: `{"type": "accepted", ...}` (the HTTP 202 body), `{"type":
@@ -22,8 +22,8 @@ use tokio::sync::mpsc;
 
 use super::AppState;
 use super::error::ApiError;
-use super::jobs::{chat_submission, generic_submission, submit};
-use crate::events;
+use super::jobs::{CHAT_QUEUE, chat_submission, generic_submission, submit};
+use spool_core::events;
 
 /// Frames waiting to be written before readers of job events slow down.
 const OUTBOX: usize = 256;
@@ -72,19 +72,20 @@ async fn handle_frame(
     };
     match frame["type"].as_str() {
         Some("submit") => {
-            let queue = frame["queue"].as_str().unwrap_or("chat").to_owned();
-            let mut body = frame.clone();
-            if let Value::Object(object) = &mut body {
+            let mut body = frame;
+            let queue = body.as_object_mut().and_then(|object| {
                 object.remove("type");
-                object.remove("queue");
-            }
-            let submission = if queue == "chat" {
-                chat_submission(body)
-            } else {
-                generic_submission(body)
+                object.remove("queue")
+            });
+            // As over HTTP: without `queue` the frame is POST /api/chat's body,
+            // with one it is POST /api/queues/{queue}/jobs's.
+            let submission = match queue {
+                None => chat_submission(body).map(|s| (CHAT_QUEUE.to_owned(), s)),
+                Some(Value::String(queue)) => generic_submission(body).map(|s| (queue, s)),
+                Some(_) => Err(ApiError::invalid("invalid_field", "`queue` must be a string")),
             };
             let accepted = match submission {
-                Ok(submission) => submit(state, &queue, submission).await,
+                Ok((queue, submission)) => submit(state, &queue, submission).await,
                 Err(error) => Err(error),
             };
             match accepted {

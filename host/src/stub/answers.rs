@@ -1,7 +1,7 @@
 //! The stub's deterministic answers: chat text, stream pieces, token counts and
 //! embeddings (see the module map in `stub/mod.rs` for the exact forms tests rely on).
 
-use crate::models::{ChatMessage, Role};
+use spool_core::models::{ChatMessage, Role};
 
 pub const EMBEDDING_DIM: usize = 8;
 

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Json, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::models::BackendKind;
+use spool_core::models::BackendKind;
 
 /// One entry of the fault queue; `POST /_stub/faults` takes a JSON array of these.
 /// Exactly one of `status` and `midstream_error` must be set.

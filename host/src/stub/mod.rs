@@ -2,7 +2,7 @@
 //! benchmarks and `spool serve` when no real model is configured.
 //!
 //! Owns its HTTP server, its deterministic answers, the fault queue and the call
-//! statistics. It borrows only the message types of `crate::models` and must not
+//! statistics. It borrows only the message types of `spool_core::models` and must not
 //! reach into the rest of spool.
 //!
 //! Answers (tests rely on them exactly):
@@ -44,7 +44,7 @@ use serde_json::json;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::models::BackendKind;
+use spool_core::models::BackendKind;
 
 mod answers;
 mod faults;

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use super::answers::{answer, embedding, word_count, word_pieces};
 use super::faults::error_response;
 use super::{Stub, admit};
-use crate::models::{BackendKind, ChatMessage, Role};
+use spool_core::models::{BackendKind, ChatMessage, Role};
 
 const CREATED_AT: &str = "1970-01-01T00:00:00Z";
 

@@ -1,0 +1,140 @@
+//! Admission: the one way a job enters a queue. Runs the queue's priority rule
+//! (the handler's `admit` hook, in Wasm) and enqueues the job in its class's
+//! stream. Shared by the HTTP and WebSocket APIs, session tasks and the
+//! follow-up jobs a finished job hands on; it knows nothing of HTTP or of
+//! what a job does.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::queue::{BoundMessage, NewJob, Queue, SubmitError, class_name};
+use crate::registry::Registry;
+use spool_runtime::{Job, Runtime};
+use crate::worker::Route;
+
+/// The fields the host itself reads from a submission; the handler reads the
+/// payload.
+#[derive(Clone, Debug, Default)]
+pub struct Submission {
+    pub user_id: String,
+    pub user_tier: String,
+    /// 1..=10, the client's priority (design E); the handler turns it into a class.
+    pub priority: u8,
+    pub payload: String,
+    /// The session message the job will drive, if any (see [`BoundMessage`]).
+    pub message: Option<BoundMessage>,
+}
+
+/// What the queue made of an accepted submission.
+#[derive(Clone, Debug)]
+pub struct Accepted {
+    pub id: String,
+    pub queue: String,
+    pub class: &'static str,
+    pub score: u8,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    #[error("no queue named `{queue}`; known queues: {known}")]
+    UnknownQueue { queue: String, known: String },
+    #[error("handler `{0}` is not loaded")]
+    HandlerUnavailable(String),
+    #[error("{0}")]
+    Rejected(String),
+    #[error("the priority rule failed: {0}")]
+    HandlerFailed(String),
+    #[error("queue `{0}` is full; retry later")]
+    Full(String),
+    /// The id is taken: the job was queued before (a follow-up handed on twice).
+    #[error("job `{0}` already exists")]
+    Duplicate(String),
+    #[error("the job store is unavailable: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+#[derive(Clone)]
+pub struct Intake {
+    pub queue: Queue,
+    pub runtime: Arc<Runtime>,
+    pub registry: Arc<Registry>,
+    pub routes: Arc<BTreeMap<String, Route>>,
+}
+
+impl Intake {
+    pub fn route(&self, queue: &str) -> Result<&Route, IntakeError> {
+        self.routes
+            .get(queue)
+            .ok_or_else(|| IntakeError::UnknownQueue {
+                queue: queue.to_owned(),
+                known: self.routes.keys().cloned().collect::<Vec<_>>().join(", "),
+            })
+    }
+
+    /// Admits and enqueues a job under a fresh id.
+    pub async fn submit(
+        &self,
+        queue: &str,
+        submission: &Submission,
+    ) -> Result<Accepted, IntakeError> {
+        self.submit_with_id(queue, uuid::Uuid::now_v7().to_string(), submission)
+            .await
+    }
+
+    /// [`Intake::submit`] under an id the caller chose; refused with
+    /// [`IntakeError::Duplicate`] if a job with that id exists.
+    pub async fn submit_with_id(
+        &self,
+        queue: &str,
+        id: String,
+        submission: &Submission,
+    ) -> Result<Accepted, IntakeError> {
+        let route = self.route(queue)?;
+        let handler = self
+            .registry
+            .resolve(
+                &route.config.handler,
+                route.config.handler_version.as_deref(),
+            )
+            .ok_or_else(|| IntakeError::HandlerUnavailable(route.config.handler.clone()))?;
+        let job = Job {
+            id: id.clone(),
+            queue: queue.to_owned(),
+            user_id: submission.user_id.clone(),
+            user_tier: submission.user_tier.clone(),
+            priority: submission.priority,
+            payload: submission.payload.clone(),
+            attempt: 0,
+        };
+        let decision = match self.runtime.admit(&handler, &job).await {
+            Ok(Ok(decision)) => decision,
+            Ok(Err(reason)) => return Err(IntakeError::Rejected(reason)),
+            Err(failure) => return Err(IntakeError::HandlerFailed(failure.to_string())),
+        };
+        let score = decision.score.clamp(1, 10);
+        let new_job = NewJob {
+            id: &id,
+            queue: &route.keys,
+            class: decision.class,
+            score,
+            priority: submission.priority,
+            user_id: &submission.user_id,
+            user_tier: &submission.user_tier,
+            payload: &submission.payload,
+            message: submission.message.as_ref(),
+            handler: &handler.name,
+            max_waiting: route.config.max_waiting,
+        };
+        match self.queue.submit(new_job).await {
+            Ok(_) => Ok(Accepted {
+                id,
+                queue: queue.to_owned(),
+                class: class_name(decision.class),
+                score,
+            }),
+            Err(SubmitError::Full(queue)) => Err(IntakeError::Full(queue)),
+            Err(SubmitError::Duplicate) => Err(IntakeError::Duplicate(id)),
+            Err(SubmitError::Redis(error)) => Err(error.into()),
+        }
+    }
+}

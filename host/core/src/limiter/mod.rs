@@ -1,0 +1,378 @@
+//! The distributed rate limiter in front of the model backend: a token bucket per
+//! backend (and optionally per user) kept in Redis, so every instance shares one
+//! allowance and one clock (Redis `TIME`), plus the adaptive slow-down after
+//! 429/403 answers. Each check is one atomic script round trip that returns the
+//! exact wait; a caller sleeps that long and never polls.
+//!
+//! Owns the keys `spool:limit:{backend-id}` (bucket, adaptive state, counters)
+//! and `spool:limit:{backend-id}:user:{user}` (per-user buckets). It decides only
+//! *when* a call may go; making the call and retrying it belong to `gateway`.
+
+mod config;
+
+use std::time::{Duration, Instant};
+
+use redis::Script;
+use redis::aio::ConnectionManager;
+use serde::Serialize;
+
+pub use config::{LimitsConfig, UserLimit};
+
+use crate::models::BackendConfig;
+
+/// Idle limiter state expires after a day; counters restart with it.
+const STATE_TTL_MS: u64 = 24 * 3600 * 1000;
+/// Re-reservations after cool-downs that started while a caller slept. Each one
+/// needs a new 429/403, so this only guards against a pathological backend.
+const MAX_RESERVATIONS: usize = 32;
+
+/// A reserved call slot. `generation` says which rate-limit episode it belongs
+/// to, so a 429 it runs into lowers the rate only once per episode.
+#[derive(Clone, Copy, Debug)]
+pub struct Grant {
+    pub generation: i64,
+    /// Time spent waiting for this slot.
+    pub waited: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AcquireError {
+    /// The next slot is later than the caller's deadline; nothing was taken.
+    #[error("the rate limit allows the next call in {0:?}, beyond this job's deadline")]
+    TooLong(Duration),
+    #[error("the rate limiter's Redis is unavailable: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// Which buckets a check takes from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Scope<'a> {
+    /// The backend's bucket only (embedding batches, users without a limit).
+    Backend,
+    /// The user's bucket, then the backend's.
+    UserAndBackend(&'a str),
+    /// The user's bucket only (an embedding request before it joins a batch).
+    User(&'a str),
+}
+
+/// What a 429/403 did to the shared state.
+#[derive(Clone, Copy, Debug)]
+pub struct Slowdown {
+    /// This report lowered the rate (the first of its episode).
+    pub lowered: bool,
+    pub rate: f64,
+    /// No call goes to the backend before this has passed.
+    pub cooldown: Duration,
+}
+
+/// The limiter's state as the API shows it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LimiterSnapshot {
+    pub backend: String,
+    pub backend_id: String,
+    pub configured_rate_per_sec: f64,
+    pub capacity: f64,
+    pub min_rate_per_sec: f64,
+    pub effective_rate_per_sec: f64,
+    pub tokens_available: f64,
+    pub cooldown_remaining_ms: u64,
+    /// Bumped by every 429/403 that started or extended a cool-down.
+    pub generation: i64,
+    /// Calls granted by the limiter, all instances together.
+    pub granted: u64,
+    /// Grants that had to wait, and their total scheduled wait.
+    pub waits: u64,
+    pub waited_ms_total: f64,
+    /// Rate-limit answers from the backend per status.
+    pub rate_limited: std::collections::BTreeMap<String, u64>,
+    pub retries: u64,
+    pub failures_unavailable: u64,
+    pub failures_rejected: u64,
+    pub per_user: Option<UserLimit>,
+}
+
+pub struct Limiter {
+    redis: ConnectionManager,
+    key: String,
+    backend_id: String,
+    name: String,
+    config: LimitsConfig,
+    acquire: Script,
+    limited: Script,
+}
+
+/// Stable id of a backend: instances configured with the same kind, URL and
+/// API key share one bucket, whatever else differs in their configuration.
+pub fn backend_id(backend: &BackendConfig) -> String {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(backend.kind.to_string());
+    hasher.update([0]);
+    hasher.update(backend.url.trim_end_matches('/'));
+    hasher.update([0]);
+    hasher.update(backend.api_key.as_deref().unwrap_or(""));
+    hasher
+        .finalize()
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `(status, wait_us, tokens, rate, generation, rate_changed, cooldown_us)`.
+type AcquireReply = (i64, u64, f64, f64, i64, i64, u64);
+
+impl Limiter {
+    pub fn new(redis: ConnectionManager, backend: &BackendConfig, config: LimitsConfig) -> Self {
+        let backend_id = backend_id(backend);
+        Self {
+            redis,
+            key: format!("spool:limit:{{{backend_id}}}"),
+            name: format!("{} at {}", backend.kind, backend.url),
+            backend_id,
+            config,
+            acquire: Script::new(include_str!("acquire.lua")),
+            limited: Script::new(include_str!("limited.lua")),
+        }
+    }
+
+    pub fn config(&self) -> &LimitsConfig {
+        &self.config
+    }
+
+    /// The backend's state key (counters live there too).
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// See [`backend_id`].
+    pub fn backend_id(&self) -> &str {
+        &self.backend_id
+    }
+
+    /// Waits for a call slot within `deadline`. A slot that cannot come in time
+    /// is not taken, so a job that gives up wastes nothing of the allowance.
+    pub async fn acquire(
+        &self,
+        scope: Scope<'_>,
+        deadline: Instant,
+    ) -> Result<Grant, AcquireError> {
+        let started = Instant::now();
+        let (mut mode, user) = match scope {
+            Scope::Backend => ("backend", None),
+            Scope::UserAndBackend(user) => ("both", Some(user)),
+            Scope::User(user) => ("user", Some(user)),
+        };
+        if self.config.per_user.is_none() {
+            // No per-user limit configured: a user scope takes from the backend only.
+            match mode {
+                "user" => {
+                    return Ok(Grant {
+                        generation: -1,
+                        waited: Duration::ZERO,
+                    });
+                }
+                _ => mode = "backend",
+            }
+        }
+        let mut expected_generation = -1;
+        for _ in 0..MAX_RESERVATIONS {
+            let budget = deadline.saturating_duration_since(Instant::now());
+            let (status, wait_us, tokens, rate, generation, rate_changed, _cooldown) = self
+                .run_acquire(mode, user, budget, expected_generation)
+                .await?;
+            if rate_changed == 1 {
+                self.log_recovery(rate);
+            }
+            let wait = Duration::from_micros(wait_us);
+            match status {
+                0 => return Err(AcquireError::TooLong(wait)),
+                2 => {
+                    return Ok(Grant {
+                        generation,
+                        waited: started.elapsed(),
+                    });
+                }
+                1 if wait.is_zero() => {
+                    return Ok(Grant {
+                        generation,
+                        waited: started.elapsed(),
+                    });
+                }
+                1 if mode == "user" => {
+                    tracing::info!(
+                        user = user.unwrap_or(""),
+                        wait_ms = wait.as_millis() as u64,
+                        "user waiting for a token of its per-user limit"
+                    );
+                    tokio::time::sleep(wait).await;
+                    return Ok(Grant {
+                        generation,
+                        waited: started.elapsed(),
+                    });
+                }
+                1 => {
+                    tracing::info!(backend = %self.name, rate, wait_ms = wait.as_millis() as u64, "waiting for a token (available: {tokens:.2})");
+                    tokio::time::sleep(wait).await;
+                    // A 429 elsewhere while we slept voids the slot; confirming
+                    // costs one round trip and re-reserves if so.
+                    mode = "backend";
+                    expected_generation = generation;
+                }
+                3 => {
+                    tracing::info!(
+                        user = user.unwrap_or(""),
+                        wait_ms = wait.as_millis() as u64,
+                        "user waiting for a token of its per-user limit"
+                    );
+                    tokio::time::sleep(wait).await;
+                    mode = "backend";
+                    expected_generation = -1;
+                }
+                other => {
+                    return Err(AcquireError::Redis(redis::RedisError::from((
+                        redis::ErrorKind::UnexpectedReturnType,
+                        "limiter script",
+                        format!("unknown status {other}"),
+                    ))));
+                }
+            }
+        }
+        Err(AcquireError::TooLong(
+            deadline.saturating_duration_since(Instant::now()),
+        ))
+    }
+
+    fn log_recovery(&self, rate: f64) {
+        tracing::info!(backend = %self.name, rate, configured = self.config.rate_per_sec, "model rate recovering after a quiet period");
+    }
+
+    async fn run_acquire(
+        &self,
+        mode: &str,
+        user: Option<&str>,
+        budget: Duration,
+        expected_generation: i64,
+    ) -> Result<AcquireReply, redis::RedisError> {
+        let config = &self.config;
+        let (user_rate, user_capacity) = config
+            .per_user
+            .as_ref()
+            .map_or((1.0, 1.0), |limit| (limit.rate_per_sec(), limit.calls));
+        let user_key = format!("{}:user:{}", self.key, user.unwrap_or(""));
+        self.acquire
+            .key(&self.key)
+            .key(user_key)
+            .arg(mode)
+            .arg(config.rate_per_sec)
+            .arg(config.capacity)
+            .arg(u64::try_from(budget.as_micros()).unwrap_or(u64::MAX))
+            .arg(expected_generation)
+            .arg(config.recovery_quiet_ms.saturating_mul(1000))
+            .arg(config.recovery_interval_ms.saturating_mul(1000))
+            .arg(config.recovery_step * config.rate_per_sec)
+            .arg(user_rate)
+            .arg(user_capacity)
+            .arg(STATE_TTL_MS)
+            .arg(&self.name)
+            .invoke_async(&mut self.redis.clone())
+            .await
+    }
+
+    /// Records a 429/403 answered to a call granted under `generation`. Every
+    /// instance stops calling until the cool-down (the server's wait, else the
+    /// default) has passed; the first report of an episode lowers the rate.
+    pub async fn record_rate_limited(
+        &self,
+        generation: i64,
+        status: u16,
+        retry_after: Option<Duration>,
+    ) -> Result<Slowdown, redis::RedisError> {
+        let cooldown =
+            retry_after.unwrap_or(Duration::from_millis(self.config.default_cooldown_ms));
+        let (lowered, rate, cooldown_us, _generation): (i64, f64, i64, i64) = self
+            .limited
+            .key(&self.key)
+            .arg(generation)
+            .arg(u64::try_from(cooldown.as_micros()).unwrap_or(u64::MAX))
+            .arg(status)
+            .arg(self.config.rate_per_sec)
+            .arg(self.config.decrease_factor)
+            .arg(self.config.min_rate_per_sec)
+            .arg(STATE_TTL_MS)
+            .arg(&self.name)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        let slowdown = Slowdown {
+            lowered: lowered == 1,
+            rate,
+            cooldown: Duration::from_micros(cooldown_us.max(0) as u64),
+        };
+        if slowdown.lowered {
+            tracing::warn!(backend = %self.name, status, rate, cooldown_ms = slowdown.cooldown.as_millis() as u64, "model backend rate-limited us: effective rate lowered for every instance");
+        } else {
+            tracing::info!(backend = %self.name, status, cooldown_ms = slowdown.cooldown.as_millis() as u64, "model backend rate-limited a call of an episode already handled");
+        }
+        Ok(slowdown)
+    }
+
+    /// Adds 1 to a counter of the backend's state (`retries`, `unavailable`,
+    /// `rejected`). Counting is best effort: a failure is only logged.
+    pub async fn count(&self, counter: &str) {
+        let result: redis::RedisResult<i64> = redis::cmd("HINCRBY")
+            .arg(&self.key)
+            .arg(counter)
+            .arg(1)
+            .query_async(&mut self.redis.clone())
+            .await;
+        if let Err(error) = result {
+            tracing::debug!(%error, counter, "could not count a model call outcome");
+        }
+    }
+
+    /// The current state, recovery applied, without taking anything.
+    pub async fn snapshot(&self) -> Result<LimiterSnapshot, redis::RedisError> {
+        let (_, _, tokens, rate, generation, rate_changed, cooldown_us) =
+            self.run_acquire("peek", None, Duration::ZERO, -1).await?;
+        if rate_changed == 1 {
+            self.log_recovery(rate);
+        }
+        let fields: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(&self.key)
+            .query_async(&mut self.redis.clone())
+            .await?;
+        let number = |name: &str| {
+            fields
+                .get(name)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let rate_limited = fields
+            .iter()
+            .filter_map(|(name, value)| {
+                let status = name.strip_prefix("limited_")?;
+                Some((status.to_owned(), value.parse().unwrap_or(0)))
+            })
+            .collect();
+        Ok(LimiterSnapshot {
+            backend: self.name.clone(),
+            backend_id: self.backend_id.clone(),
+            configured_rate_per_sec: self.config.rate_per_sec,
+            capacity: self.config.capacity,
+            min_rate_per_sec: self.config.min_rate_per_sec,
+            effective_rate_per_sec: rate,
+            tokens_available: tokens,
+            cooldown_remaining_ms: cooldown_us / 1000,
+            generation,
+            granted: number("granted"),
+            waits: number("waits"),
+            waited_ms_total: number("waited_us") as f64 / 1000.0,
+            rate_limited,
+            retries: number("retries"),
+            failures_unavailable: number("unavailable"),
+            failures_rejected: number("rejected"),
+            per_user: self.config.per_user.clone(),
+        })
+    }
+}

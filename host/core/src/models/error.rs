@@ -1,0 +1,377 @@
+//! What can go wrong in a model call, classified for the central rate limiter:
+//! `RateLimited` (wait as told, then retry), `Unavailable` (transient), `Rejected`
+//! (permanent). Also reads how long a server asks callers to wait. It only
+//! classifies: waiting and retrying belong to the rate limiter, never to this module.
+
+use std::fmt::Display;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
+use serde_json::Value;
+
+/// Error bodies can be whole HTML pages; the start is enough to explain the failure.
+const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+const MAX_MESSAGE_CHARS: usize = 500;
+
+use super::ModelError;
+
+/// Classifies a non-success response, reading at most the start of its body.
+pub(super) async fn from_response(mut response: reqwest::Response) -> ModelError {
+    let mut body = Vec::new();
+    // A body that fails half-way still explains itself with what arrived.
+    while body.len() < MAX_ERROR_BODY_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    classify(
+        response.status(),
+        response.headers(),
+        &body,
+        SystemTime::now(),
+    )
+}
+
+pub(super) fn classify(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: SystemTime,
+) -> ModelError {
+    let (message, quota_exhausted) = error_details(status, body);
+    let status = status.as_u16();
+    match status {
+        // OpenAI reports an exhausted quota as 429, but waiting will not refill it.
+        _ if quota_exhausted => ModelError::Rejected { status, message },
+        429 | 403 => ModelError::RateLimited {
+            status,
+            retry_after: retry_after(headers, now),
+            message,
+        },
+        500..=599 => ModelError::Unavailable(format!("HTTP {status}: {message}")),
+        _ => ModelError::Rejected { status, message },
+    }
+}
+
+/// A failure to send the request or to receive the response head.
+pub(super) fn transport(error: reqwest::Error) -> ModelError {
+    ModelError::Unavailable(error_chain(&error))
+}
+
+/// A failure while the response body was arriving.
+pub(super) fn interrupted(error: reqwest::Error) -> ModelError {
+    ModelError::Unavailable(format!("response cut short: {}", error_chain(&error)))
+}
+
+pub(super) fn bad_body(status: u16, error: impl Display) -> ModelError {
+    ModelError::Rejected {
+        status,
+        message: format!("unreadable response body: {error}"),
+    }
+}
+
+/// The message carried by an `error` field, whichever protocol's shape it has.
+pub(super) fn error_field_message(error: &Value) -> String {
+    match error {
+        Value::String(text) => text.clone(),
+        other => other
+            .get("message")
+            .and_then(Value::as_str)
+            .map_or_else(|| other.to_string(), str::to_owned),
+    }
+}
+
+/// reqwest's top-level message rarely says what failed ("error sending request");
+/// the cause ("connection refused") is further down the chain.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The message of an error body in either protocol's shape (Ollama `{"error": ".."}`,
+/// OpenAI `{"error": {"message", "type", "code"}}`) or plain text, and whether it
+/// reports an exhausted quota.
+fn error_details(status: StatusCode, body: &[u8]) -> (String, bool) {
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    let (message, quota_exhausted) = match parsed.as_ref().and_then(|body| body.get("error")) {
+        Some(error) => {
+            let says_quota = ["code", "type"]
+                .iter()
+                .any(|key| error.get(key).and_then(Value::as_str) == Some("insufficient_quota"));
+            (error_field_message(error), says_quota)
+        }
+        None => (String::from_utf8_lossy(body).trim().to_owned(), false),
+    };
+    let message = if message.is_empty() {
+        status.canonical_reason().unwrap_or("no message").to_owned()
+    } else {
+        message.chars().take(MAX_MESSAGE_CHARS).collect()
+    };
+    (message, quota_exhausted)
+}
+
+/// The wait a rate-limited response asks for, from the most precise header present.
+pub(super) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(ms) = header("retry-after-ms").and_then(non_negative) {
+        return Duration::try_from_secs_f64(ms / 1000.0).ok();
+    }
+    if let Some(value) = header("retry-after") {
+        return match non_negative(value) {
+            Some(secs) => Duration::try_from_secs_f64(secs).ok(),
+            None => parse_http_date(value).map(|at| at.duration_since(now).unwrap_or_default()),
+        };
+    }
+    // OpenAI names a reset per budget; the exhausted budget is the one to wait for.
+    let resets = ["requests", "tokens"].map(|budget| {
+        let reset = header(&format!("x-ratelimit-reset-{budget}")).and_then(parse_go_duration);
+        let exhausted = header(&format!("x-ratelimit-remaining-{budget}")) == Some("0");
+        (reset, exhausted)
+    });
+    let exhausted = resets
+        .iter()
+        .filter(|(_, exhausted)| *exhausted)
+        .filter_map(|(reset, _)| *reset)
+        .max();
+    exhausted.or_else(|| resets.iter().filter_map(|(reset, _)| *reset).max())
+}
+
+fn non_negative(text: &str) -> Option<f64> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|value| value.is_finite() && *value >= 0.0)
+}
+
+/// Go's `time.Duration` text as OpenAI sends it: "20ms", "1s", "6m0s", "1h2m3.5s".
+/// A bare number is taken as seconds.
+fn parse_go_duration(text: &str) -> Option<Duration> {
+    if let Some(secs) = non_negative(text) {
+        return Duration::try_from_secs_f64(secs).ok();
+    }
+    if text.is_empty() {
+        return None;
+    }
+    let is_number_char = |c: char| c.is_ascii_digit() || c == '.';
+    let mut rest = text;
+    let mut secs = 0.0;
+    while !rest.is_empty() {
+        let unit_start = rest.find(|c: char| !is_number_char(c))?;
+        let number: f64 = rest[..unit_start].parse().ok()?;
+        rest = &rest[unit_start..];
+        let unit_end = rest.find(is_number_char).unwrap_or(rest.len());
+        let scale = match &rest[..unit_end] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        secs += number * scale;
+        rest = &rest[unit_end..];
+    }
+    Duration::try_from_secs_f64(secs).ok()
+}
+
+/// An HTTP date in its only current form, IMF-fixdate: "Sun, 06 Nov 1994 08:49:37 GMT".
+fn parse_http_date(text: &str) -> Option<SystemTime> {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let mut parts = text.split_whitespace();
+    let _weekday = parts.next()?;
+    let day: i64 = parts.next()?.parse().ok()?;
+    let month_name = parts.next()?;
+    let month = MONTHS.iter().position(|name| *name == month_name)? as i64 + 1;
+    let year: i64 = parts.next()?.parse().ok()?;
+    let mut clock = parts
+        .next()?
+        .split(':')
+        .map(|part| part.parse::<i64>().ok());
+    let (hour, minute, second) = (clock.next()??, clock.next()??, clock.next()??);
+    if parts.next()? != "GMT" || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60
+    {
+        return None;
+    }
+    let secs = days_since_epoch(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second;
+    Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).ok()?))
+}
+
+/// Days from 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_since_epoch(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{HeaderName, HeaderValue};
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(name, value)| {
+                (
+                    HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    HeaderValue::from_str(value).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    fn wait(pairs: &[(&str, &str)]) -> Option<Duration> {
+        retry_after(
+            &headers(pairs),
+            UNIX_EPOCH + Duration::from_secs(784_111_777),
+        )
+    }
+
+    #[test]
+    fn retry_after_reads_every_header_form() {
+        assert_eq!(wait(&[("retry-after", "2")]), Some(Duration::from_secs(2)));
+        assert_eq!(
+            wait(&[("retry-after", "0.5")]),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(
+            wait(&[("retry-after-ms", "1500"), ("retry-after", "2")]),
+            Some(Duration::from_millis(1500))
+        );
+        // 784111777 is Sun, 06 Nov 1994 08:49:37 GMT.
+        assert_eq!(
+            wait(&[("retry-after", "Sun, 06 Nov 1994 08:49:47 GMT")]),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            wait(&[("retry-after", "Sun, 06 Nov 1994 08:49:00 GMT")]),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(wait(&[("retry-after", "soon")]), None);
+        assert_eq!(
+            wait(&[("x-ratelimit-reset-requests", "6m0s")]),
+            Some(Duration::from_secs(360))
+        );
+        assert_eq!(
+            wait(&[("x-ratelimit-reset-tokens", "20ms")]),
+            Some(Duration::from_millis(20))
+        );
+        assert_eq!(wait(&[]), None);
+    }
+
+    #[test]
+    fn ratelimit_reset_prefers_the_exhausted_budget() {
+        let both = [
+            ("x-ratelimit-reset-requests", "6m0s"),
+            ("x-ratelimit-reset-tokens", "1s"),
+        ];
+        assert_eq!(wait(&both), Some(Duration::from_secs(360)));
+        let tokens_out = [
+            both[0],
+            both[1],
+            ("x-ratelimit-remaining-tokens", "0"),
+            ("x-ratelimit-remaining-requests", "9"),
+        ];
+        assert_eq!(wait(&tokens_out), Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn go_durations_parse() {
+        let parse = parse_go_duration;
+        assert_eq!(parse("1s"), Some(Duration::from_secs(1)));
+        assert_eq!(parse("1h2m3.5s"), Some(Duration::from_millis(3_723_500)));
+        assert_eq!(parse("250us"), Some(Duration::from_micros(250)));
+        assert_eq!(parse("3"), Some(Duration::from_secs(3)));
+        assert_eq!(parse("3x"), None);
+        assert_eq!(parse("s"), None);
+        assert_eq!(parse(""), None);
+    }
+
+    #[test]
+    fn http_dates_parse() {
+        assert_eq!(
+            parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT"),
+            Some(UNIX_EPOCH)
+        );
+        assert_eq!(
+            parse_http_date("Tue, 29 Feb 2000 12:00:00 GMT"),
+            Some(UNIX_EPOCH + Duration::from_secs(951_825_600))
+        );
+        assert_eq!(parse_http_date("Tue, 29 Feb 2000 12:00:00 PST"), None);
+        assert_eq!(parse_http_date("Tue, 29 Foo 2000 12:00:00 GMT"), None);
+    }
+
+    #[test]
+    fn statuses_and_bodies_classify() {
+        let now = SystemTime::now();
+        let classify = |status: u16, body: &str| {
+            classify(
+                StatusCode::from_u16(status).unwrap(),
+                &HeaderMap::new(),
+                body.as_bytes(),
+                now,
+            )
+        };
+        assert_eq!(
+            classify(
+                429,
+                r#"{"error": {"message": "slow down", "type": "requests", "code": "rate_limit_exceeded"}}"#
+            ),
+            ModelError::RateLimited {
+                status: 429,
+                retry_after: None,
+                message: "slow down".into()
+            }
+        );
+        assert_eq!(
+            classify(
+                429,
+                r#"{"error": {"message": "pay up", "type": "insufficient_quota", "code": "insufficient_quota"}}"#
+            ),
+            ModelError::Rejected {
+                status: 429,
+                message: "pay up".into()
+            }
+        );
+        assert!(matches!(
+            classify(403, ""),
+            ModelError::RateLimited { status: 403, .. }
+        ));
+        assert_eq!(
+            classify(404, r#"{"error": "model 'x' not found"}"#),
+            ModelError::Rejected {
+                status: 404,
+                message: "model 'x' not found".into()
+            }
+        );
+        assert_eq!(
+            classify(502, "<html>bad gateway</html>"),
+            ModelError::Unavailable("HTTP 502: <html>bad gateway</html>".into())
+        );
+        assert_eq!(
+            classify(401, ""),
+            ModelError::Rejected {
+                status: 401,
+                message: "Unauthorized".into()
+            }
+        );
+    }
+}

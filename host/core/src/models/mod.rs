@@ -1,0 +1,220 @@
+//! Thin clients for model servers: Ollama's native API and OpenAI-compatible APIs.
+//!
+//! Owns the shared request/reply types, request shaping, stream parsing and the
+//! classification of failures. It must never retry, back off or pace calls: the
+//! central rate limiter owns the one retry loop, so every failure is surfaced exactly
+//! once, with its HTTP status and the server's requested wait intact.
+
+mod error;
+mod ollama;
+mod openai;
+mod stream;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+pub use spool_runtime::model::{ChatMessage, ChatReply, ChatRequest, ModelError, Params, Role};
+
+/// Bounds only the TCP/TLS handshake; the whole call is bounded by `request_timeout_ms`.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Ollama,
+    Openai,
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendKind::Ollama => "ollama",
+            BackendKind::Openai => "openai",
+        })
+    }
+}
+
+/// Which Ollama endpoint chat requests use. `Generate` flattens the messages into
+/// `system` + `prompt`, for models or proxies that only offer /api/generate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OllamaApi {
+    #[default]
+    Chat,
+    Generate,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BackendConfig {
+    pub kind: BackendKind,
+    /// Base URL without the API path, e.g. `http://127.0.0.1:11434`.
+    pub url: String,
+    pub api_key: Option<String>,
+    pub chat_model: String,
+    pub embed_model: String,
+    #[serde(default)]
+    pub ollama_api: OllamaApi,
+    /// Bound on a whole call, streaming included; 0 means unbounded.
+    pub request_timeout_ms: u64,
+}
+
+/// A client for one configured backend. Cloning is cheap and shares the connection pool.
+#[derive(Clone, Debug)]
+pub struct ModelClient {
+    config: Arc<BackendConfig>,
+    http: reqwest::Client,
+}
+
+impl ModelClient {
+    pub fn new(config: BackendConfig) -> anyhow::Result<Self> {
+        let url = reqwest::Url::parse(&config.url)
+            .with_context(|| format!("model server URL {:?} is not a valid URL", config.url))?;
+        anyhow::ensure!(
+            matches!(url.scheme(), "http" | "https"),
+            "model server URL {:?} must start with http:// or https://",
+            config.url
+        );
+        // reqwest never retries on its own; nothing here may add that.
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .user_agent(concat!("spool/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("building the HTTP client for model calls")?;
+        Ok(Self {
+            config: Arc::new(config),
+            http,
+        })
+    }
+
+    pub fn config(&self) -> &BackendConfig {
+        &self.config
+    }
+
+    /// Streams the completion, calling `on_delta` with each text piece as it arrives,
+    /// and returns the whole reply. A failure after some deltas still returns `Err`.
+    pub async fn chat(
+        &self,
+        request: &ChatRequest,
+        on_delta: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<ChatReply, ModelError> {
+        let model = request.model.as_deref().unwrap_or(&self.config.chat_model);
+        self.bounded(async {
+            match self.config.kind {
+                BackendKind::Ollama => ollama::chat(self, model, request, on_delta).await,
+                BackendKind::Openai => openai::chat(self, model, request, on_delta).await,
+            }
+        })
+        .await
+    }
+
+    /// One vector per input text, in input order. `model` `None` uses the configured embed model.
+    pub async fn embed(
+        &self,
+        model: Option<&str>,
+        texts: &[String],
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let model = model.unwrap_or(&self.config.embed_model);
+        let vectors = self
+            .bounded(async {
+                match self.config.kind {
+                    BackendKind::Ollama => ollama::embed(self, model, texts).await,
+                    BackendKind::Openai => openai::embed(self, model, texts).await,
+                }
+            })
+            .await?;
+        if vectors.len() != texts.len() {
+            return Err(ModelError::Rejected {
+                status: 200,
+                message: format!(
+                    "asked for {} embeddings, got {}",
+                    texts.len(),
+                    vectors.len()
+                ),
+            });
+        }
+        Ok(vectors)
+    }
+
+    /// One line for the startup log; never includes the API key.
+    pub fn describe(&self) -> String {
+        let config = &self.config;
+        let via = match (config.kind, config.ollama_api) {
+            (BackendKind::Ollama, OllamaApi::Generate) => " via /api/generate",
+            _ => "",
+        };
+        format!(
+            "{} at {} (chat model {}{via}, embed model {})",
+            config.kind, config.url, config.chat_model, config.embed_model
+        )
+    }
+
+    async fn bounded<T>(
+        &self,
+        call: impl Future<Output = Result<T, ModelError>>,
+    ) -> Result<T, ModelError> {
+        let limit_ms = self.config.request_timeout_ms;
+        if limit_ms == 0 {
+            return call.await;
+        }
+        tokio::time::timeout(Duration::from_millis(limit_ms), call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(ModelError::Unavailable(format!(
+                    "no complete answer within {limit_ms} ms"
+                )))
+            })
+    }
+
+    /// Sends one POST and turns any non-success status into the matching `ModelError`.
+    async fn post(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> Result<reqwest::Response, ModelError> {
+        let body = serde_json::to_vec(body).map_err(|e| ModelError::Rejected {
+            status: 0,
+            message: format!("request body could not be encoded: {e}"),
+        })?;
+        let mut request = self
+            .http
+            .post(self.endpoint(path))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        if let Some(key) = &self.config.api_key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await.map_err(error::transport)?;
+        if response.status().is_success() {
+            Ok(response)
+        } else {
+            Err(error::from_response(response).await)
+        }
+    }
+
+    /// Joins base URL and API path, tolerating a base that already ends in `/v1`
+    /// (the usual form of OpenAI base URLs) or a trailing slash.
+    fn endpoint(&self, path: &str) -> String {
+        let base = self.config.url.trim_end_matches('/');
+        match (base.strip_suffix("/v1"), path.strip_prefix("/v1/")) {
+            (Some(_), Some(rest)) => format!("{base}/{rest}"),
+            _ => format!("{base}{path}"),
+        }
+    }
+}
+
+/// Reads a whole non-streamed JSON body.
+async fn json_body<T: serde::de::DeserializeOwned>(
+    response: reqwest::Response,
+) -> Result<T, ModelError> {
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await.map_err(error::interrupted)?;
+    serde_json::from_slice(&bytes).map_err(|e| error::bad_body(status, e))
+}

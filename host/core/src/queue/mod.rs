@@ -1,0 +1,793 @@
+//! The job queue in Redis Streams: one stream per queue and priority class, read
+//! through one consumer group so any number of instances share the work.
+//!
+//! Owns the Redis layout of queues and job records (keys below) and every write
+//! that moves a job between states, each one atomic (a Lua script). It does not
+//! run jobs (the worker does) nor decide priorities (the guest's `admit` does).
+//!
+//! Keys: `spool:q:{queue}:{high|normal|low}` streams, `spool:q:{queue}:paused`,
+//! `spool:q:{queue}:delayed` (retries by due time), `spool:q:{queue}:completed` /
+//! `:failed` (recent history), `spool:q:{queue}:dead` (dead letters) and
+//! `:count:*` totals; `spool:job:{id}` (the job record), `spool:job:{id}:state`
+//! (the guest's state), `spool:job:{id}:attempts` (attempt history), `job_events:{id}`.
+//!
+//! Delivery is at-least-once: an entry is acknowledged only by the script that
+//! records its outcome; a worker heart-beats the entry of the job it runs, and
+//! `recover` requeues entries whose worker stopped heart-beating.
+
+mod record;
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script, Value};
+use serde::Serialize;
+
+pub use record::{BoundMessage, JobRecord, JobState};
+
+use spool_runtime::PriorityClass;
+
+/// The consumer group every instance reads through.
+pub const GROUP: &str = "spool-workers";
+/// Pub/Sub channel announcing "queue X has work"; a hint, never the truth.
+pub const WAKE_CHANNEL: &str = "spool:wake";
+pub const JOB_PREFIX: &str = "spool:job:";
+pub const EVENTS_PREFIX: &str = "job_events:";
+pub const CLASSES: [PriorityClass; 3] = [
+    PriorityClass::High,
+    PriorityClass::Normal,
+    PriorityClass::Low,
+];
+
+pub fn job_key(id: &str) -> String {
+    format!("{JOB_PREFIX}{id}")
+}
+pub fn job_state_key(id: &str) -> String {
+    format!("{JOB_PREFIX}{id}:state")
+}
+pub fn attempts_key(id: &str) -> String {
+    format!("{JOB_PREFIX}{id}:attempts")
+}
+/// Prefix of every per-queue key; the queue name in braces is a Redis Cluster hash tag.
+const QUEUE_PREFIX: &str = "spool:q:";
+pub fn events_key(id: &str) -> String {
+    format!("{EVENTS_PREFIX}{id}")
+}
+
+pub fn class_name(class: PriorityClass) -> &'static str {
+    class.name()
+}
+
+pub fn valid_queue_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The keys of one queue.
+#[derive(Clone, Debug)]
+pub struct QueueKeys {
+    pub name: String,
+    streams: [String; 3],
+    paused: String,
+    delayed: String,
+    completed: String,
+    failed: String,
+    dead: String,
+}
+
+impl QueueKeys {
+    pub fn new(name: &str) -> Self {
+        let key = |suffix: &str| format!("{QUEUE_PREFIX}{{{name}}}:{suffix}");
+        Self {
+            name: name.to_owned(),
+            streams: CLASSES.map(|c| key(class_name(c))),
+            paused: key("paused"),
+            delayed: key("delayed"),
+            completed: key("completed"),
+            failed: key("failed"),
+            dead: key("dead"),
+        }
+    }
+
+    pub fn stream(&self, class: PriorityClass) -> &str {
+        &self.streams[class as usize]
+    }
+
+    fn counter(&self, state: &str) -> String {
+        format!("{QUEUE_PREFIX}{{{}}}:count:{state}", self.name)
+    }
+}
+
+/// A job about to be queued: what the client sent and what `admit` decided.
+pub struct NewJob<'a> {
+    pub id: &'a str,
+    pub queue: &'a QueueKeys,
+    pub class: PriorityClass,
+    pub score: u8,
+    pub priority: u8,
+    pub user_id: &'a str,
+    pub user_tier: &'a str,
+    pub payload: &'a str,
+    pub message: Option<&'a BoundMessage>,
+    pub handler: &'a str,
+    pub max_waiting: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("queue `{0}` is full; retry later")]
+    Full(String),
+    #[error("a job with this id exists")]
+    Duplicate,
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+}
+
+/// What a worker got from [`Queue::claim`].
+pub enum Claim {
+    Job(ClaimedJob),
+    Paused,
+    /// Nothing to do; `next_retry_ms` is when the earliest delayed retry is due.
+    Idle {
+        next_retry_ms: Option<u64>,
+    },
+    Again,
+}
+
+pub struct ClaimedJob {
+    pub class: PriorityClass,
+    pub entry_id: String,
+    pub record: JobRecord,
+}
+
+/// How an attempt ended, as the queue records it.
+pub enum Outcome {
+    Completed {
+        result: String,
+        blocks: String,
+        handler_version: String,
+    },
+    /// The job will run again at `retry_at_ms`.
+    Retry {
+        error: String,
+        /// Stable name of the failure, stored as `error_kind` (e.g. `deadline`).
+        kind: &'static str,
+        retry_at_ms: u64,
+    },
+    Failed {
+        error: String,
+        kind: &'static str,
+    },
+    /// A client cancelled the job while it ran.
+    Cancelled,
+}
+
+/// What a heartbeat learned about the job it keeps alive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Heartbeat {
+    Run,
+    Cancel,
+    /// Recovery gave the job to another attempt: stop, record nothing.
+    Lost,
+}
+
+/// What a cancel request found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CancelOutcome {
+    Cancelled,
+    /// The job runs; its worker stops it at its next heartbeat.
+    Requested,
+    AlreadyFinished(JobState),
+    NotFound,
+}
+
+/// One job in a queue's dead-letter stream.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetter {
+    pub dead_id: String,
+    pub job_id: String,
+    pub failed_at: u64,
+    pub error: Option<String>,
+    pub attempts: Option<u32>,
+}
+
+/// Retention applied when a job finishes.
+#[derive(Clone, Copy, Debug)]
+pub struct Retention {
+    pub completed_secs: u64,
+    pub failed_secs: u64,
+    pub history: u32,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ClassStats {
+    pub waiting: u64,
+    pub active: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct QueueStats {
+    pub waiting: u64,
+    pub active: u64,
+    pub delayed: u64,
+    pub completed: u64,
+    pub failed: u64,
+    /// Jobs in the dead-letter stream.
+    pub dead: u64,
+    pub paused: bool,
+    pub by_priority: HashMap<&'static str, ClassStats>,
+}
+
+/// Handle to the queues in one Redis. Cheap to clone.
+#[derive(Clone)]
+pub struct Queue {
+    redis: ConnectionManager,
+    submit: Script,
+    claim: Script,
+    finish: Script,
+    recover: Script,
+    heartbeat: Script,
+    cancel: Script,
+    replay: Script,
+}
+
+impl Queue {
+    pub fn new(redis: ConnectionManager) -> Self {
+        Self {
+            redis,
+            submit: Script::new(include_str!("submit.lua")),
+            claim: Script::new(include_str!("claim.lua")),
+            finish: Script::new(include_str!("finish.lua")),
+            recover: Script::new(include_str!("recover.lua")),
+            heartbeat: Script::new(include_str!("heartbeat.lua")),
+            cancel: Script::new(include_str!("cancel.lua")),
+            replay: Script::new(include_str!("replay.lua")),
+        }
+    }
+
+    /// Creates the consumer group of each class stream (idempotent).
+    pub async fn ensure_groups(&self, queue: &QueueKeys) -> redis::RedisResult<()> {
+        let mut redis = self.redis.clone();
+        for stream in &queue.streams {
+            let created: redis::RedisResult<()> =
+                redis.xgroup_create_mkstream(stream, GROUP, "0").await;
+            match created {
+                Err(e) if e.code() == Some("BUSYGROUP") => {}
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn submit(&self, job: NewJob<'_>) -> Result<String, SubmitError> {
+        let now = now_ms();
+        let event = serde_json::json!({ "queue": job.queue.name, "class": class_name(job.class), "score": job.score });
+        let mut fields: Vec<(&str, String)> = vec![
+            ("id", job.id.into()),
+            ("queue", job.queue.name.clone()),
+            ("state", "waiting".into()),
+            ("class", class_name(job.class).into()),
+            ("score", job.score.to_string()),
+            ("priority", job.priority.to_string()),
+            ("user_id", job.user_id.into()),
+            ("user_tier", job.user_tier.into()),
+            ("payload", job.payload.into()),
+            ("handler", job.handler.into()),
+            ("attempts", "0".into()),
+            ("progress", "0".into()),
+            ("created_at", now.to_string()),
+        ];
+        if let Some(message) = job.message {
+            fields.push(("message_session", message.session_id.clone()));
+            fields.push(("message_id", message.message_id.clone()));
+        }
+        let mut invocation = self.submit.prepare_invoke();
+        invocation
+            .key(job.queue.stream(job.class))
+            .key(job_key(job.id))
+            .key(events_key(job.id))
+            .arg(job.max_waiting)
+            .arg(job.id)
+            .arg(now)
+            .arg(event.to_string())
+            .arg(WAKE_CHANNEL)
+            .arg(&job.queue.name);
+        for (field, value) in fields {
+            invocation.arg(field).arg(value);
+        }
+        let entry: Option<String> = invocation.invoke_async(&mut self.redis.clone()).await?;
+        match entry {
+            None => Err(SubmitError::Full(job.queue.name.clone())),
+            Some(reply) if reply == "duplicate" => Err(SubmitError::Duplicate),
+            Some(entry) => Ok(entry),
+        }
+    }
+
+    pub async fn claim(&self, queue: &QueueKeys, consumer: &str) -> redis::RedisResult<Claim> {
+        let mut invocation = self.claim.prepare_invoke();
+        invocation.key(&queue.paused).key(&queue.delayed);
+        for stream in &queue.streams {
+            invocation.key(stream);
+        }
+        invocation
+            .arg(GROUP)
+            .arg(consumer)
+            .arg(now_ms())
+            .arg(JOB_PREFIX)
+            .arg(EVENTS_PREFIX);
+        let reply: Vec<Value> = match invocation.invoke_async(&mut self.redis.clone()).await {
+            Err(e) if e.code() == Some("NOGROUP") => {
+                // Redis lost its data (restarted without persistence): recreate.
+                self.ensure_groups(queue).await?;
+                return Ok(Claim::Again);
+            }
+            other => other?,
+        };
+        parse_claim(reply)
+    }
+
+    /// Records how an attempt ended and acknowledges its entry. Returns false
+    /// when the attempt had already lost the job (another run finished it).
+    pub async fn finish(
+        &self,
+        job: &ClaimedJob,
+        outcome: &Outcome,
+        retention: Retention,
+    ) -> redis::RedisResult<bool> {
+        let keys = QueueKeys::new(&job.record.queue);
+        let id = job.record.id.as_str();
+        let now = now_ms();
+        let duration_ms = now.saturating_sub(job.record.started_at.unwrap_or(now));
+        let attempt = job.record.attempts;
+        let (state, zset, score, history, ttl, event_type, event, mut fields) = match outcome {
+            Outcome::Completed {
+                result,
+                blocks,
+                handler_version,
+            } => {
+                let result_json: serde_json::Value =
+                    serde_json::from_str(result).unwrap_or(serde_json::Value::Null);
+                let event = serde_json::json!({ "result": result_json, "duration_ms": duration_ms, "attempt": attempt });
+                let fields = vec![
+                    ("result", result.clone()),
+                    ("blocks", blocks.clone()),
+                    ("handler_version", handler_version.clone()),
+                    ("progress", "100".into()),
+                ];
+                (
+                    "completed",
+                    &keys.completed,
+                    now,
+                    retention.history,
+                    retention.completed_secs,
+                    "task_completed",
+                    event,
+                    fields,
+                )
+            }
+            Outcome::Retry {
+                error,
+                kind,
+                retry_at_ms,
+            } => {
+                let event = serde_json::json!({ "error": error, "error_kind": kind, "attempt": attempt, "final": false, "retry_at_ms": retry_at_ms });
+                (
+                    "delayed",
+                    &keys.delayed,
+                    *retry_at_ms,
+                    0,
+                    0,
+                    "task_failed",
+                    event,
+                    vec![("error", error.clone()), ("error_kind", kind.to_string())],
+                )
+            }
+            Outcome::Failed { error, kind } => {
+                let event = serde_json::json!({ "error": error, "error_kind": kind, "attempt": attempt, "final": true });
+                (
+                    "failed",
+                    &keys.failed,
+                    now,
+                    retention.history,
+                    retention.failed_secs,
+                    "task_failed",
+                    event,
+                    vec![("error", error.clone()), ("error_kind", kind.to_string())],
+                )
+            }
+            Outcome::Cancelled => {
+                let event = serde_json::json!({ "previous_state": "active", "attempt": attempt });
+                let fields = vec![("error", "cancelled by request".to_owned())];
+                (
+                    "cancelled",
+                    &keys.failed,
+                    now,
+                    retention.history,
+                    retention.failed_secs,
+                    "task_cancelled",
+                    event,
+                    fields,
+                )
+            }
+        };
+        // A failed attempt records the version that ran it too (the worker sets it).
+        if let (false, Some(version)) = (
+            matches!(outcome, Outcome::Completed { .. }),
+            &job.record.handler_version,
+        ) {
+            fields.push(("handler_version", version.clone()));
+        }
+        let attempt_record = serde_json::json!({
+            "attempt": attempt,
+            "worker": job.record.worker,
+            "startedAt": job.record.started_at,
+            "finishedAt": now,
+            "outcome": state,
+            "error": event.get("error"),
+            "errorKind": event.get("error_kind"),
+        });
+        let mut invocation = self.finish.prepare_invoke();
+        invocation
+            .key(job_key(id))
+            .key(keys.stream(job.class))
+            .key(events_key(id))
+            .key(job_state_key(id))
+            .key(zset)
+            .key(keys.counter(state))
+            .key(attempts_key(id))
+            .key(&keys.dead)
+            .arg(GROUP)
+            .arg(&job.entry_id)
+            .arg(id)
+            .arg(now)
+            .arg(state)
+            .arg(score)
+            .arg(history)
+            .arg(ttl)
+            .arg(event_type)
+            .arg(event.to_string())
+            .arg(attempt_record.to_string());
+        for (field, value) in fields {
+            invocation.arg(field).arg(value);
+        }
+        let recorded: i64 = invocation.invoke_async(&mut self.redis.clone()).await?;
+        Ok(recorded == 1)
+    }
+
+    /// Keeps the entry of a running job alive; says whether to go on.
+    pub async fn heartbeat(
+        &self,
+        job: &ClaimedJob,
+        consumer: &str,
+    ) -> redis::RedisResult<Heartbeat> {
+        let keys = QueueKeys::new(&job.record.queue);
+        let verdict: String = self
+            .heartbeat
+            .key(keys.stream(job.class))
+            .key(job_key(&job.record.id))
+            .arg(GROUP)
+            .arg(consumer)
+            .arg(&job.entry_id)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(match verdict.as_str() {
+            "cancel" => Heartbeat::Cancel,
+            "lost" => Heartbeat::Lost,
+            _ => Heartbeat::Run,
+        })
+    }
+
+    /// Requeues the jobs of workers silent for longer than `visibility`. Walks
+    /// each stream's whole pending list; returns how many jobs were requeued.
+    pub async fn recover(
+        &self,
+        queue: &QueueKeys,
+        consumer: &str,
+        visibility: std::time::Duration,
+    ) -> redis::RedisResult<u64> {
+        let mut cursors = [
+            String::from("0-0"),
+            String::from("0-0"),
+            String::from("0-0"),
+        ];
+        let mut requeued = 0;
+        // XAUTOCLAIM scans a bounded slice per call: go on until every cursor is back at 0-0.
+        for _ in 0..1000 {
+            let mut invocation = self.recover.prepare_invoke();
+            for stream in &queue.streams {
+                invocation.key(stream);
+            }
+            invocation
+                .arg(GROUP)
+                .arg(consumer)
+                .arg(visibility.as_millis() as u64)
+                .arg(now_ms())
+                .arg(JOB_PREFIX)
+                .arg(EVENTS_PREFIX)
+                .arg(WAKE_CHANNEL)
+                .arg(&queue.name);
+            for cursor in &cursors {
+                invocation.arg(cursor);
+            }
+            let (high, normal, low, count): (String, String, String, u64) =
+                invocation.invoke_async(&mut self.redis.clone()).await?;
+            requeued += count;
+            cursors = [high, normal, low];
+            if cursors.iter().all(|c| c == "0-0") {
+                break;
+            }
+        }
+        Ok(requeued)
+    }
+
+    pub async fn cancel(
+        &self,
+        id: &str,
+        retention: Retention,
+    ) -> redis::RedisResult<CancelOutcome> {
+        let previous: Option<String> = self
+            .cancel
+            .key(job_key(id))
+            .key(events_key(id))
+            .arg(now_ms())
+            .arg(retention.failed_secs.max(1))
+            .arg(QUEUE_PREFIX)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(match previous.as_deref().and_then(JobState::parse) {
+            None => CancelOutcome::NotFound,
+            Some(JobState::Waiting | JobState::Delayed) => CancelOutcome::Cancelled,
+            Some(JobState::Active) => CancelOutcome::Requested,
+            Some(finished) => CancelOutcome::AlreadyFinished(finished),
+        })
+    }
+
+    /// The newest dead letters of a queue first.
+    pub async fn dead_letters(
+        &self,
+        queue: &QueueKeys,
+        limit: usize,
+    ) -> redis::RedisResult<Vec<DeadLetter>> {
+        let reply: redis::streams::StreamRangeReply = self
+            .redis
+            .clone()
+            .xrevrange_count(&queue.dead, "+", "-", limit)
+            .await?;
+        Ok(reply
+            .ids
+            .into_iter()
+            .map(|entry| {
+                let field = |name: &str| entry.get::<String>(name).unwrap_or_default();
+                let record: Vec<String> =
+                    serde_json::from_str(&field("record")).unwrap_or_default();
+                let recorded = |name: &str| {
+                    record
+                        .chunks(2)
+                        .find(|p| p.len() == 2 && p[0] == name)
+                        .map(|p| p[1].clone())
+                };
+                DeadLetter {
+                    job_id: field("job"),
+                    failed_at: field("failed_at").parse().unwrap_or(0),
+                    error: recorded("error"),
+                    attempts: recorded("attempts").and_then(|a| a.parse().ok()),
+                    dead_id: entry.id,
+                }
+            })
+            .collect())
+    }
+
+    /// Re-queues a dead job with a fresh set of attempts. False: not dead here.
+    pub async fn replay(&self, queue: &QueueKeys, id: &str) -> redis::RedisResult<bool> {
+        let entry: Option<String> = self
+            .replay
+            .key(&queue.dead)
+            .key(job_key(id))
+            .key(events_key(id))
+            .arg(id)
+            .arg(now_ms())
+            .arg(QUEUE_PREFIX)
+            .arg(WAKE_CHANNEL)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(entry.is_some())
+    }
+
+    /// Removes one dead letter (`Some(job id)`) or all of them; returns how many.
+    pub async fn purge_dead(
+        &self,
+        queue: &QueueKeys,
+        job: Option<&str>,
+    ) -> redis::RedisResult<u64> {
+        let mut redis = self.redis.clone();
+        match job {
+            None => {
+                let length: u64 = redis.xlen(&queue.dead).await?;
+                redis.del::<_, ()>(&queue.dead).await?;
+                Ok(length)
+            }
+            Some(id) => {
+                let dead = self.dead_letters(queue, usize::MAX).await?;
+                let ids: Vec<&str> = dead
+                    .iter()
+                    .filter(|d| d.job_id == id)
+                    .map(|d| d.dead_id.as_str())
+                    .collect();
+                if ids.is_empty() {
+                    return Ok(0);
+                }
+                redis.xdel(&queue.dead, &ids).await
+            }
+        }
+    }
+
+    /// Each attempt's outcome, oldest first.
+    pub async fn attempt_history(&self, id: &str) -> redis::RedisResult<Vec<serde_json::Value>> {
+        let items: Vec<String> = self.redis.clone().lrange(attempts_key(id), 0, -1).await?;
+        Ok(items
+            .iter()
+            .filter_map(|i| serde_json::from_str(i).ok())
+            .collect())
+    }
+
+    pub async fn job(&self, id: &str) -> redis::RedisResult<Option<JobRecord>> {
+        let fields: HashMap<String, String> = self.redis.clone().hgetall(job_key(id)).await?;
+        Ok(JobRecord::from_fields(fields))
+    }
+
+    pub async fn set_paused(&self, queue: &QueueKeys, paused: bool) -> redis::RedisResult<()> {
+        let mut redis = self.redis.clone();
+        if paused {
+            redis.set::<_, _, ()>(&queue.paused, now_ms()).await
+        } else {
+            let mut pipe = redis::pipe();
+            pipe.del(&queue.paused)
+                .ignore()
+                .publish(WAKE_CHANNEL, &queue.name)
+                .ignore();
+            pipe.query_async(&mut redis).await
+        }
+    }
+
+    pub async fn stats(&self, queue: &QueueKeys) -> redis::RedisResult<QueueStats> {
+        let mut pipe = redis::pipe();
+        for stream in &queue.streams {
+            pipe.xlen(stream).cmd("XPENDING").arg(stream).arg(GROUP);
+        }
+        pipe.zcard(&queue.delayed)
+            .get(queue.counter("completed"))
+            .get(queue.counter("failed"))
+            .exists(&queue.paused)
+            .xlen(&queue.dead);
+        let values: Vec<Value> = pipe.query_async(&mut self.redis.clone()).await?;
+        let number = |v: &Value| -> u64 {
+            match v {
+                Value::Int(n) => (*n).max(0) as u64,
+                Value::BulkString(b) => std::str::from_utf8(b)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0),
+                // XPENDING's summary starts with the pending count.
+                Value::Array(items) => items
+                    .first()
+                    .map(|first| match first {
+                        Value::Int(n) => (*n).max(0) as u64,
+                        _ => 0,
+                    })
+                    .unwrap_or(0),
+                _ => 0,
+            }
+        };
+        let mut stats = QueueStats {
+            waiting: 0,
+            active: 0,
+            delayed: number(&values[6]),
+            completed: number(&values[7]),
+            failed: number(&values[8]),
+            paused: number(&values[9]) == 1,
+            dead: number(&values[10]),
+            by_priority: HashMap::new(),
+        };
+        for (i, class) in CLASSES.iter().enumerate() {
+            let length = number(&values[2 * i]);
+            let active = number(&values[2 * i + 1]);
+            let class_stats = ClassStats {
+                waiting: length.saturating_sub(active),
+                active,
+            };
+            stats.waiting += class_stats.waiting;
+            stats.active += class_stats.active;
+            stats.by_priority.insert(class_name(*class), class_stats);
+        }
+        Ok(stats)
+    }
+
+    /// The most recent finished job ids of a queue, newest first.
+    pub async fn history(
+        &self,
+        queue: &QueueKeys,
+        state: JobState,
+        limit: isize,
+    ) -> redis::RedisResult<Vec<String>> {
+        let key = if state == JobState::Failed {
+            &queue.failed
+        } else {
+            &queue.completed
+        };
+        self.redis.clone().zrevrange(key, 0, limit - 1).await
+    }
+
+    pub async fn ping(&self) -> redis::RedisResult<()> {
+        redis::cmd("PING")
+            .query_async::<()>(&mut self.redis.clone())
+            .await
+    }
+
+    pub fn connection(&self) -> ConnectionManager {
+        self.redis.clone()
+    }
+}
+
+fn parse_claim(reply: Vec<Value>) -> redis::RedisResult<Claim> {
+    let text = |v: &Value| -> String {
+        match v {
+            Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+            Value::SimpleString(s) => s.clone(),
+            Value::Int(n) => n.to_string(),
+            _ => String::new(),
+        }
+    };
+    let malformed = || {
+        redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "unexpected reply from the claim script",
+        ))
+    };
+    let mut items = reply.into_iter();
+    let tag = items.next().map(|v| text(&v)).ok_or_else(malformed)?;
+    match tag.as_str() {
+        "paused" => Ok(Claim::Paused),
+        "again" => Ok(Claim::Again),
+        "idle" => Ok(Claim::Idle {
+            next_retry_ms: items
+                .next()
+                .and_then(|v| text(&v).parse::<f64>().ok())
+                .map(|ms| ms as u64),
+        }),
+        "job" => {
+            let index: usize = items
+                .next()
+                .map(|v| text(&v))
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(malformed)?;
+            let class = *CLASSES.get(index.wrapping_sub(1)).ok_or_else(malformed)?;
+            let entry_id = items.next().map(|v| text(&v)).ok_or_else(malformed)?;
+            let Some(Value::Array(flat)) = items.next() else {
+                return Err(malformed());
+            };
+            let fields: HashMap<String, String> = flat
+                .chunks(2)
+                .filter(|p| p.len() == 2)
+                .map(|p| (text(&p[0]), text(&p[1])))
+                .collect();
+            let record = JobRecord::from_fields(fields).ok_or_else(malformed)?;
+            Ok(Claim::Job(ClaimedJob {
+                class,
+                entry_id,
+                record,
+            }))
+        }
+        _ => Err(malformed()),
+    }
+}

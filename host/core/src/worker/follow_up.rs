@@ -1,0 +1,123 @@
+//! Follow-up jobs (the WIT `jobs` interface): a multi-stage pipeline runs each
+//! stage as a job of its own. A guest asks for follow-ups while it runs; they
+//! are queued only once its job completes, before the completion is recorded,
+//! under ids derived from the job's, so a job that runs twice (recovery after
+//! a crash) queues each follow-up once.
+
+use redis::aio::ConnectionManager;
+use serde_json::json;
+
+use crate::events;
+use crate::intake::{Intake, IntakeError, Submission};
+use crate::queue::JobRecord;
+use crate::store::{BoundMessage, Store};
+
+/// Follow-ups one job may ask for.
+const MAX_FOLLOW_UPS: usize = 8;
+/// Follow-ups of follow-ups, at most: a guest must not be able to loop forever.
+const MAX_DEPTH: usize = 32;
+
+/// A job to queue once the current one completes.
+#[derive(Clone, Debug)]
+pub struct FollowUp {
+    pub id: String,
+    pub queue: String,
+    pub payload: String,
+    /// The follow-up drives the job's message from now on.
+    pub takes_message: bool,
+}
+
+/// The id of a job's `index`-th follow-up (from 0): `{job}.{index + 1}`.
+pub fn follow_up_id(job_id: &str, index: usize) -> Result<String, String> {
+    if index >= MAX_FOLLOW_UPS {
+        return Err(format!(
+            "a job may queue at most {MAX_FOLLOW_UPS} follow-ups"
+        ));
+    }
+    if job_id.matches('.').count() >= MAX_DEPTH {
+        return Err(format!(
+            "a chain of follow-ups may be at most {MAX_DEPTH} jobs deep"
+        ));
+    }
+    Ok(format!("{job_id}.{}", index + 1))
+}
+
+/// What queuing a completed job's follow-ups did.
+pub struct Queued {
+    /// The job's message went to a follow-up: the job must not complete it.
+    pub handed_over: bool,
+}
+
+/// Queues every follow-up of a completed job with its user, tier and priority,
+/// passing its message to the follow-up that asked for it. `Err`:
+/// one could not be queued (the job should be retried; the ones queued stay,
+/// and the retry's identical ids find them in place).
+pub async fn queue_all(
+    intake: &Intake,
+    sessions: &Store,
+    record: &JobRecord,
+    message: Option<&BoundMessage>,
+    follow_ups: Vec<FollowUp>,
+) -> Result<Queued, String> {
+    let mut redis = intake.queue.connection();
+    let mut handed_over = false;
+    for follow_up in follow_ups {
+        let takes_message = follow_up.takes_message && message.is_some();
+        if let (true, Some(bound)) = (takes_message, message) {
+            // Before the follow-up exists, so whoever claims it finds it bound.
+            match bound.hand_over(sessions, &record.id, &follow_up.id).await {
+                Ok(_) => handed_over = true,
+                Err(error) => return Err(format!("could not pass the message on: {error}")),
+            }
+        }
+        let submission = Submission {
+            user_id: record.user_id.clone(),
+            user_tier: record.user_tier.clone(),
+            priority: record.priority,
+            payload: follow_up.payload,
+            message: message.filter(|_| takes_message).cloned(),
+        };
+        match intake
+            .submit_with_id(&follow_up.queue, follow_up.id.clone(), &submission)
+            .await
+        {
+            Ok(_) => announce(&mut redis, &record.id, &follow_up.id, &follow_up.queue).await,
+            Err(IntakeError::Duplicate(_)) => {}
+            Err(error) => {
+                if let (true, Some(bound)) = (takes_message, message) {
+                    // The retry of this job must find its message again.
+                    if let Err(undo) = bound.hand_over(sessions, &follow_up.id, &record.id).await {
+                        tracing::warn!(job = %record.id, error = %undo, "could not take the message back from an unqueued follow-up");
+                    }
+                }
+                return Err(format!(
+                    "could not queue follow-up {} on `{}`: {error}",
+                    follow_up.id, follow_up.queue
+                ));
+            }
+        }
+    }
+    Ok(Queued { handed_over })
+}
+
+async fn announce(redis: &mut ConnectionManager, job_id: &str, follow_up: &str, queue: &str) {
+    let data = json!({ "jobId": follow_up, "queue": queue }).to_string();
+    if let Err(error) = events::append(redis, job_id, "follow_up_queued", &data).await {
+        tracing::warn!(job = %job_id, %error, "could not publish follow_up_queued");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_derive_from_the_job_and_are_bounded() {
+        assert_eq!(follow_up_id("j", 0).as_deref(), Ok("j.1"));
+        assert_eq!(follow_up_id("j.1", 1).as_deref(), Ok("j.1.2"));
+        assert!(follow_up_id("j", MAX_FOLLOW_UPS).is_err());
+        let deep = format!("j{}", ".1".repeat(MAX_DEPTH));
+        assert!(follow_up_id(&deep, 0).is_err());
+        assert!(follow_up_id(&deep[..deep.len() - 2], 0).is_ok());
+    }
+}

@@ -1,0 +1,217 @@
+//! The [`JobHost`] of a running job: what its guest reaches outside the
+//! sandbox. Model calls go through the shared [`Gateway`]; events and state go
+//! to the job's own keys; `messages` calls go to the session message the job
+//! drives (if any); follow-ups are only collected here and queued by the
+//! worker once the job completes.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use futures_util::future::BoxFuture;
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+
+use super::Route;
+use super::follow_up::{FollowUp, follow_up_id};
+use crate::events;
+use crate::gateway::{CallContext, Gateway};
+use crate::models::{ChatReply, ChatRequest, ModelError};
+use crate::queue::job_state_key;
+use spool_runtime::{ContentBlock, JobHost, TaskUpdate};
+use crate::store::{BoundMessage, Store};
+
+/// What a running `handle` reaches outside its sandbox.
+pub(super) struct WorkerHost {
+    pub job_id: String,
+    pub user_id: String,
+    pub deadline: std::time::Instant,
+    pub redis: ConnectionManager,
+    pub gateway: Arc<Gateway>,
+    /// The queues a follow-up may go to.
+    pub routes: Arc<BTreeMap<String, Route>>,
+    pub sessions: Store,
+    /// The session message this job drives, if any.
+    pub message: Option<BoundMessage>,
+    /// Follow-up jobs to queue if the job completes (the `jobs` interface).
+    pub follow_ups: Mutex<Vec<FollowUp>>,
+}
+
+impl WorkerHost {
+    fn call_context(&self) -> CallContext<'_> {
+        CallContext {
+            job_id: &self.job_id,
+            user_id: Some(&self.user_id),
+            deadline: self.deadline,
+        }
+    }
+
+    pub fn take_follow_ups(&self) -> Vec<FollowUp> {
+        std::mem::take(&mut *self.follow_ups.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn bound(&self) -> Result<&BoundMessage, String> {
+        self.message
+            .as_ref()
+            .ok_or_else(|| "this job drives no message".to_owned())
+    }
+
+    fn log_redis_error(&self, what: &str, result: redis::RedisResult<()>) {
+        if let Err(error) = result {
+            tracing::warn!(job = %self.job_id, %error, "could not write {what}");
+        }
+    }
+}
+
+impl JobHost for WorkerHost {
+    fn chat(&self, request: ChatRequest) -> BoxFuture<'_, Result<ChatReply, ModelError>> {
+        Box::pin(async move {
+            // Deltas are published by a writer task so the model stream is never
+            // slowed by Redis; pieces that pile up are sent as one event.
+            let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<String>();
+            let mut redis = self.redis.clone();
+            let job_id = self.job_id.clone();
+            let writer = tokio::spawn(async move {
+                while let Some(mut text) = receiver.recv().await {
+                    while let Ok(more) = receiver.try_recv() {
+                        text.push_str(&more);
+                    }
+                    let data = serde_json::json!({ "text": text }).to_string();
+                    if let Err(error) =
+                        events::append(&mut redis, &job_id, "text_delta", &data).await
+                    {
+                        tracing::warn!(job = %job_id, %error, "could not publish text_delta");
+                    }
+                }
+            });
+            let mut on_delta = |piece: &str| {
+                let _ = sender.send(piece.to_owned());
+            };
+            let reply = self
+                .gateway
+                .chat(&self.call_context(), &request, &mut on_delta)
+                .await;
+            drop(sender);
+            let _ = writer.await;
+            reply
+        })
+    }
+
+    fn embed(
+        &self,
+        model: Option<String>,
+        texts: Vec<String>,
+    ) -> BoxFuture<'_, Result<Vec<Vec<f32>>, ModelError>> {
+        Box::pin(async move {
+            self.gateway
+                .embed(&self.call_context(), model.as_deref(), &texts)
+                .await
+        })
+    }
+
+    fn progress(&self, percent: u8, step: String) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let result =
+                events::progress(&mut self.redis.clone(), &self.job_id, percent, &step).await;
+            self.log_redis_error("progress", result);
+        })
+    }
+
+    fn emit(&self, event_type: String, data: String) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let result =
+                events::append(&mut self.redis.clone(), &self.job_id, &event_type, &data).await;
+            self.log_redis_error("event", result);
+        })
+    }
+
+    fn state_get(&self, key: String) -> BoxFuture<'_, Option<String>> {
+        Box::pin(async move {
+            self.redis
+                .clone()
+                .hget(job_state_key(&self.job_id), key)
+                .await
+                .ok()
+                .flatten()
+        })
+    }
+
+    fn state_set(&self, key: String, value: String) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let result = self
+                .redis
+                .clone()
+                .hset(job_state_key(&self.job_id), key, value)
+                .await;
+            self.log_redis_error("state", result);
+        })
+    }
+
+    fn state_delete(&self, key: String) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let result = self
+                .redis
+                .clone()
+                .hdel(job_state_key(&self.job_id), key)
+                .await;
+            self.log_redis_error("state", result);
+        })
+    }
+
+    fn message_id(&self) -> Option<String> {
+        self.message.as_ref().map(|bound| bound.message_id.clone())
+    }
+
+    fn message_append_text(&self, text: String) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move { self.bound()?.append_text(&self.sessions, text).await })
+    }
+
+    fn message_add_content(&self, block: ContentBlock) -> BoxFuture<'_, Result<String, String>> {
+        Box::pin(async move { self.bound()?.add_content(&self.sessions, block).await })
+    }
+
+    fn message_start_task(&self, description: String) -> BoxFuture<'_, Result<String, String>> {
+        Box::pin(async move { self.bound()?.start_task(&self.sessions, description).await })
+    }
+
+    fn message_update_task(
+        &self,
+        task_id: String,
+        update: TaskUpdate,
+    ) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            self.bound()?
+                .update_task(&self.sessions, task_id, update)
+                .await
+        })
+    }
+
+    fn message_complete(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move { self.bound()?.complete(&self.sessions).await })
+    }
+
+    fn follow_up(
+        &self,
+        queue: String,
+        payload: String,
+        take_message: bool,
+    ) -> Result<String, String> {
+        if !self.routes.contains_key(&queue) {
+            return Err(format!("no queue named `{queue}`"));
+        }
+        let mut follow_ups = self.follow_ups.lock().unwrap_or_else(|e| e.into_inner());
+        if take_message {
+            self.bound()?;
+            if follow_ups.iter().any(|f| f.takes_message) {
+                return Err("an earlier follow-up already took this job's message".to_owned());
+            }
+        }
+        let id = follow_up_id(&self.job_id, follow_ups.len())?;
+        follow_ups.push(FollowUp {
+            id: id.clone(),
+            queue,
+            payload,
+            takes_message: take_message,
+        });
+        Ok(id)
+    }
+}
