@@ -14,10 +14,11 @@ use redis::{AsyncCommands, RedisResult};
 use serde::Serialize;
 use serde_json::Value;
 
+use spool_runtime::EventType;
+use spool_runtime::event_type::MAX_STREAM_EVENTS;
+
 use crate::queue::{events_key, job_key, now_ms};
 
-/// Events kept per job; older ones are trimmed.
-pub const MAX_EVENTS: usize = 1000;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Event {
@@ -31,9 +32,9 @@ pub struct Event {
 impl Event {
     /// The last event a job will ever have.
     pub fn is_terminal(&self) -> bool {
-        match self.event_type.as_str() {
-            "task_completed" | "task_cancelled" => true,
-            "task_failed" => self
+        match EventType::parse(&self.event_type) {
+            Some(EventType::TaskCompleted | EventType::TaskCancelled) => true,
+            Some(EventType::TaskFailed) => self
                 .data
                 .get("final")
                 .and_then(Value::as_bool)
@@ -70,7 +71,7 @@ pub async fn progress(
             &[("progress", percent.to_string()), ("step", step.to_owned())],
         )
         .ignore();
-    xadd(&mut pipe, job_id, "task_progress", &data)
+    xadd(&mut pipe, job_id, EventType::TaskProgress.as_str(), &data)
         .query_async(redis)
         .await
 }
@@ -85,7 +86,7 @@ fn xadd<'a>(
         .arg(events_key(job_id))
         .arg("MAXLEN")
         .arg("~")
-        .arg(MAX_EVENTS)
+        .arg(MAX_STREAM_EVENTS)
         .arg("*")
         .arg("event_type")
         .arg(event_type)
@@ -141,4 +142,38 @@ pub async fn info(
         "firstId": first.ids.first().map(|e| e.id.clone()),
         "lastId": last.ids.first().map(|e| e.id.clone()),
     }))
+}
+
+/// A job's event stream as a [`Source`](crate::follow::Source): it ends at the
+/// job's terminal event, or when the job finished and that event is gone.
+pub struct JobEvents {
+    pub queue: crate::queue::Queue,
+    pub job_id: String,
+}
+
+impl crate::follow::Source for JobEvents {
+    type Entry = Event;
+
+    fn read<'a>(
+        &'a self,
+        redis: &'a mut redis::aio::MultiplexedConnection,
+        after: &'a str,
+        block: Duration,
+    ) -> futures_util::future::BoxFuture<'a, RedisResult<Vec<Event>>> {
+        Box::pin(read(redis, &self.job_id, after, Some(block)))
+    }
+
+    fn entry_id(entry: &Event) -> &str {
+        &entry.id
+    }
+
+    fn is_last(entry: &Event) -> bool {
+        entry.is_terminal()
+    }
+
+    fn is_open(&self) -> futures_util::future::BoxFuture<'_, bool> {
+        Box::pin(async {
+            matches!(self.queue.job(&self.job_id).await, Ok(Some(record)) if !record.state.is_terminal())
+        })
+    }
 }

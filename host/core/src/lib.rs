@@ -16,6 +16,7 @@
 pub mod config;
 pub mod embedded_redis;
 pub mod events;
+pub mod follow;
 pub mod gateway;
 pub mod handlers;
 pub mod intake;

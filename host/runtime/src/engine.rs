@@ -21,7 +21,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 pub use imports::chat_request;
 use output::BoundedOutput;
 pub use sandbox::{
-    CallCap, CallLimits, FAILURE_KINDS, GuestFailure, HandlerLimits, Limits, panic_message,
+    CallCap, CallLimits, GuestFailure, HandlerLimits, Limits, panic_message,
 };
 use sandbox::{FrozenClock, GuestLimiter};
 

@@ -20,6 +20,7 @@ pub mod cache;
 pub mod content;
 pub mod engine;
 pub mod event_type;
+pub mod failure;
 pub mod guest_test;
 mod imports;
 pub mod model;
@@ -28,3 +29,5 @@ mod sandbox;
 pub mod validate;
 
 pub use engine::*;
+pub use event_type::EventType;
+pub use failure::FailureKind;

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use wasmtime::{ResourceLimiter, Trap};
 
+use crate::failure::FailureKind;
+
 /// Sandbox limits: the defaults every handler gets, the per-handler overrides,
 /// and the pool size (shared by all handlers).
 #[derive(Clone, Debug)]
@@ -127,32 +129,20 @@ pub enum GuestFailure {
 }
 
 impl GuestFailure {
-    /// Stable, lower_snake_case name of the failure (the job's `errorKind`).
-    pub fn kind(&self) -> &'static str {
+    /// Stable name of the failure (the job's `errorKind`).
+    pub fn kind(&self) -> FailureKind {
         match self {
-            Self::Deadline(_) => "deadline",
-            Self::MemoryExhausted { .. } => "memory_exhausted",
-            Self::Panic(_) => "panic",
-            Self::StackOverflow => "stack_overflow",
-            Self::Trap(_) => "trap",
-            Self::OutputTooLarge { .. } => "output_too_large",
-            Self::CallCapExceeded { .. } => "call_cap_exceeded",
-            Self::Instantiate(_) => "instantiate",
+            Self::Deadline(_) => FailureKind::Deadline,
+            Self::MemoryExhausted { .. } => FailureKind::MemoryExhausted,
+            Self::Panic(_) => FailureKind::Panic,
+            Self::StackOverflow => FailureKind::StackOverflow,
+            Self::Trap(_) => FailureKind::Trap,
+            Self::OutputTooLarge { .. } => FailureKind::OutputTooLarge,
+            Self::CallCapExceeded { .. } => FailureKind::CallCapExceeded,
+            Self::Instantiate(_) => FailureKind::Instantiate,
         }
     }
 }
-
-/// Every `GuestFailure::kind` value, for validating configuration and docs.
-pub const FAILURE_KINDS: &[&str] = &[
-    "deadline",
-    "memory_exhausted",
-    "panic",
-    "stack_overflow",
-    "trap",
-    "output_too_large",
-    "call_cap_exceeded",
-    "instantiate",
-];
 
 /// Enforces the memory cap and remembers that it had to, so that the trap that
 /// usually follows (a Rust guest aborts when an allocation fails) is reported

@@ -6,26 +6,22 @@
 //! store becomes unreachable the stream ends with a `stream_error` event (not
 //! to be confused with the message's own `error` event): reconnect to resume.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, Sse};
 use futures_util::Stream;
-use redis::AsyncConnectionConfig;
-use redis::aio::MultiplexedConnection;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::AppState;
 use super::error::{ApiError, ApiPath, ApiQuery};
 use super::sessions::checked_id;
-use super::stream::validate_stream_id;
-use spool_core::queue::now_ms;
-use spool_core::store::{FINAL_STATUSES, MessageEvent, StoreError, read_events};
+use super::stream::{sse_steps, validate_stream_id};
+use spool_core::follow::Follower;
+use spool_core::store::{MessageEvent, MessageEvents, StoreError};
 
 #[derive(Deserialize)]
 pub struct StreamQuery {
@@ -51,93 +47,17 @@ pub async fn message_stream(
         .or(query.last_id);
     let after = resume_from.unwrap_or_else(|| "0".into());
     validate_stream_id(&after)?;
-    let ping_every =
-        Duration::from_millis(state.sessions.config().ping_interval_ms.clamp(50, 60_000));
-    let config = AsyncConnectionConfig::new()
-        .set_response_timeout(Some(ping_every + Duration::from_secs(5)));
-    let connection = state
-        .redis
-        .get_multiplexed_async_connection_with_config(&config)
-        .await?;
-    let follower = Follower {
-        state,
-        sid,
-        mid,
-        after,
-        ping_every,
-        connection,
-        buffered: VecDeque::new(),
-        finished: false,
+    let source = MessageEvents {
+        store: state.sessions.clone(),
+        session_id: sid,
+        message_id: mid,
     };
-    Ok(Sse::new(futures_util::stream::unfold(
-        follower,
-        Follower::next,
-    )))
-}
-
-/// Follows one message's event stream until `message_end`.
-struct Follower {
-    state: Arc<AppState>,
-    sid: String,
-    mid: String,
-    after: String,
-    ping_every: Duration,
-    connection: MultiplexedConnection,
-    buffered: VecDeque<MessageEvent>,
-    finished: bool,
-}
-
-impl Follower {
-    async fn next(mut self) -> Option<(Result<SseEvent, Infallible>, Self)> {
-        loop {
-            if let Some(event) = self.buffered.pop_front() {
-                self.finished = event.event_type == "message_end";
-                let data = json!({ "seq": event.seq, "type": event.event_type, "data": event.data, "timestamp": event.timestamp });
-                let sse = SseEvent::default()
-                    .id(event.id)
-                    .event(event.event_type)
-                    .data(data.to_string());
-                return Some((Ok(sse), self));
-            }
-            if self.finished {
-                return None;
-            }
-            match read_events(
-                &mut self.connection,
-                &self.sid,
-                &self.mid,
-                &self.after,
-                Some(self.ping_every),
-            )
-            .await
-            {
-                Ok(batch) if !batch.is_empty() => {
-                    if let Some(last) = batch.last() {
-                        self.after = last.id.clone();
-                    }
-                    self.buffered.extend(batch);
-                }
-                // Quiet: end if the message is gone or already ended (its
-                // message_end trimmed away); otherwise send a heartbeat.
-                Ok(_) => match self.state.sessions.message_status(&self.mid).await {
-                    Ok(Some((_, status))) if !FINAL_STATUSES.contains(&status.as_str()) => {
-                        let ping = SseEvent::default()
-                            .event("ping")
-                            .data(json!({ "type": "ping", "timestamp": now_ms() }).to_string());
-                        return Some((Ok(ping), self));
-                    }
-                    _ => return None,
-                },
-                Err(error) => {
-                    tracing::warn!(message = %self.mid, %error, "message stream read failed; closing the SSE stream");
-                    let sse = SseEvent::default().event("stream_error").data(
-                        json!({ "error": "event store unavailable; reconnect with Last-Event-ID" })
-                            .to_string(),
-                    );
-                    self.finished = true;
-                    return Some((Ok(sse), self));
-                }
-            }
-        }
-    }
+    let follower = Follower::open(&state.redis, source, after, state.quiet_interval()).await?;
+    Ok(Sse::new(sse_steps(follower, |event: MessageEvent| {
+        let data = json!({ "seq": event.seq, "type": event.event_type, "data": event.data, "timestamp": event.timestamp });
+        SseEvent::default()
+            .id(event.id)
+            .event(event.event_type)
+            .data(data.to_string())
+    })))
 }

@@ -43,6 +43,14 @@ pub struct AppState {
     pub retention: Retention,
 }
 
+impl AppState {
+    /// How long a followed stream may be quiet before its client gets a ping
+    /// (`[sessions] ping_interval_ms`, for job and message streams alike).
+    pub fn quiet_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.sessions.config().ping_interval_ms.clamp(50, 60_000))
+    }
+}
+
 pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
     Router::new()
         .route("/", get(page))

@@ -1,30 +1,26 @@
 //! Job event streams over HTTP: GET /stream/status/{id} (SSE, live until the job
 //! ends, resumable with `Last-Event-ID` or `?last_id=`) and GET
 //! /api/job/{id}/events (a JSON page of the same events, plus stream info).
+//! Also the SSE rendering every followed stream shares ([`sse_steps`]).
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::sse::{Event as SseEvent, Sse};
 use futures_util::Stream;
-use redis::AsyncConnectionConfig;
-use redis::aio::MultiplexedConnection;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::{ApiError, ApiPath, ApiQuery};
 use super::jobs::job_not_found;
-use spool_core::events::{self, Event};
+use spool_core::events::{self, Event, JobEvents};
+use spool_core::follow::{Follower, Source, Step};
+use spool_core::queue::now_ms;
 
-/// How long one blocking read waits before the job's state is re-checked.
-const READ_BLOCK: Duration = Duration::from_secs(10);
-const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 #[derive(Deserialize)]
 pub struct StreamQuery {
@@ -49,87 +45,47 @@ pub async fn status_stream(
         .or(query.last_id);
     let after = resume_from.unwrap_or_else(|| "0".into());
     validate_stream_id(&after)?;
-    let config = AsyncConnectionConfig::new()
-        .set_response_timeout(Some(READ_BLOCK + Duration::from_secs(5)));
-    let connection = state
-        .redis
-        .get_multiplexed_async_connection_with_config(&config)
-        .await?;
-
+    let source = JobEvents {
+        queue: state.queue.clone(),
+        job_id: id,
+    };
+    let follower = Follower::open(&state.redis, source, after, state.quiet_interval()).await?;
     let snapshot = SseEvent::default()
         .event("state")
         .data(record.to_json().to_string());
-    let reader = Reader {
-        state,
-        job_id: id,
-        after,
-        connection,
-        buffered: VecDeque::new(),
-        finished: false,
-    };
-    let events = futures_util::stream::unfold(reader, Reader::next);
+    let events = sse_steps(follower, |event: Event| {
+        SseEvent::default()
+            .id(event.id.clone())
+            .event(event.event_type.clone())
+            .data(json!({ "type": event.event_type, "data": event.data, "timestamp": event.timestamp }).to_string())
+    });
     let stream = futures_util::StreamExt::chain(futures_util::stream::iter([Ok(snapshot)]), events);
-    // Heartbeats are `ping` events (design D), so clients see them as events.
-    let ping = SseEvent::default().event("ping").data("{}");
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).event(ping)))
+    Ok(Sse::new(stream))
 }
 
-/// Follows one job's event stream until its terminal event.
-struct Reader {
-    state: Arc<AppState>,
-    job_id: String,
-    after: String,
-    connection: MultiplexedConnection,
-    buffered: VecDeque<Event>,
-    finished: bool,
-}
-
-impl Reader {
-    async fn next(mut self) -> Option<(Result<SseEvent, Infallible>, Self)> {
-        loop {
-            if let Some(event) = self.buffered.pop_front() {
-                self.finished = event.is_terminal();
-                let sse = SseEvent::default()
-                    .id(event.id.clone())
-                    .event(event.event_type.clone())
-                    .data(json!({ "type": event.event_type, "data": event.data, "timestamp": event.timestamp }).to_string());
-                return Some((Ok(sse), self));
+/// Renders a follower's steps as SSE: its entries, a `ping` event when quiet
+/// (an event, not a comment, so clients see the heartbeat), and a
+/// `stream_error` event before it ends on a store failure (reconnect with
+/// `Last-Event-ID` to resume).
+pub(super) fn sse_steps<S: Source>(
+    follower: Follower<S>,
+    render: fn(S::Entry) -> SseEvent,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> + Send {
+    futures_util::StreamExt::map(follower.into_stream(), move |step| {
+        Ok(match step {
+            Step::Entry(entry) => render(entry),
+            Step::Quiet => SseEvent::default()
+                .event("ping")
+                .data(json!({ "type": "ping", "timestamp": now_ms() }).to_string()),
+            Step::Failed(error) => {
+                tracing::warn!(%error, "event stream read failed; closing the SSE stream");
+                SseEvent::default().event("stream_error").data(
+                    json!({ "error": "event store unavailable; reconnect with Last-Event-ID" })
+                        .to_string(),
+                )
             }
-            if self.finished {
-                return None;
-            }
-            match events::read(
-                &mut self.connection,
-                &self.job_id,
-                &self.after,
-                Some(READ_BLOCK),
-            )
-            .await
-            {
-                Ok(batch) if !batch.is_empty() => {
-                    if let Some(last) = batch.last() {
-                        self.after = last.id.clone();
-                    }
-                    self.buffered.extend(batch);
-                }
-                // Quiet for a while: end if the job finished and its final event
-                // is no longer in the stream (trimmed or expired).
-                Ok(_) => match self.state.queue.job(&self.job_id).await {
-                    Ok(Some(record)) if !record.state.is_terminal() => {}
-                    _ => return None,
-                },
-                Err(error) => {
-                    tracing::warn!(job = %self.job_id, %error, "event stream read failed; closing the SSE stream");
-                    let sse = SseEvent::default().event("error").data(
-                        json!({ "error": "event store unavailable; reconnect with Last-Event-ID" })
-                            .to_string(),
-                    );
-                    self.finished = true;
-                    return Some((Ok(sse), self));
-                }
-            }
-        }
-    }
+        })
+    })
 }
 
 pub(super) fn validate_stream_id(id: &str) -> Result<(), ApiError> {

@@ -11,23 +11,21 @@
 //! "message"}`. Events come from the job's stream, so any instance can serve them.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
-use redis::AsyncConnectionConfig;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::AppState;
 use super::error::ApiError;
 use super::jobs::{CHAT_QUEUE, chat_submission, generic_submission, submit};
-use spool_core::events;
+use spool_core::events::JobEvents;
+use spool_core::follow::{Follower, Step};
 
 /// Frames waiting to be written before readers of job events slow down.
 const OUTBOX: usize = 256;
-const READ_BLOCK: Duration = Duration::from_secs(10);
 
 pub async fn upgrade(State(state): State<Arc<AppState>>, upgrade: WebSocketUpgrade) -> Response {
     upgrade.on_upgrade(move |socket| serve(state, socket))
@@ -118,44 +116,29 @@ async fn handle_frame(
 }
 
 /// Forwards one job's events to the socket until its terminal event.
-async fn follow(state: Arc<AppState>, job: String, mut after: String, outbox: mpsc::Sender<Value>) {
-    let config = AsyncConnectionConfig::new()
-        .set_response_timeout(Some(READ_BLOCK + Duration::from_secs(5)));
-    let mut connection = match state
-        .redis
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-    {
-        Ok(connection) => connection,
+async fn follow(state: Arc<AppState>, job: String, after: String, outbox: mpsc::Sender<Value>) {
+    let source = JobEvents {
+        queue: state.queue.clone(),
+        job_id: job.clone(),
+    };
+    let mut follower = match Follower::open(&state.redis, source, after, state.quiet_interval()).await {
+        Ok(follower) => follower,
         Err(error) => {
             let _ = outbox.send(error_frame(&error.into())).await;
             return;
         }
     };
-    loop {
-        let batch = match events::read(&mut connection, &job, &after, Some(READ_BLOCK)).await {
-            Ok(batch) => batch,
-            Err(error) => {
-                let _ = outbox.send(error_frame(&error.into())).await;
-                return;
-            }
-        };
-        if batch.is_empty() {
-            match state.queue.job(&job).await {
-                Ok(Some(record)) if !record.state.is_terminal() => continue,
-                _ => return,
-            }
-        }
-        for event in batch {
-            after = event.id.clone();
-            let terminal = event.is_terminal();
-            let frame = json!({
+    while let Some(step) = follower.next().await {
+        let frame = match step {
+            Step::Entry(event) => json!({
                 "type": "event", "jobId": job, "id": event.id, "event": event.event_type,
                 "data": event.data, "timestamp": event.timestamp,
-            });
-            if outbox.send(frame).await.is_err() || terminal {
-                return;
-            }
+            }),
+            Step::Quiet => continue,
+            Step::Failed(error) => error_frame(&error.into()),
+        };
+        if outbox.send(frame).await.is_err() {
+            return;
         }
     }
 }

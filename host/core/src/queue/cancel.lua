@@ -4,6 +4,7 @@
 -- Returns the job's state before the call, or false when there is no such job.
 -- KEYS[1] job hash   KEYS[2] job event stream
 -- ARGV[1] now (ms)   ARGV[2] ttl in seconds   ARGV[3] queue key prefix
+-- ARGV[4] event type (cancelled)   ARGV[5] events kept
 local job = redis.call('HMGET', KEYS[1], 'state', 'queue', 'class', 'entry', 'id')
 local state = job[1]
 if not state then
@@ -17,7 +18,7 @@ if state == 'waiting' or state == 'delayed' then
     redis.call('ZREM', queue .. 'delayed', job[5])
   end
   redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished_at', ARGV[1], 'error', 'cancelled by request')
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', 1000, '*', 'event_type', 'task_cancelled',
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'event_type', ARGV[4],
     'data', cjson.encode({previous_state = state}), 'timestamp', ARGV[1])
   redis.call('EXPIRE', KEYS[1], ARGV[2])
   redis.call('EXPIRE', KEYS[2], ARGV[2])

@@ -7,7 +7,7 @@
 --   {'idle', next retry time in ms or ''}
 -- KEYS[1] paused flag   KEYS[2] delayed zset   KEYS[3..5] high/normal/low streams
 -- ARGV[1] group   ARGV[2] consumer   ARGV[3] now (ms)   ARGV[4] job key prefix
--- ARGV[5] event key prefix
+-- ARGV[5] event key prefix   ARGV[6] event type (started)   ARGV[7] events kept
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3], 'LIMIT', 0, 100)
 for _, id in ipairs(due) do
   redis.call('ZREM', KEYS[2], id)
@@ -39,7 +39,7 @@ for i = 3, 5 do
     local attempt = redis.call('HINCRBY', job, 'attempts', 1)
     redis.call('HSET', job, 'state', 'active', 'started_at', ARGV[3], 'worker', ARGV[2], 'entry', entry_id)
     redis.call('HSETNX', job, 'first_started_at', ARGV[3])
-    redis.call('XADD', ARGV[5] .. id, 'MAXLEN', '~', 1000, '*', 'event_type', 'task_started',
+    redis.call('XADD', ARGV[5] .. id, 'MAXLEN', '~', ARGV[7], '*', 'event_type', ARGV[6],
       'data', cjson.encode({attempt = attempt, worker = ARGV[2]}), 'timestamp', ARGV[3])
     return {'job', i - 2, entry_id, redis.call('HGETALL', job)}
   end

@@ -10,14 +10,14 @@
 -- ARGV[1] group   ARGV[2] entry id   ARGV[3] job id   ARGV[4] now (ms)
 -- ARGV[5] new state   ARGV[6] zset score   ARGV[7] history length (0: not a history)
 -- ARGV[8] ttl in seconds (0: keep)   ARGV[9] event type   ARGV[10] event data
--- ARGV[11] attempt record (JSON)   ARGV[12..] job hash field/value pairs
+-- ARGV[11] attempt record (JSON)   ARGV[12] events kept   ARGV[13..] job hash field/value pairs
 redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[2], ARGV[2])
 local owner = redis.call('HMGET', KEYS[1], 'state', 'entry')
 if owner[1] ~= 'active' or owner[2] ~= ARGV[2] then
   return 0
 end
-redis.call('HSET', KEYS[1], 'state', ARGV[5], 'finished_at', ARGV[4], unpack(ARGV, 12))
+redis.call('HSET', KEYS[1], 'state', ARGV[5], 'finished_at', ARGV[4], unpack(ARGV, 13))
 redis.call('HDEL', KEYS[1], 'cancel')
 redis.call('RPUSH', KEYS[7], ARGV[11])
 redis.call('ZADD', KEYS[5], ARGV[6], ARGV[3])
@@ -31,7 +31,7 @@ if ARGV[5] == 'failed' then
   local dead = redis.call('XADD', KEYS[8], '*', 'job', ARGV[3], 'failed_at', ARGV[4], 'record', snapshot)
   redis.call('HSET', KEYS[1], 'dead_entry', dead)
 end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', 1000, '*',
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[12], '*',
   'event_type', ARGV[9], 'data', ARGV[10], 'timestamp', ARGV[4])
 local ttl = tonumber(ARGV[8])
 if ttl > 0 then

@@ -26,7 +26,8 @@ use serde::Serialize;
 
 pub use record::{BoundMessage, JobRecord, JobState};
 
-use spool_runtime::PriorityClass;
+use spool_runtime::event_type::MAX_STREAM_EVENTS;
+use spool_runtime::{EventType, FailureKind, PriorityClass};
 
 /// The consumer group every instance reads through.
 pub const GROUP: &str = "spool-workers";
@@ -160,16 +161,112 @@ pub enum Outcome {
     /// The job will run again at `retry_at_ms`.
     Retry {
         error: String,
-        /// Stable name of the failure, stored as `error_kind` (e.g. `deadline`).
-        kind: &'static str,
+        /// Stored as `error_kind`.
+        kind: FailureKind,
         retry_at_ms: u64,
     },
     Failed {
         error: String,
-        kind: &'static str,
+        kind: FailureKind,
     },
     /// A client cancelled the job while it ran.
     Cancelled,
+}
+
+/// What recording an outcome writes: the job's new state, where it is
+/// indexed, how long it is kept, and its event.
+struct Settlement {
+    state: JobState,
+    /// Score in the state's sorted set: when it finished, or when it retries.
+    score: u64,
+    /// History length to keep (0: the set is not a history).
+    history: u32,
+    /// Expiry of the job's keys (0: keep).
+    ttl_secs: u64,
+    event_type: EventType,
+    event: serde_json::Value,
+    fields: Vec<(&'static str, String)>,
+}
+
+impl Settlement {
+    fn of(record: &JobRecord, outcome: &Outcome, retention: Retention, now: u64) -> Self {
+        let attempt = record.attempts;
+        let mut settlement = match outcome {
+            Outcome::Completed {
+                result,
+                blocks,
+                handler_version,
+            } => {
+                let result_json: serde_json::Value =
+                    serde_json::from_str(result).unwrap_or(serde_json::Value::Null);
+                let duration_ms = now.saturating_sub(record.started_at.unwrap_or(now));
+                Settlement {
+                    state: JobState::Completed,
+                    score: now,
+                    history: retention.history,
+                    ttl_secs: retention.completed_secs,
+                    event_type: EventType::TaskCompleted,
+                    event: serde_json::json!({ "result": result_json, "duration_ms": duration_ms, "attempt": attempt }),
+                    fields: vec![
+                        ("result", result.clone()),
+                        ("blocks", blocks.clone()),
+                        ("handler_version", handler_version.clone()),
+                        ("progress", "100".into()),
+                    ],
+                }
+            }
+            Outcome::Retry {
+                error,
+                kind,
+                retry_at_ms,
+            } => Settlement {
+                state: JobState::Delayed,
+                score: *retry_at_ms,
+                history: 0,
+                ttl_secs: 0,
+                event_type: EventType::TaskFailed,
+                event: serde_json::json!({ "error": error, "error_kind": kind, "attempt": attempt, "final": false, "retry_at_ms": retry_at_ms }),
+                fields: vec![("error", error.clone()), ("error_kind", kind.to_string())],
+            },
+            Outcome::Failed { error, kind } => Settlement {
+                state: JobState::Failed,
+                score: now,
+                history: retention.history,
+                ttl_secs: retention.failed_secs,
+                event_type: EventType::TaskFailed,
+                event: serde_json::json!({ "error": error, "error_kind": kind, "attempt": attempt, "final": true }),
+                fields: vec![("error", error.clone()), ("error_kind", kind.to_string())],
+            },
+            Outcome::Cancelled => Settlement {
+                state: JobState::Cancelled,
+                score: now,
+                history: retention.history,
+                ttl_secs: retention.failed_secs,
+                event_type: EventType::TaskCancelled,
+                event: serde_json::json!({ "previous_state": "active", "attempt": attempt }),
+                fields: vec![("error", "cancelled by request".to_owned())],
+            },
+        };
+        // A failed attempt records the version that ran it too (the worker sets it).
+        if let (false, Some(version)) = (
+            matches!(outcome, Outcome::Completed { .. }),
+            &record.handler_version,
+        ) {
+            settlement
+                .fields
+                .push(("handler_version", version.clone()));
+        }
+        settlement
+    }
+
+    /// The sorted set the job is indexed in: its history, or the retry schedule.
+    fn zset<'a>(&self, keys: &'a QueueKeys) -> &'a str {
+        match self.state {
+            JobState::Completed => &keys.completed,
+            JobState::Delayed => &keys.delayed,
+            _ => &keys.failed,
+        }
+    }
 }
 
 /// What a heartbeat learned about the job it keeps alive.
@@ -302,7 +399,9 @@ impl Queue {
             .arg(now)
             .arg(event.to_string())
             .arg(WAKE_CHANNEL)
-            .arg(&job.queue.name);
+            .arg(&job.queue.name)
+            .arg(EventType::TaskQueued.as_str())
+            .arg(MAX_STREAM_EVENTS);
         for (field, value) in fields {
             invocation.arg(field).arg(value);
         }
@@ -325,7 +424,9 @@ impl Queue {
             .arg(consumer)
             .arg(now_ms())
             .arg(JOB_PREFIX)
-            .arg(EVENTS_PREFIX);
+            .arg(EVENTS_PREFIX)
+            .arg(EventType::TaskStarted.as_str())
+            .arg(MAX_STREAM_EVENTS);
         let reply: Vec<Value> = match invocation.invoke_async(&mut self.redis.clone()).await {
             Err(e) if e.code() == Some("NOGROUP") => {
                 // Redis lost its data (restarted without persistence): recreate.
@@ -348,102 +449,24 @@ impl Queue {
         let keys = QueueKeys::new(&job.record.queue);
         let id = job.record.id.as_str();
         let now = now_ms();
-        let duration_ms = now.saturating_sub(job.record.started_at.unwrap_or(now));
-        let attempt = job.record.attempts;
-        let (state, zset, score, history, ttl, event_type, event, mut fields) = match outcome {
-            Outcome::Completed {
-                result,
-                blocks,
-                handler_version,
-            } => {
-                let result_json: serde_json::Value =
-                    serde_json::from_str(result).unwrap_or(serde_json::Value::Null);
-                let event = serde_json::json!({ "result": result_json, "duration_ms": duration_ms, "attempt": attempt });
-                let fields = vec![
-                    ("result", result.clone()),
-                    ("blocks", blocks.clone()),
-                    ("handler_version", handler_version.clone()),
-                    ("progress", "100".into()),
-                ];
-                (
-                    "completed",
-                    &keys.completed,
-                    now,
-                    retention.history,
-                    retention.completed_secs,
-                    "task_completed",
-                    event,
-                    fields,
-                )
-            }
-            Outcome::Retry {
-                error,
-                kind,
-                retry_at_ms,
-            } => {
-                let event = serde_json::json!({ "error": error, "error_kind": kind, "attempt": attempt, "final": false, "retry_at_ms": retry_at_ms });
-                (
-                    "delayed",
-                    &keys.delayed,
-                    *retry_at_ms,
-                    0,
-                    0,
-                    "task_failed",
-                    event,
-                    vec![("error", error.clone()), ("error_kind", kind.to_string())],
-                )
-            }
-            Outcome::Failed { error, kind } => {
-                let event = serde_json::json!({ "error": error, "error_kind": kind, "attempt": attempt, "final": true });
-                (
-                    "failed",
-                    &keys.failed,
-                    now,
-                    retention.history,
-                    retention.failed_secs,
-                    "task_failed",
-                    event,
-                    vec![("error", error.clone()), ("error_kind", kind.to_string())],
-                )
-            }
-            Outcome::Cancelled => {
-                let event = serde_json::json!({ "previous_state": "active", "attempt": attempt });
-                let fields = vec![("error", "cancelled by request".to_owned())];
-                (
-                    "cancelled",
-                    &keys.failed,
-                    now,
-                    retention.history,
-                    retention.failed_secs,
-                    "task_cancelled",
-                    event,
-                    fields,
-                )
-            }
-        };
-        // A failed attempt records the version that ran it too (the worker sets it).
-        if let (false, Some(version)) = (
-            matches!(outcome, Outcome::Completed { .. }),
-            &job.record.handler_version,
-        ) {
-            fields.push(("handler_version", version.clone()));
-        }
+        let settlement = Settlement::of(&job.record, outcome, retention, now);
         let attempt_record = serde_json::json!({
-            "attempt": attempt,
+            "attempt": job.record.attempts,
             "worker": job.record.worker,
             "startedAt": job.record.started_at,
             "finishedAt": now,
-            "outcome": state,
-            "error": event.get("error"),
-            "errorKind": event.get("error_kind"),
+            "outcome": settlement.state.as_str(),
+            "error": settlement.event.get("error"),
+            "errorKind": settlement.event.get("error_kind"),
         });
+        let state = settlement.state.as_str();
         let mut invocation = self.finish.prepare_invoke();
         invocation
             .key(job_key(id))
             .key(keys.stream(job.class))
             .key(events_key(id))
             .key(job_state_key(id))
-            .key(zset)
+            .key(settlement.zset(&keys))
             .key(keys.counter(state))
             .key(attempts_key(id))
             .key(&keys.dead)
@@ -452,13 +475,14 @@ impl Queue {
             .arg(id)
             .arg(now)
             .arg(state)
-            .arg(score)
-            .arg(history)
-            .arg(ttl)
-            .arg(event_type)
-            .arg(event.to_string())
-            .arg(attempt_record.to_string());
-        for (field, value) in fields {
+            .arg(settlement.score)
+            .arg(settlement.history)
+            .arg(settlement.ttl_secs)
+            .arg(settlement.event_type.as_str())
+            .arg(settlement.event.to_string())
+            .arg(attempt_record.to_string())
+            .arg(MAX_STREAM_EVENTS);
+        for (field, value) in settlement.fields {
             invocation.arg(field).arg(value);
         }
         let recorded: i64 = invocation.invoke_async(&mut self.redis.clone()).await?;
@@ -520,6 +544,9 @@ impl Queue {
             for cursor in &cursors {
                 invocation.arg(cursor);
             }
+            invocation
+                .arg(EventType::TaskRequeued.as_str())
+                .arg(MAX_STREAM_EVENTS);
             let (high, normal, low, count): (String, String, String, u64) =
                 invocation.invoke_async(&mut self.redis.clone()).await?;
             requeued += count;
@@ -543,6 +570,8 @@ impl Queue {
             .arg(now_ms())
             .arg(retention.failed_secs.max(1))
             .arg(QUEUE_PREFIX)
+            .arg(EventType::TaskCancelled.as_str())
+            .arg(MAX_STREAM_EVENTS)
             .invoke_async(&mut self.redis.clone())
             .await?;
         Ok(match previous.as_deref().and_then(JobState::parse) {
@@ -599,6 +628,8 @@ impl Queue {
             .arg(now_ms())
             .arg(QUEUE_PREFIX)
             .arg(WAKE_CHANNEL)
+            .arg(EventType::TaskQueued.as_str())
+            .arg(MAX_STREAM_EVENTS)
             .invoke_async(&mut self.redis.clone())
             .await?;
         Ok(entry.is_some())

@@ -7,7 +7,8 @@
 -- KEYS[1..3] high/normal/low streams
 -- ARGV[1] group   ARGV[2] recovery consumer   ARGV[3] min idle (ms)   ARGV[4] now (ms)
 -- ARGV[5] job key prefix   ARGV[6] event key prefix   ARGV[7] wake channel
--- ARGV[8] queue name   ARGV[9..11] cursors
+-- ARGV[8] queue name   ARGV[9..11] cursors   ARGV[12] event type (requeued)
+-- ARGV[13] events kept
 local cursors, requeued = {}, 0
 for i = 1, 3 do
   local reply = redis.call('XAUTOCLAIM', KEYS[i], ARGV[1], ARGV[2], ARGV[3], ARGV[8 + i], 'COUNT', 100)
@@ -23,7 +24,7 @@ for i = 1, 3 do
       if owner[1] == 'active' and owner[2] == entry_id then
         local fresh = redis.call('XADD', KEYS[i], '*', 'job', id)
         redis.call('HSET', job, 'state', 'waiting', 'entry', fresh)
-        redis.call('XADD', ARGV[6] .. id, 'MAXLEN', '~', 1000, '*', 'event_type', 'task_requeued',
+        redis.call('XADD', ARGV[6] .. id, 'MAXLEN', '~', ARGV[13], '*', 'event_type', ARGV[12],
           'data', cjson.encode({reason = 'worker stopped responding', worker = owner[3]}), 'timestamp', ARGV[4])
         requeued = requeued + 1
       end

@@ -4,6 +4,7 @@
 -- dead-letter stream.
 -- KEYS[1] dead-letter stream   KEYS[2] job hash   KEYS[3] job event stream
 -- ARGV[1] job id   ARGV[2] now (ms)   ARGV[3] queue key prefix   ARGV[4] wake channel
+-- ARGV[5] event type (queued)   ARGV[6] events kept
 local found
 local hint = redis.call('HGET', KEYS[2], 'dead_entry')
 if hint then
@@ -32,7 +33,7 @@ local job = redis.call('HMGET', KEYS[2], 'queue', 'class')
 local entry = redis.call('XADD', ARGV[3] .. '{' .. job[1] .. '}:' .. job[2], '*', 'job', ARGV[1])
 redis.call('HSET', KEYS[2], 'state', 'waiting', 'attempts', 0, 'entry', entry, 'progress', 0)
 redis.call('HDEL', KEYS[2], 'error', 'finished_at', 'dead_entry', 'result', 'cancel')
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', 1000, '*', 'event_type', 'task_queued',
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'event_type', ARGV[5],
   'data', cjson.encode({replayed = true}), 'timestamp', ARGV[2])
 redis.call('PUBLISH', ARGV[4], job[1])
 return entry

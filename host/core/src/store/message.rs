@@ -520,3 +520,47 @@ fn snapshot(fields: &HashMap<String, String>) -> Option<Value> {
         "updatedAt": number("updated_at"),
     }))
 }
+
+/// A message's event stream as a [`Source`](crate::follow::Source): it ends at
+/// `message_end`, or when the message is gone or ended and that event is gone.
+pub struct MessageEvents {
+    pub store: super::Store,
+    pub session_id: String,
+    pub message_id: String,
+}
+
+impl crate::follow::Source for MessageEvents {
+    type Entry = MessageEvent;
+
+    fn read<'a>(
+        &'a self,
+        redis: &'a mut redis::aio::MultiplexedConnection,
+        after: &'a str,
+        block: Duration,
+    ) -> futures_util::future::BoxFuture<'a, redis::RedisResult<Vec<MessageEvent>>> {
+        Box::pin(read_events(
+            redis,
+            &self.session_id,
+            &self.message_id,
+            after,
+            Some(block),
+        ))
+    }
+
+    fn entry_id(entry: &MessageEvent) -> &str {
+        &entry.id
+    }
+
+    fn is_last(entry: &MessageEvent) -> bool {
+        entry.event_type == "message_end"
+    }
+
+    fn is_open(&self) -> futures_util::future::BoxFuture<'_, bool> {
+        Box::pin(async {
+            matches!(
+                self.store.message_status(&self.message_id).await,
+                Ok(Some((_, status))) if !super::FINAL_STATUSES.contains(&status.as_str())
+            )
+        })
+    }
+}

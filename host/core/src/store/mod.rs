@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 pub use binding::{BoundMessage, FINAL_STATUSES, JobEnd, bound_message, settle};
 pub use blocks::validate_block;
-pub use message::{MessageEvent, TaskChange, read_events};
+pub use message::{MessageEvent, MessageEvents, TaskChange, read_events};
 pub use session::{CleanupReport, periodic_cleanup};
 
 use crate::queue::now_ms;

@@ -7,6 +7,8 @@
 use redis::aio::ConnectionManager;
 use serde_json::json;
 
+use spool_runtime::EventType;
+
 use crate::events;
 use crate::intake::{Intake, IntakeError, Submission};
 use crate::queue::JobRecord;
@@ -102,7 +104,7 @@ pub async fn queue_all(
 
 async fn announce(redis: &mut ConnectionManager, job_id: &str, follow_up: &str, queue: &str) {
     let data = json!({ "jobId": follow_up, "queue": queue }).to_string();
-    if let Err(error) = events::append(redis, job_id, "follow_up_queued", &data).await {
+    if let Err(error) = events::append(redis, job_id, EventType::FollowUpQueued.as_str(), &data).await {
         tracing::warn!(job = %job_id, %error, "could not publish follow_up_queued");
     }
 }

@@ -17,7 +17,7 @@ use spool_runtime::content::blocks_to_json;
 use crate::gateway::Gateway;
 use crate::intake::Intake;
 use crate::queue::{Claim, ClaimedJob, Heartbeat, Outcome, QueueKeys, Retention, now_ms};
-use spool_runtime::{HandlerComponent, Job, JobError};
+use spool_runtime::{FailureKind, HandlerComponent, Job, JobError};
 use crate::store::{self, BoundMessage, JobEnd, Store};
 
 mod follow_up;
@@ -112,7 +112,7 @@ impl Workers {
             (
                 Some(Attempt::ended(Outcome::Failed {
                     error,
-                    kind: "abandoned",
+                    kind: FailureKind::Abandoned,
                 })),
                 None,
             )
@@ -138,7 +138,7 @@ impl Workers {
             return;
         };
         if let Outcome::Failed { error, kind } | Outcome::Retry { error, kind, .. } = &outcome {
-            tracing::warn!(job = %record.id, attempt = record.attempts, %error, error_kind = kind, "job attempt failed");
+            tracing::warn!(job = %record.id, attempt = record.attempts, %error, error_kind = %kind, "job attempt failed");
         }
         let mut claimed = claimed;
         if ran_on.is_some() {
@@ -174,7 +174,7 @@ impl Workers {
                     "handler `{}` is not installed on this instance",
                     record.handler
                 ),
-                kind: "handler_missing",
+                kind: FailureKind::HandlerMissing,
             }));
         };
         let job = Job {
@@ -223,18 +223,18 @@ impl Workers {
                 },
                 Err(e) => Outcome::Failed {
                     error: format!("handler returned a result that is not JSON: {e}"),
-                    kind: "invalid_result",
+                    kind: FailureKind::InvalidResult,
                 },
             },
             Ok(Err(JobError::Reject(reason))) => Outcome::Failed {
                 error: reason,
-                kind: "rejected",
+                kind: FailureKind::Rejected,
             },
             Ok(Err(JobError::Retry(hint))) => retry_or_fail(
                 &route.config,
                 record.attempts,
                 hint.reason,
-                "retry_requested",
+                FailureKind::RetryRequested,
                 hint.after_ms,
             ),
             // A sandbox failure counts as an attempt like any other.
@@ -261,7 +261,7 @@ impl Workers {
                 &route.config,
                 record.attempts,
                 error,
-                "follow_up_failed",
+                FailureKind::FollowUpFailed,
                 None,
             )),
         })
@@ -302,7 +302,7 @@ fn retry_or_fail(
     config: &QueueConfig,
     attempts: u32,
     error: String,
-    kind: &'static str,
+    kind: FailureKind,
     after_ms: Option<u64>,
 ) -> Outcome {
     if attempts >= config.max_attempts {

@@ -180,7 +180,7 @@ pub async fn run(runtime: &Runtime, handler: &HandlerComponent, fixture: &Fixtur
         Err(failure) => (
             Value::Null,
             Some(Failure {
-                kind: failure.kind().into(),
+                kind: failure.kind().as_str().into(),
                 message: failure.to_string(),
             }),
         ),
