@@ -14,17 +14,17 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::http::{self, AppState};
+use crate::stub::{self, StubArgs, StubServer};
 use spool_core::config::Config;
 use spool_core::embedded_redis::EmbeddedRedis;
 use spool_core::gateway::Gateway;
 use spool_core::handlers::{self, Handlers};
-use crate::http::{self, AppState};
 use spool_core::models::{BackendConfig, BackendKind, ModelClient, OllamaApi};
 use spool_core::queue::{Queue, QueueKeys, Retention, WAKE_CHANNEL};
-use {crate::BUILT_IN, spool_core::registry::Registry};
-use spool_runtime::Runtime;
-use crate::stub::{self, StubArgs, StubServer};
 use spool_core::worker::{Route, Workers};
+use spool_runtime::Runtime;
+use {crate::BUILT_IN, spool_core::registry::Registry};
 
 /// A started instance.
 pub struct Running {
@@ -42,54 +42,14 @@ pub struct Running {
 
 pub async fn start(config: Config) -> Result<Running> {
     let instance = format!(
-        "spool-{}-{}",
+        "spool-{}-{:06x}",
         std::process::id(),
-        format!("{:06x}", fastrand::u32(..0x100_0000))
+        fastrand::u32(..0x100_0000)
     );
 
-    let (redis_url, embedded) = match &config.redis.url {
-        Some(url) => (url.clone(), None),
-        None => {
-            let server =
-                EmbeddedRedis::start(&config.redis.data_dir, config.redis.appendfsync).await?;
-            tracing::info!(dir = %config.redis.data_dir.display(), fsync = ?config.redis.appendfsync, "started embedded redis-server (AOF on)");
-            (server.url().to_owned(), Some(server))
-        }
-    };
-    let client = redis::Client::open(redis_url.as_str())
-        .with_context(|| format!("invalid Redis URL `{redis_url}`"))?;
-    let redis = connect(&client, &redis_url).await?;
+    let (client, redis, embedded) = open_redis(&config).await?;
 
-    let (backend, stub) = match &config.model {
-        Some(backend) => (backend.clone(), None),
-        None => {
-            let server = stub::start(&StubArgs {
-                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-                latency_ms: 0,
-                chunk_delay_ms: 0,
-            })
-            .await?;
-            let backend = BackendConfig {
-                kind: BackendKind::Ollama,
-                url: server.url(),
-                api_key: None,
-                chat_model: "stub-chat".into(),
-                embed_model: "stub-embed".into(),
-                ollama_api: OllamaApi::Chat,
-                request_timeout_ms: 60_000,
-            };
-            (backend, Some(server))
-        }
-    };
-    let models = ModelClient::new(backend)?;
-    if stub.is_some() {
-        tracing::info!(
-            "model backend: the built-in STUB model server ({}); configure [model] or SPOOL_MODEL_URL for Ollama/OpenAI",
-            models.describe()
-        );
-    } else {
-        tracing::info!("model backend: {}", models.describe());
-    }
+    let (models, stub) = model_backend(&config).await?;
 
     let gateway = Arc::new(Gateway::new(
         models.clone(),
@@ -100,52 +60,18 @@ pub async fn start(config: Config) -> Result<Running> {
 
     let runtime = Arc::new(Runtime::new(config.sandbox.limits())?);
     let registry = Arc::new(Registry::new(runtime.clone()));
-    let handlers = Arc::new(Handlers::new(
+    let handlers = load_handlers(
+        &config,
         runtime.clone(),
         registry.clone(),
-        redis.clone(),
-        instance.clone(),
-        handler_settings(&config),
-        BUILT_IN,
-    ));
-    let mut handler_names: Vec<String> =
-        BUILT_IN.iter().map(|(name, _)| name.to_string()).collect();
-    handler_names.extend(config.handlers.keys().chain(config.watch.keys()).cloned());
-    handler_names.extend(
-        handlers
-            .store()
-            .active_all()
-            .await
-            .context("reading the handler registry")?
-            .0
-            .into_keys(),
-    );
-    config.validate(&handler_names)?;
-    handlers.bootstrap(&config).await?;
+        &redis,
+        &instance,
+    )
+    .await?;
 
     let queue = Queue::new(redis.clone());
     let sessions = spool_core::store::Store::new(redis.clone(), config.sessions.clone());
-    let routes: BTreeMap<String, Route> = config
-        .queues
-        .iter()
-        .map(|(name, q)| {
-            (
-                name.clone(),
-                Route {
-                    keys: QueueKeys::new(name),
-                    config: q.clone(),
-                },
-            )
-        })
-        .collect();
-    for route in routes.values() {
-        queue.ensure_groups(&route.keys).await.with_context(|| {
-            format!(
-                "creating the consumer groups of queue `{}`",
-                route.keys.name
-            )
-        })?;
-    }
+    let routes = open_queues(&config, &queue).await?;
     let intake = spool_core::intake::Intake {
         queue: queue.clone(),
         runtime: runtime.clone(),
@@ -249,6 +175,122 @@ pub async fn start(config: Config) -> Result<Running> {
         redis: embedded,
         drain_timeout,
     })
+}
+
+/// The Redis this instance uses: the configured one, or a redis-server of its
+/// own (then kept alive as long as the instance).
+async fn open_redis(
+    config: &Config,
+) -> Result<(redis::Client, ConnectionManager, Option<EmbeddedRedis>)> {
+    let (redis_url, embedded) = match &config.redis.url {
+        Some(url) => (url.clone(), None),
+        None => {
+            let server =
+                EmbeddedRedis::start(&config.redis.data_dir, config.redis.appendfsync).await?;
+            tracing::info!(dir = %config.redis.data_dir.display(), fsync = ?config.redis.appendfsync, "started embedded redis-server (AOF on)");
+            (server.url().to_owned(), Some(server))
+        }
+    };
+    let client = redis::Client::open(redis_url.as_str())
+        .with_context(|| format!("invalid Redis URL `{redis_url}`"))?;
+    let redis = connect(&client, &redis_url).await?;
+    Ok((client, redis, embedded))
+}
+
+/// The model backend: the configured server, or the built-in stub.
+async fn model_backend(config: &Config) -> Result<(ModelClient, Option<StubServer>)> {
+    let (backend, stub) = match &config.model {
+        Some(backend) => (backend.clone(), None),
+        None => {
+            let server = stub::start(&StubArgs {
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                latency_ms: 0,
+                chunk_delay_ms: 0,
+            })
+            .await?;
+            let backend = BackendConfig {
+                kind: BackendKind::Ollama,
+                url: server.url(),
+                api_key: None,
+                chat_model: "stub-chat".into(),
+                embed_model: "stub-embed".into(),
+                ollama_api: OllamaApi::Chat,
+                request_timeout_ms: 60_000,
+            };
+            (backend, Some(server))
+        }
+    };
+    let models = ModelClient::new(backend)?;
+    if stub.is_some() {
+        tracing::info!(
+            "model backend: the built-in STUB model server ({}); configure [model] or SPOOL_MODEL_URL for Ollama/OpenAI",
+            models.describe()
+        );
+    } else {
+        tracing::info!("model backend: {}", models.describe());
+    }
+    Ok((models, stub))
+}
+
+/// The handler registry, seeded and loaded: built-in and configured handlers,
+/// then every active or pinned version. Checks the config's queues against the
+/// handlers that exist.
+async fn load_handlers(
+    config: &Config,
+    runtime: Arc<Runtime>,
+    registry: Arc<Registry>,
+    redis: &ConnectionManager,
+    instance: &str,
+) -> Result<Arc<Handlers>> {
+    let handlers = Arc::new(Handlers::new(
+        runtime,
+        registry,
+        redis.clone(),
+        instance.to_owned(),
+        handler_settings(config),
+        BUILT_IN,
+    ));
+    let mut handler_names: Vec<String> =
+        BUILT_IN.iter().map(|(name, _)| name.to_string()).collect();
+    handler_names.extend(config.handlers.keys().chain(config.watch.keys()).cloned());
+    handler_names.extend(
+        handlers
+            .store()
+            .active_all()
+            .await
+            .context("reading the handler registry")?
+            .0
+            .into_keys(),
+    );
+    config.validate(&handler_names)?;
+    handlers.bootstrap(config).await?;
+    Ok(handlers)
+}
+
+/// Every configured queue with its keys, its consumer groups created.
+async fn open_queues(config: &Config, queue: &Queue) -> Result<BTreeMap<String, Route>> {
+    let routes: BTreeMap<String, Route> = config
+        .queues
+        .iter()
+        .map(|(name, q)| {
+            (
+                name.clone(),
+                Route {
+                    keys: QueueKeys::new(name),
+                    config: q.clone(),
+                },
+            )
+        })
+        .collect();
+    for route in routes.values() {
+        queue.ensure_groups(&route.keys).await.with_context(|| {
+            format!(
+                "creating the consumer groups of queue `{}`",
+                route.keys.name
+            )
+        })?;
+    }
+    Ok(routes)
 }
 
 impl Running {

@@ -19,7 +19,10 @@ pub mod stub;
 /// Handler components built from `guest/` and embedded by `build.rs`; seeded
 /// into the Redis registry as each handler's first version when it has none.
 pub const BUILT_IN: &[(&str, &[u8])] = &[
-    ("chat", include_bytes!(concat!(env!("OUT_DIR"), "/chat.wasm"))),
+    (
+        "chat",
+        include_bytes!(concat!(env!("OUT_DIR"), "/chat.wasm")),
+    ),
     (
         "pipeline",
         include_bytes!(concat!(env!("OUT_DIR"), "/pipeline.wasm")),

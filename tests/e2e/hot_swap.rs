@@ -16,12 +16,12 @@ use serde_json::{Value, json};
 use crate::support::*;
 
 const ECHO_V1: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/echo_v1.wasm"));
-const ECHO_V2: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/echo_v2.wasm"));
+pub const ECHO_V2: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/echo_v2.wasm"));
 const ECHO_TRAP: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/echo_trap.wasm"));
 const WAIT: Duration = Duration::from_secs(60);
 
 fn version(bytes: &[u8]) -> String {
-    spool::runtime::content_version(bytes)
+    spool_runtime::content_version(bytes)
 }
 
 /// Fixture files, a shared compiled cache, and the TOML that seeds `echo` v1

@@ -3,11 +3,13 @@
 
 mod support;
 
+mod contract;
 mod foundation;
 mod guest_cli;
 mod guests;
 mod hot_swap;
 mod limits;
+mod model_clients;
 mod reliability;
 mod sandbox;
 mod sessions;

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use super::*;
-use crate::stub::{self, Fault, StubArgs, StubServer};
+use spool::stub::{self, Fault, StubArgs, StubServer};
+use spool_core::models::*;
 
 async fn stub_server() -> StubServer {
     stub::start(&StubArgs::ephemeral())

@@ -47,7 +47,7 @@ const ADVERSARIES: &[(&str, &str, &str)] = &[
     ("model_calls", "call_cap_exceeded", "cap of 20 model calls"),
 ];
 
-fn adversary_config() -> String {
+pub fn adversary_config() -> String {
     format!(
         r#"
 [handlers.adversary]
@@ -71,7 +71,7 @@ max_output_bytes = 1048576
     )
 }
 
-async fn submit_evil(api: &Api, host: &Host, mode: &str) -> String {
+pub async fn submit_evil(api: &Api, host: &Host, mode: &str) -> String {
     let (status, reply) = api
         .post(
             &host.url("/api/queues/evil/jobs"),

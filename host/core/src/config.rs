@@ -94,7 +94,9 @@ impl std::str::FromStr for Fsync {
         match text {
             "everysec" => Ok(Fsync::Everysec),
             "always" => Ok(Fsync::Always),
-            other => Err(format!("`{other}` is not an fsync policy: use everysec or always")),
+            other => Err(format!(
+                "`{other}` is not an fsync policy: use everysec or always"
+            )),
         }
     }
 }
@@ -369,7 +371,7 @@ mod tests {
     /// and say exactly what the defaults are.
     #[test]
     fn the_readme_configuration_block_is_the_defaults() {
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../../../README.md");
         let section = &readme[readme.find("## Configuration").expect("section")..];
         let start = section.find("```toml\n").expect("toml block") + "```toml\n".len();
         let block = &section[start..start + section[start..].find("```").expect("block end")];

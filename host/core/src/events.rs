@@ -19,7 +19,6 @@ use spool_runtime::event_type::MAX_STREAM_EVENTS;
 
 use crate::queue::{events_key, job_key, now_ms};
 
-
 #[derive(Clone, Debug, Serialize)]
 pub struct Event {
     /// The stream entry id; pass it back as `last_id` / `Last-Event-ID` to resume.

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use crate::queue::{BoundMessage, NewJob, Queue, SubmitError, class_name};
 use crate::registry::Registry;
-use spool_runtime::{Job, Runtime};
 use crate::worker::Route;
+use spool_runtime::{Job, Runtime};
 
 /// The fields the host itself reads from a submission; the handler reads the
 /// payload.

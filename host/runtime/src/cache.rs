@@ -105,10 +105,10 @@ impl CompiledCache {
             ms = started.elapsed().as_millis() as u64,
             "compiled component (cache miss)"
         );
-        if let Some(path) = path {
-            if let Err(error) = store(&component, &path) {
-                tracing::warn!(path = %path.display(), error = %format!("{error:#}"), "could not write the compiled-component cache");
-            }
+        if let Some(path) = path
+            && let Err(error) = store(&component, &path)
+        {
+            tracing::warn!(path = %path.display(), error = %format!("{error:#}"), "could not write the compiled-component cache");
         }
         Ok((component, Source::Compiled))
     }

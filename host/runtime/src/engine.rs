@@ -20,9 +20,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 pub use imports::chat_request;
 use output::BoundedOutput;
-pub use sandbox::{
-    CallCap, CallLimits, GuestFailure, HandlerLimits, Limits, panic_message,
-};
+pub use sandbox::{CallCap, CallLimits, GuestFailure, HandlerLimits, Limits, panic_message};
 use sandbox::{FrozenClock, GuestLimiter};
 
 pub use bindings::spool::handler::logging::Level as LogLevel;

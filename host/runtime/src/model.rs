@@ -102,4 +102,3 @@ impl ModelError {
         !matches!(self, ModelError::Rejected { .. })
     }
 }
-

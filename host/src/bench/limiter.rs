@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
-use spool_core::limiter::{Limiter, LimitsConfig, Scope};
 use spool_core::config::Fsync;
 use spool_core::embedded_redis::EmbeddedRedis;
+use spool_core::limiter::{Limiter, LimitsConfig, Scope};
 use spool_core::models::{BackendConfig, BackendKind, OllamaApi};
 
 #[derive(clap::Args, Debug)]
@@ -38,8 +38,10 @@ pub struct LimiterBenchArgs {
 pub async fn run(args: LimiterBenchArgs) -> Result<()> {
     if args.checks == 0
         || args.callers == 0
-        || !(args.rate > 0.0)
-        || !(args.seconds > 0.0)
+        || args.rate.is_nan()
+        || args.rate <= 0.0
+        || args.seconds.is_nan()
+        || args.seconds <= 0.0
         || args.capacity < 1.0
     {
         bail!(

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use futures_util::future::BoxFuture;
 
+use crate::BUILT_IN;
 use spool_core::config::Config;
 use spool_core::models::{ChatReply, ChatRequest, ModelError};
-use crate::BUILT_IN;
 use spool_runtime::{Job, JobHost, Limits, Runtime};
 
 #[derive(clap::Args, Debug)]
@@ -155,8 +155,10 @@ impl JobHost for CannedHost {
 
 async fn whole_path(args: &BenchArgs) -> Result<()> {
     let data = std::env::temp_dir().join(format!("spool-bench-{}", std::process::id()));
-    let mut config = Config::default();
-    config.listen = "127.0.0.1:0".parse()?;
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse()?,
+        ..Config::default()
+    };
     config.redis.data_dir = data.clone();
     config.workers.concurrency = args.concurrency;
     // This bench measures the job path, not the pacing (see `spool bench-limiter`).

@@ -21,7 +21,6 @@ use spool_core::events::{self, Event, JobEvents};
 use spool_core::follow::{Follower, Source, Step};
 use spool_core::queue::now_ms;
 
-
 #[derive(Deserialize)]
 pub struct StreamQuery {
     last_id: Option<String>,

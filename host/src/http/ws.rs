@@ -80,7 +80,10 @@ async fn handle_frame(
             let submission = match queue {
                 None => chat_submission(body).map(|s| (CHAT_QUEUE.to_owned(), s)),
                 Some(Value::String(queue)) => generic_submission(body).map(|s| (queue, s)),
-                Some(_) => Err(ApiError::invalid("invalid_field", "`queue` must be a string")),
+                Some(_) => Err(ApiError::invalid(
+                    "invalid_field",
+                    "`queue` must be a string",
+                )),
             };
             let accepted = match submission {
                 Ok((queue, submission)) => submit(state, &queue, submission).await,
@@ -121,13 +124,14 @@ async fn follow(state: Arc<AppState>, job: String, after: String, outbox: mpsc::
         queue: state.queue.clone(),
         job_id: job.clone(),
     };
-    let mut follower = match Follower::open(&state.redis, source, after, state.quiet_interval()).await {
-        Ok(follower) => follower,
-        Err(error) => {
-            let _ = outbox.send(error_frame(&error.into())).await;
-            return;
-        }
-    };
+    let mut follower =
+        match Follower::open(&state.redis, source, after, state.quiet_interval()).await {
+            Ok(follower) => follower,
+            Err(error) => {
+                let _ = outbox.send(error_frame(&error.into())).await;
+                return;
+            }
+        };
     while let Some(step) = follower.next().await {
         let frame = match step {
             Step::Entry(event) => json!({

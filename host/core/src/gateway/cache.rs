@@ -87,7 +87,7 @@ fn encode(vector: &[f32]) -> Vec<u8> {
 
 /// `None` for bytes that are not a whole number of f32s (a foreign value).
 fn decode(bytes: &[u8]) -> Option<Vec<f32>> {
-    if bytes.is_empty() || bytes.len() % 4 != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(4) {
         return None;
     }
     Some(

@@ -26,10 +26,10 @@ use wasmtime::component::Component;
 use crate::config::Config;
 use crate::queue::now_ms;
 use crate::registry::Registry;
-use spool_runtime::{HandlerComponent, Runtime};
 use spool_runtime::cache::{CompiledCache, Source};
-use store::{Activated, ActivationRequest, HandlerStore, VersionMeta};
 use spool_runtime::validate::{self, Contract, Rejection};
+use spool_runtime::{HandlerComponent, Runtime};
+use store::{Activated, ActivationRequest, HandlerStore, VersionMeta};
 
 /// A version that failed to load on this instance (Redis away, a compile
 /// error) is tried again after this long.

@@ -134,7 +134,7 @@ pub(super) fn chunked_response(body: &str, cuts: &[usize]) -> reqwest::Response 
         start = cut;
     }
     let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
-    reqwest::Response::from(axum::http::Response::new(body))
+    reqwest::Response::from(http::Response::new(body))
 }
 
 #[cfg(test)]

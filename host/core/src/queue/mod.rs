@@ -136,7 +136,7 @@ pub enum SubmitError {
 
 /// What a worker got from [`Queue::claim`].
 pub enum Claim {
-    Job(ClaimedJob),
+    Job(Box<ClaimedJob>),
     Paused,
     /// Nothing to do; `next_retry_ms` is when the earliest delayed retry is due.
     Idle {
@@ -252,9 +252,7 @@ impl Settlement {
             matches!(outcome, Outcome::Completed { .. }),
             &record.handler_version,
         ) {
-            settlement
-                .fields
-                .push(("handler_version", version.clone()));
+            settlement.fields.push(("handler_version", version.clone()));
         }
         settlement
     }
@@ -813,11 +811,11 @@ fn parse_claim(reply: Vec<Value>) -> redis::RedisResult<Claim> {
                 .map(|p| (text(&p[0]), text(&p[1])))
                 .collect();
             let record = JobRecord::from_fields(fields).ok_or_else(malformed)?;
-            Ok(Claim::Job(ClaimedJob {
+            Ok(Claim::Job(Box::new(ClaimedJob {
                 class,
                 entry_id,
                 record,
-            }))
+            })))
         }
         _ => Err(malformed()),
     }

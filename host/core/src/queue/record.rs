@@ -99,12 +99,12 @@ impl JobRecord {
             user_id: take("user_id").unwrap_or_default(),
             user_tier: take("user_tier").unwrap_or_default(),
             payload: take("payload").unwrap_or_else(|| "{}".into()),
-            message: take("message_session")
-                .zip(take("message_id"))
-                .map(|(session_id, message_id)| BoundMessage {
+            message: take("message_session").zip(take("message_id")).map(
+                |(session_id, message_id)| BoundMessage {
                     session_id,
                     message_id,
-                }),
+                },
+            ),
             handler: take("handler").unwrap_or_default(),
             handler_version: take("handler_version"),
             worker: take("worker"),

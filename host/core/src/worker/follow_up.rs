@@ -104,7 +104,9 @@ pub async fn queue_all(
 
 async fn announce(redis: &mut ConnectionManager, job_id: &str, follow_up: &str, queue: &str) {
     let data = json!({ "jobId": follow_up, "queue": queue }).to_string();
-    if let Err(error) = events::append(redis, job_id, EventType::FollowUpQueued.as_str(), &data).await {
+    if let Err(error) =
+        events::append(redis, job_id, EventType::FollowUpQueued.as_str(), &data).await
+    {
         tracing::warn!(job = %job_id, %error, "could not publish follow_up_queued");
     }
 }

@@ -17,8 +17,8 @@ use crate::events;
 use crate::gateway::{CallContext, Gateway};
 use crate::models::{ChatReply, ChatRequest, ModelError};
 use crate::queue::job_state_key;
-use spool_runtime::{ContentBlock, EventType, JobHost, TaskUpdate};
 use crate::store::{BoundMessage, Store};
+use spool_runtime::{ContentBlock, EventType, JobHost, TaskUpdate};
 
 /// What a running `handle` reaches outside its sandbox.
 pub(super) struct WorkerHost {
@@ -77,7 +77,8 @@ impl JobHost for WorkerHost {
                     }
                     let data = serde_json::json!({ "text": text }).to_string();
                     if let Err(error) =
-                        events::append(&mut redis, &job_id, EventType::TextDelta.as_str(), &data).await
+                        events::append(&mut redis, &job_id, EventType::TextDelta.as_str(), &data)
+                            .await
                     {
                         tracing::warn!(job = %job_id, %error, "could not publish text_delta");
                     }

@@ -13,12 +13,12 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::QueueConfig;
-use spool_runtime::content::blocks_to_json;
 use crate::gateway::Gateway;
 use crate::intake::Intake;
 use crate::queue::{Claim, ClaimedJob, Heartbeat, Outcome, QueueKeys, Retention, now_ms};
-use spool_runtime::{FailureKind, HandlerComponent, Job, JobError};
 use crate::store::{self, BoundMessage, JobEnd, Store};
+use spool_runtime::content::blocks_to_json;
+use spool_runtime::{FailureKind, HandlerComponent, Job, JobError};
 
 mod follow_up;
 mod host;
@@ -68,7 +68,7 @@ impl Workers {
                 match self.intake.queue.claim(&route.keys, &consumer).await {
                     Ok(Claim::Job(job)) => {
                         redis_down_since = None;
-                        self.run_job(job, route, &consumer).await;
+                        self.run_job(*job, route, &consumer).await;
                         worked = true;
                         break;
                     }
@@ -105,7 +105,7 @@ impl Workers {
 
     async fn run_job(&self, claimed: ClaimedJob, route: &Route, consumer: &str) {
         let record = &claimed.record;
-        let message = store::bound_message(&self.sessions, &record).await;
+        let message = store::bound_message(&self.sessions, record).await;
         let (attempt, ran_on) = if record.attempts > route.config.max_attempts {
             // Only a job whose workers kept vanishing mid-run gets here.
             let error = format!("abandoned by its worker {} times", record.attempts - 1);

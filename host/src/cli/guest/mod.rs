@@ -14,8 +14,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 
 use spool_core::config::SandboxConfig;
-use spool_runtime::guest_test::{Fixture, HookName, ScriptedReply};
 use spool_runtime::Runtime;
+use spool_runtime::guest_test::{Fixture, HookName, ScriptedReply};
 
 #[derive(Args)]
 pub struct GuestArgs {
