@@ -3,7 +3,8 @@
 //! report as JSON; `new` scaffolds a handler crate that builds and passes its
 //! test out of the box.
 //!
-//! A thin CLI: the engine is [`spool_runtime::guest_test`], the template is in
+//! A thin CLI: the engine is [`spool_runtime::guest_test`], the formats are
+//! `spool_fixture`'s, the template is in
 //! [`scaffold`]. Touches only the files it is pointed at.
 
 mod scaffold;
@@ -14,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 
 use spool_core::config::SandboxConfig;
-use spool_runtime::guest_test::{Fixture, HookName, ScriptedReply};
+use spool_fixture::{Fixture, HookName, ScriptedReply};
 use spool_runtime::Runtime;
 
 #[derive(Args)]
