@@ -21,7 +21,7 @@ const ECHO_TRAP: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/echo_trap.was
 const WAIT: Duration = Duration::from_secs(60);
 
 fn version(bytes: &[u8]) -> String {
-    spool::runtime::content_version(bytes)
+    spool_runtime::content_version(bytes)
 }
 
 /// Fixture files, a shared compiled cache, and the TOML that seeds `echo` v1

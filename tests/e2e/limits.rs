@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use spool::gateway::{CallContext, Gateway};
-use spool::limiter::{LimitsConfig, UserLimit};
-use spool::models::{
+use spool::stub::{Fault, StubServer};
+use spool_core::gateway::{CallContext, Gateway};
+use spool_core::limiter::{LimitsConfig, UserLimit};
+use spool_core::models::{
     BackendConfig, BackendKind, ChatMessage, ChatRequest, ModelClient, ModelError, OllamaApi, Role,
 };
-use spool::stub::{Fault, StubServer};
 
 use crate::support::*;
 
@@ -104,7 +104,7 @@ async fn three_hosts_share_one_limit_and_200_jobs_take_the_ideal_time() {
     let (strict_excess, ..) = worst_window_excess(&times, rate, capacity, 0.0);
     let ideal = (jobs as f64 - capacity) / rate;
     let span = times[times.len() - 1] - times[0];
-    let one_second = spool::limiter::bench::max_in_window(&times, 1.0);
+    let one_second = spool::bench::limiter::max_in_window(&times, 1.0);
     println!(
         "200 jobs, 3 hosts: run {run:.3} s (ideal {ideal:.3} s, ratio {:.4}); calls span {span:.3} s; \
          observed rate {:.3}/s; most calls in 1 s: {one_second}; tightest window: {calls} calls in {width:.3} s; \

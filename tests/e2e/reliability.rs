@@ -577,8 +577,8 @@ async fn while_redis_is_down_the_api_answers_503_and_the_host_resumes_when_it_is
 /// a second submission under a taken id is refused and writes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_id_is_queued_once_however_often_it_is_submitted() {
-    use spool::queue::{NewJob, Queue, QueueKeys, SubmitError};
-    use spool::runtime::PriorityClass;
+    use spool_core::queue::{NewJob, Queue, QueueKeys, SubmitError};
+    use spool_runtime::PriorityClass;
 
     let redis = Redis::start();
     let connection = redis::Client::open(redis.url())
@@ -598,6 +598,7 @@ async fn a_job_id_is_queued_once_however_often_it_is_submitted() {
         user_id: "u",
         user_tier: "",
         payload,
+        message: None,
         handler: "pipeline",
         max_waiting: 100,
     };

@@ -636,9 +636,9 @@ async fn ttls_and_the_event_cap_hold_with_shortened_values() {
         .get_connection_manager()
         .await
         .expect("redis");
-    let store = spool::store::Store::new(
+    let store = spool_core::store::Store::new(
         manager,
-        spool::store::SessionsConfig {
+        spool_core::store::SessionsConfig {
             message_ttl_secs: 1,
             content_ttl_secs: 3,
             max_events: 20,
@@ -819,7 +819,8 @@ async fn a_quiet_message_stream_gets_ping_heartbeats_and_ends_at_message_end() {
         .get_connection_manager()
         .await
         .expect("redis");
-    let store = spool::store::Store::new(manager, spool::store::SessionsConfig::default());
+    let store =
+        spool_core::store::Store::new(manager, spool_core::store::SessionsConfig::default());
     let mid = store
         .create_message(&sid, "assistant", None)
         .await
