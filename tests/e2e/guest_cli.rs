@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use serde_json::{Value, json};
 
 use crate::sandbox::adversary_wasm;
-use crate::support::SPOOL;
+use crate::support::{SPOOL, built_in};
 
 fn spool(args: &[&str], dir: &Path) -> Output {
     Command::new(SPOOL)
@@ -27,20 +27,16 @@ fn report(output: &Output) -> Value {
     })
 }
 
-fn built_in(dir: &Path, name: &str) -> PathBuf {
-    let (_, bytes) = spool::registry::BUILT_IN
-        .iter()
-        .find(|(n, _)| *n == name)
-        .expect("built in");
+fn write_built_in(dir: &Path, name: &str) -> PathBuf {
     let path = dir.join(format!("{name}.wasm"));
-    std::fs::write(&path, bytes).expect("write component");
+    std::fs::write(&path, built_in(name)).expect("write component");
     path
 }
 
 #[test]
 fn guest_test_runs_a_fixture_and_its_exit_code_says_pass_or_fail() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let chat = built_in(dir.path(), "chat");
+    let chat = write_built_in(dir.path(), "chat");
     let fixture = json!({
         "hook": "handle",
         "job": {"payload": {"prompt": "hello", "conversationHistory": [{"role": "user", "content": "hi"}]}},

@@ -4,7 +4,9 @@
 mod support;
 
 mod foundation;
+mod guest_chat;
 mod guest_cli;
+mod guest_pipeline;
 mod guests;
 mod hot_swap;
 mod limits;
