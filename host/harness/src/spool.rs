@@ -38,7 +38,11 @@ impl Limits {
 /// `$SPOOL_BIN`, else `spool` on the `PATH`.
 pub(crate) fn find() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("SPOOL_BIN").filter(|path| !path.is_empty()) {
-        return Ok(path.into());
+        let path = PathBuf::from(path);
+        if !path.is_file() {
+            bail!("SPOOL_BIN is {}, which is no file", path.display());
+        }
+        return Ok(path);
     }
     let exe = format!("spool{}", std::env::consts::EXE_SUFFIX);
     std::env::var_os("PATH")
@@ -48,7 +52,8 @@ pub(crate) fn find() -> Result<PathBuf> {
         .find(|path| path.is_file())
         .ok_or_else(|| {
             // This crate lives in host/harness of the checkout whose host it tests.
-            let host = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            let harness = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let host = harness.parent().unwrap_or(harness);
             anyhow!(
                 "no `spool` binary to run the component: install it with \
                  `cargo install --path {}`, or set SPOOL_BIN to one",
@@ -84,16 +89,22 @@ pub(crate) fn guest_test(
     let output = child
         .wait_with_output()
         .with_context(|| format!("waiting for {}", spool.display()))?;
-    match serde_json::from_slice(&output.stdout) {
-        Ok(report) => Ok(report),
-        Err(error) => bail!(
-            "`{} guest test {}` gave no report ({}; {error}): {}",
-            spool.display(),
-            component.display(),
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        ),
-    }
+    let why = match serde_json::from_slice(&output.stdout) {
+        Ok(report) => return Ok(report),
+        // Nothing on stdout: it could not run, and says why on stderr.
+        Err(_) if output.stdout.is_empty() => {
+            String::from_utf8_lossy(&output.stderr).trim().to_owned()
+        }
+        Err(error) => {
+            format!("its output is no report ({error}); is that `spool` older than this harness?")
+        }
+    };
+    bail!(
+        "`{} guest test {}` failed ({}): {why}",
+        spool.display(),
+        component.display(),
+        output.status
+    )
 }
 
 #[cfg(test)]
