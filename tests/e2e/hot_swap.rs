@@ -380,7 +380,7 @@ async fn bad_uploads_are_rejected_with_a_message_naming_the_problem_and_the_acti
         (instance $hooks
             (export "admit" (func $f)) (export "shape-prompt" (func $f))
             (export "parse-content" (func $f)) (export "handle" (func $f)))
-        (export "spool:handler/hooks@0.1.0" (instance $hooks)))"#);
+        (export "spool:handler/hooks@0.2.0" (instance $hooks)))"#);
     let foreign_import = wat(r#"(component (import "acme:db/query" (func)))"#);
     let cases: Vec<(&str, Vec<u8>, u16, &str, &[&str])> = vec![
         (
@@ -402,7 +402,7 @@ async fn bad_uploads_are_rejected_with_a_message_naming_the_problem_and_the_acti
             other_world,
             422,
             "wrong_world",
-            &["does not export `spool:handler/hooks@0.1.0`", "`hello`"],
+            &["does not export `spool:handler/hooks@0.2.0`", "`hello`"],
         ),
         (
             "wrong hook types",

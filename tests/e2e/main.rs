@@ -5,7 +5,9 @@ mod support;
 
 mod contract;
 mod foundation;
+mod guest_chat;
 mod guest_cli;
+mod guest_pipeline;
 mod guests;
 mod hot_swap;
 mod limits;

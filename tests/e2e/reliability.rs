@@ -598,6 +598,7 @@ async fn a_job_id_is_queued_once_however_often_it_is_submitted() {
         user_id: "u",
         user_tier: "",
         payload,
+        message: None,
         handler: "pipeline",
         max_waiting: 100,
     };

@@ -448,3 +448,19 @@ pub fn expected_chat_response(prompt: &str, history_len: usize) -> String {
         history_len + 2
     )
 }
+
+/// A built-in handler component (`spool::BUILT_IN`), by name.
+pub fn built_in(name: &str) -> &'static [u8] {
+    spool::BUILT_IN
+        .iter()
+        .find(|(built_in, _)| *built_in == name)
+        .map(|(_, bytes)| *bytes)
+        .unwrap_or_else(|| panic!("{name} is built in"))
+}
+
+/// A harness running a built-in handler with the `spool` binary under test.
+pub fn built_in_harness(name: &str) -> spool_harness::Harness {
+    spool_harness::Harness::from_bytes(name, built_in(name))
+        .expect("the component is written")
+        .spool_bin(SPOOL)
+}

@@ -16,66 +16,105 @@
 //! assert_eq!(run.result()["response"], "Hello!");
 //! ```
 //!
-//! A thin, synchronous front over `spool::guest_test`, the engine that
-//! `spool guest test` runs too, so a fixture behaves the same in both.
+//! A thin, synchronous driver of `spool guest test`: each run hands the
+//! fixture to that command on stdin and reads its JSON report, so a fixture
+//! behaves the same in both, and a guest crate's tests compile none of the
+//! host. The `spool` binary is `$SPOOL_BIN`, else `spool` on the `PATH`
+//! (or the one given to [`Harness::spool_bin`]). This crate owns no sandbox
+//! and no format: the formats are `spool-fixture`'s.
 
+mod cargo;
+mod scratch;
+mod spool;
+
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
-use spool::guest_test::{Fixture, HistoryMessage, HookName, Report};
-use spool::runtime::{HandlerComponent, Limits, Runtime};
+use spool_fixture::{HistoryMessage, HookName};
 
-pub use spool::guest_test::{Expectations, ScriptedReply as Reply};
-pub use spool::models::Role;
+pub use cargo::build_component;
+pub use spool_fixture::{
+    self as fixture, Expectations, Fixture, Report, Role, ScriptedReply as Reply,
+};
 
-/// A loaded component and the sandbox it runs in.
+use scratch::Scratch;
+use spool::Limits;
+
+/// A component to run and the `spool` that runs it.
 pub struct Harness {
-    executor: tokio::runtime::Runtime,
-    runtime: Runtime,
-    handler: HandlerComponent,
+    component: PathBuf,
+    spool: Option<PathBuf>,
+    limits: Limits,
+    /// Where [`Harness::from_bytes`] wrote the component; removed on drop.
+    _scratch: Option<Scratch>,
 }
 
 impl Harness {
-    /// Loads a component from a `.wasm` file with the host's default limits.
-    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let bytes =
-            std::fs::read(path).with_context(|| format!("reading component {}", path.display()))?;
-        let name = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or("handler")
-            .to_owned();
-        Self::from_bytes(&name, &bytes)
-    }
-
-    /// Loads a component from its bytes with the host's default limits.
-    pub fn from_bytes(name: &str, bytes: &[u8]) -> Result<Self> {
-        Self::with_limits(name, bytes, default_limits())
-    }
-
-    /// Loads a component under the given limits (e.g. a short deadline).
-    pub fn with_limits(name: &str, bytes: &[u8], limits: Limits) -> Result<Self> {
-        let executor = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .context("starting the async runtime")?;
-        let runtime = Runtime::new(limits)?;
-        let handler = runtime.load(name, bytes)?;
-        Ok(Self {
-            executor,
-            runtime,
-            handler,
-        })
-    }
-
-    /// Builds the handler crate at `crate_dir` for wasm32-wasip2 (release) and
-    /// loads the component. Meant for a crate's own tests:
+    /// Builds the handler crate at `crate_dir` for wasm32-wasip2 (release)
+    /// and runs that component. Meant for a crate's own tests:
     /// `Harness::build(env!("CARGO_MANIFEST_DIR"))`.
     pub fn build(crate_dir: impl AsRef<Path>) -> Result<Self> {
         Self::load(build_component(crate_dir.as_ref())?)
+    }
+
+    /// Runs the component in a `.wasm` file (read again by every run, so a
+    /// rebuilt component is picked up).
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        if !path.is_file() {
+            bail!("no component at {}", path.display());
+        }
+        let component =
+            std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))?;
+        Ok(Self {
+            component,
+            spool: None,
+            limits: Limits::default(),
+            _scratch: None,
+        })
+    }
+
+    /// Runs a component given as bytes, written to a private temporary
+    /// directory for as long as the harness lives. `name` names the handler.
+    pub fn from_bytes(name: &str, bytes: &[u8]) -> Result<Self> {
+        let scratch = Scratch::new()?;
+        let component = scratch.write(&format!("{}.wasm", file_name(name)), bytes)?;
+        Ok(Self {
+            _scratch: Some(scratch),
+            ..Self::load(component)?
+        })
+    }
+
+    /// Runs components with this `spool` binary instead of `$SPOOL_BIN` or
+    /// the one on the `PATH`.
+    pub fn spool_bin(mut self, path: impl Into<PathBuf>) -> Self {
+        self.spool = Some(path.into());
+        self
+    }
+
+    /// Wall-clock limit of each call (`--deadline-ms`) [default: the host's, 120 s].
+    pub fn deadline_ms(mut self, ms: u64) -> Self {
+        self.limits.deadline_ms = Some(ms);
+        self
+    }
+
+    /// Memory cap of the guest in MiB (`--memory-mb`) [default: the host's, 64].
+    pub fn memory_mb(mut self, mb: usize) -> Self {
+        self.limits.memory_mb = Some(mb);
+        self
+    }
+
+    /// Model calls a run may make (`--max-model-calls`) [default: the host's, 64].
+    pub fn max_model_calls(mut self, calls: u32) -> Self {
+        self.limits.max_model_calls = Some(calls);
+        self
+    }
+
+    /// The component every run loads.
+    pub fn component(&self) -> &Path {
+        &self.component
     }
 
     /// A job with this payload and default everything else (priority 5,
@@ -107,13 +146,21 @@ impl Harness {
         self.run(job.hook(HookName::Handle))
     }
 
-    /// Runs a fixture as `spool guest test` would.
+    /// Runs a fixture as `spool guest test` would; panics when `spool` could
+    /// not run it (no binary, an unloadable component), which is what a test
+    /// wants.
     pub fn run_fixture(&self, fixture: &Fixture) -> Run {
-        Run(self.executor.block_on(spool::guest_test::run(
-            &self.runtime,
-            &self.handler,
-            fixture,
-        )))
+        self.try_run_fixture(fixture)
+            .unwrap_or_else(|error| panic!("spool-harness: {error:#}"))
+    }
+
+    /// Runs a fixture as `spool guest test` would.
+    pub fn try_run_fixture(&self, fixture: &Fixture) -> Result<Run> {
+        let spool = match &self.spool {
+            Some(path) => path.clone(),
+            None => spool::find()?,
+        };
+        spool::guest_test(&spool, &self.component, &self.limits, fixture).map(Run)
     }
 
     fn run(&self, job: Job) -> Run {
@@ -121,11 +168,22 @@ impl Harness {
     }
 }
 
-/// The limits of a `spool serve` with no configuration, on a small pool.
-pub fn default_limits() -> Limits {
-    Limits {
-        max_instances: 4,
-        ..spool::config::SandboxConfig::default().limits()
+/// `name` as a file name of its own: it only names the handler.
+fn file_name(name: &str) -> String {
+    let name: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.is_empty() {
+        "handler".to_owned()
+    } else {
+        name
     }
 }
 
@@ -250,7 +308,10 @@ impl Run {
         let decision = self.expect_path(&["ok"]);
         (
             decision["class"].as_str().unwrap_or_default().to_owned(),
-            decision["score"].as_u64().unwrap_or(0) as u8,
+            decision["score"]
+                .as_u64()
+                .and_then(|score| u8::try_from(score).ok())
+                .unwrap_or(0),
         )
     }
 
@@ -296,7 +357,7 @@ impl Run {
         &self.0.logs
     }
 
-    pub fn state(&self) -> &std::collections::BTreeMap<String, String> {
+    pub fn state(&self) -> &BTreeMap<String, String> {
         &self.0.state
     }
 
@@ -305,40 +366,4 @@ impl Run {
     pub fn follow_ups(&self) -> &[Value] {
         &self.0.follow_ups
     }
-}
-
-/// Runs `cargo build --release --target wasm32-wasip2` in `crate_dir` and
-/// returns the component's path. The target dir is `$CARGO_TARGET_DIR` or
-/// the crate's own `target/`.
-pub fn build_component(crate_dir: &Path) -> Result<PathBuf> {
-    let manifest = std::fs::read_to_string(crate_dir.join("Cargo.toml"))
-        .with_context(|| format!("reading {}/Cargo.toml", crate_dir.display()))?;
-    let manifest: toml::Table = manifest.parse().context("Cargo.toml is not valid TOML")?;
-    let Some(name) = manifest
-        .get("package")
-        .and_then(|p| p.get("name"))
-        .and_then(|n| n.as_str())
-    else {
-        bail!("{}/Cargo.toml has no package name", crate_dir.display());
-    };
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate_dir.join("target"));
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(crate_dir)
-        .args(["build", "--release", "--target", "wasm32-wasip2"])
-        .env("CARGO_TARGET_DIR", &target_dir)
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("RUSTFLAGS")
-        .status()
-        .context("running cargo")?;
-    if !status.success() {
-        bail!(
-            "building the component failed (is the target installed? `rustup target add wasm32-wasip2`)"
-        );
-    }
-    Ok(target_dir
-        .join("wasm32-wasip2/release")
-        .join(format!("{}.wasm", name.replace('-', "_"))))
 }

@@ -14,9 +14,9 @@ use wasmtime::component::{Component, Type};
 use crate::{HandlerComponent, Job, Runtime};
 
 /// The world every handler implements (wit/world.wit).
-pub const WORLD: &str = "spool:handler/handler@0.1.0";
+pub const WORLD: &str = "spool:handler/handler@0.2.0";
 /// The interface the host calls into.
-pub const HOOKS_EXPORT: &str = "spool:handler/hooks@0.1.0";
+pub const HOOKS_EXPORT: &str = "spool:handler/hooks@0.2.0";
 const HOOKS: [&str; 4] = ["admit", "shape-prompt", "parse-content", "handle"];
 /// Interfaces the host provides besides WASI.
 const PROVIDED_PREFIXES: [&str; 2] = ["spool:handler/", "wasi:"];

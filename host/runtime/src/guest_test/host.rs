@@ -7,114 +7,29 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use spool_fixture::{ScriptedError, ScriptedReply};
 
 use crate::model::{ChatReply, ChatRequest, ModelError};
 use crate::{JobHost, LogLevel};
 
-/// One scripted answer to a model call.
-///
-/// ```json
-/// {"text": "Hello!"}
-/// {"text": "Hi", "model": "qwen3", "promptTokens": 12, "completionTokens": 3}
-/// {"embeddings": [[0.1, 0.2], [0.3, 0.4]]}
-/// {"error": "rate_limited", "retryAfterMs": 2000}
-/// {"error": "unavailable", "message": "502 Bad Gateway"}
-/// {"error": "rejected", "status": 400, "message": "unknown model"}
-/// ```
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum ScriptedReply {
-    Error(ScriptedError),
-    Embeddings { embeddings: Vec<Vec<f32>> },
-    Text(ScriptedText),
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ScriptedText {
-    pub text: String,
-    #[serde(default)]
-    pub model: Option<String>,
-    #[serde(default)]
-    pub prompt_tokens: Option<u32>,
-    #[serde(default)]
-    pub completion_tokens: Option<u32>,
-    #[serde(default)]
-    pub finish_reason: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "error", rename_all = "snake_case")]
-pub enum ScriptedError {
-    /// A 429 (or 403) that the host's retries could not get past.
-    #[serde(rename_all = "camelCase")]
-    RateLimited {
-        #[serde(default)]
-        retry_after_ms: Option<u64>,
-    },
-    Unavailable {
-        #[serde(default)]
-        message: String,
-    },
-    Rejected {
-        #[serde(default = "bad_request")]
-        status: u16,
-        #[serde(default)]
-        message: String,
-    },
-}
-
-fn bad_request() -> u16 {
-    400
-}
-
-impl ScriptedReply {
-    pub fn text(text: impl Into<String>) -> Self {
-        Self::Text(ScriptedText {
-            text: text.into(),
-            model: None,
-            prompt_tokens: None,
-            completion_tokens: None,
-            finish_reason: None,
-        })
-    }
-
-    pub fn rate_limited(retry_after_ms: Option<u64>) -> Self {
-        Self::Error(ScriptedError::RateLimited { retry_after_ms })
-    }
-
-    pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::Error(ScriptedError::Unavailable {
-            message: message.into(),
-        })
-    }
-
-    pub fn rejected(status: u16, message: impl Into<String>) -> Self {
-        Self::Error(ScriptedError::Rejected {
-            status,
-            message: message.into(),
-        })
-    }
-
-    fn as_error(&self) -> Option<ModelError> {
-        let Self::Error(error) = self else {
-            return None;
-        };
-        Some(match error {
-            ScriptedError::RateLimited { retry_after_ms } => ModelError::RateLimited {
-                status: 429,
-                retry_after: retry_after_ms.map(Duration::from_millis),
-                message: "rate limited (scripted)".into(),
-            },
-            ScriptedError::Unavailable { message } => ModelError::Unavailable(message.clone()),
-            ScriptedError::Rejected { status, message } => ModelError::Rejected {
-                status: *status,
-                message: message.clone(),
-            },
-        })
-    }
+/// The model error a scripted reply stands for, if it is one.
+fn model_error(reply: &ScriptedReply) -> Option<ModelError> {
+    let ScriptedReply::Error(error) = reply else {
+        return None;
+    };
+    Some(match error {
+        ScriptedError::RateLimited { retry_after_ms } => ModelError::RateLimited {
+            status: 429,
+            retry_after: retry_after_ms.map(Duration::from_millis),
+            message: "rate limited (scripted)".into(),
+        },
+        ScriptedError::Unavailable { message } => ModelError::Unavailable(message.clone()),
+        ScriptedError::Rejected { status, message } => ModelError::Rejected {
+            status: *status,
+            message: message.clone(),
+        },
+    })
 }
 
 /// What the guest did, collected by the host.
@@ -190,7 +105,7 @@ impl JobHost for ScriptedHost {
                 .model_requests
                 .push(json!({"kind": "chat", "request": request}));
             let reply = self.next_reply().ok_or_else(no_reply_left)?;
-            if let Some(error) = reply.as_error() {
+            if let Some(error) = model_error(&reply) {
                 return Err(error);
             }
             let ScriptedReply::Text(text) = reply else {
@@ -222,7 +137,7 @@ impl JobHost for ScriptedHost {
                 .model_requests
                 .push(json!({"kind": "embed", "model": model, "texts": texts}));
             let reply = self.next_reply().ok_or_else(no_reply_left)?;
-            if let Some(error) = reply.as_error() {
+            if let Some(error) = model_error(&reply) {
                 return Err(error);
             }
             match reply {

@@ -5,150 +5,34 @@
 //! requests, its logs and output, and its state afterwards. Optional
 //! expectations in the fixture turn the report into a pass/fail verdict.
 //!
-//! The engine behind `spool guest test` and the `spool-harness` crate. Owns the
-//! fixture and report formats and the scripted [`JobHost`]; sandboxing is the
-//! runtime's, and nothing here touches Redis or the network.
+//! The engine behind `spool guest test` (which `spool-harness` drives). Owns
+//! the scripted [`JobHost`](crate::JobHost) and the mapping between fixtures
+//! and the runtime's types; the fixture and report formats are
+//! `spool-fixture`'s, sandboxing is the runtime's, and nothing here touches
+//! Redis or the network.
 
-mod expect;
 mod host;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use spool_fixture::{Failure, Fixture, HookName, Report};
 
 use crate::content::{block_to_json, blocks_to_json};
 use crate::{
     ChatMessage, HandlerComponent, Hook, HookReturn, Job, JobError, PriorityClass, Role, Runtime,
 };
-pub use expect::{Check, Expectations};
-pub use host::{ScriptedHost, ScriptedReply};
+pub use host::ScriptedHost;
 
-/// Which hook a fixture runs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HookName {
-    Admit,
-    ShapePrompt,
-    ParseContent,
-    #[default]
-    Handle,
-}
-
-/// The job as a fixture gives it; every field has a default.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
-pub struct JobFixture {
-    pub id: String,
-    pub queue: String,
-    pub user_id: String,
-    pub user_tier: String,
-    pub priority: u8,
-    /// The job body: any JSON value (passed to the guest as JSON text).
-    pub payload: Value,
-    pub attempt: u32,
-}
-
-impl Default for JobFixture {
-    fn default() -> Self {
-        Self {
-            id: "test-job".into(),
-            queue: "test".into(),
-            user_id: String::new(),
-            user_tier: String::new(),
-            priority: 5,
-            payload: json!({}),
-            attempt: 1,
-        }
-    }
-}
-
-/// One message of a conversation history, as clients send it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct HistoryMessage {
-    pub role: crate::model::Role,
-    pub content: String,
-}
-
-/// Everything one test run needs.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
-pub struct Fixture {
-    pub hook: HookName,
-    pub job: JobFixture,
-    /// For `shape_prompt`: the conversation so far, oldest first.
-    pub history: Vec<HistoryMessage>,
-    /// For `parse_content`: the model answer to split.
-    pub text: String,
-    /// Model replies (and errors), consumed in order by `chat` and `embed`.
-    pub replies: Vec<ScriptedReply>,
-    /// The job's state before the run.
-    pub state: BTreeMap<String, String>,
-    /// What must be true afterwards; absent: the hook must return normally.
-    pub expect: Option<Expectations>,
-}
-
-/// What a run did, as `spool guest test` prints it.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Report {
-    pub hook: HookName,
-    /// The hook's return value in the API's JSON shapes, `null` on a failure.
-    /// `handle`: `{"ok": {"result", "blocks"}}`, `{"retry": {"reason", "afterMs"}}`
-    /// or `{"reject": reason}`; `admit`: `{"ok": {"class", "score"}}` or
-    /// `{"refused": reason}`; `shape_prompt`: the model request;
-    /// `parse_content`: the blocks.
-    pub returned: Value,
-    /// How the call failed in the sandbox: `{"kind", "message"}`, else `null`.
-    pub failure: Option<Failure>,
-    /// Events in order: `task_progress`, `text_delta` and the guest's own.
-    pub events: Vec<Value>,
-    /// Model calls in order: `{"kind": "chat", "request": …}` or `{"kind": "embed", …}`.
-    pub model_requests: Vec<Value>,
-    /// `{"level", "message"}` for each `logging.log` call.
-    pub logs: Vec<Value>,
-    /// What the guest wrote to stdout/stderr (bounded).
-    pub output: String,
-    /// The job's state after the run.
-    pub state: BTreeMap<String, String>,
-    /// `{"id", "queue", "payload"}` for each follow-up job `handle` asked
-    /// for (recorded, not queued).
-    pub follow_ups: Vec<Value>,
-    /// Scripted replies the guest never asked for.
-    pub unused_replies: usize,
-    /// Each expectation and whether it held.
-    pub checks: Vec<Check>,
-    /// True when every expectation held (or, without any, the hook returned).
-    pub pass: bool,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Failure {
-    pub kind: String,
-    pub message: String,
-}
-
-impl Fixture {
-    fn job(&self) -> Job {
-        let payload = match &self.job.payload {
-            // A string payload is taken as the JSON text itself.
-            Value::String(text) => text.clone(),
-            other => other.to_string(),
-        };
-        Job {
-            id: self.job.id.clone(),
-            queue: self.job.queue.clone(),
-            user_id: self.job.user_id.clone(),
-            user_tier: self.job.user_tier.clone(),
-            priority: self.job.priority,
-            payload,
-            attempt: if self.hook == HookName::Admit {
-                0
-            } else {
-                self.job.attempt
-            },
-        }
+fn job_of(fixture: &Fixture) -> Job {
+    Job {
+        id: fixture.job.id.clone(),
+        queue: fixture.job.queue.clone(),
+        user_id: fixture.job.user_id.clone(),
+        user_tier: fixture.job.user_tier.clone(),
+        priority: fixture.job.priority,
+        payload: fixture.payload_text(),
+        attempt: fixture.attempt(),
     }
 }
 
@@ -159,7 +43,7 @@ pub async fn run(runtime: &Runtime, handler: &HandlerComponent, fixture: &Fixtur
         fixture.replies.clone(),
         fixture.state.clone(),
     ));
-    let job = fixture.job();
+    let job = job_of(fixture);
     let history: Vec<ChatMessage> = fixture
         .history
         .iter()
@@ -200,15 +84,7 @@ pub async fn run(runtime: &Runtime, handler: &HandlerComponent, fixture: &Fixtur
         checks: Vec::new(),
         pass: false,
     };
-    report.checks = match &fixture.expect {
-        Some(expectations) => expectations.check(&report),
-        None => vec![Check::new(
-            "the hook returned normally",
-            report.failure.is_none(),
-            report.failure.as_ref().map(|f| f.message.clone()),
-        )],
-    };
-    report.pass = report.checks.iter().all(|c| c.pass);
+    report.judge(fixture.expect.as_ref());
     report
 }
 
@@ -240,11 +116,11 @@ fn class_name(class: PriorityClass) -> &'static str {
     class.name()
 }
 
-fn wit_role(role: crate::model::Role) -> Role {
+fn wit_role(role: spool_fixture::Role) -> Role {
     match role {
-        crate::model::Role::System => Role::System,
-        crate::model::Role::User => Role::User,
-        crate::model::Role::Assistant => Role::Assistant,
-        crate::model::Role::Tool => Role::Tool,
+        spool_fixture::Role::System => Role::System,
+        spool_fixture::Role::User => Role::User,
+        spool_fixture::Role::Assistant => Role::Assistant,
+        spool_fixture::Role::Tool => Role::Tool,
     }
 }

@@ -3,19 +3,22 @@
 //! report as JSON; `new` scaffolds a handler crate that builds and passes its
 //! test out of the box.
 //!
-//! A thin CLI: the engine is [`spool_runtime::guest_test`], the template is in
-//! [`scaffold`]. Touches only the files it is pointed at.
+//! A thin CLI: the engine is [`spool_runtime::guest_test`], the fixture and
+//! report formats are `spool_fixture`'s (which `spool-harness` speaks over
+//! stdin and stdout), the template is in [`scaffold`]. Touches only the files
+//! it is pointed at.
 
 mod scaffold;
 
-use std::path::PathBuf;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 
 use spool_core::config::SandboxConfig;
+use spool_fixture::{Fixture, HookName, ScriptedReply};
 use spool_runtime::Runtime;
-use spool_runtime::guest_test::{Fixture, HookName, ScriptedReply};
 
 #[derive(Args)]
 pub struct GuestArgs {
@@ -26,8 +29,10 @@ pub struct GuestArgs {
 #[derive(Subcommand)]
 enum GuestCommand {
     /// Run a hook of a component against a fixture and print what it did as
-    /// JSON. Exit code 0: the fixture's expectations held (or, without any,
-    /// the hook returned normally); 1 otherwise.
+    /// JSON on stdout. Exit code 0: the fixture's expectations held (or,
+    /// without any, the hook returned normally); 1: a check did not hold (the
+    /// report says which), or the test could not run (an unreadable fixture
+    /// or component, say: then stdout is empty and stderr says why).
     Test(TestArgs),
     /// Create a new handler crate: all hooks implemented, one harness test,
     /// and a fixture for `spool guest test`.
@@ -38,7 +43,8 @@ enum GuestCommand {
 struct TestArgs {
     /// The handler component (.wasm), e.g. target/wasm32-wasip2/release/demo.wasm.
     component: PathBuf,
-    /// Fixture file (JSON): hook, job, history, text, replies, state, expect.
+    /// Fixture file (JSON): hook, job, history, text, replies, state, expect;
+    /// `-` reads it from stdin.
     #[arg(long)]
     fixture: Option<PathBuf>,
     /// Run this hook instead of the fixture's (admit, shape_prompt, parse_content, handle).
@@ -104,12 +110,7 @@ fn default_spool_path() -> PathBuf {
 
 async fn test(args: TestArgs) -> Result<()> {
     let mut fixture = match &args.fixture {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading fixture {}", path.display()))?;
-            serde_json::from_str::<Fixture>(&text)
-                .with_context(|| format!("fixture {} is not valid", path.display()))?
-        }
+        Some(path) => read_fixture(path)?,
         None => Fixture::default(),
     };
     if let Some(hook) = args.hook {
@@ -144,6 +145,7 @@ async fn test(args: TestArgs) -> Result<()> {
         .to_owned();
     let handler = runtime.load(&name, &bytes)?;
     let report = spool_runtime::guest_test::run(&runtime, &handler, &fixture).await;
+    // Printed whatever the verdict: the report is how a failure is explained.
     println!("{}", serde_json::to_string_pretty(&report)?);
     if !report.pass {
         let failed = report.checks.iter().filter(|c| !c.pass).count();
@@ -153,4 +155,20 @@ async fn test(args: TestArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The fixture at `path`, or on stdin for `-`.
+fn read_fixture(path: &Path) -> Result<Fixture> {
+    let (name, text) = if path == Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("reading the fixture from stdin")?;
+        ("on stdin".to_owned(), text)
+    } else {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading fixture {}", path.display()))?;
+        (path.display().to_string(), text)
+    };
+    serde_json::from_str(&text).with_context(|| format!("the fixture {name} is not valid"))
 }

@@ -115,7 +115,7 @@ fn pinned_lockfile(spool_path: &Path) -> Option<String> {
             let from_registry = entry.get("source").is_some();
             let is_harness_dep = matches!(
                 entry.get("name").and_then(|v| v.as_str()),
-                Some("spool" | "spool-harness")
+                Some("spool-harness" | "spool-fixture")
             );
             if (from_registry || is_harness_dep) && seen.insert(key) {
                 packages.push(entry.clone());

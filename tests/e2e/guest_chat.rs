@@ -1,16 +1,12 @@
 //! The built-in `chat` guest (guest/chat) tested through the harness: the
 //! compiled component in the production sandbox, with scripted model replies.
 
+use crate::support::built_in_harness;
 use serde_json::{Value, json};
-use spool::registry::BUILT_IN;
 use spool_harness::{Harness, Reply, Role};
 
 fn chat() -> Harness {
-    let (_, bytes) = BUILT_IN
-        .iter()
-        .find(|(name, _)| *name == "chat")
-        .expect("chat is built in");
-    Harness::from_bytes("chat", bytes).expect("chat loads")
+    built_in_harness("chat")
 }
 
 #[test]

@@ -2,16 +2,12 @@
 //! each stage one job, the next stage queued as a follow-up carrying what it
 //! needs, custom events, retries.
 
+use crate::support::built_in_harness;
 use serde_json::json;
-use spool::registry::BUILT_IN;
 use spool_harness::{Harness, Reply};
 
 fn pipeline() -> Harness {
-    let (_, bytes) = BUILT_IN
-        .iter()
-        .find(|(name, _)| *name == "pipeline")
-        .expect("pipeline is built in");
-    Harness::from_bytes("pipeline", bytes).expect("pipeline loads")
+    built_in_harness("pipeline")
 }
 
 #[test]
