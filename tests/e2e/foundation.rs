@@ -287,9 +287,10 @@ async fn bad_input_gets_a_json_4xx_naming_the_problem_and_the_host_keeps_serving
             api.post_raw(&chat, "{\"userId\": ").await,
         ),
         (
+            // The prompt is the chat handler's field: its admit refuses.
             "missing prompt",
             422,
-            "invalid_field",
+            "rejected_by_handler",
             "prompt",
             api.post(&chat, &json!({"userId": "u"})).await,
         ),
@@ -348,7 +349,7 @@ async fn bad_input_gets_a_json_4xx_naming_the_problem_and_the_host_keeps_serving
         (
             "bad history",
             422,
-            "invalid_field",
+            "rejected_by_handler",
             "",
             api.post(
                 &chat,

@@ -320,27 +320,3 @@ async fn unreachable_server_is_unavailable() {
         "{reply:?}"
     );
 }
-
-#[test]
-fn describe_and_endpoints() {
-    let ollama = client(BackendKind::Ollama, "http://127.0.0.1:11434/".into());
-    assert_eq!(
-        ollama.describe(),
-        "ollama at http://127.0.0.1:11434/ (chat model chat-m, embed model embed-m)"
-    );
-    assert_eq!(
-        ollama.endpoint("/api/chat"),
-        "http://127.0.0.1:11434/api/chat"
-    );
-    let openai = client(BackendKind::Openai, "https://api.example.com/v1".into());
-    assert_eq!(
-        openai.endpoint("/v1/embeddings"),
-        "https://api.example.com/v1/embeddings"
-    );
-    assert!(!openai.describe().contains("sk-test"));
-    let mut config = ollama.config().clone();
-    config.url = "ftp://x".into();
-    assert!(ModelClient::new(config.clone()).is_err());
-    config.url = "not a url".into();
-    assert!(ModelClient::new(config).is_err());
-}

@@ -218,3 +218,45 @@ async fn json_body<T: serde::de::DeserializeOwned>(
     let bytes = response.bytes().await.map_err(error::interrupted)?;
     serde_json::from_slice(&bytes).map_err(|e| error::bad_body(status, e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(kind: BackendKind, url: String) -> ModelClient {
+        ModelClient::new(BackendConfig {
+            kind,
+            url,
+            api_key: Some("sk-test".into()),
+            chat_model: "chat-m".into(),
+            embed_model: "embed-m".into(),
+            ollama_api: OllamaApi::Chat,
+            request_timeout_ms: 5_000,
+        })
+        .expect("client builds")
+    }
+
+    #[test]
+    fn describe_and_endpoints() {
+        let ollama = client(BackendKind::Ollama, "http://127.0.0.1:11434/".into());
+        assert_eq!(
+            ollama.describe(),
+            "ollama at http://127.0.0.1:11434/ (chat model chat-m, embed model embed-m)"
+        );
+        assert_eq!(
+            ollama.endpoint("/api/chat"),
+            "http://127.0.0.1:11434/api/chat"
+        );
+        let openai = client(BackendKind::Openai, "https://api.example.com/v1".into());
+        assert_eq!(
+            openai.endpoint("/v1/embeddings"),
+            "https://api.example.com/v1/embeddings"
+        );
+        assert!(!openai.describe().contains("sk-test"));
+        let mut config = ollama.config().clone();
+        config.url = "ftp://x".into();
+        assert!(ModelClient::new(config.clone()).is_err());
+        config.url = "not a url".into();
+        assert!(ModelClient::new(config).is_err());
+    }
+}
