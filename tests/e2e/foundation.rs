@@ -278,7 +278,9 @@ async fn bad_input_gets_a_json_4xx_naming_the_problem_and_the_host_keeps_serving
     );
     let api = Api::default();
     let chat = host.url("/api/chat");
-    let cases: Vec<(&str, u16, &str, &str, (u16, Value))> = vec![
+    // (case, status, error code, words the message mentions, the reply)
+    type Case<'a> = (&'a str, u16, &'a str, &'a str, (u16, Value));
+    let cases: Vec<Case> = vec![
         (
             "malformed JSON",
             400,

@@ -382,7 +382,9 @@ async fn bad_uploads_are_rejected_with_a_message_naming_the_problem_and_the_acti
             (export "parse-content" (func $f)) (export "handle" (func $f)))
         (export "spool:handler/hooks@0.2.0" (instance $hooks)))"#);
     let foreign_import = wat(r#"(component (import "acme:db/query" (func)))"#);
-    let cases: Vec<(&str, Vec<u8>, u16, &str, &[&str])> = vec![
+    // (case, upload, status, error code, words the message mentions)
+    type Case<'a> = (&'a str, Vec<u8>, u16, &'a str, &'a [&'a str]);
+    let cases: Vec<Case> = vec![
         (
             "not wasm",
             b"#!/bin/sh\necho definitely not wasm\n".to_vec(),
