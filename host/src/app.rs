@@ -20,9 +20,10 @@ use spool_core::config::Config;
 use spool_core::embedded_redis::EmbeddedRedis;
 use spool_core::gateway::Gateway;
 use spool_core::handlers::{self, Handlers};
+use spool_core::intake::Route;
 use spool_core::models::{BackendConfig, BackendKind, ModelClient, OllamaApi};
 use spool_core::queue::{Queue, QueueKeys, Retention, WAKE_CHANNEL};
-use spool_core::worker::{Route, Workers};
+use spool_core::worker::Workers;
 use spool_runtime::Runtime;
 use {crate::BUILT_IN, spool_core::registry::Registry};
 

@@ -307,7 +307,7 @@ impl Config {
                 );
             }
             if let Some(version) = &queue.handler_version
-                && !crate::handlers::valid_version(version)
+                && !spool_runtime::valid_version(version)
             {
                 bail!(
                     "queue `{name}`: handler_version `{version}` is not a version id (12 hex digits, as `spool handlers` lists them)"

@@ -7,9 +7,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::queue::{BoundMessage, NewJob, Queue, SubmitError, class_name};
+use crate::config::QueueConfig;
+use crate::queue::{BoundMessage, NewJob, Queue, QueueKeys, SubmitError, class_name};
 use crate::registry::Registry;
-use crate::worker::Route;
 use spool_runtime::{Job, Runtime};
 
 /// The fields the host itself reads from a submission; the handler reads the
@@ -51,6 +51,13 @@ pub enum IntakeError {
     Duplicate(String),
     #[error("the job store is unavailable: {0}")]
     Redis(#[from] redis::RedisError),
+}
+
+/// A queue as intake and the workers serve it: its keys and its settings.
+#[derive(Clone, Debug)]
+pub struct Route {
+    pub keys: QueueKeys,
+    pub config: QueueConfig,
 }
 
 #[derive(Clone)]

@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::{ContentBlock, Media, MediaSource};
+use crate::bindings::types::{ContentBlock, Media, MediaSource};
 
 pub fn blocks_to_json(blocks: &[ContentBlock]) -> Value {
     Value::Array(blocks.iter().map(block_to_json).collect())

@@ -569,6 +569,15 @@ fn error_chain(error: &wasmtime::Error) -> String {
 }
 
 /// The version id of a component: its content hash, so equal bytes are one version.
+/// Whether `version` is a version id as [`content_version`] writes them: 12
+/// lowercase hex digits.
+pub fn valid_version(version: &str) -> bool {
+    version.len() == 12
+        && version
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 pub fn content_version(bytes: &[u8]) -> String {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(bytes);

@@ -12,9 +12,9 @@ use serde_json::{Map, Value, json};
 
 use super::AppState;
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery};
+use spool_core::intake::Route;
 use spool_core::intake::Submission;
 use spool_core::queue::{CancelOutcome, JobState};
-use spool_core::worker::Route;
 
 const DEFAULT_PRIORITY: i64 = 5;
 /// The queue POST /api/chat submits to.

@@ -121,14 +121,6 @@ pub fn valid_handler_name(name: &str) -> bool {
     crate::queue::valid_queue_name(name)
 }
 
-/// A version id as the registry writes them: 12 lowercase hex digits.
-pub fn valid_version(version: &str) -> bool {
-    version.len() == 12
-        && version
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(bytes)

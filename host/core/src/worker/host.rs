@@ -11,10 +11,10 @@ use futures_util::future::BoxFuture;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 
-use super::Route;
 use super::follow_up::{FollowUp, follow_up_id};
 use crate::events;
 use crate::gateway::{CallContext, Gateway};
+use crate::intake::Route;
 use crate::models::{ChatReply, ChatRequest, ModelError};
 use crate::queue::job_state_key;
 use crate::store::{BoundMessage, Store};

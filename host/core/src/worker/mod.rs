@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::QueueConfig;
 use crate::gateway::Gateway;
-use crate::intake::Intake;
-use crate::queue::{Claim, ClaimedJob, Heartbeat, Outcome, QueueKeys, Retention, now_ms};
+use crate::intake::{Intake, Route};
+use crate::queue::{Claim, ClaimedJob, Heartbeat, Outcome, Retention, now_ms};
 use crate::store::{self, BoundMessage, JobEnd, Store};
 use spool_runtime::content::blocks_to_json;
 use spool_runtime::{FailureKind, HandlerComponent, Job, JobError};
@@ -24,13 +24,6 @@ mod follow_up;
 mod host;
 
 use host::WorkerHost;
-
-/// A queue as the workers serve it.
-#[derive(Clone, Debug)]
-pub struct Route {
-    pub keys: QueueKeys,
-    pub config: QueueConfig,
-}
 
 /// What every worker of an instance shares.
 pub struct Workers {
