@@ -28,18 +28,13 @@ const HOST_NAMES: &[&str] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_forging_host_event_names_gets_a_typed_refusal_and_closes_no_watcher() {
-    let redis = Redis::start();
-    let stub = stub().await;
-    let host = Host::start(
-        &redis,
-        &stub,
-        HostOptions {
-            config: adversary_config(),
-            ..HostOptions::default()
-        },
-    );
-    let api = Api::default();
-    let id = submit_evil(&api, &host, "emit_reserved").await;
+    let stack = Stack::start(HostOptions {
+        config: adversary_config(),
+        ..HostOptions::default()
+    })
+    .await;
+    let Stack { host, api, .. } = &stack;
+    let id = submit_evil(api, host, "emit_reserved").await;
 
     // A watcher from the start: a forged terminal event would end its stream
     // before the job's real end.
@@ -70,17 +65,15 @@ async fn a_guest_forging_host_event_names_gets_a_typed_refusal_and_closes_no_wat
         .map(|name| (name.to_string(), json!("reserved_name")))
         .collect();
     assert_eq!(report, Value::Object(expected.clone()));
-    let job = api.wait_terminal(&host, &id, Duration::from_secs(10)).await;
+    let job = api.wait_terminal(host, &id, Duration::from_secs(10)).await;
     assert_eq!(job["state"], "completed", "{job}");
     assert_eq!(job["result"], Value::Object(expected));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pipeline_version_with_a_new_workflow_runs_without_a_host_change() {
-    let redis = Redis::start();
-    let stub = stub().await;
-    let host = Host::start(&redis, &stub, HostOptions::default());
-    let api = Api::default();
+    let stack = Stack::start(HostOptions::default()).await;
+    let Stack { host, api, .. } = &stack;
     let (status, session) = api.post(&host.url("/api/v1/sessions"), &json!({})).await;
     assert_eq!(status, 201, "{session}");
     let sid = session["id"].as_str().expect("session id").to_owned();
@@ -111,7 +104,7 @@ async fn a_pipeline_version_with_a_new_workflow_runs_without_a_host_change() {
     assert_eq!(status, 202, "{accepted}");
     let job_id = accepted["jobId"].as_str().expect("job id");
     let job = api
-        .wait_terminal(&host, job_id, Duration::from_secs(20))
+        .wait_terminal(host, job_id, Duration::from_secs(20))
         .await;
     assert_eq!(job["state"], "completed", "{job}");
     assert_eq!(job["result"]["version"], 2, "{job}");

@@ -102,18 +102,13 @@ fn times(finished: &[(String, Value, String, usize)], class: &str, field: &str) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_worker_finishes_every_high_job_before_any_normal_starts_and_normal_before_low() {
-    let redis = Redis::start();
-    let stub = stub().await;
-    let host = Host::start(
-        &redis,
-        &stub,
-        HostOptions {
-            concurrency: 1,
-            ..Default::default()
-        },
-    );
-    let api = Api::default();
-    let finished = run_mixed_priorities(&host, &api).await;
+    let stack = Stack::start(HostOptions {
+        concurrency: 1,
+        ..Default::default()
+    })
+    .await;
+    let Stack { host, api, .. } = &stack;
+    let finished = run_mixed_priorities(host, api).await;
     check_results(&finished);
     let last_high_finish = times(&finished, "high", "finishedAt")
         .into_iter()
@@ -149,18 +144,13 @@ async fn one_worker_finishes_every_high_job_before_any_normal_starts_and_normal_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_workers_start_every_high_job_before_any_normal_and_normal_before_low() {
-    let redis = Redis::start();
-    let stub = stub().await;
-    let host = Host::start(
-        &redis,
-        &stub,
-        HostOptions {
-            concurrency: 3,
-            ..Default::default()
-        },
-    );
-    let api = Api::default();
-    let finished = run_mixed_priorities(&host, &api).await;
+    let stack = Stack::start(HostOptions {
+        concurrency: 3,
+        ..Default::default()
+    })
+    .await;
+    let Stack { host, api, .. } = &stack;
+    let finished = run_mixed_priorities(host, api).await;
     check_results(&finished);
     // With three workers a normal job may start while the last high ones are
     // still running, but never before every high job has been claimed.
@@ -265,18 +255,13 @@ async fn sse_stream_delivers_progress_deltas_and_the_terminal_state_and_resumes_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_json_4xx_naming_the_problem_and_the_host_keeps_serving() {
-    let redis = Redis::start();
-    let stub = stub().await;
-    let host = Host::start(
-        &redis,
-        &stub,
-        HostOptions {
-            extra_args: vec![],
-            config: "body_limit_bytes = 4096\n".into(),
-            ..Default::default()
-        },
-    );
-    let api = Api::default();
+    let stack = Stack::start(HostOptions {
+        extra_args: vec![],
+        config: "body_limit_bytes = 4096\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let Stack { host, api, .. } = &stack;
     let chat = host.url("/api/chat");
     // (case, status, error code, words the message mentions, the reply)
     type Case<'a> = (&'a str, u16, &'a str, &'a str, (u16, Value));
@@ -390,7 +375,7 @@ async fn bad_input_gets_a_json_4xx_naming_the_problem_and_the_host_keeps_serving
         .await;
     assert_eq!(status, 202, "{reply}");
     let job = api
-        .wait_terminal(&host, reply["jobId"].as_str().unwrap_or_default(), WAIT)
+        .wait_terminal(host, reply["jobId"].as_str().unwrap_or_default(), WAIT)
         .await;
     assert_eq!(
         job["result"]["response"],
@@ -400,10 +385,13 @@ async fn bad_input_gets_a_json_4xx_naming_the_problem_and_the_host_keeps_serving
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pipeline_guest_runs_outline_then_document_with_its_business_events() {
-    let redis = Redis::start();
-    let stub = stub().await;
-    let host = Host::start(&redis, &stub, HostOptions::default());
-    let api = Api::default();
+    let stack = Stack::start(HostOptions::default()).await;
+    let Stack {
+        host,
+        api,
+        stub,
+        redis,
+    } = &stack;
     let (status, reply) = api
         .post(
             &host.url("/api/queues/documents/jobs"),
@@ -414,7 +402,7 @@ async fn the_pipeline_guest_runs_outline_then_document_with_its_business_events(
     assert_eq!(reply["class"], "high");
     let id = reply["jobId"].as_str().unwrap_or_default().to_owned();
     // Stage 1, the outline, is the submitted job; stage 2 its follow-up.
-    let outline_job = api.wait_terminal(&host, &id, WAIT).await;
+    let outline_job = api.wait_terminal(host, &id, WAIT).await;
     assert_eq!(outline_job["state"], "completed", "{outline_job}");
     assert_eq!(outline_job["handler"], "pipeline");
     let outline = outline_job["result"]["outline"]
@@ -426,7 +414,7 @@ async fn the_pipeline_guest_runs_outline_then_document_with_its_business_events(
     );
     let next = outline_job["result"]["next"].as_str().unwrap_or_default();
     assert_eq!(next, format!("{id}.1"), "{outline_job}");
-    let document_job = api.wait_terminal(&host, next, WAIT).await;
+    let document_job = api.wait_terminal(host, next, WAIT).await;
     assert_eq!(document_job["state"], "completed", "{document_job}");
     assert_eq!(
         document_job["class"], "high",

@@ -107,23 +107,23 @@ fn failed_events(redis: &Redis, id: &str) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adversarial_guests_fail_alone_while_normal_jobs_succeed() {
-    let redis = Redis::start();
-    let stub = stub().await;
-    let host = Host::start(
-        &redis,
-        &stub,
-        HostOptions {
-            concurrency: 4,
-            config: adversary_config(),
-            ..HostOptions::default()
-        },
-    );
-    let api = Api::default();
+    let stack = Stack::start(HostOptions {
+        concurrency: 4,
+        config: adversary_config(),
+        ..HostOptions::default()
+    })
+    .await;
+    let Stack {
+        host,
+        api,
+        stub,
+        redis,
+    } = &stack;
 
     let started = Instant::now();
     let mut evil = Vec::new();
     for (mode, kind, words) in ADVERSARIES {
-        evil.push((submit_evil(&api, &host, mode).await, *mode, *kind, *words));
+        evil.push((submit_evil(api, host, mode).await, *mode, *kind, *words));
     }
     let mut normal = Vec::new();
     for i in 0..100 {
@@ -139,12 +139,12 @@ async fn adversarial_guests_fail_alone_while_normal_jobs_succeed() {
     }
 
     for (id, prompt) in &normal {
-        let job = api.wait_terminal(&host, id, Duration::from_secs(60)).await;
+        let job = api.wait_terminal(host, id, Duration::from_secs(60)).await;
         assert_eq!(job["state"], "completed", "{job}");
         assert_eq!(job["result"]["response"], expected_chat_response(prompt, 0));
     }
     for (id, mode, kind, words) in &evil {
-        let job = api.wait_terminal(&host, id, Duration::from_secs(60)).await;
+        let job = api.wait_terminal(host, id, Duration::from_secs(60)).await;
         assert_eq!(job["state"], "failed", "{mode}: {job}");
         assert_eq!(job["errorKind"], *kind, "{mode}: {job}");
         let error = job["error"].as_str().unwrap_or_default();
@@ -154,7 +154,7 @@ async fn adversarial_guests_fail_alone_while_normal_jobs_succeed() {
         );
         // Two attempts, as the queue's policy says; each failure is typed.
         assert_eq!(job["attempts"], 2, "{mode}: {job}");
-        let events = failed_events(&redis, id);
+        let events = failed_events(redis, id);
         assert_eq!(events.len(), 2, "{mode}: {events:?}");
         assert_eq!(events[0]["final"], false);
         assert_eq!(events[1]["final"], true);
@@ -174,20 +174,15 @@ async fn adversarial_guests_fail_alone_while_normal_jobs_succeed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_sees_no_files_network_environment_or_clock() {
-    let redis = Redis::start();
-    let stub = stub().await;
-    let host = Host::start(
-        &redis,
-        &stub,
-        HostOptions {
-            concurrency: 1,
-            config: adversary_config(),
-            ..HostOptions::default()
-        },
-    );
-    let api = Api::default();
-    let id = submit_evil(&api, &host, "probe").await;
-    let job = api.wait_terminal(&host, &id, Duration::from_secs(30)).await;
+    let stack = Stack::start(HostOptions {
+        concurrency: 1,
+        config: adversary_config(),
+        ..HostOptions::default()
+    })
+    .await;
+    let Stack { host, api, .. } = &stack;
+    let id = submit_evil(api, host, "probe").await;
+    let job = api.wait_terminal(host, &id, Duration::from_secs(30)).await;
     assert_eq!(job["state"], "completed", "{job}");
     assert_eq!(
         job["result"],

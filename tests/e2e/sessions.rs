@@ -304,11 +304,11 @@ async fn a_client_that_disconnects_mid_stream_resumes_from_its_last_id_without_g
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_50_kb_image_is_stored_apart_referenced_from_the_snapshot_and_loaded_on_demand() {
-    let redis = Redis::start();
-    let stub = stub().await;
-    let host = Host::start(&redis, &stub, HostOptions::default());
-    let api = Api::default();
-    let sid = new_session(&api, &host).await;
+    let stack = Stack::start(HostOptions::default()).await;
+    let Stack {
+        host, api, redis, ..
+    } = &stack;
+    let sid = new_session(api, host).await;
     let image = "iVBORw0KGgo".repeat(50 * 1024 / 11 + 1);
     let body = json!({"role": "user", "content": "look at this", "blocks": [
         {"type": "image", "base64": image, "mimeType": "image/png", "caption": "a cat", "width": 640, "height": 480},
@@ -444,15 +444,15 @@ async fn a_50_kb_image_is_stored_apart_referenced_from_the_snapshot_and_loaded_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_completed_task_replaces_its_placeholder_and_a_failed_one_leaves_task_failed_and_an_error_state()
  {
-    let redis = Redis::start();
-    let stub = stub().await;
-    let host = Host::start(&redis, &stub, HostOptions::default());
-    let api = Api::default();
-    let sid = new_session(&api, &host).await;
+    let stack = Stack::start(HostOptions::default()).await;
+    let Stack {
+        host, api, stub, ..
+    } = &stack;
+    let sid = new_session(api, host).await;
 
     let (task, frames) = run_task(
-        &api,
-        &host,
+        api,
+        host,
         &sid,
         json!({"task_description": "Moons", "workflow": "simple"}),
     )
@@ -492,8 +492,8 @@ async fn a_completed_task_replaces_its_placeholder_and_a_failed_one_leaves_task_
     }])
     .expect("fault");
     let (task, frames) = run_task(
-        &api,
-        &host,
+        api,
+        host,
         &sid,
         json!({"task_description": "Comets", "workflow": "planner"}),
     )
@@ -526,7 +526,7 @@ async fn a_completed_task_replaces_its_placeholder_and_a_failed_one_leaves_task_
     );
     assert_eq!(message["tasks"][0]["status"], "failed");
     let job = api
-        .wait_terminal(&host, task["jobId"].as_str().expect("job"), WAIT)
+        .wait_terminal(host, task["jobId"].as_str().expect("job"), WAIT)
         .await;
     assert_eq!(job["state"], "failed");
 
@@ -545,8 +545,8 @@ async fn a_completed_task_replaces_its_placeholder_and_a_failed_one_leaves_task_
     ])
     .expect("faults");
     let (task, frames) = run_task(
-        &api,
-        &host,
+        api,
+        host,
         &sid,
         json!({"task_description": "Rings", "workflow": "planner"}),
     )
@@ -578,8 +578,8 @@ async fn a_completed_task_replaces_its_placeholder_and_a_failed_one_leaves_task_
     );
     assert_eq!(blocks[0]["type"], "markdown");
     let first = task["jobId"].as_str().expect("job");
-    let outline_job = api.wait_terminal(&host, first, WAIT).await;
-    let document_job = api.wait_terminal(&host, &format!("{first}.1"), WAIT).await;
+    let outline_job = api.wait_terminal(host, first, WAIT).await;
+    let document_job = api.wait_terminal(host, &format!("{first}.1"), WAIT).await;
     assert_eq!(
         (
             outline_job["state"].as_str(),
@@ -719,11 +719,11 @@ async fn ttls_and_the_event_cap_hold_with_shortened_values() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cleanup_deletes_old_messages_and_keeps_the_session_index_consistent() {
-    let redis = Redis::start();
-    let stub = stub().await;
-    let host = Host::start(&redis, &stub, HostOptions::default());
-    let api = Api::default();
-    let sid = new_session(&api, &host).await;
+    let stack = Stack::start(HostOptions::default()).await;
+    let Stack {
+        host, api, redis, ..
+    } = &stack;
+    let sid = new_session(api, host).await;
     let url = host.url(&format!("/api/v1/sessions/{sid}/messages"));
     let mut old = Vec::new();
     for i in 0..3 {

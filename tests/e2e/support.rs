@@ -113,6 +113,31 @@ pub async fn stub() -> StubServer {
     .expect("stub model server starts")
 }
 
+/// The usual test set-up: a redis-server of its own, the stub model, one
+/// `spool serve` on both, and an API client. Fields drop host first, so the
+/// host never outlives its Redis. Borrow the parts a test needs:
+/// `let Stack { host, api, .. } = &stack;`.
+pub struct Stack {
+    pub host: Host,
+    pub api: Api,
+    pub stub: StubServer,
+    pub redis: Redis,
+}
+
+impl Stack {
+    pub async fn start(options: HostOptions) -> Self {
+        let redis = Redis::start();
+        let stub = stub().await;
+        let host = Host::start(&redis, &stub, options);
+        Self {
+            host,
+            api: Api::default(),
+            stub,
+            redis,
+        }
+    }
+}
+
 /// One `spool serve` process.
 pub struct Host {
     pub base: String,
