@@ -282,62 +282,47 @@ impl Handlers {
         if versions.is_empty() {
             return Err(DeployError::UnknownHandler(name.to_owned()));
         }
-        let known = || {
-            versions
-                .iter()
-                .map(|v| v.version.clone())
-                .collect::<Vec<_>>()
-        };
         let target = match to {
-            Some(wanted) => {
-                let matches: Vec<&VersionMeta> = versions
-                    .iter()
-                    .filter(|v| !wanted.is_empty() && v.version.starts_with(wanted))
-                    .collect();
-                match matches.as_slice() {
-                    [one] => (*one).clone(),
-                    [] => {
-                        return Err(DeployError::UnknownVersion {
-                            name: name.into(),
-                            version: wanted.into(),
-                            known: known(),
-                        });
-                    }
-                    _ => {
-                        return Err(DeployError::Rejected(Rejection::new(
-                            "ambiguous_version",
-                            format!(
-                                "`{wanted}` matches several versions of `{name}`: {}",
-                                matches
-                                    .iter()
-                                    .map(|v| v.version.as_str())
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            ),
-                        )));
-                    }
-                }
-            }
-            None => {
-                let latest = self.store.history(name, 1).await?.into_iter().next();
-                let active = self.store.active(name).await?.unwrap_or_default();
-                let previous = latest.and_then(|a| a.previous).ok_or_else(|| {
-                    DeployError::NothingToRollBack {
-                        name: name.into(),
-                        active: active.clone(),
-                    }
-                })?;
-                versions
-                    .iter()
-                    .find(|v| v.version == previous)
-                    .cloned()
-                    .ok_or_else(|| DeployError::UnknownVersion {
-                        name: name.into(),
-                        version: previous,
-                        known: known(),
-                    })?
-            }
+            Some(wanted) => pick_version(name, &versions, wanted)?,
+            None => self.previous_version(name, &versions).await?,
         };
+        let bytes = self.stored_bytes(name, &target).await?;
+        // Validated when uploaded; checked again because this engine may differ.
+        let prepared = self
+            .prepare(name, &bytes)
+            .await
+            .map_err(DeployError::Rejected)?;
+        self.activate(prepared, bytes.len(), by, "rollback").await
+    }
+
+    /// The version that was active before the current one.
+    async fn previous_version(
+        &self,
+        name: &str,
+        versions: &[VersionMeta],
+    ) -> Result<VersionMeta, DeployError> {
+        let latest = self.store.history(name, 1).await?.into_iter().next();
+        let active = self.store.active(name).await?.unwrap_or_default();
+        let previous =
+            latest
+                .and_then(|a| a.previous)
+                .ok_or_else(|| DeployError::NothingToRollBack {
+                    name: name.into(),
+                    active,
+                })?;
+        versions
+            .iter()
+            .find(|v| v.version == previous)
+            .cloned()
+            .ok_or_else(|| DeployError::UnknownVersion {
+                name: name.into(),
+                version: previous,
+                known: version_ids(versions),
+            })
+    }
+
+    /// A stored version's bytes, checked against the hash recorded at upload.
+    async fn stored_bytes(&self, name: &str, target: &VersionMeta) -> Result<Bytes, DeployError> {
         let bytes = self
             .store
             .component(name, &target.version)
@@ -354,13 +339,7 @@ impl Handlers {
                 target.version
             )));
         }
-        let bytes = Bytes::from(bytes);
-        // Validated when uploaded; checked again because this engine may differ.
-        let prepared = self
-            .prepare(name, &bytes)
-            .await
-            .map_err(DeployError::Rejected)?;
-        self.activate(prepared, bytes.len(), by, "rollback").await
+        Ok(Bytes::from(bytes))
     }
 
     async fn activate(
@@ -548,4 +527,39 @@ impl Handlers {
         let previous = broken.insert(format!("{name}@{version}"), Instant::now());
         previous.is_none_or(|since| since.elapsed() >= RETRY_BROKEN)
     }
+}
+
+/// The one version whose id starts with `wanted`.
+fn pick_version(
+    name: &str,
+    versions: &[VersionMeta],
+    wanted: &str,
+) -> Result<VersionMeta, DeployError> {
+    let matches: Vec<&VersionMeta> = versions
+        .iter()
+        .filter(|v| !wanted.is_empty() && v.version.starts_with(wanted))
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => Err(DeployError::UnknownVersion {
+            name: name.into(),
+            version: wanted.into(),
+            known: version_ids(versions),
+        }),
+        _ => Err(DeployError::Rejected(Rejection::new(
+            "ambiguous_version",
+            format!(
+                "`{wanted}` matches several versions of `{name}`: {}",
+                matches
+                    .iter()
+                    .map(|v| v.version.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ))),
+    }
+}
+
+fn version_ids(versions: &[VersionMeta]) -> Vec<String> {
+    versions.iter().map(|v| v.version.clone()).collect()
 }

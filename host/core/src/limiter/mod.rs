@@ -120,8 +120,92 @@ pub fn backend_id(backend: &BackendConfig) -> String {
         .collect()
 }
 
-/// `(status, wait_us, tokens, rate, generation, rate_changed, cooldown_us)`.
-type AcquireReply = (i64, u64, f64, f64, i64, i64, u64);
+/// Which buckets one call of the acquire script takes from (its ARGV[1]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// The backend's bucket and the user's.
+    Both,
+    Backend,
+    User,
+    /// Nothing: read the state, recovery applied.
+    Peek,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Both => "both",
+            Mode::Backend => "backend",
+            Mode::User => "user",
+            Mode::Peek => "peek",
+        }
+    }
+}
+
+/// What the acquire script decided (its `status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    /// The wait exceeds the caller's budget; nothing was taken.
+    Refused,
+    /// A slot is reserved: call after `wait`.
+    Reserved,
+    /// The earlier reservation stands (no 429 since): call now.
+    Confirmed,
+    /// A user token is reserved: wait, then ask the backend.
+    UserReserved,
+    /// `peek`: nothing was taken.
+    Peeked,
+}
+
+/// The acquire script's reply.
+struct AcquireReply {
+    verdict: Verdict,
+    wait: Duration,
+    tokens: f64,
+    rate: f64,
+    generation: i64,
+    /// The effective rate moved (recovery); worth a log line.
+    rate_changed: bool,
+    cooldown: Duration,
+}
+
+impl AcquireReply {
+    fn parse(
+        (status, wait_us, tokens, rate, generation, rate_changed, cooldown_us): (
+            i64,
+            u64,
+            f64,
+            f64,
+            i64,
+            i64,
+            u64,
+        ),
+    ) -> Result<Self, redis::RedisError> {
+        let verdict = match status {
+            0 => Verdict::Refused,
+            1 => Verdict::Reserved,
+            2 => Verdict::Confirmed,
+            3 => Verdict::UserReserved,
+            4 => Verdict::Peeked,
+            other => {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::UnexpectedReturnType,
+                    "limiter script",
+                    format!("unknown status {other}"),
+                )));
+            }
+        };
+        Ok(Self {
+            verdict,
+            wait: Duration::from_micros(wait_us),
+            tokens,
+            rate,
+            generation,
+            rate_changed: rate_changed == 1,
+            cooldown: Duration::from_micros(cooldown_us),
+        })
+    }
+}
 
 impl Limiter {
     pub fn new(redis: ConnectionManager, backend: &BackendConfig, config: LimitsConfig) -> Self {
@@ -159,83 +243,54 @@ impl Limiter {
         deadline: Instant,
     ) -> Result<Grant, AcquireError> {
         let started = Instant::now();
+        let granted = |generation| Grant {
+            generation,
+            waited: started.elapsed(),
+        };
         let (mut mode, user) = match scope {
-            Scope::Backend => ("backend", None),
-            Scope::UserAndBackend(user) => ("both", Some(user)),
-            Scope::User(user) => ("user", Some(user)),
+            Scope::Backend => (Mode::Backend, None),
+            Scope::UserAndBackend(user) => (Mode::Both, Some(user)),
+            Scope::User(user) => (Mode::User, Some(user)),
         };
         if self.config.per_user.is_none() {
             // No per-user limit configured: a user scope takes from the backend only.
-            match mode {
-                "user" => {
-                    return Ok(Grant {
-                        generation: -1,
-                        waited: Duration::ZERO,
-                    });
-                }
-                _ => mode = "backend",
+            if mode == Mode::User {
+                return Ok(Grant {
+                    generation: -1,
+                    waited: Duration::ZERO,
+                });
             }
+            mode = Mode::Backend;
         }
         let mut expected_generation = -1;
         for _ in 0..MAX_RESERVATIONS {
             let budget = deadline.saturating_duration_since(Instant::now());
-            let (status, wait_us, tokens, rate, generation, rate_changed, _cooldown) = self
+            let reply = self
                 .run_acquire(mode, user, budget, expected_generation)
                 .await?;
-            if rate_changed == 1 {
-                self.log_recovery(rate);
+            if reply.rate_changed {
+                self.log_recovery(reply.rate);
             }
-            let wait = Duration::from_micros(wait_us);
-            match status {
-                0 => return Err(AcquireError::TooLong(wait)),
-                2 => {
-                    return Ok(Grant {
-                        generation,
-                        waited: started.elapsed(),
-                    });
+            match reply.verdict {
+                Verdict::Refused => return Err(AcquireError::TooLong(reply.wait)),
+                Verdict::Confirmed | Verdict::Peeked => return Ok(granted(reply.generation)),
+                Verdict::Reserved if reply.wait.is_zero() => return Ok(granted(reply.generation)),
+                Verdict::Reserved if mode == Mode::User => {
+                    wait_for_user_token(user, reply.wait).await;
+                    return Ok(granted(reply.generation));
                 }
-                1 if wait.is_zero() => {
-                    return Ok(Grant {
-                        generation,
-                        waited: started.elapsed(),
-                    });
-                }
-                1 if mode == "user" => {
-                    tracing::info!(
-                        user = user.unwrap_or(""),
-                        wait_ms = wait.as_millis() as u64,
-                        "user waiting for a token of its per-user limit"
-                    );
-                    tokio::time::sleep(wait).await;
-                    return Ok(Grant {
-                        generation,
-                        waited: started.elapsed(),
-                    });
-                }
-                1 => {
-                    tracing::info!(backend = %self.name, rate, wait_ms = wait.as_millis() as u64, "waiting for a token (available: {tokens:.2})");
-                    tokio::time::sleep(wait).await;
+                Verdict::Reserved => {
+                    tracing::info!(backend = %self.name, rate = reply.rate, wait_ms = reply.wait.as_millis() as u64, "waiting for a token (available: {:.2})", reply.tokens);
+                    tokio::time::sleep(reply.wait).await;
                     // A 429 elsewhere while we slept voids the slot; confirming
                     // costs one round trip and re-reserves if so.
-                    mode = "backend";
-                    expected_generation = generation;
+                    mode = Mode::Backend;
+                    expected_generation = reply.generation;
                 }
-                3 => {
-                    tracing::info!(
-                        user = user.unwrap_or(""),
-                        wait_ms = wait.as_millis() as u64,
-                        "user waiting for a token of its per-user limit"
-                    );
-                    tokio::time::sleep(wait).await;
-                    mode = "backend";
+                Verdict::UserReserved => {
+                    wait_for_user_token(user, reply.wait).await;
+                    mode = Mode::Backend;
                     expected_generation = -1;
-                }
-                other => {
-                    return Err(AcquireError::Redis(redis::RedisError::from((
-                        redis::ErrorKind::UnexpectedReturnType,
-                        "limiter script",
-                        format!("unknown status {other}"),
-                    ))));
                 }
             }
         }
@@ -250,7 +305,7 @@ impl Limiter {
 
     async fn run_acquire(
         &self,
-        mode: &str,
+        mode: Mode,
         user: Option<&str>,
         budget: Duration,
         expected_generation: i64,
@@ -264,7 +319,7 @@ impl Limiter {
         self.acquire
             .key(&self.key)
             .key(user_key)
-            .arg(mode)
+            .arg(mode.as_str())
             .arg(config.rate_per_sec)
             .arg(config.capacity)
             .arg(u64::try_from(budget.as_micros()).unwrap_or(u64::MAX))
@@ -278,6 +333,7 @@ impl Limiter {
             .arg(&self.name)
             .invoke_async(&mut self.redis.clone())
             .await
+            .and_then(AcquireReply::parse)
     }
 
     /// Records a 429/403 answered to a call granted under `generation`. Every
@@ -333,9 +389,17 @@ impl Limiter {
 
     /// The current state, recovery applied, without taking anything.
     pub async fn snapshot(&self) -> Result<LimiterSnapshot, redis::RedisError> {
-        let (_, _, tokens, rate, generation, rate_changed, cooldown_us) =
-            self.run_acquire("peek", None, Duration::ZERO, -1).await?;
-        if rate_changed == 1 {
+        let AcquireReply {
+            tokens,
+            rate,
+            generation,
+            rate_changed,
+            cooldown,
+            ..
+        } = self
+            .run_acquire(Mode::Peek, None, Duration::ZERO, -1)
+            .await?;
+        if rate_changed {
             self.log_recovery(rate);
         }
         let fields: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
@@ -363,7 +427,7 @@ impl Limiter {
             min_rate_per_sec: self.config.min_rate_per_sec,
             effective_rate_per_sec: rate,
             tokens_available: tokens,
-            cooldown_remaining_ms: cooldown_us / 1000,
+            cooldown_remaining_ms: cooldown.as_millis() as u64,
             generation,
             granted: number("granted"),
             waits: number("waits"),
@@ -375,4 +439,13 @@ impl Limiter {
             per_user: self.config.per_user.clone(),
         })
     }
+}
+
+async fn wait_for_user_token(user: Option<&str>, wait: Duration) {
+    tracing::info!(
+        user = user.unwrap_or(""),
+        wait_ms = wait.as_millis() as u64,
+        "user waiting for a token of its per-user limit"
+    );
+    tokio::time::sleep(wait).await;
 }

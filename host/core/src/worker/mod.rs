@@ -18,7 +18,7 @@ use crate::intake::{Intake, Route};
 use crate::queue::{Claim, ClaimedJob, Heartbeat, Outcome, Retention, now_ms};
 use crate::store::{self, BoundMessage, JobEnd, Store};
 use spool_runtime::content::blocks_to_json;
-use spool_runtime::{FailureKind, HandlerComponent, Job, JobError};
+use spool_runtime::{FailureKind, GuestFailure, HandlerComponent, Job, JobError, JobOutput};
 
 mod follow_up;
 mod host;
@@ -191,53 +191,13 @@ impl Workers {
             message: message.cloned(),
             follow_ups: Default::default(),
         });
-        let run = self.intake.runtime.handle(&handler, &job, host.clone());
-        tokio::pin!(run);
-        let mut heartbeat = tokio::time::interval(self.visibility / 3);
-        heartbeat.tick().await;
-        let result = loop {
-            tokio::select! {
-                result = &mut run => break result,
-                _ = heartbeat.tick() => match self.intake.queue.heartbeat(claimed, consumer).await {
-                    Ok(Heartbeat::Run) => {}
-                    Ok(Heartbeat::Cancel) => return Some(Attempt::ended(Outcome::Cancelled)),
-                    Ok(Heartbeat::Lost) => return None,
-                    // Redis away: keep working; recording the outcome retries.
-                    Err(error) => tracing::warn!(job = %record.id, %error, "heartbeat failed"),
-                },
-            }
-        };
-        let outcome = match result {
-            Ok(Ok(output)) => match serde_json::from_str::<serde_json::Value>(&output.result) {
-                Ok(_) => Outcome::Completed {
-                    result: output.result,
-                    blocks: blocks_to_json(&output.blocks).to_string(),
-                    handler_version: handler.version.clone(),
-                },
-                Err(e) => Outcome::Failed {
-                    error: format!("handler returned a result that is not JSON: {e}"),
-                    kind: FailureKind::InvalidResult,
-                },
-            },
-            Ok(Err(JobError::Reject(reason))) => Outcome::Failed {
-                error: reason,
-                kind: FailureKind::Rejected,
-            },
-            Ok(Err(JobError::Retry(hint))) => retry_or_fail(
-                &route.config,
-                record.attempts,
-                hint.reason,
-                FailureKind::RetryRequested,
-                hint.after_ms,
-            ),
-            // A sandbox failure counts as an attempt like any other.
-            Err(failure) => retry_or_fail(
-                &route.config,
-                record.attempts,
-                failure.to_string(),
-                failure.kind(),
-                None,
-            ),
+        let outcome = match self
+            .run_heart_beating(claimed, consumer, &handler, &job, host.clone())
+            .await
+        {
+            Ran::Returned(result) => outcome_of(result, &handler, &route.config, record.attempts),
+            Ran::Cancelled => return Some(Attempt::ended(Outcome::Cancelled)),
+            Ran::Lost => return None,
         };
         let follow_ups = host.take_follow_ups();
         if !matches!(outcome, Outcome::Completed { .. }) || follow_ups.is_empty() {
@@ -258,6 +218,33 @@ impl Workers {
                 None,
             )),
         })
+    }
+
+    /// Runs `handle` while heart-beating the job's entry.
+    async fn run_heart_beating(
+        &self,
+        claimed: &ClaimedJob,
+        consumer: &str,
+        handler: &HandlerComponent,
+        job: &Job,
+        host: Arc<WorkerHost>,
+    ) -> Ran {
+        let run = self.intake.runtime.handle(handler, job, host);
+        tokio::pin!(run);
+        let mut heartbeat = tokio::time::interval(self.visibility / 3);
+        heartbeat.tick().await;
+        loop {
+            tokio::select! {
+                result = &mut run => return Ran::Returned(result),
+                _ = heartbeat.tick() => match self.intake.queue.heartbeat(claimed, consumer).await {
+                    Ok(Heartbeat::Run) => {}
+                    Ok(Heartbeat::Cancel) => return Ran::Cancelled,
+                    Ok(Heartbeat::Lost) => return Ran::Lost,
+                    // Redis away: keep working; recording the outcome retries.
+                    Err(error) => tracing::warn!(job = %job.id, %error, "heartbeat failed"),
+                },
+            }
+        }
     }
 
     /// Writes the outcome, retrying while Redis is briefly away. If it never
@@ -289,6 +276,41 @@ impl Workers {
     }
 }
 
+/// How a finished `handle` call ends the attempt.
+fn outcome_of(
+    result: HandleResult,
+    handler: &HandlerComponent,
+    config: &QueueConfig,
+    attempts: u32,
+) -> Outcome {
+    match result {
+        Ok(Ok(output)) => match serde_json::from_str::<serde_json::Value>(&output.result) {
+            Ok(_) => Outcome::Completed {
+                result: output.result,
+                blocks: blocks_to_json(&output.blocks).to_string(),
+                handler_version: handler.version.clone(),
+            },
+            Err(e) => Outcome::Failed {
+                error: format!("handler returned a result that is not JSON: {e}"),
+                kind: FailureKind::InvalidResult,
+            },
+        },
+        Ok(Err(JobError::Reject(reason))) => Outcome::Failed {
+            error: reason,
+            kind: FailureKind::Rejected,
+        },
+        Ok(Err(JobError::Retry(hint))) => retry_or_fail(
+            config,
+            attempts,
+            hint.reason,
+            FailureKind::RetryRequested,
+            hint.after_ms,
+        ),
+        // A sandbox failure counts as an attempt like any other.
+        Err(failure) => retry_or_fail(config, attempts, failure.to_string(), failure.kind(), None),
+    }
+}
+
 /// Exponential backoff from the queue's base delay, +-20 % jitter, unless the
 /// handler asked for a specific wait.
 fn retry_or_fail(
@@ -316,6 +338,18 @@ fn retry_or_fail(
         kind,
         retry_at_ms: now_ms() + delay,
     }
+}
+
+/// What a `handle` call returned, or how the sandbox stopped it.
+type HandleResult = Result<Result<JobOutput, JobError>, GuestFailure>;
+
+/// How a `handle` call under heartbeat ended.
+enum Ran {
+    Returned(HandleResult),
+    /// A client cancelled the job; the call was dropped.
+    Cancelled,
+    /// Recovery gave the job to another attempt; this one records nothing.
+    Lost,
 }
 
 /// How one attempt at a job ended.
