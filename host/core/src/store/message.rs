@@ -23,6 +23,40 @@ pub const STREAMING: &str = "streaming";
 pub const COMPLETED: &str = "completed";
 pub const ERROR: &str = "error";
 
+/// The kinds of event on a message's stream. (`ping` is sent on live
+/// connections only, never stored.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageEventType {
+    MessageStart,
+    TextDelta,
+    ContentAdded,
+    ContentUpdated,
+    TaskStarted,
+    TaskProgress,
+    TaskCompleted,
+    TaskFailed,
+    /// The message ended in an error (followed by `message_end`).
+    Error,
+    MessageEnd,
+}
+
+impl MessageEventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageEventType::MessageStart => "message_start",
+            MessageEventType::TextDelta => "text_delta",
+            MessageEventType::ContentAdded => "content_added",
+            MessageEventType::ContentUpdated => "content_updated",
+            MessageEventType::TaskStarted => "task_started",
+            MessageEventType::TaskProgress => "task_progress",
+            MessageEventType::TaskCompleted => "task_completed",
+            MessageEventType::TaskFailed => "task_failed",
+            MessageEventType::Error => "error",
+            MessageEventType::MessageEnd => "message_end",
+        }
+    }
+}
+
 /// One event of a message stream.
 #[derive(Clone, Debug, Serialize)]
 pub struct MessageEvent {
@@ -82,7 +116,7 @@ impl Store {
         let mut change = creation(session_id, &id, role);
         if !text.is_empty() {
             change.text = text.to_owned();
-            change.event("text_delta", json!({ "text": text }));
+            change.event(MessageEventType::TextDelta, json!({ "text": text }));
         }
         for block in blocks {
             let block_id = new_id();
@@ -93,13 +127,13 @@ impl Store {
                 self.config.inline_limit_bytes,
             );
             change.event(
-                "content_added",
+                MessageEventType::ContentAdded,
                 json!({ "blockId": block_id, "block": entry }),
             );
         }
         change
             .field("status", COMPLETED)
-            .event("message_end", json!({ "status": COMPLETED }));
+            .event(MessageEventType::MessageEnd, json!({ "status": COMPLETED }));
         self.apply(session_id, &id, change).await?;
         Ok(id)
     }
@@ -119,7 +153,7 @@ impl Store {
             text: text.to_owned(),
             ..Change::default()
         };
-        change.event("text_delta", json!({ "text": text }));
+        change.event(MessageEventType::TextDelta, json!({ "text": text }));
         self.apply(session_id, message_id, change).await
     }
 
@@ -139,7 +173,7 @@ impl Store {
             self.config.inline_limit_bytes,
         );
         change.event(
-            "content_added",
+            MessageEventType::ContentAdded,
             json!({ "blockId": block_id, "block": entry }),
         );
         self.apply(session_id, message_id, change).await?;
@@ -169,11 +203,11 @@ impl Store {
             .field(task_field(&task_id, "progress"), "0")
             .field(task_field(&task_id, "started_at"), now_ms().to_string())
             .event(
-                "task_started",
+                MessageEventType::TaskStarted,
                 json!({ "taskId": task_id, "description": description }),
             )
             .event(
-                "content_added",
+                MessageEventType::ContentAdded,
                 json!({ "blockId": task_id, "block": entry }),
             );
         self.apply(session_id, message_id, change).await?;
@@ -201,7 +235,7 @@ impl Store {
                     change.field(task_field(task_id, "step"), step.clone());
                 }
                 change.event(
-                    "task_progress",
+                    MessageEventType::TaskProgress,
                     json!({ "taskId": task_id, "progress": progress, "step": step }),
                 );
             }
@@ -224,11 +258,11 @@ impl Store {
                 };
                 change
                     .event(
-                        "task_completed",
+                        MessageEventType::TaskCompleted,
                         json!({ "taskId": task_id, "result": entry }),
                     )
                     .event(
-                        "content_updated",
+                        MessageEventType::ContentUpdated,
                         json!({ "blockId": task_id, "block": entry, "removed": entry.is_none() }),
                     );
             }
@@ -247,7 +281,7 @@ impl Store {
             .await?;
         change
             .field("status", COMPLETED)
-            .event("message_end", json!({ "status": COMPLETED }));
+            .event(MessageEventType::MessageEnd, json!({ "status": COMPLETED }));
         self.apply(session_id, message_id, change).await
     }
 
@@ -262,8 +296,11 @@ impl Store {
         change
             .field("status", ERROR)
             .field("error", error)
-            .event("error", json!({ "message": error }))
-            .event("message_end", json!({ "status": ERROR, "error": error }));
+            .event(MessageEventType::Error, json!({ "message": error }))
+            .event(
+                MessageEventType::MessageEnd,
+                json!({ "status": ERROR, "error": error }),
+            );
         self.apply(session_id, message_id, change).await
     }
 
@@ -428,7 +465,7 @@ fn creation(session_id: &str, message_id: &str, role: &str) -> Change {
         .field("status", STREAMING)
         .field("created_at", now)
         .event(
-            "message_start",
+            MessageEventType::MessageStart,
             json!({ "messageId": message_id, "sessionId": session_id, "role": role }),
         );
     change
@@ -440,9 +477,12 @@ fn fail_task(change: &mut Change, task_id: &str, error: &str) {
         .field(task_field(task_id, "error"), error)
         .field(task_field(task_id, "finished_at"), now_ms().to_string())
         .remove_block(task_id)
-        .event("task_failed", json!({ "taskId": task_id, "error": error }))
         .event(
-            "content_updated",
+            MessageEventType::TaskFailed,
+            json!({ "taskId": task_id, "error": error }),
+        )
+        .event(
+            MessageEventType::ContentUpdated,
             json!({ "blockId": task_id, "block": null, "removed": true }),
         );
 }
@@ -552,7 +592,7 @@ impl crate::follow::Source for MessageEvents {
     }
 
     fn is_last(entry: &MessageEvent) -> bool {
-        entry.event_type == "message_end"
+        entry.event_type == MessageEventType::MessageEnd.as_str()
     }
 
     fn is_open(&self) -> futures_util::future::BoxFuture<'_, bool> {

@@ -31,10 +31,11 @@ use serde::{Deserialize, Serialize};
 
 pub use binding::{BoundMessage, FINAL_STATUSES, JobEnd, bound_message, settle};
 pub use blocks::validate_block;
-pub use message::{MessageEvent, MessageEvents, TaskChange, read_events};
+pub use message::{MessageEvent, MessageEventType, MessageEvents, TaskChange, read_events};
 pub use session::{CleanupReport, periodic_cleanup};
 
 use crate::queue::now_ms;
+use spool_runtime::event_type::MAX_STREAM_EVENTS;
 
 /// Limits and lifetimes of the store, `[sessions]` in the config file.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -67,7 +68,7 @@ impl Default for SessionsConfig {
             message_ttl_secs: 24 * 3600,
             content_ttl_secs: 7 * 24 * 3600,
             session_ttl_secs: 7 * 24 * 3600,
-            max_events: 1000,
+            max_events: MAX_STREAM_EVENTS as u64,
             inline_limit_bytes: 10 * 1024,
             cleanup_after_days: 7,
             cleanup_interval_secs: 3600,
@@ -202,7 +203,7 @@ impl Store {
         }
         invocation.arg(change.events.len());
         for (event_type, data) in &change.events {
-            invocation.arg(*event_type).arg(data);
+            invocation.arg(event_type.as_str()).arg(data);
         }
         let reply: Vec<RedisValue> = invocation.invoke_async(&mut self.connection()).await?;
         let text = |index: usize| reply.get(index).map(redis_text).unwrap_or_default();
@@ -283,7 +284,7 @@ struct Change {
     fields: Vec<(String, String)>,
     blocks: Vec<(BlockMode, String, String)>,
     contents: Vec<ContentWrite>,
-    events: Vec<(&'static str, String)>,
+    events: Vec<(MessageEventType, String)>,
 }
 
 impl Change {
@@ -292,7 +293,7 @@ impl Change {
         self
     }
 
-    fn event(&mut self, event_type: &'static str, data: serde_json::Value) -> &mut Self {
+    fn event(&mut self, event_type: MessageEventType, data: serde_json::Value) -> &mut Self {
         self.events.push((event_type, data.to_string()));
         self
     }
