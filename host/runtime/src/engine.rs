@@ -67,23 +67,29 @@ pub trait JobHost: Send + Sync {
     fn message_id(&self) -> Option<String> {
         None
     }
-    fn message_append_text(&self, _text: String) -> BoxFuture<'_, Result<(), String>> {
+    fn message_append_text(&self, _text: String) -> BoxFuture<'_, Result<(), HostCallError>> {
         no_bound_message()
     }
-    fn message_add_content(&self, _block: ContentBlock) -> BoxFuture<'_, Result<String, String>> {
+    fn message_add_content(
+        &self,
+        _block: ContentBlock,
+    ) -> BoxFuture<'_, Result<String, HostCallError>> {
         no_bound_message()
     }
-    fn message_start_task(&self, _description: String) -> BoxFuture<'_, Result<String, String>> {
+    fn message_start_task(
+        &self,
+        _description: String,
+    ) -> BoxFuture<'_, Result<String, HostCallError>> {
         no_bound_message()
     }
     fn message_update_task(
         &self,
         _task_id: String,
         _update: TaskUpdate,
-    ) -> BoxFuture<'_, Result<(), String>> {
+    ) -> BoxFuture<'_, Result<(), HostCallError>> {
         no_bound_message()
     }
-    fn message_complete(&self) -> BoxFuture<'_, Result<(), String>> {
+    fn message_complete(&self) -> BoxFuture<'_, Result<(), HostCallError>> {
         no_bound_message()
     }
 
@@ -95,13 +101,39 @@ pub trait JobHost: Send + Sync {
         _queue: String,
         _payload: String,
         _take_message: bool,
-    ) -> Result<String, String> {
-        Err("only a running job can queue follow-up jobs".to_owned())
+    ) -> Result<String, HostCallError> {
+        Err(HostCallError::HandleOnly)
     }
 }
 
-fn no_bound_message<T: Send + 'static>() -> BoxFuture<'static, Result<T, String>> {
-    Box::pin(async { Err("this job drives no message".to_owned()) })
+fn no_bound_message<T: Send + 'static>() -> BoxFuture<'static, Result<T, HostCallError>> {
+    Box::pin(async { Err(HostCallError::NoMessage) })
+}
+
+/// Why the host refused a `messages` or `jobs` call. The guest receives the
+/// sentence (those interfaces return `string` errors); the host keeps the kind.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HostCallError {
+    #[error("only `handle` may change messages or queue jobs")]
+    HandleOnly,
+    #[error("this job used up its budget of host calls")]
+    OverBudget,
+    #[error("this job drives no message")]
+    NoMessage,
+    /// The call itself is wrong: a bad block, a finished task, an unknown
+    /// queue, a payload over the cap... The sentence says which.
+    #[error("{0}")]
+    Refused(String),
+    /// The store did not answer; the call may succeed if the job is retried.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// What the guest receives: the WIT's error type is a sentence.
+impl From<HostCallError> for String {
+    fn from(error: HostCallError) -> Self {
+        error.to_string()
+    }
 }
 
 /// The host of the pure hooks: they may log, nothing else reaches it.

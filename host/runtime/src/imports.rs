@@ -7,7 +7,8 @@
 
 use super::bindings::spool::handler::{events, jobs, logging, messages, model, state, types};
 use super::{
-    CallCap, ContentBlock, GuestState, ModelError, ModelReply, ModelRequest, Role, TaskUpdate,
+    CallCap, ContentBlock, GuestState, HostCallError, ModelError, ModelReply, ModelRequest, Role,
+    TaskUpdate,
 };
 use crate::event_type::{self, EventType};
 use crate::model as models;
@@ -148,18 +149,15 @@ impl state::Host for GuestState {
     }
 }
 
-/// What the pure hooks hear from `messages` and `jobs`.
-const HANDLE_ONLY: &str = "only `handle` may change messages or queue jobs";
-
 impl GuestState {
     /// The host for a `messages`/`jobs` call, or why there is none: a pure
     /// hook, or a job over its host-call cap.
-    fn job_host(&mut self) -> Result<std::sync::Arc<dyn super::JobHost>, String> {
+    fn job_host(&mut self) -> Result<std::sync::Arc<dyn super::JobHost>, HostCallError> {
         if !self.take_host_call() {
-            return Err("this job used up its budget of host calls".into());
+            return Err(HostCallError::OverBudget);
         }
         if !self.full_access {
-            return Err(HANDLE_ONLY.into());
+            return Err(HostCallError::HandleOnly);
         }
         Ok(self.host.clone())
     }
@@ -171,23 +169,26 @@ impl messages::Host for GuestState {
     }
 
     async fn append_text(&mut self, text: String) -> Result<(), String> {
-        self.job_host()?.message_append_text(text).await
+        Ok(self.job_host()?.message_append_text(text).await?)
     }
 
     async fn add_content(&mut self, block: ContentBlock) -> Result<String, String> {
-        self.job_host()?.message_add_content(block).await
+        Ok(self.job_host()?.message_add_content(block).await?)
     }
 
     async fn start_task(&mut self, description: String) -> Result<String, String> {
-        self.job_host()?.message_start_task(description).await
+        Ok(self.job_host()?.message_start_task(description).await?)
     }
 
     async fn update_task(&mut self, task_id: String, update: TaskUpdate) -> Result<(), String> {
-        self.job_host()?.message_update_task(task_id, update).await
+        Ok(self
+            .job_host()?
+            .message_update_task(task_id, update)
+            .await?)
     }
 
     async fn complete(&mut self) -> Result<(), String> {
-        self.job_host()?.message_complete().await
+        Ok(self.job_host()?.message_complete().await?)
     }
 }
 
@@ -209,7 +210,7 @@ impl jobs::Host for GuestState {
         if serde_json::from_str::<serde_json::Value>(&payload).is_err() {
             return Err("the follow-up's payload is not JSON".into());
         }
-        host.follow_up(queue, payload, take_message)
+        Ok(host.follow_up(queue, payload, take_message)?)
     }
 }
 

@@ -8,7 +8,7 @@ use super::{Store, StoreError, TaskChange, validate_block};
 pub use crate::queue::BoundMessage;
 use crate::queue::JobRecord;
 use spool_runtime::content::block_to_json;
-use spool_runtime::{ContentBlock, TaskStatus, TaskUpdate};
+use spool_runtime::{ContentBlock, HostCallError, TaskStatus, TaskUpdate};
 
 /// How a bound job's attempt ended, as far as its message is concerned.
 pub enum JobEnd<'a> {
@@ -80,7 +80,7 @@ impl BoundMessage {
             .await
     }
 
-    pub async fn append_text(&self, store: &Store, text: String) -> Result<(), String> {
+    pub async fn append_text(&self, store: &Store, text: String) -> Result<(), HostCallError> {
         store
             .append_text(&self.session_id, &self.message_id, &text)
             .await
@@ -88,16 +88,24 @@ impl BoundMessage {
             .map_err(guest_error)
     }
 
-    pub async fn add_content(&self, store: &Store, block: ContentBlock) -> Result<String, String> {
+    pub async fn add_content(
+        &self,
+        store: &Store,
+        block: ContentBlock,
+    ) -> Result<String, HostCallError> {
         let block = block_to_json(&block);
-        validate_block(&block)?;
+        validate_block(&block).map_err(HostCallError::Refused)?;
         store
             .add_content(&self.session_id, &self.message_id, &block)
             .await
             .map_err(guest_error)
     }
 
-    pub async fn start_task(&self, store: &Store, description: String) -> Result<String, String> {
+    pub async fn start_task(
+        &self,
+        store: &Store,
+        description: String,
+    ) -> Result<String, HostCallError> {
         store
             .start_task(&self.session_id, &self.message_id, &description)
             .await
@@ -109,7 +117,7 @@ impl BoundMessage {
         store: &Store,
         task_id: String,
         update: TaskUpdate,
-    ) -> Result<(), String> {
+    ) -> Result<(), HostCallError> {
         let change = match update.status {
             TaskStatus::Running => TaskChange::Progress {
                 progress: update.progress,
@@ -118,7 +126,7 @@ impl BoundMessage {
             TaskStatus::Completed => {
                 let result = update.result.as_ref().map(block_to_json);
                 if let Some(block) = &result {
-                    validate_block(block)?;
+                    validate_block(block).map_err(HostCallError::Refused)?;
                 }
                 TaskChange::Completed { result }
             }
@@ -133,7 +141,7 @@ impl BoundMessage {
             .map_err(guest_error)
     }
 
-    pub async fn complete(&self, store: &Store) -> Result<(), String> {
+    pub async fn complete(&self, store: &Store) -> Result<(), HostCallError> {
         store
             .complete(&self.session_id, &self.message_id)
             .await
@@ -142,10 +150,10 @@ impl BoundMessage {
     }
 }
 
-fn guest_error(error: StoreError) -> String {
+fn guest_error(error: StoreError) -> HostCallError {
     match error {
-        StoreError::Redis(error) => format!("the message store is unavailable: {error}"),
-        other => other.to_string(),
+        StoreError::Redis(error) => HostCallError::Unavailable(error.to_string()),
+        other => HostCallError::Refused(other.to_string()),
     }
 }
 

@@ -18,7 +18,7 @@ use crate::intake::Route;
 use crate::models::{ChatReply, ChatRequest, ModelError};
 use crate::queue::job_state_key;
 use crate::store::{BoundMessage, Store};
-use spool_runtime::{ContentBlock, EventType, JobHost, TaskUpdate};
+use spool_runtime::{ContentBlock, EventType, HostCallError, JobHost, TaskUpdate};
 
 /// What a running `handle` reaches outside its sandbox.
 pub(super) struct WorkerHost {
@@ -49,10 +49,8 @@ impl WorkerHost {
         std::mem::take(&mut *self.follow_ups.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    fn bound(&self) -> Result<&BoundMessage, String> {
-        self.message
-            .as_ref()
-            .ok_or_else(|| "this job drives no message".to_owned())
+    fn bound(&self) -> Result<&BoundMessage, HostCallError> {
+        self.message.as_ref().ok_or(HostCallError::NoMessage)
     }
 
     fn log_redis_error(&self, what: &str, result: redis::RedisResult<()>) {
@@ -162,15 +160,21 @@ impl JobHost for WorkerHost {
         self.message.as_ref().map(|bound| bound.message_id.clone())
     }
 
-    fn message_append_text(&self, text: String) -> BoxFuture<'_, Result<(), String>> {
+    fn message_append_text(&self, text: String) -> BoxFuture<'_, Result<(), HostCallError>> {
         Box::pin(async move { self.bound()?.append_text(&self.sessions, text).await })
     }
 
-    fn message_add_content(&self, block: ContentBlock) -> BoxFuture<'_, Result<String, String>> {
+    fn message_add_content(
+        &self,
+        block: ContentBlock,
+    ) -> BoxFuture<'_, Result<String, HostCallError>> {
         Box::pin(async move { self.bound()?.add_content(&self.sessions, block).await })
     }
 
-    fn message_start_task(&self, description: String) -> BoxFuture<'_, Result<String, String>> {
+    fn message_start_task(
+        &self,
+        description: String,
+    ) -> BoxFuture<'_, Result<String, HostCallError>> {
         Box::pin(async move { self.bound()?.start_task(&self.sessions, description).await })
     }
 
@@ -178,7 +182,7 @@ impl JobHost for WorkerHost {
         &self,
         task_id: String,
         update: TaskUpdate,
-    ) -> BoxFuture<'_, Result<(), String>> {
+    ) -> BoxFuture<'_, Result<(), HostCallError>> {
         Box::pin(async move {
             self.bound()?
                 .update_task(&self.sessions, task_id, update)
@@ -186,7 +190,7 @@ impl JobHost for WorkerHost {
         })
     }
 
-    fn message_complete(&self) -> BoxFuture<'_, Result<(), String>> {
+    fn message_complete(&self) -> BoxFuture<'_, Result<(), HostCallError>> {
         Box::pin(async move { self.bound()?.complete(&self.sessions).await })
     }
 
@@ -195,18 +199,20 @@ impl JobHost for WorkerHost {
         queue: String,
         payload: String,
         take_message: bool,
-    ) -> Result<String, String> {
+    ) -> Result<String, HostCallError> {
         if !self.routes.contains_key(&queue) {
-            return Err(format!("no queue named `{queue}`"));
+            return Err(HostCallError::Refused(format!("no queue named `{queue}`")));
         }
         let mut follow_ups = self.follow_ups.lock().unwrap_or_else(|e| e.into_inner());
         if take_message {
             self.bound()?;
             if follow_ups.iter().any(|f| f.takes_message) {
-                return Err("an earlier follow-up already took this job's message".to_owned());
+                return Err(HostCallError::Refused(
+                    "an earlier follow-up already took this job's message".to_owned(),
+                ));
             }
         }
-        let id = follow_up_id(&self.job_id, follow_ups.len())?;
+        let id = follow_up_id(&self.job_id, follow_ups.len()).map_err(HostCallError::Refused)?;
         follow_ups.push(FollowUp {
             id: id.clone(),
             queue,

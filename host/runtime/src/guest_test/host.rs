@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use spool_fixture::{ScriptedError, ScriptedReply};
 
 use crate::model::{ChatReply, ChatRequest, ModelError};
-use crate::{JobHost, LogLevel};
+use crate::{HostCallError, JobHost, LogLevel};
 
 /// The model error a scripted reply stands for, if it is one.
 fn model_error(reply: &ScriptedReply) -> Option<ModelError> {
@@ -202,9 +202,9 @@ impl JobHost for ScriptedHost {
         queue: String,
         payload: String,
         take_message: bool,
-    ) -> Result<String, String> {
+    ) -> Result<String, HostCallError> {
         if take_message {
-            return Err("this job drives no message".to_owned());
+            return Err(HostCallError::NoMessage);
         }
         let mut record = self.record();
         let id = format!("{}.{}", self.job_id, record.follow_ups.len() + 1);
