@@ -624,3 +624,70 @@ async fn a_job_id_is_queued_once_however_often_it_is_submitted() {
         .expect("xlen");
     assert_eq!(events, 1, "one task_queued event");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_submission_under_the_same_key_returns_the_same_job_never_a_second() {
+    let stack = Stack::start(HostOptions::default()).await;
+    let Stack {
+        host, api, redis, ..
+    } = &stack;
+    let chat = host.url("/api/chat");
+    let body = json!({"userId": "u", "prompt": "once only"});
+
+    // A client that timed out retries: ten submissions race under one key.
+    let replies =
+        futures_util::future::join_all((0..10).map(|_| api.post_keyed(&chat, "order-42", &body)))
+            .await;
+    let created = replies.iter().filter(|(status, _)| *status == 202).count();
+    assert_eq!(created, 1, "{replies:?}");
+    for (status, reply) in &replies {
+        assert!(matches!(status, 200 | 202), "{status} {reply}");
+        assert_eq!(reply["jobId"], "order-42", "{reply}");
+    }
+    let job = api
+        .wait_terminal(host, "order-42", Duration::from_secs(20))
+        .await;
+    assert_eq!(job["state"], "completed", "{job}");
+    // After it finished, the same key still names it (while it is kept).
+    let (status, again) = api.post_keyed(&chat, "order-42", &body).await;
+    assert_eq!((status, again["state"].as_str()), (200, Some("completed")));
+    assert_eq!(again["duplicate"], true);
+
+    // BullMQ's form: a `jobId` field, here on the generic route.
+    let generic = host.url("/api/queues/chat/jobs");
+    let fielded = json!({"jobId": "order-43", "payload": {"prompt": "hi"}, "userId": "u"});
+    let (first, _) = api.post(&generic, &fielded).await;
+    let (second, reply) = api.post(&generic, &fielded).await;
+    assert_eq!((first, second), (202, 200), "{reply}");
+    assert_eq!(reply["jobId"], "order-43");
+
+    // One job per key: nothing else was ever queued.
+    let jobs: Vec<String> = redis::cmd("KEYS")
+        .arg("spool:job:*")
+        .query::<Vec<String>>(&mut redis.connection())
+        .expect("KEYS")
+        .into_iter()
+        .filter(|key| key.matches(':').count() == 2)
+        .collect();
+    let mut jobs = jobs;
+    jobs.sort();
+    assert_eq!(jobs, ["spool:job:order-42", "spool:job:order-43"]);
+
+    // Refusals: a bad key, header and field that disagree.
+    let (status, bad) = api.post_keyed(&chat, "no:colons", &body).await;
+    assert_eq!(
+        (status, bad["error"]["code"].as_str()),
+        (422, Some("invalid_job_id"))
+    );
+    let (status, bad) = api
+        .post_keyed(
+            &chat,
+            "a",
+            &json!({"userId": "u", "prompt": "x", "jobId": "b"}),
+        )
+        .await;
+    assert_eq!(
+        (status, bad["error"]["code"].as_str()),
+        (422, Some("conflicting_job_id"))
+    );
+}

@@ -348,6 +348,18 @@ impl Api {
         .await
     }
 
+    /// A JSON POST with an `Idempotency-Key` header.
+    pub async fn post_keyed(&self, url: &str, key: &str, body: &Value) -> (u16, Value) {
+        self.send(
+            self.http
+                .post(url)
+                .header("content-type", "application/json")
+                .header("idempotency-key", key)
+                .body(body.to_string()),
+        )
+        .await
+    }
+
     pub async fn post_raw(&self, url: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
         self.send(
             self.http

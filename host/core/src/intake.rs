@@ -23,6 +23,9 @@ pub struct Submission {
     pub payload: String,
     /// The session message the job will drive, if any (see [`BoundMessage`]).
     pub message: Option<BoundMessage>,
+    /// The id the client chose (an idempotency key), else a fresh one. A
+    /// second submission under a taken id is [`IntakeError::Duplicate`].
+    pub job_id: Option<String>,
 }
 
 /// What the queue made of an accepted submission.
@@ -84,8 +87,11 @@ impl Intake {
         queue: &str,
         submission: &Submission,
     ) -> Result<Accepted, IntakeError> {
-        self.submit_with_id(queue, uuid::Uuid::now_v7().to_string(), submission)
-            .await
+        let id = submission
+            .job_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        self.submit_with_id(queue, id, submission).await
     }
 
     /// [`Intake::submit`] under an id the caller chose; refused with

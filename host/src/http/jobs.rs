@@ -6,14 +6,14 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::AppState;
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use spool_core::intake::Route;
-use spool_core::intake::Submission;
+use spool_core::intake::{IntakeError, Submission};
 use spool_core::queue::{CancelOutcome, JobState};
 
 const DEFAULT_PRIORITY: i64 = 5;
@@ -27,6 +27,7 @@ pub const CHAT_QUEUE: &str = "chat";
 #[serde(rename_all = "camelCase")]
 struct ChatHostFields {
     user_id: String,
+    job_id: Option<String>,
     priority: Option<i64>,
     user_tier: Option<String>,
 }
@@ -35,6 +36,7 @@ struct ChatHostFields {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct GenericFields {
     payload: Value,
+    job_id: Option<String>,
     #[serde(default)]
     user_id: String,
     user_tier: Option<String>,
@@ -43,19 +45,66 @@ struct GenericFields {
 
 pub async fn submit_chat(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let accepted = submit(&state, CHAT_QUEUE, chat_submission(body)?).await?;
-    Ok((StatusCode::ACCEPTED, Json(accepted)))
+    let submission = with_idempotency_key(&headers, chat_submission(body)?)?;
+    submit(&state, CHAT_QUEUE, submission).await
 }
 
 pub async fn submit_generic(
     State(state): State<Arc<AppState>>,
     ApiPath(queue): ApiPath<String>,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let accepted = submit(&state, &queue, generic_submission(body)?).await?;
-    Ok((StatusCode::ACCEPTED, Json(accepted)))
+    let submission = with_idempotency_key(&headers, generic_submission(body)?)?;
+    submit(&state, &queue, submission).await
+}
+
+/// The `Idempotency-Key` header names the job like a `jobId` field does; if
+/// both are given they must agree.
+fn with_idempotency_key(
+    headers: &HeaderMap,
+    mut submission: Submission,
+) -> Result<Submission, ApiError> {
+    let Some(key) = headers.get("idempotency-key") else {
+        return Ok(submission);
+    };
+    let key = key.to_str().map_err(|_| {
+        ApiError::invalid("invalid_job_id", "the Idempotency-Key header is not text")
+    })?;
+    checked_client_job_id(key)?;
+    match &submission.job_id {
+        Some(field) if field != key => Err(ApiError::invalid(
+            "conflicting_job_id",
+            format!("the Idempotency-Key header `{key}` and the jobId field `{field}` differ"),
+        )),
+        _ => {
+            submission.job_id = Some(key.to_owned());
+            Ok(submission)
+        }
+    }
+}
+
+/// The longest job id a client may choose.
+const MAX_CLIENT_JOB_ID: usize = 128;
+
+/// A client-chosen job id: 1 to 128 of `A-Z a-z 0-9 _ -`. (`.` is left to the
+/// host, whose follow-up ids are `{job}.1`, `{job}.2`...)
+fn checked_client_job_id(id: &str) -> Result<(), ApiError> {
+    let valid = (1..=MAX_CLIENT_JOB_ID).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if valid {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            "invalid_job_id",
+            format!("a job id must be 1 to {MAX_CLIENT_JOB_ID} of the characters A-Z a-z 0-9 _ -"),
+        ))
+    }
 }
 
 /// Reads a chat submission (design E's body); the handler gets the rest as payload.
@@ -68,8 +117,11 @@ pub fn chat_submission(body: Value) -> Result<Submission, ApiError> {
     };
     let fields: ChatHostFields = serde_json::from_value(Value::Object(object.clone()))
         .map_err(|e| ApiError::invalid("invalid_field", e.to_string()))?;
-    for host_field in ["userId", "userTier", "priority"] {
+    for host_field in ["userId", "userTier", "priority", "jobId"] {
         object.remove(host_field);
+    }
+    if let Some(id) = &fields.job_id {
+        checked_client_job_id(id)?;
     }
     Ok(Submission {
         user_id: fields.user_id,
@@ -77,6 +129,7 @@ pub fn chat_submission(body: Value) -> Result<Submission, ApiError> {
         priority: checked_priority(fields.priority)?,
         payload: Value::Object(object).to_string(),
         message: None,
+        job_id: fields.job_id,
     })
 }
 
@@ -84,12 +137,16 @@ pub fn chat_submission(body: Value) -> Result<Submission, ApiError> {
 pub fn generic_submission(body: Value) -> Result<Submission, ApiError> {
     let fields: GenericFields = serde_json::from_value(body)
         .map_err(|e| ApiError::invalid("invalid_field", e.to_string()))?;
+    if let Some(id) = &fields.job_id {
+        checked_client_job_id(id)?;
+    }
     Ok(Submission {
         user_id: fields.user_id,
         user_tier: fields.user_tier.unwrap_or_default(),
         priority: checked_priority(fields.priority)?,
         payload: fields.payload.to_string(),
         message: None,
+        job_id: fields.job_id,
     })
 }
 
@@ -103,24 +160,52 @@ fn checked_priority(priority: Option<i64>) -> Result<u8, ApiError> {
     }
 }
 
-/// Runs the queue's priority rule (in Wasm), then enqueues; the body
-/// answers where to follow the job.
+/// Runs the queue's priority rule (in Wasm), then enqueues: 202 and where to
+/// follow the job. A submission under a client-chosen id that is taken in the
+/// same queue is a retry of the first: 200 with that job, never a second one.
 pub async fn submit(
     state: &AppState,
     queue: &str,
     submission: Submission,
-) -> Result<Value, ApiError> {
-    let accepted = state.intake.submit(queue, &submission).await?;
-    let id = accepted.id;
-    Ok(json!({
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    match state.intake.submit(queue, &submission).await {
+        Ok(accepted) => {
+            let mut body = follow_links(&accepted.id);
+            body["queue"] = json!(accepted.queue);
+            body["state"] = json!("waiting");
+            body["class"] = json!(accepted.class);
+            body["score"] = json!(accepted.score);
+            Ok((StatusCode::ACCEPTED, Json(body)))
+        }
+        Err(IntakeError::Duplicate(id)) => {
+            let record = state.queue.job(&id).await?;
+            match record {
+                Some(record) if record.queue == queue => {
+                    let mut body = follow_links(&id);
+                    body["queue"] = json!(record.queue);
+                    body["state"] = json!(record.state.as_str());
+                    body["class"] = json!(record.class);
+                    body["score"] = json!(record.score);
+                    body["duplicate"] = json!(true);
+                    Ok((StatusCode::OK, Json(body)))
+                }
+                _ => Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "job_id_taken",
+                    format!("job id `{id}` is taken by a job of another queue"),
+                )),
+            }
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+fn follow_links(id: &str) -> Value {
+    json!({
         "jobId": id,
-        "queue": accepted.queue,
-        "state": "waiting",
-        "class": accepted.class,
-        "score": accepted.score,
         "statusUrl": format!("/api/job/{id}"),
         "streamUrl": format!("/stream/status/{id}"),
-    }))
+    })
 }
 
 pub fn route<'a>(state: &'a AppState, queue: &str) -> Result<&'a Route, ApiError> {

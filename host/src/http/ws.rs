@@ -12,6 +12,7 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
@@ -90,7 +91,7 @@ async fn handle_frame(
                 Err(error) => Err(error),
             };
             match accepted {
-                Ok(mut accepted) => {
+                Ok((_, Json(mut accepted))) => {
                     let job = accepted["jobId"].as_str().unwrap_or_default().to_owned();
                     accepted["type"] = json!("accepted");
                     let _ = outbox.send(accepted).await;

@@ -78,6 +78,7 @@ pub async fn queue_all(
             priority: record.priority,
             payload: follow_up.payload,
             message: message.filter(|_| takes_message).cloned(),
+            job_id: None,
         };
         match intake
             .submit_with_id(&follow_up.queue, follow_up.id.clone(), &submission)
