@@ -22,8 +22,8 @@ use spool_core::gateway::Gateway;
 use spool_core::handlers::{self, Handlers};
 use spool_core::intake::Route;
 use spool_core::models::{BackendConfig, BackendKind, ModelClient, OllamaApi};
-use spool_core::queue::{Queue, QueueKeys, Retention, WAKE_CHANNEL};
-use spool_core::worker::Workers;
+use spool_core::queue::{CANCEL_CHANNEL, Queue, QueueKeys, Retention, WAKE_CHANNEL};
+use spool_core::worker::{RunningJobs, Workers};
 use spool_runtime::Runtime;
 use {crate::BUILT_IN, spool_core::registry::Registry};
 
@@ -87,10 +87,12 @@ pub async fn start(config: Config) -> Result<Running> {
     };
     let shutdown = CancellationToken::new();
     let wake = Arc::new(Notify::new());
+    let running = Arc::new(RunningJobs::default());
     let mut background = JoinSet::new();
-    background.spawn(listen_for_wakeups(
+    background.spawn(listen_for_signals(
         client.clone(),
         wake.clone(),
+        running.clone(),
         shutdown.clone(),
     ));
     background.spawn(handlers.clone().run_sync(client.clone(), shutdown.clone()));
@@ -114,6 +116,7 @@ pub async fn start(config: Config) -> Result<Running> {
         visibility: Duration::from_millis(config.workers.visibility_timeout_ms),
         wake,
         sessions: sessions.clone(),
+        running,
     });
     background.spawn(recover_abandoned_jobs(
         workers.clone(),
@@ -401,7 +404,12 @@ async fn recover_abandoned_jobs(
             match workers
                 .intake
                 .queue
-                .recover(&route.keys, &consumer, workers.visibility)
+                .recover(
+                    &route.keys,
+                    &consumer,
+                    workers.visibility,
+                    workers.retention,
+                )
                 .await
             {
                 Ok(0) => {}
@@ -416,23 +424,39 @@ async fn recover_abandoned_jobs(
 
 /// Forwards "queue has work" announcements to idle workers. Pub/Sub drops
 /// messages while disconnected, so workers also poll; this only cuts latency.
-async fn listen_for_wakeups(client: redis::Client, wake: Arc<Notify>, shutdown: CancellationToken) {
+/// Follows the instance's Pub/Sub signals: wake-ups for idle workers, and
+/// cancels of jobs that may be running here. Pub/Sub is at-most-once: idle
+/// polling and heartbeats catch what is missed.
+async fn listen_for_signals(
+    client: redis::Client,
+    wake: Arc<Notify>,
+    running: Arc<RunningJobs>,
+    shutdown: CancellationToken,
+) {
     use futures_util::StreamExt;
     loop {
         if let Ok(mut pubsub) = client.get_async_pubsub().await
-            && pubsub.subscribe(WAKE_CHANNEL).await.is_ok()
+            && pubsub
+                .subscribe(&[WAKE_CHANNEL, CANCEL_CHANNEL])
+                .await
+                .is_ok()
         {
             let mut messages = pubsub.on_message();
             loop {
                 tokio::select! {
                     message = messages.next() => match message {
+                        Some(message) if message.get_channel_name() == CANCEL_CHANNEL => {
+                            if let Ok(job) = message.get_payload::<String>() {
+                                running.cancel(&job);
+                            }
+                        }
                         Some(_) => wake.notify_one(),
                         None => break,
                     },
                     _ = shutdown.cancelled() => return,
                 }
             }
-            tracing::warn!("lost the wake-up subscription; reconnecting");
+            tracing::warn!("lost the Pub/Sub subscription; reconnecting");
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod cancel;
 mod contract;
 mod foundation;
 mod guest_chat;

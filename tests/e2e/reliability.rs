@@ -10,9 +10,9 @@ use spool::stub::Fault;
 
 use crate::support::*;
 
-const WAIT: Duration = Duration::from_secs(90);
+pub const WAIT: Duration = Duration::from_secs(90);
 
-async fn submit_chat(api: &Api, host: &Host, prompt: &str) -> (u16, Value) {
+pub async fn submit_chat(api: &Api, host: &Host, prompt: &str) -> (u16, Value) {
     api.post(
         &host.url("/api/chat"),
         &json!({"userId": "u", "prompt": prompt}),
@@ -20,8 +20,9 @@ async fn submit_chat(api: &Api, host: &Host, prompt: &str) -> (u16, Value) {
     .await
 }
 
-/// Every job finished once: one stored result, one final event.
-async fn assert_completed_once(api: &Api, host: &Host, ids: &[String]) {
+/// Every job finished once: one stored result, one final event, and the
+/// result is the answer to that job's own prompt (not another job's).
+async fn assert_completed_once(api: &Api, host: &Host, redis: &Redis, ids: &[String]) {
     for id in ids {
         let job = api.wait_terminal(host, id, WAIT).await;
         assert_eq!(job["state"], "completed", "{job}");
@@ -35,9 +36,18 @@ async fn assert_completed_once(api: &Api, host: &Host, ids: &[String]) {
             completions, 1,
             "job {id} has {completions} completion events"
         );
-        let expected_prompt = job["result"]["response"].as_str().unwrap_or_default();
-        assert!(
-            expected_prompt.starts_with("[stub-chat] 2 messages; you said: job "),
+        let payload: String = redis::cmd("HGET")
+            .arg(format!("spool:job:{id}"))
+            .arg("payload")
+            .query(&mut redis.connection())
+            .expect("HGET payload");
+        let payload: Value = serde_json::from_str(&payload).expect("payload is JSON");
+        let prompt = payload["prompt"]
+            .as_str()
+            .expect("a chat payload has a prompt");
+        assert_eq!(
+            job["result"]["response"],
+            expected_chat_response(prompt, 0),
             "{job}"
         );
     }
@@ -79,7 +89,7 @@ async fn a_host_killed_mid_run_loses_nothing_and_no_job_completes_twice() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     doomed.kill(); // SIGKILL, with jobs in flight
-    assert_completed_once(&api, &survivor, &ids).await;
+    assert_completed_once(&api, &survivor, &redis, &ids).await;
     let mut pages = Vec::new();
     for id in &ids {
         pages.push(
@@ -141,7 +151,7 @@ async fn with_appendfsync_always_every_accepted_job_survives_redis_being_killed(
     let (after, _) = submit_through_outage(&api, &host, 50, Duration::from_millis(2)).await;
     let ids: Vec<String> = before.into_iter().chain(after).map(|(id, _)| id).collect();
     assert_eq!(ids.len(), 200, "Redis was back before the next submission");
-    assert_completed_once(&api, &host, &ids).await;
+    assert_completed_once(&api, &host, &redis, &ids).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -305,7 +315,13 @@ async fn sigterm_under_load_finishes_jobs_in_flight_and_leaves_the_rest_to_anoth
     }
     // Wait until the leaving instance runs jobs, then ask it to stop.
     let mut in_flight = Vec::new();
+    let looking_since = Instant::now();
     while in_flight.is_empty() {
+        assert!(
+            looking_since.elapsed() < WAIT,
+            "the leaving instance never ran a job; log:\n{}",
+            leaving.log_text()
+        );
         for id in &ids {
             let (_, job) = api.get(&staying.url(&format!("/api/job/{id}"))).await;
             if job["state"] == "active"
@@ -334,7 +350,7 @@ async fn sigterm_under_load_finishes_jobs_in_flight_and_leaves_the_rest_to_anoth
             "finished by the instance that ran it: {job}"
         );
     }
-    assert_completed_once(&api, &staying, &ids).await;
+    assert_completed_once(&api, &staying, &redis, &ids).await;
     let workers: HashSet<String> = {
         let mut set = HashSet::new();
         for id in &ids {
@@ -437,7 +453,8 @@ async fn finished_jobs_expire_after_their_retention_history_keeps_the_last_n_and
 async fn waiting_delayed_and_active_jobs_can_be_cancelled() {
     let redis = Redis::start();
     let stub = stub().await;
-    let config = "[queues.chat]\nhandler = \"chat\"\nbackoff_ms = 60000\n".to_owned();
+    // A retry due within a second: a cancel that did nothing would let it run.
+    let config = "[queues.chat]\nhandler = \"chat\"\nbackoff_ms = 1000\n".to_owned();
     let host = Host::start(
         &redis,
         &stub,
@@ -479,11 +496,15 @@ async fn waiting_delayed_and_active_jobs_can_be_cancelled() {
         .await;
     let job = api.wait_terminal(&host, &kept, WAIT).await;
     assert_eq!(job["state"], "completed");
+    // Past the latest the delayed job's retry could have come (1 s + 20 %).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
         stub.stats().total,
         calls_before + 1,
         "cancelled jobs never ran"
     );
+    let (_, delayed_job) = api.get(&host.url(&format!("/api/job/{delayed}"))).await;
+    assert_eq!(delayed_job["state"], "cancelled", "{delayed_job}");
 
     // Active: the worker stops at its next heartbeat.
     stub.set_timing(5000, 0);
@@ -514,7 +535,7 @@ async fn waiting_delayed_and_active_jobs_can_be_cancelled() {
     );
 }
 
-async fn wait_for_state(api: &Api, host: &Host, id: &str, state: &str) {
+pub async fn wait_for_state(api: &Api, host: &Host, id: &str, state: &str) {
     let started = Instant::now();
     loop {
         let (_, job) = api.get(&host.url(&format!("/api/job/{id}"))).await;

@@ -1,10 +1,12 @@
--- Cancels a job. A waiting or delayed job is taken out of line at once; an
--- active one gets a cancel flag its worker sees at its next heartbeat (best
--- effort: the model call in flight is abandoned, not undone).
+-- Cancels a job. A waiting or delayed job is taken out of line at once. An
+-- active one gets a cancel flag, and its instance is told on the cancel channel
+-- so the running guest is stopped at once (its heartbeat also sees the flag,
+-- should the message be lost). From then on the job can only end cancelled:
+-- finish.lua refuses any other outcome and recovery does not restart it.
 -- Returns the job's state before the call, or false when there is no such job.
 -- KEYS[1] job hash   KEYS[2] job event stream
 -- ARGV[1] now (ms)   ARGV[2] ttl in seconds   ARGV[3] queue key prefix
--- ARGV[4] event type (cancelled)   ARGV[5] events kept
+-- ARGV[4] event type (cancelled)   ARGV[5] events kept   ARGV[6] cancel channel
 local job = redis.call('HMGET', KEYS[1], 'state', 'queue', 'class', 'entry', 'id')
 local state = job[1]
 if not state then
@@ -24,5 +26,6 @@ if state == 'waiting' or state == 'delayed' then
   redis.call('EXPIRE', KEYS[2], ARGV[2])
 elseif state == 'active' then
   redis.call('HSET', KEYS[1], 'cancel', ARGV[1])
+  redis.call('PUBLISH', ARGV[6], job[5])
 end
 return state

@@ -3,7 +3,9 @@
 -- twice (its first worker presumed dead) gets one result and one final event.
 -- A job that fails for good is also appended to the queue's dead-letter stream,
 -- with a snapshot of its record so that it can be replayed after the record
--- itself has expired. Returns 1 when recorded, 0 when the attempt had lost the job.
+-- itself has expired. Once a cancel was accepted only `cancelled` is recorded.
+-- Returns 1 when recorded, 0 when the attempt had lost the job, 2 when the job
+-- must be recorded as cancelled instead (nothing was written).
 -- KEYS[1] job hash   KEYS[2] stream   KEYS[3] job event stream   KEYS[4] job state hash
 -- KEYS[5] outcome zset (history, or delayed retries)   KEYS[6] outcome counter
 -- KEYS[7] attempt history list   KEYS[8] dead-letter stream
@@ -11,12 +13,17 @@
 -- ARGV[5] new state   ARGV[6] zset score   ARGV[7] history length (0: not a history)
 -- ARGV[8] ttl in seconds (0: keep)   ARGV[9] event type   ARGV[10] event data
 -- ARGV[11] attempt record (JSON)   ARGV[12] events kept   ARGV[13..] job hash field/value pairs
-redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[2], ARGV[2])
-local owner = redis.call('HMGET', KEYS[1], 'state', 'entry')
+local owner = redis.call('HMGET', KEYS[1], 'state', 'entry', 'cancel')
 if owner[1] ~= 'active' or owner[2] ~= ARGV[2] then
+  redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
+  redis.call('XDEL', KEYS[2], ARGV[2])
   return 0
 end
+if owner[3] and ARGV[5] ~= 'cancelled' then
+  return 2
+end
+redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[2], ARGV[2])
 redis.call('HSET', KEYS[1], 'state', ARGV[5], 'finished_at', ARGV[4], unpack(ARGV, 13))
 redis.call('HDEL', KEYS[1], 'cancel')
 redis.call('RPUSH', KEYS[7], ARGV[11])

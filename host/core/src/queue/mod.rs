@@ -33,6 +33,9 @@ use spool_runtime::{EventType, FailureKind, PriorityClass};
 pub const GROUP: &str = "spool-workers";
 /// Pub/Sub channel announcing "queue X has work"; a hint, never the truth.
 pub const WAKE_CHANNEL: &str = "spool:wake";
+/// Pub/Sub channel on which a cancel of an active job names the job, so the
+/// instance running it stops it at once.
+pub const CANCEL_CHANNEL: &str = "spool:cancel";
 pub const JOB_PREFIX: &str = "spool:job:";
 pub const EVENTS_PREFIX: &str = "job_events:";
 pub const CLASSES: [PriorityClass; 3] = [
@@ -267,6 +270,16 @@ impl Settlement {
     }
 }
 
+/// What [`Queue::finish`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finish {
+    Recorded,
+    /// Another attempt owns the job; nothing was written.
+    Lost,
+    /// A cancel was accepted: nothing was written, record the cancellation.
+    CancelRequested,
+}
+
 /// What a heartbeat learned about the job it keeps alive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Heartbeat {
@@ -436,14 +449,15 @@ impl Queue {
         parse_claim(reply)
     }
 
-    /// Records how an attempt ended and acknowledges its entry. Returns false
-    /// when the attempt had already lost the job (another run finished it).
+    /// Records how an attempt ended and acknowledges its entry, unless the
+    /// attempt lost the job or a cancel was accepted meanwhile (then only
+    /// [`Outcome::Cancelled`] may be recorded).
     pub async fn finish(
         &self,
         job: &ClaimedJob,
         outcome: &Outcome,
         retention: Retention,
-    ) -> redis::RedisResult<bool> {
+    ) -> redis::RedisResult<Finish> {
         let keys = QueueKeys::new(&job.record.queue);
         let id = job.record.id.as_str();
         let now = now_ms();
@@ -484,7 +498,11 @@ impl Queue {
             invocation.arg(field).arg(value);
         }
         let recorded: i64 = invocation.invoke_async(&mut self.redis.clone()).await?;
-        Ok(recorded == 1)
+        Ok(match recorded {
+            1 => Finish::Recorded,
+            2 => Finish::CancelRequested,
+            _ => Finish::Lost,
+        })
     }
 
     /// Keeps the entry of a running job alive; says whether to go on.
@@ -517,6 +535,7 @@ impl Queue {
         queue: &QueueKeys,
         consumer: &str,
         visibility: std::time::Duration,
+        retention: Retention,
     ) -> redis::RedisResult<u64> {
         let mut cursors = [
             String::from("0-0"),
@@ -544,7 +563,9 @@ impl Queue {
             }
             invocation
                 .arg(EventType::TaskRequeued.as_str())
-                .arg(MAX_STREAM_EVENTS);
+                .arg(MAX_STREAM_EVENTS)
+                .arg(EventType::TaskCancelled.as_str())
+                .arg(retention.failed_secs.max(1));
             let (high, normal, low, count): (String, String, String, u64) =
                 invocation.invoke_async(&mut self.redis.clone()).await?;
             requeued += count;
@@ -570,6 +591,7 @@ impl Queue {
             .arg(QUEUE_PREFIX)
             .arg(EventType::TaskCancelled.as_str())
             .arg(MAX_STREAM_EVENTS)
+            .arg(CANCEL_CHANNEL)
             .invoke_async(&mut self.redis.clone())
             .await?;
         Ok(match previous.as_deref().and_then(JobState::parse) {
@@ -668,6 +690,15 @@ impl Queue {
             .iter()
             .filter_map(|i| serde_json::from_str(i).ok())
             .collect())
+    }
+
+    /// Whether a client asked to cancel this (active) job.
+    pub async fn cancel_requested(&self, id: &str) -> redis::RedisResult<bool> {
+        redis::cmd("HEXISTS")
+            .arg(job_key(id))
+            .arg("cancel")
+            .query_async(&mut self.redis.clone())
+            .await
     }
 
     pub async fn job(&self, id: &str) -> redis::RedisResult<Option<JobRecord>> {

@@ -2,13 +2,14 @@
 -- the visibility timeout belongs to a worker that stopped heart-beating (crashed,
 -- killed, cut off): it is acknowledged and the job queued again at the tail of
 -- its class stream. If that worker was merely slow, its finish is refused later
--- because the job now points at the new entry, so no job completes twice.
+-- because the job now points at the new entry, so no job completes twice. A job
+-- whose cancel was accepted is not restarted: it ends cancelled here.
 -- Returns {next cursor per stream (3), jobs requeued}.
 -- KEYS[1..3] high/normal/low streams
 -- ARGV[1] group   ARGV[2] recovery consumer   ARGV[3] min idle (ms)   ARGV[4] now (ms)
 -- ARGV[5] job key prefix   ARGV[6] event key prefix   ARGV[7] wake channel
 -- ARGV[8] queue name   ARGV[9..11] cursors   ARGV[12] event type (requeued)
--- ARGV[13] events kept
+-- ARGV[13] events kept   ARGV[14] event type (cancelled)   ARGV[15] ttl of a cancelled job (s)
 local cursors, requeued = {}, 0
 for i = 1, 3 do
   local reply = redis.call('XAUTOCLAIM', KEYS[i], ARGV[1], ARGV[2], ARGV[3], ARGV[8 + i], 'COUNT', 100)
@@ -20,8 +21,15 @@ for i = 1, 3 do
     if fields and fields[2] then
       local id = fields[2]
       local job = ARGV[5] .. id
-      local owner = redis.call('HMGET', job, 'state', 'entry', 'worker')
-      if owner[1] == 'active' and owner[2] == entry_id then
+      local owner = redis.call('HMGET', job, 'state', 'entry', 'worker', 'cancel')
+      if owner[1] == 'active' and owner[2] == entry_id and owner[4] then
+        redis.call('HSET', job, 'state', 'cancelled', 'finished_at', ARGV[4], 'error', 'cancelled by request')
+        redis.call('HDEL', job, 'cancel')
+        redis.call('XADD', ARGV[6] .. id, 'MAXLEN', '~', ARGV[13], '*', 'event_type', ARGV[14],
+          'data', cjson.encode({previous_state = 'active', reason = 'worker stopped responding'}), 'timestamp', ARGV[4])
+        redis.call('EXPIRE', job, ARGV[15])
+        redis.call('EXPIRE', ARGV[6] .. id, ARGV[15])
+      elseif owner[1] == 'active' and owner[2] == entry_id then
         local fresh = redis.call('XADD', KEYS[i], '*', 'job', id)
         redis.call('HSET', job, 'state', 'waiting', 'entry', fresh)
         redis.call('XADD', ARGV[6] .. id, 'MAXLEN', '~', ARGV[13], '*', 'event_type', ARGV[12],

@@ -15,12 +15,15 @@ use tokio_util::sync::CancellationToken;
 use crate::config::QueueConfig;
 use crate::gateway::Gateway;
 use crate::intake::{Intake, Route};
-use crate::queue::{Claim, ClaimedJob, Heartbeat, Outcome, Retention, now_ms};
+use crate::queue::{Claim, ClaimedJob, Finish, Heartbeat, Outcome, Retention, now_ms};
 use crate::store::{self, BoundMessage, JobEnd, Store};
 use spool_runtime::content::blocks_to_json;
 use spool_runtime::{FailureKind, GuestFailure, HandlerComponent, Job, JobError, JobOutput};
 
 mod follow_up;
+mod running;
+
+pub use running::RunningJobs;
 mod host;
 
 use host::WorkerHost;
@@ -41,6 +44,8 @@ pub struct Workers {
     pub wake: Arc<Notify>,
     /// Session messages that jobs of session tasks drive.
     pub sessions: Store,
+    /// The jobs running here, for cancels announced on the cancel channel.
+    pub running: Arc<RunningJobs>,
 }
 
 impl Workers {
@@ -137,8 +142,10 @@ impl Workers {
         if ran_on.is_some() {
             claimed.record.handler_version = ran_on;
         }
-        let recorded = self.record(claimed, &outcome).await;
-        if let (true, Some(message), false) = (recorded, &message, message_passed_on) {
+        let Some(outcome) = self.record(&claimed, outcome).await else {
+            return;
+        };
+        if let (Some(message), false) = (&message, message_passed_on) {
             let end = match &outcome {
                 Outcome::Completed { .. } => JobEnd::Completed,
                 Outcome::Retry { error, .. } => JobEnd::Retrying(error),
@@ -203,6 +210,11 @@ impl Workers {
         if !matches!(outcome, Outcome::Completed { .. }) || follow_ups.is_empty() {
             return Some(Attempt::ended(outcome));
         }
+        // A cancelled job queues nothing after it. (Should the check fail,
+        // recording the outcome still sees the cancel.)
+        if let Ok(true) = self.intake.queue.cancel_requested(&record.id).await {
+            return Some(Attempt::ended(Outcome::Cancelled));
+        }
         let queued =
             follow_up::queue_all(&self.intake, &self.sessions, record, message, follow_ups).await;
         Some(match queued {
@@ -229,6 +241,7 @@ impl Workers {
         job: &Job,
         host: Arc<WorkerHost>,
     ) -> Ran {
+        let watch = self.running.watch(&job.id);
         let run = self.intake.runtime.handle(handler, job, host);
         tokio::pin!(run);
         let mut heartbeat = tokio::time::interval(self.visibility / 3);
@@ -236,6 +249,8 @@ impl Workers {
         loop {
             tokio::select! {
                 result = &mut run => return Ran::Returned(result),
+                // Dropping the call stops the guest where it is.
+                _ = watch.stop.cancelled() => return Ran::Cancelled,
                 _ = heartbeat.tick() => match self.intake.queue.heartbeat(claimed, consumer).await {
                     Ok(Heartbeat::Run) => {}
                     Ok(Heartbeat::Cancel) => return Ran::Cancelled,
@@ -249,20 +264,26 @@ impl Workers {
 
     /// Writes the outcome, retrying while Redis is briefly away. If it never
     /// comes back the entry stays pending, and recovery hands it out again.
-    /// Returns whether this attempt's outcome is the one recorded.
-    async fn record(&self, claimed: ClaimedJob, outcome: &Outcome) -> bool {
+    /// Returns the outcome recorded: this attempt's, or `Cancelled` when a
+    /// cancel was accepted meanwhile; `None` when another attempt owns the job.
+    async fn record(&self, claimed: &ClaimedJob, outcome: Outcome) -> Option<Outcome> {
+        let mut outcome = outcome;
         let mut delay = Duration::from_millis(100);
         for _ in 0..10 {
             match self
                 .intake
                 .queue
-                .finish(&claimed, outcome, self.retention)
+                .finish(claimed, &outcome, self.retention)
                 .await
             {
-                Ok(true) => return true,
-                Ok(false) => {
+                Ok(Finish::Recorded) => return Some(outcome),
+                Ok(Finish::CancelRequested) => {
+                    tracing::info!(job = %claimed.record.id, "cancelled while it ran; its outcome is discarded");
+                    outcome = Outcome::Cancelled;
+                }
+                Ok(Finish::Lost) => {
                     tracing::info!(job = %claimed.record.id, "attempt lost its job to another run; result discarded");
-                    return false;
+                    return None;
                 }
                 Err(error) => {
                     tracing::warn!(job = %claimed.record.id, %error, "cannot record job outcome yet");
@@ -272,7 +293,7 @@ impl Workers {
             }
         }
         tracing::error!(job = %claimed.record.id, "gave up recording job outcome; it stays pending for recovery");
-        false
+        None
     }
 }
 
