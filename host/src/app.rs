@@ -197,7 +197,8 @@ async fn open_redis(
     };
     let client = redis::Client::open(redis_url.as_str())
         .with_context(|| format!("invalid Redis URL `{redis_url}`"))?;
-    let redis = connect(&client, &redis_url).await?;
+    let mut redis = connect(&client, &redis_url).await?;
+    spool_core::server_check::check(&mut redis).await?;
     Ok((client, redis, embedded))
 }
 

@@ -621,6 +621,51 @@ fn serve_without_redis_server_installed_says_how_to_install_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_a_redis_that_would_evict_queued_jobs_and_says_how_to_fix_it() {
+    let redis = Redis::start();
+    let set_policy = |policy: &str| {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory-policy")
+            .arg(policy)
+            .query(&mut redis.connection())
+            .expect("CONFIG SET");
+    };
+    set_policy("allkeys-lru");
+    let mut serve = std::process::Command::new(SPOOL)
+        .args(["serve", "--listen", "127.0.0.1:0", "--redis-url"])
+        .arg(redis.url())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run spool");
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = serve.try_wait().expect("wait for spool") {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = serve.kill();
+            panic!("spool started on a Redis that evicts queued jobs");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let output = serve.wait_with_output().expect("spool's output");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("maxmemory-policy allkeys-lru") && stderr.contains("noeviction"),
+        "{stderr}"
+    );
+
+    // volatile-* only warns: the host starts (and is stopped here).
+    set_policy("volatile-lru");
+    let stub = stub().await;
+    let host = Host::start(&redis, &stub, HostOptions::default());
+    assert!(host.log_text().contains("noeviction is recommended"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_client_submits_jobs_and_receives_their_events_until_the_end() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;

@@ -712,3 +712,34 @@ async fn a_retried_submission_under_the_same_key_returns_the_same_job_never_a_se
         (422, Some("conflicting_job_id"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_job_whose_record_vanished_is_dropped_loudly_not_silently() {
+    let stack = Stack::start(HostOptions::default()).await;
+    let Stack {
+        host, api, redis, ..
+    } = &stack;
+    api.post(&host.url("/api/queues/chat/pause"), &json!({}))
+        .await;
+    let (_, reply) = submit_chat(api, host, "evicted").await;
+    let id = reply["jobId"].as_str().expect("job id").to_owned();
+    // What an eviction (or a hand-made DEL) does to a queued job.
+    let _: () = redis::cmd("DEL")
+        .arg(format!("spool:job:{id}"))
+        .query(&mut redis.connection())
+        .expect("DEL");
+    api.post(&host.url("/api/queues/chat/resume"), &json!({}))
+        .await;
+    wait_until("the entry is dropped and counted", WAIT, || {
+        redis::cmd("GET")
+            .arg("spool:q:{chat}:count:dropped")
+            .query::<Option<u64>>(&mut redis.connection())
+            .ok()
+            .flatten()
+            == Some(1)
+    });
+    wait_until("the drop is logged with the job id", WAIT, || {
+        let log = host.log_text();
+        log.contains("record is gone") && log.contains(&id)
+    });
+}

@@ -24,5 +24,6 @@ pub mod limiter;
 pub mod models;
 pub mod queue;
 pub mod registry;
+pub mod server_check;
 pub mod store;
 pub mod worker;

@@ -3,9 +3,11 @@
 -- instance may promote them, exactly once). Returns one of:
 --   {'job', stream index (1..3), entry id, job hash as field/value list}
 --   {'paused'}  the queue is paused
---   {'again'}   an entry pointed at a vanished job and was dropped: call again
+--   {'dropped', job id}  an entry pointed at a job whose record is gone (evicted,
+--               deleted by hand): it was dropped and counted; call again
 --   {'idle', next retry time in ms or ''}
 -- KEYS[1] paused flag   KEYS[2] delayed zset   KEYS[3..5] high/normal/low streams
+-- KEYS[6] counter of dropped entries
 -- ARGV[1] group   ARGV[2] consumer   ARGV[3] now (ms)   ARGV[4] job key prefix
 -- ARGV[5] event key prefix   ARGV[6] event type (started)   ARGV[7] events kept
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3], 'LIMIT', 0, 100)
@@ -34,7 +36,8 @@ for i = 3, 5 do
     if redis.call('EXISTS', job) == 0 then
       redis.call('XACK', KEYS[i], ARGV[1], entry_id)
       redis.call('XDEL', KEYS[i], entry_id)
-      return {'again'}
+      redis.call('INCR', KEYS[6])
+      return {'dropped', id}
     end
     local attempt = redis.call('HINCRBY', job, 'attempts', 1)
     redis.call('HSET', job, 'state', 'active', 'started_at', ARGV[3], 'worker', ARGV[2], 'entry', entry_id)

@@ -141,6 +141,11 @@ pub enum SubmitError {
 pub enum Claim {
     Job(Box<ClaimedJob>),
     Paused,
+    /// An entry named a job whose record is gone (evicted or deleted by
+    /// hand); the entry was dropped and counted in `:count:dropped`.
+    Dropped {
+        job_id: String,
+    },
     /// Nothing to do; `next_retry_ms` is when the earliest delayed retry is due.
     Idle {
         next_retry_ms: Option<u64>,
@@ -430,6 +435,7 @@ impl Queue {
         for stream in &queue.streams {
             invocation.key(stream);
         }
+        invocation.key(queue.counter("dropped"));
         invocation
             .arg(GROUP)
             .arg(consumer)
@@ -819,6 +825,9 @@ fn parse_claim(reply: Vec<Value>) -> redis::RedisResult<Claim> {
     match tag.as_str() {
         "paused" => Ok(Claim::Paused),
         "again" => Ok(Claim::Again),
+        "dropped" => Ok(Claim::Dropped {
+            job_id: items.next().map(|v| text(&v)).unwrap_or_default(),
+        }),
         "idle" => Ok(Claim::Idle {
             next_retry_ms: items
                 .next()

@@ -74,6 +74,11 @@ impl Workers {
                         worked = true;
                         break;
                     }
+                    Ok(Claim::Dropped { job_id }) => {
+                        tracing::error!(queue = %route.keys.name, job = %job_id, "a queued job's record is gone (evicted or deleted outside spool); its entry was dropped and counted");
+                        worked = true;
+                        break;
+                    }
                     Ok(Claim::Idle {
                         next_retry_ms: Some(due),
                     }) => {
