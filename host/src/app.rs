@@ -23,7 +23,7 @@ use spool_core::handlers::{self, Handlers};
 use spool_core::intake::Route;
 use spool_core::models::{BackendConfig, BackendKind, ModelClient, OllamaApi};
 use spool_core::queue::{CANCEL_CHANNEL, Queue, QueueKeys, Retention, WAKE_CHANNEL};
-use spool_core::worker::{RunningJobs, Workers};
+use spool_core::worker::{RunningJobs, WorkerRestarts, Workers};
 use spool_runtime::Runtime;
 use {crate::BUILT_IN, spool_core::registry::Registry};
 
@@ -88,6 +88,7 @@ pub async fn start(config: Config) -> Result<Running> {
     let shutdown = CancellationToken::new();
     let wake = Arc::new(Notify::new());
     let running = Arc::new(RunningJobs::default());
+    let restarts = Arc::new(WorkerRestarts::default());
     let mut background = JoinSet::new();
     background.spawn(listen_for_signals(
         client.clone(),
@@ -117,6 +118,7 @@ pub async fn start(config: Config) -> Result<Running> {
         wake,
         sessions: sessions.clone(),
         running,
+        restarts: restarts.clone(),
     });
     background.spawn(recover_abandoned_jobs(
         workers.clone(),
@@ -126,7 +128,7 @@ pub async fn start(config: Config) -> Result<Running> {
     let worker_stop = CancellationToken::new();
     let mut worker_set = JoinSet::new();
     for index in 0..config.workers.concurrency {
-        worker_set.spawn(workers.clone().run(
+        worker_set.spawn(workers.clone().supervise(
             format!("{instance}-w{index}"),
             index,
             worker_stop.clone(),
@@ -150,6 +152,7 @@ pub async fn start(config: Config) -> Result<Running> {
         model: models.describe(),
         started: Instant::now(),
         retention,
+        restarts,
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -743,3 +743,42 @@ async fn a_queued_job_whose_record_vanished_is_dropped_loudly_not_silently() {
         log.contains("record is gone") && log.contains(&id)
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_panics_is_restarted_and_the_instance_reports_itself_degraded() {
+    let stack = Stack::start(HostOptions {
+        // One worker: if it were lost, nothing would run again.
+        concurrency: 1,
+        workers: "visibility_timeout_ms = 1500".into(),
+        env: vec![("SPOOL_FAULT_PANIC_ON_JOB".into(), "boom".into())],
+        ..Default::default()
+    })
+    .await;
+    let Stack { host, api, .. } = &stack;
+    let (status, _) = api
+        .post_keyed(
+            &host.url("/api/chat"),
+            "boom",
+            &json!({"userId": "u", "prompt": "panic on me"}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let (_, reply) = submit_chat(api, host, "after the panic").await;
+    let after = reply["jobId"].as_str().expect("job id").to_owned();
+
+    let job = api.wait_terminal(host, &after, WAIT).await;
+    assert_eq!(job["state"], "completed", "{job}");
+    // The panicked attempt is recovered like a crashed worker's.
+    let boom = api.wait_terminal(host, "boom", WAIT).await;
+    assert_eq!(
+        (boom["state"].as_str(), boom["attempts"].as_u64()),
+        (Some("completed"), Some(2))
+    );
+    let (status, health) = api.get(&host.url("/health")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (health["status"].as_str(), health["workerRestarts"].as_u64()),
+        (Some("degraded"), Some(1)),
+        "{health}"
+    );
+}

@@ -189,3 +189,45 @@ async fn a_guest_sees_no_files_network_environment_or_clock() {
         json!({"env": 0, "args": 0, "read_root": false, "read_file": false, "tcp": false, "wall_clock_secs": 0}),
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_asked_for_at_the_end_of_time_is_capped_and_the_worker_lives_on() {
+    let stack = Stack::start(HostOptions {
+        concurrency: 1,
+        config: adversary_config(),
+        ..HostOptions::default()
+    })
+    .await;
+    let Stack {
+        host, api, redis, ..
+    } = &stack;
+    let id = submit_evil(api, host, "retry_never").await;
+    // Once it is parked, the only worker must still be there for the next job.
+    let (_, reply) = api
+        .post(
+            &host.url("/api/chat"),
+            &json!({"userId": "u", "prompt": "still served"}),
+        )
+        .await;
+    let next = reply["jobId"].as_str().expect("job id").to_owned();
+    let job = api
+        .wait_terminal(host, &next, Duration::from_secs(30))
+        .await;
+    assert_eq!(job["state"], "completed", "{job}");
+
+    let retry_at: Option<f64> = redis::cmd("ZSCORE")
+        .arg("spool:q:{evil}:delayed")
+        .arg(&id)
+        .query(&mut redis.connection())
+        .expect("ZSCORE");
+    let retry_at = retry_at.expect("the job waits for its retry") as u64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let day = 24 * 60 * 60 * 1000;
+    assert!(
+        retry_at > now + day - 60_000 && retry_at <= now + day,
+        "retry at {retry_at}, now {now}: capped at one day"
+    );
+}

@@ -155,6 +155,8 @@ pub struct HostOptions {
     pub extra_args: Vec<String>,
     /// Extra lines for the [workers] table, e.g. "visibility_timeout_ms = 1500".
     pub workers: String,
+    /// Extra environment variables of the process.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for HostOptions {
@@ -164,6 +166,7 @@ impl Default for HostOptions {
             config: String::new(),
             extra_args: Vec::new(),
             workers: String::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -203,6 +206,7 @@ impl Host {
             .arg("--redis-url")
             .arg(redis.url())
             .args(&options.extra_args)
+            .envs(options.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log_file)

@@ -26,6 +26,7 @@ use spool_core::handlers::Handlers;
 use spool_core::intake::Intake;
 use spool_core::queue::{Queue, Retention};
 use spool_core::store::Store;
+use spool_core::worker::WorkerRestarts;
 
 /// What every request handler can reach.
 pub struct AppState {
@@ -41,6 +42,8 @@ pub struct AppState {
     pub model: String,
     pub started: Instant,
     pub retention: Retention,
+    /// Workers restarted after a panic: any makes the instance `degraded`.
+    pub restarts: Arc<WorkerRestarts>,
 }
 
 impl AppState {
@@ -105,8 +108,10 @@ fn sessions_router() -> Router<Arc<AppState>> {
 
 async fn health(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let redis_ok = state.queue.ping().await.is_ok();
+    let worker_restarts = state.restarts.count();
     let body = serde_json::json!({
-        "status": if redis_ok { "ok" } else { "degraded" },
+        "status": if redis_ok && worker_restarts == 0 { "ok" } else { "degraded" },
+        "workerRestarts": worker_restarts,
         "redis": if redis_ok { "ok" } else { "unavailable" },
         "instance": state.instance,
         "uptimeSecs": state.started.elapsed().as_secs(),

@@ -22,8 +22,10 @@ use spool_runtime::{FailureKind, GuestFailure, HandlerComponent, Job, JobError, 
 
 mod follow_up;
 mod running;
+mod supervise;
 
 pub use running::RunningJobs;
+pub use supervise::WorkerRestarts;
 mod host;
 
 use host::WorkerHost;
@@ -46,6 +48,8 @@ pub struct Workers {
     pub sessions: Store,
     /// The jobs running here, for cancels announced on the cancel channel.
     pub running: Arc<RunningJobs>,
+    /// Workers restarted after a panic (see `supervise`).
+    pub restarts: Arc<WorkerRestarts>,
 }
 
 impl Workers {
@@ -173,6 +177,7 @@ impl Workers {
         message: Option<&BoundMessage>,
     ) -> Option<Attempt> {
         let record = &claimed.record;
+        supervise::injected_panic(&record.id, record.attempts);
         let Some(handler) = handler else {
             return Some(Attempt::ended(Outcome::Failed {
                 error: format!(
@@ -356,15 +361,18 @@ fn retry_or_fail(
         .backoff_ms
         .saturating_mul(1 << attempts.saturating_sub(1).min(20));
     let jittered = backoff as f64 * (0.8 + 0.4 * fastrand::f64());
-    let delay = after_ms
-        .unwrap_or(jittered as u64)
-        .max(after_ms.unwrap_or(0));
+    // The guest's (or the model server's) wait is honoured up to a day: a
+    // job parked for ages is as good as lost.
+    let delay = after_ms.unwrap_or(jittered as u64).min(MAX_RETRY_DELAY_MS);
     Outcome::Retry {
         error,
         kind,
-        retry_at_ms: now_ms() + delay,
+        retry_at_ms: now_ms().saturating_add(delay),
     }
 }
+
+/// The longest wait before a retry, whoever asks for more.
+pub const MAX_RETRY_DELAY_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// What a `handle` call returned, or how the sandbox stopped it.
 type HandleResult = Result<Result<JobOutput, JobError>, GuestFailure>;

@@ -12,7 +12,8 @@
 //!   (and `task_anything`, under the host's reserved `task_` prefix), then
 //!   emits `emit_report` with the error each attempt got, e.g.
 //!   `{"task_queued": "reserved_name", …}` (`"ok"` for one that was
-//!   accepted), and succeeds with that same object as its result.
+//!   accepted), and succeeds with that same object as its result;
+//! - `retry_never`: asks to be retried after `u64::MAX` ms.
 //!
 //! Owns the misbehaviours the sandbox tests (tests/e2e/sandbox.rs) select by
 //! `mode`; a mode changes only together with the test that relies on it.
@@ -24,7 +25,7 @@ use serde_json::{Map, Value};
 use spool_sdk::chat::{Message, Request};
 use spool_sdk::{
     ChatMessage, ContentBlock, EmitError, Guest, Job, JobError, JobOutput, ModelRequest,
-    PriorityClass, PriorityDecision, events, model,
+    PriorityClass, PriorityDecision, RetryHint, events, model,
 };
 
 pub const PANIC_MESSAGE: &str = "adversary panics on purpose";
@@ -79,6 +80,12 @@ impl Guest for Adversary {
             }
             "probe" => probe(),
             "emit_reserved" => emit_reserved()?,
+            "retry_never" => {
+                return Err(JobError::Retry(RetryHint {
+                    reason: "come back at the end of time".to_owned(),
+                    after_ms: Some(u64::MAX),
+                }));
+            }
             other => return Err(JobError::Reject(format!("unknown mode {other:?}"))),
         };
         Ok(JobOutput {
