@@ -530,3 +530,47 @@ async fn a_403_burst_answer_is_honoured_like_a_429_and_counted_apart() {
         "design A: 2/s lowered to 1/s"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_of_hours_is_capped_at_the_configured_cool_down() {
+    let stack = Stack::start(HostOptions {
+        config: "[limits]\nmax_cooldown_ms = 2000\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let Stack {
+        host, api, stub, ..
+    } = &stack;
+    // A reset six hours away, as a misbehaving proxy might send.
+    stub.inject([Fault {
+        status: Some(429),
+        retry_after_secs: Some(6 * 3600),
+        paths: vec!["/api/chat".into()],
+        ..Default::default()
+    }])
+    .expect("fault");
+    let (status, reply) = api
+        .post(
+            &host.url("/api/chat"),
+            &json!({"userId": "u", "prompt": "after the storm"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{reply}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let cooldown = loop {
+        let body = limits(api, host).await;
+        let left = body["limiter"]["cooldownRemainingMs"].as_u64().unwrap_or(0);
+        if left > 0 {
+            break left;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no cool-down ever visible: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(cooldown <= 2000, "cool-down {cooldown} ms: capped at 2 s");
+    let id = reply["jobId"].as_str().expect("job id");
+    let job = api.wait_terminal(host, id, Duration::from_secs(30)).await;
+    assert_eq!(job["state"], "completed", "{job}");
+}

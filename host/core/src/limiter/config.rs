@@ -22,6 +22,9 @@ pub struct LimitsConfig {
     /// How long a 429/403 without `Retry-After` (or a reset header) stops all
     /// calls to the backend, in milliseconds.
     pub default_cooldown_ms: u64,
+    /// The longest a server's Retry-After (or reset header) may stop calls,
+    /// in milliseconds: a reset of hours would stop every instance for hours.
+    pub max_cooldown_ms: u64,
     /// After this long without a 429/403 (counted from the end of the last
     /// cool-down) the rate starts to recover, in milliseconds.
     pub recovery_quiet_ms: u64,
@@ -73,6 +76,7 @@ impl Default for LimitsConfig {
             min_rate_per_sec: 0.1,
             decrease_factor: 0.5,
             default_cooldown_ms: 1000,
+            max_cooldown_ms: 300_000,
             recovery_quiet_ms: 10_000,
             recovery_interval_ms: 5000,
             recovery_step: 0.25,

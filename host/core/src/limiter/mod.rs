@@ -345,8 +345,9 @@ impl Limiter {
         status: u16,
         retry_after: Option<Duration>,
     ) -> Result<Slowdown, redis::RedisError> {
-        let cooldown =
-            retry_after.unwrap_or(Duration::from_millis(self.config.default_cooldown_ms));
+        let cooldown = retry_after
+            .unwrap_or(Duration::from_millis(self.config.default_cooldown_ms))
+            .min(Duration::from_millis(self.config.max_cooldown_ms));
         let (lowered, rate, cooldown_us, _generation): (i64, f64, i64, i64) = self
             .limited
             .key(&self.key)
