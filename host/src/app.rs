@@ -84,6 +84,8 @@ pub async fn start(config: Config) -> Result<Running> {
         completed_secs: config.retention.completed_secs,
         failed_secs: config.retention.failed_secs,
         history: config.retention.history,
+        message_secs: config.sessions.message_ttl_secs,
+        message_events: config.sessions.max_events as u64,
     };
     let shutdown = CancellationToken::new();
     let wake = Arc::new(Notify::new());

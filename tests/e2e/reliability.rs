@@ -622,6 +622,7 @@ async fn a_job_id_is_queued_once_however_often_it_is_submitted() {
         message: None,
         handler: "pipeline",
         max_waiting: 100,
+        parent: None,
     };
     queue
         .submit(job(r#"{"run": 1}"#))

@@ -3,8 +3,9 @@
 //! `event_type`, `data` (JSON, non-ASCII kept as is) and `timestamp` (ms).
 //! Clients replay them from any id, so a dropped SSE connection loses nothing.
 //!
-//! Owns appending and reading those streams; state changes themselves are
-//! written by the queue's scripts, which append their own events atomically.
+//! Owns reading those streams. Every event is written by the queue's scripts:
+//! state changes append their own events atomically, and a running attempt's
+//! events go through its fence (`crate::queue::Fence`).
 
 use std::time::Duration;
 
@@ -15,9 +16,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use spool_runtime::EventType;
-use spool_runtime::event_type::MAX_STREAM_EVENTS;
 
-use crate::queue::{events_key, job_key, now_ms};
+use crate::queue::events_key;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Event {
@@ -41,59 +41,6 @@ impl Event {
             _ => false,
         }
     }
-}
-
-/// Appends one event.
-pub async fn append(
-    redis: &mut (impl ConnectionLike + Send + Sync),
-    job_id: &str,
-    event_type: &str,
-    data: &str,
-) -> RedisResult<()> {
-    xadd(&mut redis::pipe(), job_id, event_type, data)
-        .query_async(redis)
-        .await
-}
-
-/// Sets the job's progress and appends the matching `task_progress` event.
-pub async fn progress(
-    redis: &mut (impl ConnectionLike + Send + Sync),
-    job_id: &str,
-    percent: u8,
-    step: &str,
-) -> RedisResult<()> {
-    let data = serde_json::json!({ "progress": percent, "step": step }).to_string();
-    let mut pipe = redis::pipe();
-    pipe.atomic()
-        .hset_multiple(
-            job_key(job_id),
-            &[("progress", percent.to_string()), ("step", step.to_owned())],
-        )
-        .ignore();
-    xadd(&mut pipe, job_id, EventType::TaskProgress.as_str(), &data)
-        .query_async(redis)
-        .await
-}
-
-fn xadd<'a>(
-    pipe: &'a mut redis::Pipeline,
-    job_id: &str,
-    event_type: &str,
-    data: &str,
-) -> &'a mut redis::Pipeline {
-    pipe.cmd("XADD")
-        .arg(events_key(job_id))
-        .arg("MAXLEN")
-        .arg("~")
-        .arg(MAX_STREAM_EVENTS)
-        .arg("*")
-        .arg("event_type")
-        .arg(event_type)
-        .arg("data")
-        .arg(data)
-        .arg("timestamp")
-        .arg(now_ms())
-        .ignore()
 }
 
 /// Events after `after` ("0" for all), waiting up to `block` for the first one.

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::config::QueueConfig;
-use crate::queue::{BoundMessage, NewJob, Queue, QueueKeys, SubmitError, class_name};
+use crate::queue::{BoundMessage, Fence, NewJob, Queue, QueueKeys, SubmitError, class_name};
 use crate::registry::Registry;
 use spool_runtime::{Job, Runtime};
 
@@ -26,6 +26,9 @@ pub struct Submission {
     /// The id the client chose (an idempotency key), else a fresh one. A
     /// second submission under a taken id is [`IntakeError::Duplicate`].
     pub job_id: Option<String>,
+    /// For a follow-up job: the fence of the attempt that asked for it; the
+    /// job is queued only while that attempt still owns its own job.
+    pub parent: Option<Fence>,
 }
 
 /// What the queue made of an accepted submission.
@@ -52,6 +55,12 @@ pub enum IntakeError {
     /// The id is taken: the job was queued before (a follow-up handed on twice).
     #[error("job `{0}` already exists")]
     Duplicate(String),
+    /// The attempt asking for a follow-up lost its job: nothing was queued.
+    #[error("the attempt asking for this follow-up no longer owns its job")]
+    Fenced,
+    /// The job asking for a follow-up was cancelled: nothing was queued.
+    #[error("the job asking for this follow-up was cancelled")]
+    ParentCancelled,
     #[error("the job store is unavailable: {0}")]
     Redis(#[from] redis::RedisError),
 }
@@ -137,6 +146,7 @@ impl Intake {
             message: submission.message.as_ref(),
             handler: &handler.name,
             max_waiting: route.config.max_waiting,
+            parent: submission.parent.as_ref(),
         };
         match self.queue.submit(new_job).await {
             Ok(_) => Ok(Accepted {
@@ -147,6 +157,8 @@ impl Intake {
             }),
             Err(SubmitError::Full(queue)) => Err(IntakeError::Full(queue)),
             Err(SubmitError::Duplicate) => Err(IntakeError::Duplicate(id)),
+            Err(SubmitError::Fenced) => Err(IntakeError::Fenced),
+            Err(SubmitError::ParentCancelled) => Err(IntakeError::ParentCancelled),
             Err(SubmitError::Redis(error)) => Err(error.into()),
         }
     }

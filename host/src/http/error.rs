@@ -60,6 +60,10 @@ impl From<IntakeError> for ApiError {
             }
             IntakeError::Full(_) => Self::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", message),
             IntakeError::Duplicate(_) => Self::new(StatusCode::CONFLICT, "duplicate_job", message),
+            // Only follow-ups carry a fence; a client submission never gets here.
+            IntakeError::Fenced | IntakeError::ParentCancelled => {
+                Self::new(StatusCode::CONFLICT, "fenced", message)
+            }
             IntakeError::Redis(error) => error.into(),
         }
     }

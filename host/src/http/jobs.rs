@@ -130,6 +130,7 @@ pub fn chat_submission(body: Value) -> Result<Submission, ApiError> {
         payload: Value::Object(object).to_string(),
         message: None,
         job_id: fields.job_id,
+        parent: None,
     })
 }
 
@@ -147,6 +148,7 @@ pub fn generic_submission(body: Value) -> Result<Submission, ApiError> {
         payload: fields.payload.to_string(),
         message: None,
         job_id: fields.job_id,
+        parent: None,
     })
 }
 

@@ -40,6 +40,8 @@ impl From<StoreError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "task_finished", error.to_string())
             }
             StoreError::Invalid(message) => ApiError::invalid("invalid_field", message),
+            // Only a store fenced by a job's attempt refuses so; the API's is not.
+            StoreError::Fenced => ApiError::new(StatusCode::CONFLICT, "fenced", error.to_string()),
             StoreError::Redis(error) => error.into(),
         }
     }

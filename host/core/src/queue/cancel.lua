@@ -3,10 +3,12 @@
 -- so the running guest is stopped at once (its heartbeat also sees the flag,
 -- should the message be lost). From then on the job can only end cancelled:
 -- finish.lua refuses any other outcome and recovery does not restart it.
+-- A cancelled waiting or delayed job's session message ends in an error here.
 -- Returns the job's state before the call, or false when there is no such job.
 -- KEYS[1] job hash   KEYS[2] job event stream
 -- ARGV[1] now (ms)   ARGV[2] ttl in seconds   ARGV[3] queue key prefix
 -- ARGV[4] event type (cancelled)   ARGV[5] events kept   ARGV[6] cancel channel
+-- ARGV[7] message ttl (s)   ARGV[8] message events kept
 local job = redis.call('HMGET', KEYS[1], 'state', 'queue', 'class', 'entry', 'id')
 local state = job[1]
 if not state then
@@ -24,6 +26,10 @@ if state == 'waiting' or state == 'delayed' then
     'data', cjson.encode({previous_state = state}), 'timestamp', ARGV[1])
   redis.call('EXPIRE', KEYS[1], ARGV[2])
   redis.call('EXPIRE', KEYS[2], ARGV[2])
+  local message, message_stream = driven_message(KEYS[1], job[5])
+  if message then
+    end_message(message, message_stream, 'error', 'the job was cancelled', ARGV[1], ARGV[7], ARGV[8])
+  end
 elseif state == 'active' then
   redis.call('HSET', KEYS[1], 'cancel', ARGV[1])
   redis.call('PUBLISH', ARGV[6], job[5])

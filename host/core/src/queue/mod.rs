@@ -15,6 +15,7 @@
 //! records its outcome; a worker heart-beats the entry of the job it runs, and
 //! `recover` requeues entries whose worker stopped heart-beating.
 
+mod fence;
 mod record;
 
 use std::collections::HashMap;
@@ -24,6 +25,7 @@ use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script, Value};
 use serde::Serialize;
 
+pub use fence::{Fence, Written};
 pub use record::{BoundMessage, JobRecord, JobState};
 
 use spool_runtime::event_type::MAX_STREAM_EVENTS;
@@ -125,6 +127,8 @@ pub struct NewJob<'a> {
     pub message: Option<&'a BoundMessage>,
     pub handler: &'a str,
     pub max_waiting: u64,
+    /// A follow-up job: the fence of the attempt that asked for it.
+    pub parent: Option<&'a Fence>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +137,10 @@ pub enum SubmitError {
     Full(String),
     #[error("a job with this id exists")]
     Duplicate,
+    #[error("the attempt asking for this follow-up no longer owns its job")]
+    Fenced,
+    #[error("the job asking for this follow-up was cancelled")]
+    ParentCancelled,
     #[error(transparent)]
     Redis(#[from] redis::RedisError),
 }
@@ -153,6 +161,7 @@ pub enum Claim {
     Again,
 }
 
+#[derive(Clone)]
 pub struct ClaimedJob {
     pub class: PriorityClass,
     pub entry_id: String,
@@ -194,7 +203,37 @@ struct Settlement {
     event_type: EventType,
     event: serde_json::Value,
     fields: Vec<(&'static str, String)>,
+    /// How the session message the job drives ends with it.
+    message: MessageEnding,
 }
+
+/// How a job's outcome ends its session message (see `message_end.lua`).
+enum MessageEnding {
+    Completed,
+    /// The job runs again: the attempt's open tasks fail, the message streams on.
+    Retrying(String),
+    Error(String),
+}
+
+impl MessageEnding {
+    fn as_str(&self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::Retrying(_) => "retrying",
+            Self::Error(_) => "error",
+        }
+    }
+
+    fn error(&self) -> &str {
+        match self {
+            Self::Completed => "",
+            Self::Retrying(error) | Self::Error(error) => error,
+        }
+    }
+}
+
+/// The error a cancelled job's message ends in.
+const CANCELLED_MESSAGE: &str = "the job was cancelled";
 
 impl Settlement {
     fn of(record: &JobRecord, outcome: &Outcome, retention: Retention, now: u64) -> Self {
@@ -221,6 +260,7 @@ impl Settlement {
                         ("handler_version", handler_version.clone()),
                         ("progress", "100".into()),
                     ],
+                    message: MessageEnding::Completed,
                 }
             }
             Outcome::Retry {
@@ -235,6 +275,7 @@ impl Settlement {
                 event_type: EventType::TaskFailed,
                 event: serde_json::json!({ "error": error, "error_kind": kind, "attempt": attempt, "final": false, "retry_at_ms": retry_at_ms }),
                 fields: vec![("error", error.clone()), ("error_kind", kind.to_string())],
+                message: MessageEnding::Retrying(format!("attempt failed, will retry: {error}")),
             },
             Outcome::Failed { error, kind } => Settlement {
                 state: JobState::Failed,
@@ -244,6 +285,7 @@ impl Settlement {
                 event_type: EventType::TaskFailed,
                 event: serde_json::json!({ "error": error, "error_kind": kind, "attempt": attempt, "final": true }),
                 fields: vec![("error", error.clone()), ("error_kind", kind.to_string())],
+                message: MessageEnding::Error(error.clone()),
             },
             Outcome::Cancelled => Settlement {
                 state: JobState::Cancelled,
@@ -253,6 +295,7 @@ impl Settlement {
                 event_type: EventType::TaskCancelled,
                 event: serde_json::json!({ "previous_state": "active", "attempt": attempt }),
                 fields: vec![("error", "cancelled by request".to_owned())],
+                message: MessageEnding::Error(CANCELLED_MESSAGE.to_owned()),
             },
         };
         // A failed attempt records the version that ran it too (the worker sets it).
@@ -321,6 +364,10 @@ pub struct Retention {
     pub completed_secs: u64,
     pub failed_secs: u64,
     pub history: u32,
+    /// The expiry and event cap of a session message the job's end ends
+    /// (the store's `message_ttl_secs` and `max_events`).
+    pub message_secs: u64,
+    pub message_events: u64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -353,18 +400,29 @@ pub struct Queue {
     heartbeat: Script,
     cancel: Script,
     replay: Script,
+    fenced: Script,
 }
 
 impl Queue {
     pub fn new(redis: ConnectionManager) -> Self {
         Self {
             redis,
-            submit: Script::new(include_str!("submit.lua")),
+            submit: Script::new(concat!(include_str!("fence.lua"), include_str!("submit.lua"))),
             claim: Script::new(include_str!("claim.lua")),
-            finish: Script::new(include_str!("finish.lua")),
-            recover: Script::new(include_str!("recover.lua")),
+            finish: Script::new(concat!(
+                include_str!("message_end.lua"),
+                include_str!("finish.lua")
+            )),
+            recover: Script::new(concat!(
+                include_str!("message_end.lua"),
+                include_str!("recover.lua")
+            )),
             heartbeat: Script::new(include_str!("heartbeat.lua")),
-            cancel: Script::new(include_str!("cancel.lua")),
+            cancel: Script::new(concat!(
+                include_str!("message_end.lua"),
+                include_str!("cancel.lua")
+            )),
+            fenced: Script::new(concat!(include_str!("fence.lua"), include_str!("fenced.lua"))),
             replay: Script::new(include_str!("replay.lua")),
         }
     }
@@ -410,6 +468,8 @@ impl Queue {
             .key(job.queue.stream(job.class))
             .key(job_key(job.id))
             .key(events_key(job.id))
+            .key(job.parent.map_or_else(|| job_key(job.id), Fence::job_key))
+            .key(job.parent.map_or_else(|| job.queue.counter("fenced"), Fence::counter_key))
             .arg(job.max_waiting)
             .arg(job.id)
             .arg(now)
@@ -417,7 +477,13 @@ impl Queue {
             .arg(WAKE_CHANNEL)
             .arg(&job.queue.name)
             .arg(EventType::TaskQueued.as_str())
-            .arg(MAX_STREAM_EVENTS);
+            .arg(MAX_STREAM_EVENTS)
+            .arg(job.parent.map_or("", Fence::token))
+            .arg(job.parent.map_or("", |fence| fence.job_id.as_str()))
+            .arg(match (job.parent, job.message) {
+                (Some(_), Some(message)) => message.message_id.as_str(),
+                _ => "",
+            });
         for (field, value) in fields {
             invocation.arg(field).arg(value);
         }
@@ -425,6 +491,8 @@ impl Queue {
         match entry {
             None => Err(SubmitError::Full(job.queue.name.clone())),
             Some(reply) if reply == "duplicate" => Err(SubmitError::Duplicate),
+            Some(reply) if reply == "fenced" => Err(SubmitError::Fenced),
+            Some(reply) if reply == "cancelled" => Err(SubmitError::ParentCancelled),
             Some(entry) => Ok(entry),
         }
     }
@@ -499,7 +567,11 @@ impl Queue {
             .arg(settlement.event_type.as_str())
             .arg(settlement.event.to_string())
             .arg(attempt_record.to_string())
-            .arg(MAX_STREAM_EVENTS);
+            .arg(MAX_STREAM_EVENTS)
+            .arg(settlement.message.as_str())
+            .arg(settlement.message.error())
+            .arg(retention.message_secs.max(1))
+            .arg(retention.message_events.max(1));
         for (field, value) in settlement.fields {
             invocation.arg(field).arg(value);
         }
@@ -571,7 +643,9 @@ impl Queue {
                 .arg(EventType::TaskRequeued.as_str())
                 .arg(MAX_STREAM_EVENTS)
                 .arg(EventType::TaskCancelled.as_str())
-                .arg(retention.failed_secs.max(1));
+                .arg(retention.failed_secs.max(1))
+                .arg(retention.message_secs.max(1))
+                .arg(retention.message_events.max(1));
             let (high, normal, low, count): (String, String, String, u64) =
                 invocation.invoke_async(&mut self.redis.clone()).await?;
             requeued += count;
@@ -598,6 +672,8 @@ impl Queue {
             .arg(EventType::TaskCancelled.as_str())
             .arg(MAX_STREAM_EVENTS)
             .arg(CANCEL_CHANNEL)
+            .arg(retention.message_secs.max(1))
+            .arg(retention.message_events.max(1))
             .invoke_async(&mut self.redis.clone())
             .await?;
         Ok(match previous.as_deref().and_then(JobState::parse) {

@@ -3,13 +3,16 @@
 -- killed, cut off): it is acknowledged and the job queued again at the tail of
 -- its class stream. If that worker was merely slow, its finish is refused later
 -- because the job now points at the new entry, so no job completes twice. A job
--- whose cancel was accepted is not restarted: it ends cancelled here.
+-- whose cancel was accepted is not restarted: it ends cancelled here. The
+-- session message such a job drives ends with it; a requeued job's message
+-- keeps streaming but the tasks its lost attempt left running fail.
 -- Returns {next cursor per stream (3), jobs requeued}.
 -- KEYS[1..3] high/normal/low streams
 -- ARGV[1] group   ARGV[2] recovery consumer   ARGV[3] min idle (ms)   ARGV[4] now (ms)
 -- ARGV[5] job key prefix   ARGV[6] event key prefix   ARGV[7] wake channel
 -- ARGV[8] queue name   ARGV[9..11] cursors   ARGV[12] event type (requeued)
 -- ARGV[13] events kept   ARGV[14] event type (cancelled)   ARGV[15] ttl of a cancelled job (s)
+-- ARGV[16] message ttl (s)   ARGV[17] message events kept
 local cursors, requeued = {}, 0
 for i = 1, 3 do
   local reply = redis.call('XAUTOCLAIM', KEYS[i], ARGV[1], ARGV[2], ARGV[3], ARGV[8 + i], 'COUNT', 100)
@@ -29,12 +32,21 @@ for i = 1, 3 do
           'data', cjson.encode({previous_state = 'active', reason = 'worker stopped responding'}), 'timestamp', ARGV[4])
         redis.call('EXPIRE', job, ARGV[15])
         redis.call('EXPIRE', ARGV[6] .. id, ARGV[15])
+        local message, message_stream = driven_message(job, id)
+        if message then
+          end_message(message, message_stream, 'error', 'the job was cancelled', ARGV[4], ARGV[16], ARGV[17])
+        end
       elseif owner[1] == 'active' and owner[2] == entry_id then
         local fresh = redis.call('XADD', KEYS[i], '*', 'job', id)
         redis.call('HSET', job, 'state', 'waiting', 'entry', fresh)
         redis.call('XADD', ARGV[6] .. id, 'MAXLEN', '~', ARGV[13], '*', 'event_type', ARGV[12],
           'data', cjson.encode({reason = 'worker stopped responding', worker = owner[3]}), 'timestamp', ARGV[4])
         requeued = requeued + 1
+        local message, message_stream = driven_message(job, id)
+        if message then
+          end_message(message, message_stream, 'retrying', 'its worker stopped responding; the job runs again',
+            ARGV[4], ARGV[16], ARGV[17])
+        end
       end
     end
   end

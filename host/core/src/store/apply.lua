@@ -5,14 +5,17 @@
 -- Returns {'ok', last seq} or a refusal: {'missing'} (no such message),
 -- {'exists'} (create of an existing id), {'no_session'}, {'finished', status}
 -- (the message is no longer streaming), {'task', task id, status} (a task that
--- had to be running is not).
+-- had to be running is not), {'fenced'} (a job's attempt that no longer owns
+-- its job, or whose job no longer drives the message).
 -- KEYS[1] message hash   KEYS[2] message event stream   KEYS[3] session hash
 -- KEYS[4] session message index (zset)   KEYS[5] index of all sessions (zset)
+-- KEYS[6] the writing job's hash   KEYS[7] its queue's fenced-write counter
 -- ARGV[1] now (ms)   ARGV[2] message ttl (s)   ARGV[3] max events
 -- ARGV[4] content ttl (s)   ARGV[5] content key prefix   ARGV[6] session ttl (s)
 -- ARGV[7] requirement: 'absent' (create), 'streaming' or 'exists'
 -- ARGV[8] text to append ('' for none)
--- ARGV[9..] sections, each a count then its items:
+-- ARGV[9] the writing attempt's fence token ('' when a client writes)   ARGV[10] its job id
+-- ARGV[11..] sections, each a count then its items:
 --   guards: task ids that must be running
 --   fields: field, value
 --   blocks: mode ('append' | 'replace' | 'remove'), block id, snapshot JSON
@@ -20,6 +23,11 @@
 --   events: event type, data JSON
 local now, message, stream = ARGV[1], KEYS[1], KEYS[2]
 local requirement = ARGV[7]
+
+if ARGV[9] ~= '' then
+  if not fence_holds(KEYS[6], ARGV[9], KEYS[7]) then return {'fenced'} end
+  if redis.call('HGET', message, 'job_id') ~= ARGV[10] then return {'fenced'} end
+end
 
 if requirement == 'absent' then
   if redis.call('EXISTS', message) == 1 then return {'exists'} end
@@ -30,7 +38,7 @@ else
   if requirement == 'streaming' and status ~= 'streaming' then return {'finished', status} end
 end
 
-local at = 9
+local at = 11
 local function section()
   local count = tonumber(ARGV[at])
   at = at + 1

@@ -273,16 +273,7 @@ impl Store {
 
     /// Marks the message completed (`message_end`); running tasks fail first.
     pub async fn complete(&self, session_id: &str, message_id: &str) -> Result<u64, StoreError> {
-        let mut change = self
-            .close_tasks(
-                message_id,
-                "the message was completed while the task was still running",
-            )
-            .await?;
-        change
-            .field("status", COMPLETED)
-            .event(MessageEventType::MessageEnd, json!({ "status": COMPLETED }));
-        self.apply(session_id, message_id, change).await
+        self.end(session_id, message_id, None).await
     }
 
     /// Ends the message in an error: running tasks fail, then `error` and `message_end`.
@@ -292,48 +283,7 @@ impl Store {
         message_id: &str,
         error: &str,
     ) -> Result<u64, StoreError> {
-        let mut change = self.close_tasks(message_id, error).await?;
-        change
-            .field("status", ERROR)
-            .field("error", error)
-            .event(MessageEventType::Error, json!({ "message": error }))
-            .event(
-                MessageEventType::MessageEnd,
-                json!({ "status": ERROR, "error": error }),
-            );
-        self.apply(session_id, message_id, change).await
-    }
-
-    /// Fails the running tasks but leaves the message streaming: an attempt
-    /// of its job failed and another will run. Returns whether any task was open.
-    pub async fn abandon_tasks(
-        &self,
-        session_id: &str,
-        message_id: &str,
-        error: &str,
-    ) -> Result<bool, StoreError> {
-        let change = self.close_tasks(message_id, error).await?;
-        if change.guards.is_empty() {
-            return Ok(false);
-        }
-        self.apply(session_id, message_id, change).await?;
-        Ok(true)
-    }
-
-    /// A change that fails every running task (guarded: if one finishes in
-    /// the meantime the whole change is refused rather than half-applied).
-    async fn close_tasks(&self, message_id: &str, error: &str) -> Result<Change, StoreError> {
-        let fields: HashMap<String, String> =
-            self.connection().hgetall(message_key(message_id)).await?;
-        if fields.is_empty() {
-            return Err(StoreError::MessageNotFound(message_id.to_owned()));
-        }
-        let mut change = Change::default();
-        for task in running_tasks(&fields) {
-            change.guards.push(task.clone());
-            fail_task(&mut change, &task, error);
-        }
-        Ok(change)
+        self.end(session_id, message_id, Some(error)).await
     }
 
     /// The message snapshot as JSON; `include_content` also loads blocks that
@@ -489,16 +439,6 @@ fn fail_task(change: &mut Change, task_id: &str, error: &str) {
 
 fn task_field(task_id: &str, name: &str) -> String {
     format!("task:{task_id}:{name}")
-}
-
-fn running_tasks(fields: &HashMap<String, String>) -> Vec<String> {
-    fields
-        .iter()
-        .filter_map(|(field, value)| {
-            let task = field.strip_prefix("task:")?.strip_suffix(":status")?;
-            (value == "running").then(|| task.to_owned())
-        })
-        .collect()
 }
 
 fn with_storage(id: &str, block: Value) -> Value {

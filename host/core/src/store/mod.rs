@@ -13,10 +13,11 @@
 //! - ours: `session:{sid}` hash (the session's own fields) and `sessions:index`
 //!   zset (every session by last activity, for the periodic cleanup).
 //!
-//! Every change to a message is one Lua script call (`apply.lua`): snapshot,
-//! content and events are written together or not at all. This module owns
-//! these keys; it does not touch job keys (the queue's) nor job event streams
-//! (`crate::events`).
+//! Every change to a message is one Lua script call (`apply.lua`, `end.lua`):
+//! snapshot, content and events are written together or not at all. A store
+//! handle [`Store::fenced`] by a job's attempt writes only while that attempt
+//! owns its job and the job drives the message. This module owns these keys;
+//! it does not touch job keys (the queue's) nor job event streams.
 
 mod binding;
 mod blocks;
@@ -29,12 +30,13 @@ use redis::aio::ConnectionManager;
 use redis::{Script, Value as RedisValue};
 use serde::{Deserialize, Serialize};
 
-pub use binding::{BoundMessage, FINAL_STATUSES, JobEnd, bound_message, settle};
+pub use binding::{BoundMessage, FINAL_STATUSES, bound_message};
 pub use blocks::validate_block;
 pub use message::{MessageEvent, MessageEventType, MessageEvents, TaskChange, read_events};
 pub use session::{CleanupReport, periodic_cleanup};
 
-use crate::queue::now_ms;
+use crate::queue::{Fence, now_ms};
+use message::{COMPLETED, ERROR};
 use spool_runtime::event_type::MAX_STREAM_EVENTS;
 
 /// Limits and lifetimes of the store, `[sessions]` in the config file.
@@ -125,6 +127,9 @@ pub enum StoreError {
     TaskNotRunning(String, String),
     #[error("{0}")]
     Invalid(String),
+    /// A job's attempt wrote after losing its job (or its job the message).
+    #[error("this attempt no longer owns its job or the job's message")]
+    Fenced,
     #[error(transparent)]
     Redis(#[from] redis::RedisError),
 }
@@ -135,7 +140,10 @@ pub struct Store {
     redis: ConnectionManager,
     config: Arc<SessionsConfig>,
     apply: Arc<Script>,
+    end: Arc<Script>,
     delete: Arc<Script>,
+    /// Writes on behalf of a job's attempt carry its fence.
+    fence: Option<Arc<Fence>>,
 }
 
 impl Store {
@@ -143,9 +151,69 @@ impl Store {
         Self {
             redis,
             config: Arc::new(config),
-            apply: Arc::new(Script::new(include_str!("apply.lua"))),
+            apply: Arc::new(Script::new(concat!(
+                include_str!("../queue/fence.lua"),
+                include_str!("apply.lua")
+            ))),
+            end: Arc::new(Script::new(concat!(
+                include_str!("../queue/fence.lua"),
+                include_str!("../queue/message_end.lua"),
+                include_str!("end.lua")
+            ))),
             delete: Arc::new(Script::new(include_str!("delete.lua"))),
+            fence: None,
         }
+    }
+
+    /// This store, writing on behalf of a job's attempt: every message write
+    /// is refused ([`StoreError::Fenced`]) once the attempt lost its job or
+    /// the job no longer drives the message.
+    pub fn fenced(&self, fence: Fence) -> Self {
+        Self {
+            fence: Some(Arc::new(fence)),
+            ..self.clone()
+        }
+    }
+
+    /// The job hash, counter key, token and job id the scripts check a
+    /// fence with; placeholders (never read) when writing for a client.
+    fn fence_parts(&self, message_key: &str) -> [String; 4] {
+        match &self.fence {
+            Some(fence) => [
+                fence.job_key(),
+                fence.counter_key(),
+                fence.token().to_owned(),
+                fence.job_id.clone(),
+            ],
+            None => [message_key.to_owned(), message_key.to_owned(), String::new(), String::new()],
+        }
+    }
+
+    /// Ends the message: `completed` or, with `error`, `error` (see `end.lua`).
+    async fn end(
+        &self,
+        session_id: &str,
+        message_id: &str,
+        error: Option<&str>,
+    ) -> Result<u64, StoreError> {
+        let key = message_key(message_id);
+        let [job, counter, token, job_id] = self.fence_parts(&key);
+        let reply: Vec<RedisValue> = self
+            .end
+            .key(&key)
+            .key(message_stream_key(session_id, message_id))
+            .key(job)
+            .key(counter)
+            .arg(if error.is_some() { ERROR } else { COMPLETED })
+            .arg(error.unwrap_or_default())
+            .arg(now_ms())
+            .arg(self.config.message_ttl_secs.max(1))
+            .arg(self.config.max_events.max(1))
+            .arg(token)
+            .arg(job_id)
+            .invoke_async(&mut self.connection())
+            .await?;
+        self.reply(session_id, message_id, &reply)
     }
 
     pub fn config(&self) -> &SessionsConfig {
@@ -165,13 +233,17 @@ impl Store {
         change: Change,
     ) -> Result<u64, StoreError> {
         let config = &self.config;
+        let key = message_key(message_id);
+        let [job, counter, token, job_id] = self.fence_parts(&key);
         let mut invocation = self.apply.prepare_invoke();
         invocation
-            .key(message_key(message_id))
+            .key(&key)
             .key(message_stream_key(session_id, message_id))
             .key(session_key(session_id))
             .key(session_index_key(session_id))
             .key(SESSIONS_INDEX)
+            .key(job)
+            .key(counter)
             .arg(now_ms())
             .arg(config.message_ttl_secs.max(1))
             .arg(config.max_events.max(1))
@@ -179,7 +251,9 @@ impl Store {
             .arg(CONTENT_PREFIX)
             .arg(config.session_ttl_secs.max(1))
             .arg(change.requirement.as_str())
-            .arg(&change.text);
+            .arg(&change.text)
+            .arg(token)
+            .arg(job_id);
         invocation.arg(change.guards.len());
         for task in &change.guards {
             invocation.arg(task);
@@ -206,6 +280,16 @@ impl Store {
             invocation.arg(event_type.as_str()).arg(data);
         }
         let reply: Vec<RedisValue> = invocation.invoke_async(&mut self.connection()).await?;
+        self.reply(session_id, message_id, &reply)
+    }
+
+    /// What a message script's reply means.
+    fn reply(
+        &self,
+        session_id: &str,
+        message_id: &str,
+        reply: &[RedisValue],
+    ) -> Result<u64, StoreError> {
         let text = |index: usize| reply.get(index).map(redis_text).unwrap_or_default();
         match text(0).as_str() {
             "ok" => Ok(text(1).parse().unwrap_or(0)),
@@ -214,6 +298,7 @@ impl Store {
             "no_session" => Err(StoreError::SessionNotFound(session_id.to_owned())),
             "finished" => Err(StoreError::Finished(text(1))),
             "task" => Err(StoreError::TaskNotRunning(text(1), text(2))),
+            "fenced" => Err(StoreError::Fenced),
             other => Err(StoreError::Redis(redis::RedisError::from((
                 redis::ErrorKind::UnexpectedReturnType,
                 "unexpected reply from the message script",

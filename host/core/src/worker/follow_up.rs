@@ -2,17 +2,17 @@
 //! stage as a job of its own. A guest asks for follow-ups while it runs; they
 //! are queued only once its job completes, before the completion is recorded,
 //! under ids derived from the job's, so a job that runs twice (recovery after
-//! a crash) queues each follow-up once.
+//! a crash) queues each follow-up once. Each is queued under the attempt's
+//! fence: an attempt that lost its job queues nothing, and a follow-up takes
+//! the job's message in the same step that queues it.
 
-use redis::aio::ConnectionManager;
 use serde_json::json;
 
 use spool_runtime::EventType;
 
-use crate::events;
 use crate::intake::{Intake, IntakeError, Submission};
-use crate::queue::JobRecord;
-use crate::store::{BoundMessage, Store};
+use crate::queue::{Fence, JobRecord, Written};
+use crate::store::BoundMessage;
 
 /// Follow-ups one job may ask for.
 const MAX_FOLLOW_UPS: usize = 8;
@@ -44,71 +44,73 @@ pub fn follow_up_id(job_id: &str, index: usize) -> Result<String, String> {
     Ok(format!("{job_id}.{}", index + 1))
 }
 
-/// What queuing a completed job's follow-ups did.
-pub struct Queued {
-    /// The job's message went to a follow-up: the job must not complete it.
-    pub handed_over: bool,
+/// Why a completed job's follow-ups were not all queued.
+pub enum NotQueued {
+    /// The attempt lost its job: it must record nothing.
+    Lost,
+    /// A cancel was accepted: the job ends cancelled.
+    Cancelled,
+    /// One could not be queued (the job should be retried; the ones queued
+    /// stay, and the retry's identical ids find them in place).
+    Failed(String),
 }
 
 /// Queues every follow-up of a completed job with its user, tier and priority,
-/// passing its message to the follow-up that asked for it. `Err`:
-/// one could not be queued (the job should be retried; the ones queued stay,
-/// and the retry's identical ids find them in place).
+/// passing its message to the follow-up that asked for it.
 pub async fn queue_all(
     intake: &Intake,
-    sessions: &Store,
+    fence: &Fence,
     record: &JobRecord,
     message: Option<&BoundMessage>,
     follow_ups: Vec<FollowUp>,
-) -> Result<Queued, String> {
-    let mut redis = intake.queue.connection();
-    let mut handed_over = false;
+) -> Result<(), NotQueued> {
     for follow_up in follow_ups {
-        let takes_message = follow_up.takes_message && message.is_some();
-        if let (true, Some(bound)) = (takes_message, message) {
-            // Before the follow-up exists, so whoever claims it finds it bound.
-            match bound.hand_over(sessions, &record.id, &follow_up.id).await {
-                Ok(_) => handed_over = true,
-                Err(error) => return Err(format!("could not pass the message on: {error}")),
-            }
-        }
         let submission = Submission {
             user_id: record.user_id.clone(),
             user_tier: record.user_tier.clone(),
             priority: record.priority,
             payload: follow_up.payload,
-            message: message.filter(|_| takes_message).cloned(),
+            message: message.filter(|_| follow_up.takes_message).cloned(),
             job_id: None,
+            parent: Some(fence.clone()),
         };
         match intake
             .submit_with_id(&follow_up.queue, follow_up.id.clone(), &submission)
             .await
         {
-            Ok(_) => announce(&mut redis, &record.id, &follow_up.id, &follow_up.queue).await,
+            Ok(_) => announce(intake, fence, &follow_up.id, &follow_up.queue).await?,
             Err(IntakeError::Duplicate(_)) => {}
+            Err(IntakeError::Fenced) => return Err(NotQueued::Lost),
+            Err(IntakeError::ParentCancelled) => return Err(NotQueued::Cancelled),
             Err(error) => {
-                if let (true, Some(bound)) = (takes_message, message) {
-                    // The retry of this job must find its message again.
-                    if let Err(undo) = bound.hand_over(sessions, &follow_up.id, &record.id).await {
-                        tracing::warn!(job = %record.id, error = %undo, "could not take the message back from an unqueued follow-up");
-                    }
-                }
-                return Err(format!(
+                return Err(NotQueued::Failed(format!(
                     "could not queue follow-up {} on `{}`: {error}",
                     follow_up.id, follow_up.queue
-                ));
+                )));
             }
         }
     }
-    Ok(Queued { handed_over })
+    Ok(())
 }
 
-async fn announce(redis: &mut ConnectionManager, job_id: &str, follow_up: &str, queue: &str) {
+async fn announce(
+    intake: &Intake,
+    fence: &Fence,
+    follow_up: &str,
+    queue: &str,
+) -> Result<(), NotQueued> {
     let data = json!({ "jobId": follow_up, "queue": queue }).to_string();
-    if let Err(error) =
-        events::append(redis, job_id, EventType::FollowUpQueued.as_str(), &data).await
+    match intake
+        .queue
+        .append_event(fence, EventType::FollowUpQueued.as_str(), &data)
+        .await
     {
-        tracing::warn!(job = %job_id, %error, "could not publish follow_up_queued");
+        Ok(Written::Yes) => Ok(()),
+        Ok(Written::Fenced) => Err(NotQueued::Lost),
+        Err(error) => {
+            tracing::warn!(job = %fence.job_id, %error, "could not publish follow_up_queued");
+            Ok(())
+        }
     }
 }
 

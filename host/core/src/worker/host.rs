@@ -2,22 +2,23 @@
 //! sandbox. Model calls go through the shared [`Gateway`]; events and state go
 //! to the job's own keys; `messages` calls go to the session message the job
 //! drives (if any); follow-ups are only collected here and queued by the
-//! worker once the job completes.
+//! worker once the job completes. Every write is fenced by the attempt's
+//! [`Fence`]: the first one refused marks the attempt lost (`lost`), which
+//! stops the guest.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use futures_util::future::BoxFuture;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
+use tokio_util::sync::CancellationToken;
 
 use super::follow_up::{FollowUp, follow_up_id};
-use crate::events;
 use crate::gateway::{CallContext, Gateway};
 use crate::intake::Route;
 use crate::models::{ChatReply, ChatRequest, ModelError};
-use crate::queue::job_state_key;
-use crate::store::{BoundMessage, Store};
+use crate::queue::{Fence, Queue, Written, job_state_key};
+use crate::store::{BoundMessage, Store, StoreError};
 use spool_runtime::{ContentBlock, EventType, HostCallError, JobHost, TaskUpdate};
 
 /// What a running `handle` reaches outside its sandbox.
@@ -25,10 +26,15 @@ pub(super) struct WorkerHost {
     pub job_id: String,
     pub user_id: String,
     pub deadline: std::time::Instant,
-    pub redis: ConnectionManager,
+    pub queue: Queue,
+    /// The attempt's claim on its job; every write carries it.
+    pub fence: Fence,
+    /// Cancelled when a write is refused: the attempt lost its job.
+    pub lost: CancellationToken,
     pub gateway: Arc<Gateway>,
     /// The queues a follow-up may go to.
     pub routes: Arc<BTreeMap<String, Route>>,
+    /// Fenced by the attempt.
     pub sessions: Store,
     /// The session message this job drives, if any.
     pub message: Option<BoundMessage>,
@@ -53,10 +59,32 @@ impl WorkerHost {
         self.message.as_ref().ok_or(HostCallError::NoMessage)
     }
 
-    fn log_redis_error(&self, what: &str, result: redis::RedisResult<()>) {
-        if let Err(error) = result {
-            tracing::warn!(job = %self.job_id, %error, "could not write {what}");
+    /// Notes a fenced job write: a refusal marks the attempt lost; Redis
+    /// errors are logged (the guest goes on; recording the outcome retries).
+    fn written(&self, what: &str, result: redis::RedisResult<Written>) {
+        match result {
+            Ok(Written::Yes) => {}
+            Ok(Written::Fenced) => self.fenced(),
+            Err(error) => tracing::warn!(job = %self.job_id, %error, "could not write {what}"),
         }
+    }
+
+    fn fenced(&self) {
+        tracing::warn!(job = %self.job_id, "a write of this attempt was refused: its job was given to another attempt");
+        self.lost.cancel();
+    }
+
+    /// What the guest learns of a message write; a refusal by the fence
+    /// also marks the attempt lost.
+    fn message_written<T>(&self, result: Result<T, StoreError>) -> Result<T, HostCallError> {
+        result.map_err(|error| match error {
+            StoreError::Redis(error) => HostCallError::Unavailable(error.to_string()),
+            StoreError::Fenced => {
+                self.fenced();
+                HostCallError::Refused(StoreError::Fenced.to_string())
+            }
+            other => HostCallError::Refused(other.to_string()),
+        })
     }
 }
 
@@ -66,31 +94,28 @@ impl JobHost for WorkerHost {
             // Deltas are published by a writer task so the model stream is never
             // slowed by Redis; pieces that pile up are sent as one event.
             let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<String>();
-            let mut redis = self.redis.clone();
-            let job_id = self.job_id.clone();
-            let writer = tokio::spawn(async move {
+            let writer = async {
                 while let Some(mut text) = receiver.recv().await {
                     while let Ok(more) = receiver.try_recv() {
                         text.push_str(&more);
                     }
                     let data = serde_json::json!({ "text": text }).to_string();
-                    if let Err(error) =
-                        events::append(&mut redis, &job_id, EventType::TextDelta.as_str(), &data)
-                            .await
-                    {
-                        tracing::warn!(job = %job_id, %error, "could not publish text_delta");
-                    }
+                    let event = EventType::TextDelta.as_str();
+                    self.written(
+                        "text_delta",
+                        self.queue.append_event(&self.fence, event, &data).await,
+                    );
                 }
-            });
-            let mut on_delta = |piece: &str| {
-                let _ = sender.send(piece.to_owned());
             };
-            let reply = self
-                .gateway
-                .chat(&self.call_context(), &request, &mut on_delta)
-                .await;
-            drop(sender);
-            let _ = writer.await;
+            let call = async move {
+                let mut on_delta = |piece: &str| {
+                    let _ = sender.send(piece.to_owned());
+                };
+                self.gateway
+                    .chat(&self.call_context(), &request, &mut on_delta)
+                    .await
+            };
+            let (reply, ()) = tokio::join!(call, writer);
             reply
         })
     }
@@ -109,24 +134,25 @@ impl JobHost for WorkerHost {
 
     fn progress(&self, percent: u8, step: String) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let result =
-                events::progress(&mut self.redis.clone(), &self.job_id, percent, &step).await;
-            self.log_redis_error("progress", result);
+            let result = self.queue.set_progress(&self.fence, percent, &step).await;
+            self.written("progress", result);
         })
     }
 
     fn emit(&self, event_type: String, data: String) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let result =
-                events::append(&mut self.redis.clone(), &self.job_id, &event_type, &data).await;
-            self.log_redis_error("event", result);
+            let result = self
+                .queue
+                .append_event(&self.fence, &event_type, &data)
+                .await;
+            self.written("event", result);
         })
     }
 
     fn state_get(&self, key: String) -> BoxFuture<'_, Option<String>> {
         Box::pin(async move {
-            self.redis
-                .clone()
+            self.queue
+                .connection()
                 .hget(job_state_key(&self.job_id), key)
                 .await
                 .ok()
@@ -136,23 +162,15 @@ impl JobHost for WorkerHost {
 
     fn state_set(&self, key: String, value: String) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let result = self
-                .redis
-                .clone()
-                .hset(job_state_key(&self.job_id), key, value)
-                .await;
-            self.log_redis_error("state", result);
+            let result = self.queue.set_state(&self.fence, &key, &value).await;
+            self.written("state", result);
         })
     }
 
     fn state_delete(&self, key: String) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let result = self
-                .redis
-                .clone()
-                .hdel(job_state_key(&self.job_id), key)
-                .await;
-            self.log_redis_error("state", result);
+            let result = self.queue.delete_state(&self.fence, &key).await;
+            self.written("state", result);
         })
     }
 
@@ -161,21 +179,27 @@ impl JobHost for WorkerHost {
     }
 
     fn message_append_text(&self, text: String) -> BoxFuture<'_, Result<(), HostCallError>> {
-        Box::pin(async move { self.bound()?.append_text(&self.sessions, text).await })
+        Box::pin(async move {
+            self.message_written(self.bound()?.append_text(&self.sessions, text).await)
+        })
     }
 
     fn message_add_content(
         &self,
         block: ContentBlock,
     ) -> BoxFuture<'_, Result<String, HostCallError>> {
-        Box::pin(async move { self.bound()?.add_content(&self.sessions, block).await })
+        Box::pin(async move {
+            self.message_written(self.bound()?.add_content(&self.sessions, block).await)
+        })
     }
 
     fn message_start_task(
         &self,
         description: String,
     ) -> BoxFuture<'_, Result<String, HostCallError>> {
-        Box::pin(async move { self.bound()?.start_task(&self.sessions, description).await })
+        Box::pin(async move {
+            self.message_written(self.bound()?.start_task(&self.sessions, description).await)
+        })
     }
 
     fn message_update_task(
@@ -184,14 +208,16 @@ impl JobHost for WorkerHost {
         update: TaskUpdate,
     ) -> BoxFuture<'_, Result<(), HostCallError>> {
         Box::pin(async move {
-            self.bound()?
-                .update_task(&self.sessions, task_id, update)
-                .await
+            self.message_written(
+                self.bound()?
+                    .update_task(&self.sessions, task_id, update)
+                    .await,
+            )
         })
     }
 
     fn message_complete(&self) -> BoxFuture<'_, Result<(), HostCallError>> {
-        Box::pin(async move { self.bound()?.complete(&self.sessions).await })
+        Box::pin(async move { self.message_written(self.bound()?.complete(&self.sessions).await) })
     }
 
     fn follow_up(

@@ -2,9 +2,10 @@
 //!
 //! Owns the worker loop (what to do when idle, paused or when Redis is away), the
 //! retry decision, the [`JobHost`](spool_runtime::JobHost) through which a
-//! running guest reaches the outside (`host`), follow-up jobs (`follow_up`) and
-//! settling the session message a job drives. Queue writes go through
-//! [`Queue`](crate::queue::Queue); sandboxing is the runtime's.
+//! running guest reaches the outside (`host`) and follow-up jobs (`follow_up`).
+//! An attempt heart-beats from claim to recorded outcome, and writes only
+//! under its [`Fence`]. Queue writes go through [`Queue`](crate::queue::Queue)
+//! (which also ends a job's session message with it); sandboxing is the runtime's.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,13 +16,15 @@ use tokio_util::sync::CancellationToken;
 use crate::config::QueueConfig;
 use crate::gateway::Gateway;
 use crate::intake::{Intake, Route};
-use crate::queue::{Claim, ClaimedJob, Finish, Heartbeat, Outcome, Retention, now_ms};
-use crate::store::{self, BoundMessage, JobEnd, Store};
+use crate::queue::{Claim, ClaimedJob, Fence, Finish, Heartbeat, Outcome, Retention, now_ms};
+use crate::store::{self, Store};
 use spool_runtime::content::blocks_to_json;
 use spool_runtime::{FailureKind, GuestFailure, HandlerComponent, Job, JobError, JobOutput};
 
 mod follow_up;
 mod running;
+
+use follow_up::NotQueued;
 mod supervise;
 
 pub use running::RunningJobs;
@@ -110,75 +113,85 @@ impl Workers {
         }
     }
 
+    /// Runs one attempt at a claimed job and records its outcome, heart-beating
+    /// its entry the whole time (also while follow-ups are queued and the
+    /// outcome is recorded, which may wait for Redis).
     async fn run_job(&self, claimed: ClaimedJob, route: &Route, consumer: &str) {
-        let record = &claimed.record;
-        let message = store::bound_message(&self.sessions, record).await;
-        let (attempt, ran_on) = if record.attempts > route.config.max_attempts {
-            // Only a job whose workers kept vanishing mid-run gets here.
-            let error = format!("abandoned by its worker {} times", record.attempts - 1);
-            (
-                Some(Attempt::ended(Outcome::Failed {
-                    error,
-                    kind: FailureKind::Abandoned,
-                })),
-                None,
-            )
-        } else {
-            // Resolved once, at claim time: a version switch while the job runs
-            // does not affect it.
-            let handler = self
-                .intake
-                .registry
-                .resolve(&record.handler, route.config.handler_version.as_deref());
-            let ran_on = handler.as_ref().map(|h| h.version.clone());
-            let attempt = self
-                .run_handler(&claimed, handler, route, consumer, message.as_ref())
-                .await;
-            (attempt, ran_on)
-        };
-        let Some(Attempt {
-            outcome,
-            message_passed_on,
-        }) = attempt
-        else {
-            tracing::info!(job = %record.id, "job was requeued by recovery while it ran; this attempt stops");
-            return;
-        };
-        if let Outcome::Failed { error, kind } | Outcome::Retry { error, kind, .. } = &outcome {
-            tracing::warn!(job = %record.id, attempt = record.attempts, %error, error_kind = %kind, "job attempt failed");
-        }
-        let mut claimed = claimed;
-        if ran_on.is_some() {
-            claimed.record.handler_version = ran_on;
-        }
-        let Some(outcome) = self.record(&claimed, outcome).await else {
-            return;
-        };
-        if let (Some(message), false) = (&message, message_passed_on) {
-            let end = match &outcome {
-                Outcome::Completed { .. } => JobEnd::Completed,
-                Outcome::Retry { error, .. } => JobEnd::Retrying(error),
-                Outcome::Failed { error, .. } => JobEnd::Failed(error),
-                Outcome::Cancelled => JobEnd::Failed("the job was cancelled"),
+        let watch = self.running.watch(&claimed.record.id);
+        let lost = CancellationToken::new();
+        let attempt = async {
+            let Some(Attempt { outcome, ran_on }) =
+                self.attempt(&claimed, route, &watch.stop, &lost).await
+            else {
+                tracing::info!(job = %claimed.record.id, "job was given to another attempt while this one ran; it stops here");
+                return;
             };
-            store::settle(&self.sessions, message, end).await;
+            if let Outcome::Failed { error, kind } | Outcome::Retry { error, kind, .. } = &outcome
+            {
+                tracing::warn!(job = %claimed.record.id, attempt = claimed.record.attempts, %error, error_kind = %kind, "job attempt failed");
+            }
+            // A failed attempt records the version that ran it too.
+            let mut ran = claimed.clone();
+            ran.record.handler_version = ran_on.or(ran.record.handler_version);
+            self.record(&ran, outcome).await;
+        };
+        tokio::select! {
+            () = attempt => {}
+            () = self.keep_alive(&claimed, consumer, &watch.stop, &lost) => {}
         }
     }
 
-    /// Runs the job's handler while heart-beating its entry, then queues the
-    /// follow-ups of a completed job. `None`: the job was given to another
-    /// attempt meanwhile and this one must record nothing.
-    async fn run_handler(
+    /// Heart-beats the job's entry until dropped; a cancel fires `stop`, a
+    /// lost job `lost`.
+    async fn keep_alive(
         &self,
         claimed: &ClaimedJob,
-        handler: Option<HandlerComponent>,
-        route: &Route,
         consumer: &str,
-        message: Option<&BoundMessage>,
+        stop: &CancellationToken,
+        lost: &CancellationToken,
+    ) {
+        let mut heartbeat = tokio::time::interval(self.visibility / 3);
+        heartbeat.tick().await;
+        loop {
+            heartbeat.tick().await;
+            match self.intake.queue.heartbeat(claimed, consumer).await {
+                Ok(Heartbeat::Run) => {}
+                Ok(Heartbeat::Cancel) => stop.cancel(),
+                Ok(Heartbeat::Lost) => lost.cancel(),
+                // Redis away: keep working; recording the outcome retries.
+                Err(error) => {
+                    tracing::warn!(job = %claimed.record.id, %error, "heartbeat failed")
+                }
+            }
+        }
+    }
+
+    /// Runs the job's handler, then queues the follow-ups of a completed job.
+    /// `None`: the job was given to another attempt meanwhile and this one
+    /// must record nothing.
+    async fn attempt(
+        &self,
+        claimed: &ClaimedJob,
+        route: &Route,
+        stop: &CancellationToken,
+        lost: &CancellationToken,
     ) -> Option<Attempt> {
         let record = &claimed.record;
+        if record.attempts > route.config.max_attempts {
+            // Only a job whose workers kept vanishing mid-run gets here.
+            return Some(Attempt::ended(Outcome::Failed {
+                error: format!("abandoned by its worker {} times", record.attempts - 1),
+                kind: FailureKind::Abandoned,
+            }));
+        }
         supervise::injected_panic(&record.id, record.attempts);
-        let Some(handler) = handler else {
+        // Resolved once, at claim time: a version switch while the job runs
+        // does not affect it.
+        let resolved = self
+            .intake
+            .registry
+            .resolve(&record.handler, route.config.handler_version.as_deref());
+        let Some(handler) = resolved else {
             return Some(Attempt::ended(Outcome::Failed {
                 error: format!(
                     "handler `{}` is not installed on this instance",
@@ -187,6 +200,28 @@ impl Workers {
                 kind: FailureKind::HandlerMissing,
             }));
         };
+        let ran = |outcome| {
+            Some(Attempt {
+                outcome,
+                ran_on: Some(handler.version.clone()),
+            })
+        };
+        let fence = Fence::of(claimed);
+        let message = store::bound_message(&self.sessions, record).await;
+        let host = Arc::new(WorkerHost {
+            job_id: record.id.clone(),
+            user_id: record.user_id.clone(),
+            // Model-call waits and retries must fit in the handler's deadline.
+            deadline: std::time::Instant::now() + self.intake.runtime.limits().deadline,
+            queue: self.intake.queue.clone(),
+            fence: fence.clone(),
+            lost: lost.clone(),
+            gateway: self.gateway.clone(),
+            routes: self.intake.routes.clone(),
+            sessions: self.sessions.fenced(fence.clone()),
+            message: message.clone(),
+            follow_ups: Default::default(),
+        });
         let job = Job {
             id: record.id.clone(),
             queue: record.queue.clone(),
@@ -196,87 +231,38 @@ impl Workers {
             payload: record.payload.clone(),
             attempt: record.attempts,
         };
-        let host = Arc::new(WorkerHost {
-            job_id: job.id.clone(),
-            user_id: job.user_id.clone(),
-            // Model-call waits and retries must fit in the handler's deadline.
-            deadline: std::time::Instant::now() + self.intake.runtime.limits().deadline,
-            redis: self.intake.queue.connection(),
-            gateway: self.gateway.clone(),
-            routes: self.intake.routes.clone(),
-            sessions: self.sessions.clone(),
-            message: message.cloned(),
-            follow_ups: Default::default(),
-        });
-        let outcome = match self
-            .run_heart_beating(claimed, consumer, &handler, &job, host.clone())
-            .await
-        {
-            Ran::Returned(result) => outcome_of(result, &handler, &route.config, record.attempts),
-            Ran::Cancelled => return Some(Attempt::ended(Outcome::Cancelled)),
-            Ran::Lost => return None,
+        let result = tokio::select! {
+            result = self.intake.runtime.handle(&handler, &job, host.clone()) => result,
+            // Dropping the call stops the guest where it is.
+            _ = stop.cancelled() => return ran(Outcome::Cancelled),
+            _ = lost.cancelled() => return None,
         };
+        let outcome = outcome_of(result, &handler, &route.config, record.attempts);
         let follow_ups = host.take_follow_ups();
         if !matches!(outcome, Outcome::Completed { .. }) || follow_ups.is_empty() {
-            return Some(Attempt::ended(outcome));
+            return ran(outcome);
         }
-        // A cancelled job queues nothing after it. (Should the check fail,
-        // recording the outcome still sees the cancel.)
-        if let Ok(true) = self.intake.queue.cancel_requested(&record.id).await {
-            return Some(Attempt::ended(Outcome::Cancelled));
-        }
-        let queued =
-            follow_up::queue_all(&self.intake, &self.sessions, record, message, follow_ups).await;
-        Some(match queued {
-            Ok(queued) => Attempt {
-                outcome,
-                message_passed_on: queued.handed_over,
-            },
-            Err(error) => Attempt::ended(retry_or_fail(
+        match follow_up::queue_all(&self.intake, &fence, record, message.as_ref(), follow_ups)
+            .await
+        {
+            Ok(()) => ran(outcome),
+            Err(NotQueued::Lost) => None,
+            Err(NotQueued::Cancelled) => ran(Outcome::Cancelled),
+            Err(NotQueued::Failed(error)) => ran(retry_or_fail(
                 &route.config,
                 record.attempts,
                 error,
                 FailureKind::FollowUpFailed,
                 None,
             )),
-        })
-    }
-
-    /// Runs `handle` while heart-beating the job's entry.
-    async fn run_heart_beating(
-        &self,
-        claimed: &ClaimedJob,
-        consumer: &str,
-        handler: &HandlerComponent,
-        job: &Job,
-        host: Arc<WorkerHost>,
-    ) -> Ran {
-        let watch = self.running.watch(&job.id);
-        let run = self.intake.runtime.handle(handler, job, host);
-        tokio::pin!(run);
-        let mut heartbeat = tokio::time::interval(self.visibility / 3);
-        heartbeat.tick().await;
-        loop {
-            tokio::select! {
-                result = &mut run => return Ran::Returned(result),
-                // Dropping the call stops the guest where it is.
-                _ = watch.stop.cancelled() => return Ran::Cancelled,
-                _ = heartbeat.tick() => match self.intake.queue.heartbeat(claimed, consumer).await {
-                    Ok(Heartbeat::Run) => {}
-                    Ok(Heartbeat::Cancel) => return Ran::Cancelled,
-                    Ok(Heartbeat::Lost) => return Ran::Lost,
-                    // Redis away: keep working; recording the outcome retries.
-                    Err(error) => tracing::warn!(job = %job.id, %error, "heartbeat failed"),
-                },
-            }
         }
     }
 
     /// Writes the outcome, retrying while Redis is briefly away. If it never
     /// comes back the entry stays pending, and recovery hands it out again.
-    /// Returns the outcome recorded: this attempt's, or `Cancelled` when a
-    /// cancel was accepted meanwhile; `None` when another attempt owns the job.
-    async fn record(&self, claimed: &ClaimedJob, outcome: Outcome) -> Option<Outcome> {
+    /// A cancel accepted meanwhile turns the outcome into `Cancelled`; an
+    /// attempt that lost the job records nothing.
+    async fn record(&self, claimed: &ClaimedJob, outcome: Outcome) {
         let mut outcome = outcome;
         let mut delay = Duration::from_millis(100);
         for _ in 0..10 {
@@ -286,14 +272,14 @@ impl Workers {
                 .finish(claimed, &outcome, self.retention)
                 .await
             {
-                Ok(Finish::Recorded) => return Some(outcome),
+                Ok(Finish::Recorded) => return,
                 Ok(Finish::CancelRequested) => {
                     tracing::info!(job = %claimed.record.id, "cancelled while it ran; its outcome is discarded");
                     outcome = Outcome::Cancelled;
                 }
                 Ok(Finish::Lost) => {
                     tracing::info!(job = %claimed.record.id, "attempt lost its job to another run; result discarded");
-                    return None;
+                    return;
                 }
                 Err(error) => {
                     tracing::warn!(job = %claimed.record.id, %error, "cannot record job outcome yet");
@@ -303,7 +289,6 @@ impl Workers {
             }
         }
         tracing::error!(job = %claimed.record.id, "gave up recording job outcome; it stays pending for recovery");
-        None
     }
 }
 
@@ -377,27 +362,18 @@ pub const MAX_RETRY_DELAY_MS: u64 = 24 * 60 * 60 * 1000;
 /// What a `handle` call returned, or how the sandbox stopped it.
 type HandleResult = Result<Result<JobOutput, JobError>, GuestFailure>;
 
-/// How a `handle` call under heartbeat ended.
-enum Ran {
-    Returned(HandleResult),
-    /// A client cancelled the job; the call was dropped.
-    Cancelled,
-    /// Recovery gave the job to another attempt; this one records nothing.
-    Lost,
-}
-
 /// How one attempt at a job ended.
 struct Attempt {
     outcome: Outcome,
-    /// The job's message went to a follow-up job, which completes it.
-    message_passed_on: bool,
+    /// The handler version that ran, if one did.
+    ran_on: Option<String>,
 }
 
 impl Attempt {
     fn ended(outcome: Outcome) -> Self {
         Self {
             outcome,
-            message_passed_on: false,
+            ran_on: None,
         }
     }
 }

@@ -1,0 +1,139 @@
+//! Fencing of the writes a running attempt makes on behalf of its job: guest
+//! state, events, progress, its session message, its follow-up jobs. An
+//! attempt holds a [`Fence`] (the job's stream entry id when it claimed it);
+//! each write checks it in the same Lua script that writes (`fence.lua`), so a
+//! paused or cut-off worker whose job was recovered and claimed elsewhere
+//! cannot write into the new attempt's job. Refused writes are counted per
+//! queue (`spool:q:{queue}:count:fenced`).
+//!
+//! Owns the fence token and the fenced job writes; message writes check the
+//! same fence in the store's scripts, follow-up submissions in `submit.lua`.
+
+use redis::RedisResult;
+
+use super::{ClaimedJob, Queue, QueueKeys, events_key, job_key, job_state_key, now_ms};
+use spool_runtime::EventType;
+use spool_runtime::event_type::MAX_STREAM_EVENTS;
+
+/// The claim of one attempt on its job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fence {
+    pub job_id: String,
+    queue: String,
+    token: String,
+}
+
+impl Fence {
+    pub fn of(job: &ClaimedJob) -> Self {
+        Self {
+            job_id: job.record.id.clone(),
+            queue: job.record.queue.clone(),
+            token: job.entry_id.clone(),
+        }
+    }
+
+    pub fn job_key(&self) -> String {
+        job_key(&self.job_id)
+    }
+
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Where refused writes are counted.
+    pub fn counter_key(&self) -> String {
+        QueueKeys::new(&self.queue).counter("fenced")
+    }
+}
+
+/// Whether a fenced write happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum Written {
+    Yes,
+    /// The attempt no longer owns its job: nothing was written.
+    Fenced,
+}
+
+/// One job write of a running attempt (see `fenced.lua`).
+enum JobWrite<'a> {
+    Event { event_type: &'a str, data: &'a str },
+    Progress { percent: u8, step: &'a str },
+    SetState { key: &'a str, value: &'a str },
+    DeleteState { key: &'a str },
+}
+
+impl Queue {
+    /// Appends one event to the job's stream.
+    pub async fn append_event(
+        &self,
+        fence: &Fence,
+        event_type: &str,
+        data: &str,
+    ) -> RedisResult<Written> {
+        self.write(fence, JobWrite::Event { event_type, data }).await
+    }
+
+    /// Sets the job's progress and appends the matching `task_progress` event.
+    pub async fn set_progress(
+        &self,
+        fence: &Fence,
+        percent: u8,
+        step: &str,
+    ) -> RedisResult<Written> {
+        self.write(fence, JobWrite::Progress { percent, step }).await
+    }
+
+    /// Sets one key of the guest's state.
+    pub async fn set_state(&self, fence: &Fence, key: &str, value: &str) -> RedisResult<Written> {
+        self.write(fence, JobWrite::SetState { key, value }).await
+    }
+
+    /// Deletes one key of the guest's state.
+    pub async fn delete_state(&self, fence: &Fence, key: &str) -> RedisResult<Written> {
+        self.write(fence, JobWrite::DeleteState { key }).await
+    }
+
+    async fn write(&self, fence: &Fence, write: JobWrite<'_>) -> RedisResult<Written> {
+        let mut invocation = self.fenced.prepare_invoke();
+        invocation
+            .key(fence.job_key())
+            .key(fence.counter_key())
+            .key(events_key(&fence.job_id))
+            .key(job_state_key(&fence.job_id))
+            .arg(fence.token());
+        match write {
+            JobWrite::Event { event_type, data } => {
+                invocation
+                    .arg("event")
+                    .arg(event_type)
+                    .arg(data)
+                    .arg(now_ms())
+                    .arg(MAX_STREAM_EVENTS);
+            }
+            JobWrite::Progress { percent, step } => {
+                let data = serde_json::json!({ "progress": percent, "step": step }).to_string();
+                invocation
+                    .arg("progress")
+                    .arg(EventType::TaskProgress.as_str())
+                    .arg(data)
+                    .arg(now_ms())
+                    .arg(MAX_STREAM_EVENTS)
+                    .arg(percent)
+                    .arg(step);
+            }
+            JobWrite::SetState { key, value } => {
+                invocation.arg("state_set").arg(key).arg(value);
+            }
+            JobWrite::DeleteState { key } => {
+                invocation.arg("state_delete").arg(key);
+            }
+        }
+        let written: i64 = invocation.invoke_async(&mut self.connection()).await?;
+        Ok(if written == 1 {
+            Written::Yes
+        } else {
+            Written::Fenced
+        })
+    }
+}
