@@ -5,6 +5,7 @@ mod support;
 
 mod cancel;
 mod contract;
+mod fencing;
 mod foundation;
 mod guest_chat;
 mod guest_cli;

@@ -13,7 +13,11 @@
 //!   emits `emit_report` with the error each attempt got, e.g.
 //!   `{"task_queued": "reserved_name", …}` (`"ok"` for one that was
 //!   accepted), and succeeds with that same object as its result;
-//! - `retry_never`: asks to be retried after `u64::MAX` ms.
+//! - `retry_never`: asks to be retried after `u64::MAX` ms;
+//! - `writer`: `ticks` times (10 by default), makes one model call (the stub's
+//!   latency paces it), then emits `tick` `{"attempt", "i"}` and sets state
+//!   key `last` to `"{attempt}:{i}"`; succeeds with `{"attempt"}`. The
+//!   fencing tests watch which attempt's writes land.
 //!
 //! Owns the misbehaviours the sandbox tests (tests/e2e/sandbox.rs) select by
 //! `mode`; a mode changes only together with the test that relies on it.
@@ -25,7 +29,7 @@ use serde_json::{Map, Value};
 use spool_sdk::chat::{Message, Request};
 use spool_sdk::{
     ChatMessage, ContentBlock, EmitError, Guest, Job, JobError, JobOutput, ModelRequest,
-    PriorityClass, PriorityDecision, RetryHint, events, model,
+    PriorityClass, PriorityDecision, RetryHint, events, model, state,
 };
 
 pub const PANIC_MESSAGE: &str = "adversary panics on purpose";
@@ -86,6 +90,7 @@ impl Guest for Adversary {
                     after_ms: Some(u64::MAX),
                 }));
             }
+            "writer" => writer(&job, payload["ticks"].as_u64().unwrap_or(10)),
             other => return Err(JobError::Reject(format!("unknown mode {other:?}"))),
         };
         Ok(JobOutput {
@@ -160,6 +165,17 @@ fn emit_reserved() -> Result<String, JobError> {
         JobError::Reject(format!("emit_report was refused: {}", snake_case(error)))
     })?;
     Ok(report)
+}
+
+/// Writes a tick per model call, each stamped with the attempt.
+fn writer(job: &Job, ticks: u64) -> String {
+    for i in 0..ticks {
+        let _ = model::chat(&request("tick"));
+        let tick = serde_json::json!({"attempt": job.attempt, "i": i}).to_string();
+        let _ = events::emit("tick", &tick);
+        state::set("last", &format!("{}:{i}", job.attempt));
+    }
+    serde_json::json!({"attempt": job.attempt}).to_string()
 }
 
 /// The error's WIT name in lower_snake_case, like every other name in events.
