@@ -128,7 +128,10 @@ async fn a_stale_attempt_cannot_write_into_the_job_it_lost() {
     let job = api.wait_terminal(host, &id, WAIT).await;
     assert_eq!(job["state"], "completed", "{job}");
     assert_eq!(job["attempts"], 2, "{job}");
-    assert_eq!(job["result"]["attempt"], 2, "the second attempt's result: {job}");
+    assert_eq!(
+        job["result"]["attempt"], 2,
+        "the second attempt's result: {job}"
+    );
 
     let (ticks, second_started) = ticks(redis, &id);
     assert!(second_started < usize::MAX, "attempt 2 started: {ticks:?}");
@@ -218,7 +221,9 @@ async fn every_write_of_an_attempt_checks_its_fence() {
     assert!(fenced(queue.delete_state(&first, "k").await));
     let stale_store = store.fenced(first.clone());
     assert!(matches!(
-        stale_store.append_text(&session, &message_id, "stale").await,
+        stale_store
+            .append_text(&session, &message_id, "stale")
+            .await,
         Err(StoreError::Fenced)
     ));
     assert!(matches!(
@@ -250,7 +255,10 @@ async fn every_write_of_an_attempt_checks_its_fence() {
         parent: Some(&second),
         ..job("job.1", Some(message))
     };
-    queue.submit(follow_up).await.expect("the owner's follow-up");
+    queue
+        .submit(follow_up)
+        .await
+        .expect("the owner's follow-up");
     assert!(
         matches!(
             live_store.append_text(&session, &message_id, "after").await,
@@ -267,9 +275,7 @@ async fn every_write_of_an_attempt_checks_its_fence() {
 }
 
 async fn new_session(api: &Api, host: &Host) -> String {
-    let (status, session) = api
-        .post(&host.url("/api/v1/sessions"), &json!({}))
-        .await;
+    let (status, session) = api.post(&host.url("/api/v1/sessions"), &json!({})).await;
     assert_eq!(status, 201, "{session}");
     session["id"].as_str().expect("session id").to_owned()
 }

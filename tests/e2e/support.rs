@@ -244,6 +244,10 @@ impl Host {
         format!("{}{}", self.base, path)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn signal(&self, signal: i32) {
         // SAFETY: kill(2) on our own child's pid has no memory-safety concerns.
         unsafe {

@@ -71,7 +71,8 @@ impl Queue {
         event_type: &str,
         data: &str,
     ) -> RedisResult<Written> {
-        self.write(fence, JobWrite::Event { event_type, data }).await
+        self.write(fence, JobWrite::Event { event_type, data })
+            .await
     }
 
     /// Sets the job's progress and appends the matching `task_progress` event.
@@ -81,7 +82,8 @@ impl Queue {
         percent: u8,
         step: &str,
     ) -> RedisResult<Written> {
-        self.write(fence, JobWrite::Progress { percent, step }).await
+        self.write(fence, JobWrite::Progress { percent, step })
+            .await
     }
 
     /// Sets one key of the guest's state.

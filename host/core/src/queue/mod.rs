@@ -407,7 +407,10 @@ impl Queue {
     pub fn new(redis: ConnectionManager) -> Self {
         Self {
             redis,
-            submit: Script::new(concat!(include_str!("fence.lua"), include_str!("submit.lua"))),
+            submit: Script::new(concat!(
+                include_str!("fence.lua"),
+                include_str!("submit.lua")
+            )),
             claim: Script::new(include_str!("claim.lua")),
             finish: Script::new(concat!(
                 include_str!("message_end.lua"),
@@ -422,7 +425,10 @@ impl Queue {
                 include_str!("message_end.lua"),
                 include_str!("cancel.lua")
             )),
-            fenced: Script::new(concat!(include_str!("fence.lua"), include_str!("fenced.lua"))),
+            fenced: Script::new(concat!(
+                include_str!("fence.lua"),
+                include_str!("fenced.lua")
+            )),
             replay: Script::new(include_str!("replay.lua")),
         }
     }
@@ -469,7 +475,10 @@ impl Queue {
             .key(job_key(job.id))
             .key(events_key(job.id))
             .key(job.parent.map_or_else(|| job_key(job.id), Fence::job_key))
-            .key(job.parent.map_or_else(|| job.queue.counter("fenced"), Fence::counter_key))
+            .key(
+                job.parent
+                    .map_or_else(|| job.queue.counter("fenced"), Fence::counter_key),
+            )
             .arg(job.max_waiting)
             .arg(job.id)
             .arg(now)

@@ -185,7 +185,12 @@ impl Store {
                 fence.token().to_owned(),
                 fence.job_id.clone(),
             ],
-            None => [message_key.to_owned(), message_key.to_owned(), String::new(), String::new()],
+            None => [
+                message_key.to_owned(),
+                message_key.to_owned(),
+                String::new(),
+                String::new(),
+            ],
         }
     }
 

@@ -126,8 +126,7 @@ impl Workers {
                 tracing::info!(job = %claimed.record.id, "job was given to another attempt while this one ran; it stops here");
                 return;
             };
-            if let Outcome::Failed { error, kind } | Outcome::Retry { error, kind, .. } = &outcome
-            {
+            if let Outcome::Failed { error, kind } | Outcome::Retry { error, kind, .. } = &outcome {
                 tracing::warn!(job = %claimed.record.id, attempt = claimed.record.attempts, %error, error_kind = %kind, "job attempt failed");
             }
             // A failed attempt records the version that ran it too.
@@ -242,8 +241,7 @@ impl Workers {
         if !matches!(outcome, Outcome::Completed { .. }) || follow_ups.is_empty() {
             return ran(outcome);
         }
-        match follow_up::queue_all(&self.intake, &fence, record, message.as_ref(), follow_ups)
-            .await
+        match follow_up::queue_all(&self.intake, &fence, record, message.as_ref(), follow_ups).await
         {
             Ok(()) => ran(outcome),
             Err(NotQueued::Lost) => None,

@@ -17,7 +17,9 @@
 //! - `writer`: `ticks` times (10 by default), makes one model call (the stub's
 //!   latency paces it), then emits `tick` `{"attempt", "i"}` and sets state
 //!   key `last` to `"{attempt}:{i}"`; succeeds with `{"attempt"}`. The
-//!   fencing tests watch which attempt's writes land.
+//!   fencing tests watch which attempt's writes land;
+//! - `flaky`: its first attempt asks to be retried after 50 ms; later ones
+//!   are a `writer`.
 //!
 //! Owns the misbehaviours the sandbox tests (tests/e2e/sandbox.rs) select by
 //! `mode`; a mode changes only together with the test that relies on it.
@@ -91,6 +93,13 @@ impl Guest for Adversary {
                 }));
             }
             "writer" => writer(&job, payload["ticks"].as_u64().unwrap_or(10)),
+            "flaky" if job.attempt == 1 => {
+                return Err(JobError::Retry(RetryHint {
+                    reason: "first attempts fail".to_owned(),
+                    after_ms: Some(50),
+                }));
+            }
+            "flaky" => writer(&job, payload["ticks"].as_u64().unwrap_or(10)),
             other => return Err(JobError::Reject(format!("unknown mode {other:?}"))),
         };
         Ok(JobOutput {
