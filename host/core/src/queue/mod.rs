@@ -8,8 +8,9 @@
 //! Keys: `spool:q:{queue}:{high|normal|low}` streams, `spool:q:{queue}:paused`,
 //! `spool:q:{queue}:delayed` (retries by due time), `spool:q:{queue}:completed` /
 //! `:failed` (recent history), `spool:q:{queue}:dead` (dead letters) and
-//! `:count:*` totals; `spool:job:{id}` (the job record), `spool:job:{id}:state`
-//! (the guest's state), `spool:job:{id}:attempts` (attempt history), `job_events:{id}`.
+//! `:count:*` totals (also `:count:dropped`, and `:count:fenced`, see `fence`);
+//! `spool:job:{id}` (the job record), `spool:job:{id}:state` (the guest's
+//! state), `spool:job:{id}:attempts` (attempt history), `job_events:{id}`.
 //!
 //! Delivery is at-least-once: an entry is acknowledged only by the script that
 //! records its outcome; a worker heart-beats the entry of the job it runs, and

@@ -91,8 +91,9 @@ impl WorkerHost {
 impl JobHost for WorkerHost {
     fn chat(&self, request: ChatRequest) -> BoxFuture<'_, Result<ChatReply, ModelError>> {
         Box::pin(async move {
-            // Deltas are published by a writer task so the model stream is never
-            // slowed by Redis; pieces that pile up are sent as one event.
+            // Deltas are published by a writer running beside the call, so the
+            // model stream is never slowed by Redis; pieces that pile up are
+            // sent as one event.
             let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<String>();
             let writer = async {
                 while let Some(mut text) = receiver.recv().await {
