@@ -85,7 +85,7 @@ pub async fn start(config: Config) -> Result<Running> {
         failed_secs: config.retention.failed_secs,
         history: config.retention.history,
         message_secs: config.sessions.message_ttl_secs,
-        message_events: config.sessions.max_events as u64,
+        message_events: config.sessions.max_events,
     };
     let shutdown = CancellationToken::new();
     let wake = Arc::new(Notify::new());
