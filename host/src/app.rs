@@ -155,12 +155,14 @@ pub async fn start(config: Config) -> Result<Running> {
         started: Instant::now(),
         retention,
         restarts,
+        gateway,
+        gate: open_gate(&config, &redis).await?,
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
-    let app = http::router(state, config.body_limit_bytes).merge(http::limits::router(gateway));
+    let app = http::router(state, config.body_limit_bytes);
     let http_shutdown = shutdown.clone();
     let http = tokio::spawn(async move {
         let served = axum::serve(listener, app)
@@ -183,6 +185,39 @@ pub async fn start(config: Config) -> Result<Running> {
         stub,
         redis: embedded,
         drain_timeout,
+    })
+}
+
+/// Who may call this instance's API. Keyless access is for a loopback
+/// listener only; a listener others can reach must have keys to check (one in
+/// Redis, or `SPOOL_ADMIN_KEY`), or spool refuses to start.
+async fn open_gate(config: &Config, redis: &ConnectionManager) -> Result<http::auth::Gate> {
+    let keys = spool_core::access::Keys::new(redis.clone());
+    let loopback = config.listen.ip().is_loopback();
+    if !loopback {
+        let explicit_admin =
+            std::env::var(crate::admin_token::ENV).is_ok_and(|k| !k.trim().is_empty());
+        if !explicit_admin && !keys.any().await.context("reading API keys")? {
+            bail!(
+                "refusing to serve {} without API keys: anyone who can reach it could submit jobs and deploy handlers. \
+                 Create a key first (start spool on 127.0.0.1, then `spool keys create --role admin`), \
+                 or set {} to an admin key of your choice",
+                config.listen,
+                crate::admin_token::ENV
+            );
+        }
+    }
+    let token = crate::admin_token::load_or_create(config.auth.admin_token_file.as_deref())?;
+    let mut allowed_hosts = config.auth.allowed_hosts.clone();
+    if !loopback && !config.listen.ip().is_unspecified() {
+        allowed_hosts.push(config.listen.ip().to_string());
+    }
+    Ok(http::auth::Gate {
+        keys,
+        admin_token_hash: spool_core::access::key_hash(&token),
+        anonymous: config.auth.anonymous && loopback,
+        check_host: loopback || !config.auth.allowed_hosts.is_empty(),
+        allowed_hosts,
     })
 }
 

@@ -10,6 +10,7 @@
 //!
 //! Built-in handlers are the components built from `guest/` by `build.rs`.
 
+pub mod admin_token;
 pub mod app;
 pub mod bench;
 pub mod cli;

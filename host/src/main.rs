@@ -39,6 +39,8 @@ enum Command {
     BenchLimiter(spool::bench::limiter::LimiterBenchArgs),
     /// Inspect, replay or purge dead jobs of a running instance.
     Dead(spool::cli::dead::DeadArgs),
+    /// Create, list or revoke API keys of a running instance.
+    Keys(spool::cli::keys::KeysArgs),
     /// Test a handler component in isolation, or scaffold a new one.
     Guest(spool::cli::guest::GuestArgs),
     /// Time the session/message store (create, append, task update, load, SSE delay) against design D's claims.
@@ -193,6 +195,7 @@ fn main() -> ExitCode {
             Command::Handlers(args) => spool::cli::admin::list(args).await,
             Command::BenchLimiter(args) => spool::bench::limiter::run(args).await,
             Command::Dead(args) => spool::cli::dead::run(args).await,
+            Command::Keys(args) => spool::cli::keys::run(args).await,
             Command::Guest(args) => spool::cli::guest::run(args).await,
             Command::BenchSessions(args) => spool::bench::sessions::run(args).await,
         }

@@ -177,7 +177,10 @@ async fn every_write_of_an_attempt_checks_its_fence() {
     let keys = QueueKeys::new("documents");
     queue.ensure_groups(&keys).await.expect("groups");
 
-    let session = store.create_session(&json!({})).await.expect("session");
+    let session = store
+        .create_session(&json!({}), None)
+        .await
+        .expect("session");
     let message_id = store
         .create_message(&session, "assistant", Some("job"))
         .await

@@ -328,24 +328,43 @@ fn blocking_get(url: &str) -> Result<(u16, String), String> {
     Ok((status, body))
 }
 
-/// A small JSON-over-HTTP client for tests.
+/// A small JSON-over-HTTP client for tests. By default it presents the
+/// operator's admin token (the file every local `spool serve` shares), as
+/// the CLI does; [`Api::with_key`] presents another key or none.
 #[derive(Clone)]
 pub struct Api {
     http: reqwest::Client,
 }
 
+/// The operator's admin token, created if no host has yet.
+pub fn admin_token() -> String {
+    spool::admin_token::load_or_create(None).expect("the admin token")
+}
+
 impl Default for Api {
     fn default() -> Self {
-        Self {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .expect("client"),
-        }
+        Self::with_key(Some(&admin_token()))
     }
 }
 
 impl Api {
+    pub fn with_key(key: Option<&str>) -> Self {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(key) = key {
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {key}").parse().expect("header"),
+            );
+        }
+        Self {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .default_headers(headers)
+                .build()
+                .expect("client"),
+        }
+    }
+
     pub async fn post(&self, url: &str, body: &Value) -> (u16, Value) {
         self.send(
             self.http

@@ -42,6 +42,35 @@ pub struct Config {
     pub watch: BTreeMap<String, PathBuf>,
     /// The session/message store (design D).
     pub sessions: crate::store::SessionsConfig,
+    /// Who may call the API.
+    pub auth: AuthConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Requests without a key may submit and read jobs. Honoured only while
+    /// the API listens on a loopback address; elsewhere every request needs a key.
+    pub anonymous: bool,
+    /// The operator's admin token: read from here, created (mode 0600) if
+    /// missing, and picked up by the CLI. `SPOOL_ADMIN_KEY` overrides it.
+    /// Absent: `~/.spool/admin-token`.
+    pub admin_token_file: Option<PathBuf>,
+    /// Host names the API answers to besides loopback ones (`localhost`,
+    /// `127.0.0.1`, `[::1]`); a request naming another host is refused, which
+    /// defeats DNS rebinding. Checked on a loopback listener, and on any
+    /// listener once this lists names (its own address is then added).
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            anonymous: true,
+            admin_token_file: None,
+            allowed_hosts: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -204,6 +233,7 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             watch: BTreeMap::new(),
             sessions: Default::default(),
+            auth: AuthConfig::default(),
         }
     }
 }

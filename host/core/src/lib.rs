@@ -13,6 +13,7 @@
 //! are validated before activation, and every instance switches to the active
 //! one; a worker resolves it from the local [`registry`] once per job.
 
+pub mod access;
 pub mod config;
 pub mod embedded_redis;
 pub mod events;

@@ -68,10 +68,7 @@ pub struct HandlersArgs {
 }
 
 fn client() -> Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(120))
-        .build()
-        .context("building the HTTP client")
+    super::client(Duration::from_secs(120))
 }
 
 fn base(server: &str) -> String {

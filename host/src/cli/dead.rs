@@ -36,7 +36,7 @@ enum DeadAction {
 
 pub async fn run(args: DeadArgs) -> Result<()> {
     let base = args.url.trim_end_matches('/');
-    let client = reqwest::Client::new();
+    let client = super::client(std::time::Duration::from_secs(60))?;
     let request = match &args.action {
         DeadAction::List { queue, limit } => {
             client.get(format!("{base}/api/queues/{queue}/dead?limit={limit}"))

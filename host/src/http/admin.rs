@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery};
+use spool_core::access::{Role, Tenant};
 use spool_core::handlers::store::InstanceReport;
 use spool_core::handlers::{DeployError, Handlers, valid_handler_name};
 use spool_core::queue::now_ms;
@@ -35,6 +36,81 @@ pub fn routes() -> Router<Arc<AppState>> {
             post(deploy).layer(DefaultBodyLimit::disable()),
         )
         .route("/admin/handlers/{name}/rollback", post(rollback))
+        .route("/admin/keys", get(list_keys).post(create_key))
+        .route("/admin/keys/{id}", axum::routing::delete(revoke_key))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct KeyRequest {
+    role: String,
+    user_id: Option<String>,
+    user_tier: Option<String>,
+    #[serde(default)]
+    name: String,
+}
+
+/// `POST /admin/keys {role, userId?, userTier?, name?}`: 201 with the secret, once.
+async fn create_key(
+    State(state): State<Arc<AppState>>,
+    ApiJson(request): ApiJson<KeyRequest>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let role = Role::parse(&request.role).ok_or_else(|| {
+        ApiError::invalid("invalid_role", "role must be admin, submitter or reader")
+    })?;
+    let user = match request.user_id {
+        Some(user_id) => {
+            super::jobs::checked_user_id(&user_id)?;
+            Some(Tenant {
+                user_id,
+                tier: request.user_tier.unwrap_or_default(),
+            })
+        }
+        None if request.user_tier.is_some() => {
+            return Err(ApiError::invalid(
+                "invalid_field",
+                "userTier needs a userId",
+            ));
+        }
+        None => None,
+    };
+    if request.name.len() > 200 {
+        return Err(ApiError::invalid(
+            "invalid_field",
+            "name is at most 200 bytes",
+        ));
+    }
+    let created = state
+        .gate
+        .keys
+        .create(role, user, &request.name)
+        .await
+        .map_err(|error| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "keys_unavailable",
+                error.to_string(),
+            )
+        })?;
+    Ok((StatusCode::CREATED, Json(json!(created))))
+}
+
+async fn list_keys(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({ "keys": state.gate.keys.list().await? })))
+}
+
+async fn revoke_key(
+    State(state): State<Arc<AppState>>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    if state.gate.keys.revoke(&id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(
+            "key_not_found",
+            format!("no key `{id}`"),
+        ))
+    }
 }
 
 #[derive(Deserialize)]

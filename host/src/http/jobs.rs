@@ -4,17 +4,18 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::AppState;
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery};
+use spool_core::access::Identity;
 use spool_core::intake::Route;
 use spool_core::intake::{IntakeError, Submission};
-use spool_core::queue::{CancelOutcome, JobState};
+use spool_core::queue::{CancelOutcome, JobRecord, JobState};
 
 const DEFAULT_PRIORITY: i64 = 5;
 /// The queue POST /api/chat submits to.
@@ -45,21 +46,75 @@ struct GenericFields {
 
 pub async fn submit_chat(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Identity>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let submission = with_idempotency_key(&headers, chat_submission(body)?)?;
-    submit(&state, CHAT_QUEUE, submission).await
+    submit(&state, &caller, CHAT_QUEUE, submission).await
 }
 
 pub async fn submit_generic(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Identity>,
     ApiPath(queue): ApiPath<String>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let submission = with_idempotency_key(&headers, generic_submission(body)?)?;
-    submit(&state, &queue, submission).await
+    submit(&state, &caller, &queue, submission).await
+}
+
+/// The longest user id and tier accepted.
+const MAX_USER_ID: usize = 128;
+const MAX_USER_TIER: usize = 32;
+
+/// A user id: 1 to 128 bytes of printable text.
+pub fn checked_user_id(id: &str) -> Result<(), ApiError> {
+    if (1..=MAX_USER_ID).contains(&id.len()) && !id.chars().any(char::is_control) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            "invalid_user_id",
+            format!("userId must be 1 to {MAX_USER_ID} bytes of printable text"),
+        ))
+    }
+}
+
+/// Who a submission is from: a key bound to a tenant decides user and tier,
+/// whatever the body says; other callers (an unbound service key, the local
+/// anonymous user) are trusted with the body's, once checked.
+pub fn as_caller(caller: &Identity, mut submission: Submission) -> Result<Submission, ApiError> {
+    if let Some(tenant) = &caller.user {
+        submission.user_id = tenant.user_id.clone();
+        submission.user_tier = tenant.tier.clone();
+        return Ok(submission);
+    }
+    if !submission.user_id.is_empty() {
+        checked_user_id(&submission.user_id)?;
+    }
+    if submission.user_tier.len() > MAX_USER_TIER
+        || submission.user_tier.chars().any(char::is_control)
+    {
+        return Err(ApiError::invalid(
+            "invalid_user_tier",
+            format!("userTier must be at most {MAX_USER_TIER} bytes of printable text"),
+        ));
+    }
+    Ok(submission)
+}
+
+/// The job, if the caller may see it: another tenant's job is "not found",
+/// so that ids do not leak.
+pub async fn visible_job(
+    state: &AppState,
+    caller: &Identity,
+    id: &str,
+) -> Result<JobRecord, ApiError> {
+    match state.queue.job(id).await? {
+        Some(record) if caller.owns(&record.user_id) => Ok(record),
+        _ => Err(job_not_found(id)),
+    }
 }
 
 /// The `Idempotency-Key` header names the job like a `jobId` field does; if
@@ -167,9 +222,11 @@ fn checked_priority(priority: Option<i64>) -> Result<u8, ApiError> {
 /// same queue is a retry of the first: 200 with that job, never a second one.
 pub async fn submit(
     state: &AppState,
+    caller: &Identity,
     queue: &str,
     submission: Submission,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let submission = as_caller(caller, submission)?;
     match state.intake.submit(queue, &submission).await {
         Ok(accepted) => {
             let mut body = follow_links(&accepted.id);
@@ -182,7 +239,7 @@ pub async fn submit(
         Err(IntakeError::Duplicate(id)) => {
             let record = state.queue.job(&id).await?;
             match record {
-                Some(record) if record.queue == queue => {
+                Some(record) if record.queue == queue && caller.owns(&record.user_id) => {
                     let mut body = follow_links(&id);
                     body["queue"] = json!(record.queue);
                     body["state"] = json!(record.state.as_str());
@@ -216,13 +273,10 @@ pub fn route<'a>(state: &'a AppState, queue: &str) -> Result<&'a Route, ApiError
 
 pub async fn get_job(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Identity>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let record = state
-        .queue
-        .job(&id)
-        .await?
-        .ok_or_else(|| job_not_found(&id))?;
+    let record = visible_job(&state, &caller, &id).await?;
     let mut body = record.to_json();
     body["attemptHistory"] = Value::Array(state.queue.attempt_history(&id).await?);
     Ok(Json(body))
@@ -231,8 +285,10 @@ pub async fn get_job(
 /// Cancels a waiting or delayed job at once; asks an active one to stop.
 pub async fn cancel(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Identity>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    visible_job(&state, &caller, &id).await?;
     match state.queue.cancel(&id, state.retention).await? {
         CancelOutcome::Cancelled => Ok((
             StatusCode::OK,

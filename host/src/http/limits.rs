@@ -5,21 +5,12 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
 
-use super::ApiError;
-use spool_core::gateway::{Gateway, GatewaySnapshot};
+use super::{ApiError, AppState};
+use spool_core::gateway::GatewaySnapshot;
 
-/// A router of its own, merged into the API by `app`, so the shared `AppState`
-/// needs no field for the gateway.
-pub fn router(gateway: Arc<Gateway>) -> Router {
-    Router::new()
-        .route("/api/limits", get(limits))
-        .with_state(gateway)
-}
-
-async fn limits(State(gateway): State<Arc<Gateway>>) -> Result<Json<GatewaySnapshot>, ApiError> {
-    Ok(Json(gateway.snapshot().await?))
+pub async fn limits(State(state): State<Arc<AppState>>) -> Result<Json<GatewaySnapshot>, ApiError> {
+    Ok(Json(state.gateway.snapshot().await?))
 }

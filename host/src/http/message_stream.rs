@@ -9,6 +9,7 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, Sse};
@@ -18,8 +19,9 @@ use serde_json::json;
 
 use super::AppState;
 use super::error::{ApiError, ApiPath, ApiQuery};
-use super::sessions::checked_id;
+use super::sessions::{checked_id, visible_message};
 use super::stream::{sse_steps, validate_stream_id};
+use spool_core::access::Identity;
 use spool_core::follow::Follower;
 use spool_core::store::{MessageEvent, MessageEvents, StoreError};
 
@@ -30,15 +32,14 @@ pub struct StreamQuery {
 
 pub async fn message_stream(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Identity>,
     ApiPath((sid, mid)): ApiPath<(String, String)>,
     ApiQuery(query): ApiQuery<StreamQuery>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     checked_id("session", &sid)?;
-    checked_id("message", &mid)?;
-    match state.sessions.message_status(&mid).await? {
-        Some((session, _)) if session == sid => {}
-        _ => return Err(StoreError::MessageNotFound(mid).into()),
+    if visible_message(&state, &caller, &mid).await? != sid {
+        return Err(StoreError::MessageNotFound(mid).into());
     }
     let resume_from = headers
         .get("last-event-id")

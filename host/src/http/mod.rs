@@ -2,10 +2,11 @@
 //! shapes; the work itself is the queue's, the runtime's and the events module's.
 
 mod admin;
+pub mod auth;
 mod dead;
 mod error;
 mod jobs;
-pub mod limits;
+mod limits;
 mod message_stream;
 mod sessions;
 mod stream;
@@ -17,11 +18,14 @@ use std::time::Instant;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
+use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
 
 pub use error::ApiError;
 
+use spool_core::access::Role;
+use spool_core::gateway::Gateway;
 use spool_core::handlers::Handlers;
 use spool_core::intake::Intake;
 use spool_core::queue::{Queue, Retention};
@@ -44,6 +48,10 @@ pub struct AppState {
     pub retention: Retention,
     /// Workers restarted after a panic: any makes the instance `degraded`.
     pub restarts: Arc<WorkerRestarts>,
+    /// Model calls: the shared limiter's figures for `/api/limits`.
+    pub gateway: Arc<Gateway>,
+    /// Who may call what (see `auth`).
+    pub gate: auth::Gate,
 }
 
 impl AppState {
@@ -54,12 +62,32 @@ impl AppState {
     }
 }
 
+/// The API. Routes are grouped by the role they need (see `auth`); every
+/// request passes the host, origin and key checks first.
 pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
-    Router::new()
+    let open = Router::new()
         .route("/", get(page))
         .route("/health", get(health))
+        .route("/api/login", post(auth::login))
+        .route("/api/logout", post(auth::logout));
+    let reader = Router::new()
+        .route("/api/queue/stats", get(jobs::stats))
+        .route("/api/limits", get(limits::limits))
+        .route_layer(from_fn(|request, next| {
+            auth::require(Role::Reader, request, next)
+        }));
+    let submitter = Router::new()
         .route("/api/chat", post(jobs::submit_chat))
         .route("/api/queues/{queue}/jobs", post(jobs::submit_generic))
+        .route("/api/job/{id}", get(jobs::get_job).delete(jobs::cancel))
+        .route("/api/job/{id}/events", get(stream::job_events))
+        .route("/stream/status/{id}", get(stream::status_stream))
+        .route("/ws", get(ws::upgrade))
+        .merge(sessions_router())
+        .route_layer(from_fn(|request, next| {
+            auth::require(Role::Submitter, request, next)
+        }));
+    let admin = Router::new()
         .route("/api/queues/{queue}/pause", post(jobs::pause))
         .route("/api/queues/{queue}/resume", post(jobs::resume))
         .route("/api/queues/{queue}/history", get(jobs::history))
@@ -69,15 +97,17 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
         )
         .route("/api/queues/{queue}/dead/{job}", delete(dead::purge_one))
         .route("/api/queues/{queue}/dead/{job}/replay", post(dead::replay))
-        .route("/api/queue/stats", get(jobs::stats))
-        .route("/api/job/{id}", get(jobs::get_job).delete(jobs::cancel))
-        .route("/api/job/{id}/events", get(stream::job_events))
-        .route("/stream/status/{id}", get(stream::status_stream))
+        .route("/api/v1/cleanup", post(sessions::cleanup))
         .merge(admin::routes())
-        .route("/ws", get(ws::upgrade))
-        .merge(sessions_router())
+        .route_layer(from_fn(|request, next| {
+            auth::require(Role::Admin, request, next)
+        }));
+    open.merge(reader)
+        .merge(submitter)
+        .merge(admin)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(from_fn_with_state(state.clone(), auth::guard))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
@@ -101,7 +131,6 @@ fn sessions_router() -> Router<Arc<AppState>> {
         .route("/api/v1/sessions/{sid}/tasks", post(sessions::start_task))
         .route("/api/v1/messages/{mid}", get(sessions::get_message))
         .route("/api/v1/content/{id}", get(sessions::get_content))
-        .route("/api/v1/cleanup", post(sessions::cleanup))
         .route("/api/v1/jobs/{id}/stream", get(stream::status_stream))
         .route("/api/v1/jobs/{id}/events", get(stream::job_events))
 }

@@ -6,15 +6,16 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::AppState;
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery};
+use spool_core::access::Identity;
 use spool_core::intake::Submission;
 use spool_core::queue::BoundMessage;
 use spool_core::store::{StoreError, valid_id, validate_block};
@@ -47,6 +48,36 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// Checks the session exists and the caller may see it: another tenant's
+/// session is "not found", so that ids do not leak.
+pub async fn visible_session(
+    state: &AppState,
+    caller: &Identity,
+    sid: &str,
+) -> Result<(), ApiError> {
+    checked_id("session", sid)?;
+    match state.sessions.session_owner(sid).await? {
+        Some(owner) if caller.user.is_none() || caller.owns(&owner) => Ok(()),
+        _ => Err(session_not_found(sid)),
+    }
+}
+
+/// Checks the message exists and the caller may see its session.
+pub async fn visible_message(
+    state: &AppState,
+    caller: &Identity,
+    mid: &str,
+) -> Result<String, ApiError> {
+    checked_id("message", mid)?;
+    let Some((session, _)) = state.sessions.message_status(mid).await? else {
+        return Err(StoreError::MessageNotFound(mid.to_owned()).into());
+    };
+    if visible_session(state, caller, &session).await.is_err() {
+        return Err(StoreError::MessageNotFound(mid.to_owned()).into());
+    }
+    Ok(session)
+}
+
 pub fn checked_id(kind: &'static str, id: &str) -> Result<(), ApiError> {
     if valid_id(id) {
         Ok(())
@@ -65,6 +96,7 @@ fn session_not_found(id: &str) -> ApiError {
 /// POST /api/v1/sessions, body optional: `{"metadata": any JSON}`.
 pub async fn create_session(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Identity>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let metadata = if body.iter().all(u8::is_ascii_whitespace) {
@@ -87,7 +119,8 @@ pub async fn create_session(
         }
         metadata
     };
-    let id = state.sessions.create_session(&metadata).await?;
+    let owner = caller.user.as_ref().map(|tenant| tenant.user_id.as_str());
+    let id = state.sessions.create_session(&metadata, owner).await?;
     let session = state
         .sessions
         .session(&id)
@@ -98,9 +131,10 @@ pub async fn create_session(
 
 pub async fn get_session(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Identity>,
     ApiPath(sid): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
-    checked_id("session", &sid)?;
+    visible_session(&state, &caller, &sid).await?;
     state
         .sessions
         .session(&sid)
@@ -111,9 +145,10 @@ pub async fn get_session(
 
 pub async fn delete_session(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Identity>,
     ApiPath(sid): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
-    checked_id("session", &sid)?;
+    visible_session(&state, &caller, &sid).await?;
     let deleted = state
         .sessions
         .delete_session(&sid)
@@ -137,10 +172,11 @@ pub struct NewMessage {
 /// POST /api/v1/sessions/{sid}/messages: a finished message with text and/or blocks.
 pub async fn post_message(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Identity>,
     ApiPath(sid): ApiPath<String>,
     ApiJson(body): ApiJson<NewMessage>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    checked_id("session", &sid)?;
+    visible_session(&state, &caller, &sid).await?;
     if !ROLES.contains(&body.role.as_str()) {
         return Err(ApiError::invalid(
             "invalid_role",
@@ -188,10 +224,11 @@ fn default_limit() -> usize {
 
 pub async fn list_messages(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Identity>,
     ApiPath(sid): ApiPath<String>,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    checked_id("session", &sid)?;
+    visible_session(&state, &caller, &sid).await?;
     if !(1..=1000).contains(&query.limit) {
         return Err(ApiError::invalid(
             "invalid_query",
@@ -219,10 +256,11 @@ pub struct LoadQuery {
 
 pub async fn get_message(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Identity>,
     ApiPath(mid): ApiPath<String>,
     ApiQuery(query): ApiQuery<LoadQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    checked_id("message", &mid)?;
+    visible_message(&state, &caller, &mid).await?;
     let message = state.sessions.load(&mid, query.include_content).await?;
     message
         .map(Json)
@@ -232,10 +270,19 @@ pub async fn get_message(
 /// GET /api/v1/content/{id}: one separately stored block, loaded on demand.
 pub async fn get_content(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Identity>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     checked_id("content", &id)?;
     let content = state.sessions.content(&id).await?;
+    if let Some(message) = content.as_ref().and_then(|c| c["messageId"].as_str()) {
+        if caller.user.is_some() && visible_message(&state, &caller, message).await.is_err() {
+            return Err(ApiError::not_found(
+                "content_not_found",
+                format!("no stored content `{id}`"),
+            ));
+        }
+    }
     content.map(Json).ok_or_else(|| ApiError::not_found("content_not_found", format!("no stored content `{id}` (blocks of 10 KB or less live in their message; stored content expires after 7 days)")))
 }
 
@@ -243,10 +290,11 @@ pub async fn get_content(
 /// will fill and queues the job whose guest runs the workflow and drives it.
 pub async fn start_task(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Identity>,
     ApiPath(sid): ApiPath<String>,
     ApiJson(body): ApiJson<Map<String, Value>>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    checked_id("session", &sid)?;
+    visible_session(&state, &caller, &sid).await?;
     let queue = state.sessions.config().task_queue.clone();
     if !state.intake.routes.contains_key(&queue) {
         return Err(ApiError::new(
@@ -273,6 +321,7 @@ pub async fn start_task(
         }),
         ..Submission::default()
     };
+    let submission = super::jobs::as_caller(&caller, submission)?;
     if let Err(error) = state
         .intake
         .submit_with_id(&queue, job_id.clone(), &submission)

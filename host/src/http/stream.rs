@@ -6,17 +6,18 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, Sse};
+use axum::{Extension, Json};
 use futures_util::Stream;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::{ApiError, ApiPath, ApiQuery};
-use super::jobs::job_not_found;
+use super::jobs::{job_not_found, visible_job};
+use spool_core::access::Identity;
 use spool_core::events::{self, Event, JobEvents};
 use spool_core::follow::{Follower, Source, Step};
 use spool_core::queue::now_ms;
@@ -28,15 +29,12 @@ pub struct StreamQuery {
 
 pub async fn status_stream(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Identity>,
     ApiPath(id): ApiPath<String>,
     ApiQuery(query): ApiQuery<StreamQuery>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    let record = state
-        .queue
-        .job(&id)
-        .await?
-        .ok_or_else(|| job_not_found(&id))?;
+    let record = visible_job(&state, &caller, &id).await?;
     let resume_from = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -112,14 +110,22 @@ pub struct EventsQuery {
 
 pub async fn job_events(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Identity>,
     ApiPath(id): ApiPath<String>,
     ApiQuery(query): ApiQuery<EventsQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let after = query.last_id.unwrap_or_else(|| "0".into());
     validate_stream_id(&after)?;
     let mut redis = state.queue.connection();
+    // A job's events outlive its record only within its retention; a bound
+    // caller sees events of its own live jobs only.
+    let record = state.queue.job(&id).await?;
     let info = events::info(&mut redis, &id).await?;
-    if info["length"] == 0 && state.queue.job(&id).await?.is_none() {
+    let visible = match &record {
+        Some(record) => caller.owns(&record.user_id),
+        None => caller.user.is_none() && info["length"] != 0,
+    };
+    if !visible {
         return Err(job_not_found(&id));
     }
     let page = events::read(&mut redis, &id, &after, None).await?;

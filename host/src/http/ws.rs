@@ -12,33 +12,38 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
+use axum::{Extension, Json};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::AppState;
 use super::error::ApiError;
-use super::jobs::{CHAT_QUEUE, chat_submission, generic_submission, submit};
+use super::jobs::{CHAT_QUEUE, chat_submission, generic_submission, submit, visible_job};
+use spool_core::access::Identity;
 use spool_core::events::JobEvents;
 use spool_core::follow::{Follower, Step};
 
 /// Frames waiting to be written before readers of job events slow down.
 const OUTBOX: usize = 256;
 
-pub async fn upgrade(State(state): State<Arc<AppState>>, upgrade: WebSocketUpgrade) -> Response {
-    upgrade.on_upgrade(move |socket| serve(state, socket))
+pub async fn upgrade(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Identity>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    upgrade.on_upgrade(move |socket| serve(state, caller, socket))
 }
 
-async fn serve(state: Arc<AppState>, mut socket: WebSocket) {
+async fn serve(state: Arc<AppState>, caller: Identity, mut socket: WebSocket) {
     let (outbox, mut frames) = mpsc::channel::<Value>(OUTBOX);
     loop {
         tokio::select! {
             incoming = socket.recv() => match incoming {
                 Some(Ok(Message::Text(text))) => {
-                    if let Some(reply) = handle_frame(&state, &outbox, text.as_str()).await {
+                    if let Some(reply) = handle_frame(&state, &caller, &outbox, text.as_str()).await {
                         let _ = outbox.send(reply).await;
                     }
                 }
@@ -57,6 +62,7 @@ async fn serve(state: Arc<AppState>, mut socket: WebSocket) {
 /// Acts on one client frame; returns the immediate reply, if any.
 async fn handle_frame(
     state: &Arc<AppState>,
+    caller: &Identity,
     outbox: &mpsc::Sender<Value>,
     text: &str,
 ) -> Option<Value> {
@@ -87,7 +93,7 @@ async fn handle_frame(
                 )),
             };
             let accepted = match submission {
-                Ok((queue, submission)) => submit(state, &queue, submission).await,
+                Ok((queue, submission)) => submit(state, caller, &queue, submission).await,
                 Err(error) => Err(error),
             };
             match accepted {
@@ -108,6 +114,9 @@ async fn handle_frame(
                     "watch needs a `jobId`",
                 )));
             };
+            if let Err(error) = visible_job(state, caller, job).await {
+                return Some(error_frame(&error));
+            }
             let after = frame["lastId"].as_str().unwrap_or("0").to_owned();
             tokio::spawn(follow(state.clone(), job.to_owned(), after, outbox.clone()));
             None

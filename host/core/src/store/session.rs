@@ -26,22 +26,28 @@ pub struct CleanupReport {
 }
 
 impl Store {
-    /// Creates a session (`metadata`: any JSON the client wants kept); returns its id.
-    pub async fn create_session(&self, metadata: &Value) -> Result<String, StoreError> {
+    /// Creates a session (`metadata`: any JSON the client wants kept; `owner`:
+    /// the user a tenant-bound key creates it for); returns its id.
+    pub async fn create_session(
+        &self,
+        metadata: &Value,
+        owner: Option<&str>,
+    ) -> Result<String, StoreError> {
         let id = new_id();
         let now = now_ms();
         let ttl = self.config.session_ttl_secs.max(1) as i64;
+        let mut fields = vec![
+            ("id", id.clone()),
+            ("created_at", now.to_string()),
+            ("updated_at", now.to_string()),
+            ("metadata", metadata.to_string()),
+        ];
+        if let Some(owner) = owner {
+            fields.push(("owner", owner.to_owned()));
+        }
         let mut pipe = redis::pipe();
         pipe.atomic()
-            .hset_multiple(
-                session_key(&id),
-                &[
-                    ("id", id.clone()),
-                    ("created_at", now.to_string()),
-                    ("updated_at", now.to_string()),
-                    ("metadata", metadata.to_string()),
-                ],
-            )
+            .hset_multiple(session_key(&id), &fields)
             .ignore()
             .expire(session_key(&id), ttl)
             .ignore()
@@ -49,6 +55,18 @@ impl Store {
             .ignore();
         pipe.query_async::<()>(&mut self.connection()).await?;
         Ok(id)
+    }
+
+    /// The user a session belongs to (`Some("")` for one created without an
+    /// owner), or `None` when there is no such session.
+    pub async fn session_owner(&self, session_id: &str) -> Result<Option<String>, StoreError> {
+        let (id, owner): (Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(session_key(session_id))
+            .arg("id")
+            .arg("owner")
+            .query_async(&mut self.connection())
+            .await?;
+        Ok(id.map(|_| owner.unwrap_or_default()))
     }
 
     pub async fn session(&self, session_id: &str) -> Result<Option<Value>, StoreError> {
