@@ -18,3 +18,4 @@ mod races;
 mod reliability;
 mod sandbox;
 mod sessions;
+mod trust;

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 const KEYS: &str = "spool:keys";
 const BY_HASH: &str = "spool:keys:by_hash";
+const ANONYMOUS: &str = "anonymous";
 /// Every key starts so, which makes a leaked one easy to find in logs and code.
 const KEY_PREFIX: &str = "spool_";
 
@@ -79,10 +80,15 @@ impl Identity {
     /// A request without a key, where the API is open (loopback, no keys).
     pub fn anonymous() -> Self {
         Self {
-            key_id: "anonymous".into(),
+            key_id: ANONYMOUS.into(),
             role: Role::Submitter,
             user: None,
         }
+    }
+
+    /// No key was presented (so a refusal asks for one: 401, not 403).
+    pub fn is_anonymous(&self) -> bool {
+        self.key_id == ANONYMOUS
     }
 
     pub fn may(&self, needed: Role) -> bool {

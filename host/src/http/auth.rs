@@ -85,35 +85,39 @@ pub async fn guard(
         .get(HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
-    if gate.check_host && !host.is_empty() && !gate.answers_to(host) {
-        return ApiError::new(
+    let refusal = if gate.check_host && !host.is_empty() && !gate.answers_to(host) {
+        let message = format!(
+            "this instance does not answer to `{}`; add it to [auth] allowed_hosts",
+            host_name(host)
+        );
+        Some(ApiError::new(
             StatusCode::MISDIRECTED_REQUEST,
             "unknown_host",
-            format!(
-                "this instance does not answer to `{}`; add it to [auth] allowed_hosts",
-                host_name(host)
-            ),
-        )
-        .into_response();
-    }
-    if changes_state(request.method()) && is_cross_site(headers, host) {
-        return ApiError::new(
+            message,
+        ))
+    } else if changes_state(request.method()) && is_cross_site(headers, host) {
+        Some(ApiError::new(
             StatusCode::FORBIDDEN,
             "cross_origin",
             "a request from another site may not change anything here",
-        )
-        .into_response();
+        ))
+    } else {
+        None
+    };
+    if let Some(refusal) = refusal {
+        return refuse(request, refusal).await;
     }
+    let headers = request.headers();
     let identity = match presented_key(headers) {
         Some(key) => match gate.identify(&key).await {
             Ok(Some(identity)) => Some(identity),
             Ok(None) => {
-                return ApiError::new(
+                let refusal = ApiError::new(
                     StatusCode::UNAUTHORIZED,
                     "invalid_key",
                     "this API key is unknown or revoked",
-                )
-                .into_response();
+                );
+                return refuse(request, refusal).await;
             }
             Err(error) => return error.into_response(),
         },
@@ -123,6 +127,20 @@ pub async fn guard(
         request.extensions_mut().insert(identity);
     }
     next.run(request).await
+}
+
+/// Answers with `error` once the request's body is read (up to a bound):
+/// answering while a client still sends would reset the connection before
+/// it could read why.
+async fn refuse(request: Request, error: ApiError) -> Response {
+    const DRAINED: usize = 64 << 20;
+    let body = request.into_body();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        axum::body::to_bytes(body, DRAINED),
+    )
+    .await;
+    error.into_response()
 }
 
 fn changes_state(method: &Method) -> bool {
@@ -167,13 +185,9 @@ fn presented_key(headers: &HeaderMap) -> Option<String> {
 /// A layer for a route group: 401 without an identity, 403 when its role is
 /// below `role`.
 pub async fn require(role: Role, request: Request, next: Next) -> Response {
-    match request.extensions().get::<Identity>() {
-        None => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
-            "this route needs an API key: send `Authorization: Bearer <key>` (create keys with `spool keys create`)",
-        )
-        .into_response(),
+    let refusal = match request.extensions().get::<Identity>() {
+        None => unauthenticated(),
+        Some(identity) if !identity.may(role) && identity.is_anonymous() => unauthenticated(),
         Some(identity) if !identity.may(role) => ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
@@ -182,10 +196,18 @@ pub async fn require(role: Role, request: Request, next: Next) -> Response {
                 role.as_str(),
                 identity.role.as_str()
             ),
-        )
-        .into_response(),
-        Some(_) => next.run(request).await,
-    }
+        ),
+        Some(_) => return next.run(request).await,
+    };
+    refuse(request, refusal).await
+}
+
+fn unauthenticated() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+        "this route needs an API key: send `Authorization: Bearer <key>` (create keys with `spool keys create`)",
+    )
 }
 
 #[derive(Deserialize)]
