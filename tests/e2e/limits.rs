@@ -702,3 +702,73 @@ async fn a_403_refusing_access_fails_the_job_at_once_and_slows_no_one_down_while
         times[1] - times[0]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limiter_wait_past_the_handlers_own_deadline_is_refused_at_once_and_the_job_retries_when_the_slot_comes()
+ {
+    // One call per 5 s, and a chat handler that may run 2 s (the default
+    // deadline is 120 s): the second job's call cannot get a slot in time.
+    let stack = Stack::start(HostOptions {
+        config: "[limits]\nrate_per_sec = 0.2\ncapacity = 1.0\n\n\
+                 [sandbox.handlers.chat]\ndeadline_ms = 2000\n\n\
+                 [queues.chat]\nhandler = \"chat\"\nmax_attempts = 2\nbackoff_ms = 100\n"
+            .into(),
+        ..Default::default()
+    })
+    .await;
+    let Stack { host, api, .. } = &stack;
+    let submit = |prompt: &'static str| async move {
+        let (status, reply) = api
+            .post(
+                &host.url("/api/chat"),
+                &json!({"userId": "u", "prompt": prompt}),
+            )
+            .await;
+        assert_eq!(status, 202, "{reply}");
+        reply["jobId"].as_str().unwrap_or_default().to_owned()
+    };
+    let first = submit("takes the only token").await;
+    let job = api.wait_terminal(host, &first, WAIT).await;
+    assert_eq!(job["state"], "completed", "{job}");
+
+    let second = submit("must wait 5 s for a token").await;
+    let job = api.wait_terminal(host, &second, WAIT).await;
+    assert_eq!(job["state"], "completed", "ran once the slot came: {job}");
+    assert_eq!(job["attempts"], 2, "{job}");
+    let history = job["attemptHistory"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let refused = history.first().cloned().unwrap_or_default();
+    assert_eq!(
+        refused["errorKind"], "retry_requested",
+        "the handler was told to come back when the limiter has a slot, not killed at its deadline: {job}"
+    );
+    let ran_for = refused["finishedAt"]
+        .as_u64()
+        .unwrap_or(u64::MAX)
+        .saturating_sub(refused["startedAt"].as_u64().unwrap_or(0));
+    assert!(
+        ran_for < 1500,
+        "refused at once, not at the 2 s deadline: {ran_for} ms: {job}"
+    );
+    let retried_after = history
+        .get(1)
+        .and_then(|a| a["startedAt"].as_u64())
+        .unwrap_or(0)
+        .saturating_sub(refused["finishedAt"].as_u64().unwrap_or(0));
+    assert!(
+        retried_after >= 2000,
+        "the retry waited for the limiter's slot (~5 s), not the 100 ms backoff: {retried_after} ms: {job}"
+    );
+
+    let body = limits(api, host).await;
+    assert_eq!(
+        body["limiter"]["granted"], 2,
+        "the refused call took no token (a reservation held by a killed guest would be a third): {body}"
+    );
+    assert!(
+        host.log_text().contains("beyond the job's deadline"),
+        "the log names the limiter's wait"
+    );
+}

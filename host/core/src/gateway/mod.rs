@@ -179,7 +179,7 @@ impl Gateway {
                     .limiter
                     .acquire(Scope::User(user), context.deadline)
                     .await
-                    .map_err(limiter_error)?;
+                    .map_err(|error| limiter_error(context.job_id, error))?;
             }
             let computed = self
                 .batcher
@@ -263,7 +263,7 @@ impl<'a> Tries<'a> {
                 .limiter
                 .acquire(self.scope, self.context.deadline)
                 .await
-                .map_err(limiter_error),
+                .map_err(|error| limiter_error(self.context.job_id, error)),
         }
     }
 
@@ -340,14 +340,22 @@ fn backoff(base_ms: u64, tries: u32) -> Duration {
 
 /// A slot that cannot come in time looks to the guest like a rate limit with
 /// the wait attached (it usually retries the job later); a Redis outage like
-/// an unavailable backend.
-fn limiter_error(error: AcquireError) -> ModelError {
+/// an unavailable backend. The guest only hears "rate-limited", so the log
+/// names the limiter's wait against the job.
+fn limiter_error(job: &str, error: AcquireError) -> ModelError {
     match error {
-        AcquireError::TooLong(wait) => ModelError::RateLimited {
-            status: 429,
-            retry_after: Some(wait),
-            message: error.to_string(),
-        },
+        AcquireError::TooLong(wait) => {
+            tracing::info!(
+                job,
+                wait_ms = wait.as_millis() as u64,
+                "model call not made: the rate limiter's next slot is beyond the job's deadline; the handler is told to wait that long"
+            );
+            ModelError::RateLimited {
+                status: 429,
+                retry_after: Some(wait),
+                message: error.to_string(),
+            }
+        }
         AcquireError::Redis(_) => ModelError::Unavailable(error.to_string()),
     }
 }

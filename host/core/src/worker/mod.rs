@@ -210,8 +210,16 @@ impl Workers {
         let host = Arc::new(WorkerHost {
             job_id: record.id.clone(),
             user_id: record.user_id.clone(),
-            // Model-call waits and retries must fit in the handler's deadline.
-            deadline: std::time::Instant::now() + self.intake.runtime.limits().deadline,
+            // Model-call waits and retries must fit in the handler's own
+            // deadline (`[sandbox.handlers.<name>]`), not the default: a wait
+            // planned past it would be cut off by the sandbox, holding a token.
+            deadline: std::time::Instant::now()
+                + self
+                    .intake
+                    .runtime
+                    .limits()
+                    .for_handler(&handler.name)
+                    .deadline,
             queue: self.intake.queue.clone(),
             fence: fence.clone(),
             lost: lost.clone(),
