@@ -261,6 +261,7 @@ async fn model_backend(config: &Config) -> Result<(ModelClient, Option<StubServe
                 embed_model: "stub-embed".into(),
                 ollama_api: OllamaApi::Chat,
                 request_timeout_ms: 60_000,
+                forbidden_is_rate_limit: false,
             };
             (backend, Some(server))
         }

@@ -146,6 +146,7 @@ impl ServeArgs {
                 embed_model: "nomic-embed-text".into(),
                 ollama_api: OllamaApi::Chat,
                 request_timeout_ms: 120_000,
+                forbidden_is_rate_limit: false,
             });
         }
         if let Some(model) = config.model.as_mut() {

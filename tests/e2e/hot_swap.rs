@@ -286,6 +286,9 @@ async fn deploy_then_rollback_under_load_on_two_instances_neither_fails_nor_lose
 
         // No job started on an instance after that instance switched ran the
         // old version; jobs started before a switch was committed ran the old one.
+        // A job's recorded start is the moment its worker resolved the version
+        // (read under the lock a switch takes, as the switch's own time is), so
+        // the comparison holds however long the claim took on a busy machine.
         let (instance, started_at) = started_on(&mut connection, id);
         let deployed_here = deploy
             .switched_at
@@ -333,6 +336,76 @@ async fn deploy_then_rollback_under_load_on_two_instances_neither_fails_nor_lose
         deploy.latency_ms,
         rollback.latency_ms
     );
+}
+
+/// The moment a job's start is recorded is the moment its version is chosen,
+/// however long the claim takes to come back: the deploy below lands while
+/// the claimed job is held (as a busy machine may hold it), and the job still
+/// runs the version that was active when its start was recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_runs_the_version_active_when_its_start_was_recorded_even_if_a_switch_lands_before_it_runs()
+ {
+    let redis = Redis::start();
+    let stub = stub().await;
+    let fixtures = Fixtures::new();
+    let gate = fixtures.path("gate");
+    let host = Host::start(
+        &redis,
+        &stub,
+        HostOptions {
+            concurrency: 1,
+            config: fixtures.config(""),
+            env: vec![(
+                "SPOOL_FAULT_HOLD_CLAIMED_JOBS".into(),
+                gate.display().to_string(),
+            )],
+            ..Default::default()
+        },
+    );
+    let api = Api::default();
+    let (v1, v2) = (version(ECHO_V1), version(ECHO_V2));
+    let id = submit(&api, &host, "echo", json!({})).await;
+    let started = Instant::now();
+    while api.get(&host.url(&format!("/api/job/{id}"))).await.1["state"] != "active" {
+        assert!(started.elapsed() < WAIT, "the job was never claimed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let path = fixtures.path("echo_v2.wasm").display().to_string();
+    let (ok, out, err) = cli(vec![
+        "deploy".into(),
+        path,
+        "--handler".into(),
+        "echo".into(),
+        "--server".into(),
+        host.base.clone(),
+    ])
+    .await;
+    assert!(ok, "deploy failed:\n{out}\n{err}");
+    assert!(out.contains("switched on 1/1 instances"), "{out}\n{err}");
+    let status = echo_status(&api, &host).await;
+    assert_eq!(status["history"][0]["version"], v2.as_str(), "{status}");
+    let activated_at = status["history"][0]["at"].as_u64().unwrap_or(0);
+    std::fs::write(&gate, "").expect("open the gate");
+
+    let job = api.wait_terminal(&host, &id, WAIT).await;
+    assert_eq!(job["state"], "completed", "{job}");
+    let mut connection = redis.connection();
+    let (_, started_at) = started_on(&mut connection, &id);
+    assert!(
+        started_at < activated_at,
+        "the job's start ({started_at}) was recorded before v2 was activated ({activated_at})"
+    );
+    assert_eq!(
+        (
+            job["result"]["version"].as_u64(),
+            job["handlerVersion"].as_str()
+        ),
+        (Some(1), Some(v1.as_str())),
+        "a job whose start was recorded before the switch runs the version before it: {job}"
+    );
+    // Jobs after the switch run v2 (the gate stays open).
+    assert_eq!(run_one(&api, &host, "echo").await, 2);
 }
 
 /// Posts `bytes` as a new `echo` version; returns (status, error code, message).

@@ -317,6 +317,7 @@ fn backend(stub: &StubServer) -> BackendConfig {
         embed_model: "stub-embed".into(),
         ollama_api: OllamaApi::Chat,
         request_timeout_ms: 10_000,
+        forbidden_is_rate_limit: false,
     }
 }
 
@@ -499,9 +500,11 @@ async fn a_403_burst_answer_is_honoured_like_a_429_and_counted_apart() {
     let redis = Redis::start();
     let stub = stub().await;
     let gateway = gateway(&redis, &stub, LimitsConfig::default()).await;
+    // A 403 that says it is a rate limit (its body; the wait comes in retry-after-ms).
     stub.inject([Fault {
         status: Some(403),
         retry_after_ms: Some(300),
+        body: Some(json!({"error": "Rate limit exceeded: too many requests, slow down"})),
         ..Default::default()
     }])
     .expect("fault");
@@ -573,4 +576,199 @@ async fn a_retry_after_of_hours_is_capped_at_the_configured_cool_down() {
     let id = reply["jobId"].as_str().expect("job id");
     let job = api.wait_terminal(host, id, Duration::from_secs(30)).await;
     assert_eq!(job["state"], "completed", "{job}");
+}
+
+/// Polls /api/limits until `ready` holds of it.
+async fn limits_when(api: &Api, host: &Host, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let body = limits(api, host).await;
+        if ready(&body) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "never {what}: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_403_refusing_access_fails_the_job_at_once_and_slows_no_one_down_while_a_rate_limit_403_still_waits()
+ {
+    // In-call retries on, as in production: a 403 taken for a rate limit
+    // would be tried 5 times per attempt and halve the rate for everyone.
+    let stack = Stack::start(HostOptions {
+        config: "[limits]\nrate_per_sec = 20.0\ncapacity = 5.0\nmax_call_attempts = 5\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let Stack {
+        host, api, stub, ..
+    } = &stack;
+    stub.inject([Fault {
+        status: Some(403),
+        body: Some(json!({"error": {
+            "message": "Incorrect API key provided: sk-test. You can find your API key at https://platform.openai.com/account/api-keys.",
+            "type": "invalid_request_error",
+            "code": "invalid_api_key"
+        }})),
+        // Enough to answer every retry an old host would make.
+        times: 50,
+        paths: vec!["/api/chat".into()],
+        ..Default::default()
+    }])
+    .expect("fault");
+    let (status, reply) = api
+        .post(
+            &host.url("/api/chat"),
+            &json!({"userId": "u", "prompt": "with a bad key"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{reply}");
+    let submitted = Instant::now();
+    let id = reply["jobId"].as_str().expect("job id");
+    let job = api.wait_terminal(host, id, WAIT).await;
+    let took = submitted.elapsed();
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(job["attempts"], 1, "no job retry for a refusal: {job}");
+    assert_eq!(job["errorKind"], "rejected", "{job}");
+    let error = job["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("403")
+            && error.contains("refused access")
+            && error.contains("Incorrect API key"),
+        "the error says the server refused access, and why: {error}"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "failed at once, not after retries: {took:?}"
+    );
+    assert_eq!(stub.stats().total, 1, "a refusal is never retried");
+    let body = limits(api, host).await;
+    let limiter = &body["limiter"];
+    assert_eq!(
+        limiter["effectiveRatePerSec"], 20.0,
+        "the rate is untouched: {body}"
+    );
+    assert_eq!(limiter["cooldownRemainingMs"], 0, "no cool-down: {body}");
+    assert_eq!(
+        limiter["rateLimited"],
+        json!({}),
+        "not counted as a rate limit: {body}"
+    );
+    assert_eq!(limiter["failuresForbidden"], 1, "{body}");
+    assert_eq!(limiter["retries"], 0, "{body}");
+    assert!(
+        host.log_text()
+            .contains("refused access (HTTP 403, not a rate limit)"),
+        "the log tells the operator what to check"
+    );
+
+    // A 403 that says it is a rate limit is still one: everyone waits the
+    // server's window, the rate is lowered, and the call is retried in place.
+    stub.reset();
+    stub.inject([Fault {
+        status: Some(403),
+        retry_after_secs: Some(1),
+        body: Some(json!({"error": {
+            "message": "Rate limit reached for requests per min (RPM): Limit 3, Used 3",
+            "type": "requests",
+            "code": "rate_limit_exceeded"
+        }})),
+        paths: vec!["/api/chat".into()],
+        ..Default::default()
+    }])
+    .expect("fault");
+    let (_, reply) = api
+        .post(
+            &host.url("/api/chat"),
+            &json!({"userId": "u", "prompt": "in a burst"}),
+        )
+        .await;
+    let id = reply["jobId"].as_str().expect("job id");
+    let during = limits_when(api, host, "in a cool-down", |body| {
+        body["limiter"]["cooldownRemainingMs"].as_u64().unwrap_or(0) > 0
+    })
+    .await;
+    assert_eq!(during["limiter"]["effectiveRatePerSec"], 10.0, "{during}");
+    assert_eq!(during["limiter"]["rateLimited"]["403"], 1, "{during}");
+    let job = api.wait_terminal(host, id, WAIT).await;
+    assert_eq!(job["state"], "completed", "{job}");
+    assert_eq!(job["attempts"], 1, "retried inside the call: {job}");
+    let times = arrivals(stub, "/api/chat");
+    assert_eq!(times.len(), 2, "the 403, then the answer");
+    assert!(
+        times[1] - times[0] >= 0.95,
+        "retried {:.3} s after the 403, inside its 1 s window",
+        times[1] - times[0]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limiter_wait_past_the_handlers_own_deadline_is_refused_at_once_and_the_job_retries_when_the_slot_comes()
+ {
+    // One call per 5 s, and a chat handler that may run 2 s (the default
+    // deadline is 120 s): the second job's call cannot get a slot in time.
+    let stack = Stack::start(HostOptions {
+        config: "[limits]\nrate_per_sec = 0.2\ncapacity = 1.0\n\n\
+                 [sandbox.handlers.chat]\ndeadline_ms = 2000\n\n\
+                 [queues.chat]\nhandler = \"chat\"\nmax_attempts = 2\nbackoff_ms = 100\n"
+            .into(),
+        ..Default::default()
+    })
+    .await;
+    let Stack { host, api, .. } = &stack;
+    let submit = |prompt: &'static str| async move {
+        let (status, reply) = api
+            .post(
+                &host.url("/api/chat"),
+                &json!({"userId": "u", "prompt": prompt}),
+            )
+            .await;
+        assert_eq!(status, 202, "{reply}");
+        reply["jobId"].as_str().unwrap_or_default().to_owned()
+    };
+    let first = submit("takes the only token").await;
+    let job = api.wait_terminal(host, &first, WAIT).await;
+    assert_eq!(job["state"], "completed", "{job}");
+
+    let second = submit("must wait 5 s for a token").await;
+    let job = api.wait_terminal(host, &second, WAIT).await;
+    assert_eq!(job["state"], "completed", "ran once the slot came: {job}");
+    assert_eq!(job["attempts"], 2, "{job}");
+    let history = job["attemptHistory"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let refused = history.first().cloned().unwrap_or_default();
+    assert_eq!(
+        refused["errorKind"], "retry_requested",
+        "the handler was told to come back when the limiter has a slot, not killed at its deadline: {job}"
+    );
+    let ran_for = refused["finishedAt"]
+        .as_u64()
+        .unwrap_or(u64::MAX)
+        .saturating_sub(refused["startedAt"].as_u64().unwrap_or(0));
+    assert!(
+        ran_for < 1500,
+        "refused at once, not at the 2 s deadline: {ran_for} ms: {job}"
+    );
+    let retried_after = history
+        .get(1)
+        .and_then(|a| a["startedAt"].as_u64())
+        .unwrap_or(0)
+        .saturating_sub(refused["finishedAt"].as_u64().unwrap_or(0));
+    assert!(
+        retried_after >= 2000,
+        "the retry waited for the limiter's slot (~5 s), not the 100 ms backoff: {retried_after} ms: {job}"
+    );
+
+    let body = limits(api, host).await;
+    assert_eq!(
+        body["limiter"]["granted"], 2,
+        "the refused call took no token (a reservation held by a killed guest would be a third): {body}"
+    );
+    assert!(
+        host.log_text().contains("beyond the job's deadline"),
+        "the log names the limiter's wait"
+    );
 }

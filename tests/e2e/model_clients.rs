@@ -23,6 +23,7 @@ fn client(kind: BackendKind, url: String) -> ModelClient {
         embed_model: "embed-m".into(),
         ollama_api: OllamaApi::Chat,
         request_timeout_ms: 5_000,
+        forbidden_is_rate_limit: false,
     })
     .expect("client builds")
 }
@@ -199,10 +200,23 @@ async fn injected_failures_are_classified_and_never_retried() {
             },
             rate_limited(429, Some(Duration::from_secs(360))),
         ),
+        // A 403 is a rate limit when its body says so ...
+        (
+            BackendKind::Openai,
+            Fault {
+                code: Some("rate_limit_exceeded".into()),
+                ..status_fault(403)
+            },
+            rate_limited(403, None),
+        ),
+        // ... and otherwise a refusal that no wait fixes.
         (
             BackendKind::Ollama,
             status_fault(403),
-            rate_limited(403, None),
+            ModelError::Rejected {
+                status: 403,
+                message: "forbidden: the model server refused access (not a rate limit, not retried): stub: injected HTTP 403".into(),
+            },
         ),
         (
             BackendKind::Openai,
@@ -263,6 +277,15 @@ async fn injected_failures_are_classified_and_never_retried() {
         stats.model_calls.iter().all(|call| call.status.is_some()),
         "every call met its fault"
     );
+
+    // A backend configured with `forbidden_is_rate_limit` takes a bare 403 for
+    // a rate limit (a proxy that answers bursts that way).
+    let mut config = client(BackendKind::Ollama, server.url()).config().clone();
+    config.forbidden_is_rate_limit = true;
+    let lenient = ModelClient::new(config).expect("client builds");
+    server.inject([status_fault(403)]).unwrap();
+    let (reply, _) = chat_collecting(&lenient, &conversation()).await;
+    assert_eq!(reply, Err(rate_limited(403, None)));
 }
 
 #[tokio::test]

@@ -14,6 +14,15 @@ use anyhow::{Context, Result};
 
 use spool_runtime::{HandlerComponent, Runtime};
 
+use crate::queue::now_ms;
+
+/// A handler version resolved for a job, and when (ms since the epoch).
+pub struct Resolved {
+    /// `None`: the handler (or the pinned version) is not loaded here.
+    pub handler: Option<HandlerComponent>,
+    pub at_ms: u64,
+}
+
 type VersionKey = (String, String);
 
 #[derive(Default)]
@@ -82,9 +91,24 @@ impl Registry {
 
     /// The version a job of a queue runs: the queue's pin, else the active one.
     pub fn resolve(&self, name: &str, pinned_version: Option<&str>) -> Option<HandlerComponent> {
-        match pinned_version {
-            Some(version) => self.loaded(name, version),
-            None => self.get(name),
+        self.resolve_stamped(name, pinned_version).handler
+    }
+
+    /// [`Registry::resolve`], with the time it happened read under the same
+    /// lock a switch takes: a resolution stamped before a switch's
+    /// [`Registry::switch`] time saw the old version, one stamped after it the
+    /// new (equal stamps say nothing). Workers record this time as the job's
+    /// start, so the recorded start tells which version the job runs.
+    pub fn resolve_stamped(&self, name: &str, pinned_version: Option<&str>) -> Resolved {
+        let local = self.read();
+        let version = match pinned_version {
+            Some(version) => Some(version.to_owned()),
+            None => local.active.get(name).cloned(),
+        };
+        Resolved {
+            handler: version
+                .and_then(|version| local.loaded.get(&(name.to_owned(), version)).cloned()),
+            at_ms: now_ms(),
         }
     }
 
@@ -122,7 +146,9 @@ impl Registry {
     /// Switches every handler to its version in `active` in one step. Versions
     /// not loaded are skipped (the caller loads first); versions neither active
     /// nor pinned are dropped here (jobs running on them keep their own handle).
-    pub fn switch(&self, active: HashMap<String, String>, generation: u64) {
+    /// Returns the time of the switch (ms), read under the lock (see
+    /// [`Registry::resolve_stamped`]).
+    pub fn switch(&self, active: HashMap<String, String>, generation: u64) -> u64 {
         let mut local = self.write();
         let Local {
             loaded,
@@ -137,5 +163,6 @@ impl Registry {
         }
         loaded.retain(|key, _| pinned.contains(key) || current.get(&key.0) == Some(&key.1));
         *applied = generation;
+        now_ms()
     }
 }

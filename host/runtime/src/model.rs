@@ -71,7 +71,8 @@ impl ChatReply {
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum ModelError {
-    /// 429, or 403 (some APIs answer 403 to bursts). `retry_after` comes from
+    /// 429, or a 403 that says it is a rate limit (some APIs answer bursts with
+    /// 403; any other 403 is `Rejected`). `retry_after` comes from
     /// `retry-after-ms`, `retry-after` (seconds or HTTP date), or OpenAI's
     /// `x-ratelimit-reset-requests` / `x-ratelimit-reset-tokens` ("1s", "6m0s", "20ms").
     #[error("rate limited (HTTP {status}, retry after {retry_after:?}): {message}")]

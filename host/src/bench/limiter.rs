@@ -84,6 +84,7 @@ fn bench_backend() -> BackendConfig {
         embed_model: "bench".into(),
         ollama_api: OllamaApi::Chat,
         request_timeout_ms: 0,
+        forbidden_is_rate_limit: false,
     }
 }
 

@@ -175,7 +175,7 @@ async fn flush(
         )
     };
     let result = match grant {
-        Err(error) => Err(limiter_error(error)),
+        Err(error) => Err(limiter_error("embedding-batch", error)),
         Ok(grant) => {
             let context = CallContext {
                 job_id: "embedding-batch",

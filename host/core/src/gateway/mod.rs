@@ -1,8 +1,9 @@
 //! The one way to the model backend: every chat and embedding call passes the
-//! shared rate limiter, and failures go through the one retry loop (429/403 wait
-//! for the limiter, which honours the server's `Retry-After`; 5xx and connection
-//! errors back off; 400, 401 and exhausted quotas fail at once). Embeddings are
-//! also cached in Redis and coalesced into batches.
+//! shared rate limiter, and failures go through the one retry loop (429, and a
+//! 403 that says it is a rate limit, wait for the limiter, which honours the
+//! server's `Retry-After`; 5xx and connection errors back off; 400, 401, other
+//! 403s and exhausted quotas fail at once, without slowing anyone down).
+//! Embeddings are also cached in Redis and coalesced into batches.
 //!
 //! Owns the retry policy and the embedding cache and batcher. The HTTP clients
 //! (`models`) stay thin and never retry; pacing state lives in `limiter`.
@@ -178,7 +179,7 @@ impl Gateway {
                     .limiter
                     .acquire(Scope::User(user), context.deadline)
                     .await
-                    .map_err(limiter_error)?;
+                    .map_err(|error| limiter_error(context.job_id, error))?;
             }
             let computed = self
                 .batcher
@@ -262,7 +263,7 @@ impl<'a> Tries<'a> {
                 .limiter
                 .acquire(self.scope, self.context.deadline)
                 .await
-                .map_err(limiter_error),
+                .map_err(|error| limiter_error(self.context.job_id, error)),
         }
     }
 
@@ -298,9 +299,16 @@ impl<'a> Tries<'a> {
                 limiter.count("unavailable").await;
                 backoff(limiter.config().retry_backoff_ms, self.count)
             }
-            ModelError::Rejected { .. } => {
+            ModelError::Rejected { status, .. } => {
                 limiter.count("rejected").await;
-                tracing::warn!(job, %error, "model call failed for good: not retryable");
+                if *status == 403 {
+                    // Counted apart: a bad key or an unserved region fails every
+                    // call, and /api/limits is where an operator looks first.
+                    limiter.count("forbidden").await;
+                    tracing::warn!(job, %error, "the model server refused access (HTTP 403, not a rate limit): check the API key, region and permissions; not retried");
+                } else {
+                    tracing::warn!(job, %error, "model call failed for good: not retryable");
+                }
                 return Some(Err(error));
             }
         };
@@ -332,14 +340,22 @@ fn backoff(base_ms: u64, tries: u32) -> Duration {
 
 /// A slot that cannot come in time looks to the guest like a rate limit with
 /// the wait attached (it usually retries the job later); a Redis outage like
-/// an unavailable backend.
-fn limiter_error(error: AcquireError) -> ModelError {
+/// an unavailable backend. The guest only hears "rate-limited", so the log
+/// names the limiter's wait against the job.
+fn limiter_error(job: &str, error: AcquireError) -> ModelError {
     match error {
-        AcquireError::TooLong(wait) => ModelError::RateLimited {
-            status: 429,
-            retry_after: Some(wait),
-            message: error.to_string(),
-        },
+        AcquireError::TooLong(wait) => {
+            tracing::info!(
+                job,
+                wait_ms = wait.as_millis() as u64,
+                "model call not made: the rate limiter's next slot is beyond the job's deadline; the handler is told to wait that long"
+            );
+            ModelError::RateLimited {
+                status: 429,
+                retry_after: Some(wait),
+                message: error.to_string(),
+            }
+        }
         AcquireError::Redis(_) => ModelError::Unavailable(error.to_string()),
     }
 }

@@ -66,8 +66,8 @@ impl Handlers {
                 }
             }
         }
-        self.registry.switch(next.clone(), generation);
-        let switched_at = now_ms();
+        // Stamped inside the switch: jobs compare their recorded start with it.
+        let switched_at = self.registry.switch(next.clone(), generation);
         for (name, version) in &next {
             if local.get(name) != Some(version) {
                 let from = local.get(name).map(String::as_str).unwrap_or("none");

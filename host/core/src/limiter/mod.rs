@@ -1,7 +1,7 @@
 //! The distributed rate limiter in front of the model backend: a token bucket per
 //! backend (and optionally per user) kept in Redis, so every instance shares one
 //! allowance and one clock (Redis `TIME`), plus the adaptive slow-down after
-//! 429/403 answers. Each check is one atomic script round trip that returns the
+//! rate-limit answers (429, or a 403 that says it is one: `models` decides). Each check is one atomic script round trip that returns the
 //! exact wait; a caller sleeps that long and never polls.
 //!
 //! Owns the keys `spool:limit:{backend-id}` (bucket, adaptive state, counters)
@@ -88,7 +88,10 @@ pub struct LimiterSnapshot {
     pub rate_limited: std::collections::BTreeMap<String, u64>,
     pub retries: u64,
     pub failures_unavailable: u64,
+    /// Calls that failed for good (4xx other than rate limits, exhausted quotas).
     pub failures_rejected: u64,
+    /// Of those, 403s that were not rate limits (key, region, permission).
+    pub failures_forbidden: u64,
     pub per_user: Option<UserLimit>,
 }
 
@@ -375,7 +378,7 @@ impl Limiter {
     }
 
     /// Adds 1 to a counter of the backend's state (`retries`, `unavailable`,
-    /// `rejected`). Counting is best effort: a failure is only logged.
+    /// `rejected`, `forbidden`). Counting is best effort: a failure is only logged.
     pub async fn count(&self, counter: &str) {
         let result: redis::RedisResult<i64> = redis::cmd("HINCRBY")
             .arg(&self.key)
@@ -437,6 +440,7 @@ impl Limiter {
             retries: number("retries"),
             failures_unavailable: number("unavailable"),
             failures_rejected: number("rejected"),
+            failures_forbidden: number("forbidden"),
             per_user: self.config.per_user.clone(),
         })
     }

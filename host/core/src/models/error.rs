@@ -2,6 +2,12 @@
 //! `RateLimited` (wait as told, then retry), `Unavailable` (transient), `Rejected`
 //! (permanent). Also reads how long a server asks callers to wait. It only
 //! classifies: waiting and retrying belong to the rate limiter, never to this module.
+//!
+//! A 403 is ambiguous: some APIs answer bursts with it, but most mean "never"
+//! (bad key, region not served, no permission). Only a 403 that says it is a
+//! rate limit (its body, or a `Retry-After`) is one, unless the backend is
+//! configured with `forbidden_is_rate_limit`; any other 403 is a permanent
+//! refusal, so it neither slows the whole fleet down nor is retried.
 
 use std::fmt::Display;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -16,8 +22,29 @@ const MAX_MESSAGE_CHARS: usize = 500;
 
 use super::ModelError;
 
+/// Phrases (lower case) by which a 403's body says it is a rate limit: OpenAI's
+/// `rate_limit_exceeded`, "Rate limit reached for ... per min", Azure's "call
+/// rate limit", a proxy's "Too Many Requests", "throttled", "slow down".
+const RATE_LIMIT_MARKERS: &[&str] = &[
+    "rate limit",
+    "rate_limit",
+    "ratelimit",
+    "rate-limit",
+    "rate limited",
+    "too many requests",
+    "too_many_requests",
+    "throttl",
+    "per minute",
+    "per second",
+    "slow down",
+];
+
 /// Classifies a non-success response, reading at most the start of its body.
-pub(super) async fn from_response(mut response: reqwest::Response) -> ModelError {
+/// `forbidden_is_rate_limit`: the backend's setting, every 403 is a rate limit.
+pub(super) async fn from_response(
+    mut response: reqwest::Response,
+    forbidden_is_rate_limit: bool,
+) -> ModelError {
     let mut body = Vec::new();
     // A body that fails half-way still explains itself with what arrived.
     while body.len() < MAX_ERROR_BODY_BYTES {
@@ -31,6 +58,7 @@ pub(super) async fn from_response(mut response: reqwest::Response) -> ModelError
         response.headers(),
         &body,
         SystemTime::now(),
+        forbidden_is_rate_limit,
     )
 }
 
@@ -39,16 +67,29 @@ pub(super) fn classify(
     headers: &HeaderMap,
     body: &[u8],
     now: SystemTime,
+    forbidden_is_rate_limit: bool,
 ) -> ModelError {
     let (message, quota_exhausted) = error_details(status, body);
     let status = status.as_u16();
+    let rate_limited = || ModelError::RateLimited {
+        status,
+        retry_after: retry_after(headers, now),
+        message: message.clone(),
+    };
     match status {
         // OpenAI reports an exhausted quota as 429, but waiting will not refill it.
         _ if quota_exhausted => ModelError::Rejected { status, message },
-        429 | 403 => ModelError::RateLimited {
+        429 => rate_limited(),
+        403 if forbidden_is_rate_limit || says_rate_limit(body) || asks_to_wait(headers) => {
+            rate_limited()
+        }
+        // Not `RateLimited`: halving every instance's rate and retrying cannot
+        // fix a key, a region or a permission.
+        403 => ModelError::Rejected {
             status,
-            retry_after: retry_after(headers, now),
-            message,
+            message: format!(
+                "forbidden: the model server refused access (not a rate limit, not retried): {message}"
+            ),
         },
         500..=599 => ModelError::Unavailable(format!("HTTP {status}: {message}")),
         _ => ModelError::Rejected { status, message },
@@ -116,6 +157,31 @@ fn error_details(status: StatusCode, body: &[u8]) -> (String, bool) {
         message.chars().take(MAX_MESSAGE_CHARS).collect()
     };
     (message, quota_exhausted)
+}
+
+/// Whether an error body calls itself a rate limit, in any protocol's shape
+/// (the whole start of the body is searched: code, type and message alike).
+fn says_rate_limit(body: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(body).to_lowercase();
+    RATE_LIMIT_MARKERS
+        .iter()
+        .any(|marker| text.contains(marker))
+}
+
+/// Whether the response tells callers to come back later: an explicit
+/// `Retry-After` (or `retry-after-ms`), or an OpenAI budget at zero. A reset
+/// time alone does not count: OpenAI sends those on every answer.
+fn asks_to_wait(headers: &HeaderMap) -> bool {
+    let exhausted = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| value.trim() == "0")
+    };
+    headers.contains_key("retry-after")
+        || headers.contains_key("retry-after-ms")
+        || exhausted("x-ratelimit-remaining-requests")
+        || exhausted("x-ratelimit-remaining-tokens")
 }
 
 /// The wait a rate-limited response asks for, from the most precise header present.
@@ -328,6 +394,7 @@ mod tests {
                 &HeaderMap::new(),
                 body.as_bytes(),
                 now,
+                false,
             )
         };
         assert_eq!(
@@ -351,10 +418,13 @@ mod tests {
                 message: "pay up".into()
             }
         );
-        assert!(matches!(
+        assert_eq!(
             classify(403, ""),
-            ModelError::RateLimited { status: 403, .. }
-        ));
+            ModelError::Rejected {
+                status: 403,
+                message: "forbidden: the model server refused access (not a rate limit, not retried): Forbidden".into()
+            }
+        );
         assert_eq!(
             classify(404, r#"{"error": "model 'x' not found"}"#),
             ModelError::Rejected {
@@ -373,5 +443,95 @@ mod tests {
                 message: "Unauthorized".into()
             }
         );
+    }
+
+    /// A 403 is a rate limit only when it says so; otherwise it is a refusal
+    /// that no wait can fix.
+    #[test]
+    fn a_403_is_a_rate_limit_only_when_it_says_so() {
+        let now = SystemTime::now();
+        let classify_403 = |pairs: &[(&str, &str)], body: &str, always: bool| {
+            classify(
+                StatusCode::FORBIDDEN,
+                &headers(pairs),
+                body.as_bytes(),
+                now,
+                always,
+            )
+        };
+        let is_rate_limit =
+            |error: &ModelError| matches!(error, ModelError::RateLimited { status: 403, .. });
+        let rate_limit_bodies = [
+            r#"{"error": {"message": "slow down", "type": "requests", "code": "rate_limit_exceeded"}}"#,
+            r#"{"error": {"message": "Rate limit reached for gpt-4o in organization org-x on requests per min (RPM): Limit 3"}}"#,
+            r#"{"error": "too many requests"}"#,
+            "Requests to the ChatCompletions Operation have exceeded call rate limit",
+            "<html><body>Error 1015: You are being rate limited</body></html>",
+            r#"{"error": {"message": "Quota exceeded: 60 requests per minute"}}"#,
+            r#"{"message": "Request throttled"}"#,
+        ];
+        for body in rate_limit_bodies {
+            assert!(is_rate_limit(&classify_403(&[], body, false)), "{body}");
+        }
+        let refusals = [
+            (
+                r#"{"error": {"message": "Incorrect API key provided: sk-...", "type": "invalid_request_error", "code": "invalid_api_key"}}"#,
+                "Incorrect API key provided: sk-...",
+            ),
+            (
+                r#"{"error": {"code": "unsupported_country_region_territory", "message": "Country, region, or territory not supported", "type": "request_forbidden"}}"#,
+                "Country, region, or territory not supported",
+            ),
+            (r#"{"error": "permission denied"}"#, "permission denied"),
+            ("", "Forbidden"),
+        ];
+        for (body, detail) in refusals {
+            match classify_403(&[], body, false) {
+                ModelError::Rejected {
+                    status: 403,
+                    message,
+                } => {
+                    assert!(
+                        message.starts_with("forbidden: the model server refused access"),
+                        "{message}"
+                    );
+                    assert!(message.ends_with(detail), "{message}");
+                }
+                other => panic!("{body}: {other:?}"),
+            }
+            // The backend's setting makes every 403 a rate limit.
+            assert!(is_rate_limit(&classify_403(&[], body, true)), "{body}");
+        }
+        // A server that names a wait means "later", not "never".
+        let limited = classify_403(&[("retry-after", "2")], "", false);
+        assert_eq!(limited.retry_after(), Some(Duration::from_secs(2)));
+        assert!(is_rate_limit(&classify_403(
+            &[("retry-after-ms", "300")],
+            "",
+            false
+        )));
+        assert!(is_rate_limit(&classify_403(
+            &[("x-ratelimit-remaining-requests", "0")],
+            "",
+            false
+        )));
+        // OpenAI sends reset times on every answer: alone they say nothing.
+        assert!(!is_rate_limit(&classify_403(
+            &[
+                ("x-ratelimit-reset-requests", "1s"),
+                ("x-ratelimit-remaining-requests", "59")
+            ],
+            "",
+            false
+        )));
+        // An exhausted quota stays permanent even where 403s are rate limits.
+        assert!(matches!(
+            classify_403(
+                &[],
+                r#"{"error": {"message": "pay up", "code": "insufficient_quota"}}"#,
+                true
+            ),
+            ModelError::Rejected { status: 403, .. }
+        ));
     }
 }

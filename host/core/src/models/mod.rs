@@ -60,6 +60,11 @@ pub struct BackendConfig {
     pub ollama_api: OllamaApi,
     /// Bound on a whole call, streaming included; 0 means unbounded.
     pub request_timeout_ms: u64,
+    /// Every 403 is a rate limit (for a proxy that answers bursts with a bare
+    /// 403). Off: only a 403 whose body or `Retry-After` says so is one; any
+    /// other 403 (bad key, region, permission) fails the call for good.
+    #[serde(default)]
+    pub forbidden_is_rate_limit: bool,
 }
 
 /// A client for one configured backend. Cloning is cheap and shares the connection pool.
@@ -195,7 +200,7 @@ impl ModelClient {
         if response.status().is_success() {
             Ok(response)
         } else {
-            Err(error::from_response(response).await)
+            Err(error::from_response(response, self.config.forbidden_is_rate_limit).await)
         }
     }
 
@@ -232,6 +237,7 @@ mod tests {
             embed_model: "embed-m".into(),
             ollama_api: OllamaApi::Chat,
             request_timeout_ms: 5_000,
+            forbidden_is_rate_limit: false,
         })
         .expect("client builds")
     }

@@ -507,7 +507,19 @@ impl Queue {
         }
     }
 
+    /// Claims the next job, recording now as its start.
     pub async fn claim(&self, queue: &QueueKeys, consumer: &str) -> redis::RedisResult<Claim> {
+        self.claim_at(queue, consumer, now_ms()).await
+    }
+
+    /// Claims the next job; `started_at` (ms) is recorded as its start (a
+    /// worker passes the moment it resolved the handler version it will run).
+    pub async fn claim_at(
+        &self,
+        queue: &QueueKeys,
+        consumer: &str,
+        started_at: u64,
+    ) -> redis::RedisResult<Claim> {
         let mut invocation = self.claim.prepare_invoke();
         invocation.key(&queue.paused).key(&queue.delayed);
         for stream in &queue.streams {
@@ -517,7 +529,7 @@ impl Queue {
         invocation
             .arg(GROUP)
             .arg(consumer)
-            .arg(now_ms())
+            .arg(started_at)
             .arg(JOB_PREFIX)
             .arg(EVENTS_PREFIX)
             .arg(EventType::TaskStarted.as_str())

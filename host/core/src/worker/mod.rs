@@ -21,6 +21,7 @@ use crate::store::{self, Store};
 use spool_runtime::content::blocks_to_json;
 use spool_runtime::{FailureKind, GuestFailure, HandlerComponent, Job, JobError, JobOutput};
 
+mod faults;
 mod follow_up;
 mod running;
 
@@ -70,10 +71,22 @@ impl Workers {
             // Start at a different queue per worker so no queue starves.
             for offset in 0..routes.len() {
                 let route = routes[(index + offset) % routes.len()];
-                match self.intake.queue.claim(&route.keys, &consumer).await {
+                // The version is resolved at the moment the claim records as
+                // the job's start, not once the claim is back: under load that
+                // round trip is long enough for a switch to land inside it.
+                let resolved = self.intake.registry.resolve_stamped(
+                    &route.config.handler,
+                    route.config.handler_version.as_deref(),
+                );
+                match self
+                    .intake
+                    .queue
+                    .claim_at(&route.keys, &consumer, resolved.at_ms)
+                    .await
+                {
                     Ok(Claim::Job(job)) => {
                         redis_down_since = None;
-                        self.run_job(*job, route, &consumer).await;
+                        self.run_job(*job, route, &consumer, resolved.handler).await;
                         worked = true;
                         break;
                     }
@@ -115,13 +128,21 @@ impl Workers {
 
     /// Runs one attempt at a claimed job and records its outcome, heart-beating
     /// its entry the whole time (also while follow-ups are queued and the
-    /// outcome is recorded, which may wait for Redis).
-    async fn run_job(&self, claimed: ClaimedJob, route: &Route, consumer: &str) {
+    /// outcome is recorded, which may wait for Redis). `handler`: the route's
+    /// handler as resolved when the claim was made.
+    async fn run_job(
+        &self,
+        claimed: ClaimedJob,
+        route: &Route,
+        consumer: &str,
+        handler: Option<HandlerComponent>,
+    ) {
         let watch = self.running.watch(&claimed.record.id);
         let lost = CancellationToken::new();
         let attempt = async {
-            let Some(Attempt { outcome, ran_on }) =
-                self.attempt(&claimed, route, &watch.stop, &lost).await
+            let Some(Attempt { outcome, ran_on }) = self
+                .attempt(&claimed, route, handler, &watch.stop, &lost)
+                .await
             else {
                 tracing::info!(job = %claimed.record.id, "job was given to another attempt while this one ran; it stops here");
                 return;
@@ -172,10 +193,12 @@ impl Workers {
         &self,
         claimed: &ClaimedJob,
         route: &Route,
+        handler: Option<HandlerComponent>,
         stop: &CancellationToken,
         lost: &CancellationToken,
     ) -> Option<Attempt> {
         let record = &claimed.record;
+        faults::hold_after_claim(&record.id).await;
         if record.attempts > route.config.max_attempts {
             // Only a job whose workers kept vanishing mid-run gets here.
             return Some(Attempt::ended(Outcome::Failed {
@@ -185,11 +208,15 @@ impl Workers {
         }
         supervise::injected_panic(&record.id, record.attempts);
         // Resolved once, at claim time: a version switch while the job runs
-        // does not affect it.
-        let resolved = self
-            .intake
-            .registry
-            .resolve(&record.handler, route.config.handler_version.as_deref());
+        // does not affect it. A job queued under another handler name (the
+        // queue's configuration changed since) resolves its own now.
+        let resolved = if record.handler == route.config.handler {
+            handler
+        } else {
+            self.intake
+                .registry
+                .resolve(&record.handler, route.config.handler_version.as_deref())
+        };
         let Some(handler) = resolved else {
             return Some(Attempt::ended(Outcome::Failed {
                 error: format!(
@@ -210,8 +237,16 @@ impl Workers {
         let host = Arc::new(WorkerHost {
             job_id: record.id.clone(),
             user_id: record.user_id.clone(),
-            // Model-call waits and retries must fit in the handler's deadline.
-            deadline: std::time::Instant::now() + self.intake.runtime.limits().deadline,
+            // Model-call waits and retries must fit in the handler's own
+            // deadline (`[sandbox.handlers.<name>]`), not the default: a wait
+            // planned past it would be cut off by the sandbox, holding a token.
+            deadline: std::time::Instant::now()
+                + self
+                    .intake
+                    .runtime
+                    .limits()
+                    .for_handler(&handler.name)
+                    .deadline,
             queue: self.intake.queue.clone(),
             fence: fence.clone(),
             lost: lost.clone(),
