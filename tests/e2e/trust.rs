@@ -327,3 +327,97 @@ fn listening_beyond_loopback_without_keys_refuses_to_start_and_says_what_to_do()
     assert!(stderr.contains("without API keys"), "{stderr}");
     assert!(stderr.contains("spool keys create"), "{stderr}");
 }
+
+/// 10,000 high jobs queued ahead of 10 low ones, three workers: with the
+/// default fairness (`fair_every = 10`) the k-th low job starts within 10k
+/// claims, so all ten start among the first 100 jobs; strict priority would
+/// run all 10,000 high jobs first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_high_jobs_delays_low_ones_by_a_bounded_number_of_claims() {
+    use spool_core::queue::{NewJob, Queue, QueueKeys};
+    use spool_runtime::PriorityClass;
+
+    const HIGH: usize = 10_000;
+    const LOW: usize = 10;
+    const FAIR_EVERY: usize = 10;
+    let redis = Redis::start();
+    let stub = stub().await;
+    let connection = redis::Client::open(redis.url())
+        .expect("url")
+        .get_connection_manager()
+        .await
+        .expect("redis");
+    let queue = Queue::new(connection);
+    let keys = QueueKeys::new("mixed");
+    queue.ensure_groups(&keys).await.expect("groups");
+    let submit = |id: String, class| {
+        let queue = queue.clone();
+        let keys = keys.clone();
+        async move {
+            queue
+                .submit(NewJob {
+                    id: &id,
+                    queue: &keys,
+                    class,
+                    score: 5,
+                    priority: 5,
+                    user_id: "u",
+                    user_tier: "",
+                    payload: r#"{"mode": "ok"}"#,
+                    message: None,
+                    handler: "adversary",
+                    max_waiting: 100_000,
+                    parent: None,
+                })
+                .await
+                .expect("submit");
+        }
+    };
+    for i in 0..HIGH {
+        submit(format!("high-{i}"), PriorityClass::High).await;
+    }
+    for i in 0..LOW {
+        submit(format!("low-{i}"), PriorityClass::Low).await;
+    }
+    let config = format!(
+        "[handlers.adversary]\npath = \"{}\"\n\n[queues.mixed]\nhandler = \"adversary\"\n",
+        crate::sandbox::adversary_wasm().display()
+    );
+    let host = Host::start(
+        &redis,
+        &stub,
+        HostOptions {
+            config,
+            ..HostOptions::default()
+        },
+    );
+    let started = |id: &str| -> Option<u64> {
+        redis::cmd("HGET")
+            .arg(format!("spool:job:{id}"))
+            .arg("first_started_at")
+            .query(&mut redis.connection())
+            .expect("HGET")
+    };
+    let mut last_low = 0;
+    wait_until("every low job started", Duration::from_secs(120), || {
+        let starts: Vec<Option<u64>> = (0..LOW).map(|i| started(&format!("low-{i}"))).collect();
+        last_low = starts.iter().flatten().copied().max().unwrap_or(0);
+        starts.iter().all(Option::is_some)
+    });
+    host.signal(libc::SIGSTOP);
+    let mut pipe = redis::pipe();
+    for i in 0..HIGH {
+        pipe.cmd("HGET")
+            .arg(format!("spool:job:high-{i}"))
+            .arg("first_started_at");
+    }
+    let highs: Vec<Option<u64>> = pipe.query(&mut redis.connection()).expect("pipeline");
+    let before = highs.iter().flatten().filter(|&&at| at < last_low).count();
+    host.signal(libc::SIGCONT);
+    println!("{before} high jobs started before the last of {LOW} low ones");
+    assert!(
+        before <= LOW * FAIR_EVERY,
+        "{before} high jobs ran before the last low one; the bound is {}",
+        LOW * FAIR_EVERY
+    );
+}

@@ -202,6 +202,10 @@ pub struct QueueConfig {
     pub backoff_ms: u64,
     /// Waiting jobs the queue holds before submissions get 429.
     pub max_waiting: u64,
+    /// Fairness: of every N claims, one tries the low class first and one
+    /// the normal class first, so a flood of high jobs delays the others by
+    /// at most ~N claims per job ahead of them. 0: strict priority.
+    pub fair_every: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -291,6 +295,7 @@ impl Default for QueueConfig {
             max_attempts: 3,
             backoff_ms: 2000,
             max_waiting: 10_000,
+            fair_every: 10,
         }
     }
 }

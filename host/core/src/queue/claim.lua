@@ -1,4 +1,7 @@
--- Gives one worker its next job, strictly high before normal before low.
+-- Gives one worker its next job: high before normal before low, except that
+-- every ARGV[8]-th claim of the queue tries low first and the one halfway
+-- between tries normal first (each falling through to the other classes), so
+-- a flood of high jobs delays the lower classes but cannot starve them.
 -- First moves retries whose time has come back into their class stream (so any
 -- instance may promote them, exactly once). Returns one of:
 --   {'job', stream index (1..3), entry id, job hash as field/value list}
@@ -7,9 +10,10 @@
 --               deleted by hand): it was dropped and counted; call again
 --   {'idle', next retry time in ms or ''}
 -- KEYS[1] paused flag   KEYS[2] delayed zset   KEYS[3..5] high/normal/low streams
--- KEYS[6] counter of dropped entries
+-- KEYS[6] counter of dropped entries   KEYS[7] counter of claims
 -- ARGV[1] group   ARGV[2] consumer   ARGV[3] now (ms)   ARGV[4] job key prefix
 -- ARGV[5] event key prefix   ARGV[6] event type (started)   ARGV[7] events kept
+-- ARGV[8] the fairness period N (0: strict priority)
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3], 'LIMIT', 0, 100)
 for _, id in ipairs(due) do
   redis.call('ZREM', KEYS[2], id)
@@ -27,7 +31,18 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   return {'paused'}
 end
 
-for i = 3, 5 do
+local order = {3, 4, 5}
+local every = tonumber(ARGV[8])
+if every > 0 then
+  local turn = (tonumber(redis.call('GET', KEYS[7]) or '0') + 1) % every
+  if turn == 0 then
+    order = {5, 4, 3}
+  elseif turn == math.floor(every / 2) then
+    order = {4, 3, 5}
+  end
+end
+
+for _, i in ipairs(order) do
   local read = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', 1, 'STREAMS', KEYS[i], '>')
   if read then
     local entry = read[1][2][1]
@@ -39,6 +54,7 @@ for i = 3, 5 do
       redis.call('INCR', KEYS[6])
       return {'dropped', id}
     end
+    redis.call('INCR', KEYS[7])
     local attempt = redis.call('HINCRBY', job, 'attempts', 1)
     redis.call('HSET', job, 'state', 'active', 'started_at', ARGV[3], 'worker', ARGV[2], 'entry', entry_id)
     redis.call('HSETNX', job, 'first_started_at', ARGV[3])

@@ -508,24 +508,30 @@ impl Queue {
     }
 
     /// Claims the next job, recording now as its start.
+    /// Claims the next job in strict priority order.
     pub async fn claim(&self, queue: &QueueKeys, consumer: &str) -> redis::RedisResult<Claim> {
-        self.claim_at(queue, consumer, now_ms()).await
+        self.claim_at(queue, consumer, now_ms(), 0).await
     }
 
     /// Claims the next job; `started_at` (ms) is recorded as its start (a
     /// worker passes the moment it resolved the handler version it will run).
+    /// Every `fair_every`-th claim tries low first, and the one halfway
+    /// between normal first (0: strict priority; see `claim.lua`).
     pub async fn claim_at(
         &self,
         queue: &QueueKeys,
         consumer: &str,
         started_at: u64,
+        fair_every: u32,
     ) -> redis::RedisResult<Claim> {
         let mut invocation = self.claim.prepare_invoke();
         invocation.key(&queue.paused).key(&queue.delayed);
         for stream in &queue.streams {
             invocation.key(stream);
         }
-        invocation.key(queue.counter("dropped"));
+        invocation
+            .key(queue.counter("dropped"))
+            .key(queue.counter("claims"));
         invocation
             .arg(GROUP)
             .arg(consumer)
@@ -533,7 +539,8 @@ impl Queue {
             .arg(JOB_PREFIX)
             .arg(EVENTS_PREFIX)
             .arg(EventType::TaskStarted.as_str())
-            .arg(MAX_STREAM_EVENTS);
+            .arg(MAX_STREAM_EVENTS)
+            .arg(fair_every);
         let reply: Vec<Value> = match invocation.invoke_async(&mut self.redis.clone()).await {
             Err(e) if e.code() == Some("NOGROUP") => {
                 // Redis lost its data (restarted without persistence): recreate.

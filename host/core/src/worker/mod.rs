@@ -81,7 +81,12 @@ impl Workers {
                 match self
                     .intake
                     .queue
-                    .claim_at(&route.keys, &consumer, resolved.at_ms)
+                    .claim_at(
+                        &route.keys,
+                        &consumer,
+                        resolved.at_ms,
+                        route.config.fair_every,
+                    )
                     .await
                 {
                     Ok(Claim::Job(job)) => {
