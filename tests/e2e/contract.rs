@@ -94,7 +94,7 @@ async fn a_pipeline_version_with_a_new_workflow_runs_without_a_host_change() {
     // A new version of the `pipeline` handler that takes any workflow: the
     // host passes the task through untouched and the version drives it.
     let (status, deployed) = api
-        .post_raw(
+        .upload(
             &host.url("/admin/handlers/pipeline/versions"),
             crate::hot_swap::ECHO_V2.to_vec(),
         )

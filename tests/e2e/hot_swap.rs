@@ -411,7 +411,7 @@ async fn a_job_runs_the_version_active_when_its_start_was_recorded_even_if_a_swi
 /// Posts `bytes` as a new `echo` version; returns (status, error code, message).
 async fn upload(api: &Api, host: &Host, bytes: Vec<u8>) -> (u16, String, String) {
     let (status, reply) = api
-        .post_raw(&host.url("/admin/handlers/echo/versions"), bytes)
+        .upload(&host.url("/admin/handlers/echo/versions"), bytes)
         .await;
     let code = reply["error"]["code"]
         .as_str()
@@ -587,7 +587,7 @@ async fn bad_uploads_are_rejected_with_a_message_naming_the_problem_and_the_acti
         "lists the stored versions: {reply}"
     );
     let (status, reply) = api
-        .post_raw(
+        .upload(
             &host.url("/admin/handlers/No%20Such/versions"),
             ECHO_V2.to_vec(),
         )
@@ -612,7 +612,7 @@ async fn a_host_started_after_a_deploy_serves_the_active_version_from_the_compil
     let first = Host::start(&redis, &stub, options.clone());
     let api = Api::default();
     let (status, deployed) = api
-        .post_raw(
+        .upload(
             &first.url("/admin/handlers/echo/versions?by=test"),
             ECHO_V2.to_vec(),
         )
@@ -668,7 +668,7 @@ async fn a_pinned_queue_keeps_its_version_and_the_periodic_check_heals_a_missed_
     );
     let api = Api::default();
     let (status, reply) = api
-        .post_raw(&host.url("/admin/handlers/echo/versions"), ECHO_V2.to_vec())
+        .upload(&host.url("/admin/handlers/echo/versions"), ECHO_V2.to_vec())
         .await;
     assert_eq!(status, 201, "{reply}");
     assert_eq!(run_one(&api, &host, "echo").await, 2);

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod bad_input;
 mod cancel;
 mod contract;
 mod fencing;

@@ -387,6 +387,17 @@ impl Api {
         .await
     }
 
+    /// Uploads a component, as `spool deploy` does.
+    pub async fn upload(&self, url: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        self.send(
+            self.http
+                .post(url)
+                .header("content-type", "application/wasm")
+                .body(body),
+        )
+        .await
+    }
+
     pub async fn post_raw(&self, url: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
         self.send(
             self.http

@@ -30,14 +30,18 @@ pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/admin/handlers", get(overview))
         .route("/admin/handlers/{name}", get(handler_status))
-        // The upload limit is the registry's (checked while reading), not the API's.
-        .route(
-            "/admin/handlers/{name}/versions",
-            post(deploy).layer(DefaultBodyLimit::disable()),
-        )
         .route("/admin/handlers/{name}/rollback", post(rollback))
         .route("/admin/keys", get(list_keys).post(create_key))
         .route("/admin/keys/{id}", axum::routing::delete(revoke_key))
+}
+
+/// The component upload: its limit is the registry's (checked while
+/// reading), not the API's body limit.
+pub fn upload_routes() -> Router<Arc<AppState>> {
+    Router::new().route(
+        "/admin/handlers/{name}/versions",
+        post(deploy).layer(DefaultBodyLimit::disable()),
+    )
 }
 
 #[derive(Deserialize)]
@@ -213,9 +217,27 @@ async fn deploy(
     State(state): State<Arc<AppState>>,
     ApiPath(name): ApiPath<String>,
     ApiQuery(query): ApiQuery<DeployQuery>,
+    headers: axum::http::HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     checked_name(&name)?;
+    // A component is never a form or text: a page's no-cors request can
+    // only send those, so it cannot even reach the upload.
+    let content_type = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !matches!(
+        content_type,
+        "application/wasm" | "application/octet-stream"
+    ) {
+        super::bounds::drain(body).await;
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "upload the component as application/wasm (or application/octet-stream)",
+        ));
+    }
     let limit = state.handlers.max_component_bytes();
     let bytes = read_upload(body, limit).await?;
     let deployed = state

@@ -25,6 +25,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::AppState;
+use super::bounds::refuse;
 use super::error::{ApiError, ApiJson};
 use spool_core::access::{Identity, Keys, Role, key_hash};
 
@@ -127,20 +128,6 @@ pub async fn guard(
         request.extensions_mut().insert(identity);
     }
     next.run(request).await
-}
-
-/// Answers with `error` once the request's body is read (up to a bound):
-/// answering while a client still sends would reset the connection before
-/// it could read why.
-async fn refuse(request: Request, error: ApiError) -> Response {
-    const DRAINED: usize = 64 << 20;
-    let body = request.into_body();
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        axum::body::to_bytes(body, DRAINED),
-    )
-    .await;
-    error.into_response()
 }
 
 fn changes_state(method: &Method) -> bool {

@@ -39,6 +39,7 @@ pub async fn replay(
     State(state): State<Arc<AppState>>,
     ApiPath((queue, job)): ApiPath<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
+    super::jobs::checked_job_id(&job)?;
     let keys = &route(&state, &queue)?.keys;
     if !state.queue.replay(keys, &job).await? {
         return Err(ApiError::not_found(
@@ -65,6 +66,7 @@ pub async fn purge_one(
     State(state): State<Arc<AppState>>,
     ApiPath((queue, job)): ApiPath<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
+    super::jobs::checked_job_id(&job)?;
     let keys = &route(&state, &queue)?.keys;
     match state.queue.purge_dead(keys, Some(&job)).await? {
         0 => Err(ApiError::not_found(

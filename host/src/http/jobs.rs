@@ -111,6 +111,7 @@ pub async fn visible_job(
     caller: &Identity,
     id: &str,
 ) -> Result<JobRecord, ApiError> {
+    checked_job_id(id)?;
     match state.queue.job(id).await? {
         Some(record) if caller.owns(&record.user_id) => Ok(record),
         _ => Err(job_not_found(id)),
@@ -158,6 +159,26 @@ fn checked_client_job_id(id: &str) -> Result<(), ApiError> {
         Err(ApiError::invalid(
             "invalid_job_id",
             format!("a job id must be 1 to {MAX_CLIENT_JOB_ID} of the characters A-Z a-z 0-9 _ -"),
+        ))
+    }
+}
+
+/// The longest job id there is: a client's (128) with follow-up suffixes.
+const MAX_JOB_ID: usize = 256;
+
+/// A job id in a path: the characters job ids are made of (`.` separates a
+/// follow-up's suffix); anything else names no job and must not reach a key.
+pub fn checked_job_id(id: &str) -> Result<(), ApiError> {
+    let valid = (1..=MAX_JOB_ID).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if valid {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            "invalid_job_id",
+            format!("a job id is 1 to {MAX_JOB_ID} of the characters A-Z a-z 0-9 _ - ."),
         ))
     }
 }

@@ -3,6 +3,7 @@
 
 mod admin;
 pub mod auth;
+mod bounds;
 mod dead;
 mod error;
 mod jobs;
@@ -102,12 +103,22 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
         .route_layer(from_fn(|request, next| {
             auth::require(Role::Admin, request, next)
         }));
-    open.merge(reader)
+    // Every route but the component upload (which has its own limit) refuses
+    // an oversized body by its declared length, readably.
+    let bounded = open
+        .merge(reader)
         .merge(submitter)
         .merge(admin)
+        .route_layer(from_fn_with_state(body_limit, bounds::limit_body));
+    let uploads = admin::upload_routes().route_layer(from_fn(|request, next| {
+        auth::require(Role::Admin, request, next)
+    }));
+    bounded
+        .merge(uploads)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(from_fn_with_state(state.clone(), auth::guard))
+        .layer(from_fn(bounds::limit_headers))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }

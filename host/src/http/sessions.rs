@@ -111,6 +111,12 @@ pub async fn create_session(
             ));
         };
         let metadata = fields.remove("metadata").unwrap_or(Value::Null);
+        if !(metadata.is_object() || metadata.is_null()) {
+            return Err(ApiError::invalid(
+                "invalid_field",
+                "`metadata` must be a JSON object",
+            ));
+        }
         if let Some(unknown) = fields.keys().next() {
             return Err(ApiError::invalid(
                 "invalid_field",

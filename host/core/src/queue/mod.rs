@@ -780,7 +780,7 @@ impl Queue {
                 Ok(length)
             }
             Some(id) => {
-                let dead = self.dead_letters(queue, usize::MAX).await?;
+                let dead = self.dead_letters(queue, i64::MAX as usize).await?;
                 let ids: Vec<&str> = dead
                     .iter()
                     .filter(|d| d.job_id == id)
