@@ -100,10 +100,15 @@ fn times(finished: &[(String, Value, String, usize)], class: &str, field: &str) 
         .collect()
 }
 
+/// The chat queue in strict priority order (no fairness turns; the default
+/// lets low and normal jobs through now and then, see trust.rs).
+const STRICT_PRIORITY: &str = "[queues.chat]\nhandler = \"chat\"\nfair_every = 0\n";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_worker_finishes_every_high_job_before_any_normal_starts_and_normal_before_low() {
     let stack = Stack::start(HostOptions {
         concurrency: 1,
+        config: STRICT_PRIORITY.into(),
         ..Default::default()
     })
     .await;
@@ -146,6 +151,7 @@ async fn one_worker_finishes_every_high_job_before_any_normal_starts_and_normal_
 async fn three_workers_start_every_high_job_before_any_normal_and_normal_before_low() {
     let stack = Stack::start(HostOptions {
         concurrency: 3,
+        config: STRICT_PRIORITY.into(),
         ..Default::default()
     })
     .await;

@@ -281,13 +281,14 @@ pub async fn get_content(
 ) -> Result<Json<Value>, ApiError> {
     checked_id("content", &id)?;
     let content = state.sessions.content(&id).await?;
-    if let Some(message) = content.as_ref().and_then(|c| c["messageId"].as_str()) {
-        if caller.user.is_some() && visible_message(&state, &caller, message).await.is_err() {
-            return Err(ApiError::not_found(
-                "content_not_found",
-                format!("no stored content `{id}`"),
-            ));
-        }
+    if let Some(message) = content.as_ref().and_then(|c| c["messageId"].as_str())
+        && caller.user.is_some()
+        && visible_message(&state, &caller, message).await.is_err()
+    {
+        return Err(ApiError::not_found(
+            "content_not_found",
+            format!("no stored content `{id}`"),
+        ));
     }
     content.map(Json).ok_or_else(|| ApiError::not_found("content_not_found", format!("no stored content `{id}` (blocks of 10 KB or less live in their message; stored content expires after 7 days)")))
 }
