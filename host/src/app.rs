@@ -32,7 +32,7 @@ pub struct Running {
     pub addr: SocketAddr,
     pub instance: String,
     shutdown: CancellationToken,
-    http: tokio::task::JoinHandle<()>,
+    http: JoinSet<()>,
     workers: JoinSet<()>,
     background: JoinSet<()>,
     handlers: Arc<Handlers>,
@@ -158,20 +158,26 @@ pub async fn start(config: Config) -> Result<Running> {
         gateway,
         gate: open_gate(&config, &redis).await?,
     });
+    // With an admin listener of its own, the public one serves no admin route.
+    let (public, admin_listener) = match config.auth.admin_listen {
+        Some(admin) => (http::Routes::Public, Some(admin)),
+        None => (http::Routes::All, None),
+    };
+    let mut http = JoinSet::new();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
-    let app = http::router(state, config.body_limit_bytes);
-    let http_shutdown = shutdown.clone();
-    let http = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
-            .await;
-        if let Err(error) = served {
-            tracing::error!(%error, "HTTP server stopped");
-        }
-    });
+    let app = http::router(state.clone(), config.body_limit_bytes, public);
+    http.spawn(serve_http(listener, app, shutdown.clone()));
+    if let Some(admin) = admin_listener {
+        let listener = tokio::net::TcpListener::bind(admin)
+            .await
+            .with_context(|| format!("cannot listen on {admin} (the admin listener)"))?;
+        tracing::info!(addr = %listener.local_addr()?, "admin routes are served here only");
+        let app = http::router(state, config.body_limit_bytes, http::Routes::Admin);
+        http.spawn(serve_http(listener, app, shutdown.clone()));
+    }
     tracing::info!(%addr, %instance, workers = config.workers.concurrency, queues = ?config.queues.keys().collect::<Vec<_>>(), "spool is serving");
     let drain_timeout = Duration::from_millis(config.workers.drain_timeout_ms);
     Ok(Running {
@@ -186,6 +192,19 @@ pub async fn start(config: Config) -> Result<Running> {
         redis: embedded,
         drain_timeout,
     })
+}
+
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    shutdown: CancellationToken,
+) {
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+    if let Err(error) = served {
+        tracing::error!(%error, "HTTP server stopped");
+    }
 }
 
 /// Who may call this instance's API. Keyless access is for a loopback
@@ -356,8 +375,11 @@ impl Running {
             self.workers.abort_all();
         }
         // Streaming responses (SSE) hold the server open; do not wait for them.
-        let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.http).await;
-        self.http.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while self.http.join_next().await.is_some() {}
+        })
+        .await;
+        self.http.abort_all();
         self.background.abort_all();
         self.handlers.leave().await;
         if let Some(stub) = self.stub.take() {

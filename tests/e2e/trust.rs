@@ -421,3 +421,39 @@ async fn a_flood_of_high_jobs_delays_low_ones_by_a_bounded_number_of_claims() {
         LOW * FAIR_EVERY
     );
 }
+
+/// With `[auth] admin_listen`, the job API can be exposed without the admin
+/// routes: they answer on the admin listener only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_routes_can_live_on_a_listener_of_their_own() {
+    let admin_port = free_port();
+    let stack = Stack::start(HostOptions {
+        config: format!("[auth]\nadmin_listen = \"127.0.0.1:{admin_port}\"\n"),
+        ..HostOptions::default()
+    })
+    .await;
+    let host = &stack.host;
+    let api = Api::default();
+    let admin = |path: &str| format!("http://127.0.0.1:{admin_port}{path}");
+    let (status, _) = api
+        .post(&host.url("/api/queues/chat/pause"), &json!({}))
+        .await;
+    assert_eq!(status, 404, "no admin route on the public listener");
+    let (status, _) = api.get(&host.url("/admin/handlers")).await;
+    assert_eq!(status, 404);
+    let (status, reply) = api.post(&admin("/api/queues/chat/pause"), &json!({})).await;
+    assert_eq!(status, 200, "{reply}");
+    let (status, _) = Api::with_key(None).get(&admin("/admin/handlers")).await;
+    assert_eq!(status, 401, "the admin listener still needs the admin key");
+    let (status, _) = api
+        .post(&admin("/api/chat"), &json!({"userId": "u", "prompt": "hi"}))
+        .await;
+    assert_eq!(status, 404, "no job API on the admin listener");
+    let (status, _) = api
+        .post(
+            &host.url("/api/chat"),
+            &json!({"userId": "u", "prompt": "hi"}),
+        )
+        .await;
+    assert_eq!(status, 202);
+}

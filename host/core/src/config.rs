@@ -61,6 +61,10 @@ pub struct AuthConfig {
     /// defeats DNS rebinding. Checked on a loopback listener, and on any
     /// listener once this lists names (its own address is then added).
     pub allowed_hosts: Vec<String>,
+    /// Serve the admin routes (deploys, keys, queue control, dead letters) on
+    /// this address only, so the job API can be exposed without them.
+    /// Absent: on the main listener.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 impl Default for AuthConfig {
@@ -69,6 +73,7 @@ impl Default for AuthConfig {
             anonymous: true,
             admin_token_file: None,
             allowed_hosts: Vec::new(),
+            admin_listen: None,
         }
     }
 }

@@ -63,9 +63,19 @@ impl AppState {
     }
 }
 
+/// Which routes a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Routes {
+    All,
+    /// Everything but the admin routes (they have a listener of their own).
+    Public,
+    /// The admin routes (and `/health`).
+    Admin,
+}
+
 /// The API. Routes are grouped by the role they need (see `auth`); every
-/// request passes the host, origin and key checks first.
-pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
+/// request passes the header, host, origin and key checks first.
+pub fn router(state: Arc<AppState>, body_limit: usize, routes: Routes) -> Router {
     let open = Router::new()
         .route("/", get(page))
         .route("/health", get(health))
@@ -103,17 +113,21 @@ pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
         .route_layer(from_fn(|request, next| {
             auth::require(Role::Admin, request, next)
         }));
-    // Every route but the component upload (which has its own limit) refuses
-    // an oversized body by its declared length, readably.
-    let bounded = open
-        .merge(reader)
-        .merge(submitter)
-        .merge(admin)
-        .route_layer(from_fn_with_state(body_limit, bounds::limit_body));
     let uploads = admin::upload_routes().route_layer(from_fn(|request, next| {
         auth::require(Role::Admin, request, next)
     }));
-    bounded
+    let (served, uploads) = match routes {
+        Routes::All => (open.merge(reader).merge(submitter).merge(admin), uploads),
+        Routes::Public => (open.merge(reader).merge(submitter), Router::new()),
+        Routes::Admin => (
+            Router::new().route("/health", get(health)).merge(admin),
+            uploads,
+        ),
+    };
+    // Every route but the component upload (which has its own limit) refuses
+    // an oversized body by its declared length, readably.
+    served
+        .route_layer(from_fn_with_state(body_limit, bounds::limit_body))
         .merge(uploads)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
