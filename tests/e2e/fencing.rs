@@ -275,6 +275,29 @@ async fn every_write_of_an_attempt_checks_its_fence() {
         .expect("load")
         .expect("message");
     assert_eq!(snapshot["text"], "fresh", "{snapshot}");
+
+    // Once a cancel is accepted, nothing of the job changes: the owner's
+    // writes are refused too (and not counted as fenced).
+    queue.cancel("job", RETENTION).await.expect("cancel");
+    assert_eq!(
+        queue.set_state(&second, "k", "late").await.expect("redis"),
+        Written::Cancelled
+    );
+    assert_eq!(
+        queue
+            .append_event(&second, "tick", "{}")
+            .await
+            .expect("redis"),
+        Written::Cancelled
+    );
+    let follow_up = NewJob {
+        parent: Some(&second),
+        ..job("job.2", None)
+    };
+    assert!(matches!(
+        queue.submit(follow_up).await,
+        Err(SubmitError::ParentCancelled)
+    ));
 }
 
 async fn new_session(api: &Api, host: &Host) -> String {

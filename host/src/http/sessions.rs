@@ -42,7 +42,9 @@ impl From<StoreError> for ApiError {
             }
             StoreError::Invalid(message) => ApiError::invalid("invalid_field", message),
             // Only a store fenced by a job's attempt refuses so; the API's is not.
-            StoreError::Fenced => ApiError::new(StatusCode::CONFLICT, "fenced", error.to_string()),
+            StoreError::Fenced | StoreError::Cancelled => {
+                ApiError::new(StatusCode::CONFLICT, "fenced", error.to_string())
+            }
             StoreError::Redis(error) => error.into(),
         }
     }

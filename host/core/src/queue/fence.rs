@@ -4,7 +4,9 @@
 //! each write checks it in the same Lua script that writes (`fence.lua`), so a
 //! paused or cut-off worker whose job was recovered and claimed elsewhere
 //! cannot write into the new attempt's job. Refused writes are counted per
-//! queue (`spool:q:{queue}:count:fenced`).
+//! queue (`spool:q:{queue}:count:fenced`). Once a cancel of the job was
+//! accepted its owner's writes are refused as well: nothing of a job changes
+//! after its cancel.
 //!
 //! Owns the fence token and the fenced job writes; message writes check the
 //! same fence in the store's scripts, follow-up submissions in `submit.lua`.
@@ -53,6 +55,8 @@ pub enum Written {
     Yes,
     /// The attempt no longer owns its job: nothing was written.
     Fenced,
+    /// The job's cancel was accepted: nothing was written, the attempt stops.
+    Cancelled,
 }
 
 /// One job write of a running attempt (see `fenced.lua`).
@@ -132,10 +136,10 @@ impl Queue {
             }
         }
         let written: i64 = invocation.invoke_async(&mut self.connection()).await?;
-        Ok(if written == 1 {
-            Written::Yes
-        } else {
-            Written::Fenced
+        Ok(match written {
+            1 => Written::Yes,
+            2 => Written::Cancelled,
+            _ => Written::Fenced,
         })
     }
 }

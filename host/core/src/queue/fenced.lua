@@ -1,14 +1,18 @@
 -- One write of a running attempt to its own job, applied only while the
 -- attempt holds the job's fence: an event, its progress (field and event), or
--- a key of the guest's state. Returns 1 when written, 0 when fenced off.
+-- a key of the guest's state. Returns 1 when written, 0 when fenced off, 2 when
+-- refused because the job's cancel was accepted.
 -- KEYS[1] job hash   KEYS[2] fenced-write counter   KEYS[3] job event stream
 -- KEYS[4] job state hash
 -- ARGV[1] fence token   ARGV[2] operation: 'event', 'progress', 'state_set', 'state_delete'
 -- event and progress: ARGV[3] event type   ARGV[4] data   ARGV[5] now (ms)
 --   ARGV[6] events kept; progress also ARGV[7] percent   ARGV[8] step
 -- state_set: ARGV[3] key   ARGV[4] value;   state_delete: ARGV[3] key
-if not fence_holds(KEYS[1], ARGV[1], KEYS[2]) then
+local refusal = fence_refusal(KEYS[1], ARGV[1], KEYS[2])
+if refusal == 'fenced' then
   return 0
+elseif refusal == 'cancelled' then
+  return 2
 end
 local operation = ARGV[2]
 if operation == 'state_set' then

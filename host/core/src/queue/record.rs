@@ -82,6 +82,9 @@ pub struct JobRecord {
     pub started_at: Option<u64>,
     pub first_started_at: Option<u64>,
     pub finished_at: Option<u64>,
+    /// When a cancel of the running job was accepted: nothing of the job
+    /// changes after it.
+    pub cancel_requested_at: Option<u64>,
 }
 
 impl JobRecord {
@@ -119,6 +122,7 @@ impl JobRecord {
             started_at: number(take("started_at")),
             first_started_at: number(take("first_started_at")),
             finished_at: number(take("finished_at")),
+            cancel_requested_at: number(take("cancel_requested_at")),
         })
     }
 
@@ -149,6 +153,7 @@ impl JobRecord {
             "createdAt": self.created_at,
             "startedAt": self.started_at,
             "finishedAt": self.finished_at,
+            "cancelRequestedAt": self.cancel_requested_at,
         })
     }
 }

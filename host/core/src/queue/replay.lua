@@ -32,7 +32,7 @@ redis.call('PERSIST', KEYS[2])
 local job = redis.call('HMGET', KEYS[2], 'queue', 'class')
 local entry = redis.call('XADD', ARGV[3] .. '{' .. job[1] .. '}:' .. job[2], '*', 'job', ARGV[1])
 redis.call('HSET', KEYS[2], 'state', 'waiting', 'attempts', 0, 'entry', entry, 'progress', 0)
-redis.call('HDEL', KEYS[2], 'error', 'finished_at', 'dead_entry', 'result', 'cancel')
+redis.call('HDEL', KEYS[2], 'error', 'finished_at', 'dead_entry', 'result', 'cancel', 'cancel_requested_at')
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'event_type', ARGV[5],
   'data', cjson.encode({replayed = true}), 'timestamp', ARGV[2])
 redis.call('PUBLISH', ARGV[4], job[1])

@@ -18,12 +18,10 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
   return 'duplicate'
 end
 if ARGV[9] ~= '' then
-  if not fence_holds(KEYS[4], ARGV[9], KEYS[5]) then
-    return 'fenced'
-  end
-  -- A job whose cancel was accepted queues nothing after it.
-  if redis.call('HEXISTS', KEYS[4], 'cancel') == 1 then
-    return 'cancelled'
+  -- A job that moved on, or whose cancel was accepted, queues nothing.
+  local refusal = fence_refusal(KEYS[4], ARGV[9], KEYS[5])
+  if refusal then
+    return refusal
   end
 end
 if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then

@@ -6,7 +6,8 @@
 -- {'exists'} (create of an existing id), {'no_session'}, {'finished', status}
 -- (the message is no longer streaming), {'task', task id, status} (a task that
 -- had to be running is not), {'fenced'} (a job's attempt that no longer owns
--- its job, or whose job no longer drives the message).
+-- its job, or whose job no longer drives the message), {'cancelled'} (the
+-- writing job's cancel was accepted).
 -- KEYS[1] message hash   KEYS[2] message event stream   KEYS[3] session hash
 -- KEYS[4] session message index (zset)   KEYS[5] index of all sessions (zset)
 -- KEYS[6] the writing job's hash   KEYS[7] its queue's fenced-write counter
@@ -25,7 +26,8 @@ local now, message, stream = ARGV[1], KEYS[1], KEYS[2]
 local requirement = ARGV[7]
 
 if ARGV[9] ~= '' then
-  if not fence_holds(KEYS[6], ARGV[9], KEYS[7]) then return {'fenced'} end
+  local refusal = fence_refusal(KEYS[6], ARGV[9], KEYS[7])
+  if refusal then return {refusal} end
   if redis.call('HGET', message, 'job_id') ~= ARGV[10] then return {'fenced'} end
 end
 

@@ -130,6 +130,9 @@ pub enum StoreError {
     /// A job's attempt wrote after losing its job (or its job the message).
     #[error("this attempt no longer owns its job or the job's message")]
     Fenced,
+    /// A job's attempt wrote after its job's cancel was accepted.
+    #[error("the job was cancelled")]
+    Cancelled,
     #[error(transparent)]
     Redis(#[from] redis::RedisError),
 }
@@ -304,6 +307,7 @@ impl Store {
             "finished" => Err(StoreError::Finished(text(1))),
             "task" => Err(StoreError::TaskNotRunning(text(1), text(2))),
             "fenced" => Err(StoreError::Fenced),
+            "cancelled" => Err(StoreError::Cancelled),
             other => Err(StoreError::Redis(redis::RedisError::from((
                 redis::ErrorKind::UnexpectedReturnType,
                 "unexpected reply from the message script",

@@ -107,6 +107,7 @@ async fn announce(
     {
         Ok(Written::Yes) => Ok(()),
         Ok(Written::Fenced) => Err(NotQueued::Lost),
+        Ok(Written::Cancelled) => Err(NotQueued::Cancelled),
         Err(error) => {
             tracing::warn!(job = %fence.job_id, %error, "could not publish follow_up_queued");
             Ok(())

@@ -3,8 +3,8 @@
 //! to the job's own keys; `messages` calls go to the session message the job
 //! drives (if any); follow-ups are only collected here and queued by the
 //! worker once the job completes. Every write is fenced by the attempt's
-//! [`Fence`]: the first one refused marks the attempt lost (`lost`), which
-//! stops the guest.
+//! [`Fence`]: the first one refused marks the attempt lost (`lost`), or
+//! cancelled (`stop`) once the job's cancel was accepted; either stops the guest.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -31,6 +31,8 @@ pub(super) struct WorkerHost {
     pub fence: Fence,
     /// Cancelled when a write is refused: the attempt lost its job.
     pub lost: CancellationToken,
+    /// Cancelled when a write is refused because the job's cancel was accepted.
+    pub stop: CancellationToken,
     pub gateway: Arc<Gateway>,
     /// The queues a follow-up may go to.
     pub routes: Arc<BTreeMap<String, Route>>,
@@ -65,6 +67,7 @@ impl WorkerHost {
         match result {
             Ok(Written::Yes) => {}
             Ok(Written::Fenced) => self.fenced(),
+            Ok(Written::Cancelled) => self.stop.cancel(),
             Err(error) => tracing::warn!(job = %self.job_id, %error, "could not write {what}"),
         }
     }
@@ -82,6 +85,10 @@ impl WorkerHost {
             StoreError::Fenced => {
                 self.fenced();
                 HostCallError::Refused(StoreError::Fenced.to_string())
+            }
+            StoreError::Cancelled => {
+                self.stop.cancel();
+                HostCallError::Refused(StoreError::Cancelled.to_string())
             }
             other => HostCallError::Refused(other.to_string()),
         })

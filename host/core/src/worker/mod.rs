@@ -255,6 +255,7 @@ impl Workers {
             queue: self.intake.queue.clone(),
             fence: fence.clone(),
             lost: lost.clone(),
+            stop: stop.clone(),
             gateway: self.gateway.clone(),
             routes: self.intake.routes.clone(),
             sessions: self.sessions.fenced(fence.clone()),
