@@ -70,7 +70,12 @@ pub async fn start(config: Config) -> Result<Running> {
     )
     .await?;
 
-    let queue = Queue::new(redis.clone());
+    let queue = Queue::new(redis.clone()).with_max_dead(
+        config
+            .queues
+            .iter()
+            .map(|(name, queue)| (name.clone(), queue.max_dead)),
+    );
     let sessions = spool_core::store::Store::new(redis.clone(), config.sessions.clone());
     let routes = open_queues(&config, &queue).await?;
     let intake = spool_core::intake::Intake {
@@ -335,6 +340,10 @@ async fn open_queues(config: &Config, queue: &Queue) -> Result<BTreeMap<String, 
                 route.keys.name
             )
         })?;
+        queue
+            .tidy_dead_letters(&route.keys)
+            .await
+            .with_context(|| format!("tidying the dead letters of queue `{}`", route.keys.name))?;
     }
     Ok(routes)
 }
