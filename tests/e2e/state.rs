@@ -1,11 +1,12 @@
 //! State that must stay bounded (issue 14, item 6): the dead-letter stream has a
 //! cap and an index (no lookup reads the whole stream, none trusts an entry
-//! naming another job). Real processes.
+//! naming another job), and every key a cancelled job leaves expires. Real
+//! processes.
 
 use serde_json::{Value, json};
 use spool::stub::Fault;
 
-use crate::reliability::{WAIT, submit_chat};
+use crate::reliability::{WAIT, submit_chat, wait_for_state};
 use crate::support::*;
 
 fn job_id(reply: &Value) -> String {
@@ -352,4 +353,108 @@ async fn a_dead_letter_is_not_replayed_over_a_live_job_that_reuses_its_id() {
         id.as_str(),
         "the letter stays: {dead}"
     );
+}
+
+fn ttl(redis: &Redis, key: &str) -> i64 {
+    query(redis, redis::cmd("TTL").arg(key))
+}
+
+/// The guest's state and the attempt history of a job, as a handler that
+/// keeps state and a job that ran before leave them.
+fn leave_state_and_history(redis: &Redis, id: &str) {
+    let _: () = query(
+        redis,
+        redis::cmd("HSET")
+            .arg(format!("spool:job:{id}:state"))
+            .arg("cursor")
+            .arg("3"),
+    );
+    let _: () = query(
+        redis,
+        redis::cmd("RPUSH")
+            .arg(format!("spool:job:{id}:attempts"))
+            .arg("{}"),
+    );
+}
+
+/// Every key of a finished job expires (TTL above 0), none is kept for good.
+fn assert_all_keys_expire(redis: &Redis, id: &str) {
+    for key in [
+        format!("spool:job:{id}"),
+        format!("job_events:{id}"),
+        format!("spool:job:{id}:state"),
+        format!("spool:job:{id}:attempts"),
+    ] {
+        let ttl = ttl(redis, &key);
+        assert!(ttl > 0, "{key} has TTL {ttl} (-1: kept for good, -2: gone)");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_key_of_a_cancelled_job_expires() {
+    let redis = Redis::start();
+    let stub = stub().await;
+    let options = HostOptions {
+        // A retry a minute away: the job stays delayed.
+        config: "[queues.chat]\nhandler = \"chat\"\nbackoff_ms = 60000\n".into(),
+        // Long enough for the second instance to accept the cancel before
+        // its recovery finds the first one's job.
+        workers: "visibility_timeout_ms = 5000".into(),
+        ..Default::default()
+    };
+    let mut first = Host::start(&redis, &stub, options.clone());
+    let api = Api::default();
+
+    // Delayed: failed once, waits for its retry.
+    stub.inject([Fault {
+        status: Some(500),
+        ..Default::default()
+    }])
+    .expect("fault");
+    let (_, reply) = submit_chat(&api, &first, "delayed").await;
+    let delayed = job_id(&reply);
+    wait_for_state(&api, &first, &delayed, "delayed").await;
+    leave_state_and_history(&redis, &delayed);
+    let (status, body) = api
+        .send_delete(&first.url(&format!("/api/job/{delayed}")))
+        .await;
+    assert_eq!(
+        (status, body["state"].as_str()),
+        (200, Some("cancelled")),
+        "{body}"
+    );
+    assert_all_keys_expire(&redis, &delayed);
+
+    // Waiting: the queue is paused.
+    api.post(&first.url("/api/queues/chat/pause"), &json!({}))
+        .await;
+    let (_, reply) = submit_chat(&api, &first, "waiting").await;
+    let waiting = job_id(&reply);
+    leave_state_and_history(&redis, &waiting);
+    let (status, _) = api
+        .send_delete(&first.url(&format!("/api/job/{waiting}")))
+        .await;
+    assert_eq!(status, 200);
+    assert_all_keys_expire(&redis, &waiting);
+    api.post(&first.url("/api/queues/chat/resume"), &json!({}))
+        .await;
+
+    // Active on an instance that dies; the cancel is accepted meanwhile, and
+    // recovery ends the job cancelled.
+    stub.set_timing(60_000, 0);
+    let (_, reply) = submit_chat(&api, &first, "orphaned").await;
+    let orphaned = job_id(&reply);
+    wait_for_state(&api, &first, &orphaned, "active").await;
+    leave_state_and_history(&redis, &orphaned);
+    first.kill();
+    let second = Host::start(&redis, &stub, options);
+    let (status, _) = api
+        .send_delete(&second.url(&format!("/api/job/{orphaned}")))
+        .await;
+    assert_eq!(status, 202, "accepted while it looks active");
+    let job = api
+        .wait_terminal_or_cancelled(&second, &orphaned, WAIT)
+        .await;
+    assert_eq!(job["state"], "cancelled", "{job}");
+    assert_all_keys_expire(&redis, &orphaned);
 }

@@ -11,7 +11,8 @@
 //! `max_dead`) with `:dead:index` (job id -> letter), and `:count:*` totals
 //! (also `:count:dropped`, and `:count:fenced`, see `fence`);
 //! `spool:job:{id}` (the job record), `spool:job:{id}:state` (the guest's
-//! state), `spool:job:{id}:attempts` (attempt history), `job_events:{id}`.
+//! state), `spool:job:{id}:attempts` (attempt history), `job_events:{id}`. Every
+//! key of a finished job expires with its record.
 //!
 //! Delivery is at-least-once: an entry is acknowledged only by the script that
 //! records its outcome; a worker heart-beats the entry of the job it runs, and
@@ -749,6 +750,8 @@ impl Queue {
             .cancel
             .key(job_key(id))
             .key(events_key(id))
+            .key(job_state_key(id))
+            .key(attempts_key(id))
             .arg(now_ms())
             .arg(retention.failed_secs.max(1))
             .arg(QUEUE_PREFIX)
