@@ -1,7 +1,9 @@
 //! State that must stay bounded (issue 14, item 6): the dead-letter stream has a
 //! cap and an index (no lookup reads the whole stream, none trusts an entry
-//! naming another job), and every key a cancelled job leaves expires. Real
-//! processes.
+//! naming another job), every key a cancelled job leaves expires, and
+//! consumers of instances that are gone leave the groups. Real processes.
+
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use spool::stub::Fault;
@@ -457,4 +459,148 @@ async fn every_key_of_a_cancelled_job_expires() {
         .await;
     assert_eq!(job["state"], "cancelled", "{job}");
     assert_all_keys_expire(&redis, &orphaned);
+}
+
+const GROUP: &str = "spool-workers";
+
+/// (consumer name, pending entries) of the workers' group on `stream`.
+fn consumers(redis: &Redis, stream: &str) -> Vec<(String, usize)> {
+    let reply: redis::streams::StreamInfoConsumersReply = query(
+        redis,
+        redis::cmd("XINFO").arg("CONSUMERS").arg(stream).arg(GROUP),
+    );
+    reply
+        .consumers
+        .into_iter()
+        .map(|c| (c.name, c.pending))
+        .collect()
+}
+
+fn consumer_counts(redis: &Redis, queues: &[&str]) -> Vec<(String, usize)> {
+    let mut counts = Vec::new();
+    for queue in queues {
+        for class in ["high", "normal", "low"] {
+            let stream = format!("spool:q:{{{queue}}}:{class}");
+            counts.push((stream.clone(), consumers(redis, &stream).len()));
+        }
+    }
+    counts
+}
+
+/// Every start names new consumers (the process id is in the name). Half the
+/// instances here stop cleanly (they delete their own), half are killed (the
+/// sweep of a later instance deletes theirs); every tenth is killed with a job
+/// in flight, whose consumer must survive until recovery took the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_restarts_leave_the_consumer_count_of_each_group_bounded() {
+    const RESTARTS: usize = 100;
+    const CONCURRENCY: usize = 2;
+    let redis = Redis::start();
+    let stub = stub().await;
+    let options = HostOptions {
+        concurrency: CONCURRENCY,
+        workers: "visibility_timeout_ms = 500\ndrain_timeout_ms = 2000".into(),
+        ..Default::default()
+    };
+    let api = Api::default();
+    let started = Instant::now();
+    let mut most = 0;
+    let mut interrupted = Vec::new();
+    for round in 0..RESTARTS {
+        let mut host = Host::start(&redis, &stub, options.clone());
+        // One job per class: a consumer in each of the chat queue's groups.
+        let mut ids = Vec::new();
+        for priority in [9, 5, 2] {
+            let (status, reply) = api
+                .post(
+                    &host.url("/api/chat"),
+                    &json!({"userId": "u", "prompt": format!("round {round}"), "priority": priority}),
+                )
+                .await;
+            assert_eq!(status, 202, "{reply}");
+            ids.push(job_id(&reply));
+        }
+        for id in &ids {
+            let job = api.wait_terminal(&host, id, WAIT).await;
+            assert_eq!(job["state"], "completed", "{job}");
+        }
+        if round % 10 == 9 {
+            stub.set_timing(60_000, 0);
+            let (_, reply) = submit_chat(&api, &host, &format!("interrupted {round}")).await;
+            let id = job_id(&reply);
+            wait_for_state(&api, &host, &id, "active").await;
+            host.kill();
+            stub.set_timing(0, 0);
+            interrupted.push(id);
+        } else if round % 2 == 0 {
+            host.kill();
+        } else {
+            host.signal(libc::SIGTERM);
+            assert_eq!(
+                host.wait_exit(Duration::from_secs(20)),
+                Some(0),
+                "{}",
+                host.log_text()
+            );
+        }
+        let counts = consumer_counts(&redis, &["chat", "documents"]);
+        most = most.max(counts.iter().map(|(_, n)| *n).max().unwrap_or(0));
+        // Each instance has at most CONCURRENCY + 1 consumers per group, and
+        // the groups keep only those of the instances killed within the idle
+        // limit (4 visibility timeouts: 2 s, some 20 rounds here, half of them
+        // killed). Without pruning every round adds one per group.
+        assert!(most <= 40, "round {round}: consumers per group {counts:?}");
+    }
+    let restarts_took = started.elapsed();
+    // The jobs of killed workers were still pending: the last instance runs them.
+    let host = Host::start(&redis, &stub, options);
+    for id in &interrupted {
+        let job = api.wait_terminal(&host, id, WAIT).await;
+        assert_eq!(job["state"], "completed", "{job}");
+    }
+    // Soon the groups hold the consumers of the one live instance alone.
+    let (_, health) = api.get(&host.url("/health")).await;
+    let live = format!("{}-", health["instance"].as_str().unwrap_or_default());
+    wait_until("only the live instance's consumers remain", WAIT, || {
+        ["high", "normal", "low"]
+            .iter()
+            .flat_map(|class| consumers(&redis, &format!("spool:q:{{chat}}:{class}")))
+            .all(|(name, _)| name.starts_with(&live))
+    });
+    eprintln!(
+        "{RESTARTS} restarts in {restarts_took:?}; at most {most} consumers in a group; \
+         {:?} until only the live instance's remained",
+        started.elapsed() - restarts_took
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_instance_keeps_the_consumer_of_a_job_it_could_not_finish() {
+    let redis = Redis::start();
+    let stub = stub().await;
+    let options = HostOptions {
+        concurrency: 1,
+        workers: "visibility_timeout_ms = 600\ndrain_timeout_ms = 200".into(),
+        ..Default::default()
+    };
+    let mut leaving = Host::start(&redis, &stub, options.clone());
+    let api = Api::default();
+    stub.set_timing(3_000, 0);
+    let (_, reply) = submit_chat(&api, &leaving, "too slow to drain").await;
+    let id = job_id(&reply);
+    wait_for_state(&api, &leaving, &id, "active").await;
+    leaving.signal(libc::SIGTERM);
+    assert_eq!(leaving.wait_exit(Duration::from_secs(20)), Some(0));
+    let left = consumers(&redis, "spool:q:{chat}:normal");
+    assert!(
+        left.iter().any(|(_, pending)| *pending == 1),
+        "the consumer holding the unfinished job stays: {left:?}"
+    );
+    stub.set_timing(0, 0);
+    let staying = Host::start(&redis, &stub, options);
+    let job = api.wait_terminal(&staying, &id, WAIT).await;
+    assert_eq!(
+        job["state"], "completed",
+        "recovered by the next instance: {job}"
+    );
 }

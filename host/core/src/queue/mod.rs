@@ -18,6 +18,10 @@
 //! records its outcome; a worker heart-beats the entry of the job it runs, and
 //! `recover` requeues entries whose worker stopped heart-beating.
 //!
+//! Consumer names carry the instance, so every start adds consumers to the
+//! groups; `prune_consumers` deletes those that hold no pending entries and
+//! are idle or belong to an instance that stops, so their number stays bounded.
+//!
 //! Scripts that touch dead letters share `dead_letters.lua`, prepended to them.
 
 mod fence;
@@ -416,6 +420,7 @@ pub struct Queue {
     fenced: Script,
     purge: Script,
     tidy_dead: Script,
+    prune: Script,
 }
 
 /// What [`Queue::replay`] did.
@@ -470,6 +475,7 @@ impl Queue {
                 include_str!("dead_letters.lua"),
                 include_str!("tidy_dead.lua")
             )),
+            prune: Script::new(include_str!("prune.lua")),
         }
     }
 
@@ -902,6 +908,26 @@ impl Queue {
             after = next;
         }
         Ok(())
+    }
+
+    /// Deletes the consumers of the queue's groups that hold no pending
+    /// entries and have been idle for `min_idle`, or, with `instance`, whose
+    /// names start with it (that instance is stopping). Returns how many.
+    pub async fn prune_consumers(
+        &self,
+        queue: &QueueKeys,
+        min_idle: std::time::Duration,
+        instance: Option<&str>,
+    ) -> redis::RedisResult<u64> {
+        let mut invocation = self.prune.prepare_invoke();
+        for stream in &queue.streams {
+            invocation.key(stream);
+        }
+        invocation
+            .arg(GROUP)
+            .arg(u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX))
+            .arg(instance.map(|i| format!("{i}-")).unwrap_or_default());
+        invocation.invoke_async(&mut self.redis.clone()).await
     }
 
     /// Each attempt's outcome, oldest first.
