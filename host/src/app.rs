@@ -39,6 +39,10 @@ pub struct Running {
     stub: Option<StubServer>,
     redis: Option<EmbeddedRedis>,
     drain_timeout: Duration,
+    /// To delete this instance's consumers once its workers stopped.
+    queue: Queue,
+    queues: Vec<QueueKeys>,
+    visibility: Duration,
 }
 
 pub async fn start(config: Config) -> Result<Running> {
@@ -70,7 +74,12 @@ pub async fn start(config: Config) -> Result<Running> {
     )
     .await?;
 
-    let queue = Queue::new(redis.clone());
+    let queue = Queue::new(redis.clone()).with_max_dead(
+        config
+            .queues
+            .iter()
+            .map(|(name, queue)| (name.clone(), queue.max_dead)),
+    );
     let sessions = spool_core::store::Store::new(redis.clone(), config.sessions.clone());
     let routes = open_queues(&config, &queue).await?;
     let intake = spool_core::intake::Intake {
@@ -144,6 +153,8 @@ pub async fn start(config: Config) -> Result<Running> {
         stop_workers.cancel();
     });
 
+    let consumers_queue = queue.clone();
+    let consumers_of: Vec<QueueKeys> = intake.routes.values().map(|r| r.keys.clone()).collect();
     let state = Arc::new(AppState {
         queue,
         sessions,
@@ -191,6 +202,9 @@ pub async fn start(config: Config) -> Result<Running> {
         stub,
         redis: embedded,
         drain_timeout,
+        queue: consumers_queue,
+        queues: consumers_of,
+        visibility: workers.visibility,
     })
 }
 
@@ -354,6 +368,10 @@ async fn open_queues(config: &Config, queue: &Queue) -> Result<BTreeMap<String, 
                 route.keys.name
             )
         })?;
+        queue
+            .tidy_dead_letters(&route.keys)
+            .await
+            .with_context(|| format!("tidying the dead letters of queue `{}`", route.keys.name))?;
     }
     Ok(routes)
 }
@@ -381,6 +399,7 @@ impl Running {
         .await;
         self.http.abort_all();
         self.background.abort_all();
+        self.forget_consumers().await;
         self.handlers.leave().await;
         if let Some(stub) = self.stub.take() {
             stub.shutdown().await;
@@ -390,6 +409,45 @@ impl Running {
         }
         tracing::info!("stopped");
     }
+
+    /// Deletes this instance's consumers from the groups, but only those with
+    /// nothing pending: the entries of jobs left unfinished must stay in the
+    /// pending list for another instance's recovery. A dead instance cannot do
+    /// this; the sweep of the others deletes its consumers later.
+    async fn forget_consumers(&self) {
+        let pruned = tokio::time::timeout(Duration::from_secs(2), async {
+            let mut deleted = 0;
+            for keys in &self.queues {
+                deleted += self
+                    .queue
+                    .prune_consumers(
+                        keys,
+                        consumer_idle_limit(self.visibility),
+                        Some(&self.instance),
+                    )
+                    .await?;
+            }
+            redis::RedisResult::Ok(deleted)
+        })
+        .await;
+        match pruned {
+            Ok(Ok(deleted)) => tracing::debug!(deleted, "deleted this instance's idle consumers"),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "could not delete this instance's consumers; other instances will")
+            }
+            Err(_) => tracing::warn!(
+                "Redis too slow to delete this instance's consumers; other instances will"
+            ),
+        }
+    }
+}
+
+/// A consumer silent for this long, with nothing pending, belongs to an
+/// instance that is gone (or to a worker busy elsewhere, which simply creates
+/// it again on its next read): a few visibility timeouts, so the groups hold
+/// the consumers of the instances alive plus those gone within that time.
+fn consumer_idle_limit(visibility: Duration) -> Duration {
+    visibility * 4
 }
 
 /// Serves until SIGINT or SIGTERM, then stops cleanly. The signal handlers are
@@ -481,6 +539,22 @@ async fn recover_abandoned_jobs(
                     tracing::warn!(queue = %route.keys.name, requeued, "requeued jobs of workers that stopped responding")
                 }
                 Err(error) => tracing::debug!(%error, "recovery sweep failed; will retry"),
+            }
+            // Consumers of instances that are gone, once recovery emptied
+            // their pending lists (the first sweep runs at start).
+            match workers
+                .intake
+                .queue
+                .prune_consumers(&route.keys, consumer_idle_limit(workers.visibility), None)
+                .await
+            {
+                Ok(0) => {}
+                // Also idle consumers of live workers, which come back on
+                // their next delivery: not worth more than a debug line.
+                Ok(deleted) => {
+                    tracing::debug!(queue = %route.keys.name, deleted, "deleted idle consumers without pending entries")
+                }
+                Err(error) => tracing::debug!(%error, "pruning consumers failed; will retry"),
             }
         }
     }

@@ -19,4 +19,5 @@ mod races;
 mod reliability;
 mod sandbox;
 mod sessions;
+mod state;
 mod trust;

@@ -211,6 +211,9 @@ pub struct QueueConfig {
     /// the normal class first, so a flood of high jobs delays the others by
     /// at most ~N claims per job ahead of them. 0: strict priority.
     pub fair_every: u32,
+    /// Dead letters the queue keeps (each holds a snapshot of its job); the
+    /// oldest leave when a new one would exceed this.
+    pub max_dead: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -301,6 +304,7 @@ impl Default for QueueConfig {
             backoff_ms: 2000,
             max_waiting: 10_000,
             fair_every: 10,
+            max_dead: 10_000,
         }
     }
 }
@@ -355,6 +359,11 @@ impl Config {
             }
             if queue.max_attempts == 0 {
                 bail!("queue `{name}`: max_attempts must be at least 1");
+            }
+            if queue.max_dead == 0 {
+                bail!(
+                    "queue `{name}`: max_dead must be at least 1 (a dead letter is how a failed job is replayed)"
+                );
             }
         }
         Ok(())

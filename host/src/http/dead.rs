@@ -5,12 +5,14 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::{ApiError, ApiPath, ApiQuery};
 use super::jobs::route;
+use spool_core::queue::Replay;
 
 #[derive(Deserialize)]
 pub struct ListQuery {
@@ -41,11 +43,23 @@ pub async fn replay(
 ) -> Result<Json<Value>, ApiError> {
     super::jobs::checked_job_id(&job)?;
     let keys = &route(&state, &queue)?.keys;
-    if !state.queue.replay(keys, &job).await? {
-        return Err(ApiError::not_found(
-            "not_dead",
-            format!("job `{job}` is not in the dead-letter queue of `{queue}`"),
-        ));
+    match state.queue.replay(keys, &job).await? {
+        Replay::Replayed(_) => {}
+        Replay::NotDead => {
+            return Err(ApiError::not_found(
+                "not_dead",
+                format!("job `{job}` is not in the dead-letter queue of `{queue}`"),
+            ));
+        }
+        Replay::Taken(other) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "job_id_taken",
+                format!(
+                    "job id `{job}` now names another job (of queue `{other}`); the dead letter in `{queue}` is not replayed over it"
+                ),
+            ));
+        }
     }
     tracing::info!(%queue, %job, "dead job replayed");
     Ok(Json(

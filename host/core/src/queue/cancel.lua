@@ -5,7 +5,8 @@
 -- finish.lua refuses any other outcome and recovery does not restart it.
 -- A cancelled waiting or delayed job's session message ends in an error here.
 -- Returns the job's state before the call, or false when there is no such job.
--- KEYS[1] job hash   KEYS[2] job event stream
+-- KEYS[1] job hash   KEYS[2] job event stream   KEYS[3] job state hash
+-- KEYS[4] attempt history list
 -- ARGV[1] now (ms)   ARGV[2] ttl in seconds   ARGV[3] queue key prefix
 -- ARGV[4] event type (cancelled)   ARGV[5] events kept   ARGV[6] cancel channel
 -- ARGV[7] message ttl (s)   ARGV[8] message events kept
@@ -24,8 +25,11 @@ if state == 'waiting' or state == 'delayed' then
   redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished_at', ARGV[1], 'error', 'cancelled by request')
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'event_type', ARGV[4],
     'data', cjson.encode({previous_state = state}), 'timestamp', ARGV[1])
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
-  redis.call('EXPIRE', KEYS[2], ARGV[2])
+  -- The guest's state and attempt history (a delayed job ran before) expire
+  -- with the record, as finish.lua does.
+  for _, key in ipairs({KEYS[1], KEYS[2], KEYS[3], KEYS[4]}) do
+    redis.call('EXPIRE', key, ARGV[2])
+  end
   local message, message_stream = driven_message(KEYS[1], job[5])
   if message then
     end_message(message, message_stream, 'error', 'the job was cancelled', ARGV[1], ARGV[7], ARGV[8])

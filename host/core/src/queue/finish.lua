@@ -10,14 +10,15 @@
 -- must be recorded as cancelled instead (nothing was written).
 -- KEYS[1] job hash   KEYS[2] stream   KEYS[3] job event stream   KEYS[4] job state hash
 -- KEYS[5] outcome zset (history, or delayed retries)   KEYS[6] outcome counter
--- KEYS[7] attempt history list   KEYS[8] dead-letter stream
+-- KEYS[7] attempt history list   KEYS[8] dead-letter stream   KEYS[9] its index
 -- ARGV[1] group   ARGV[2] entry id   ARGV[3] job id   ARGV[4] now (ms)
 -- ARGV[5] new state   ARGV[6] zset score   ARGV[7] history length (0: not a history)
 -- ARGV[8] ttl in seconds (0: keep)   ARGV[9] event type   ARGV[10] event data
 -- ARGV[11] attempt record (JSON)   ARGV[12] events kept
 -- ARGV[13] message ending ('completed', 'error', 'retrying')   ARGV[14] message error
--- ARGV[15] message ttl (s)   ARGV[16] message events kept
--- ARGV[17..] job hash field/value pairs
+-- ARGV[15] message ttl (s)   ARGV[16] message events kept   ARGV[17] dead letters kept
+-- ARGV[18..] job hash field/value pairs
+-- (message_end.lua and dead_letters.lua are prepended.)
 local owner = redis.call('HMGET', KEYS[1], 'state', 'entry', 'cancel')
 if owner[1] ~= 'active' or owner[2] ~= ARGV[2] then
   redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
@@ -29,7 +30,7 @@ if owner[3] and ARGV[5] ~= 'cancelled' then
 end
 redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[2], ARGV[2])
-redis.call('HSET', KEYS[1], 'state', ARGV[5], 'finished_at', ARGV[4], unpack(ARGV, 17))
+redis.call('HSET', KEYS[1], 'state', ARGV[5], 'finished_at', ARGV[4], unpack(ARGV, 18))
 redis.call('HDEL', KEYS[1], 'cancel')
 redis.call('RPUSH', KEYS[7], ARGV[11])
 redis.call('ZADD', KEYS[5], ARGV[6], ARGV[3])
@@ -40,8 +41,7 @@ if history > 0 then
 end
 if ARGV[5] == 'failed' then
   local snapshot = cjson.encode(redis.call('HGETALL', KEYS[1]))
-  local dead = redis.call('XADD', KEYS[8], '*', 'job', ARGV[3], 'failed_at', ARGV[4], 'record', snapshot)
-  redis.call('HSET', KEYS[1], 'dead_entry', dead)
+  add_dead_letter(KEYS[8], KEYS[9], ARGV[3], ARGV[4], snapshot, ARGV[17])
 end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[12], '*',
   'event_type', ARGV[9], 'data', ARGV[10], 'timestamp', ARGV[4])

@@ -7,19 +7,28 @@
 //!
 //! Keys: `spool:q:{queue}:{high|normal|low}` streams, `spool:q:{queue}:paused`,
 //! `spool:q:{queue}:delayed` (retries by due time), `spool:q:{queue}:completed` /
-//! `:failed` (recent history), `spool:q:{queue}:dead` (dead letters) and
-//! `:count:*` totals (also `:count:dropped`, and `:count:fenced`, see `fence`);
+//! `:failed` (recent history), `spool:q:{queue}:dead` (dead letters, at most
+//! `max_dead`) with `:dead:index` (job id -> letter), and `:count:*` totals
+//! (also `:count:dropped`, and `:count:fenced`, see `fence`);
 //! `spool:job:{id}` (the job record), `spool:job:{id}:state` (the guest's
-//! state), `spool:job:{id}:attempts` (attempt history), `job_events:{id}`.
+//! state), `spool:job:{id}:attempts` (attempt history), `job_events:{id}`. Every
+//! key of a finished job expires with its record.
 //!
 //! Delivery is at-least-once: an entry is acknowledged only by the script that
 //! records its outcome; a worker heart-beats the entry of the job it runs, and
 //! `recover` requeues entries whose worker stopped heart-beating.
+//!
+//! Consumer names carry the instance, so every start adds consumers to the
+//! groups; `prune_consumers` deletes those that hold no pending entries and
+//! are idle or belong to an instance that stops, so their number stays bounded.
+//!
+//! Scripts that touch dead letters share `dead_letters.lua`, prepended to them.
 
 mod fence;
 mod record;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use redis::aio::ConnectionManager;
@@ -90,6 +99,7 @@ pub struct QueueKeys {
     completed: String,
     failed: String,
     dead: String,
+    dead_index: String,
 }
 
 impl QueueKeys {
@@ -103,6 +113,7 @@ impl QueueKeys {
             completed: key("completed"),
             failed: key("failed"),
             dead: key("dead"),
+            dead_index: key("dead:index"),
         }
     }
 
@@ -390,10 +401,15 @@ pub struct QueueStats {
     pub by_priority: HashMap<&'static str, ClassStats>,
 }
 
+/// Dead letters a queue keeps unless its config says otherwise.
+pub const DEFAULT_MAX_DEAD: u64 = 10_000;
+
 /// Handle to the queues in one Redis. Cheap to clone.
 #[derive(Clone)]
 pub struct Queue {
     redis: ConnectionManager,
+    /// Dead letters kept per queue name (absent: [`DEFAULT_MAX_DEAD`]).
+    max_dead: Arc<HashMap<String, u64>>,
     submit: Script,
     claim: Script,
     finish: Script,
@@ -402,12 +418,28 @@ pub struct Queue {
     cancel: Script,
     replay: Script,
     fenced: Script,
+    purge: Script,
+    tidy_dead: Script,
+    prune: Script,
+}
+
+/// What [`Queue::replay`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Replay {
+    /// Queued again; its new stream entry.
+    Replayed(String),
+    /// The queue holds no dead letter of this job.
+    NotDead,
+    /// The id now names another job (of the queue given): its record is live,
+    /// so the dead letter is not replayed over it.
+    Taken(String),
 }
 
 impl Queue {
     pub fn new(redis: ConnectionManager) -> Self {
         Self {
             redis,
+            max_dead: Default::default(),
             submit: Script::new(concat!(
                 include_str!("fence.lua"),
                 include_str!("submit.lua")
@@ -415,6 +447,7 @@ impl Queue {
             claim: Script::new(include_str!("claim.lua")),
             finish: Script::new(concat!(
                 include_str!("message_end.lua"),
+                include_str!("dead_letters.lua"),
                 include_str!("finish.lua")
             )),
             recover: Script::new(concat!(
@@ -430,8 +463,34 @@ impl Queue {
                 include_str!("fence.lua"),
                 include_str!("fenced.lua")
             )),
-            replay: Script::new(include_str!("replay.lua")),
+            replay: Script::new(concat!(
+                include_str!("dead_letters.lua"),
+                include_str!("replay.lua")
+            )),
+            purge: Script::new(concat!(
+                include_str!("dead_letters.lua"),
+                include_str!("purge.lua")
+            )),
+            tidy_dead: Script::new(concat!(
+                include_str!("dead_letters.lua"),
+                include_str!("tidy_dead.lua")
+            )),
+            prune: Script::new(include_str!("prune.lua")),
         }
+    }
+
+    /// Sets how many dead letters each queue keeps (queue name -> cap).
+    pub fn with_max_dead(mut self, caps: impl IntoIterator<Item = (String, u64)>) -> Self {
+        self.max_dead = Arc::new(caps.into_iter().collect());
+        self
+    }
+
+    fn max_dead(&self, queue: &str) -> u64 {
+        self.max_dead
+            .get(queue)
+            .copied()
+            .unwrap_or(DEFAULT_MAX_DEAD)
+            .max(1)
     }
 
     /// Creates the consumer group of each class stream (idempotent).
@@ -585,6 +644,7 @@ impl Queue {
             .key(keys.counter(state))
             .key(attempts_key(id))
             .key(&keys.dead)
+            .key(&keys.dead_index)
             .arg(GROUP)
             .arg(&job.entry_id)
             .arg(id)
@@ -600,7 +660,8 @@ impl Queue {
             .arg(settlement.message.as_str())
             .arg(settlement.message.error())
             .arg(retention.message_secs.max(1))
-            .arg(retention.message_events.max(1));
+            .arg(retention.message_events.max(1))
+            .arg(self.max_dead(&keys.name));
         for (field, value) in settlement.fields {
             invocation.arg(field).arg(value);
         }
@@ -695,6 +756,8 @@ impl Queue {
             .cancel
             .key(job_key(id))
             .key(events_key(id))
+            .key(job_state_key(id))
+            .key(attempts_key(id))
             .arg(now_ms())
             .arg(retention.failed_secs.max(1))
             .arg(QUEUE_PREFIX)
@@ -748,11 +811,12 @@ impl Queue {
             .collect())
     }
 
-    /// Re-queues a dead job with a fresh set of attempts. False: not dead here.
-    pub async fn replay(&self, queue: &QueueKeys, id: &str) -> redis::RedisResult<bool> {
-        let entry: Option<String> = self
+    /// Re-queues a dead job with a fresh set of attempts.
+    pub async fn replay(&self, queue: &QueueKeys, id: &str) -> redis::RedisResult<Replay> {
+        let reply: Vec<String> = self
             .replay
             .key(&queue.dead)
+            .key(&queue.dead_index)
             .key(job_key(id))
             .key(events_key(id))
             .arg(id)
@@ -761,9 +825,21 @@ impl Queue {
             .arg(WAKE_CHANNEL)
             .arg(EventType::TaskQueued.as_str())
             .arg(MAX_STREAM_EVENTS)
+            .arg(&queue.name)
             .invoke_async(&mut self.redis.clone())
             .await?;
-        Ok(entry.is_some())
+        let mut reply = reply.into_iter();
+        Ok(match (reply.next().as_deref(), reply.next()) {
+            (Some("replayed"), Some(entry)) => Replay::Replayed(entry),
+            (Some("taken"), other) => Replay::Taken(other.unwrap_or_default()),
+            (Some("not_dead"), _) => Replay::NotDead,
+            _ => {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::UnexpectedReturnType,
+                    "unexpected reply from the replay script",
+                )));
+            }
+        })
     }
 
     /// Removes one dead letter (`Some(job id)`) or all of them; returns how many.
@@ -775,23 +851,83 @@ impl Queue {
         let mut redis = self.redis.clone();
         match job {
             None => {
-                let length: u64 = redis.xlen(&queue.dead).await?;
-                redis.del::<_, ()>(&queue.dead).await?;
+                // The letters and their index go together.
+                let (length,): (u64,) = redis::pipe()
+                    .atomic()
+                    .xlen(&queue.dead)
+                    .del(&queue.dead)
+                    .ignore()
+                    .del(&queue.dead_index)
+                    .ignore()
+                    .query_async(&mut redis)
+                    .await?;
                 Ok(length)
             }
             Some(id) => {
-                let dead = self.dead_letters(queue, i64::MAX as usize).await?;
-                let ids: Vec<&str> = dead
-                    .iter()
-                    .filter(|d| d.job_id == id)
-                    .map(|d| d.dead_id.as_str())
-                    .collect();
-                if ids.is_empty() {
-                    return Ok(0);
-                }
-                redis.xdel(&queue.dead, &ids).await
+                self.purge
+                    .key(&queue.dead)
+                    .key(&queue.dead_index)
+                    .arg(id)
+                    .invoke_async(&mut redis)
+                    .await
             }
         }
+    }
+
+    /// Brings a queue's dead letters in line with this version (at start):
+    /// indexes those that older versions wrote without an index, so replay
+    /// and purge find them, and drops the oldest over the queue's cap (lowered
+    /// since). Cheap when there is nothing to do: only a stream longer than
+    /// its index or its cap is read, one page per call.
+    pub async fn tidy_dead_letters(&self, queue: &QueueKeys) -> redis::RedisResult<()> {
+        let mut redis = self.redis.clone();
+        let cap = self.max_dead(&queue.name);
+        let (letters, indexed): (u64, u64) = redis::pipe()
+            .xlen(&queue.dead)
+            .hlen(&queue.dead_index)
+            .query_async(&mut redis)
+            .await?;
+        if letters <= indexed && letters <= cap {
+            return Ok(());
+        }
+        let mut after = String::from("-");
+        // A page per call; the bound only guards against a cursor that never ends.
+        for _ in 0..100_000 {
+            let next: String = self
+                .tidy_dead
+                .key(&queue.dead)
+                .key(&queue.dead_index)
+                .arg(&after)
+                .arg(500)
+                .arg(cap)
+                .invoke_async(&mut redis)
+                .await?;
+            if next.is_empty() {
+                break;
+            }
+            after = next;
+        }
+        Ok(())
+    }
+
+    /// Deletes the consumers of the queue's groups that hold no pending
+    /// entries and have been idle for `min_idle`, or, with `instance`, whose
+    /// names start with it (that instance is stopping). Returns how many.
+    pub async fn prune_consumers(
+        &self,
+        queue: &QueueKeys,
+        min_idle: std::time::Duration,
+        instance: Option<&str>,
+    ) -> redis::RedisResult<u64> {
+        let mut invocation = self.prune.prepare_invoke();
+        for stream in &queue.streams {
+            invocation.key(stream);
+        }
+        invocation
+            .arg(GROUP)
+            .arg(u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX))
+            .arg(instance.map(|i| format!("{i}-")).unwrap_or_default());
+        invocation.invoke_async(&mut self.redis.clone()).await
     }
 
     /// Each attempt's outcome, oldest first.

@@ -30,8 +30,10 @@ for i = 1, 3 do
         redis.call('HDEL', job, 'cancel')
         redis.call('XADD', ARGV[6] .. id, 'MAXLEN', '~', ARGV[13], '*', 'event_type', ARGV[14],
           'data', cjson.encode({previous_state = 'active', reason = 'worker stopped responding'}), 'timestamp', ARGV[4])
-        redis.call('EXPIRE', job, ARGV[15])
-        redis.call('EXPIRE', ARGV[6] .. id, ARGV[15])
+        -- The guest's state and attempt history expire with the record.
+        for _, key in ipairs({job, ARGV[6] .. id, job .. ':state', job .. ':attempts'}) do
+          redis.call('EXPIRE', key, ARGV[15])
+        end
         local message, message_stream = driven_message(job, id)
         if message then
           end_message(message, message_stream, 'error', 'the job was cancelled', ARGV[4], ARGV[16], ARGV[17])

@@ -1,39 +1,35 @@
 -- Moves a dead job back into its class stream for a fresh set of attempts.
--- The record is restored from the dead-letter snapshot if it has expired.
--- Returns the new stream entry id, or false when the job is not in the
--- dead-letter stream.
--- KEYS[1] dead-letter stream   KEYS[2] job hash   KEYS[3] job event stream
+-- The letter is found through the queue's index (never by reading the stream)
+-- and only if it names this job. The record is restored from the letter's
+-- snapshot if it has expired. A record that exists but is not this failed job
+-- (its id was reused, in this queue or another, after the record expired) is
+-- left alone: replaying would queue a second run of a live job.
+-- Returns {'replayed', new stream entry id}, {'not_dead'} when the queue has
+-- no letter of the job, or {'taken', queue of the record} when the id now
+-- names another job.
+-- KEYS[1] dead-letter stream   KEYS[2] its index   KEYS[3] job hash   KEYS[4] job event stream
 -- ARGV[1] job id   ARGV[2] now (ms)   ARGV[3] queue key prefix   ARGV[4] wake channel
--- ARGV[5] event type (queued)   ARGV[6] events kept
-local found
-local hint = redis.call('HGET', KEYS[2], 'dead_entry')
-if hint then
-  local entry = redis.call('XRANGE', KEYS[1], hint, hint)[1]
-  if entry then found = {entry[1], entry[2]} end
-end
+-- ARGV[5] event type (queued)   ARGV[6] events kept   ARGV[7] queue name
+-- (dead_letters.lua is prepended.)
+local found = find_dead_letter(KEYS[1], KEYS[2], ARGV[1])
 if not found then
-  -- The record expired with its pointer: look the job up in the stream.
-  for _, entry in ipairs(redis.call('XRANGE', KEYS[1], '-', '+')) do
-    if entry[2][2] == ARGV[1] then
-      found = {entry[1], entry[2]}
-      break
-    end
-  end
+  return {'not_dead'}
 end
-if not found then
-  return false
+local record = redis.call('HMGET', KEYS[3], 'state', 'queue')
+if record[1] and (record[1] ~= 'failed' or record[2] ~= ARGV[7]) then
+  return {'taken', record[2] or ''}
 end
-redis.call('XDEL', KEYS[1], found[1])
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  local snapshot = cjson.decode(found[2][6])
-  redis.call('HSET', KEYS[2], unpack(snapshot))
+drop_dead_letter(KEYS[1], KEYS[2], found[1], ARGV[1])
+if not record[1] then
+  redis.call('DEL', KEYS[3])
+  redis.call('HSET', KEYS[3], unpack(cjson.decode(entry_field(found[2], 'record'))))
 end
-redis.call('PERSIST', KEYS[2])
-local job = redis.call('HMGET', KEYS[2], 'queue', 'class')
+redis.call('PERSIST', KEYS[3])
+local job = redis.call('HMGET', KEYS[3], 'queue', 'class')
 local entry = redis.call('XADD', ARGV[3] .. '{' .. job[1] .. '}:' .. job[2], '*', 'job', ARGV[1])
-redis.call('HSET', KEYS[2], 'state', 'waiting', 'attempts', 0, 'entry', entry, 'progress', 0)
-redis.call('HDEL', KEYS[2], 'error', 'finished_at', 'dead_entry', 'result', 'cancel', 'cancel_requested_at')
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'event_type', ARGV[5],
+redis.call('HSET', KEYS[3], 'state', 'waiting', 'attempts', 0, 'entry', entry, 'progress', 0)
+redis.call('HDEL', KEYS[3], 'error', 'finished_at', 'dead_entry', 'result', 'cancel', 'cancel_requested_at')
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[6], '*', 'event_type', ARGV[5],
   'data', cjson.encode({replayed = true}), 'timestamp', ARGV[2])
 redis.call('PUBLISH', ARGV[4], job[1])
-return entry
+return {'replayed', entry}
