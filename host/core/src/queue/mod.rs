@@ -24,8 +24,10 @@
 //!
 //! Scripts that touch dead letters share `dead_letters.lua`, prepended to them.
 
+mod dead;
 mod fence;
 mod record;
+mod settlement;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,11 +37,14 @@ use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script, Value};
 use serde::Serialize;
 
+pub use dead::{DEFAULT_MAX_DEAD, DeadLetter, Replay};
 pub use fence::{Fence, Written};
 pub use record::{BoundMessage, JobRecord, JobState};
+pub use settlement::Outcome;
+use settlement::Settlement;
 
 use spool_runtime::event_type::MAX_STREAM_EVENTS;
-use spool_runtime::{EventType, FailureKind, PriorityClass};
+use spool_runtime::{EventType, PriorityClass};
 
 /// The consumer group every instance reads through.
 pub const GROUP: &str = "spool-workers";
@@ -180,156 +185,6 @@ pub struct ClaimedJob {
     pub record: JobRecord,
 }
 
-/// How an attempt ended, as the queue records it.
-pub enum Outcome {
-    Completed {
-        result: String,
-        blocks: String,
-        handler_version: String,
-    },
-    /// The job will run again at `retry_at_ms`.
-    Retry {
-        error: String,
-        /// Stored as `error_kind`.
-        kind: FailureKind,
-        retry_at_ms: u64,
-    },
-    Failed {
-        error: String,
-        kind: FailureKind,
-    },
-    /// A client cancelled the job while it ran.
-    Cancelled,
-}
-
-/// What recording an outcome writes: the job's new state, where it is
-/// indexed, how long it is kept, and its event.
-struct Settlement {
-    state: JobState,
-    /// Score in the state's sorted set: when it finished, or when it retries.
-    score: u64,
-    /// History length to keep (0: the set is not a history).
-    history: u32,
-    /// Expiry of the job's keys (0: keep).
-    ttl_secs: u64,
-    event_type: EventType,
-    event: serde_json::Value,
-    fields: Vec<(&'static str, String)>,
-    /// How the session message the job drives ends with it.
-    message: MessageEnding,
-}
-
-/// How a job's outcome ends its session message (see `message_end.lua`).
-enum MessageEnding {
-    Completed,
-    /// The job runs again: the attempt's open tasks fail, the message streams on.
-    Retrying(String),
-    Error(String),
-}
-
-impl MessageEnding {
-    fn as_str(&self) -> &'static str {
-        match self {
-            Self::Completed => "completed",
-            Self::Retrying(_) => "retrying",
-            Self::Error(_) => "error",
-        }
-    }
-
-    fn error(&self) -> &str {
-        match self {
-            Self::Completed => "",
-            Self::Retrying(error) | Self::Error(error) => error,
-        }
-    }
-}
-
-/// The error a cancelled job's message ends in.
-const CANCELLED_MESSAGE: &str = "the job was cancelled";
-
-impl Settlement {
-    fn of(record: &JobRecord, outcome: &Outcome, retention: Retention, now: u64) -> Self {
-        let attempt = record.attempts;
-        let mut settlement = match outcome {
-            Outcome::Completed {
-                result,
-                blocks,
-                handler_version,
-            } => {
-                let result_json: serde_json::Value =
-                    serde_json::from_str(result).unwrap_or(serde_json::Value::Null);
-                let duration_ms = now.saturating_sub(record.started_at.unwrap_or(now));
-                Settlement {
-                    state: JobState::Completed,
-                    score: now,
-                    history: retention.history,
-                    ttl_secs: retention.completed_secs,
-                    event_type: EventType::TaskCompleted,
-                    event: serde_json::json!({ "result": result_json, "duration_ms": duration_ms, "attempt": attempt }),
-                    fields: vec![
-                        ("result", result.clone()),
-                        ("blocks", blocks.clone()),
-                        ("handler_version", handler_version.clone()),
-                        ("progress", "100".into()),
-                    ],
-                    message: MessageEnding::Completed,
-                }
-            }
-            Outcome::Retry {
-                error,
-                kind,
-                retry_at_ms,
-            } => Settlement {
-                state: JobState::Delayed,
-                score: *retry_at_ms,
-                history: 0,
-                ttl_secs: 0,
-                event_type: EventType::TaskFailed,
-                event: serde_json::json!({ "error": error, "error_kind": kind, "attempt": attempt, "final": false, "retry_at_ms": retry_at_ms }),
-                fields: vec![("error", error.clone()), ("error_kind", kind.to_string())],
-                message: MessageEnding::Retrying(format!("attempt failed, will retry: {error}")),
-            },
-            Outcome::Failed { error, kind } => Settlement {
-                state: JobState::Failed,
-                score: now,
-                history: retention.history,
-                ttl_secs: retention.failed_secs,
-                event_type: EventType::TaskFailed,
-                event: serde_json::json!({ "error": error, "error_kind": kind, "attempt": attempt, "final": true }),
-                fields: vec![("error", error.clone()), ("error_kind", kind.to_string())],
-                message: MessageEnding::Error(error.clone()),
-            },
-            Outcome::Cancelled => Settlement {
-                state: JobState::Cancelled,
-                score: now,
-                history: retention.history,
-                ttl_secs: retention.failed_secs,
-                event_type: EventType::TaskCancelled,
-                event: serde_json::json!({ "previous_state": "active", "attempt": attempt }),
-                fields: vec![("error", "cancelled by request".to_owned())],
-                message: MessageEnding::Error(CANCELLED_MESSAGE.to_owned()),
-            },
-        };
-        // A failed attempt records the version that ran it too (the worker sets it).
-        if let (false, Some(version)) = (
-            matches!(outcome, Outcome::Completed { .. }),
-            &record.handler_version,
-        ) {
-            settlement.fields.push(("handler_version", version.clone()));
-        }
-        settlement
-    }
-
-    /// The sorted set the job is indexed in: its history, or the retry schedule.
-    fn zset<'a>(&self, keys: &'a QueueKeys) -> &'a str {
-        match self.state {
-            JobState::Completed => &keys.completed,
-            JobState::Delayed => &keys.delayed,
-            _ => &keys.failed,
-        }
-    }
-}
-
 /// What [`Queue::finish`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Finish {
@@ -357,17 +212,6 @@ pub enum CancelOutcome {
     Requested,
     AlreadyFinished(JobState),
     NotFound,
-}
-
-/// One job in a queue's dead-letter stream.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DeadLetter {
-    pub dead_id: String,
-    pub job_id: String,
-    pub failed_at: u64,
-    pub error: Option<String>,
-    pub attempts: Option<u32>,
 }
 
 /// Retention applied when a job finishes.
@@ -401,9 +245,6 @@ pub struct QueueStats {
     pub by_priority: HashMap<&'static str, ClassStats>,
 }
 
-/// Dead letters a queue keeps unless its config says otherwise.
-pub const DEFAULT_MAX_DEAD: u64 = 10_000;
-
 /// Handle to the queues in one Redis. Cheap to clone.
 #[derive(Clone)]
 pub struct Queue {
@@ -421,18 +262,6 @@ pub struct Queue {
     purge: Script,
     tidy_dead: Script,
     prune: Script,
-}
-
-/// What [`Queue::replay`] did.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Replay {
-    /// Queued again; its new stream entry.
-    Replayed(String),
-    /// The queue holds no dead letter of this job.
-    NotDead,
-    /// The id now names another job (of the queue given): its record is live,
-    /// so the dead letter is not replayed over it.
-    Taken(String),
 }
 
 impl Queue {
@@ -776,140 +605,6 @@ impl Queue {
         })
     }
 
-    /// The newest dead letters of a queue first.
-    pub async fn dead_letters(
-        &self,
-        queue: &QueueKeys,
-        limit: usize,
-    ) -> redis::RedisResult<Vec<DeadLetter>> {
-        let reply: redis::streams::StreamRangeReply = self
-            .redis
-            .clone()
-            .xrevrange_count(&queue.dead, "+", "-", limit)
-            .await?;
-        Ok(reply
-            .ids
-            .into_iter()
-            .map(|entry| {
-                let field = |name: &str| entry.get::<String>(name).unwrap_or_default();
-                let record: Vec<String> =
-                    serde_json::from_str(&field("record")).unwrap_or_default();
-                let recorded = |name: &str| {
-                    record
-                        .chunks(2)
-                        .find(|p| p.len() == 2 && p[0] == name)
-                        .map(|p| p[1].clone())
-                };
-                DeadLetter {
-                    job_id: field("job"),
-                    failed_at: field("failed_at").parse().unwrap_or(0),
-                    error: recorded("error"),
-                    attempts: recorded("attempts").and_then(|a| a.parse().ok()),
-                    dead_id: entry.id,
-                }
-            })
-            .collect())
-    }
-
-    /// Re-queues a dead job with a fresh set of attempts.
-    pub async fn replay(&self, queue: &QueueKeys, id: &str) -> redis::RedisResult<Replay> {
-        let reply: Vec<String> = self
-            .replay
-            .key(&queue.dead)
-            .key(&queue.dead_index)
-            .key(job_key(id))
-            .key(events_key(id))
-            .arg(id)
-            .arg(now_ms())
-            .arg(QUEUE_PREFIX)
-            .arg(WAKE_CHANNEL)
-            .arg(EventType::TaskQueued.as_str())
-            .arg(MAX_STREAM_EVENTS)
-            .arg(&queue.name)
-            .invoke_async(&mut self.redis.clone())
-            .await?;
-        let mut reply = reply.into_iter();
-        Ok(match (reply.next().as_deref(), reply.next()) {
-            (Some("replayed"), Some(entry)) => Replay::Replayed(entry),
-            (Some("taken"), other) => Replay::Taken(other.unwrap_or_default()),
-            (Some("not_dead"), _) => Replay::NotDead,
-            _ => {
-                return Err(redis::RedisError::from((
-                    redis::ErrorKind::UnexpectedReturnType,
-                    "unexpected reply from the replay script",
-                )));
-            }
-        })
-    }
-
-    /// Removes one dead letter (`Some(job id)`) or all of them; returns how many.
-    pub async fn purge_dead(
-        &self,
-        queue: &QueueKeys,
-        job: Option<&str>,
-    ) -> redis::RedisResult<u64> {
-        let mut redis = self.redis.clone();
-        match job {
-            None => {
-                // The letters and their index go together.
-                let (length,): (u64,) = redis::pipe()
-                    .atomic()
-                    .xlen(&queue.dead)
-                    .del(&queue.dead)
-                    .ignore()
-                    .del(&queue.dead_index)
-                    .ignore()
-                    .query_async(&mut redis)
-                    .await?;
-                Ok(length)
-            }
-            Some(id) => {
-                self.purge
-                    .key(&queue.dead)
-                    .key(&queue.dead_index)
-                    .arg(id)
-                    .invoke_async(&mut redis)
-                    .await
-            }
-        }
-    }
-
-    /// Brings a queue's dead letters in line with this version (at start):
-    /// indexes those that older versions wrote without an index, so replay
-    /// and purge find them, and drops the oldest over the queue's cap (lowered
-    /// since). Cheap when there is nothing to do: only a stream longer than
-    /// its index or its cap is read, one page per call.
-    pub async fn tidy_dead_letters(&self, queue: &QueueKeys) -> redis::RedisResult<()> {
-        let mut redis = self.redis.clone();
-        let cap = self.max_dead(&queue.name);
-        let (letters, indexed): (u64, u64) = redis::pipe()
-            .xlen(&queue.dead)
-            .hlen(&queue.dead_index)
-            .query_async(&mut redis)
-            .await?;
-        if letters <= indexed && letters <= cap {
-            return Ok(());
-        }
-        let mut after = String::from("-");
-        // A page per call; the bound only guards against a cursor that never ends.
-        for _ in 0..100_000 {
-            let next: String = self
-                .tidy_dead
-                .key(&queue.dead)
-                .key(&queue.dead_index)
-                .arg(&after)
-                .arg(500)
-                .arg(cap)
-                .invoke_async(&mut redis)
-                .await?;
-            if next.is_empty() {
-                break;
-            }
-            after = next;
-        }
-        Ok(())
-    }
-
     /// Deletes the consumers of the queue's groups that hold no pending
     /// entries and have been idle for `min_idle`, or, with `instance`, whose
     /// names start with it (that instance is stopping). Returns how many.
@@ -937,15 +632,6 @@ impl Queue {
             .iter()
             .filter_map(|i| serde_json::from_str(i).ok())
             .collect())
-    }
-
-    /// Whether a client asked to cancel this (active) job.
-    pub async fn cancel_requested(&self, id: &str) -> redis::RedisResult<bool> {
-        redis::cmd("HEXISTS")
-            .arg(job_key(id))
-            .arg("cancel")
-            .query_async(&mut self.redis.clone())
-            .await
     }
 
     pub async fn job(&self, id: &str) -> redis::RedisResult<Option<JobRecord>> {
