@@ -14,6 +14,7 @@ mod guests;
 mod hot_swap;
 mod limits;
 mod model_clients;
+mod quotas;
 mod races;
 mod reliability;
 mod sandbox;

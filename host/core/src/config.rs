@@ -132,6 +132,20 @@ pub struct SandboxConfig {
     pub max_host_calls: u32,
     /// Bytes of result + content blocks one job may return (`output_too_large`).
     pub max_output_bytes: usize,
+    /// One `state.set` value; a larger one fails the job (`quota_exceeded`).
+    pub max_state_value_bytes: usize,
+    /// Keys + values of a job's whole state (`quota_exceeded`).
+    pub max_state_bytes: usize,
+    /// Custom event data + progress steps of one job (`quota_exceeded`).
+    pub max_event_bytes: usize,
+    /// One `append-text` text or content block; a larger one is refused.
+    pub max_message_write_bytes: usize,
+    /// Text, blocks and task texts one job adds to its message (`quota_exceeded`).
+    pub max_message_bytes: usize,
+    /// One guest log line; a longer one is cut, with a marker.
+    pub max_log_line_bytes: usize,
+    /// Guest log output of one job; later lines are dropped, with a marker.
+    pub max_log_bytes: usize,
     /// Per-handler overrides of the limits above, e.g.
     /// `[sandbox.handlers.chat] deadline_ms = 30000`.
     pub handlers: BTreeMap<String, HandlerSandbox>,
@@ -146,6 +160,13 @@ pub struct HandlerSandbox {
     pub max_model_calls: Option<u32>,
     pub max_host_calls: Option<u32>,
     pub max_output_bytes: Option<usize>,
+    pub max_state_value_bytes: Option<usize>,
+    pub max_state_bytes: Option<usize>,
+    pub max_event_bytes: Option<usize>,
+    pub max_message_write_bytes: Option<usize>,
+    pub max_message_bytes: Option<usize>,
+    pub max_log_line_bytes: Option<usize>,
+    pub max_log_bytes: Option<usize>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -231,6 +252,8 @@ impl Default for WorkerConfig {
 
 impl Default for SandboxConfig {
     fn default() -> Self {
+        // One source for the quotas' defaults: the runtime's.
+        let quotas = spool_runtime::Quotas::default();
         Self {
             deadline_ms: 120_000,
             memory_mb: 64,
@@ -238,6 +261,13 @@ impl Default for SandboxConfig {
             max_model_calls: 64,
             max_host_calls: 10_000,
             max_output_bytes: 1 << 20,
+            max_state_value_bytes: quotas.max_state_value_bytes,
+            max_state_bytes: quotas.max_state_bytes,
+            max_event_bytes: quotas.max_event_bytes,
+            max_message_write_bytes: quotas.max_message_write_bytes,
+            max_message_bytes: quotas.max_message_bytes,
+            max_log_line_bytes: quotas.max_log_line_bytes,
+            max_log_bytes: quotas.max_log_bytes,
             handlers: BTreeMap::new(),
         }
     }
@@ -334,6 +364,15 @@ impl SandboxConfig {
             max_model_calls: o.max_model_calls,
             max_host_calls: o.max_host_calls,
             max_output_bytes: o.max_output_bytes,
+            quotas: spool_runtime::QuotaOverrides {
+                max_state_value_bytes: o.max_state_value_bytes,
+                max_state_bytes: o.max_state_bytes,
+                max_event_bytes: o.max_event_bytes,
+                max_message_write_bytes: o.max_message_write_bytes,
+                max_message_bytes: o.max_message_bytes,
+                max_log_line_bytes: o.max_log_line_bytes,
+                max_log_bytes: o.max_log_bytes,
+            },
         };
         spool_runtime::Limits {
             deadline: Duration::from_millis(self.deadline_ms),
@@ -342,6 +381,15 @@ impl SandboxConfig {
             max_model_calls: self.max_model_calls,
             max_host_calls: self.max_host_calls,
             max_output_bytes: self.max_output_bytes,
+            quotas: spool_runtime::Quotas {
+                max_state_value_bytes: self.max_state_value_bytes,
+                max_state_bytes: self.max_state_bytes,
+                max_event_bytes: self.max_event_bytes,
+                max_message_write_bytes: self.max_message_write_bytes,
+                max_message_bytes: self.max_message_bytes,
+                max_log_line_bytes: self.max_log_line_bytes,
+                max_log_bytes: self.max_log_bytes,
+            },
             per_handler: self
                 .handlers
                 .iter()
