@@ -18,4 +18,5 @@ mod quotas;
 mod races;
 mod reliability;
 mod sandbox;
+mod secrets;
 mod sessions;

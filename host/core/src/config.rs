@@ -67,7 +67,8 @@ impl Default for RegistryConfig {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// `Debug` is written by hand: the URL may carry a password (see `redact`).
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
     /// `redis://host:port`, `redis+unix:///path/redis.sock`... Absent: spool starts
@@ -78,6 +79,16 @@ pub struct RedisConfig {
     /// AOF fsync policy of the embedded server: `everysec` may lose the last
     /// ~1-2 s of acknowledged writes on a machine crash; `always` loses none.
     pub appendfsync: Fsync,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &self.url.as_deref().map(crate::redact::url))
+            .field("data_dir", &self.data_dir)
+            .field("appendfsync", &self.appendfsync)
+            .finish()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
