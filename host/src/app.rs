@@ -369,6 +369,7 @@ fn handler_settings(config: &Config) -> handlers::Settings {
             .unwrap_or_else(spool_runtime::cache::default_dir),
         max_component_bytes: config.registry.max_component_mb * 1024 * 1024,
         check_interval: Duration::from_millis(config.registry.check_interval_ms),
+        keep_versions: config.registry.keep_versions,
     }
 }
 

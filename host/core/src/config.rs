@@ -55,6 +55,10 @@ pub struct RegistryConfig {
     /// Each instance re-reads the active versions this often even without a
     /// change notification (Pub/Sub is at-most-once), in milliseconds.
     pub check_interval_ms: u64,
+    /// Stored versions kept per handler after a deploy, newest first, besides
+    /// the active one, the rollback target and pinned ones; the bytes of the
+    /// rest are deleted from Redis. 0 keeps every version.
+    pub keep_versions: usize,
 }
 
 impl Default for RegistryConfig {
@@ -63,6 +67,7 @@ impl Default for RegistryConfig {
             cache_dir: None,
             max_component_mb: 32,
             check_interval_ms: 500,
+            keep_versions: 10,
         }
     }
 }
