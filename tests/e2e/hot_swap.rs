@@ -795,14 +795,9 @@ async fn old_versions_are_pruned_but_the_active_rollback_and_pinned_ones_stay() 
     // Five more versions (N + 3 with N = 2), each deployed and activated.
     let deployed: Vec<String> = (1..=5).map(|tag| version(&variant(ECHO_V2, tag))).collect();
     for tag in 1..=5 {
-        let (status, reply) = api
-            .post_raw(
-                &host.url("/admin/handlers/echo/versions"),
-                variant(ECHO_V2, tag),
-            )
-            .await;
-        assert_eq!(status, 201, "{reply}");
-        assert_eq!(reply["version"], deployed[tag as usize - 1].as_str());
+        let (status, code, message) = upload(&api, &host, variant(ECHO_V2, tag)).await;
+        assert_eq!(status, 201, "[{code}] {message}");
+        wait_for_active(&api, &host, &deployed[tag as usize - 1]).await;
     }
     let (active, rollback_target) = (&deployed[4], &deployed[3]);
 
@@ -894,9 +889,7 @@ async fn a_rejected_upload_leaves_no_compiled_artifact() {
         );
     }
     // An accepted one is cached, as before.
-    let (status, reply) = api
-        .post_raw(&host.url("/admin/handlers/echo/versions"), ECHO_V2.to_vec())
-        .await;
-    assert_eq!(status, 201, "{reply}");
+    let (status, code, message) = upload(&api, &host, ECHO_V2.to_vec()).await;
+    assert_eq!(status, 201, "[{code}] {message}");
     assert!(!artifacts(&fixtures, &version(ECHO_V2)).is_empty());
 }
