@@ -268,9 +268,11 @@ async fn open_redis(
             (server.url().to_owned(), Some(server))
         }
     };
+    // The URL may carry a password: only its masked form is ever shown.
+    let shown = spool_core::redact::url(&redis_url);
     let client = redis::Client::open(redis_url.as_str())
-        .with_context(|| format!("invalid Redis URL `{redis_url}`"))?;
-    let mut redis = connect(&client, &redis_url).await?;
+        .with_context(|| format!("invalid Redis URL `{shown}`"))?;
+    let mut redis = connect(&client, &shown).await?;
     spool_core::server_check::check(&mut redis).await?;
     Ok((client, redis, embedded))
 }
@@ -483,10 +485,12 @@ fn handler_settings(config: &Config) -> handlers::Settings {
             .unwrap_or_else(spool_runtime::cache::default_dir),
         max_component_bytes: config.registry.max_component_mb * 1024 * 1024,
         check_interval: Duration::from_millis(config.registry.check_interval_ms),
+        keep_versions: config.registry.keep_versions,
     }
 }
 
-async fn connect(client: &redis::Client, url: &str) -> Result<ConnectionManager> {
+/// `shown`: the URL as it may be shown (masked).
+async fn connect(client: &redis::Client, shown: &str) -> Result<ConnectionManager> {
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(5)))
@@ -499,11 +503,11 @@ async fn connect(client: &redis::Client, url: &str) -> Result<ConnectionManager>
         {
             Ok(manager) => return Ok(manager),
             Err(error) if started.elapsed() < Duration::from_secs(10) => {
-                tracing::warn!(%error, "Redis at {url} not reachable yet; retrying");
+                tracing::warn!(%error, "Redis at {shown} not reachable yet; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             Err(error) => bail!(
-                "cannot reach Redis at {url}: {error}. Start it, fix --redis-url, or omit the URL to let spool run its own"
+                "cannot reach Redis at {shown}: {error}. Start it, fix --redis-url, or omit the URL to let spool run its own"
             ),
         }
     }

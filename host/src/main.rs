@@ -58,7 +58,7 @@ struct ServeArgs {
     #[arg(long, env = "SPOOL_LISTEN")]
     listen: Option<SocketAddr>,
     /// Redis to use (redis://host:port, redis+unix:///path). Omitted: spool starts its own redis-server.
-    #[arg(long, env = "SPOOL_REDIS_URL")]
+    #[arg(long, env = "SPOOL_REDIS_URL", hide_env_values = true)]
     redis_url: Option<String>,
     /// Data directory of the embedded redis-server [default: spool-data].
     #[arg(long, env = "SPOOL_DATA_DIR")]
@@ -73,7 +73,7 @@ struct ServeArgs {
     #[arg(long, env = "SPOOL_DEADLINE_MS")]
     deadline_ms: Option<u64>,
     /// Model server base URL, e.g. http://127.0.0.1:11434. Omitted (and no [model] in the config): the built-in stub serves.
-    #[arg(long, env = "SPOOL_MODEL_URL")]
+    #[arg(long, env = "SPOOL_MODEL_URL", hide_env_values = true)]
     model_url: Option<String>,
     /// Protocol of --model-url [default: ollama].
     #[arg(long, env = "SPOOL_MODEL_KIND", value_enum)]

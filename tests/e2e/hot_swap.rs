@@ -793,3 +793,176 @@ async fn wait_for_active(api: &Api, host: &Host, version: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `bytes` (a component) with a custom section `spool-test` holding `tag`
+/// appended: the same handler, different bytes, so a new version id.
+fn variant(bytes: &[u8], tag: u32) -> Vec<u8> {
+    fn leb128(mut value: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (value & 0x7f) as u8;
+            value >>= 7;
+            if value == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = b"spool-test";
+    let mut payload = Vec::new();
+    leb128(name.len(), &mut payload);
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(&tag.to_le_bytes());
+    let mut out = bytes.to_vec();
+    out.push(0); // custom section
+    leb128(payload.len(), &mut out);
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// The versions of `echo` whose bytes are in Redis.
+fn stored_versions(redis: &Redis) -> Vec<String> {
+    let mut connection = redis.connection();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("spool:handler:echo:component:*")
+        .query(&mut connection)
+        .expect("KEYS");
+    let mut versions: Vec<String> = keys
+        .iter()
+        .filter_map(|key| key.rsplit(':').next().map(str::to_owned))
+        .collect();
+    versions.sort();
+    versions
+}
+
+/// Names of the compiled artifacts in the cache whose version is `version`.
+fn artifacts(fixtures: &Fixtures, version: &str) -> Vec<String> {
+    std::fs::read_dir(fixtures.path("compiled"))
+        .map(|entries| {
+            entries
+                .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+                .filter(|name| name.starts_with(version))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_versions_are_pruned_but_the_active_rollback_and_pinned_ones_stay() {
+    let redis = Redis::start();
+    let stub = stub().await;
+    let fixtures = Fixtures::new();
+    let v1 = version(ECHO_V1);
+    // keep_versions = 2, and queue `pinned` pins the seeded v1.
+    let pinned = format!("[queues.pinned]\nhandler = \"echo\"\nhandler_version = \"{v1}\"\n");
+    let host = Host::start(
+        &redis,
+        &stub,
+        HostOptions {
+            config: format!("{}\n{pinned}", fixtures.config("keep_versions = 2")),
+            ..Default::default()
+        },
+    );
+    let api = Api::default();
+
+    // Five more versions (N + 3 with N = 2), each deployed and activated.
+    let deployed: Vec<String> = (1..=5).map(|tag| version(&variant(ECHO_V2, tag))).collect();
+    for tag in 1..=5 {
+        let (status, code, message) = upload(&api, &host, variant(ECHO_V2, tag)).await;
+        assert_eq!(status, 201, "[{code}] {message}");
+        wait_for_active(&api, &host, &deployed[tag as usize - 1]).await;
+    }
+    let (active, rollback_target) = (&deployed[4], &deployed[3]);
+
+    // Kept: the newest two (the active one and the rollback target among
+    // them) and the pinned v1. Pruned: the three in between, bytes and all.
+    let mut expected = vec![v1.clone(), active.clone(), rollback_target.clone()];
+    expected.sort();
+    assert_eq!(stored_versions(&redis), expected);
+    let status = echo_status(&api, &host).await;
+    let listed: Vec<&str> = status["versions"]
+        .as_array()
+        .map(|versions| {
+            versions
+                .iter()
+                .filter_map(|v| v["version"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(listed.len(), 3, "{status}");
+    for pruned in &deployed[..3] {
+        assert!(
+            !listed.contains(&pruned.as_str()),
+            "{pruned} listed: {status}"
+        );
+        assert!(
+            artifacts(&fixtures, pruned).is_empty(),
+            "the compiled artifact of pruned {pruned} stays: {:?}",
+            artifacts(&fixtures, pruned)
+        );
+    }
+    assert!(
+        !artifacts(&fixtures, active).is_empty(),
+        "the active one is cached"
+    );
+    println!(
+        "stored after 6 versions with keep_versions = 2: {:?}",
+        stored_versions(&redis)
+    );
+
+    // Every kept version still works: the active one serves, the pinned
+    // queue runs v1, a rollback returns to the one before.
+    assert_eq!(run_one(&api, &host, "echo").await, 2);
+    assert_eq!(run_one(&api, &host, "pinned").await, 1);
+    let (status, reply) = api
+        .post(&host.url("/admin/handlers/echo/rollback"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["version"], rollback_target.as_str(), "{reply}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_upload_leaves_no_compiled_artifact() {
+    let redis = Redis::start();
+    let stub = stub().await;
+    let fixtures = Fixtures::new();
+    let host = Host::start(
+        &redis,
+        &stub,
+        HostOptions {
+            config: fixtures.config(""),
+            ..Default::default()
+        },
+    );
+    let api = Api::default();
+    // Both compile, so both were cached before being rejected: one traps in
+    // its smoke run, the other exports hooks of the wrong types.
+    let wrong_types = wat::parse_str(
+        r#"(component
+        (core module $m (func (export "f")))
+        (core instance $i (instantiate $m))
+        (func $f (canon lift (core func $i "f")))
+        (instance $hooks
+            (export "admit" (func $f)) (export "shape-prompt" (func $f))
+            (export "parse-content" (func $f)) (export "handle" (func $f)))
+        (export "spool:handler/hooks@0.2.0" (instance $hooks)))"#,
+    )
+    .expect("valid WAT");
+    for (what, bytes, code) in [
+        ("trapping smoke run", ECHO_TRAP.to_vec(), "smoke_failed"),
+        ("wrong hook types", wrong_types, "wrong_world"),
+    ] {
+        let rejected = version(&bytes);
+        let (status, got, message) = upload(&api, &host, bytes).await;
+        assert_eq!((status, got.as_str()), (422, code), "{what}: {message}");
+        assert_eq!(
+            artifacts(&fixtures, &rejected),
+            Vec::<String>::new(),
+            "{what}: its compiled artifact stays in the cache"
+        );
+    }
+    // An accepted one is cached, as before.
+    let (status, code, message) = upload(&api, &host, ECHO_V2.to_vec()).await;
+    assert_eq!(status, 201, "[{code}] {message}");
+    assert!(!artifacts(&fixtures, &version(ECHO_V2)).is_empty());
+}

@@ -17,6 +17,9 @@ pub struct Redis {
     pub dir: tempfile::TempDir,
     child: Option<Child>,
     fsync: &'static str,
+    /// `requirepass`: then it listens on loopback TCP (`port`) and `url()`
+    /// is `redis://:{password}@127.0.0.1:{port}/`, the form users write.
+    password: Option<(String, u16)>,
 }
 
 impl Redis {
@@ -25,23 +28,50 @@ impl Redis {
     }
 
     pub fn start_with_fsync(fsync: &'static str) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("spool-redis-")
-            .tempdir()
-            .expect("temp dir");
-        let mut redis = Self {
-            dir,
-            child: None,
-            fsync,
-        };
+        let mut redis = Self::unstarted(fsync, None);
         redis.spawn();
         redis
     }
 
-    fn spawn(&mut self) {
+    /// A server that requires `password`, not started yet: `url()` is
+    /// known, `spawn()` starts it (tests of a host that starts first).
+    pub fn unstarted_with_password(password: &str) -> Self {
+        Self::unstarted("everysec", Some((password.to_owned(), free_port())))
+    }
+
+    fn unstarted(fsync: &'static str, password: Option<(String, u16)>) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("spool-redis-")
+            .tempdir()
+            .expect("temp dir");
+        Self {
+            dir,
+            child: None,
+            fsync,
+            password,
+        }
+    }
+
+    pub fn spawn(&mut self) {
+        let child = self.launch();
+        self.child = Some(child);
+    }
+
+    /// Starts the server and waits until it answers; the caller keeps the
+    /// process (see `adopt`). Takes `&self`, so a host may be started
+    /// against `url()` meanwhile.
+    pub fn launch(&self) -> Child {
         let dir = self.dir.path();
-        let child = Command::new("redis-server")
-            .args(["--port", "0", "--unixsocket"])
+        let mut command = Command::new("redis-server");
+        match &self.password {
+            Some((password, port)) => command
+                .args(["--bind", "127.0.0.1", "--port"])
+                .arg(port.to_string())
+                .args(["--requirepass", password]),
+            None => command.args(["--port", "0"]),
+        };
+        let child = command
+            .arg("--unixsocket")
             .arg(dir.join("redis.sock"))
             .args(["--unixsocketperm", "700", "--dir"])
             .arg(dir)
@@ -59,7 +89,6 @@ impl Redis {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (apt-get install -y redis-server)");
-        self.child = Some(child);
         let client = redis::Client::open(self.url()).expect("redis url");
         wait_until("redis-server answers PING", Duration::from_secs(10), || {
             client
@@ -67,13 +96,40 @@ impl Redis {
                 .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
                 .is_ok()
         });
+        child
+    }
+
+    /// Takes over a process `launch` started: killed with this `Redis`.
+    pub fn adopt(&mut self, child: Child) {
+        self.kill();
+        self.child = Some(child);
     }
 
     pub fn url(&self) -> String {
+        if let Some((password, port)) = &self.password {
+            return format!("redis://:{password}@127.0.0.1:{port}/");
+        }
         format!(
             "redis+unix://{}",
             self.dir.path().join("redis.sock").display()
         )
+    }
+
+    /// `INFO memory`'s `used_memory`, in bytes.
+    pub fn used_memory(&self) -> u64 {
+        self.memory_info("used_memory")
+    }
+
+    /// One numeric field of `INFO memory`, e.g. `used_memory_dataset`.
+    pub fn memory_info(&self, field: &str) -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("memory")
+            .query(&mut self.connection())
+            .expect("INFO memory");
+        info.lines()
+            .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{field} in INFO memory"))
     }
 
     pub fn connection(&self) -> redis::Connection {

@@ -89,6 +89,10 @@ pub struct RegistryConfig {
     /// Each instance re-reads the active versions this often even without a
     /// change notification (Pub/Sub is at-most-once), in milliseconds.
     pub check_interval_ms: u64,
+    /// Stored versions kept per handler after a deploy, newest first, besides
+    /// the active one, the rollback target and pinned ones; the bytes of the
+    /// rest are deleted from Redis. 0 keeps every version.
+    pub keep_versions: usize,
 }
 
 impl Default for RegistryConfig {
@@ -97,11 +101,13 @@ impl Default for RegistryConfig {
             cache_dir: None,
             max_component_mb: 32,
             check_interval_ms: 500,
+            keep_versions: 10,
         }
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// `Debug` is written by hand: the URL may carry a password (see `redact`).
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
     /// `redis://host:port`, `redis+unix:///path/redis.sock`... Absent: spool starts
@@ -112,6 +118,16 @@ pub struct RedisConfig {
     /// AOF fsync policy of the embedded server: `everysec` may lose the last
     /// ~1-2 s of acknowledged writes on a machine crash; `always` loses none.
     pub appendfsync: Fsync,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &self.url.as_deref().map(crate::redact::url))
+            .field("data_dir", &self.data_dir)
+            .field("appendfsync", &self.appendfsync)
+            .finish()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,6 +182,20 @@ pub struct SandboxConfig {
     pub max_host_calls: u32,
     /// Bytes of result + content blocks one job may return (`output_too_large`).
     pub max_output_bytes: usize,
+    /// One `state.set` value; a larger one fails the job (`quota_exceeded`).
+    pub max_state_value_bytes: usize,
+    /// Keys + values of a job's whole state (`quota_exceeded`).
+    pub max_state_bytes: usize,
+    /// Custom event data + progress steps of one job (`quota_exceeded`).
+    pub max_event_bytes: usize,
+    /// One `append-text` text or content block; a larger one is refused.
+    pub max_message_write_bytes: usize,
+    /// Text, blocks and task texts one job adds to its message (`quota_exceeded`).
+    pub max_message_bytes: usize,
+    /// One guest log line; a longer one is cut, with a marker.
+    pub max_log_line_bytes: usize,
+    /// Guest log output of one job; later lines are dropped, with a marker.
+    pub max_log_bytes: usize,
     /// Per-handler overrides of the limits above, e.g.
     /// `[sandbox.handlers.chat] deadline_ms = 30000`.
     pub handlers: BTreeMap<String, HandlerSandbox>,
@@ -180,6 +210,13 @@ pub struct HandlerSandbox {
     pub max_model_calls: Option<u32>,
     pub max_host_calls: Option<u32>,
     pub max_output_bytes: Option<usize>,
+    pub max_state_value_bytes: Option<usize>,
+    pub max_state_bytes: Option<usize>,
+    pub max_event_bytes: Option<usize>,
+    pub max_message_write_bytes: Option<usize>,
+    pub max_message_bytes: Option<usize>,
+    pub max_log_line_bytes: Option<usize>,
+    pub max_log_bytes: Option<usize>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -273,6 +310,8 @@ impl Default for WorkerConfig {
 
 impl Default for SandboxConfig {
     fn default() -> Self {
+        // One source for the quotas' defaults: the runtime's.
+        let quotas = spool_runtime::Quotas::default();
         Self {
             deadline_ms: 120_000,
             memory_mb: 64,
@@ -280,6 +319,13 @@ impl Default for SandboxConfig {
             max_model_calls: 64,
             max_host_calls: 10_000,
             max_output_bytes: 1 << 20,
+            max_state_value_bytes: quotas.max_state_value_bytes,
+            max_state_bytes: quotas.max_state_bytes,
+            max_event_bytes: quotas.max_event_bytes,
+            max_message_write_bytes: quotas.max_message_write_bytes,
+            max_message_bytes: quotas.max_message_bytes,
+            max_log_line_bytes: quotas.max_log_line_bytes,
+            max_log_bytes: quotas.max_log_bytes,
             handlers: BTreeMap::new(),
         }
     }
@@ -383,6 +429,15 @@ impl SandboxConfig {
             max_model_calls: o.max_model_calls,
             max_host_calls: o.max_host_calls,
             max_output_bytes: o.max_output_bytes,
+            quotas: spool_runtime::QuotaOverrides {
+                max_state_value_bytes: o.max_state_value_bytes,
+                max_state_bytes: o.max_state_bytes,
+                max_event_bytes: o.max_event_bytes,
+                max_message_write_bytes: o.max_message_write_bytes,
+                max_message_bytes: o.max_message_bytes,
+                max_log_line_bytes: o.max_log_line_bytes,
+                max_log_bytes: o.max_log_bytes,
+            },
         };
         spool_runtime::Limits {
             deadline: Duration::from_millis(self.deadline_ms),
@@ -391,6 +446,15 @@ impl SandboxConfig {
             max_model_calls: self.max_model_calls,
             max_host_calls: self.max_host_calls,
             max_output_bytes: self.max_output_bytes,
+            quotas: spool_runtime::Quotas {
+                max_state_value_bytes: self.max_state_value_bytes,
+                max_state_bytes: self.max_state_bytes,
+                max_event_bytes: self.max_event_bytes,
+                max_message_write_bytes: self.max_message_write_bytes,
+                max_message_bytes: self.max_message_bytes,
+                max_log_line_bytes: self.max_log_line_bytes,
+                max_log_bytes: self.max_log_bytes,
+            },
             per_handler: self
                 .handlers
                 .iter()

@@ -24,6 +24,7 @@ pub mod intake;
 pub mod limiter;
 pub mod models;
 pub mod queue;
+pub mod redact;
 pub mod registry;
 pub mod server_check;
 pub mod store;

@@ -143,6 +143,11 @@ impl Registry {
             .insert((name.to_owned(), version.to_owned()));
     }
 
+    /// The (handler, version) pairs queues pin on this instance.
+    pub fn pins(&self) -> Vec<(String, String)> {
+        self.read().pinned.iter().cloned().collect()
+    }
+
     /// Switches every handler to its version in `active` in one step. Versions
     /// not loaded are skipped (the caller loads first); versions neither active
     /// nor pinned are dropped here (jobs running on them keep their own handle).

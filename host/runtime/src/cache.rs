@@ -73,14 +73,34 @@ impl CompiledCache {
         self.misses.load(Ordering::Relaxed)
     }
 
+    /// Where the artifact of `sha256` for this engine is (or would be).
+    pub fn path(&self, sha256: &str) -> Option<PathBuf> {
+        self.dir
+            .as_ref()
+            .map(|dir| dir.join(format!("{sha256}-{}.cwasm", self.fingerprint)))
+    }
+
+    /// Deletes the artifact of `sha256`, if there is one: the upload was
+    /// rejected or its version pruned, so nothing will load it again, and
+    /// leaving it would grow the cache forever. Blocking (one unlink).
+    pub fn remove(&self, sha256: &str) {
+        let Some(path) = self.path(sha256) else {
+            return;
+        };
+        match std::fs::remove_file(&path) {
+            Ok(()) => tracing::debug!(path = %path.display(), "removed a compiled artifact"),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "could not remove a compiled artifact")
+            }
+        }
+    }
+
     /// The component for `bytes` (whose SHA-256 is `sha256`): from the cache if
     /// an artifact for this engine is there, else compiled and cached. Blocking
     /// (compiling takes 50-500 ms of CPU): call it from `spawn_blocking`.
     pub fn load(&self, engine: &Engine, sha256: &str, bytes: &[u8]) -> Result<(Component, Source)> {
-        let path = self
-            .dir
-            .as_ref()
-            .map(|dir| dir.join(format!("{sha256}-{}.cwasm", self.fingerprint)));
+        let path = self.path(sha256);
         if let Some(path) = path.as_ref().filter(|p| p.exists()) {
             // SAFETY: the file is in a directory only this user can write (checked
             // at start-up) and was written by `store` below from the output of

@@ -7,6 +7,7 @@
 
 use crate::{bindings, imports, output, sandbox};
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -18,9 +19,14 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-pub use imports::chat_request;
+pub use imports::{
+    MAX_EVENT_DATA_BYTES, MAX_LABEL_BYTES, MAX_STATE_KEY_BYTES, chat_request, cut_with_marker,
+};
 use output::BoundedOutput;
-pub use sandbox::{CallCap, CallLimits, GuestFailure, HandlerLimits, Limits, panic_message};
+pub use sandbox::{
+    CallCap, CallLimits, GuestFailure, HandlerLimits, Limits, Quota, QuotaOverrides, Quotas,
+    panic_message,
+};
 use sandbox::{FrozenClock, GuestLimiter};
 
 pub use bindings::spool::handler::logging::Level as LogLevel;
@@ -53,6 +59,12 @@ pub trait JobHost: Send + Sync {
     fn state_get(&self, key: String) -> BoxFuture<'_, Option<String>>;
     fn state_set(&self, key: String, value: String) -> BoxFuture<'_, ()>;
     fn state_delete(&self, key: String) -> BoxFuture<'_, ()>;
+    /// Key -> bytes (key + value) of every entry the job's state holds now,
+    /// earlier attempts' included: the runtime checks `max_state_bytes`
+    /// against it. Read once per call, before the first `state.set`.
+    fn state_sizes(&self) -> BoxFuture<'_, HashMap<String, usize>> {
+        Box::pin(async { HashMap::new() })
+    }
     /// A line the guest logged through `logging`; the runtime has already
     /// written it to the host's log, tagged with the job id.
     fn log(&self, _level: LogLevel, _message: &str) {}
@@ -200,8 +212,33 @@ pub struct GuestState {
     pub(crate) full_access: bool,
     pub(crate) model_calls_left: u32,
     pub(crate) host_calls_left: u32,
-    /// Set when the guest asked for a call beyond its cap; fails the call.
-    pub(crate) cap_exceeded: Option<CallCap>,
+    /// Set by the first call beyond a cap or quota; fails the call.
+    pub(crate) breach: Option<Breach>,
+    /// What this call wrote so far, against the per-job quotas.
+    pub(crate) written: Written,
+}
+
+/// Why a call must fail whatever the guest does next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Breach {
+    Cap(CallCap),
+    Quota {
+        quota: Quota,
+        bytes: usize,
+        limit: usize,
+    },
+}
+
+/// Bytes a call has written through its imports, for the per-job quotas.
+#[derive(Debug, Default)]
+pub(crate) struct Written {
+    pub events: usize,
+    pub message: usize,
+    pub log: usize,
+    /// A log line was dropped (the marker is written once).
+    pub log_dropped: bool,
+    /// The job's state, entry by entry, loaded at the first `state.set`.
+    pub state: Option<imports::StateSizes>,
 }
 
 /// A hook and its arguments, for callers that pick the hook at run time
@@ -490,13 +527,27 @@ impl Runtime {
             host.guest_output(&guest_output);
         }
         let state = store.data();
-        // A guest that went past a call cap fails whatever it did next.
-        if let Some(cap) = state.cap_exceeded {
-            let limit = match cap {
-                CallCap::Model => limits.max_model_calls,
-                CallCap::Host => limits.max_host_calls,
-            };
-            return Err(GuestFailure::CallCapExceeded { cap, limit });
+        // A guest that went past a call cap or a quota fails whatever it did next.
+        match state.breach {
+            Some(Breach::Cap(cap)) => {
+                let limit = match cap {
+                    CallCap::Model => limits.max_model_calls,
+                    CallCap::Host => limits.max_host_calls,
+                };
+                return Err(GuestFailure::CallCapExceeded { cap, limit });
+            }
+            Some(Breach::Quota {
+                quota,
+                bytes,
+                limit,
+            }) => {
+                return Err(GuestFailure::QuotaExceeded {
+                    quota,
+                    bytes,
+                    limit,
+                });
+            }
+            None => {}
         }
         match outcome {
             Err(_elapsed) => Err(GuestFailure::Deadline(limits.deadline)),
@@ -544,7 +595,8 @@ impl Runtime {
             full_access,
             model_calls_left: limits.max_model_calls,
             host_calls_left: limits.max_host_calls,
-            cap_exceeded: None,
+            breach: None,
+            written: Written::default(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);

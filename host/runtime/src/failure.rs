@@ -15,6 +15,8 @@ pub enum FailureKind {
     Trap,
     OutputTooLarge,
     CallCapExceeded,
+    /// A write past one of the sandbox's size quotas (state, events, message).
+    QuotaExceeded,
     Instantiate,
     // The guest returned an error.
     /// `job-error::reject`: no more attempts.
@@ -42,6 +44,7 @@ impl FailureKind {
             FailureKind::Trap => "trap",
             FailureKind::OutputTooLarge => "output_too_large",
             FailureKind::CallCapExceeded => "call_cap_exceeded",
+            FailureKind::QuotaExceeded => "quota_exceeded",
             FailureKind::Instantiate => "instantiate",
             FailureKind::Rejected => "rejected",
             FailureKind::RetryRequested => "retry_requested",
@@ -69,6 +72,7 @@ mod tests {
             FailureKind::Deadline,
             FailureKind::MemoryExhausted,
             FailureKind::CallCapExceeded,
+            FailureKind::QuotaExceeded,
             FailureKind::FollowUpFailed,
         ] {
             assert_eq!(serde_json::to_string(&kind).unwrap(), format!("\"{kind}\""));

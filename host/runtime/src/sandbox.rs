@@ -1,5 +1,5 @@
 //! What a guest may use and how its misbehaviour is named: the per-call limits
-//! (with per-handler overrides), the resource limiter that enforces the memory
+//! and write quotas (with per-handler overrides), the resource limiter that enforces the memory
 //! cap, the frozen clocks a guest sees, and [`GuestFailure`], the typed reason a
 //! call did not return normally.
 //!
@@ -29,6 +29,9 @@ pub struct Limits {
     pub max_host_calls: u32,
     /// Bytes of `job-output` (result + blocks) one `handle` call may return.
     pub max_output_bytes: usize,
+    /// Sizes of what a guest writes through its imports (state, events,
+    /// messages, logs): per call and per job.
+    pub quotas: Quotas,
     /// Handler name -> the limits it overrides.
     pub per_handler: BTreeMap<String, HandlerLimits>,
 }
@@ -42,7 +45,76 @@ impl Default for Limits {
             max_model_calls: 64,
             max_host_calls: 10_000,
             max_output_bytes: 1 << 20,
+            quotas: Quotas::default(),
             per_handler: BTreeMap::new(),
+        }
+    }
+}
+
+/// Size caps on what a guest may write through its imports. Without them the
+/// only bound on a write is the guest's memory cap, so one job could push
+/// gigabytes into Redis or the log. "Per job" means per `handle` call (one
+/// attempt), except `max_state_bytes`, which bounds what the job's state holds
+/// in Redis whatever earlier attempts stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quotas {
+    /// One `state.set` value.
+    pub max_state_value_bytes: usize,
+    /// Keys plus values of the job's whole state.
+    pub max_state_bytes: usize,
+    /// Data of the custom events plus progress steps of one job (each event
+    /// is also capped at [`MAX_EVENT_DATA_BYTES`](crate::MAX_EVENT_DATA_BYTES)).
+    pub max_event_bytes: usize,
+    /// One `append-text` text, or one content block (as JSON) added to a message.
+    pub max_message_write_bytes: usize,
+    /// Text, blocks and task descriptions one job adds to its message.
+    pub max_message_bytes: usize,
+    /// One log line; a longer one is cut, with a marker saying how much went.
+    pub max_log_line_bytes: usize,
+    /// Log output of one job; later lines are dropped, with one marker line.
+    pub max_log_bytes: usize,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Self {
+            max_state_value_bytes: 1 << 20,
+            max_state_bytes: 4 << 20,
+            max_event_bytes: 1 << 20,
+            max_message_write_bytes: 1 << 20,
+            max_message_bytes: 4 << 20,
+            max_log_line_bytes: 16 << 10,
+            max_log_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Quotas one handler sets for itself; `None` keeps the default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QuotaOverrides {
+    pub max_state_value_bytes: Option<usize>,
+    pub max_state_bytes: Option<usize>,
+    pub max_event_bytes: Option<usize>,
+    pub max_message_write_bytes: Option<usize>,
+    pub max_message_bytes: Option<usize>,
+    pub max_log_line_bytes: Option<usize>,
+    pub max_log_bytes: Option<usize>,
+}
+
+impl Quotas {
+    fn with(self, o: QuotaOverrides) -> Self {
+        Self {
+            max_state_value_bytes: o
+                .max_state_value_bytes
+                .unwrap_or(self.max_state_value_bytes),
+            max_state_bytes: o.max_state_bytes.unwrap_or(self.max_state_bytes),
+            max_event_bytes: o.max_event_bytes.unwrap_or(self.max_event_bytes),
+            max_message_write_bytes: o
+                .max_message_write_bytes
+                .unwrap_or(self.max_message_write_bytes),
+            max_message_bytes: o.max_message_bytes.unwrap_or(self.max_message_bytes),
+            max_log_line_bytes: o.max_log_line_bytes.unwrap_or(self.max_log_line_bytes),
+            max_log_bytes: o.max_log_bytes.unwrap_or(self.max_log_bytes),
         }
     }
 }
@@ -55,6 +127,7 @@ pub struct HandlerLimits {
     pub max_model_calls: Option<u32>,
     pub max_host_calls: Option<u32>,
     pub max_output_bytes: Option<usize>,
+    pub quotas: QuotaOverrides,
 }
 
 /// The limits one call of one handler runs under.
@@ -65,6 +138,7 @@ pub struct CallLimits {
     pub max_model_calls: u32,
     pub max_host_calls: u32,
     pub max_output_bytes: usize,
+    pub quotas: Quotas,
 }
 
 impl Limits {
@@ -77,6 +151,7 @@ impl Limits {
             max_model_calls: overrides.max_model_calls.unwrap_or(self.max_model_calls),
             max_host_calls: overrides.max_host_calls.unwrap_or(self.max_host_calls),
             max_output_bytes: overrides.max_output_bytes.unwrap_or(self.max_output_bytes),
+            quotas: self.quotas.with(overrides.quotas),
         }
     }
 
@@ -104,6 +179,49 @@ impl std::fmt::Display for CallCap {
     }
 }
 
+/// A size cap whose breach fails the job (`quota_exceeded`): the ones a guest
+/// cannot be told about through the call's return value (`state.set` returns
+/// nothing), and the per-job totals, which a guest that ignores errors would
+/// otherwise keep hitting. The names are the host's, stable in messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Quota {
+    /// A state key over [`MAX_STATE_KEY_BYTES`](crate::MAX_STATE_KEY_BYTES).
+    StateKey,
+    /// [`Quotas::max_state_value_bytes`].
+    StateValue,
+    /// [`Quotas::max_state_bytes`].
+    State,
+    /// [`Quotas::max_event_bytes`].
+    Events,
+    /// [`Quotas::max_message_bytes`].
+    Message,
+}
+
+impl Quota {
+    /// The setting that raises it (`[sandbox]` or `[sandbox.handlers.<name>]`).
+    pub fn setting(self) -> &'static str {
+        match self {
+            Self::StateKey => "a fixed limit",
+            Self::StateValue => "max_state_value_bytes",
+            Self::State => "max_state_bytes",
+            Self::Events => "max_event_bytes",
+            Self::Message => "max_message_bytes",
+        }
+    }
+}
+
+impl std::fmt::Display for Quota {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::StateKey => "state key size",
+            Self::StateValue => "state value size",
+            Self::State => "state size",
+            Self::Events => "event data",
+            Self::Message => "message data",
+        })
+    }
+}
+
 /// A guest call that did not return normally. Only the job that made it fails;
 /// [`GuestFailure::kind`] is the stable name stored on the job and its events.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +242,15 @@ pub enum GuestFailure {
     OutputTooLarge { bytes: usize, limit: usize },
     #[error("handler exceeded its cap of {limit} {cap} calls per job")]
     CallCapExceeded { cap: CallCap, limit: u32 },
+    #[error(
+        "handler exceeded its {quota} quota: {bytes} bytes where the cap is {limit} bytes ({})",
+        quota.setting()
+    )]
+    QuotaExceeded {
+        quota: Quota,
+        bytes: usize,
+        limit: usize,
+    },
     #[error("handler could not be instantiated: {0}")]
     Instantiate(String),
 }
@@ -139,6 +266,7 @@ impl GuestFailure {
             Self::Trap(_) => FailureKind::Trap,
             Self::OutputTooLarge { .. } => FailureKind::OutputTooLarge,
             Self::CallCapExceeded { .. } => FailureKind::CallCapExceeded,
+            Self::QuotaExceeded { .. } => FailureKind::QuotaExceeded,
             Self::Instantiate(_) => FailureKind::Instantiate,
         }
     }
@@ -313,6 +441,10 @@ mod tests {
             "big".into(),
             HandlerLimits {
                 memory_bytes: Some(256 << 20),
+                quotas: QuotaOverrides {
+                    max_state_bytes: Some(64 << 20),
+                    ..Default::default()
+                },
                 ..Default::default()
             },
         );
@@ -327,6 +459,11 @@ mod tests {
             limits.memory_bytes
         );
         assert_eq!(limits.largest_memory(), 256 << 20);
+        // Quotas override one by one; the rest keep the defaults.
+        let big = limits.for_handler("big").quotas;
+        assert_eq!(big.max_state_bytes, 64 << 20);
+        assert_eq!(big.max_event_bytes, Quotas::default().max_event_bytes);
+        assert_eq!(small.quotas, Quotas::default());
     }
 
     #[test]

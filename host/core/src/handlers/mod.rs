@@ -42,6 +42,9 @@ pub struct Settings {
     pub max_component_bytes: usize,
     /// How often the active versions are re-read even without a notification.
     pub check_interval: Duration,
+    /// Stored versions kept per handler besides the active, rollback and
+    /// pinned ones; 0 keeps every version.
+    pub keep_versions: usize,
 }
 
 /// Handler components shipped inside the binary, by name: seeded as each
@@ -203,11 +206,12 @@ impl Handlers {
         Ok(contract.clone())
     }
 
-    /// Every check a version passes before it may become active.
+    /// Every check a version passes before it may become active. A rejected
+    /// upload leaves no compiled artifact behind: nothing will load it, and
+    /// uploads are the one input to the cache an API client controls.
     pub async fn prepare(&self, name: &str, bytes: &Bytes) -> Result<Prepared, Rejection> {
         validate::check_header(bytes, self.settings.max_component_bytes)?;
         let sha256 = sha256_hex(bytes);
-        let version = sha256[..12].to_owned();
         let (component, compiled_from, compile_ms) =
             self.compile(&sha256, bytes.clone()).await.map_err(|e| {
                 Rejection::new(
@@ -215,18 +219,17 @@ impl Handlers {
                     format!("the component does not compile: {e:#}"),
                 )
             })?;
-        let contract = self
-            .contract()
-            .await
-            .map_err(|e| Rejection::new("validator_unavailable", format!("{e:#}")))?;
-        validate::check_world(self.runtime.engine(), &component, &contract)?;
-        let handler = self
-            .runtime
-            .link(name, &version, &component)
-            .map_err(|e| Rejection::new("wrong_world", format!("{e:#}")))?;
-        let started = Instant::now();
-        validate::smoke_run(&self.runtime, &handler).await?;
-        let smoke_ms = started.elapsed().as_millis() as u64;
+        let checked = self.check_compiled(name, &sha256, &component).await;
+        let (handler, smoke_ms) = match checked {
+            Ok(checked) => checked,
+            Err(rejection) => {
+                let cache = self.cache.clone();
+                let sha256 = sha256.clone();
+                // An unlink: cheap, but still file I/O off the async threads.
+                let _ = tokio::task::spawn_blocking(move || cache.remove(&sha256)).await;
+                return Err(rejection);
+            }
+        };
         Ok(Prepared {
             handler,
             sha256,
@@ -234,6 +237,28 @@ impl Handlers {
             compile_ms,
             smoke_ms,
         })
+    }
+
+    /// The checks after compiling: the world, linking, a smoke run.
+    async fn check_compiled(
+        &self,
+        name: &str,
+        sha256: &str,
+        component: &Component,
+    ) -> Result<(HandlerComponent, u64), Rejection> {
+        let version = sha256[..12].to_owned();
+        let contract = self
+            .contract()
+            .await
+            .map_err(|e| Rejection::new("validator_unavailable", format!("{e:#}")))?;
+        validate::check_world(self.runtime.engine(), component, &contract)?;
+        let handler = self
+            .runtime
+            .link(name, &version, component)
+            .map_err(|e| Rejection::new("wrong_world", format!("{e:#}")))?;
+        let started = Instant::now();
+        validate::smoke_run(&self.runtime, &handler).await?;
+        Ok((handler, started.elapsed().as_millis() as u64))
     }
 
     /// Validates, stores and activates a new version. A rejected upload
@@ -267,7 +292,43 @@ impl Handlers {
             world: validate::WORLD.to_owned(),
         };
         self.store.store_version(name, &meta, &bytes).await?;
-        self.activate(prepared, bytes.len(), by, action).await
+        let deployed = self.activate(prepared, bytes.len(), by, action).await?;
+        self.prune(name).await;
+        Ok(deployed)
+    }
+
+    /// Deletes old versions of `name` from Redis (see `store::prune`) and
+    /// their artifacts from this machine's compiled cache. Best effort: a
+    /// failure leaves them for the next deploy and fails nothing.
+    async fn prune(&self, name: &str) {
+        let pruned = match self
+            .store
+            .prune(name, self.settings.keep_versions, now_ms())
+            .await
+        {
+            Ok(pruned) => pruned,
+            Err(error) => {
+                tracing::warn!(handler = name, %error, "could not prune old handler versions; the next deploy tries again");
+                return;
+            }
+        };
+        if pruned.is_empty() {
+            return;
+        }
+        let versions: Vec<&str> = pruned.iter().map(|p| p.version.as_str()).collect();
+        tracing::info!(handler = name, pruned = ?versions, kept = self.settings.keep_versions, "pruned old handler versions");
+        let cache = self.cache.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for version in &pruned {
+                // Only a full hash names an artifact (and a file name made
+                // of anything else read from Redis could point elsewhere).
+                let sha256 = &version.sha256;
+                if sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    cache.remove(&version.sha256);
+                }
+            }
+        })
+        .await;
     }
 
     /// Activates a stored version again: the one active before the current
@@ -497,6 +558,16 @@ impl Handlers {
         self.sync()
             .await
             .context("loading the active handler versions")?;
+        let pins: Vec<(String, String)> = config
+            .queues
+            .values()
+            .filter_map(|route| Some((route.handler.clone(), route.handler_version.clone()?)))
+            .collect();
+        // Held before loading: a deploy elsewhere must not prune them meanwhile.
+        self.store
+            .hold_pins(&pins, now_ms())
+            .await
+            .context("recording the versions this instance's queues pin")?;
         for (queue, route) in &config.queues {
             let Some(version) = &route.handler_version else {
                 continue;

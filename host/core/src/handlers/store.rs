@@ -8,8 +8,14 @@
 //! Keys: `spool:handlers:active` (hash name -> version), `spool:handlers:generation`
 //! (bumped by every activation), `spool:handler:{name}:versions` (hash version ->
 //! metadata JSON), `spool:handler:{name}:component:{version}` (the bytes),
-//! `spool:handler:{name}:history` (activations, newest first), `spool:instances`
-//! (zset instance -> last heartbeat, ms) and `spool:instance:{id}` (what it runs).
+//! `spool:handler:{name}:history` (activations, newest first),
+//! `spool:handler:{name}:pins` (zset version -> when an instance last held a
+//! queue pin on it, ms), `spool:instances` (zset instance -> last heartbeat,
+//! ms) and `spool:instance:{id}` (what it runs).
+//!
+//! Old versions are pruned (`prune.lua`) after each deploy: all but the
+//! newest `registry.keep_versions`, the active one, the rollback target and
+//! the pinned ones.
 //! Channel `spool:handlers:changed` carries the generation of each activation.
 
 use std::collections::{BTreeMap, HashMap};
@@ -36,7 +42,17 @@ fn history_key(name: &str) -> String {
     format!("spool:handler:{name}:history")
 }
 fn component_key(name: &str, version: &str) -> String {
-    format!("spool:handler:{name}:component:{version}")
+    format!("{}{version}", component_prefix(name))
+}
+/// A pin keeps its version from being pruned this long after an instance
+/// last held it: an instance whose config pins a version may be down for a
+/// while and must still find the version when it starts again.
+pub const PIN_HOLD_MS: u64 = 7 * 24 * 3600 * 1000;
+fn pins_key(name: &str) -> String {
+    format!("spool:handler:{name}:pins")
+}
+fn component_prefix(name: &str) -> String {
+    format!("spool:handler:{name}:component:")
 }
 fn instance_key(instance: &str) -> String {
     format!("spool:instance:{instance}")
@@ -108,10 +124,18 @@ pub struct ActivationRequest<'a> {
     pub only_if_none: bool,
 }
 
+/// A version [`HandlerStore::prune`] deleted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pruned {
+    pub version: String,
+    pub sha256: String,
+}
+
 #[derive(Clone)]
 pub struct HandlerStore {
     redis: ConnectionManager,
     activate: Script,
+    prune: Script,
 }
 
 impl HandlerStore {
@@ -119,7 +143,60 @@ impl HandlerStore {
         Self {
             redis,
             activate: Script::new(include_str!("activate.lua")),
+            prune: Script::new(include_str!("prune.lua")),
         }
+    }
+
+    /// Records that this instance's queues pin these (handler, version)
+    /// pairs, so that no instance prunes them (see [`PIN_HOLD_MS`]).
+    pub async fn hold_pins(
+        &self,
+        pins: &[(String, String)],
+        now_ms: u64,
+    ) -> redis::RedisResult<()> {
+        if pins.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (name, version) in pins {
+            pipe.zadd(pins_key(name), version, now_ms).ignore();
+        }
+        pipe.query_async(&mut self.redis.clone()).await
+    }
+
+    /// Deletes the versions of `name` beyond the newest `keep` that are not
+    /// active, the rollback target or pinned; returns them. `keep` 0: none.
+    pub async fn prune(
+        &self,
+        name: &str,
+        keep: usize,
+        now_ms: u64,
+    ) -> redis::RedisResult<Vec<Pruned>> {
+        if keep == 0 {
+            return Ok(Vec::new());
+        }
+        let flat: Vec<String> = self
+            .prune
+            .key(versions_key(name))
+            .key(ACTIVE_KEY)
+            .key(pins_key(name))
+            .key(history_key(name))
+            .arg(name)
+            .arg(keep)
+            .arg(component_prefix(name))
+            .arg(now_ms.saturating_sub(PIN_HOLD_MS))
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(flat
+            .chunks(2)
+            .filter_map(|pair| match pair {
+                [version, sha256] => Some(Pruned {
+                    version: version.clone(),
+                    sha256: sha256.clone(),
+                }),
+                _ => None,
+            })
+            .collect())
     }
 
     /// Stores a version's bytes and metadata together. Storing the same bytes

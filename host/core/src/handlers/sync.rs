@@ -19,11 +19,17 @@ use super::Handlers;
 use super::store::{CHANGED_CHANNEL, InstanceReport};
 use crate::queue::now_ms;
 
+/// A held pin is refreshed this often (it is held for days, see
+/// `store::PIN_HOLD_MS`, so that an instance that is down keeps its pins).
+const PIN_REFRESH: Duration = Duration::from_secs(3600);
+
 /// What this instance last applied, re-reported on every check as a heartbeat.
 #[derive(Default)]
 pub struct SyncState {
     lock: tokio::sync::Mutex<Applied>,
     failing: AtomicBool,
+    /// When this instance last held its queues' pins.
+    pins_held: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 #[derive(Default, Clone)]
@@ -101,8 +107,30 @@ impl Handlers {
     /// instance listed as live).
     async fn check(&self) -> Result<()> {
         self.sync().await?;
+        self.refresh_pins().await?;
         let mut applied = self.sync.lock.lock().await;
         self.report(&mut applied).await
+    }
+
+    /// Holds this instance's pins again once [`PIN_REFRESH`] has passed.
+    async fn refresh_pins(&self) -> Result<()> {
+        let due = self
+            .sync
+            .pins_held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none_or(|at| at.elapsed() >= PIN_REFRESH);
+        if due {
+            self.store
+                .hold_pins(&self.registry.pins(), now_ms())
+                .await?;
+            *self
+                .sync
+                .pins_held
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
+        }
+        Ok(())
     }
 
     /// Runs until `shutdown`: checks on every notification and every `interval`.

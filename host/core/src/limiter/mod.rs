@@ -216,7 +216,8 @@ impl Limiter {
         Self {
             redis,
             key: format!("spool:limit:{{{backend_id}}}"),
-            name: format!("{} at {}", backend.kind, backend.url),
+            // Shown in /api/limits, the log and Redis: never the URL's credentials.
+            name: format!("{} at {}", backend.kind, crate::redact::url(&backend.url)),
             backend_id,
             config,
             acquire: Script::new(include_str!("acquire.lua")),

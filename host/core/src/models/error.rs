@@ -98,12 +98,23 @@ pub(super) fn classify(
 
 /// A failure to send the request or to receive the response head.
 pub(super) fn transport(error: reqwest::Error) -> ModelError {
-    ModelError::Unavailable(error_chain(&error))
+    ModelError::Unavailable(without_secrets(error))
 }
 
 /// A failure while the response body was arriving.
 pub(super) fn interrupted(error: reqwest::Error) -> ModelError {
-    ModelError::Unavailable(format!("response cut short: {}", error_chain(&error)))
+    ModelError::Unavailable(format!("response cut short: {}", without_secrets(error)))
+}
+
+/// reqwest writes the request URL into its errors, query string (which may
+/// carry an API key) included: the URL is shown masked instead.
+fn without_secrets(error: reqwest::Error) -> String {
+    let url = error.url().map(|url| crate::redact::url(url.as_str()));
+    let text = error_chain(&error.without_url());
+    match url {
+        Some(url) => format!("{text} (url {url})"),
+        None => text,
+    }
 }
 
 pub(super) fn bad_body(status: u16, error: impl Display) -> ModelError {

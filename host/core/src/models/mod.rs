@@ -48,7 +48,8 @@ pub enum OllamaApi {
     Generate,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// `Debug` is written by hand: the URL and key are secrets (see `redact`).
+#[derive(Clone, Serialize, Deserialize)]
 pub struct BackendConfig {
     pub kind: BackendKind,
     /// Base URL without the API path, e.g. `http://127.0.0.1:11434`.
@@ -67,22 +68,44 @@ pub struct BackendConfig {
     pub forbidden_is_rate_limit: bool,
 }
 
+impl fmt::Debug for BackendConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BackendConfig")
+            .field("kind", &self.kind)
+            .field("url", &crate::redact::url(&self.url))
+            .field(
+                "api_key",
+                &self.api_key.as_ref().map(|_| crate::redact::MASK),
+            )
+            .field("chat_model", &self.chat_model)
+            .field("embed_model", &self.embed_model)
+            .field("ollama_api", &self.ollama_api)
+            .field("request_timeout_ms", &self.request_timeout_ms)
+            .finish()
+    }
+}
+
 /// A client for one configured backend. Cloning is cheap and shares the connection pool.
 #[derive(Clone, Debug)]
 pub struct ModelClient {
     config: Arc<BackendConfig>,
     http: reqwest::Client,
+    /// The URL's credentials and the API key: masked in every error this
+    /// client returns (a server or reqwest may quote them).
+    secrets: Arc<Vec<String>>,
 }
 
 impl ModelClient {
     pub fn new(config: BackendConfig) -> anyhow::Result<Self> {
+        let shown = crate::redact::url(&config.url);
         let url = reqwest::Url::parse(&config.url)
-            .with_context(|| format!("model server URL {:?} is not a valid URL", config.url))?;
+            .with_context(|| format!("model server URL {shown:?} is not a valid URL"))?;
         anyhow::ensure!(
             matches!(url.scheme(), "http" | "https"),
-            "model server URL {:?} must start with http:// or https://",
-            config.url
+            "model server URL {shown:?} must start with http:// or https://"
         );
+        let mut secrets = crate::redact::url_secrets(&config.url);
+        secrets.extend(config.api_key.clone());
         // reqwest never retries on its own; nothing here may add that.
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
@@ -93,6 +116,7 @@ impl ModelClient {
         Ok(Self {
             config: Arc::new(config),
             http,
+            secrets: Arc::new(secrets),
         })
     }
 
@@ -148,7 +172,8 @@ impl ModelClient {
         Ok(vectors)
     }
 
-    /// One line for the startup log; never includes the API key.
+    /// One line for the startup log and `/health`; never includes the API
+    /// key nor the URL's credentials.
     pub fn describe(&self) -> String {
         let config = &self.config;
         let via = match (config.kind, config.ollama_api) {
@@ -157,7 +182,10 @@ impl ModelClient {
         };
         format!(
             "{} at {} (chat model {}{via}, embed model {})",
-            config.kind, config.url, config.chat_model, config.embed_model
+            config.kind,
+            crate::redact::url(&config.url),
+            config.chat_model,
+            config.embed_model
         )
     }
 
@@ -166,16 +194,39 @@ impl ModelClient {
         call: impl Future<Output = Result<T, ModelError>>,
     ) -> Result<T, ModelError> {
         let limit_ms = self.config.request_timeout_ms;
-        if limit_ms == 0 {
-            return call.await;
+        let result = if limit_ms == 0 {
+            call.await
+        } else {
+            tokio::time::timeout(Duration::from_millis(limit_ms), call)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ModelError::Unavailable(format!(
+                        "no complete answer within {limit_ms} ms"
+                    )))
+                })
+        };
+        // Errors end up in job records, events and the log.
+        result.map_err(|error| self.scrubbed(error))
+    }
+
+    fn scrubbed(&self, error: ModelError) -> ModelError {
+        let scrub = |text: String| crate::redact::scrub(&text, &self.secrets);
+        match error {
+            ModelError::RateLimited {
+                status,
+                retry_after,
+                message,
+            } => ModelError::RateLimited {
+                status,
+                retry_after,
+                message: scrub(message),
+            },
+            ModelError::Unavailable(message) => ModelError::Unavailable(scrub(message)),
+            ModelError::Rejected { status, message } => ModelError::Rejected {
+                status,
+                message: scrub(message),
+            },
         }
-        tokio::time::timeout(Duration::from_millis(limit_ms), call)
-            .await
-            .unwrap_or_else(|_| {
-                Err(ModelError::Unavailable(format!(
-                    "no complete answer within {limit_ms} ms"
-                )))
-            })
     }
 
     /// Sends one POST and turns any non-success status into the matching `ModelError`.
@@ -206,11 +257,21 @@ impl ModelClient {
 
     /// Joins base URL and API path, tolerating a base that already ends in `/v1`
     /// (the usual form of OpenAI base URLs) or a trailing slash.
+    /// A query string on the base URL (`?api-key=...`, `?api-version=...`)
+    /// stays a query string, after the path.
     fn endpoint(&self, path: &str) -> String {
-        let base = self.config.url.trim_end_matches('/');
-        match (base.strip_suffix("/v1"), path.strip_prefix("/v1/")) {
+        let (base, query) = match self.config.url.split_once('?') {
+            Some((base, query)) => (base, Some(query)),
+            None => (self.config.url.as_str(), None),
+        };
+        let base = base.trim_end_matches('/');
+        let url = match (base.strip_suffix("/v1"), path.strip_prefix("/v1/")) {
             (Some(_), Some(rest)) => format!("{base}/{rest}"),
             _ => format!("{base}{path}"),
+        };
+        match query {
+            Some(query) => format!("{url}?{query}"),
+            None => url,
         }
     }
 }
@@ -259,6 +320,25 @@ mod tests {
             "https://api.example.com/v1/embeddings"
         );
         assert!(!openai.describe().contains("sk-test"));
+        // Credentials in the URL: masked when shown, kept where requests go;
+        // a query string stays after the path.
+        let azure = client(
+            BackendKind::Openai,
+            "https://me:pw@api.example.com/v1?api-key=k3y9".into(),
+        );
+        assert_eq!(
+            azure.endpoint("/v1/chat/completions"),
+            "https://me:pw@api.example.com/v1/chat/completions?api-key=k3y9"
+        );
+        assert_eq!(
+            azure.describe(),
+            "openai at https://***@api.example.com/v1?api-key=*** (chat model chat-m, embed model embed-m)"
+        );
+        let error = azure.scrubbed(ModelError::Unavailable(
+            "GET https://api.example.com/v1?api-key=k3y9 failed for sk-test".into(),
+        ));
+        assert!(!error.to_string().contains("k3y9") && !error.to_string().contains("sk-test"));
+        assert!(!format!("{:?}", azure.config()).contains("sk-test"));
         let mut config = ollama.config().clone();
         config.url = "ftp://x".into();
         assert!(ModelClient::new(config.clone()).is_err());

@@ -1,7 +1,8 @@
 -- Ending a session message, prepended to the scripts that end one: the job
 -- outcome scripts (finish, cancel, recover), so that a job's message ends in
 -- the same atomic step as the job, and the store's end script. Key names are
--- the store's (`message:{id}`, `stream:session:{session}:message:{id}`).
+-- the store's (`message:{id}`, `message:{id}:text`,
+-- `stream:session:{session}:message:{id}`).
 
 -- The message hash and event stream of the message job `job_id` drives, or
 -- nil when it drives none (never bound, or passed on to a follow-up job).
@@ -67,6 +68,11 @@ local function end_message(message, stream, ending, error, now, ttl, max_events)
   redis.call('EXPIRE', message, ttl)
   if redis.call('EXISTS', stream) == 1 then
     redis.call('EXPIRE', stream, ttl)
+  end
+  -- The text lives beside the hash (`message:{id}:text`) and expires with it.
+  local text = message .. ':text'
+  if redis.call('EXISTS', text) == 1 then
+    redis.call('EXPIRE', text, ttl)
   end
   return seq
 end

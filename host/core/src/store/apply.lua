@@ -11,6 +11,7 @@
 -- KEYS[1] message hash   KEYS[2] message event stream   KEYS[3] session hash
 -- KEYS[4] session message index (zset)   KEYS[5] index of all sessions (zset)
 -- KEYS[6] the writing job's hash   KEYS[7] its queue's fenced-write counter
+-- KEYS[8] the message's text (string; appended to, never rewritten)
 -- ARGV[1] now (ms)   ARGV[2] message ttl (s)   ARGV[3] max events
 -- ARGV[4] content ttl (s)   ARGV[5] content key prefix   ARGV[6] session ttl (s)
 -- ARGV[7] requirement: 'absent' (create), 'streaming' or 'exists'
@@ -54,9 +55,16 @@ for _ = 1, section() do
   if status ~= 'running' then return {'task', task, status or 'unknown'} end
 end
 
+-- O(delta): APPEND never copies the text already stored (reading it into
+-- Lua and writing it back did, on every delta, blocking Redis for everyone).
 if ARGV[8] ~= '' then
-  local text = redis.call('HGET', message, 'text') or ''
-  redis.call('HSET', message, 'text', text .. ARGV[8])
+  -- A message from before the text key: move its text over once.
+  local legacy = redis.call('HGET', message, 'text')
+  if legacy then
+    redis.call('APPEND', KEYS[8], legacy)
+    redis.call('HDEL', message, 'text')
+  end
+  redis.call('APPEND', KEYS[8], ARGV[8])
 end
 
 for _ = 1, section() do
@@ -102,6 +110,7 @@ end
 redis.call('HSET', message, 'updated_at', now)
 redis.call('EXPIRE', message, ARGV[2])
 if redis.call('EXISTS', stream) == 1 then redis.call('EXPIRE', stream, ARGV[2]) end
+if redis.call('EXISTS', KEYS[8]) == 1 then redis.call('EXPIRE', KEYS[8], ARGV[2]) end
 
 if requirement == 'absent' then
   local session = redis.call('HGET', message, 'session_id')

@@ -1,5 +1,5 @@
--- Deletes messages of one session with their event streams and separately
--- stored content, and their entries in the session index, atomically, so the
+-- Deletes messages of one session with their text, event streams and
+-- separately stored content, and their entries in the session index, atomically, so the
 -- index never names a deleted message nor misses a live one. Index entries of
 -- messages that already expired are dropped too. The session itself goes when
 -- asked ('all') or when it is empty and idle since before the cutoff.
@@ -17,7 +17,7 @@ local function delete_message(id)
   for block in string.gmatch(order, '[^,]+') do
     redis.call('DEL', ARGV[5] .. block)
   end
-  redis.call('DEL', message, ARGV[4] .. id)
+  redis.call('DEL', message, message .. ':text', ARGV[4] .. id)
   redis.call('ZREM', index, id)
 end
 

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::blocks::content_id;
 use super::{
     BlockMode, Change, Requirement, Store, StoreError, content_key, message_key,
-    message_stream_key, new_id,
+    message_stream_key, message_text_key, new_id,
 };
 use crate::queue::now_ms;
 
@@ -293,8 +293,17 @@ impl Store {
         message_id: &str,
         include_content: bool,
     ) -> Result<Option<Value>, StoreError> {
-        let fields: HashMap<String, String> =
-            self.connection().hgetall(message_key(message_id)).await?;
+        // One MULTI: the text and the fields (`seq` among them) of one moment.
+        let (mut fields, text): (HashMap<String, String>, Option<String>) = redis::pipe()
+            .atomic()
+            .hgetall(message_key(message_id))
+            .get(message_text_key(message_id))
+            .query_async(&mut self.connection())
+            .await?;
+        // A message written before the text key keeps its text in the hash.
+        if let Some(text) = text {
+            fields.insert("text".to_owned(), text);
+        }
         let Some(mut snapshot) = snapshot(&fields) else {
             return Ok(None);
         };

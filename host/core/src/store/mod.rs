@@ -5,6 +5,11 @@
 //! Keys (exactly as design D names them, plus two of our own):
 //! - `message:{mid}` hash: the message snapshot (expires `message_ttl_secs`
 //!   after its last change, 24 h by default);
+//! - `message:{mid}:text` string: the message's text, kept apart from the
+//!   hash so that appending is one `APPEND` of the delta, not a rewrite of
+//!   the whole text (same TTL as the hash, refreshed with it; a message
+//!   written before this key existed keeps its text in the hash's `text`
+//!   field until its next append moves it here);
 //! - `stream:session:{sid}:message:{mid}`: its events, the last `max_events`
 //!   (1,000) kept, each with a per-message sequence number;
 //! - `session:{sid}:messages` zset: the session index, score = creation time (ms);
@@ -82,6 +87,11 @@ impl Default for SessionsConfig {
 
 pub fn message_key(message_id: &str) -> String {
     format!("message:{message_id}")
+}
+/// The message's text (see the module docs). A message id has no `:`, so
+/// this never names another message's hash.
+pub fn message_text_key(message_id: &str) -> String {
+    format!("message:{message_id}:text")
 }
 pub fn message_stream_key(session_id: &str, message_id: &str) -> String {
     format!("{}{message_id}", stream_prefix(session_id))
@@ -252,6 +262,7 @@ impl Store {
             .key(SESSIONS_INDEX)
             .key(job)
             .key(counter)
+            .key(message_text_key(message_id))
             .arg(now_ms())
             .arg(config.message_ttl_secs.max(1))
             .arg(config.max_events.max(1))

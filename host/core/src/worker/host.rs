@@ -6,7 +6,7 @@
 //! [`Fence`]: the first one refused marks the attempt lost (`lost`), or
 //! cancelled (`stop`) once the job's cancel was accepted; either stops the guest.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use futures_util::future::BoxFuture;
@@ -179,6 +179,37 @@ impl JobHost for WorkerHost {
         Box::pin(async move {
             let result = self.queue.delete_state(&self.fence, &key).await;
             self.written("state", result);
+        })
+    }
+
+    fn state_sizes(&self) -> BoxFuture<'_, HashMap<String, usize>> {
+        Box::pin(async move {
+            // Two reads, not atomic: only this attempt writes the state.
+            let key = job_state_key(&self.job_id);
+            let mut redis = self.queue.connection();
+            let keys: Vec<String> = match redis.hkeys(&key).await {
+                Ok(keys) => keys,
+                Err(error) => {
+                    // The quota then counts this attempt's writes only.
+                    tracing::warn!(job = %self.job_id, %error, "could not read the size of the job's state");
+                    return HashMap::new();
+                }
+            };
+            if keys.is_empty() {
+                return HashMap::new();
+            }
+            let mut pipe = redis::pipe();
+            for field in &keys {
+                pipe.cmd("HSTRLEN").arg(&key).arg(field);
+            }
+            let lengths: Vec<usize> = pipe.query_async(&mut redis).await.unwrap_or_default();
+            keys.into_iter()
+                .zip(lengths)
+                .map(|(field, value)| {
+                    let bytes = field.len() + value;
+                    (field, bytes)
+                })
+                .collect()
         })
     }
 

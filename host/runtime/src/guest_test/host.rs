@@ -179,6 +179,16 @@ impl JobHost for ScriptedHost {
         Box::pin(async {})
     }
 
+    fn state_sizes(&self) -> BoxFuture<'_, std::collections::HashMap<String, usize>> {
+        let sizes = self
+            .record()
+            .state
+            .iter()
+            .map(|(key, value)| (key.clone(), key.len() + value.len()))
+            .collect();
+        Box::pin(async move { sizes })
+    }
+
     fn log(&self, level: LogLevel, message: &str) {
         let level = match level {
             LogLevel::Trace => "trace",

@@ -21,6 +21,19 @@
 //! - `flaky`: its first attempt asks to be retried after 50 ms; later ones
 //!   are a `writer`.
 //!
+//! Writes far past the sandbox's size quotas (tests/e2e/quotas.rs). `size`
+//! is bytes per write, `count` the number of writes; each mode stops at the
+//! first refusal and rejects the job with `"{mode} refused after {n}: {error}"`,
+//! else succeeds with `{"writes": n}`:
+//! - `state_set`: `state.set` of keys `k0`, `k1`, ... (10 MB, once, by default);
+//! - `emit`: `emit` of `blob` events whose data is a JSON string of `size`
+//!   bytes (10 MB, once, by default);
+//! - `log`: `log` lines of `size` bytes at level info (10 MB, once, by
+//!   default; logging cannot refuse, so it always succeeds);
+//! - `append_text`: `append-text` of `size` bytes (10 MB, once, by default)
+//!   to the message the job drives (start it as a session task); then
+//!   completes the message.
+//!
 //! Owns the misbehaviours the sandbox tests (tests/e2e/sandbox.rs) select by
 //! `mode`; a mode changes only together with the test that relies on it.
 //! Any other mode is rejected.
@@ -31,7 +44,7 @@ use serde_json::{Map, Value};
 use spool_sdk::chat::{Message, Request};
 use spool_sdk::{
     ChatMessage, ContentBlock, EmitError, Guest, Job, JobError, JobOutput, ModelRequest,
-    PriorityClass, PriorityDecision, RetryHint, events, model, state,
+    PriorityClass, PriorityDecision, RetryHint, events, logging, messages, model, state,
 };
 
 pub const PANIC_MESSAGE: &str = "adversary panics on purpose";
@@ -100,6 +113,7 @@ impl Guest for Adversary {
                 }));
             }
             "flaky" => writer(&job, payload["ticks"].as_u64().unwrap_or(10)),
+            "state_set" | "emit" | "log" | "append_text" => flood(mode, &payload)?,
             other => return Err(JobError::Reject(format!("unknown mode {other:?}"))),
         };
         Ok(JobOutput {
@@ -185,6 +199,39 @@ fn writer(job: &Job, ticks: u64) -> String {
         state::set("last", &format!("{}:{i}", job.attempt));
     }
     serde_json::json!({"attempt": job.attempt}).to_string()
+}
+
+/// `count` writes of `size` bytes through the import `mode` names (see the
+/// crate docs); the first refusal rejects the job, naming it.
+fn flood(mode: &str, payload: &Value) -> Result<String, JobError> {
+    let size = payload["size"].as_u64().unwrap_or(10_000_000) as usize;
+    let count = payload["count"].as_u64().unwrap_or(1);
+    // Built once: the point is the host's side of each write, not the guest's.
+    let text = "x".repeat(size);
+    let json = format!("\"{}\"", "x".repeat(size.saturating_sub(2)));
+    for n in 0..count {
+        let refused = match mode {
+            "state_set" => {
+                state::set(&format!("k{n}"), &text);
+                None
+            }
+            "emit" => events::emit("blob", &json).err().map(snake_case),
+            "log" => {
+                logging::log(logging::Level::Info, &text);
+                None
+            }
+            _ => messages::append_text(&text).err(),
+        };
+        if let Some(error) = refused {
+            return Err(JobError::Reject(format!(
+                "{mode} refused after {n}: {error}"
+            )));
+        }
+    }
+    if mode == "append_text" {
+        let _ = messages::complete();
+    }
+    Ok(serde_json::json!({ "writes": count }).to_string())
 }
 
 /// The error's WIT name in lower_snake_case, like every other name in events.
