@@ -32,6 +32,8 @@ pub struct Running {
     pub addr: SocketAddr,
     pub instance: String,
     shutdown: CancellationToken,
+    /// Stops the API; cancelled after the drain (see `stop`).
+    http_stop: CancellationToken,
     http: JoinSet<()>,
     workers: JoinSet<()>,
     background: JoinSet<()>,
@@ -157,26 +159,31 @@ pub async fn start(config: Config) -> Result<Running> {
         restarts,
         gateway,
         gate: open_gate(&config, &redis).await?,
+        draining: shutdown.clone(),
     });
     // With an admin listener of its own, the public one serves no admin route.
     let (public, admin_listener) = match config.auth.admin_listen {
         Some(admin) => (http::Routes::Public, Some(admin)),
         None => (http::Routes::All, None),
     };
+    // The API outlives the instance's shutdown signal: it stops only once jobs
+    // in flight have drained, so `/health/ready` can say "draining" meanwhile
+    // and clients watching those jobs see them end.
+    let http_stop = CancellationToken::new();
     let mut http = JoinSet::new();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     let app = http::router(state.clone(), config.body_limit_bytes, public);
-    http.spawn(serve_http(listener, app, shutdown.clone()));
+    http.spawn(serve_http(listener, app, http_stop.clone()));
     if let Some(admin) = admin_listener {
         let listener = tokio::net::TcpListener::bind(admin)
             .await
             .with_context(|| format!("cannot listen on {admin} (the admin listener)"))?;
         tracing::info!(addr = %listener.local_addr()?, "admin routes are served here only");
         let app = http::router(state, config.body_limit_bytes, http::Routes::Admin);
-        http.spawn(serve_http(listener, app, shutdown.clone()));
+        http.spawn(serve_http(listener, app, http_stop.clone()));
     }
     tracing::info!(%addr, %instance, workers = config.workers.concurrency, queues = ?config.queues.keys().collect::<Vec<_>>(), "spool is serving");
     let drain_timeout = Duration::from_millis(config.workers.drain_timeout_ms);
@@ -184,6 +191,7 @@ pub async fn start(config: Config) -> Result<Running> {
         addr,
         instance,
         shutdown,
+        http_stop,
         http,
         workers: worker_set,
         background,
@@ -359,8 +367,9 @@ async fn open_queues(config: &Config, queue: &Queue) -> Result<BTreeMap<String, 
 }
 
 impl Running {
-    /// Stops accepting, lets jobs in flight finish (up to the drain timeout),
-    /// then stops the stub model and the embedded Redis.
+    /// Reports not-ready and stops claiming jobs, lets jobs in flight finish
+    /// (up to the drain timeout), stops the API, then the stub model and the
+    /// embedded Redis.
     pub async fn stop(mut self) {
         tracing::info!("shutting down: draining jobs in flight");
         self.shutdown.cancel();
@@ -374,6 +383,7 @@ impl Running {
             );
             self.workers.abort_all();
         }
+        self.http_stop.cancel();
         // Streaming responses (SSE) hold the server open; do not wait for them.
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             while self.http.join_next().await.is_some() {}

@@ -1,0 +1,210 @@
+//! Operating spool (issue 15): log formats and the job span, health probes,
+//! configuration merged from file, environment and flags.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A chat job whose first model call fails (a 500 from the stub), so its
+/// first attempt logs a failure, then completes on the second.
+async fn job_with_a_failed_attempt(stack: &Stack) -> String {
+    stack
+        .stub
+        .inject([spool::stub::Fault {
+            status: Some(500),
+            times: 1,
+            ..Default::default()
+        }])
+        .expect("fault");
+    let (status, reply) = stack
+        .api
+        .post(
+            &stack.host.url("/api/chat"),
+            &json!({"userId": "u", "prompt": "log me"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{reply}");
+    let id = reply["jobId"].as_str().unwrap_or_default().to_owned();
+    let job = stack.api.wait_terminal(&stack.host, &id, WAIT).await;
+    assert_eq!(
+        (job["state"].as_str(), job["attempts"].as_u64()),
+        (Some("completed"), Some(2)),
+        "{job}"
+    );
+    id
+}
+
+fn retrying_queue() -> String {
+    "[queues.chat]\nhandler = \"chat\"\nmax_attempts = 3\nbackoff_ms = 100\n".to_owned()
+}
+
+/// The job id a JSON log line carries as a field: its own, its span's or a parent span's.
+fn job_fields(line: &Value) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut take = |object: &Value| {
+        if let Some(job) = object["job"].as_str() {
+            found.push(job.to_owned());
+        }
+    };
+    take(&line["fields"]);
+    take(&line["span"]);
+    for span in line["spans"].as_array().into_iter().flatten() {
+        take(span);
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line_and_lines_about_a_job_carry_its_id() {
+    let stack = Stack::start(HostOptions {
+        config: retrying_queue(),
+        extra_args: vec!["--log-format".into(), "json".into()],
+        ..Default::default()
+    })
+    .await;
+    let id = job_with_a_failed_attempt(&stack).await;
+    let log = stack.host.log_text();
+    let mut about_the_job = 0;
+    let mut failed_attempt = None;
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let parsed: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line}\nlog:\n{log}"));
+        assert!(parsed.is_object(), "{line}");
+        if line.contains(&id) {
+            about_the_job += 1;
+            assert!(
+                job_fields(&parsed).contains(&id),
+                "a line mentioning the job has no job field: {line}"
+            );
+        }
+        if parsed["fields"]["message"] == "job attempt failed" {
+            failed_attempt = Some(parsed);
+        }
+    }
+    assert!(about_the_job > 0, "the job is in the log:\n{log}");
+    let failed = failed_attempt.unwrap_or_else(|| panic!("no failed attempt logged:\n{log}"));
+    let span = &failed["span"];
+    assert_eq!(span["job"], id.as_str(), "{failed}");
+    assert_eq!(span["queue"], "chat", "{failed}");
+    assert!(
+        span["handler_version"]
+            .as_str()
+            .is_some_and(|v| v.len() == 12),
+        "the handler version is a span field: {failed}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_logs_written_to_a_file_have_no_colour_codes_and_name_the_job() {
+    let stack = Stack::start(HostOptions {
+        config: retrying_queue(),
+        ..Default::default()
+    })
+    .await;
+    let id = job_with_a_failed_attempt(&stack).await;
+    let log = stack.host.log_text();
+    assert!(
+        !log.contains('\x1b'),
+        "ANSI escape codes in a log file:\n{log}"
+    );
+    let failed = log
+        .lines()
+        .find(|l| l.contains("job attempt failed"))
+        .unwrap_or_else(|| panic!("no failed attempt logged:\n{log}"));
+    assert!(
+        failed.contains(&format!("job{{job={id} queue=chat"))
+            && failed.contains("handler_version="),
+        "the job's span prefixes the line: {failed}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_needs_redis_and_live_does_not() {
+    let mut stack = Stack::start(HostOptions::default()).await;
+    let api = &stack.api;
+    let (status, live) = api.get(&stack.host.url("/health/live")).await;
+    assert_eq!(status, 200, "{live}");
+    let (status, ready) = api.get(&stack.host.url("/health/ready")).await;
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["notReady"], json!([]), "{ready}");
+
+    stack.redis.kill();
+    let started = Instant::now();
+    let (status, ready) = stack.api.get(&stack.host.url("/health/ready")).await;
+    assert_eq!(status, 503, "{ready}");
+    assert_eq!(ready["notReady"], json!(["redis"]), "{ready}");
+    assert_eq!(ready["redis"], "unavailable", "{ready}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "answers promptly"
+    );
+    let (status, live) = stack.api.get(&stack.host.url("/health/live")).await;
+    assert_eq!(status, 200, "the process is alive: {live}");
+
+    stack.redis.kill_and_restart();
+    let mut back = false;
+    for _ in 0..100 {
+        if stack.api.get(&stack.host.url("/health/ready")).await.0 == 200 {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(back, "ready again once Redis is back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_is_503_while_the_instance_drains_after_sigterm() {
+    let mut stack = Stack::start(HostOptions::default()).await;
+    stack.stub.set_timing(3000, 0);
+    let (status, reply) = stack
+        .api
+        .post(
+            &stack.host.url("/api/chat"),
+            &json!({"userId": "u", "prompt": "slow"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{reply}");
+    let id = reply["jobId"].as_str().unwrap_or_default().to_owned();
+    let started = Instant::now();
+    loop {
+        let (_, job) = stack
+            .api
+            .get(&stack.host.url(&format!("/api/job/{id}")))
+            .await;
+        if job["state"] == "active" {
+            break;
+        }
+        assert!(started.elapsed() < WAIT, "the job never started: {job}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stack.host.signal(libc::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, ready) = stack.api.get(&stack.host.url("/health/ready")).await;
+    assert_eq!(status, 503, "{ready}");
+    assert_eq!(ready["notReady"], json!(["draining"]), "{ready}");
+    assert_eq!(ready["draining"], true, "{ready}");
+    let (status, _) = stack.api.get(&stack.host.url("/health/live")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        stack.host.wait_exit(Duration::from_secs(20)),
+        Some(0),
+        "clean exit; log:\n{}",
+        stack.host.log_text()
+    );
+    let mut redis = stack.redis.connection();
+    let state: Option<String> = redis::cmd("HGET")
+        .arg(format!("spool:job:{id}"))
+        .arg("state")
+        .query(&mut redis)
+        .unwrap_or_default();
+    assert_eq!(
+        state.as_deref(),
+        Some("completed"),
+        "the job in flight finished"
+    );
+}
