@@ -1,6 +1,7 @@
 //! Operating spool (issue 15): log formats and the job span, health probes,
 //! configuration merged from file, environment and flags.
 
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -206,5 +207,83 @@ async fn ready_is_503_while_the_instance_drains_after_sigterm() {
         state.as_deref(),
         Some("completed"),
         "the job in flight finished"
+    );
+}
+
+/// The README's promise end to end: a `[model]` table with just a url, the
+/// kind from the environment; the job's model calls use both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_url_from_the_file_and_its_kind_from_the_environment_serve_a_job() {
+    let redis = Redis::start();
+    let stub = stub().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("spool.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[model]\nurl = \"{}\"\n\n[limits]\nrate_per_sec = 1000.0\ncapacity = 1000.0\n",
+            stub.url()
+        ),
+    )
+    .expect("write config");
+    let port = free_port();
+    let log = dir.path().join("spool.log");
+    let child = Command::new(SPOOL)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("SPOOL_CONFIG", &config)
+        .env("SPOOL_REDIS_URL", redis.url())
+        .env("SPOOL_MODEL_KIND", "openai")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn spool");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Kill(child);
+    let base = format!("http://127.0.0.1:{port}");
+    let api = Api::default();
+    let started = Instant::now();
+    loop {
+        let live = reqwest::get(format!("{base}/health/live")).await;
+        if live.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        if let Ok(Some(status)) = child.0.try_wait() {
+            panic!(
+                "spool exited ({status}):\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        assert!(started.elapsed() < WAIT, "spool never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, reply) = api
+        .post(
+            &format!("{base}/api/chat"),
+            &json!({"userId": "u", "prompt": "hi"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{reply}");
+    let id = reply["jobId"].as_str().unwrap_or_default().to_owned();
+    let started = Instant::now();
+    loop {
+        let (_, job) = api.get(&format!("{base}/api/job/{id}")).await;
+        if job["state"] == "completed" {
+            break;
+        }
+        assert!(started.elapsed() < WAIT, "the job did not complete: {job}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let calls = stub.stats().calls;
+    assert!(
+        calls
+            .keys()
+            .any(|path| path.contains("/v1/chat/completions")),
+        "the OpenAI protocol from SPOOL_MODEL_KIND was used: {calls:?}"
     );
 }

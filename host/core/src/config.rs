@@ -314,7 +314,12 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config file {}", path.display()))?;
         toml::from_str(&text)
-            .with_context(|| format!("config file {} is not valid", path.display()))
+            .with_context(|| {
+                format!(
+                    "config file {} is not valid: fix the key named below (README \"Configuration\" lists every key)",
+                    path.display()
+                )
+            })
     }
 
     /// Checks what serde cannot: values in range, queues naming handlers that exist.
