@@ -262,11 +262,50 @@ async fn open_redis(
             (server.url().to_owned(), Some(server))
         }
     };
-    let client = redis::Client::open(redis_url.as_str())
-        .with_context(|| format!("invalid Redis URL `{redis_url}`"))?;
-    let mut redis = connect(&client, &redis_url).await?;
+    let client = redis_client(&redis_url, config.redis.ca_file.as_deref())?;
+    let mut redis = connect(&client, &redacted(&redis_url)).await?;
     spool_core::server_check::check(&mut redis).await?;
     Ok((client, redis, embedded))
+}
+
+/// A client for `url`. `rediss://` trusts `ca_file` if given (a managed
+/// Redis with a private CA), else the system's roots.
+fn redis_client(url: &str, ca_file: Option<&std::path::Path>) -> Result<redis::Client> {
+    let Some(path) = ca_file else {
+        return redis::Client::open(url)
+            .with_context(|| format!("invalid Redis URL `{}`", redacted(url)));
+    };
+    let root_cert = std::fs::read(path).with_context(|| {
+        format!(
+            "cannot read redis.ca_file {}: point it at the PEM file of the CA that signed your Redis server's certificate",
+            path.display()
+        )
+    })?;
+    let certificates = redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(root_cert),
+    };
+    redis::Client::build_with_tls(url, certificates).with_context(|| {
+        format!(
+            "cannot use Redis URL `{}` with the CA in redis.ca_file {} (a rediss:// URL and a PEM certificate are needed)",
+            redacted(url),
+            path.display()
+        )
+    })
+}
+
+/// `url` fit for logs and error messages: its password replaced by `***`.
+pub fn redacted(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(_) => url.to_owned(),
+        // Unparsable: it may still hold a password after an `@`.
+        Err(_) if url.contains('@') => "(a URL that does not parse)".to_owned(),
+        Err(_) => url.to_owned(),
+    }
 }
 
 /// The model backend: the configured server, or the built-in stub.

@@ -104,6 +104,10 @@ struct Settings {
     /// Omitted or empty: spool starts its own redis-server [env: SPOOL_REDIS_URL].
     #[arg(long)]
     redis_url: Option<String>,
+    /// For rediss://: PEM file of the CA that signed the Redis server's certificate
+    /// (absent: the system's roots) [env: SPOOL_REDIS_CA_FILE].
+    #[arg(long)]
+    redis_ca_file: Option<PathBuf>,
     /// Data directory of the embedded redis-server [env: SPOOL_DATA_DIR] [default: spool-data].
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -206,6 +210,7 @@ impl Settings {
         Ok(Self {
             listen: env_value(env, "SPOOL_LISTEN", parsed)?,
             redis_url: env_value(env, "SPOOL_REDIS_URL", text)?,
+            redis_ca_file: env_value(env, "SPOOL_REDIS_CA_FILE", |t| Ok(PathBuf::from(t)))?,
             data_dir: env_value(env, "SPOOL_DATA_DIR", |t| Ok(PathBuf::from(t)))?,
             fsync: env_value(env, "SPOOL_FSYNC", parsed)?,
             concurrency: env_value(env, "SPOOL_CONCURRENCY", parsed)?,
@@ -263,6 +268,9 @@ impl Settings {
         if let Some(url) = self.redis_url {
             // Empty: the embedded redis-server, whatever the file says.
             config.redis.url = Some(url).filter(|url| !url.is_empty());
+        }
+        if let Some(file) = self.redis_ca_file {
+            config.redis.ca_file = Some(file).filter(|f| !f.as_os_str().is_empty());
         }
         if let Some(dir) = self.data_dir {
             config.redis.data_dir = dir;
@@ -550,6 +558,13 @@ mod tests {
                 vec![("SPOOL_REDIS_URL", "redis://env:6379")],
                 vec!["--redis-url", "rediss://u:p@flag:6380"],
                 Values(vec![("/redis/url", json!("rediss://u:p@flag:6380"))]),
+            ),
+            (
+                "the Redis CA file: flag over env over file",
+                Some("[redis]\nca_file = \"file.pem\"\n"),
+                vec![("SPOOL_REDIS_CA_FILE", "env.pem")],
+                vec![],
+                Values(vec![("/redis/ca_file", json!("env.pem"))]),
             ),
             (
                 "listen and rate: env over defaults",

@@ -226,64 +226,224 @@ async fn a_model_url_from_the_file_and_its_kind_from_the_environment_serve_a_job
         ),
     )
     .expect("write config");
-    let port = free_port();
-    let log = dir.path().join("spool.log");
-    let child = Command::new(SPOOL)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .env("SPOOL_CONFIG", &config)
-        .env("SPOOL_REDIS_URL", redis.url())
-        .env("SPOOL_MODEL_KIND", "openai")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("spawn spool");
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut child = Kill(child);
-    let base = format!("http://127.0.0.1:{port}");
-    let api = Api::default();
-    let started = Instant::now();
-    loop {
-        let live = reqwest::get(format!("{base}/health/live")).await;
-        if live.is_ok_and(|r| r.status() == 200) {
-            break;
-        }
-        if let Ok(Some(status)) = child.0.try_wait() {
-            panic!(
-                "spool exited ({status}):\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        assert!(started.elapsed() < WAIT, "spool never answered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let (status, reply) = api
-        .post(
-            &format!("{base}/api/chat"),
-            &json!({"userId": "u", "prompt": "hi"}),
-        )
-        .await;
-    assert_eq!(status, 202, "{reply}");
-    let id = reply["jobId"].as_str().unwrap_or_default().to_owned();
-    let started = Instant::now();
-    loop {
-        let (_, job) = api.get(&format!("{base}/api/job/{id}")).await;
-        if job["state"] == "completed" {
-            break;
-        }
-        assert!(started.elapsed() < WAIT, "the job did not complete: {job}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let spool = Spool::start(
+        dir.path(),
+        &[],
+        &[
+            ("SPOOL_CONFIG", config.to_string_lossy().as_ref()),
+            ("SPOOL_REDIS_URL", &redis.url()),
+            ("SPOOL_MODEL_KIND", "openai"),
+        ],
+    )
+    .await;
+    let job = spool.run_chat_job(&Api::default()).await;
+    assert_eq!(job["state"], "completed", "{job}");
     let calls = stub.stats().calls;
     assert!(
         calls
             .keys()
             .any(|path| path.contains("/v1/chat/completions")),
         "the OpenAI protocol from SPOOL_MODEL_KIND was used: {calls:?}"
+    );
+}
+
+/// A `spool serve` started by a test with exactly the flags and environment
+/// it gives (no config file of the harness's), killed when dropped.
+struct Spool {
+    child: std::process::Child,
+    base: String,
+    log: std::path::PathBuf,
+}
+
+impl Spool {
+    async fn start(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let log = dir.join("spool.log");
+        let child = Command::new(SPOOL)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("spawn spool");
+        let mut spool = Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        let started = Instant::now();
+        loop {
+            let ready = reqwest::get(format!("{}/health/ready", spool.base)).await;
+            if ready.is_ok_and(|r| r.status() == 200) {
+                return spool;
+            }
+            if let Ok(Some(status)) = spool.child.try_wait() {
+                panic!("spool exited ({status}):\n{}", spool.log_text());
+            }
+            assert!(
+                started.elapsed() < WAIT,
+                "spool never got ready:\n{}",
+                spool.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn run_chat_job(&self, api: &Api) -> Value {
+        let (status, reply) = api
+            .post(
+                &format!("{}/api/chat", self.base),
+                &json!({"userId": "u", "prompt": "hi"}),
+            )
+            .await;
+        assert_eq!(status, 202, "{reply}");
+        let id = reply["jobId"].as_str().unwrap_or_default().to_owned();
+        let started = Instant::now();
+        loop {
+            let (_, job) = api.get(&format!("{}/api/job/{id}", self.base)).await;
+            if job["state"] == "completed" || job["state"] == "failed" {
+                return job;
+            }
+            assert!(started.elapsed() < WAIT, "the job did not finish: {job}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A redis-server that speaks TLS only, with ACL user `spool` (password
+/// `secret`) and the default user off, like a managed Redis.
+struct TlsRedis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl TlsRedis {
+    /// Makes a CA and a server certificate for 127.0.0.1 in `dir` (openssl CLI).
+    fn start(dir: &std::path::Path) -> Self {
+        let openssl = |args: &str| {
+            let status = Command::new("openssl")
+                .args(args.split(' '))
+                .current_dir(dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl must be installed");
+            assert!(status.success(), "openssl {args}");
+        };
+        openssl(
+            "req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=spool-test-CA",
+        );
+        openssl(
+            "req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1",
+        );
+        std::fs::write(
+            dir.join("ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .expect("ext");
+        openssl(
+            "x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 -extfile ext",
+        );
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .current_dir(dir)
+            .args(["--port", "0", "--tls-port", &port.to_string()])
+            .args([
+                "--tls-cert-file",
+                "server.crt",
+                "--tls-key-file",
+                "server.key",
+            ])
+            .args(["--tls-ca-cert-file", "ca.crt", "--tls-auth-clients", "no"])
+            .args(["--user", "default", "off"])
+            .args(["--user", "spool", "on", ">secret", "~*", "&*", "+@all"])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(dir)
+            .args(["--logfile", "redis.log"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        wait_until("the TLS port listens", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Self { child, port }
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A managed Redis: `rediss://` with an ACL user and password, the server's
+/// CA given in `[redis] ca_file`. A job runs; the password never reaches the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_an_acl_user_and_a_private_ca_runs_a_job() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let redis = TlsRedis::start(dir.path());
+    let stub = stub().await;
+    let config = dir.path().join("spool.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[redis]\nca_file = \"{}\"\n\n[model]\nurl = \"{}\"\n",
+            dir.path().join("ca.crt").display(),
+            stub.url()
+        ),
+    )
+    .expect("config");
+    let url = format!("rediss://spool:secret@127.0.0.1:{}", redis.port);
+    let config_arg = config.to_string_lossy().into_owned();
+    let spool = Spool::start(
+        dir.path(),
+        &["--config", &config_arg, "--redis-url", &url],
+        &[],
+    )
+    .await;
+    let job = spool.run_chat_job(&Api::default()).await;
+    assert_eq!(job["state"], "completed", "{job}");
+    assert!(
+        !spool.log_text().contains("secret"),
+        "the password is not logged:\n{}",
+        spool.log_text()
+    );
+
+    // Without the CA the server's certificate is not trusted: spool refuses
+    // to start, says why, and does not print the password either.
+    let other = tempfile::tempdir().expect("temp dir");
+    let output = Command::new(SPOOL)
+        .args(["serve", "--listen", "127.0.0.1:0", "--redis-url", &url])
+        .env("SPOOL_MODEL_URL", stub.url())
+        .current_dir(other.path())
+        .output()
+        .expect("spool runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "started without trusting the CA: {stderr}"
+    );
+    assert!(
+        stderr.contains("cannot reach Redis"),
+        "says what failed: {stderr}"
+    );
+    assert!(
+        !stderr.contains("secret"),
+        "the password is not printed: {stderr}"
     );
 }

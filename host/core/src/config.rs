@@ -107,6 +107,9 @@ pub struct RedisConfig {
     /// `redis://host:port`, `redis+unix:///path/redis.sock`... Absent: spool starts
     /// and owns a local redis-server in `data_dir`.
     pub url: Option<String>,
+    /// For `rediss://`: a PEM file of the CA that signed the server's
+    /// certificate (a private CA); absent: the system's trusted roots.
+    pub ca_file: Option<PathBuf>,
     /// Where the embedded redis-server keeps its AOF and socket.
     pub data_dir: PathBuf,
     /// AOF fsync policy of the embedded server: `everysec` may lose the last
@@ -251,6 +254,7 @@ impl Default for RedisConfig {
     fn default() -> Self {
         Self {
             url: None,
+            ca_file: None,
             data_dir: PathBuf::from("spool-data"),
             appendfsync: Fsync::Everysec,
         }
