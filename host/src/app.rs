@@ -493,6 +493,11 @@ async fn connect(client: &redis::Client, url: &str) -> Result<ConnectionManager>
                 tracing::warn!(%error, "Redis at {url} not reachable yet; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
+            // An untrusted certificate is a setting, not an outage: name the setting.
+            Err(error) if error.to_string().contains("certificate") => bail!(
+                "cannot reach Redis at {url}: {error}. If its certificate comes from a private CA, \
+                 give that CA's PEM file as [redis] ca_file, --redis-ca-file or SPOOL_REDIS_CA_FILE"
+            ),
             Err(error) => bail!(
                 "cannot reach Redis at {url}: {error}. Start it, fix --redis-url, or omit the URL to let spool run its own"
             ),

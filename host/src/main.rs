@@ -392,6 +392,15 @@ mod tests {
         Error(&'static [&'static str]),
     }
 
+    /// Name, config file, environment, flags, what must come out.
+    type Case<'a> = (
+        &'a str,
+        Option<&'a str>,
+        Vec<(&'a str, &'a str)>,
+        Vec<&'a str>,
+        Expect,
+    );
+
     #[test]
     fn flags_beat_env_beat_the_file_beat_defaults_field_by_field() {
         use Expect::*;
@@ -404,7 +413,7 @@ mod tests {
         let typo_file = &*format!(
             "[model]\nurl = \"http://m:1\"\nchat_model = \"c\"\nchat_modle = \"x\"\n{full}"
         );
-        let cases: Vec<(&str, Option<&str>, Vec<(&str, &str)>, Vec<&str>, Expect)> = vec![
+        let cases: Vec<Case> = vec![
             (
                 "a [model] url alone takes every other model key's default",
                 Some("[model]\nurl = \"http://m:1\"\n"),

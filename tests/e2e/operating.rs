@@ -439,8 +439,8 @@ async fn rediss_with_an_acl_user_and_a_private_ca_runs_a_job() {
         "started without trusting the CA: {stderr}"
     );
     assert!(
-        stderr.contains("cannot reach Redis"),
-        "says what failed: {stderr}"
+        stderr.contains("cannot reach Redis") && stderr.contains("ca_file"),
+        "says what failed and which setting fixes it: {stderr}"
     );
     assert!(
         !stderr.contains("secret"),
