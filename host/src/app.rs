@@ -32,6 +32,8 @@ pub struct Running {
     pub addr: SocketAddr,
     pub instance: String,
     shutdown: CancellationToken,
+    /// Stops the API; cancelled after the drain (see `stop`).
+    http_stop: CancellationToken,
     http: JoinSet<()>,
     workers: JoinSet<()>,
     background: JoinSet<()>,
@@ -168,26 +170,31 @@ pub async fn start(config: Config) -> Result<Running> {
         restarts,
         gateway,
         gate: open_gate(&config, &redis).await?,
+        draining: shutdown.clone(),
     });
     // With an admin listener of its own, the public one serves no admin route.
     let (public, admin_listener) = match config.auth.admin_listen {
         Some(admin) => (http::Routes::Public, Some(admin)),
         None => (http::Routes::All, None),
     };
+    // The API outlives the instance's shutdown signal: it stops only once jobs
+    // in flight have drained, so `/health/ready` can say "draining" meanwhile
+    // and clients watching those jobs see them end.
+    let http_stop = CancellationToken::new();
     let mut http = JoinSet::new();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     let app = http::router(state.clone(), config.body_limit_bytes, public);
-    http.spawn(serve_http(listener, app, shutdown.clone()));
+    http.spawn(serve_http(listener, app, http_stop.clone()));
     if let Some(admin) = admin_listener {
         let listener = tokio::net::TcpListener::bind(admin)
             .await
             .with_context(|| format!("cannot listen on {admin} (the admin listener)"))?;
         tracing::info!(addr = %listener.local_addr()?, "admin routes are served here only");
         let app = http::router(state, config.body_limit_bytes, http::Routes::Admin);
-        http.spawn(serve_http(listener, app, shutdown.clone()));
+        http.spawn(serve_http(listener, app, http_stop.clone()));
     }
     tracing::info!(%addr, %instance, workers = config.workers.concurrency, queues = ?config.queues.keys().collect::<Vec<_>>(), "spool is serving");
     let drain_timeout = Duration::from_millis(config.workers.drain_timeout_ms);
@@ -195,6 +202,7 @@ pub async fn start(config: Config) -> Result<Running> {
         addr,
         instance,
         shutdown,
+        http_stop,
         http,
         workers: worker_set,
         background,
@@ -270,11 +278,36 @@ async fn open_redis(
     };
     // The URL may carry a password: only its masked form is ever shown.
     let shown = spool_core::redact::url(&redis_url);
-    let client = redis::Client::open(redis_url.as_str())
-        .with_context(|| format!("invalid Redis URL `{shown}`"))?;
+    let client = redis_client(&redis_url, config.redis.ca_file.as_deref())?;
     let mut redis = connect(&client, &shown).await?;
     spool_core::server_check::check(&mut redis).await?;
     Ok((client, redis, embedded))
+}
+
+/// A client for `url`. `rediss://` trusts `ca_file` if given (a managed
+/// Redis with a private CA), else the system's roots.
+fn redis_client(url: &str, ca_file: Option<&std::path::Path>) -> Result<redis::Client> {
+    let Some(path) = ca_file else {
+        return redis::Client::open(url)
+            .with_context(|| format!("invalid Redis URL `{}`", spool_core::redact::url(url)));
+    };
+    let root_cert = std::fs::read(path).with_context(|| {
+        format!(
+            "cannot read redis.ca_file {}: point it at the PEM file of the CA that signed your Redis server's certificate",
+            path.display()
+        )
+    })?;
+    let certificates = redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(root_cert),
+    };
+    redis::Client::build_with_tls(url, certificates).with_context(|| {
+        format!(
+            "cannot use Redis URL `{}` with the CA in redis.ca_file {} (a rediss:// URL and a PEM certificate are needed)",
+            spool_core::redact::url(url),
+            path.display()
+        )
+    })
 }
 
 /// The model backend: the configured server, or the built-in stub.
@@ -379,8 +412,9 @@ async fn open_queues(config: &Config, queue: &Queue) -> Result<BTreeMap<String, 
 }
 
 impl Running {
-    /// Stops accepting, lets jobs in flight finish (up to the drain timeout),
-    /// then stops the stub model and the embedded Redis.
+    /// Reports not-ready and stops claiming jobs, lets jobs in flight finish
+    /// (up to the drain timeout), stops the API, then the stub model and the
+    /// embedded Redis.
     pub async fn stop(mut self) {
         tracing::info!("shutting down: draining jobs in flight");
         self.shutdown.cancel();
@@ -394,6 +428,7 @@ impl Running {
             );
             self.workers.abort_all();
         }
+        self.http_stop.cancel();
         // Streaming responses (SSE) hold the server open; do not wait for them.
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             while self.http.join_next().await.is_some() {}
@@ -506,6 +541,11 @@ async fn connect(client: &redis::Client, shown: &str) -> Result<ConnectionManage
                 tracing::warn!(%error, "Redis at {shown} not reachable yet; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
+            // An untrusted certificate is a setting, not an outage: name the setting.
+            Err(error) if error.to_string().contains("certificate") => bail!(
+                "cannot reach Redis at {shown}: {error}. If its certificate comes from a private CA, \
+                 give that CA's PEM file as [redis] ca_file, --redis-ca-file or SPOOL_REDIS_CA_FILE"
+            ),
             Err(error) => bail!(
                 "cannot reach Redis at {shown}: {error}. Start it, fix --redis-url, or omit the URL to let spool run its own"
             ),

@@ -113,6 +113,9 @@ pub struct RedisConfig {
     /// `redis://host:port`, `redis+unix:///path/redis.sock`... Absent: spool starts
     /// and owns a local redis-server in `data_dir`.
     pub url: Option<String>,
+    /// For `rediss://`: a PEM file of the CA that signed the server's
+    /// certificate (a private CA); absent: the system's trusted roots.
+    pub ca_file: Option<PathBuf>,
     /// Where the embedded redis-server keeps its AOF and socket.
     pub data_dir: PathBuf,
     /// AOF fsync policy of the embedded server: `everysec` may lose the last
@@ -291,6 +294,7 @@ impl Default for RedisConfig {
     fn default() -> Self {
         Self {
             url: None,
+            ca_file: None,
             data_dir: PathBuf::from("spool-data"),
             appendfsync: Fsync::Everysec,
         }
@@ -364,7 +368,12 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config file {}", path.display()))?;
         toml::from_str(&text)
-            .with_context(|| format!("config file {} is not valid", path.display()))
+            .with_context(|| {
+                format!(
+                    "config file {} is not valid: fix the key named below (README \"Configuration\" lists every key)",
+                    path.display()
+                )
+            })
     }
 
     /// Checks what serde cannot: values in range, queues naming handlers that exist.

@@ -6,14 +6,10 @@ use clap::{Args, Subcommand};
 
 #[derive(Args, Debug)]
 pub struct DeadArgs {
-    /// Base URL of a running spool instance.
-    #[arg(
-        long,
-        global = true,
-        env = "SPOOL_URL",
-        default_value = "http://127.0.0.1:8080"
-    )]
-    url: String,
+    /// Base URL of a running spool instance [default: http://127.0.0.1:8080]. The same
+    /// name as `spool deploy`, `handlers` and `keys` use; `--url` and SPOOL_URL still work.
+    #[arg(long, alias = "url", global = true, env = "SPOOL_SERVER")]
+    server: Option<String>,
     #[command(subcommand)]
     action: DeadAction,
 }
@@ -35,7 +31,16 @@ enum DeadAction {
 }
 
 pub async fn run(args: DeadArgs) -> Result<()> {
-    let base = args.url.trim_end_matches('/');
+    // SPOOL_URL was this command's variable before it took the common name.
+    let server = args
+        .server
+        .or_else(|| {
+            std::env::var("SPOOL_URL")
+                .ok()
+                .filter(|url| !url.is_empty())
+        })
+        .unwrap_or_else(|| "http://127.0.0.1:8080".to_owned());
+    let base = server.trim_end_matches('/');
     let client = super::client(std::time::Duration::from_secs(60))?;
     let request = match &args.action {
         DeadAction::List { queue, limit } => {
@@ -56,7 +61,7 @@ pub async fn run(args: DeadArgs) -> Result<()> {
     let response = match request.send().await {
         Ok(response) => response,
         Err(error) => bail!(
-            "cannot reach spool at {base} ({error}); is `spool serve` running? Pass --url or set SPOOL_URL"
+            "cannot reach spool at {base} ({error}); is `spool serve` running? Pass --server or set SPOOL_SERVER"
         ),
     };
     let status = response.status();

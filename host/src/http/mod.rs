@@ -6,6 +6,7 @@ pub mod auth;
 mod bounds;
 mod dead;
 mod error;
+mod health;
 mod jobs;
 mod limits;
 mod message_stream;
@@ -53,6 +54,8 @@ pub struct AppState {
     pub gateway: Arc<Gateway>,
     /// Who may call what (see `auth`).
     pub gate: auth::Gate,
+    /// Cancelled when the instance starts draining (SIGTERM): `/health/ready` turns 503.
+    pub draining: tokio_util::sync::CancellationToken,
 }
 
 impl AppState {
@@ -79,6 +82,8 @@ pub fn router(state: Arc<AppState>, body_limit: usize, routes: Routes) -> Router
     let open = Router::new()
         .route("/", get(page))
         .route("/health", get(health))
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
         .route("/api/login", post(auth::login))
         .route("/api/logout", post(auth::logout));
     let reader = Router::new()
@@ -120,7 +125,11 @@ pub fn router(state: Arc<AppState>, body_limit: usize, routes: Routes) -> Router
         Routes::All => (open.merge(reader).merge(submitter).merge(admin), uploads),
         Routes::Public => (open.merge(reader).merge(submitter), Router::new()),
         Routes::Admin => (
-            Router::new().route("/health", get(health)).merge(admin),
+            Router::new()
+                .route("/health", get(health))
+                .route("/health/live", get(health::live))
+                .route("/health/ready", get(health::ready))
+                .merge(admin),
             uploads,
         ),
     };

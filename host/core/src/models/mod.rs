@@ -48,24 +48,41 @@ pub enum OllamaApi {
     Generate,
 }
 
-/// `Debug` is written by hand: the URL and key are secrets (see `redact`).
+/// `[model]`: every key but `url` has a default, and a misspelt key is an
+/// error rather than a setting silently not applied. `Debug` is written by
+/// hand: the URL and key are secrets (see `redact`).
 #[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct BackendConfig {
     pub kind: BackendKind,
-    /// Base URL without the API path, e.g. `http://127.0.0.1:11434`.
+    /// Base URL without the API path, e.g. `http://127.0.0.1:11434`. Required:
+    /// the default (empty) is refused when the configuration is built.
     pub url: String,
     pub api_key: Option<String>,
     pub chat_model: String,
     pub embed_model: String,
-    #[serde(default)]
     pub ollama_api: OllamaApi,
     /// Bound on a whole call, streaming included; 0 means unbounded.
     pub request_timeout_ms: u64,
     /// Every 403 is a rate limit (for a proxy that answers bursts with a bare
     /// 403). Off: only a 403 whose body or `Retry-After` says so is one; any
     /// other 403 (bad key, region, permission) fails the call for good.
-    #[serde(default)]
     pub forbidden_is_rate_limit: bool,
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        Self {
+            kind: BackendKind::Ollama,
+            url: String::new(),
+            api_key: None,
+            chat_model: "qwen2.5:0.5b".into(),
+            embed_model: "nomic-embed-text".into(),
+            ollama_api: OllamaApi::Chat,
+            request_timeout_ms: 120_000,
+            forbidden_is_rate_limit: false,
+        }
+    }
 }
 
 impl fmt::Debug for BackendConfig {

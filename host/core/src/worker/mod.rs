@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::QueueConfig;
 use crate::gateway::Gateway;
@@ -136,6 +137,33 @@ impl Workers {
     /// outcome is recorded, which may wait for Redis). `handler`: the route's
     /// handler as resolved when the claim was made.
     async fn run_job(
+        &self,
+        claimed: ClaimedJob,
+        route: &Route,
+        consumer: &str,
+        handler: Option<HandlerComponent>,
+    ) {
+        // Every line logged while this attempt runs (the worker's, the
+        // guest's captured output, model calls) carries these fields, so an
+        // operator can follow one job through an instance's log.
+        let span = tracing::info_span!(
+            "job",
+            job = %claimed.record.id,
+            queue = %route.keys.name,
+            attempt = claimed.record.attempts,
+            handler = %claimed.record.handler,
+            handler_version = handler
+                .as_ref()
+                .map(|h| h.version.as_str())
+                .or(claimed.record.handler_version.as_deref())
+                .unwrap_or(""),
+        );
+        self.run_job_attempt(claimed, route, consumer, handler)
+            .instrument(span)
+            .await
+    }
+
+    async fn run_job_attempt(
         &self,
         claimed: ClaimedJob,
         route: &Route,
