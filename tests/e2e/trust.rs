@@ -457,3 +457,28 @@ async fn admin_routes_can_live_on_a_listener_of_their_own() {
         .await;
     assert_eq!(status, 202);
 }
+
+/// WebSockets are not bound by CORS: a page elsewhere must not open one to
+/// the loopback API and submit or watch jobs as the local user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_from_another_site_is_refused() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let stack = Stack::start(HostOptions::default()).await;
+    let url = stack.host.url("/ws").replace("http://", "ws://");
+    let mut request = url.as_str().into_client_request().expect("request");
+    request
+        .headers_mut()
+        .insert("origin", "https://evil.example".parse().expect("header"));
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 403)
+        }
+        Err(other) => panic!("refused, but not with 403: {other}"),
+        Ok(_) => panic!("a cross-site WebSocket was accepted"),
+    }
+    let (same_site, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .expect("a WebSocket without a foreign origin opens");
+    drop(same_site);
+}

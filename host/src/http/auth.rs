@@ -96,7 +96,9 @@ pub async fn guard(
             "unknown_host",
             message,
         ))
-    } else if changes_state(request.method()) && is_cross_site(headers, host) {
+    } else if (changes_state(request.method()) || opens_websocket(headers))
+        && is_cross_site(headers, host)
+    {
         Some(ApiError::new(
             StatusCode::FORBIDDEN,
             "cross_origin",
@@ -128,6 +130,15 @@ pub async fn guard(
         request.extensions_mut().insert(identity);
     }
     next.run(request).await
+}
+
+/// A WebSocket is not bound by CORS: a page elsewhere could open one and
+/// talk as the browser's user, so its upgrade is checked like a change.
+fn opens_websocket(headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
 fn changes_state(method: &Method) -> bool {
