@@ -61,7 +61,12 @@ fn read(path: &Path) -> Result<Option<String>> {
 /// instances starting together all end up with the one token that won.
 fn create(path: &Path) -> Result<String> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| {
+        format!(
+            "cannot create {} for the admin token: set [auth] admin_token_file to a writable path, or {ENV}",
+            dir.display()
+        )
+    })?;
     let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
     let token = spool_core::access::new_secret().context("no randomness for the admin token")?;
     let temp = dir.join(format!(".admin-token-{}", std::process::id()));
