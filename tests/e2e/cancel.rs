@@ -10,20 +10,9 @@ use crate::support::*;
 
 /// The names of a job's events, oldest first.
 fn event_names(redis: &Redis, id: &str) -> Vec<String> {
-    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg(format!("job_events:{id}"))
-        .arg("-")
-        .arg("+")
-        .query(&mut redis.connection())
-        .expect("XRANGE");
-    entries
+    stream_events(&mut redis.connection(), &format!("job_events:{id}"))
         .into_iter()
-        .filter_map(|(_, fields)| {
-            fields
-                .into_iter()
-                .find(|(k, _)| k == "event_type")
-                .map(|(_, v)| v)
-        })
+        .map(|(event_type, _)| event_type)
         .collect()
 }
 

@@ -51,24 +51,10 @@ max_model_calls = 100
 /// The `tick` events of a job, as (attempt, i), and the index in that list
 /// of the first one after attempt 2 started.
 fn ticks(redis: &Redis, id: &str) -> (Vec<(u64, u64)>, usize) {
-    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg(format!("job_events:{id}"))
-        .arg("-")
-        .arg("+")
-        .query(&mut redis.connection())
-        .expect("XRANGE");
     let mut ticks = Vec::new();
     let mut second_started = usize::MAX;
-    for (_, fields) in entries {
-        let field = |name: &str| {
-            fields
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default()
-        };
-        let data: Value = serde_json::from_str(&field("data")).unwrap_or(Value::Null);
-        match field("event_type").as_str() {
+    for (event_type, data) in stream_events(&mut redis.connection(), &format!("job_events:{id}")) {
+        match event_type.as_str() {
             "task_started" if data["attempt"] == 2 => second_started = ticks.len(),
             "tick" => ticks.push((
                 data["attempt"].as_u64().unwrap_or(0),
@@ -396,19 +382,9 @@ async fn a_cancelled_task_whose_worker_died_ends_with_its_message_at_recovery() 
 
 /// The event types of a message's stream, oldest first.
 fn store_event_types(mut connection: redis::Connection, sid: &str, mid: &str) -> Vec<String> {
-    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg(format!("stream:session:{sid}:message:{mid}"))
-        .arg("-")
-        .arg("+")
-        .query(&mut connection)
-        .expect("XRANGE");
-    entries
+    let key = format!("stream:session:{sid}:message:{mid}");
+    stream_events(&mut connection, &key)
         .into_iter()
-        .filter_map(|(_, fields)| {
-            fields
-                .into_iter()
-                .find(|(k, _)| k == "event_type")
-                .map(|(_, v)| v)
-        })
+        .map(|(event_type, _)| event_type)
         .collect()
 }

@@ -53,30 +53,6 @@ struct Submitted {
     cancel: Option<u16>,
 }
 
-/// A job's events as (type, data), oldest first.
-fn events(connection: &mut redis::Connection, id: &str) -> Vec<(String, Value)> {
-    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg(format!("job_events:{id}"))
-        .arg("-")
-        .arg("+")
-        .query(connection)
-        .expect("XRANGE");
-    entries
-        .into_iter()
-        .map(|(_, fields)| {
-            let field = |name: &str| {
-                fields
-                    .iter()
-                    .find(|(k, _)| k == name)
-                    .map(|(_, v)| v.clone())
-                    .unwrap_or_default()
-            };
-            let data = serde_json::from_str(&field("data")).unwrap_or(Value::Null);
-            (field("event_type"), data)
-        })
-        .collect()
-}
-
 fn is_terminal(event_type: &str, data: &Value) -> bool {
     match event_type {
         "task_completed" | "task_cancelled" => true,
@@ -273,7 +249,11 @@ async fn two_instances_a_thousand_jobs_random_cancels_and_a_stopped_instance_agr
         *states
             .entry(record["state"].as_str().unwrap_or("?").to_owned())
             .or_default() += 1;
-        let mut found = disagreements(job, &record, &events(&mut connection, &job.id));
+        let mut found = disagreements(
+            job,
+            &record,
+            &stream_events(&mut connection, &format!("job_events:{}", job.id)),
+        );
         if let Some((_, mid)) = &job.message {
             let message = wait_for_message_end(&api, &steady, mid).await;
             // A message its guest completed before the job's cancel was

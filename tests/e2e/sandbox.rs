@@ -84,24 +84,10 @@ pub async fn submit_evil(api: &Api, host: &Host, mode: &str) -> String {
 
 /// The `task_failed` events of a job, oldest first.
 fn failed_events(redis: &Redis, id: &str) -> Vec<Value> {
-    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg(format!("job_events:{id}"))
-        .arg("-")
-        .arg("+")
-        .query(&mut redis.connection())
-        .expect("XRANGE");
-    entries
+    stream_events(&mut redis.connection(), &format!("job_events:{id}"))
         .into_iter()
-        .filter_map(|(_, fields)| {
-            let field = |name: &str| {
-                fields
-                    .iter()
-                    .find(|(k, _)| k == name)
-                    .map(|(_, v)| v.clone())
-            };
-            (field("event_type")? == "task_failed")
-                .then(|| serde_json::from_str(&field("data")?).ok())?
-        })
+        .filter(|(event_type, _)| event_type == "task_failed")
+        .map(|(_, data)| data)
         .collect()
 }
 

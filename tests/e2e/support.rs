@@ -595,3 +595,28 @@ pub fn built_in_harness(name: &str) -> spool_harness::Harness {
         .expect("the component is written")
         .spool_bin(SPOOL)
 }
+
+/// The entries of an event stream (a job's `job_events:{id}` or a message's),
+/// oldest first, as (event_type, data JSON).
+pub fn stream_events(connection: &mut redis::Connection, key: &str) -> Vec<(String, Value)> {
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg("+")
+        .query(connection)
+        .expect("XRANGE");
+    entries
+        .into_iter()
+        .map(|(_, fields)| {
+            let field = |name: &str| {
+                fields
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            };
+            let data = serde_json::from_str(&field("data")).unwrap_or(Value::Null);
+            (field("event_type"), data)
+        })
+        .collect()
+}
