@@ -18,9 +18,9 @@
 use serde_json::{Map, Value, json};
 use spool_sdk::PayloadError;
 
-/// The longest topic accepted, in bytes once trimmed (a session task's
-/// description included).
-pub const MAX_TOPIC_BYTES: usize = 10_000;
+/// The longest topic accepted, in characters (a session task's description
+/// included).
+pub const MAX_TOPIC_CHARS: usize = 10_000;
 
 /// Sections in the outline when the payload does not say.
 pub const DEFAULT_SECTIONS: u8 = 3;
@@ -83,7 +83,7 @@ impl Stage {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Payload {
     /// What the document is about: a non-blank string of at most
-    /// [`MAX_TOPIC_BYTES`], trimmed.
+    /// [`MAX_TOPIC_CHARS`], trimmed.
     pub topic: String,
     /// How many sections the outline has: 1..=[`MAX_SECTIONS`], by default
     /// [`DEFAULT_SECTIONS`].
@@ -109,16 +109,17 @@ impl Payload {
             }
         }
 
-        let topic = match fields.get("topic").and_then(Value::as_str).map(str::trim) {
-            Some(topic) if !topic.is_empty() => topic.to_owned(),
+        let topic = match fields.get("topic").and_then(Value::as_str) {
+            Some(topic) if !topic.trim().is_empty() => topic,
             _ => return Err(PayloadError::new("payload.topic must be a non-empty string")),
         };
-        if topic.len() > MAX_TOPIC_BYTES {
+        let length = topic.chars().count();
+        if length > MAX_TOPIC_CHARS {
             return Err(PayloadError::new(format!(
-                "payload.topic is {} bytes long; the limit is {MAX_TOPIC_BYTES}",
-                topic.len()
+                "payload.topic is {length} characters long; the limit is {MAX_TOPIC_CHARS}"
             )));
         }
+        let topic = topic.trim().to_owned();
 
         let sections = count(&fields, "sections", MAX_SECTIONS, Some(DEFAULT_SECTIONS))?;
 
@@ -204,7 +205,7 @@ fn count(fields: &Map<String, Value>, name: &str, max: u8, default: Option<u8>) 
         return Ok(default);
     }
     value
-        .and_then(Value::as_u64)
+        .and_then(spool_sdk::payload::whole_number)
         .and_then(|n| u8::try_from(n).ok())
         .filter(|n| (1..=max).contains(n))
         .ok_or_else(|| {
@@ -361,16 +362,20 @@ mod tests {
 
     #[test]
     fn refuses_an_overlong_topic() {
-        let at_limit = format!(r#"{{"topic": " {} "}}"#, "é".repeat(MAX_TOPIC_BYTES / 2));
+        let at_limit = format!(r#"{{"topic": " {} "}}"#, "é".repeat(MAX_TOPIC_CHARS - 2));
         assert!(Payload::parse(&at_limit).is_ok());
 
-        let over = format!(r#"{{"topic": "{}"}}"#, "a".repeat(MAX_TOPIC_BYTES + 1));
-        assert_eq!(reason(&over), "payload.topic is 10001 bytes long; the limit is 10000");
+        // Counted as sent: blanks around the topic count too.
+        let over = format!(r#"{{"topic": " {} "}}"#, "é".repeat(MAX_TOPIC_CHARS - 1));
+        assert_eq!(
+            reason(&over),
+            "payload.topic is 10001 characters long; the limit is 10000"
+        );
     }
 
     #[test]
     fn refuses_sections_out_of_range() {
-        for sections in ["0", "11", "-1", "2.5", "\"3\"", "300"] {
+        for sections in ["0", "11", "-1", "2.5", "\"3\"", "300", "11.0"] {
             let json = format!(r#"{{"topic": "Tides", "sections": {sections}}}"#);
             assert_eq!(
                 reason(&json),
@@ -378,6 +383,12 @@ mod tests {
                 "{json}"
             );
         }
+    }
+
+    #[test]
+    fn a_whole_number_may_be_written_as_a_float() {
+        let payload = Payload::parse(r#"{"topic": "Tides", "sections": 4.0}"#).unwrap();
+        assert_eq!(payload.sections, 4);
     }
 
     #[test]

@@ -63,6 +63,17 @@ pub fn parse<T: DeserializeOwned>(json: &str) -> Result<T, PayloadError> {
     })
 }
 
+/// A whole number, however the client wrote it: JSON has one number type, so
+/// `2.0` is the integer 2 (as JSON Schema says too).
+pub fn whole_number(value: &Value) -> Option<u64> {
+    value.as_u64().or_else(|| {
+        value
+            .as_f64()
+            .filter(|n| n.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(n))
+            .map(|n| n as u64)
+    })
+}
+
 /// Reads `json` as a JSON object, for handlers that check its fields one by one.
 pub fn object(json: &str) -> Result<Map<String, Value>, PayloadError> {
     match serde_json::from_str(json).map_err(not_json)? {

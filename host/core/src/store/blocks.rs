@@ -18,6 +18,16 @@ const MEDIA_TYPES: &[&str] = &["image", "audio", "video", "file"];
 /// block (caption, size) before loading it.
 const REFERENCE_KEEPS: &[&str] = &["mimeType", "caption", "width", "height", "name", "language"];
 
+/// A whole number, however written: JSON has one number type, so `640.0` is 640.
+fn whole_number(value: &Value) -> Option<u64> {
+    value.as_u64().or_else(|| {
+        value
+            .as_f64()
+            .filter(|n| n.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(n))
+            .map(|n| n as u64)
+    })
+}
+
 /// Checks a client's block; the error names the problem.
 pub fn validate_block(block: &Value) -> Result<(), String> {
     let Value::Object(fields) = block else {
@@ -66,7 +76,8 @@ pub fn validate_block(block: &Value) -> Result<(), String> {
             for name in ["width", "height"] {
                 match fields.get(name) {
                     None | Some(Value::Null) => {}
-                    Some(value) if value.as_u64().is_some_and(|n| n <= u64::from(u32::MAX)) => {}
+                    Some(value)
+                        if whole_number(value).is_some_and(|n| n <= u64::from(u32::MAX)) => {}
                     Some(_) => {
                         return Err(format!(
                             "`{name}` of a `{kind}` block must be a whole number of pixels"
