@@ -15,6 +15,7 @@ mod guests;
 mod hot_swap;
 mod limits;
 mod model_clients;
+mod openapi;
 mod operating;
 mod quotas;
 mod races;

@@ -710,7 +710,7 @@ async fn a_retried_submission_under_the_same_key_returns_the_same_job_never_a_se
         .await;
     assert_eq!(
         (status, bad["error"]["code"].as_str()),
-        (422, Some("conflicting_job_id"))
+        (409, Some("conflicting_job_id"))
     );
 }
 

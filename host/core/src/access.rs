@@ -19,6 +19,7 @@ const KEY_PREFIX: &str = "spool_";
 
 /// What a key may do; each role may do everything the ones below it may.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Queue statistics and limits.
@@ -61,6 +62,7 @@ pub struct Identity {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Tenant {
     pub user_id: String,
     /// The tier the priority rule sees (e.g. `vip`); empty for none.
@@ -105,6 +107,7 @@ impl Identity {
 
 /// A key as stored (without its secret).
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct KeyRecord {
     pub id: String,
@@ -129,6 +132,7 @@ impl KeyRecord {
 
 /// A key just created: the secret is in `key`, and nowhere else.
 #[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NewKey {
     #[serde(flatten)]
     pub record: KeyRecord,

@@ -20,6 +20,7 @@ use spool_runtime::EventType;
 use crate::queue::events_key;
 
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Event {
     /// The stream entry id; pass it back as `last_id` / `Last-Event-ID` to resume.
     pub id: String,

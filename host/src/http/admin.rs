@@ -7,64 +7,79 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use futures_util::StreamExt;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery};
-use spool_core::access::{Role, Tenant};
-use spool_core::handlers::store::InstanceReport;
-use spool_core::handlers::{DeployError, Handlers, valid_handler_name};
+use spool_core::access::{KeyRecord, NewKey, Role, Tenant};
+use spool_core::handlers::store::{Activation, InstanceReport, VersionMeta};
+use spool_core::handlers::{DeployError, Deployed, Handlers, valid_handler_name};
 use spool_core::queue::now_ms;
 
 /// Activations listed per handler.
 const HISTORY_SHOWN: isize = 20;
 
-pub fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/admin/handlers", get(overview))
-        .route("/admin/handlers/{name}", get(handler_status))
-        .route("/admin/handlers/{name}/rollback", post(rollback))
-        .route("/admin/keys", get(list_keys).post(create_key))
-        .route("/admin/keys/{id}", axum::routing::delete(revoke_key))
+pub fn routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(overview))
+        .routes(routes!(handler_status))
+        .routes(routes!(rollback))
+        .routes(routes!(list_keys, create_key))
+        .routes(routes!(revoke_key))
 }
 
 /// The component upload: its limit is the registry's (checked while
 /// reading), not the API's body limit.
-pub fn upload_routes() -> Router<Arc<AppState>> {
-    Router::new().route(
-        "/admin/handlers/{name}/versions",
-        post(deploy).layer(DefaultBodyLimit::disable()),
-    )
+pub fn upload_routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(deploy))
+        .layer(DefaultBodyLimit::disable())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct KeyRequest {
+    /// `admin`, `submitter` or `reader`.
+    #[schema(pattern = "^(admin|submitter|reader)$")]
     role: String,
+    /// Binds the key to this user: it acts as them, whatever a body says.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$"
+    )]
     user_id: Option<String>,
+    /// The bound user's tier (needs `userId`).
+    #[schema(max_length = 32, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$")]
     user_tier: Option<String>,
+    /// What the key is for.
     #[serde(default)]
+    #[schema(max_length = 200)]
     name: String,
 }
 
 /// `POST /admin/keys {role, userId?, userTier?, name?}`: 201 with the secret, once.
+#[utoipa::path(post, path = "/admin/keys", tag = "access", request_body = KeyRequest,
+    responses((status = 201, description = "The key; its secret is shown this once", body = NewKey),
+        (status = 422, description = "Unknown role or bad field", body = super::error::ErrorBody)))]
 async fn create_key(
     State(state): State<Arc<AppState>>,
     ApiJson(request): ApiJson<KeyRequest>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<NewKey>), ApiError> {
     let role = Role::parse(&request.role).ok_or_else(|| {
         ApiError::invalid("invalid_role", "role must be admin, submitter or reader")
     })?;
     let user = match request.user_id {
         Some(user_id) => {
             super::jobs::checked_user_id(&user_id)?;
+            super::jobs::checked_user_tier(request.user_tier.as_deref().unwrap_or_default())?;
             Some(Tenant {
                 user_id,
                 tier: request.user_tier.unwrap_or_default(),
@@ -78,10 +93,10 @@ async fn create_key(
         }
         None => None,
     };
-    if request.name.len() > 200 {
+    if request.name.chars().count() > 200 {
         return Err(ApiError::invalid(
             "invalid_field",
-            "name is at most 200 bytes",
+            "name is at most 200 characters",
         ));
     }
     let created = state
@@ -96,13 +111,25 @@ async fn create_key(
                 error.to_string(),
             )
         })?;
-    Ok((StatusCode::CREATED, Json(json!(created))))
+    Ok((StatusCode::CREATED, Json(created)))
 }
 
-async fn list_keys(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({ "keys": state.gate.keys.list().await? })))
+#[derive(Serialize, ToSchema)]
+pub struct KeyList {
+    keys: Vec<KeyRecord>,
 }
 
+/// Every key, without secrets.
+#[utoipa::path(get, path = "/admin/keys", tag = "access", responses((status = 200, body = KeyList)))]
+async fn list_keys(State(state): State<Arc<AppState>>) -> Result<Json<KeyList>, ApiError> {
+    Ok(Json(KeyList {
+        keys: state.gate.keys.list().await?,
+    }))
+}
+
+/// Revokes a key at once, on every instance.
+#[utoipa::path(delete, path = "/admin/keys/{id}", tag = "access", params(super::schemas::KeyPath),
+    responses((status = 204, description = "Revoked"), (status = 404, description = "No such key", body = super::error::ErrorBody)))]
 async fn revoke_key(
     State(state): State<Arc<AppState>>,
     ApiPath(id): ApiPath<String>,
@@ -117,7 +144,8 @@ async fn revoke_key(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeployQuery {
     /// Who uploads (shown in the version list); the CLI sends user@host.
@@ -125,7 +153,7 @@ pub struct DeployQuery {
     by: Option<String>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RollbackBody {
     /// A version id or a unique prefix; absent: the version active before.
@@ -213,13 +241,23 @@ async fn read_upload(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     Ok(bytes.into())
 }
 
+/// Uploads a handler version: validated against the WIT world, compiled,
+/// smoke-tested, stored and activated on every instance.
+#[utoipa::path(post, path = "/admin/handlers/{name}/versions", tag = "handlers", params(super::schemas::HandlerPath, DeployQuery),
+    request_body(content = super::schemas::ComponentBytes, content_type = "application/octet-stream",
+        description = "The component (as `application/wasm` or `application/octet-stream`)"),
+    responses((status = 201, description = "Activated", body = Deployed),
+        (status = 200, description = "This version was already active", body = Deployed),
+        (status = 413, description = "Over `registry.max_component_mb`", body = super::error::ErrorBody),
+        (status = 415, description = "Not `application/wasm`", body = super::error::ErrorBody),
+        (status = 422, description = "Not a valid component for this world", body = super::error::ErrorBody)))]
 async fn deploy(
     State(state): State<Arc<AppState>>,
     ApiPath(name): ApiPath<String>,
     ApiQuery(query): ApiQuery<DeployQuery>,
     headers: axum::http::HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Deployed>), ApiError> {
     checked_name(&name)?;
     // A component is never a form or text: a page's no-cors request can
     // only send those, so it cannot even reach the upload.
@@ -249,44 +287,110 @@ async fn deploy(
     } else {
         StatusCode::OK
     };
-    Ok((
-        status,
-        Json(serde_json::to_value(&deployed).unwrap_or(Value::Null)),
-    ))
+    Ok((status, Json(deployed)))
 }
 
+/// Activates an earlier version (by default the one active before).
+#[utoipa::path(post, path = "/admin/handlers/{name}/rollback", tag = "handlers", params(super::schemas::HandlerPath), request_body = RollbackBody,
+    responses((status = 200, body = Deployed),
+        (status = 404, description = "No such handler or version", body = super::error::ErrorBody),
+        (status = 409, description = "Nothing to roll back to", body = super::error::ErrorBody)))]
 async fn rollback(
     State(state): State<Arc<AppState>>,
     ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<RollbackBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Deployed>, ApiError> {
     checked_name(&name)?;
     let deployed = state
         .handlers
         .rollback(&name, body.to.as_deref(), &who(body.by))
         .await?;
-    Ok(Json(serde_json::to_value(&deployed).unwrap_or(Value::Null)))
+    Ok(Json(deployed))
 }
 
-async fn overview(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+/// Every handler's active version, the live instances and the compile cache.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Overview {
+    generation: u64,
+    handlers: Vec<ActiveHandler>,
+    instances: Vec<InstanceReport>,
+    this_instance: String,
+    compile_cache: CompileCache,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ActiveHandler {
+    name: String,
+    /// The active version id.
+    active: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CompileCache {
+    dir: Option<String>,
+    hits: u64,
+    misses: u64,
+}
+
+#[utoipa::path(get, path = "/admin/handlers", tag = "handlers", responses((status = 200, body = Overview)))]
+async fn overview(State(state): State<Arc<AppState>>) -> Result<Json<Overview>, ApiError> {
     let handlers = &state.handlers;
     let (active, generation) = handlers.store().active_all().await?;
     let mut names: Vec<(String, String)> = active.into_iter().collect();
     names.sort();
     let instances = handlers.store().live_instances(now_ms()).await?;
-    Ok(Json(json!({
-        "generation": generation,
-        "handlers": names.into_iter().map(|(name, version)| json!({"name": name, "active": version})).collect::<Vec<_>>(),
-        "instances": instances,
-        "thisInstance": handlers.instance(),
-        "compileCache": cache_json(handlers),
-    })))
+    Ok(Json(Overview {
+        generation,
+        handlers: names
+            .into_iter()
+            .map(|(name, active)| ActiveHandler { name, active })
+            .collect(),
+        instances,
+        this_instance: handlers.instance().to_owned(),
+        compile_cache: compile_cache(handlers),
+    }))
 }
 
+/// One handler: its versions, activation history and which instance runs what.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HandlerStatus {
+    handler: String,
+    active: Option<String>,
+    generation: u64,
+    versions: Vec<VersionView>,
+    history: Vec<Activation>,
+    instances: Vec<InstanceVersion>,
+    compile_cache: CompileCache,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct VersionView {
+    #[serde(flatten)]
+    meta: VersionMeta,
+    active: bool,
+}
+
+/// One instance as seen for one handler: which version it starts jobs on and
+/// whether that is the active one.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceVersion {
+    instance: String,
+    version: Option<String>,
+    switched: bool,
+    generation: u64,
+    switched_at: u64,
+    last_seen: u64,
+}
+
+#[utoipa::path(get, path = "/admin/handlers/{name}", tag = "handlers", params(super::schemas::HandlerPath),
+    responses((status = 200, body = HandlerStatus), (status = 404, description = "No such handler", body = super::error::ErrorBody)))]
 async fn handler_status(
     State(state): State<Arc<AppState>>,
     ApiPath(name): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<HandlerStatus>, ApiError> {
     checked_name(&name)?;
     let handlers = &state.handlers;
     let store = handlers.store();
@@ -298,45 +402,45 @@ async fn handler_status(
     let generation = store.generation().await?;
     let history = store.history(&name, HISTORY_SHOWN).await?;
     let instances = store.live_instances(now_ms()).await?;
-    let versions: Vec<Value> = versions
+    let versions = versions
         .into_iter()
-        .map(|meta| {
-            let is_active = active.as_deref() == Some(meta.version.as_str());
-            let mut value = serde_json::to_value(meta).unwrap_or(Value::Null);
-            value["active"] = json!(is_active);
-            value
+        .map(|meta| VersionView {
+            active: active.as_deref() == Some(meta.version.as_str()),
+            meta,
         })
         .collect();
-    Ok(Json(json!({
-        "handler": name,
-        "active": active,
-        "generation": generation,
-        "versions": versions,
-        "history": history,
-        "instances": instances.iter().map(|report| instance_json(report, &name, active.as_deref())).collect::<Vec<_>>(),
-        "compileCache": cache_json(handlers),
-    })))
+    let instances = instances
+        .iter()
+        .map(|report| instance_version(report, &name, active.as_deref()))
+        .collect();
+    Ok(Json(HandlerStatus {
+        handler: name,
+        active,
+        generation,
+        versions,
+        history,
+        instances,
+        compile_cache: compile_cache(handlers),
+    }))
 }
 
-/// One instance as seen for one handler: which version it starts jobs on and
-/// whether that is the active one.
-fn instance_json(report: &InstanceReport, name: &str, active: Option<&str>) -> Value {
-    let version = report.handlers.get(name);
-    json!({
-        "instance": report.instance,
-        "version": version,
-        "switched": version.is_some() && version.map(String::as_str) == active,
-        "generation": report.generation,
-        "switchedAt": report.switched_at,
-        "lastSeen": report.last_seen,
-    })
+fn instance_version(report: &InstanceReport, name: &str, active: Option<&str>) -> InstanceVersion {
+    let version = report.handlers.get(name).cloned();
+    InstanceVersion {
+        switched: version.is_some() && version.as_deref() == active,
+        instance: report.instance.clone(),
+        version,
+        generation: report.generation,
+        switched_at: report.switched_at,
+        last_seen: report.last_seen,
+    }
 }
 
-fn cache_json(handlers: &Handlers) -> Value {
+fn compile_cache(handlers: &Handlers) -> CompileCache {
     let cache = handlers.cache();
-    json!({
-        "dir": cache.dir().map(|d| d.display().to_string()),
-        "hits": cache.hits(),
-        "misses": cache.misses(),
-    })
+    CompileCache {
+        dir: cache.dir().map(|d| d.display().to_string()),
+        hits: cache.hits(),
+        misses: cache.misses(),
+    }
 }

@@ -21,13 +21,13 @@ use axum::http::header::{AUTHORIZATION, COOKIE, HOST, ORIGIN, SET_COOKIE};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::AppState;
 use super::bounds::refuse;
 use super::error::{ApiError, ApiJson};
-use spool_core::access::{Identity, Keys, Role, key_hash};
+use spool_core::access::{Identity, Keys, Role, Tenant, key_hash};
 
 const COOKIE_NAME: &str = "spool_key";
 
@@ -208,14 +208,27 @@ fn unauthenticated() -> ApiError {
     )
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Login {
+    /// An API key or the admin token.
     key: String,
+}
+
+/// Who the key is.
+#[derive(Serialize, ToSchema)]
+pub struct LoggedIn {
+    role: Role,
+    /// The tenant a bound key acts as.
+    user: Option<Tenant>,
 }
 
 /// `POST /api/login {"key"}`: checks the key and sets it as an HttpOnly,
 /// SameSite=Strict cookie for the browser's EventSource and WebSocket.
+#[utoipa::path(post, path = "/api/login", tag = "access", security(()), request_body = Login,
+    responses((status = 200, description = "The cookie is set", body = LoggedIn,
+            headers(("set-cookie" = String, description = "spool_key=...; HttpOnly; SameSite=Strict"))),
+        (status = 401, description = "Unknown or revoked key", body = super::error::ErrorBody)))]
 pub async fn login(
     State(state): State<Arc<AppState>>,
     ApiJson(login): ApiJson<Login>,
@@ -231,11 +244,16 @@ pub async fn login(
         "{COOKIE_NAME}={}; HttpOnly; SameSite=Strict; Path=/",
         login.key
     );
-    let body = json!({ "role": identity.role.as_str(), "user": identity.user });
+    let body = LoggedIn {
+        role: identity.role,
+        user: identity.user,
+    };
     Ok(([(SET_COOKIE, cookie)], Json(body)).into_response())
 }
 
 /// `POST /api/logout`: forgets the cookie.
+#[utoipa::path(post, path = "/api/logout", tag = "access", security(()),
+    responses((status = 204, description = "The cookie is cleared")))]
 pub async fn logout() -> Response {
     let cookie = format!("{COOKIE_NAME}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
     ([(SET_COOKIE, cookie)], StatusCode::NO_CONTENT).into_response()

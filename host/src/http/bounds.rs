@@ -5,7 +5,8 @@
 //! time), because answering mid-upload resets the connection and the client
 //! never sees why.
 //!
-//! Owns those checks and the draining; the sizes of fields are the routes'.
+//! Owns those checks, the draining, and the one page size every listing
+//! accepts; the sizes of fields are the routes'.
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -81,4 +82,16 @@ pub async fn drain(body: Body) {
         }
     })
     .await;
+}
+
+/// Pages of 1 to 1000: a larger one is refused rather than quietly cut.
+pub fn checked_limit(limit: usize) -> Result<usize, ApiError> {
+    if (1..=1000).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::invalid(
+            "invalid_query",
+            format!("limit must be from 1 to 1000, got {limit}"),
+        ))
+    }
 }

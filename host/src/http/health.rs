@@ -1,13 +1,15 @@
 //! Probes for orchestrators: `/health/live` (the process answers) and
-//! `/health/ready` (this instance should get traffic). `/health` itself stays
-//! the human-readable summary.
+//! `/health/ready` (this instance should get traffic), and `/health`, the
+//! human-readable summary.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::AppState;
 
@@ -15,15 +17,83 @@ use super::AppState;
 /// than refuses; a PING slower than this counts as Redis being unreachable.
 const REDIS_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    /// `ok`, or `degraded` when Redis is unreachable or a worker was restarted.
+    #[schema(example = "ok")]
+    status: &'static str,
+    worker_restarts: u64,
+    /// `ok` or `unavailable`.
+    redis: &'static str,
+    instance: String,
+    uptime_secs: u64,
+    model: String,
+    /// Handler name -> the version this instance runs.
+    handlers: std::collections::BTreeMap<String, String>,
+    queues: Vec<String>,
+}
+
+/// The instance at a glance: 200, or 503 while Redis is unreachable.
+#[utoipa::path(get, path = "/health", tag = "operations", security(()), responses(
+    (status = 200, body = Health), (status = 503, description = "Redis is unreachable", body = Health)))]
+pub async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Health>) {
+    let redis_ok = state.queue.ping().await.is_ok();
+    let worker_restarts = state.restarts.count();
+    let body = Health {
+        status: if redis_ok && worker_restarts == 0 {
+            "ok"
+        } else {
+            "degraded"
+        },
+        worker_restarts,
+        redis: if redis_ok { "ok" } else { "unavailable" },
+        instance: state.instance.clone(),
+        uptime_secs: state.started.elapsed().as_secs(),
+        model: state.model.clone(),
+        handlers: state.intake.registry.versions().into_iter().collect(),
+        queues: state.intake.routes.keys().cloned().collect(),
+    };
+    let status = if redis_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Live {
+    #[schema(example = "live")]
+    status: &'static str,
+}
+
 /// 200 while the process can answer HTTP at all: nothing else is checked, so
 /// an orchestrator restarts the process only when it is truly stuck.
-pub async fn live() -> impl IntoResponse {
-    axum::Json(serde_json::json!({"status": "live"}))
+#[utoipa::path(get, path = "/health/live", tag = "operations", security(()), responses((status = 200, body = Live)))]
+pub async fn live() -> Json<Live> {
+    Json(Live { status: "live" })
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Readiness {
+    /// `ready` or `not_ready`.
+    status: &'static str,
+    /// What is not ready: `redis`, `handlers`, `draining`.
+    not_ready: Vec<&'static str>,
+    redis: &'static str,
+    /// `queue: handler` for each queue whose handler is not loaded.
+    missing_handlers: Vec<String>,
+    draining: bool,
+    instance: String,
 }
 
 /// 200 only when Redis answers, every queue's handler is loaded and the
 /// instance is not draining; otherwise 503 naming each thing that is not ready.
-pub async fn ready(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+#[utoipa::path(get, path = "/health/ready", tag = "operations", security(()), responses(
+    (status = 200, body = Readiness), (status = 503, description = "Not ready; the body says why", body = Readiness)))]
+pub async fn ready(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Readiness>) {
     let redis_ok = matches!(
         tokio::time::timeout(REDIS_PROBE_TIMEOUT, state.queue.ping()).await,
         Ok(Ok(()))
@@ -60,13 +130,17 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = serde_json::json!({
-        "status": if not_ready.is_empty() { "ready" } else { "not_ready" },
-        "notReady": not_ready,
-        "redis": if redis_ok { "ok" } else { "unavailable" },
-        "missingHandlers": missing_handlers,
-        "draining": draining,
-        "instance": state.instance,
-    });
-    (status, axum::Json(body))
+    let body = Readiness {
+        status: if not_ready.is_empty() {
+            "ready"
+        } else {
+            "not_ready"
+        },
+        not_ready,
+        redis: if redis_ok { "ok" } else { "unavailable" },
+        missing_handlers,
+        draining,
+        instance: state.instance.clone(),
+    };
+    (status, Json(body))
 }

@@ -11,6 +11,8 @@ use axum::extract::State;
 use super::{ApiError, AppState};
 use spool_core::gateway::GatewaySnapshot;
 
+/// The shared rate limiter and this instance's embedding batching and cache.
+#[utoipa::path(get, path = "/api/limits", tag = "operations", responses((status = 200, body = GatewaySnapshot)))]
 pub async fn limits(State(state): State<Arc<AppState>>) -> Result<Json<GatewaySnapshot>, ApiError> {
     Ok(Json(state.gateway.snapshot().await?))
 }

@@ -14,22 +14,23 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, Sse};
 use futures_util::Stream;
-use serde::Deserialize;
 use serde_json::json;
 
 use super::AppState;
 use super::error::{ApiError, ApiPath, ApiQuery};
 use super::sessions::{checked_id, visible_message};
-use super::stream::{sse_steps, validate_stream_id};
+use super::stream::{StreamQuery, resume_point, sse_steps};
 use spool_core::access::Identity;
 use spool_core::follow::Follower;
 use spool_core::store::{MessageEvent, MessageEvents, StoreError};
 
-#[derive(Deserialize)]
-pub struct StreamQuery {
-    last_id: Option<String>,
-}
-
+/// A message's events over SSE (`message_start`, `text_delta`, `content_added`,
+/// `task_*`, `message_end`, ...), each with its stream id and sequence number.
+#[utoipa::path(get, path = "/api/v1/sessions/{sid}/messages/{mid}/stream", tag = "sessions",
+    params(super::schemas::SessionMessagePath,
+        StreamQuery, super::schemas::ResumeHeader),
+    responses((status = 200, description = "Server-sent events", content_type = "text/event-stream", body = super::schemas::ServerSentEvent),
+        (status = 404, description = "No such message in this session", body = super::error::ErrorBody)))]
 pub async fn message_stream(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Identity>,
@@ -41,13 +42,7 @@ pub async fn message_stream(
     if visible_message(&state, &caller, &mid).await? != sid {
         return Err(StoreError::MessageNotFound(mid).into());
     }
-    let resume_from = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or(query.last_id);
-    let after = resume_from.unwrap_or_else(|| "0".into());
-    validate_stream_id(&after)?;
+    let after = resume_point(&headers, query)?;
     let source = MessageEvents {
         store: state.sessions.clone(),
         session_id: sid,

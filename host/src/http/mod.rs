@@ -7,9 +7,12 @@ mod bounds;
 mod dead;
 mod error;
 mod health;
+mod job_view;
 mod jobs;
 mod limits;
 mod message_stream;
+mod openapi;
+mod schemas;
 mod sessions;
 mod stream;
 mod ws;
@@ -18,11 +21,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::middleware::{from_fn, from_fn_with_state};
-use axum::response::IntoResponse;
-use axum::routing::{delete, get, post};
+use axum::routing::get;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use error::ApiError;
 
@@ -72,70 +76,36 @@ pub enum Routes {
     All,
     /// Everything but the admin routes (they have a listener of their own).
     Public,
-    /// The admin routes (and `/health`).
+    /// The admin routes (and the health probes).
     Admin,
 }
 
 /// The API. Routes are grouped by the role they need (see `auth`); every
-/// request passes the header, host, origin and key checks first.
+/// request passes the header, host, origin and key checks first. Every route
+/// is registered with its `#[utoipa::path]`, so none is served undescribed.
 pub fn router(state: Arc<AppState>, body_limit: usize, routes: Routes) -> Router {
-    let open = Router::new()
-        .route("/", get(page))
-        .route("/health", get(health))
-        .route("/health/live", get(health::live))
-        .route("/health/ready", get(health::ready))
-        .route("/api/login", post(auth::login))
-        .route("/api/logout", post(auth::logout));
-    let reader = Router::new()
-        .route("/api/queue/stats", get(jobs::stats))
-        .route("/api/limits", get(limits::limits))
-        .route_layer(from_fn(|request, next| {
-            auth::require(Role::Reader, request, next)
-        }));
-    let submitter = Router::new()
-        .route("/api/chat", post(jobs::submit_chat))
-        .route("/api/queues/{queue}/jobs", post(jobs::submit_generic))
-        .route("/api/job/{id}", get(jobs::get_job).delete(jobs::cancel))
-        .route("/api/job/{id}/events", get(stream::job_events))
-        .route("/stream/status/{id}", get(stream::status_stream))
-        .route("/ws", get(ws::upgrade))
-        .merge(sessions_router())
-        .route_layer(from_fn(|request, next| {
-            auth::require(Role::Submitter, request, next)
-        }));
-    let admin = Router::new()
-        .route("/api/queues/{queue}/pause", post(jobs::pause))
-        .route("/api/queues/{queue}/resume", post(jobs::resume))
-        .route("/api/queues/{queue}/history", get(jobs::history))
-        .route(
-            "/api/queues/{queue}/dead",
-            get(dead::list).delete(dead::purge_all),
-        )
-        .route("/api/queues/{queue}/dead/{job}", delete(dead::purge_one))
-        .route("/api/queues/{queue}/dead/{job}/replay", post(dead::replay))
-        .route("/api/v1/cleanup", post(sessions::cleanup))
-        .merge(admin::routes())
-        .route_layer(from_fn(|request, next| {
-            auth::require(Role::Admin, request, next)
-        }));
-    let uploads = admin::upload_routes().route_layer(from_fn(|request, next| {
-        auth::require(Role::Admin, request, next)
-    }));
     let (served, uploads) = match routes {
-        Routes::All => (open.merge(reader).merge(submitter).merge(admin), uploads),
-        Routes::Public => (open.merge(reader).merge(submitter), Router::new()),
-        Routes::Admin => (
-            Router::new()
-                .route("/health", get(health))
-                .route("/health/live", get(health::live))
-                .route("/health/ready", get(health::ready))
-                .merge(admin),
-            uploads,
+        Routes::All => (
+            probes()
+                .merge(open())
+                .merge(reader())
+                .merge(submitter())
+                .merge(admin()),
+            uploads(),
         ),
+        Routes::Public => (
+            probes().merge(open()).merge(reader()).merge(submitter()),
+            OpenApiRouter::new(),
+        ),
+        Routes::Admin => (probes().merge(admin()), uploads()),
     };
+    let description = openapi::Description::of(all_routes());
+    let (served, _) = served.split_for_parts();
+    let (uploads, _) = uploads.split_for_parts();
     // Every route but the component upload (which has its own limit) refuses
     // an oversized body by its declared length, readably.
     served
+        .route("/openapi.json", get(move || description.serve()))
         .route_layer(from_fn_with_state(body_limit, bounds::limit_body))
         .merge(uploads)
         .fallback(not_found)
@@ -146,51 +116,88 @@ pub fn router(state: Arc<AppState>, body_limit: usize, routes: Routes) -> Router
         .with_state(state)
 }
 
-/// Design D's session/message API, and job event streams under /api/v1.
-fn sessions_router() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/api/v1/sessions", post(sessions::create_session))
-        .route(
-            "/api/v1/sessions/{sid}",
-            get(sessions::get_session).delete(sessions::delete_session),
-        )
-        .route(
-            "/api/v1/sessions/{sid}/messages",
-            post(sessions::post_message).get(sessions::list_messages),
-        )
-        .route(
-            "/api/v1/sessions/{sid}/messages/{mid}/stream",
-            get(message_stream::message_stream),
-        )
-        .route("/api/v1/sessions/{sid}/tasks", post(sessions::start_task))
-        .route("/api/v1/messages/{mid}", get(sessions::get_message))
-        .route("/api/v1/content/{id}", get(sessions::get_content))
-        .route("/api/v1/jobs/{id}/stream", get(stream::status_stream))
-        .route("/api/v1/jobs/{id}/events", get(stream::job_events))
+/// Every route of the API, for its description.
+fn all_routes() -> OpenApiRouter<Arc<AppState>> {
+    probes()
+        .merge(open())
+        .merge(reader())
+        .merge(submitter())
+        .merge(admin())
+        .merge(uploads())
 }
 
-async fn health(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    let redis_ok = state.queue.ping().await.is_ok();
-    let worker_restarts = state.restarts.count();
-    let body = serde_json::json!({
-        "status": if redis_ok && worker_restarts == 0 { "ok" } else { "degraded" },
-        "workerRestarts": worker_restarts,
-        "redis": if redis_ok { "ok" } else { "unavailable" },
-        "instance": state.instance,
-        "uptimeSecs": state.started.elapsed().as_secs(),
-        "model": state.model,
-        "handlers": state.intake.registry.versions(),
-        "queues": state.intake.routes.keys().collect::<Vec<_>>(),
-    });
-    let status = if redis_ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, axum::Json(body))
+/// For orchestrators: every listener answers these.
+fn probes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(health::health))
+        .routes(routes!(health::live))
+        .routes(routes!(health::ready))
+}
+
+fn open() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(page))
+        .routes(routes!(auth::login))
+        .routes(routes!(auth::logout))
+}
+
+fn reader() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(jobs::stats))
+        .routes(routes!(limits::limits))
+        .route_layer(from_fn(|request, next| {
+            auth::require(Role::Reader, request, next)
+        }))
+}
+
+fn submitter() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(jobs::submit_chat))
+        .routes(routes!(jobs::submit_generic))
+        .routes(routes!(jobs::get_job, jobs::cancel))
+        .routes(routes!(stream::job_events))
+        .routes(routes!(stream::status_stream))
+        .routes(routes!(ws::upgrade))
+        .routes(routes!(sessions::create_session))
+        .routes(routes!(sessions::get_session, sessions::delete_session))
+        .routes(routes!(sessions::post_message, sessions::list_messages))
+        .routes(routes!(message_stream::message_stream))
+        .routes(routes!(sessions::start_task))
+        .routes(routes!(sessions::get_message))
+        .routes(routes!(sessions::get_content))
+        .routes(routes!(stream::v1_status_stream))
+        .routes(routes!(stream::v1_job_events))
+        .route_layer(from_fn(|request, next| {
+            auth::require(Role::Submitter, request, next)
+        }))
+}
+
+fn admin() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(jobs::pause))
+        .routes(routes!(jobs::resume))
+        .routes(routes!(jobs::history))
+        .routes(routes!(dead::list, dead::purge_all))
+        .routes(routes!(dead::purge_one))
+        .routes(routes!(dead::replay))
+        .routes(routes!(sessions::cleanup))
+        .merge(admin::routes())
+        .route_layer(from_fn(|request, next| {
+            auth::require(Role::Admin, request, next)
+        }))
+}
+
+/// The component upload: its limit is the registry's (checked while
+/// reading), not the API's body limit.
+fn uploads() -> OpenApiRouter<Arc<AppState>> {
+    admin::upload_routes().route_layer(from_fn(|request, next| {
+        auth::require(Role::Admin, request, next)
+    }))
 }
 
 /// A chat page with live job progress and queue stats, over the public API only.
+#[utoipa::path(get, path = "/", tag = "console", security(()),
+    responses((status = 200, description = "The chat page", content_type = "text/html", body = String)))]
 async fn page() -> axum::response::Html<&'static str> {
     axum::response::Html(include_str!("page.html"))
 }

@@ -10,15 +10,17 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
+use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery};
+use super::schemas::{Content, Message, NewContentBlock, Session};
 use spool_core::access::Identity;
 use spool_core::intake::Submission;
 use spool_core::queue::BoundMessage;
-use spool_core::store::{StoreError, valid_id, validate_block};
+use spool_core::store::{CleanupReport, StoreError, valid_id, validate_block};
 
 const ROLES: &[&str] = &["user", "assistant", "system", "tool"];
 
@@ -95,38 +97,33 @@ fn session_not_found(id: &str) -> ApiError {
     StoreError::SessionNotFound(id.to_owned()).into()
 }
 
+/// A new session's body (optional; `null` or none is a session without metadata).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewSession {
+    /// Any JSON object the client wants kept with the session.
+    metadata: Option<Map<String, Value>>,
+}
+
 /// POST /api/v1/sessions, body optional: `{"metadata": any JSON}`.
+#[utoipa::path(post, path = "/api/v1/sessions", tag = "sessions", request_body(content = Option<NewSession>, content_type = "application/json"),
+    responses((status = 201, body = Session), (status = 422, description = "Not a JSON object with only `metadata`", body = super::error::ErrorBody)))]
 pub async fn create_session(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Identity>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let metadata = if body.iter().all(u8::is_ascii_whitespace) {
-        Value::Null
+    let body: Option<NewSession> = if body.is_empty() {
+        None
     } else {
-        let body: Value = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string()))?;
-        let Value::Object(mut fields) = body else {
-            return Err(ApiError::invalid(
-                "invalid_body",
-                "the body must be a JSON object",
-            ));
-        };
-        let metadata = fields.remove("metadata").unwrap_or(Value::Null);
-        if !(metadata.is_object() || metadata.is_null()) {
-            return Err(ApiError::invalid(
-                "invalid_field",
-                "`metadata` must be a JSON object",
-            ));
-        }
-        if let Some(unknown) = fields.keys().next() {
-            return Err(ApiError::invalid(
-                "invalid_field",
-                format!("unknown field `{unknown}`; a session takes only `metadata`"),
-            ));
-        }
-        metadata
+        serde_json::from_slice(&body).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => ApiError::invalid("invalid_field", e.to_string()),
+            _ => ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string()),
+        })?
     };
+    let metadata = body
+        .and_then(|body| body.metadata)
+        .map_or(Value::Null, Value::Object);
     let owner = caller.user.as_ref().map(|tenant| tenant.user_id.as_str());
     let id = state.sessions.create_session(&metadata, owner).await?;
     let session = state
@@ -137,6 +134,8 @@ pub async fn create_session(
     Ok((StatusCode::CREATED, Json(session)))
 }
 
+#[utoipa::path(get, path = "/api/v1/sessions/{sid}", tag = "sessions", params(super::schemas::SessionPath),
+    responses((status = 200, body = Session), (status = 404, description = "No such session", body = super::error::ErrorBody)))]
 pub async fn get_session(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Identity>,
@@ -151,33 +150,53 @@ pub async fn get_session(
         .ok_or_else(|| session_not_found(&sid))
 }
 
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionDeleted {
+    id: String,
+    deleted: bool,
+    messages_deleted: u64,
+}
+
+/// Deletes a session and all its messages.
+#[utoipa::path(delete, path = "/api/v1/sessions/{sid}", tag = "sessions", params(super::schemas::SessionPath),
+    responses((status = 200, body = SessionDeleted), (status = 404, description = "No such session", body = super::error::ErrorBody)))]
 pub async fn delete_session(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Identity>,
     ApiPath(sid): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SessionDeleted>, ApiError> {
     visible_session(&state, &caller, &sid).await?;
     let deleted = state
         .sessions
         .delete_session(&sid)
         .await?
         .ok_or_else(|| session_not_found(&sid))?;
-    Ok(Json(
-        json!({ "id": sid, "deleted": true, "messagesDeleted": deleted }),
-    ))
+    Ok(Json(SessionDeleted {
+        id: sid,
+        deleted: true,
+        messages_deleted: deleted,
+    }))
 }
 
-#[derive(Deserialize)]
+/// A finished message: text, blocks or both.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewMessage {
+    /// `user`, `assistant`, `system` or `tool`.
+    #[schema(pattern = "^(user|assistant|system|tool)$")]
     role: String,
     #[serde(default)]
     content: String,
     #[serde(default)]
+    #[schema(value_type = Vec<NewContentBlock>)]
     blocks: Vec<Value>,
 }
 
 /// POST /api/v1/sessions/{sid}/messages: a finished message with text and/or blocks.
+#[utoipa::path(post, path = "/api/v1/sessions/{sid}/messages", tag = "sessions", params(super::schemas::SessionPath), request_body = NewMessage,
+    responses((status = 201, body = Message), (status = 404, description = "No such session", body = super::error::ErrorBody),
+        (status = 422, description = "Bad role, empty message or invalid block", body = super::error::ErrorBody)))]
 pub async fn post_message(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Identity>,
@@ -218,29 +237,51 @@ pub async fn post_message(
     Ok((StatusCode::CREATED, Json(message)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// 1 to 1000.
     #[serde(default = "default_limit")]
+    #[param(default = 50, minimum = 1, maximum = 1000)]
     limit: usize,
     #[serde(default)]
+    #[param(default = 0, minimum = 0, maximum = 1_000_000_000)]
     offset: usize,
+}
+
+/// A page of a session's messages, oldest first.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MessagePage {
+    session_id: String,
+    total: u64,
+    limit: usize,
+    offset: usize,
+    #[schema(value_type = Vec<Message>)]
+    messages: Vec<Value>,
 }
 
 fn default_limit() -> usize {
     50
 }
 
+/// Far past any session's length; bounds what a query may say.
+const MAX_OFFSET: usize = 1_000_000_000;
+
+#[utoipa::path(get, path = "/api/v1/sessions/{sid}/messages", tag = "sessions", params(super::schemas::SessionPath, ListQuery),
+    responses((status = 200, body = MessagePage), (status = 404, description = "No such session", body = super::error::ErrorBody)))]
 pub async fn list_messages(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Identity>,
     ApiPath(sid): ApiPath<String>,
     ApiQuery(query): ApiQuery<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MessagePage>, ApiError> {
     visible_session(&state, &caller, &sid).await?;
-    if !(1..=1000).contains(&query.limit) {
+    super::bounds::checked_limit(query.limit)?;
+    if query.offset > MAX_OFFSET {
         return Err(ApiError::invalid(
             "invalid_query",
-            format!("limit must be from 1 to 1000, got {}", query.limit),
+            format!("offset must be at most {MAX_OFFSET}"),
         ));
     }
     if state.sessions.session(&sid).await?.is_none() {
@@ -250,18 +291,26 @@ pub async fn list_messages(
         .sessions
         .list_messages(&sid, query.limit, query.offset)
         .await?;
-    Ok(Json(
-        json!({ "sessionId": sid, "total": total, "limit": query.limit, "offset": query.offset, "messages": messages }),
-    ))
+    Ok(Json(MessagePage {
+        session_id: sid,
+        total,
+        limit: query.limit,
+        offset: query.offset,
+        messages,
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LoadQuery {
     /// Also load blocks stored on their own (otherwise they stay references).
     #[serde(default)]
     include_content: bool,
 }
 
+#[utoipa::path(get, path = "/api/v1/messages/{mid}", tag = "sessions",
+    params(super::schemas::MessagePath, LoadQuery),
+    responses((status = 200, body = Message), (status = 404, description = "No such message", body = super::error::ErrorBody)))]
 pub async fn get_message(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Identity>,
@@ -276,6 +325,9 @@ pub async fn get_message(
 }
 
 /// GET /api/v1/content/{id}: one separately stored block, loaded on demand.
+#[utoipa::path(get, path = "/api/v1/content/{id}", tag = "sessions",
+    params(super::schemas::ContentPath),
+    responses((status = 200, body = Content), (status = 404, description = "No such content (or it expired)", body = super::error::ErrorBody)))]
 pub async fn get_content(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Identity>,
@@ -295,14 +347,54 @@ pub async fn get_content(
     content.map(Json).ok_or_else(|| ApiError::not_found("content_not_found", format!("no stored content `{id}` (blocks of 10 KB or less live in their message; stored content expires after 7 days)")))
 }
 
+/// Design D's task. The task queue's handler reads it (and refuses with a
+/// 422 naming the field); these are the fields the built-in pipeline reads.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct NewTask {
+    /// The topic: not blank.
+    #[schema(
+        example = "Write a short brief on Redis Streams",
+        max_length = 10000,
+        pattern = "[^\\t\\n\\x0b\\x0c\\r \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+    )]
+    task_description: String,
+    /// `simple`, `planner` (the default) or `critic`.
+    #[schema(pattern = "^(simple|planner|critic)$")]
+    workflow: Option<String>,
+    /// Critique/revise rounds of `critic`.
+    #[schema(minimum = 1, maximum = 10)]
+    max_iterations: Option<u8>,
+    /// Sections of the planner's outline.
+    #[schema(minimum = 1, maximum = 10)]
+    sections: Option<u8>,
+}
+
+/// Where to follow a task just started.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskStarted {
+    session_id: String,
+    /// The assistant message the task fills.
+    message_id: String,
+    job_id: String,
+    queue: String,
+    message_url: String,
+    stream_url: String,
+    job_stream_url: String,
+}
+
 /// POST /api/v1/sessions/{sid}/tasks: creates the assistant message the task
 /// will fill and queues the job whose guest runs the workflow and drives it.
+#[utoipa::path(post, path = "/api/v1/sessions/{sid}/tasks", tag = "sessions", params(super::schemas::SessionPath), request_body = NewTask,
+    responses((status = 202, body = TaskStarted), (status = 404, description = "No such session", body = super::error::ErrorBody),
+        (status = 422, description = "The handler refused the task", body = super::error::ErrorBody)))]
 pub async fn start_task(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Identity>,
     ApiPath(sid): ApiPath<String>,
     ApiJson(body): ApiJson<Map<String, Value>>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<TaskStarted>), ApiError> {
     visible_session(&state, &caller, &sid).await?;
     let queue = state.sessions.config().task_queue.clone();
     if !state.intake.routes.contains_key(&queue) {
@@ -353,47 +445,77 @@ pub async fn start_task(
     }
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({
-            "sessionId": sid,
-            "messageId": message_id,
-            "jobId": job_id,
-            "queue": queue,
-            "messageUrl": format!("/api/v1/messages/{message_id}"),
-            "streamUrl": format!("/api/v1/sessions/{sid}/messages/{message_id}/stream"),
-            "jobStreamUrl": format!("/api/v1/jobs/{job_id}/stream"),
-        })),
+        Json(TaskStarted {
+            message_url: format!("/api/v1/messages/{message_id}"),
+            stream_url: format!("/api/v1/sessions/{sid}/messages/{message_id}/stream"),
+            job_stream_url: format!("/api/v1/jobs/{job_id}/stream"),
+            session_id: sid,
+            message_id,
+            job_id,
+            queue,
+        }),
     ))
 }
 
-#[derive(Deserialize)]
+/// Deletes messages older than this, in days or in seconds (at most 100 years).
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum CleanupRequest {
+    Days(OlderThanDays),
+    Secs(OlderThanSecs),
+}
+
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct CleanupRequest {
-    older_than_days: Option<f64>,
-    older_than_secs: Option<f64>,
+pub struct OlderThanDays {
+    #[schema(minimum = 0, maximum = 36500)]
+    older_than_days: f64,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OlderThanSecs {
+    #[schema(minimum = 0, maximum = 3153600000u64)]
+    older_than_secs: f64,
+}
+
+/// The oldest age a cleanup takes: older than that is everything anyway.
+const MAX_CLEANUP_SECS: f64 = 100.0 * 365.0 * 86_400.0;
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CleanupDone {
+    older_than_secs: f64,
+    report: CleanupReport,
 }
 
 /// POST /api/v1/cleanup {"olderThanDays": N} (or `olderThanSecs`): deletes
 /// messages created longer ago than that, in every session.
+#[utoipa::path(post, path = "/api/v1/cleanup", tag = "sessions", request_body = CleanupRequest,
+    responses((status = 200, body = CleanupDone), (status = 422, description = "Not exactly one non-negative age", body = super::error::ErrorBody)))]
 pub async fn cleanup(
     State(state): State<Arc<AppState>>,
-    ApiJson(body): ApiJson<CleanupRequest>,
-) -> Result<Json<Value>, ApiError> {
-    let secs = match (body.older_than_days, body.older_than_secs) {
-        (Some(days), None) => days * 86_400.0,
-        (None, Some(secs)) => secs,
-        _ => {
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Json<CleanupDone>, ApiError> {
+    let secs = match serde_json::from_value(body) {
+        Ok(CleanupRequest::Days(age)) => age.older_than_days * 86_400.0,
+        Ok(CleanupRequest::Secs(age)) => age.older_than_secs,
+        Err(_) => {
             return Err(ApiError::invalid(
                 "invalid_body",
-                "give exactly one of `olderThanDays` and `olderThanSecs`",
+                "give exactly one of `olderThanDays` and `olderThanSecs`, a number",
             ));
         }
     };
-    if !secs.is_finite() || secs < 0.0 {
+    if !(0.0..=MAX_CLEANUP_SECS).contains(&secs) {
         return Err(ApiError::invalid(
             "invalid_field",
-            "the age must be a non-negative number",
+            "the age must be a number of days from 0 to 36500 (or its seconds)",
         ));
     }
     let report = state.sessions.cleanup((secs * 1000.0) as u64).await?;
-    Ok(Json(json!({ "olderThanSecs": secs, "report": report })))
+    Ok(Json(CleanupDone {
+        older_than_secs: secs,
+        report,
+    }))
 }

@@ -11,22 +11,40 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::{Extension, Json};
 use futures_util::Stream;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::{ApiError, ApiPath, ApiQuery};
+use super::job_view::JobView;
 use super::jobs::{job_not_found, visible_job};
+use super::schemas::StreamInfo;
 use spool_core::access::Identity;
 use spool_core::events::{self, Event, JobEvents};
 use spool_core::follow::{Follower, Source, Step};
 use spool_core::queue::now_ms;
 
-#[derive(Deserialize)]
+/// Where a stream resumes: after this entry id (the `Last-Event-ID` header wins).
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StreamQuery {
+    #[param(
+        pattern = "^[0-9]+(-[0-9]+)?$",
+        example = "1700000000000-0",
+        nullable = false
+    )]
     last_id: Option<String>,
 }
 
+/// The SSE stream of a job: a `state` snapshot, then every event (`task_started`,
+/// `task_progress`, ..., custom types) with its stream id, `ping` when quiet,
+/// until the job's terminal event. Resumable with `Last-Event-ID` or `last_id`.
+#[utoipa::path(get, path = "/stream/status/{id}", tag = "jobs",
+    params(super::schemas::JobPath, StreamQuery,
+        super::schemas::ResumeHeader),
+    responses((status = 200, description = "Server-sent events", content_type = "text/event-stream", body = super::schemas::ServerSentEvent),
+        (status = 404, description = "No such job", body = super::error::ErrorBody)))]
 pub async fn status_stream(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Identity>,
@@ -35,13 +53,7 @@ pub async fn status_stream(
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let record = visible_job(&state, &caller, &id).await?;
-    let resume_from = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or(query.last_id);
-    let after = resume_from.unwrap_or_else(|| "0".into());
-    validate_stream_id(&after)?;
+    let after = resume_point(&headers, query)?;
     let source = JobEvents {
         queue: state.queue.clone(),
         job_id: id,
@@ -49,7 +61,7 @@ pub async fn status_stream(
     let follower = Follower::open(&state.redis, source, after, state.quiet_interval()).await?;
     let snapshot = SseEvent::default()
         .event("state")
-        .data(record.to_json().to_string());
+        .data(serde_json::to_string(&JobView::from(&record)).unwrap_or_default());
     let events = sse_steps(follower, |event: Event| {
         SseEvent::default()
             .id(event.id.clone())
@@ -85,6 +97,25 @@ pub(super) fn sse_steps<S: Source>(
     })
 }
 
+/// Where a stream resumes: after the `Last-Event-ID` header's id (an empty
+/// one means none), else `last_id`'s, else from the start.
+pub(super) fn resume_point(headers: &HeaderMap, query: StreamQuery) -> Result<String, ApiError> {
+    let header = match headers.get("last-event-id") {
+        None => None,
+        Some(value) => {
+            let text = value.to_str().map_err(|_| {
+                ApiError::invalid("invalid_last_id", "the Last-Event-ID header is not text")
+            })?;
+            Some(text.to_owned()).filter(|id| !id.is_empty())
+        }
+    };
+    // Both are checked when both are given, though the header wins.
+    for id in [&header, &query.last_id].into_iter().flatten() {
+        validate_stream_id(id)?;
+    }
+    Ok(header.or(query.last_id).unwrap_or_else(|| "0".into()))
+}
+
 pub(super) fn validate_stream_id(id: &str) -> Result<(), ApiError> {
     let mut parts = id.splitn(2, '-');
     let valid = parts
@@ -103,17 +134,52 @@ pub(super) fn validate_stream_id(id: &str) -> Result<(), ApiError> {
     }
 }
 
-#[derive(Deserialize)]
+/// `GET /api/v1/jobs/{id}/stream`: the same stream under design D's prefix.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/stream", tag = "jobs",
+    params(super::schemas::JobPath, StreamQuery,
+        super::schemas::ResumeHeader),
+    responses((status = 200, description = "Server-sent events", content_type = "text/event-stream", body = super::schemas::ServerSentEvent),
+        (status = 404, description = "No such job", body = super::error::ErrorBody)))]
+pub async fn v1_status_stream(
+    state: State<Arc<AppState>>,
+    caller: Extension<Identity>,
+    id: ApiPath<String>,
+    query: ApiQuery<StreamQuery>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    status_stream(state, caller, id, query, headers).await
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
+    /// Events after this entry id (default: from the start).
+    #[param(
+        pattern = "^[0-9]+(-[0-9]+)?$",
+        example = "1700000000000-0",
+        nullable = false
+    )]
     last_id: Option<String>,
 }
 
+/// A job's event stream read as a page (design C's replay) with its info.
+#[derive(Serialize, ToSchema)]
+pub struct EventsPage {
+    #[schema(value_type = StreamInfo)]
+    info: Value,
+    events: Vec<Event>,
+}
+
+/// A job's events after `last_id`, and how long its stream is.
+#[utoipa::path(get, path = "/api/job/{id}/events", tag = "jobs",
+    params(super::schemas::JobPath, EventsQuery),
+    responses((status = 200, body = EventsPage), (status = 404, description = "No such job", body = super::error::ErrorBody)))]
 pub async fn job_events(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Identity>,
     ApiPath(id): ApiPath<String>,
     ApiQuery(query): ApiQuery<EventsQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EventsPage>, ApiError> {
     let after = query.last_id.unwrap_or_else(|| "0".into());
     validate_stream_id(&after)?;
     let mut redis = state.queue.connection();
@@ -129,5 +195,18 @@ pub async fn job_events(
         return Err(job_not_found(&id));
     }
     let page = events::read(&mut redis, &id, &after, None).await?;
-    Ok(Json(json!({ "info": info, "events": page })))
+    Ok(Json(EventsPage { info, events: page }))
+}
+
+/// `GET /api/v1/jobs/{id}/events`: the same page under design D's prefix.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/events", tag = "jobs",
+    params(super::schemas::JobPath, EventsQuery),
+    responses((status = 200, body = EventsPage), (status = 404, description = "No such job", body = super::error::ErrorBody)))]
+pub async fn v1_job_events(
+    state: State<Arc<AppState>>,
+    caller: Extension<Identity>,
+    id: ApiPath<String>,
+    query: ApiQuery<EventsQuery>,
+) -> Result<Json<EventsPage>, ApiError> {
+    job_events(state, caller, id, query).await
 }

@@ -13,6 +13,7 @@
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use axum::{Extension, Json};
@@ -29,12 +30,19 @@ use spool_core::follow::{Follower, Step};
 /// Frames waiting to be written before readers of job events slow down.
 const OUTBOX: usize = 256;
 
+/// Submit and watch jobs over one socket (see the module's frame list).
+#[utoipa::path(get, path = "/ws", tag = "jobs", params(super::schemas::WebSocketHandshake),
+    responses((status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 400, description = "Not a WebSocket opening handshake", body = super::error::ErrorBody)))]
 pub async fn upgrade(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Identity>,
-    upgrade: WebSocketUpgrade,
-) -> Response {
-    upgrade.on_upgrade(move |socket| serve(state, caller, socket))
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let upgrade = upgrade.map_err(|refusal| {
+        ApiError::new(refusal.status(), "not_a_websocket", refusal.body_text())
+    })?;
+    Ok(upgrade.on_upgrade(move |socket| serve(state, caller, socket)))
 }
 
 async fn serve(state: Arc<AppState>, caller: Identity, mut socket: WebSocket) {
@@ -97,8 +105,9 @@ async fn handle_frame(
                 Err(error) => Err(error),
             };
             match accepted {
-                Ok((_, Json(mut accepted))) => {
-                    let job = accepted["jobId"].as_str().unwrap_or_default().to_owned();
+                Ok((_, Json(accepted))) => {
+                    let job = accepted.job_id.clone();
+                    let mut accepted = serde_json::to_value(accepted).unwrap_or_default();
                     accepted["type"] = json!("accepted");
                     let _ = outbox.send(accepted).await;
                     tokio::spawn(follow(state.clone(), job, "0".into(), outbox.clone()));

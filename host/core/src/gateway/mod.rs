@@ -69,6 +69,7 @@ struct EmbedStats {
 
 /// The limiter's shared state and this instance's embedding figures.
 #[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct GatewaySnapshot {
     pub limiter: LimiterSnapshot,
@@ -77,6 +78,7 @@ pub struct GatewaySnapshot {
 }
 
 #[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct EmbedSnapshot {
     /// Counted by this instance only.

@@ -80,6 +80,7 @@ pub struct Prepared {
 
 /// The answer to a deploy or rollback.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Deployed {
     pub handler: String,

@@ -60,6 +60,7 @@ fn instance_key(instance: &str) -> String {
 
 /// What is known about one stored version.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct VersionMeta {
     /// First 12 hex digits of the SHA-256: the version id.
@@ -75,6 +76,7 @@ pub struct VersionMeta {
 
 /// One entry of a handler's activation history.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Activation {
     pub version: String,
     pub previous: Option<String>,
@@ -101,6 +103,7 @@ pub enum Activated {
 
 /// What an instance last reported about itself.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct InstanceReport {
     pub instance: String,

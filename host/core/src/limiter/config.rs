@@ -56,6 +56,7 @@ pub struct LimitsConfig {
 
 /// `calls` per `per_secs` seconds, with bursts of up to `calls`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct UserLimit {
     pub calls: f64,

@@ -67,6 +67,7 @@ pub struct Slowdown {
 
 /// The limiter's state as the API shows it.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct LimiterSnapshot {
     pub backend: String,

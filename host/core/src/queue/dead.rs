@@ -16,6 +16,7 @@ use super::{
 
 /// One job in a queue's dead-letter stream.
 #[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct DeadLetter {
     pub dead_id: String,

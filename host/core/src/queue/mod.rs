@@ -227,12 +227,14 @@ pub struct Retention {
 }
 
 #[derive(Debug, Default, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClassStats {
     pub waiting: u64,
     pub active: u64,
 }
 
 #[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QueueStats {
     pub waiting: u64,
     pub active: u64,

@@ -1,11 +1,13 @@
-//! The job record: the `spool:job:{id}` hash as a typed value, and its public JSON
-//! shape (what GET /api/job/{id} returns).
+//! The job record: the `spool:job:{id}` hash as a typed value (its public JSON
+//! shape is the API's).
 
 use std::collections::HashMap;
 
-use serde_json::{Value, json};
+use serde::Serialize;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
 pub enum JobState {
     Waiting,
     Active,
@@ -123,37 +125,6 @@ impl JobRecord {
             first_started_at: number(take("first_started_at")),
             finished_at: number(take("finished_at")),
             cancel_requested_at: number(take("cancel_requested_at")),
-        })
-    }
-
-    /// The public shape, in the API's camelCase.
-    pub fn to_json(&self) -> Value {
-        let parsed = |text: &Option<String>| {
-            text.as_deref()
-                .and_then(|t| serde_json::from_str::<Value>(t).ok())
-        };
-        json!({
-            "id": self.id,
-            "queue": self.queue,
-            "state": self.state.as_str(),
-            "progress": self.progress,
-            "step": self.step,
-            "priority": self.priority,
-            "class": self.class,
-            "score": self.score,
-            "userId": self.user_id,
-            "attempts": self.attempts,
-            "handler": self.handler,
-            "handlerVersion": self.handler_version,
-            "worker": self.worker,
-            "result": parsed(&self.result),
-            "blocks": parsed(&self.blocks),
-            "error": self.error,
-            "errorKind": self.error_kind,
-            "createdAt": self.created_at,
-            "startedAt": self.started_at,
-            "finishedAt": self.finished_at,
-            "cancelRequestedAt": self.cancel_requested_at,
         })
     }
 }

@@ -18,6 +18,7 @@ use crate::queue::now_ms;
 const CLEANUP_PAGE: isize = 200;
 
 #[derive(Clone, Copy, Debug, Default, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct CleanupReport {
     pub sessions_visited: u64,
