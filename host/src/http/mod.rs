@@ -10,6 +10,7 @@ mod health;
 mod jobs;
 mod limits;
 mod message_stream;
+pub mod metrics;
 mod sessions;
 mod stream;
 mod ws;
@@ -89,6 +90,8 @@ pub fn router(state: Arc<AppState>, body_limit: usize, routes: Routes) -> Router
     let reader = Router::new()
         .route("/api/queue/stats", get(jobs::stats))
         .route("/api/limits", get(limits::limits))
+        .route("/api/metrics", get(metrics::monitoring))
+        .route("/metrics", get(metrics::prometheus))
         .route_layer(from_fn(|request, next| {
             auth::require(Role::Reader, request, next)
         }));
