@@ -167,10 +167,10 @@ impl Intake {
             Ok(_) => {
                 metrics::job_submitted(queue, decision.class);
                 Ok(Accepted {
-                id,
-                queue: queue.to_owned(),
-                class: class_name(decision.class),
-                score,
+                    id,
+                    queue: queue.to_owned(),
+                    class: class_name(decision.class),
+                    score,
                 })
             }
             Err(SubmitError::Full(queue)) => Err(IntakeError::Full(queue)),

@@ -282,46 +282,121 @@ pub fn install() {
 pub fn describe() {
     use names::*;
     let counters: [(&'static str, &'static str); 14] = [
-        (JOBS_SUBMITTED, "Jobs accepted into a queue by this instance"),
+        (
+            JOBS_SUBMITTED,
+            "Jobs accepted into a queue by this instance",
+        ),
         (JOBS_COMPLETED, "Jobs completed by this instance's workers"),
-        (JOBS_FAILED, "Jobs failed for good (dead-lettered) by this instance's workers, by failure kind"),
-        (JOBS_RETRIED, "Attempts that failed and were scheduled to run again, by failure kind"),
-        (JOBS_CANCELLED, "Jobs that ended cancelled on this instance (taken out of line, or stopped while running)"),
-        (HANDLER_CALLS, "Calls into a handler's Wasm, per handler version and hook"),
-        (HANDLER_FAILURES, "Handler calls that did not succeed, by failure kind"),
-        (MODEL_CALLS, "Model calls (each try) by backend, operation, outcome and HTTP status"),
-        (MODEL_TOKENS, "Tokens the backend reported for chat calls, by kind (prompt, completion)"),
-        (LIMITER_GRANTED, "Call slots granted by the shared limiter, all instances together"),
-        (LIMITER_WAITS, "Granted slots that had to wait, all instances together"),
-        (LIMITER_RATE_LIMITED, "Rate-limit answers (429, 403) the backend gave, all instances together"),
-        (LIMITER_RETRIES, "Model calls retried by the retry loop, all instances together"),
-        (LIMITER_FAILURES, "Model calls failed for good, by reason, all instances together"),
+        (
+            JOBS_FAILED,
+            "Jobs failed for good (dead-lettered) by this instance's workers, by failure kind",
+        ),
+        (
+            JOBS_RETRIED,
+            "Attempts that failed and were scheduled to run again, by failure kind",
+        ),
+        (
+            JOBS_CANCELLED,
+            "Jobs that ended cancelled on this instance (taken out of line, or stopped while running)",
+        ),
+        (
+            HANDLER_CALLS,
+            "Calls into a handler's Wasm, per handler version and hook",
+        ),
+        (
+            HANDLER_FAILURES,
+            "Handler calls that did not succeed, by failure kind",
+        ),
+        (
+            MODEL_CALLS,
+            "Model calls (each try) by backend, operation, outcome and HTTP status",
+        ),
+        (
+            MODEL_TOKENS,
+            "Tokens the backend reported for chat calls, by kind (prompt, completion)",
+        ),
+        (
+            LIMITER_GRANTED,
+            "Call slots granted by the shared limiter, all instances together",
+        ),
+        (
+            LIMITER_WAITS,
+            "Granted slots that had to wait, all instances together",
+        ),
+        (
+            LIMITER_RATE_LIMITED,
+            "Rate-limit answers (429, 403) the backend gave, all instances together",
+        ),
+        (
+            LIMITER_RETRIES,
+            "Model calls retried by the retry loop, all instances together",
+        ),
+        (
+            LIMITER_FAILURES,
+            "Model calls failed for good, by reason, all instances together",
+        ),
     ];
     for (name, help) in counters {
         describe_counter!(name, Unit::Count, help);
     }
     let histograms: [(&'static str, &'static str); 6] = [
-        (JOB_DURATION, "Run time of an attempt (claim to recorded outcome), by outcome"),
-        (JOB_QUEUE_WAIT, "Time from submission to a job's first claim"),
-        (HANDLER_WASM, "Wall time of a handler call, host calls included"),
+        (
+            JOB_DURATION,
+            "Run time of an attempt (claim to recorded outcome), by outcome",
+        ),
+        (
+            JOB_QUEUE_WAIT,
+            "Time from submission to a job's first claim",
+        ),
+        (
+            HANDLER_WASM,
+            "Wall time of a handler call, host calls included",
+        ),
         (MODEL_CALL_DURATION, "Latency of one model call try"),
-        (LIMITER_WAIT, "Time a model call waited for its slot from the shared limiter"),
+        (
+            LIMITER_WAIT,
+            "Time a model call waited for its slot from the shared limiter",
+        ),
         (REDIS_ROUNDTRIP, "Round trip of one queue script to Redis"),
     ];
     for (name, help) in histograms {
         describe_histogram!(name, Unit::Seconds, help);
     }
     let gauges: [(&'static str, &'static str); 10] = [
-        (WATCHERS, "Clients following a job's or a message's event stream on this instance"),
-        (QUEUE_WAITING, "Jobs waiting in line, all instances together"),
-        (QUEUE_ACTIVE, "Jobs claimed and running, all instances together"),
-        (QUEUE_DELAYED, "Jobs scheduled to retry, all instances together"),
+        (
+            WATCHERS,
+            "Clients following a job's or a message's event stream on this instance",
+        ),
+        (
+            QUEUE_WAITING,
+            "Jobs waiting in line, all instances together",
+        ),
+        (
+            QUEUE_ACTIVE,
+            "Jobs claimed and running, all instances together",
+        ),
+        (
+            QUEUE_DELAYED,
+            "Jobs scheduled to retry, all instances together",
+        ),
         (QUEUE_DEAD, "Dead letters kept, all instances together"),
         (QUEUE_PAUSED, "1 when the queue is paused"),
-        (LIMITER_CONFIGURED_RATE, "The limiter's configured calls per second"),
-        (LIMITER_EFFECTIVE_RATE, "The limiter's current calls per second, lowered after rate limits"),
-        (LIMITER_TOKENS, "Call slots available now in the shared bucket"),
-        (LIMITER_COOLDOWN, "Time left before any instance may call the backend again"),
+        (
+            LIMITER_CONFIGURED_RATE,
+            "The limiter's configured calls per second",
+        ),
+        (
+            LIMITER_EFFECTIVE_RATE,
+            "The limiter's current calls per second, lowered after rate limits",
+        ),
+        (
+            LIMITER_TOKENS,
+            "Call slots available now in the shared bucket",
+        ),
+        (
+            LIMITER_COOLDOWN,
+            "Time left before any instance may call the backend again",
+        ),
     ];
     for (name, help) in gauges {
         describe_gauge!(name, help);

@@ -74,7 +74,10 @@ pub async fn upkeep(shutdown: CancellationToken) {
 
 /// `GET /metrics`: this instance's metrics, then the cluster-wide ones.
 pub async fn prometheus(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    let mut text = RECORDER.get().map(PrometheusHandle::render).unwrap_or_default();
+    let mut text = RECORDER
+        .get()
+        .map(PrometheusHandle::render)
+        .unwrap_or_default();
     text.push_str(&cluster_wide(&state).await?);
     Ok(([(CONTENT_TYPE, CONTENT_TYPE_TEXT)], text).into_response())
 }

@@ -194,11 +194,7 @@ async fn flush(
                             .fetch_add(texts.len() as u64, Ordering::Relaxed);
                         let started = Instant::now();
                         let result = core.client.embed(Some(&batch.model), &texts).await;
-                        core.observe(
-                            ModelOperation::Embed,
-                            started,
-                            result.as_ref().map(|_| ()),
-                        );
+                        core.observe(ModelOperation::Embed, started, result.as_ref().map(|_| ()));
                         tries.settle(grant, result, true).await
                     }
                     Err(error) => Some(Err(error)),

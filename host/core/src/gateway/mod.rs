@@ -237,7 +237,12 @@ impl Gateway {
 
 impl Core {
     /// Records one try of a model call in the metrics.
-    fn observe(&self, operation: ModelOperation, started: Instant, result: Result<(), &ModelError>) {
+    fn observe(
+        &self,
+        operation: ModelOperation,
+        started: Instant,
+        result: Result<(), &ModelError>,
+    ) {
         metrics::model_called(
             self.client.config().kind,
             operation,

@@ -403,11 +403,9 @@ impl Queue {
         for (field, value) in fields {
             invocation.arg(field).arg(value);
         }
-        let entry: Option<String> = metrics::redis_timed(
-            "submit",
-            invocation.invoke_async(&mut self.redis.clone()),
-        )
-        .await?;
+        let entry: Option<String> =
+            metrics::redis_timed("submit", invocation.invoke_async(&mut self.redis.clone()))
+                .await?;
         match entry {
             None => Err(SubmitError::Full(job.queue.name.clone())),
             Some(reply) if reply == "duplicate" => Err(SubmitError::Duplicate),
@@ -519,11 +517,9 @@ impl Queue {
         for (field, value) in settlement.fields {
             invocation.arg(field).arg(value);
         }
-        let recorded: i64 = metrics::redis_timed(
-            "finish",
-            invocation.invoke_async(&mut self.redis.clone()),
-        )
-        .await?;
+        let recorded: i64 =
+            metrics::redis_timed("finish", invocation.invoke_async(&mut self.redis.clone()))
+                .await?;
         Ok(match recorded {
             1 => Finish::Recorded,
             2 => Finish::CancelRequested,
@@ -629,11 +625,9 @@ impl Queue {
             .arg(retention.message_secs.max(1))
             .arg(retention.message_events.max(1));
         // {state before, queue, class}
-        let previous: Option<Vec<String>> = metrics::redis_timed(
-            "cancel",
-            invocation.invoke_async(&mut self.redis.clone()),
-        )
-        .await?;
+        let previous: Option<Vec<String>> =
+            metrics::redis_timed("cancel", invocation.invoke_async(&mut self.redis.clone()))
+                .await?;
         let previous = previous.unwrap_or_default();
         let field = |i: usize| previous.get(i).map_or("", String::as_str);
         Ok(match JobState::parse(field(0)) {
