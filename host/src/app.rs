@@ -54,6 +54,9 @@ pub async fn start(config: Config) -> Result<Running> {
         fastrand::u32(..0x100_0000)
     );
 
+    // Before anything that emits a metric.
+    http::metrics::install(&instance)?;
+
     let (client, redis, embedded) = open_redis(&config).await?;
 
     let (models, stub) = model_backend(&config).await?;
@@ -117,6 +120,7 @@ pub async fn start(config: Config) -> Result<Running> {
             shutdown.clone(),
         ));
     }
+    background.spawn(http::metrics::upkeep(shutdown.clone()));
     background.spawn(spool_core::store::periodic_cleanup(
         sessions.clone(),
         shutdown.clone(),

@@ -14,6 +14,7 @@ mod guest_pipeline;
 mod guests;
 mod hot_swap;
 mod limits;
+mod metrics;
 mod model_clients;
 mod openapi;
 mod operating;

@@ -14,6 +14,8 @@ use futures_util::future::BoxFuture;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisError, RedisResult};
 
+use crate::metrics::Watching;
+
 /// A stream a client follows: a job's events, a message's events.
 pub trait Source: Send + Sync + 'static {
     type Entry: Send + 'static;
@@ -53,6 +55,8 @@ pub struct Follower<S: Source> {
     quiet: Duration,
     buffered: VecDeque<S::Entry>,
     finished: bool,
+    /// Counts this client in `spool_watchers` while it follows.
+    _watching: Watching,
 }
 
 impl<S: Source> Follower<S> {
@@ -76,6 +80,7 @@ impl<S: Source> Follower<S> {
             quiet,
             buffered: VecDeque::new(),
             finished: false,
+            _watching: Watching::start(),
         })
     }
 

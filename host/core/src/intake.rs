@@ -8,9 +8,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::config::QueueConfig;
+use crate::metrics::{self, Hook};
 use crate::queue::{BoundMessage, Fence, NewJob, Queue, QueueKeys, SubmitError, class_name};
 use crate::registry::Registry;
-use spool_runtime::{Job, Runtime};
+use spool_runtime::{FailureKind, Job, Runtime};
 
 /// The fields the host itself reads from a submission; the handler reads the
 /// payload.
@@ -128,7 +129,21 @@ impl Intake {
             payload: submission.payload.clone(),
             attempt: 0,
         };
-        let decision = match self.runtime.admit(&handler, &job).await {
+        let started = std::time::Instant::now();
+        let admitted = self.runtime.admit(&handler, &job).await;
+        let failure = match &admitted {
+            Ok(Ok(_)) => None,
+            Ok(Err(_)) => Some(FailureKind::Rejected),
+            Err(failure) => Some(failure.kind()),
+        };
+        metrics::handler_called(
+            Hook::Admit,
+            &handler.name,
+            &handler.version,
+            started.elapsed(),
+            failure,
+        );
+        let decision = match admitted {
             Ok(Ok(decision)) => decision,
             Ok(Err(reason)) => return Err(IntakeError::Rejected(reason)),
             Err(failure) => return Err(IntakeError::HandlerFailed(failure.to_string())),
@@ -149,12 +164,15 @@ impl Intake {
             parent: submission.parent.as_ref(),
         };
         match self.queue.submit(new_job).await {
-            Ok(_) => Ok(Accepted {
-                id,
-                queue: queue.to_owned(),
-                class: class_name(decision.class),
-                score,
-            }),
+            Ok(_) => {
+                metrics::job_submitted(queue, decision.class);
+                Ok(Accepted {
+                    id,
+                    queue: queue.to_owned(),
+                    class: class_name(decision.class),
+                    score,
+                })
+            }
             Err(SubmitError::Full(queue)) => Err(IntakeError::Full(queue)),
             Err(SubmitError::Duplicate) => Err(IntakeError::Duplicate(id)),
             Err(SubmitError::Fenced) => Err(IntakeError::Fenced),

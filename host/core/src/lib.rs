@@ -22,6 +22,7 @@ pub mod gateway;
 pub mod handlers;
 pub mod intake;
 pub mod limiter;
+pub mod metrics;
 pub mod models;
 pub mod queue;
 pub mod redact;

@@ -11,6 +11,7 @@ mod job_view;
 mod jobs;
 mod limits;
 mod message_stream;
+pub mod metrics;
 mod openapi;
 mod schemas;
 mod sessions;
@@ -145,6 +146,8 @@ fn reader() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
         .routes(routes!(jobs::stats))
         .routes(routes!(limits::limits))
+        .routes(routes!(metrics::monitoring))
+        .routes(routes!(metrics::prometheus))
         .route_layer(from_fn(|request, next| {
             auth::require(Role::Reader, request, next)
         }))

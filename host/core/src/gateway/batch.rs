@@ -15,6 +15,7 @@ use tokio::sync::{Notify, oneshot};
 
 use super::{CallContext, Core, Tries, limiter_error};
 use crate::limiter::Scope;
+use crate::metrics::ModelOperation;
 use crate::models::ModelError;
 
 type Reply = Result<Vec<Vec<f32>>, ModelError>;
@@ -191,7 +192,9 @@ async fn flush(
                         core.stats
                             .texts_sent
                             .fetch_add(texts.len() as u64, Ordering::Relaxed);
+                        let started = Instant::now();
                         let result = core.client.embed(Some(&batch.model), &texts).await;
+                        core.observe(ModelOperation::Embed, started, result.as_ref().map(|_| ()));
                         tries.settle(grant, result, true).await
                     }
                     Err(error) => Some(Err(error)),

@@ -19,6 +19,7 @@ use redis::aio::ConnectionManager;
 use serde::Serialize;
 
 use crate::limiter::{AcquireError, Grant, Limiter, LimiterSnapshot, LimitsConfig, Scope};
+use crate::metrics::{self, ModelOperation};
 use crate::models::{ChatReply, ChatRequest, ModelClient, ModelError};
 
 /// Longest backoff between two tries after a 5xx or connection error.
@@ -140,7 +141,17 @@ impl Gateway {
         let mut tries = Tries::new(&self.core, context, context.scope(), None);
         loop {
             let grant = tries.slot().await?;
+            let started = Instant::now();
             let result = self.core.client.chat(request, &mut forward).await;
+            self.core
+                .observe(ModelOperation::Chat, started, result.as_ref().map(|_| ()));
+            if let Ok(reply) = &result {
+                metrics::model_tokens(
+                    self.core.client.config().kind,
+                    reply.prompt_tokens,
+                    reply.completion_tokens,
+                );
+            }
             let retry_allowed = !delivered.load(Ordering::Relaxed);
             if let Some(done) = tries.settle(grant, result, retry_allowed).await {
                 return done;
@@ -223,6 +234,23 @@ impl Gateway {
                 texts_sent: read(&stats.texts_sent),
             },
         })
+    }
+}
+
+impl Core {
+    /// Records one try of a model call in the metrics.
+    fn observe(
+        &self,
+        operation: ModelOperation,
+        started: Instant,
+        result: Result<(), &ModelError>,
+    ) {
+        metrics::model_called(
+            self.client.config().kind,
+            operation,
+            result,
+            started.elapsed(),
+        );
     }
 }
 

@@ -18,7 +18,7 @@ use serde::Serialize;
 
 pub use config::{LimitsConfig, UserLimit};
 
-use crate::models::BackendConfig;
+use crate::models::{BackendConfig, BackendKind};
 
 /// Idle limiter state expires after a day; counters restart with it.
 const STATE_TTL_MS: u64 = 24 * 3600 * 1000;
@@ -101,6 +101,7 @@ pub struct Limiter {
     key: String,
     backend_id: String,
     name: String,
+    kind: BackendKind,
     config: LimitsConfig,
     acquire: Script,
     limited: Script,
@@ -220,6 +221,7 @@ impl Limiter {
             // Shown in /api/limits, the log and Redis: never the URL's credentials.
             name: format!("{} at {}", backend.kind, crate::redact::url(&backend.url)),
             backend_id,
+            kind: backend.kind,
             config,
             acquire: Script::new(include_str!("acquire.lua")),
             limited: Script::new(include_str!("limited.lua")),
@@ -248,9 +250,10 @@ impl Limiter {
         deadline: Instant,
     ) -> Result<Grant, AcquireError> {
         let started = Instant::now();
-        let granted = |generation| Grant {
-            generation,
-            waited: started.elapsed(),
+        let granted = |generation| {
+            let waited = started.elapsed();
+            crate::metrics::limiter_granted(self.kind, waited);
+            Grant { generation, waited }
         };
         let (mut mode, user) = match scope {
             Scope::Backend => (Mode::Backend, None),

@@ -4,7 +4,10 @@
 -- should the message be lost). From then on the job can only end cancelled:
 -- finish.lua refuses any other outcome and recovery does not restart it.
 -- A cancelled waiting or delayed job's session message ends in an error here.
--- Returns the job's state before the call, or false when there is no such job.
+-- A cancelled waiting or delayed job counts as a cancelled request in the
+-- queue's monitoring (monitor.lua, prepended with message_end.lua).
+-- Returns {the job's state before the call, its queue, its class}, or false
+-- when there is no such job.
 -- KEYS[1] job hash   KEYS[2] job event stream   KEYS[3] job state hash
 -- KEYS[4] attempt history list
 -- ARGV[1] now (ms)   ARGV[2] ttl in seconds   ARGV[3] queue key prefix
@@ -34,8 +37,9 @@ if state == 'waiting' or state == 'delayed' then
   if message then
     end_message(message, message_stream, 'error', 'the job was cancelled', ARGV[1], ARGV[7], ARGV[8])
   end
+  monitor_request(queue .. 'monitor:', 'cancelled')
 elseif state == 'active' then
   redis.call('HSET', KEYS[1], 'cancel', ARGV[1], 'cancel_requested_at', ARGV[1])
   redis.call('PUBLISH', ARGV[6], job[5])
 end
-return state
+return {state, job[2], job[3]}

@@ -17,8 +17,8 @@
 -- ARGV[11] attempt record (JSON)   ARGV[12] events kept
 -- ARGV[13] message ending ('completed', 'error', 'retrying')   ARGV[14] message error
 -- ARGV[15] message ttl (s)   ARGV[16] message events kept   ARGV[17] dead letters kept
--- ARGV[18..] job hash field/value pairs
--- (message_end.lua and dead_letters.lua are prepended.)
+-- ARGV[18] monitoring key prefix   ARGV[19..] job hash field/value pairs
+-- (message_end.lua, dead_letters.lua and monitor.lua are prepended.)
 local owner = redis.call('HMGET', KEYS[1], 'state', 'entry', 'cancel')
 if owner[1] ~= 'active' or owner[2] ~= ARGV[2] then
   redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
@@ -30,7 +30,7 @@ if owner[3] and ARGV[5] ~= 'cancelled' then
 end
 redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[2], ARGV[2])
-redis.call('HSET', KEYS[1], 'state', ARGV[5], 'finished_at', ARGV[4], unpack(ARGV, 18))
+redis.call('HSET', KEYS[1], 'state', ARGV[5], 'finished_at', ARGV[4], unpack(ARGV, 19))
 redis.call('HDEL', KEYS[1], 'cancel')
 redis.call('RPUSH', KEYS[7], ARGV[11])
 redis.call('ZADD', KEYS[5], ARGV[6], ARGV[3])
@@ -38,6 +38,11 @@ local history = tonumber(ARGV[7])
 if history > 0 then
   redis.call('ZREMRANGEBYRANK', KEYS[5], 0, -(history + 1))
   redis.call('INCR', KEYS[6])
+end
+if ARGV[5] ~= 'delayed' then
+  -- The request ended (a retry is not an end).
+  local times = redis.call('HMGET', KEYS[1], 'created_at', 'started_at')
+  monitor_request(ARGV[18], ARGV[5], times[1], times[2], ARGV[4])
 end
 if ARGV[5] == 'failed' then
   local snapshot = cjson.encode(redis.call('HGETALL', KEYS[1]))

@@ -10,6 +10,8 @@
 //! `:failed` (recent history), `spool:q:{queue}:dead` (dead letters, at most
 //! `max_dead`) with `:dead:index` (job id -> letter), and `:count:*` totals
 //! (also `:count:dropped`, and `:count:fenced`, see `fence`);
+//! `spool:q:{queue}:monitor:{bucket}` (request figures by 10 s of Redis time,
+//! for the designs' monitoring; see `monitor.lua` and [`Queue::monitoring`]);
 //! `spool:job:{id}` (the job record), `spool:job:{id}:state` (the guest's
 //! state), `spool:job:{id}:attempts` (attempt history), `job_events:{id}`. Every
 //! key of a finished job expires with its record.
@@ -22,10 +24,13 @@
 //! groups; `prune_consumers` deletes those that hold no pending entries and
 //! are idle or belong to an instance that stops, so their number stays bounded.
 //!
-//! Scripts that touch dead letters share `dead_letters.lua`, prepended to them.
+//! Scripts that touch dead letters share `dead_letters.lua`, prepended to them;
+//! those that end a job share `monitor.lua`. Each script's round trip is
+//! timed (`metrics::redis_timed`).
 
 mod dead;
 mod fence;
+mod monitoring;
 mod record;
 mod settlement;
 
@@ -39,10 +44,12 @@ use serde::Serialize;
 
 pub use dead::{DEFAULT_MAX_DEAD, DeadLetter, Replay};
 pub use fence::{Fence, Written};
+pub use monitoring::{MONITOR_BUCKET_SECS, MONITOR_WINDOWS, QueueMonitoring, WindowTotals};
 pub use record::{BoundMessage, JobRecord, JobState};
 pub use settlement::Outcome;
 use settlement::Settlement;
 
+use crate::metrics;
 use spool_runtime::event_type::MAX_STREAM_EVENTS;
 use spool_runtime::{EventType, PriorityClass};
 
@@ -105,6 +112,8 @@ pub struct QueueKeys {
     failed: String,
     dead: String,
     dead_index: String,
+    /// Prefix of the queue's monitoring buckets.
+    monitor: String,
 }
 
 impl QueueKeys {
@@ -119,6 +128,7 @@ impl QueueKeys {
             failed: key("failed"),
             dead: key("dead"),
             dead_index: key("dead:index"),
+            monitor: key("monitor:"),
         }
     }
 
@@ -264,6 +274,7 @@ pub struct Queue {
     purge: Script,
     tidy_dead: Script,
     prune: Script,
+    monitor_read: Script,
 }
 
 impl Queue {
@@ -279,15 +290,18 @@ impl Queue {
             finish: Script::new(concat!(
                 include_str!("message_end.lua"),
                 include_str!("dead_letters.lua"),
+                include_str!("monitor.lua"),
                 include_str!("finish.lua")
             )),
             recover: Script::new(concat!(
                 include_str!("message_end.lua"),
+                include_str!("monitor.lua"),
                 include_str!("recover.lua")
             )),
             heartbeat: Script::new(include_str!("heartbeat.lua")),
             cancel: Script::new(concat!(
                 include_str!("message_end.lua"),
+                include_str!("monitor.lua"),
                 include_str!("cancel.lua")
             )),
             fenced: Script::new(concat!(
@@ -307,6 +321,10 @@ impl Queue {
                 include_str!("tidy_dead.lua")
             )),
             prune: Script::new(include_str!("prune.lua")),
+            monitor_read: Script::new(concat!(
+                include_str!("monitor.lua"),
+                include_str!("monitor_read.lua")
+            )),
         }
     }
 
@@ -387,7 +405,9 @@ impl Queue {
         for (field, value) in fields {
             invocation.arg(field).arg(value);
         }
-        let entry: Option<String> = invocation.invoke_async(&mut self.redis.clone()).await?;
+        let entry: Option<String> =
+            metrics::redis_timed("submit", invocation.invoke_async(&mut self.redis.clone()))
+                .await?;
         match entry {
             None => Err(SubmitError::Full(job.queue.name.clone())),
             Some(reply) if reply == "duplicate" => Err(SubmitError::Duplicate),
@@ -431,7 +451,9 @@ impl Queue {
             .arg(EventType::TaskStarted.as_str())
             .arg(MAX_STREAM_EVENTS)
             .arg(fair_every);
-        let reply: Vec<Value> = match invocation.invoke_async(&mut self.redis.clone()).await {
+        let mut redis = self.redis.clone();
+        let invoked = metrics::redis_timed("claim", invocation.invoke_async(&mut redis));
+        let reply: Vec<Value> = match invoked.await {
             Err(e) if e.code() == Some("NOGROUP") => {
                 // Redis lost its data (restarted without persistence): recreate.
                 self.ensure_groups(queue).await?;
@@ -492,11 +514,14 @@ impl Queue {
             .arg(settlement.message.error())
             .arg(retention.message_secs.max(1))
             .arg(retention.message_events.max(1))
-            .arg(self.max_dead(&keys.name));
+            .arg(self.max_dead(&keys.name))
+            .arg(&keys.monitor);
         for (field, value) in settlement.fields {
             invocation.arg(field).arg(value);
         }
-        let recorded: i64 = invocation.invoke_async(&mut self.redis.clone()).await?;
+        let recorded: i64 =
+            metrics::redis_timed("finish", invocation.invoke_async(&mut self.redis.clone()))
+                .await?;
         Ok(match recorded {
             1 => Finish::Recorded,
             2 => Finish::CancelRequested,
@@ -511,15 +536,18 @@ impl Queue {
         consumer: &str,
     ) -> redis::RedisResult<Heartbeat> {
         let keys = QueueKeys::new(&job.record.queue);
-        let verdict: String = self
-            .heartbeat
+        let mut invocation = self.heartbeat.prepare_invoke();
+        invocation
             .key(keys.stream(job.class))
             .key(job_key(&job.record.id))
             .arg(GROUP)
             .arg(consumer)
-            .arg(&job.entry_id)
-            .invoke_async(&mut self.redis.clone())
-            .await?;
+            .arg(&job.entry_id);
+        let verdict: String = metrics::redis_timed(
+            "heartbeat",
+            invocation.invoke_async(&mut self.redis.clone()),
+        )
+        .await?;
         Ok(match verdict.as_str() {
             "cancel" => Heartbeat::Cancel,
             "lost" => Heartbeat::Lost,
@@ -566,7 +594,8 @@ impl Queue {
                 .arg(EventType::TaskCancelled.as_str())
                 .arg(retention.failed_secs.max(1))
                 .arg(retention.message_secs.max(1))
-                .arg(retention.message_events.max(1));
+                .arg(retention.message_events.max(1))
+                .arg(&queue.monitor);
             let (high, normal, low, count): (String, String, String, u64) =
                 invocation.invoke_async(&mut self.redis.clone()).await?;
             requeued += count;
@@ -583,8 +612,8 @@ impl Queue {
         id: &str,
         retention: Retention,
     ) -> redis::RedisResult<CancelOutcome> {
-        let previous: Option<String> = self
-            .cancel
+        let mut invocation = self.cancel.prepare_invoke();
+        invocation
             .key(job_key(id))
             .key(events_key(id))
             .key(job_state_key(id))
@@ -596,12 +625,19 @@ impl Queue {
             .arg(MAX_STREAM_EVENTS)
             .arg(CANCEL_CHANNEL)
             .arg(retention.message_secs.max(1))
-            .arg(retention.message_events.max(1))
-            .invoke_async(&mut self.redis.clone())
-            .await?;
-        Ok(match previous.as_deref().and_then(JobState::parse) {
+            .arg(retention.message_events.max(1));
+        // {state before, queue, class}
+        let previous: Option<Vec<String>> =
+            metrics::redis_timed("cancel", invocation.invoke_async(&mut self.redis.clone()))
+                .await?;
+        let previous = previous.unwrap_or_default();
+        let field = |i: usize| previous.get(i).map_or("", String::as_str);
+        Ok(match JobState::parse(field(0)) {
             None => CancelOutcome::NotFound,
-            Some(JobState::Waiting | JobState::Delayed) => CancelOutcome::Cancelled,
+            Some(JobState::Waiting | JobState::Delayed) => {
+                metrics::job_cancelled(field(1), field(2));
+                CancelOutcome::Cancelled
+            }
             Some(JobState::Active) => CancelOutcome::Requested,
             Some(finished) => CancelOutcome::AlreadyFinished(finished),
         })

@@ -13,6 +13,8 @@
 -- ARGV[8] queue name   ARGV[9..11] cursors   ARGV[12] event type (requeued)
 -- ARGV[13] events kept   ARGV[14] event type (cancelled)   ARGV[15] ttl of a cancelled job (s)
 -- ARGV[16] message ttl (s)   ARGV[17] message events kept
+-- ARGV[18] monitoring key prefix (a job ending cancelled here is counted)
+-- (message_end.lua and monitor.lua are prepended.)
 local cursors, requeued = {}, 0
 for i = 1, 3 do
   local reply = redis.call('XAUTOCLAIM', KEYS[i], ARGV[1], ARGV[2], ARGV[3], ARGV[8 + i], 'COUNT', 100)
@@ -38,6 +40,7 @@ for i = 1, 3 do
         if message then
           end_message(message, message_stream, 'error', 'the job was cancelled', ARGV[4], ARGV[16], ARGV[17])
         end
+        monitor_request(ARGV[18], 'cancelled')
       elseif owner[1] == 'active' and owner[2] == entry_id then
         local fresh = redis.call('XADD', KEYS[i], '*', 'job', id)
         redis.call('HSET', job, 'state', 'waiting', 'entry', fresh)

@@ -17,6 +17,7 @@ use tracing::Instrument;
 use crate::config::QueueConfig;
 use crate::gateway::Gateway;
 use crate::intake::{Intake, Route};
+use crate::metrics::{self, Hook};
 use crate::queue::{Claim, ClaimedJob, Fence, Finish, Heartbeat, Outcome, Retention, now_ms};
 use crate::store::{self, Store};
 use spool_runtime::content::blocks_to_json;
@@ -170,6 +171,16 @@ impl Workers {
         consumer: &str,
         handler: Option<HandlerComponent>,
     ) {
+        if claimed.record.attempts == 1
+            && let Some(started_at) = claimed.record.started_at
+        {
+            let waited = started_at.saturating_sub(claimed.record.created_at);
+            metrics::job_first_claimed(
+                &route.keys.name,
+                claimed.class,
+                Duration::from_millis(waited),
+            );
+        }
         let watch = self.running.watch(&claimed.record.id);
         let lost = CancellationToken::new();
         let attempt = async {
@@ -299,13 +310,33 @@ impl Workers {
             payload: record.payload.clone(),
             attempt: record.attempts,
         };
+        let called = std::time::Instant::now();
+        let handler_called = |failure| {
+            metrics::handler_called(
+                Hook::Handle,
+                &handler.name,
+                &handler.version,
+                called.elapsed(),
+                failure,
+            )
+        };
         let result = tokio::select! {
             result = self.intake.runtime.handle(&handler, &job, host.clone()) => result,
             // Dropping the call stops the guest where it is.
-            _ = stop.cancelled() => return ran(Outcome::Cancelled),
-            _ = lost.cancelled() => return None,
+            _ = stop.cancelled() => {
+                handler_called(None);
+                return ran(Outcome::Cancelled);
+            }
+            _ = lost.cancelled() => {
+                handler_called(None);
+                return None;
+            }
         };
         let outcome = outcome_of(result, &handler, &route.config, record.attempts);
+        handler_called(match &outcome {
+            Outcome::Failed { kind, .. } | Outcome::Retry { kind, .. } => Some(*kind),
+            Outcome::Completed { .. } | Outcome::Cancelled => None,
+        });
         let follow_ups = host.take_follow_ups();
         if !matches!(outcome, Outcome::Completed { .. }) || follow_ups.is_empty() {
             return ran(outcome);
@@ -339,7 +370,17 @@ impl Workers {
                 .finish(claimed, &outcome, self.retention)
                 .await
             {
-                Ok(Finish::Recorded) => return,
+                Ok(Finish::Recorded) => {
+                    let started_at = claimed.record.started_at.unwrap_or_else(now_ms);
+                    let ran_for = Duration::from_millis(now_ms().saturating_sub(started_at));
+                    metrics::attempt_recorded(
+                        &claimed.record.queue,
+                        claimed.class,
+                        &outcome,
+                        ran_for,
+                    );
+                    return;
+                }
                 Ok(Finish::CancelRequested) => {
                     tracing::info!(job = %claimed.record.id, "cancelled while it ran; its outcome is discarded");
                     outcome = Outcome::Cancelled;
