@@ -24,3 +24,4 @@ mod secrets;
 mod sessions;
 mod state;
 mod trust;
+mod watchers;

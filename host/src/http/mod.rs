@@ -42,8 +42,10 @@ pub struct AppState {
     /// Queues, routes, runtime and loaded handler versions; how jobs enter.
     pub intake: Intake,
     pub handlers: Arc<Handlers>,
-    /// For the dedicated connections of blocking stream reads.
-    pub redis: redis::Client,
+    /// Live delivery: every SSE stream and WebSocket watch of this instance.
+    pub hub: spool_core::hub::Hub,
+    /// Largest request body, and so largest WebSocket message, in bytes.
+    pub body_limit_bytes: usize,
     pub instance: String,
     pub model: String,
     pub started: Instant,
@@ -179,6 +181,7 @@ async fn health(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         "instance": state.instance,
         "uptimeSecs": state.started.elapsed().as_secs(),
         "model": state.model,
+        "hub": state.hub.stats(),
         "handlers": state.intake.registry.versions(),
         "queues": state.intake.routes.keys().collect::<Vec<_>>(),
     });

@@ -1,13 +1,14 @@
 //! Job event streams over HTTP: GET /stream/status/{id} (SSE, live until the job
 //! ends, resumable with `Last-Event-ID` or `?last_id=`) and GET
 //! /api/job/{id}/events (a JSON page of the same events, plus stream info).
-//! Also the SSE rendering every followed stream shares ([`sse_steps`]).
+//! Also the SSE rendering every followed stream shares ([`sse_steps`]), and
+//! how a refused watcher is answered ([`refused`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::{Extension, Json};
 use futures_util::Stream;
@@ -20,6 +21,7 @@ use super::jobs::{job_not_found, visible_job};
 use spool_core::access::Identity;
 use spool_core::events::{self, Event, JobEvents};
 use spool_core::follow::{Follower, Source, Step};
+use spool_core::hub::Refusal;
 use spool_core::queue::now_ms;
 
 #[derive(Deserialize)]
@@ -46,7 +48,15 @@ pub async fn status_stream(
         queue: state.queue.clone(),
         job_id: id,
     };
-    let follower = Follower::open(&state.redis, source, after, state.quiet_interval()).await?;
+    let follower = Follower::open(
+        &state.hub,
+        source,
+        &after,
+        state.quiet_interval(),
+        &caller.key_id,
+    )
+    .await
+    .map_err(refused)?;
     let snapshot = SseEvent::default()
         .event("state")
         .data(record.to_json().to_string());
@@ -62,8 +72,9 @@ pub async fn status_stream(
 
 /// Renders a follower's steps as SSE: its entries, a `ping` event when quiet
 /// (an event, not a comment, so clients see the heartbeat), and a
-/// `stream_error` event before it ends on a store failure (reconnect with
-/// `Last-Event-ID` to resume).
+/// `stream_error` event before it ends early: `code` says why
+/// (`slow_consumer`, `store_unavailable`) and `lastId` where to resume
+/// (`Last-Event-ID`).
 pub(super) fn sse_steps<S: Source>(
     follower: Follower<S>,
     render: fn(S::Entry) -> SseEvent,
@@ -74,15 +85,39 @@ pub(super) fn sse_steps<S: Source>(
             Step::Quiet => SseEvent::default()
                 .event("ping")
                 .data(json!({ "type": "ping", "timestamp": now_ms() }).to_string()),
-            Step::Failed(error) => {
-                tracing::warn!(%error, "event stream read failed; closing the SSE stream");
+            Step::Interrupted(interruption) => {
+                tracing::debug!(cause = ?interruption.cause, "closing an SSE stream early; the client resumes");
                 SseEvent::default().event("stream_error").data(
-                    json!({ "error": "event store unavailable; reconnect with Last-Event-ID" })
-                        .to_string(),
+                    json!({
+                        "code": interruption.cause.code(),
+                        "error": interruption.cause.message(),
+                        "lastId": interruption.last_id,
+                    })
+                    .to_string(),
                 )
             }
         })
     })
+}
+
+/// A watcher the hub would not admit: over a cap (503 for the instance's,
+/// 429 for the key's), a bad resume id, or the store unavailable.
+pub(super) fn refused(refusal: Refusal) -> ApiError {
+    let message = refusal.to_string();
+    match refusal {
+        Refusal::InstanceFull(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_watchers",
+            message,
+        ),
+        Refusal::KeyFull(_) => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_watchers_for_key",
+            message,
+        ),
+        Refusal::InvalidId(_) => ApiError::invalid("invalid_last_id", message),
+        Refusal::Store(error) => error.into(),
+    }
 }
 
 pub(super) fn validate_stream_id(id: &str) -> Result<(), ApiError> {
