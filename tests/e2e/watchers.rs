@@ -222,14 +222,14 @@ fn stream_id(id: &str) -> (u64, u64) {
     (ms.parse().expect("ms"), seq.parse().expect("seq"))
 }
 
-fn ws_url(host: &Host) -> String {
+pub fn ws_url(host: &Host) -> String {
     host.url("/ws").replace("http://", "ws://")
 }
 
-type Socket =
+pub type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn send(socket: &mut Socket, frame: Value) {
+pub async fn send(socket: &mut Socket, frame: Value) {
     socket
         .send(Message::Text(frame.to_string().into()))
         .await
