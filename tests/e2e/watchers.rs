@@ -196,17 +196,23 @@ impl RawSse {
         let mut buffer = vec![0u8; 64 << 10];
         let deadline = tokio::time::Instant::now() + timeout;
         let (mut seen, mut scanned) = (0, 0);
-        while seen < count {
+        loop {
+            // Whole frames only; each id line follows a newline (the first
+            // frame is the state snapshot, which has none).
+            if let Some(end) = self.text.rfind("\n\n")
+                && end > scanned
+            {
+                seen += self.text[scanned..end].matches("\nid:").count();
+                scanned = end;
+            }
+            if seen >= count {
+                return;
+            }
             match tokio::time::timeout_at(deadline, self.stream.read(&mut buffer)).await {
                 Ok(Ok(n)) if n > 0 => self.text.push_str(&String::from_utf8_lossy(&buffer[..n])),
                 other => {
                     panic!("the stream ended or stalled after {seen} of {count} events: {other:?}")
                 }
-            }
-            // Whole frames only; each id line follows a newline.
-            if let Some(end) = self.text.rfind("\n\n") {
-                seen += self.text[scanned..end].matches("\nid:").count();
-                scanned = end;
             }
         }
     }
@@ -522,4 +528,54 @@ async fn a_slow_sse_client_is_dropped_with_the_id_to_resume_from() {
         .collect();
     assert_eq!(ids.len(), rest);
     assert!(ids.iter().all(|id| stream_id(id) > stream_id(&resume_from)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_cut_off_by_a_redis_restart_resume_from_their_last_id() {
+    let mut stack = Stack::start(held_stack_options("", 0)).await;
+    let job = held_jobs(&stack.api, &stack.host, 1).await.remove(0);
+    let path = format!("/stream/status/{job}");
+    let mut watcher = raw_sse(&stack.host.base, &path, None, None)
+        .await
+        .expect("accepted");
+    assert!(watcher.read_until("task_queued", WAIT).await);
+    // Past the AOF's once-a-second fsync, so the job survives the kill.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stack.redis.kill_and_restart();
+
+    watcher.read_to_end(WAIT).await;
+    let frames = watcher.frames();
+    let (_, last_event, last_data) = frames.last().expect("frames");
+    assert_eq!(last_event, "stream_error", "{frames:?}");
+    assert_eq!(last_data["code"], "store_unavailable", "{last_data}");
+    let queued_id = frames
+        .iter()
+        .find(|(_, event, _)| event == "task_queued")
+        .and_then(|(id, ..)| id.clone())
+        .expect("task_queued has an id");
+    assert_eq!(last_data["lastId"], queued_id.as_str());
+
+    // The hub reconnects by itself: resuming gets what came meanwhile, then
+    // live events.
+    add_events(&stack.redis, &job, 3, 10);
+    let mut resumed = None;
+    for _ in 0..100 {
+        match raw_sse(&stack.host.base, &path, None, Some(&queued_id)).await {
+            Ok(stream) => {
+                resumed = Some(stream);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let mut resumed = resumed.expect("watching works again after the restart");
+    resumed.read_ids(3, WAIT).await;
+    add_events(&stack.redis, &job, 1, 10);
+    resumed.read_ids(4, WAIT).await;
+    let ids = resumed
+        .frames()
+        .iter()
+        .filter(|(id, ..)| id.is_some())
+        .count();
+    assert_eq!(ids, 4, "{:?}", resumed.frames());
 }
