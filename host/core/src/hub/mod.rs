@@ -163,8 +163,8 @@ pub struct HubStats {
 }
 
 impl Hub {
-    /// A hub reading through connections of `client`; nothing is read until
-    /// [`Hub::run`] runs.
+    /// A hub whose topic starts, wake-ups and watchers' history reads use
+    /// `shared`; nothing is read until [`Hub::run`] runs.
     pub fn new(shared: ConnectionManager, instance: &str, config: HubConfig) -> Self {
         let shards = (0..config.readers.max(1))
             .map(|index| Shard {

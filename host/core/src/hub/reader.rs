@@ -50,18 +50,22 @@ pub(super) async fn read(inner: &Arc<Inner>, index: usize, client: &redis::Clien
         };
         loop {
             shard.wake_pending.store(false, Ordering::SeqCst);
-            let cursors: HashMap<String, String> = lock(&shard.topics)
+            let cursors: Vec<(String, String)> = lock(&shard.topics)
                 .iter()
                 .map(|(key, topic)| (key.clone(), topic.cursor.clone()))
                 .collect();
             match read_once(&mut connection, &shard.wake_key, &wake_cursor, &cursors).await {
                 Ok(reply) => {
+                    let cursors: HashMap<&str, &str> = cursors
+                        .iter()
+                        .map(|(key, cursor)| (key.as_str(), cursor.as_str()))
+                        .collect();
                     for stream in reply.keys {
                         if stream.key == shard.wake_key {
                             if let Some(last) = stream.ids.last() {
                                 wake_cursor = last.id.clone();
                             }
-                        } else if let Some(requested) = cursors.get(&stream.key) {
+                        } else if let Some(requested) = cursors.get(stream.key.as_str()) {
                             fan_out(inner, index, &stream.key, requested, stream.ids);
                         }
                     }
@@ -81,7 +85,7 @@ async fn read_once(
     connection: &mut MultiplexedConnection,
     wake_key: &str,
     wake_cursor: &str,
-    cursors: &HashMap<String, String>,
+    cursors: &[(String, String)],
 ) -> redis::RedisResult<StreamReadReply> {
     let mut command = redis::cmd("XREAD");
     command
@@ -91,11 +95,11 @@ async fn read_once(
         .arg(BLOCK.as_millis() as u64)
         .arg("STREAMS")
         .arg(wake_key);
-    for key in cursors.keys() {
+    for (key, _) in cursors {
         command.arg(key);
     }
     command.arg(wake_cursor);
-    for cursor in cursors.values() {
+    for (_, cursor) in cursors {
         command.arg(cursor);
     }
     let reply: Option<StreamReadReply> = command.query_async(connection).await?;
