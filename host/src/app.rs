@@ -20,6 +20,7 @@ use spool_core::config::Config;
 use spool_core::embedded_redis::EmbeddedRedis;
 use spool_core::gateway::Gateway;
 use spool_core::handlers::{self, Handlers};
+use spool_core::hub::Hub;
 use spool_core::intake::Route;
 use spool_core::models::{BackendConfig, BackendKind, ModelClient, OllamaApi};
 use spool_core::queue::{CANCEL_CHANNEL, Queue, QueueKeys, Retention, WAKE_CHANNEL};
@@ -159,6 +160,10 @@ pub async fn start(config: Config) -> Result<Running> {
         stop_workers.cancel();
     });
 
+    let hub = Hub::new(redis.clone(), &instance, config.hub.clone());
+    background.spawn(hub.clone().run(client.clone()));
+    raise_open_file_limit(config.hub.max_watchers);
+
     let consumers_queue = queue.clone();
     let consumers_of: Vec<QueueKeys> = intake.routes.values().map(|r| r.keys.clone()).collect();
     let state = Arc::new(AppState {
@@ -166,7 +171,8 @@ pub async fn start(config: Config) -> Result<Running> {
         sessions,
         intake,
         handlers: handlers.clone(),
-        redis: client,
+        hub,
+        body_limit_bytes: config.body_limit_bytes,
         instance: instance.clone(),
         model: models.describe(),
         started: Instant::now(),
@@ -264,6 +270,33 @@ async fn open_gate(config: &Config, redis: &ConnectionManager) -> Result<http::a
         check_host: loopback || !config.auth.allowed_hosts.is_empty(),
         allowed_hosts,
     })
+}
+
+/// Every watcher holds a socket: a soft limit of open files left at a
+/// default 1,024 would stop the instance (workers included) near 1,000
+/// watchers. Raises it to the hard limit, and says so if that is still
+/// below what `[hub] max_watchers` needs.
+fn raise_open_file_limit(max_watchers: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit of this process, with a valid struct.
+    let raised = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
+        }
+    };
+    // Room for the listener, Redis, the model server and the workers too.
+    let needed = max_watchers as libc::rlim_t + 1024;
+    if !raised || limit.rlim_cur < needed {
+        tracing::warn!(
+            open_files = limit.rlim_cur,
+            needed,
+            "the open-file limit is below hub.max_watchers + 1024: raise it (ulimit -n, LimitNOFILE=) or lower hub.max_watchers"
+        );
+    }
 }
 
 /// The Redis this instance uses: the configured one, or a redis-server of its

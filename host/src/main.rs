@@ -79,6 +79,8 @@ enum Command {
     Guest(spool::cli::guest::GuestArgs),
     /// Time the session/message store (create, append, task update, load, SSE delay) against design D's claims.
     BenchSessions(spool::bench::sessions::BenchSessionsArgs),
+    /// Time the delay from a job event's XADD to thousands of SSE clients (vs a Redis PING); print Redis clients and RSS.
+    BenchHub(spool::bench::hub::BenchHubArgs),
 }
 
 /// Settings for `spool serve`. Each setting is merged field by field: a flag
@@ -341,6 +343,7 @@ fn main() -> ExitCode {
             Command::Keys(args) => spool::cli::keys::run(args).await,
             Command::Guest(args) => spool::cli::guest::run(args).await,
             Command::BenchSessions(args) => spool::bench::sessions::run(args).await,
+            Command::BenchHub(args) => spool::bench::hub::run(args).await,
         }
     });
     match result {

@@ -26,3 +26,5 @@ mod secrets;
 mod sessions;
 mod state;
 mod trust;
+mod watch_scale;
+mod watchers;

@@ -44,6 +44,8 @@ pub struct Config {
     pub sessions: crate::store::SessionsConfig,
     /// Who may call the API.
     pub auth: AuthConfig,
+    /// Live delivery to SSE and WebSocket watchers: caps and buffers.
+    pub hub: crate::hub::HubConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -286,6 +288,7 @@ impl Default for Config {
             watch: BTreeMap::new(),
             sessions: Default::default(),
             auth: AuthConfig::default(),
+            hub: crate::hub::HubConfig::default(),
         }
     }
 }
@@ -392,6 +395,7 @@ impl Config {
             );
         }
         self.sandbox.validate()?;
+        self.hub.validate()?;
         if self.registry.max_component_mb == 0 || self.registry.check_interval_ms == 0 {
             bail!("registry.max_component_mb and check_interval_ms must be above 0");
         }

@@ -61,17 +61,20 @@ pub async fn read(
         .xread_options(&[events_key(job_id)], &[after], &options)
         .await?;
     let entries = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids);
-    Ok(entries
-        .map(|entry| {
-            let field = |name: &str| entry.get::<String>(name).unwrap_or_default();
-            Event {
-                data: serde_json::from_str(&field("data")).unwrap_or(Value::Null),
-                event_type: field("event_type"),
-                timestamp: field("timestamp").parse().unwrap_or(0),
-                id: entry.id.clone(),
-            }
-        })
-        .collect())
+    Ok(entries.map(|entry| Event::from_entry(&entry)).collect())
+}
+
+impl Event {
+    /// An event as stored in its job's stream.
+    pub fn from_entry(entry: &redis::streams::StreamId) -> Self {
+        let field = |name: &str| entry.get::<String>(name).unwrap_or_default();
+        Event {
+            data: serde_json::from_str(&field("data")).unwrap_or(Value::Null),
+            event_type: field("event_type"),
+            timestamp: field("timestamp").parse().unwrap_or(0),
+            id: entry.id.clone(),
+        }
+    }
 }
 
 /// How many events a job's stream holds and its first/last ids (design C's info query).
@@ -101,17 +104,12 @@ pub struct JobEvents {
 impl crate::follow::Source for JobEvents {
     type Entry = Event;
 
-    fn read<'a>(
-        &'a self,
-        redis: &'a mut redis::aio::MultiplexedConnection,
-        after: &'a str,
-        block: Duration,
-    ) -> futures_util::future::BoxFuture<'a, RedisResult<Vec<Event>>> {
-        Box::pin(read(redis, &self.job_id, after, Some(block)))
+    fn key(&self) -> String {
+        events_key(&self.job_id)
     }
 
-    fn entry_id(entry: &Event) -> &str {
-        &entry.id
+    fn parse(entry: &redis::streams::StreamId) -> Event {
+        Event::from_entry(entry)
     }
 
     fn is_last(entry: &Event) -> bool {

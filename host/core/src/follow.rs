@@ -1,18 +1,29 @@
 //! Following a Redis stream to its end, for any transport: the one loop behind
 //! a job's event stream and a session message's, over SSE and WebSocket alike.
 //!
-//! A [`Follower`] reads in batches after the last id it handed out, blocks up
-//! to its quiet interval, says when the stream has been quiet (the transport
-//! sends its heartbeat then) and ends after the source's last entry, or when
-//! the source ended without one left in the stream (trimmed or expired). It
-//! owns one blocking connection; how entries are rendered is the transport's.
+//! A [`Follower`] subscribes to the instance's [`Hub`] for what comes next,
+//! and reads what came before it joined (from the client's resume id up to the
+//! hub's position) itself, in pages on the shared connection, so history never
+//! fills its live buffer. It says when the stream has been quiet (the
+//! transport sends its heartbeat then), ends after the source's last entry or
+//! when the source ended without one left in the stream (trimmed or expired),
+//! and ends early with an [`Interruption`] naming the last id it delivered
+//! when the hub let go of it (too slow, or Redis lost): the client resumes
+//! from there. How entries are rendered is the transport's.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, RedisError, RedisResult};
+use redis::RedisResult;
+use redis::aio::ConnectionManager;
+use redis::streams::{StreamId, StreamRangeReply};
+
+use crate::hub::{Fate, Hub, Position, Refusal, Subscription};
+
+/// Entries read per page of history.
+const PAGE: usize = 200;
 
 use crate::metrics::Watching;
 
@@ -20,16 +31,11 @@ use crate::metrics::Watching;
 pub trait Source: Send + Sync + 'static {
     type Entry: Send + 'static;
 
-    /// The entries after `after`, waiting up to `block` for the first.
-    fn read<'a>(
-        &'a self,
-        redis: &'a mut MultiplexedConnection,
-        after: &'a str,
-        block: Duration,
-    ) -> BoxFuture<'a, RedisResult<Vec<Self::Entry>>>;
+    /// The Redis stream holding the entries.
+    fn key(&self) -> String;
 
-    /// The entry's stream id, which a client passes back to resume after it.
-    fn entry_id(entry: &Self::Entry) -> &str;
+    /// An entry as read from the stream.
+    fn parse(entry: &StreamId) -> Self::Entry;
 
     /// Whether nothing follows this entry.
     fn is_last(entry: &Self::Entry) -> bool;
@@ -43,42 +49,87 @@ pub enum Step<E> {
     Entry(E),
     /// Nothing for a quiet interval; the source is still open.
     Quiet,
-    /// The store failed; the follower has ended, and the client should resume
-    /// from the last id it saw.
-    Failed(RedisError),
+    /// The follower has ended before the stream did; the client should
+    /// resume after `last_id`.
+    Interrupted(Interruption),
+}
+
+#[derive(Clone, Debug)]
+pub struct Interruption {
+    pub cause: Cause,
+    /// The id of the last entry delivered (the client's resume id if none).
+    pub last_id: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cause {
+    /// Its buffer filled: the client read slower than the stream grew.
+    SlowConsumer,
+    /// The event store could not be read.
+    StoreUnavailable,
+}
+
+impl Cause {
+    pub fn code(self) -> &'static str {
+        match self {
+            Cause::SlowConsumer => "slow_consumer",
+            Cause::StoreUnavailable => "store_unavailable",
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            Cause::SlowConsumer => {
+                "events came faster than this client read them; resume from lastId"
+            }
+            Cause::StoreUnavailable => "event store unavailable; reconnect with Last-Event-ID",
+        }
+    }
 }
 
 pub struct Follower<S: Source> {
     source: S,
-    redis: MultiplexedConnection,
-    after: String,
+    subscription: Subscription,
+    redis: ConnectionManager,
+    key: String,
+    /// The last entry delivered (or the client's resume id).
+    last: Position,
+    /// History still to read before live entries: up to the hub's position
+    /// at joining.
+    catch_up_to: Option<Position>,
+    /// The source ended: read what is left in the stream, then stop.
+    closing: bool,
+    buffered: VecDeque<Arc<StreamId>>,
     quiet: Duration,
-    buffered: VecDeque<S::Entry>,
     finished: bool,
     /// Counts this client in `spool_watchers` while it follows.
     _watching: Watching,
 }
 
 impl<S: Source> Follower<S> {
-    /// Starts after `after` (`"0"`: from the beginning) on a connection of its
-    /// own, whose reply timeout outlasts the blocking reads.
+    /// Starts after `after` (`"0"`: from the beginning) as a watcher of
+    /// `holder` (an API key id), within the hub's caps.
     pub async fn open(
-        client: &redis::Client,
+        hub: &Hub,
         source: S,
-        after: String,
+        after: &str,
         quiet: Duration,
-    ) -> RedisResult<Self> {
-        let config =
-            AsyncConnectionConfig::new().set_response_timeout(Some(quiet + Duration::from_secs(5)));
-        let redis = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
+        holder: &str,
+    ) -> Result<Self, Refusal> {
+        let last = Position::parse(after).ok_or_else(|| Refusal::InvalidId(after.to_owned()))?;
+        let key = source.key();
+        let subscription = hub.subscribe(key.clone(), holder).await?;
+        let catch_up_to = Position::parse(subscription.joined_at()).filter(|joined| *joined > last);
         Ok(Self {
+            redis: subscription.connection(),
             source,
-            redis,
-            after,
-            quiet,
+            subscription,
+            key,
+            last,
+            catch_up_to,
+            closing: false,
             buffered: VecDeque::new(),
+            quiet,
             finished: false,
             _watching: Watching::start(),
         })
@@ -86,32 +137,83 @@ impl<S: Source> Follower<S> {
 
     pub async fn next(&mut self) -> Option<Step<S::Entry>> {
         loop {
-            if let Some(entry) = self.buffered.pop_front() {
+            if let Some(raw) = self.buffered.pop_front() {
+                // Live entries a resumed client already has, or history the
+                // hub also delivered, are skipped.
+                match Position::parse(&raw.id) {
+                    Some(position) if position > self.last => self.last = position,
+                    _ => continue,
+                }
+                let entry = S::parse(&raw);
                 self.finished = S::is_last(&entry);
                 return Some(Step::Entry(entry));
             }
             if self.finished {
                 return None;
             }
-            match self
-                .source
-                .read(&mut self.redis, &self.after, self.quiet)
-                .await
-            {
-                Ok(batch) if !batch.is_empty() => {
-                    if let Some(last) = batch.last() {
-                        self.after = S::entry_id(last).to_owned();
-                    }
-                    self.buffered.extend(batch);
+            if let Some(until) = self.catch_up_to {
+                let page = match self.page(Some(until)).await {
+                    Ok(page) => page,
+                    Err(_) => return Some(self.interrupt(Cause::StoreUnavailable)),
+                };
+                // A short page reached `until` (or the rest was trimmed).
+                if page.len() < PAGE {
+                    self.catch_up_to = None;
                 }
-                Ok(_) if self.source.is_open().await => return Some(Step::Quiet),
-                Ok(_) => return None,
-                Err(error) => {
-                    self.finished = true;
-                    return Some(Step::Failed(error));
+                self.buffered.extend(page.into_iter().map(Arc::new));
+                continue;
+            }
+            if self.closing {
+                match self.page(None).await {
+                    Ok(page) if page.is_empty() => return None,
+                    Ok(page) => self.buffered.extend(page.into_iter().map(Arc::new)),
+                    Err(_) => return Some(self.interrupt(Cause::StoreUnavailable)),
+                }
+                continue;
+            }
+            tokio::select! {
+                entry = self.subscription.recv() => match entry {
+                    Some(entry) => self.buffered.push_back(entry),
+                    None => {
+                        let cause = match self.subscription.fate() {
+                            Fate::Lagged => Cause::SlowConsumer,
+                            Fate::Failed | Fate::Live => Cause::StoreUnavailable,
+                        };
+                        return Some(self.interrupt(cause));
+                    }
+                },
+                _ = tokio::time::sleep(self.quiet) => {
+                    if self.source.is_open().await {
+                        return Some(Step::Quiet);
+                    }
+                    // Ended: whatever the hub has not handed over yet is in
+                    // the stream.
+                    self.closing = true;
                 }
             }
         }
+    }
+
+    /// Entries after the last one delivered, up to `until` (inclusive).
+    async fn page(&mut self, until: Option<Position>) -> RedisResult<Vec<StreamId>> {
+        let reply: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&self.key)
+            .arg(format!("({}", self.last))
+            .arg(until.map_or_else(|| "+".to_owned(), |p| p.to_string()))
+            .arg("COUNT")
+            .arg(PAGE)
+            .query_async(&mut self.redis)
+            .await?;
+        Ok(reply.ids)
+    }
+
+    fn interrupt(&mut self, cause: Cause) -> Step<S::Entry> {
+        self.finished = true;
+        self.buffered.clear();
+        Step::Interrupted(Interruption {
+            cause,
+            last_id: self.last.to_string(),
+        })
     }
 
     /// The steps as a stream, ending with the follower.

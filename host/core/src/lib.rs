@@ -7,7 +7,8 @@
 //! to [`queue`], which stores it in its priority's stream; a [`worker`] claims
 //! it, runs the handler with access to [`gateway`] (model calls through the
 //! shared [`limiter`] and the [`models`] clients) and [`events`], and [`queue`]
-//! records the outcome. Session messages a job drives live in [`store`].
+//! records the outcome. Session messages a job drives live in [`store`]; clients
+//! follow job and message streams live through the instance's [`hub`] ([`follow`]).
 //!
 //! Which handler version runs is [`handlers`]' business: versions live in Redis,
 //! are validated before activation, and every instance switches to the active
@@ -20,6 +21,7 @@ pub mod events;
 pub mod follow;
 pub mod gateway;
 pub mod handlers;
+pub mod hub;
 pub mod intake;
 pub mod limiter;
 pub mod metrics;

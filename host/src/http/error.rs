@@ -3,10 +3,12 @@
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 use utoipa::ToSchema;
 
 use spool_core::intake::IntakeError;
@@ -125,10 +127,31 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
-/// `axum::Json`, but rejections come out as [`ApiError`] JSON.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// `axum::Json`, but rejections come out as [`ApiError`] JSON, and a body
+/// must be a JSON object: serde would read a struct from an array too
+/// (`["user", "hi"]` as a message), which no client means.
 pub struct ApiJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let axum::Json(body) = axum::Json::<Value>::from_request(request, state).await?;
+        if !body.is_object() {
+            return Err(ApiError::invalid(
+                "invalid_body",
+                "the body must be a JSON object",
+            ));
+        }
+        T::deserialize(body)
+            .map(ApiJson)
+            .map_err(|error| ApiError::invalid("invalid_body", error.to_string()))
+    }
+}
 
 /// `axum::extract::Path` with JSON rejections.
 #[derive(FromRequestParts)]

@@ -3,7 +3,8 @@
 //! event's stream id as its SSE `id`, so a client that reconnects with
 //! `Last-Event-ID` (or `?last_id=`) continues with the next event: no gap, no
 //! duplicate. A quiet stream gets `ping` events (no id; never stored). If the
-//! store becomes unreachable the stream ends with a `stream_error` event (not
+//! store becomes unreachable, or the client reads slower than the message
+//! grows, the stream ends with a `stream_error` event carrying `lastId` (not
 //! to be confused with the message's own `error` event): reconnect to resume.
 
 use std::convert::Infallible;
@@ -19,7 +20,7 @@ use serde_json::json;
 use super::AppState;
 use super::error::{ApiError, ApiPath, ApiQuery};
 use super::sessions::{checked_id, visible_message};
-use super::stream::{StreamQuery, resume_point, sse_steps};
+use super::stream::{StreamQuery, refused, resume_point, sse_steps};
 use spool_core::access::Identity;
 use spool_core::follow::Follower;
 use spool_core::store::{MessageEvent, MessageEvents, StoreError};
@@ -48,7 +49,15 @@ pub async fn message_stream(
         session_id: sid,
         message_id: mid,
     };
-    let follower = Follower::open(&state.redis, source, after, state.quiet_interval()).await?;
+    let follower = Follower::open(
+        &state.hub,
+        source,
+        &after,
+        state.quiet_interval(),
+        &caller.key_id,
+    )
+    .await
+    .map_err(refused)?;
     Ok(Sse::new(sse_steps(follower, |event: MessageEvent| {
         let data = json!({ "seq": event.seq, "type": event.event_type, "data": event.data, "timestamp": event.timestamp });
         SseEvent::default()

@@ -47,8 +47,10 @@ pub struct AppState {
     /// Queues, routes, runtime and loaded handler versions; how jobs enter.
     pub intake: Intake,
     pub handlers: Arc<Handlers>,
-    /// For the dedicated connections of blocking stream reads.
-    pub redis: redis::Client,
+    /// Live delivery: every SSE stream and WebSocket watch of this instance.
+    pub hub: spool_core::hub::Hub,
+    /// Largest request body, and so largest WebSocket message, in bytes.
+    pub body_limit_bytes: usize,
     pub instance: String,
     pub model: String,
     pub started: Instant,

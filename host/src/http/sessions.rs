@@ -113,13 +113,24 @@ pub async fn create_session(
     Extension(caller): Extension<Identity>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let body: Option<NewSession> = if body.is_empty() {
-        None
+    let body: Value = if body.is_empty() {
+        Value::Null
     } else {
-        serde_json::from_slice(&body).map_err(|e| match e.classify() {
-            serde_json::error::Category::Data => ApiError::invalid("invalid_field", e.to_string()),
-            _ => ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string()),
-        })?
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string()))?
+    };
+    let body: Option<NewSession> = match body {
+        Value::Null => None,
+        Value::Object(_) => Some(
+            serde_json::from_value(body)
+                .map_err(|e| ApiError::invalid("invalid_field", e.to_string()))?,
+        ),
+        _ => {
+            return Err(ApiError::invalid(
+                "invalid_body",
+                "the body must be a JSON object (or none)",
+            ));
+        }
     };
     let metadata = body
         .and_then(|body| body.metadata)

@@ -1,13 +1,14 @@
 //! Job event streams over HTTP: GET /stream/status/{id} (SSE, live until the job
 //! ends, resumable with `Last-Event-ID` or `?last_id=`) and GET
 //! /api/job/{id}/events (a JSON page of the same events, plus stream info).
-//! Also the SSE rendering every followed stream shares ([`sse_steps`]).
+//! Also the SSE rendering every followed stream shares ([`sse_steps`]), and
+//! how a refused watcher is answered ([`refused`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::{Extension, Json};
 use futures_util::Stream;
@@ -23,6 +24,7 @@ use super::schemas::StreamInfo;
 use spool_core::access::Identity;
 use spool_core::events::{self, Event, JobEvents};
 use spool_core::follow::{Follower, Source, Step};
+use spool_core::hub::{Position, Refusal};
 use spool_core::queue::now_ms;
 
 /// Where a stream resumes: after this entry id (the `Last-Event-ID` header wins).
@@ -58,7 +60,15 @@ pub async fn status_stream(
         queue: state.queue.clone(),
         job_id: id,
     };
-    let follower = Follower::open(&state.redis, source, after, state.quiet_interval()).await?;
+    let follower = Follower::open(
+        &state.hub,
+        source,
+        &after,
+        state.quiet_interval(),
+        &caller.key_id,
+    )
+    .await
+    .map_err(refused)?;
     let snapshot = SseEvent::default()
         .event("state")
         .data(serde_json::to_string(&JobView::from(&record)).unwrap_or_default());
@@ -74,8 +84,9 @@ pub async fn status_stream(
 
 /// Renders a follower's steps as SSE: its entries, a `ping` event when quiet
 /// (an event, not a comment, so clients see the heartbeat), and a
-/// `stream_error` event before it ends on a store failure (reconnect with
-/// `Last-Event-ID` to resume).
+/// `stream_error` event before it ends early: `code` says why
+/// (`slow_consumer`, `store_unavailable`) and `lastId` where to resume
+/// (`Last-Event-ID`).
 pub(super) fn sse_steps<S: Source>(
     follower: Follower<S>,
     render: fn(S::Entry) -> SseEvent,
@@ -86,11 +97,15 @@ pub(super) fn sse_steps<S: Source>(
             Step::Quiet => SseEvent::default()
                 .event("ping")
                 .data(json!({ "type": "ping", "timestamp": now_ms() }).to_string()),
-            Step::Failed(error) => {
-                tracing::warn!(%error, "event stream read failed; closing the SSE stream");
+            Step::Interrupted(interruption) => {
+                tracing::debug!(cause = ?interruption.cause, "closing an SSE stream early; the client resumes");
                 SseEvent::default().event("stream_error").data(
-                    json!({ "error": "event store unavailable; reconnect with Last-Event-ID" })
-                        .to_string(),
+                    json!({
+                        "code": interruption.cause.code(),
+                        "error": interruption.cause.message(),
+                        "lastId": interruption.last_id,
+                    })
+                    .to_string(),
                 )
             }
         })
@@ -110,28 +125,42 @@ pub(super) fn resume_point(headers: &HeaderMap, query: StreamQuery) -> Result<St
         }
     };
     // Both are checked when both are given, though the header wins.
-    for id in [&header, &query.last_id].into_iter().flatten() {
-        validate_stream_id(id)?;
-    }
-    Ok(header.or(query.last_id).unwrap_or_else(|| "0".into()))
+    let header = header.as_deref().map(stream_position).transpose()?;
+    let query = query.last_id.as_deref().map(stream_position).transpose()?;
+    Ok(header.or(query).unwrap_or_else(|| "0-0".into()))
 }
 
-pub(super) fn validate_stream_id(id: &str) -> Result<(), ApiError> {
-    let mut parts = id.splitn(2, '-');
-    let valid = parts
-        .next()
-        .is_some_and(|ms| !ms.is_empty() && ms.bytes().all(|b| b.is_ascii_digit()))
-        && parts
-            .next()
-            .is_none_or(|seq| !seq.is_empty() && seq.bytes().all(|b| b.is_ascii_digit()));
-    if valid {
-        Ok(())
-    } else {
-        Err(ApiError::invalid(
-            "invalid_last_id",
-            format!("`{id}` is not a stream id like 1700000000000-0"),
-        ))
+/// A watcher the hub would not admit: over a cap (503 for the instance's,
+/// 429 for the key's), a bad resume id, or the store unavailable.
+pub(super) fn refused(refusal: Refusal) -> ApiError {
+    let message = refusal.to_string();
+    match refusal {
+        Refusal::InstanceFull(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_watchers",
+            message,
+        ),
+        Refusal::KeyFull(_) => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_watchers_for_key",
+            message,
+        ),
+        Refusal::InvalidId(_) => ApiError::invalid("invalid_last_id", message),
+        Refusal::Store(error) => error.into(),
     }
+}
+
+/// A stream id as Redis reads it (`ms-seq`, digits; too large a number is
+/// the largest), or a 422 naming it.
+pub(super) fn stream_position(id: &str) -> Result<String, ApiError> {
+    Position::parse(id)
+        .map(|position| position.to_string())
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "invalid_last_id",
+                format!("`{id}` is not a stream id like 1700000000000-0"),
+            )
+        })
 }
 
 /// `GET /api/v1/jobs/{id}/stream`: the same stream under design D's prefix.
@@ -180,8 +209,7 @@ pub async fn job_events(
     ApiPath(id): ApiPath<String>,
     ApiQuery(query): ApiQuery<EventsQuery>,
 ) -> Result<Json<EventsPage>, ApiError> {
-    let after = query.last_id.unwrap_or_else(|| "0".into());
-    validate_stream_id(&after)?;
+    let after = stream_position(query.last_id.as_deref().unwrap_or("0"))?;
     let mut redis = state.queue.connection();
     // A job's events outlive its record only within its retention; a bound
     // caller sees events of its own live jobs only.

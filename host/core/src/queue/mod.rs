@@ -257,24 +257,25 @@ pub struct QueueStats {
     pub by_priority: HashMap<&'static str, ClassStats>,
 }
 
-/// Handle to the queues in one Redis. Cheap to clone.
+/// Handle to the queues in one Redis. Cheap to clone (the scripts are
+/// shared: every watcher of a job holds one).
 #[derive(Clone)]
 pub struct Queue {
     redis: ConnectionManager,
     /// Dead letters kept per queue name (absent: [`DEFAULT_MAX_DEAD`]).
     max_dead: Arc<HashMap<String, u64>>,
-    submit: Script,
-    claim: Script,
-    finish: Script,
-    recover: Script,
-    heartbeat: Script,
-    cancel: Script,
-    replay: Script,
-    fenced: Script,
-    purge: Script,
-    tidy_dead: Script,
-    prune: Script,
-    monitor_read: Script,
+    submit: Arc<Script>,
+    claim: Arc<Script>,
+    finish: Arc<Script>,
+    recover: Arc<Script>,
+    heartbeat: Arc<Script>,
+    cancel: Arc<Script>,
+    replay: Arc<Script>,
+    fenced: Arc<Script>,
+    purge: Arc<Script>,
+    tidy_dead: Arc<Script>,
+    prune: Arc<Script>,
+    monitor_read: Arc<Script>,
 }
 
 impl Queue {
@@ -282,49 +283,49 @@ impl Queue {
         Self {
             redis,
             max_dead: Default::default(),
-            submit: Script::new(concat!(
+            submit: Arc::new(Script::new(concat!(
                 include_str!("fence.lua"),
                 include_str!("submit.lua")
-            )),
-            claim: Script::new(include_str!("claim.lua")),
-            finish: Script::new(concat!(
+            ))),
+            claim: Arc::new(Script::new(include_str!("claim.lua"))),
+            finish: Arc::new(Script::new(concat!(
                 include_str!("message_end.lua"),
                 include_str!("dead_letters.lua"),
                 include_str!("monitor.lua"),
                 include_str!("finish.lua")
-            )),
-            recover: Script::new(concat!(
+            ))),
+            recover: Arc::new(Script::new(concat!(
                 include_str!("message_end.lua"),
                 include_str!("monitor.lua"),
                 include_str!("recover.lua")
-            )),
-            heartbeat: Script::new(include_str!("heartbeat.lua")),
-            cancel: Script::new(concat!(
+            ))),
+            heartbeat: Arc::new(Script::new(include_str!("heartbeat.lua"))),
+            cancel: Arc::new(Script::new(concat!(
                 include_str!("message_end.lua"),
                 include_str!("monitor.lua"),
                 include_str!("cancel.lua")
-            )),
-            fenced: Script::new(concat!(
+            ))),
+            fenced: Arc::new(Script::new(concat!(
                 include_str!("fence.lua"),
                 include_str!("fenced.lua")
-            )),
-            replay: Script::new(concat!(
+            ))),
+            replay: Arc::new(Script::new(concat!(
                 include_str!("dead_letters.lua"),
                 include_str!("replay.lua")
-            )),
-            purge: Script::new(concat!(
+            ))),
+            purge: Arc::new(Script::new(concat!(
                 include_str!("dead_letters.lua"),
                 include_str!("purge.lua")
-            )),
-            tidy_dead: Script::new(concat!(
+            ))),
+            tidy_dead: Arc::new(Script::new(concat!(
                 include_str!("dead_letters.lua"),
                 include_str!("tidy_dead.lua")
-            )),
-            prune: Script::new(include_str!("prune.lua")),
-            monitor_read: Script::new(concat!(
+            ))),
+            prune: Arc::new(Script::new(include_str!("prune.lua"))),
+            monitor_read: Arc::new(Script::new(concat!(
                 include_str!("monitor.lua"),
                 include_str!("monitor_read.lua")
-            )),
+            ))),
         }
     }
 

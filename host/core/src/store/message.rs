@@ -398,17 +398,22 @@ pub async fn read_events(
         .await?;
     let entries = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids);
     Ok(entries
-        .map(|entry| {
-            let field = |name: &str| entry.get::<String>(name).unwrap_or_default();
-            MessageEvent {
-                seq: field("seq").parse().unwrap_or(0),
-                event_type: field("event_type"),
-                data: serde_json::from_str(&field("data")).unwrap_or(Value::Null),
-                timestamp: field("timestamp").parse().unwrap_or(0),
-                id: entry.id.clone(),
-            }
-        })
+        .map(|entry| MessageEvent::from_entry(&entry))
         .collect())
+}
+
+impl MessageEvent {
+    /// An event as stored in its message's stream.
+    pub fn from_entry(entry: &redis::streams::StreamId) -> Self {
+        let field = |name: &str| entry.get::<String>(name).unwrap_or_default();
+        MessageEvent {
+            seq: field("seq").parse().unwrap_or(0),
+            event_type: field("event_type"),
+            data: serde_json::from_str(&field("data")).unwrap_or(Value::Null),
+            timestamp: field("timestamp").parse().unwrap_or(0),
+            id: entry.id.clone(),
+        }
+    }
 }
 
 fn creation(session_id: &str, message_id: &str, role: &str) -> Change {
@@ -521,23 +526,12 @@ pub struct MessageEvents {
 impl crate::follow::Source for MessageEvents {
     type Entry = MessageEvent;
 
-    fn read<'a>(
-        &'a self,
-        redis: &'a mut redis::aio::MultiplexedConnection,
-        after: &'a str,
-        block: Duration,
-    ) -> futures_util::future::BoxFuture<'a, redis::RedisResult<Vec<MessageEvent>>> {
-        Box::pin(read_events(
-            redis,
-            &self.session_id,
-            &self.message_id,
-            after,
-            Some(block),
-        ))
+    fn key(&self) -> String {
+        super::message_stream_key(&self.session_id, &self.message_id)
     }
 
-    fn entry_id(entry: &MessageEvent) -> &str {
-        &entry.id
+    fn parse(entry: &redis::streams::StreamId) -> MessageEvent {
+        MessageEvent::from_entry(entry)
     }
 
     fn is_last(entry: &MessageEvent) -> bool {
