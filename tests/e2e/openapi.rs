@@ -106,7 +106,10 @@ async fn schemathesis_finds_no_failure_in_any_route() {
                 .current_dir(&reports_dir)
                 .arg("--config-file")
                 .arg(repo_root().join("tests/openapi/schemathesis.toml"))
-                .args(["run", &url, "--no-color", "--workers", "2"])
+                // One worker: CPython 3.11's compile() can fail under threads
+                // ("AST constructor recursion depth mismatch"), which
+                // schemathesis reports as its own error.
+                .args(["run", &url, "--no-color", "--workers", "1"])
                 .args([
                     "--seed",
                     "1",

@@ -12,6 +12,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::AppState;
+use spool_core::hub::HubStats;
 
 /// A probe must answer within its own timeout even when Redis hangs rather
 /// than refuses; a PING slower than this counts as Redis being unreachable.
@@ -29,6 +30,8 @@ pub struct Health {
     instance: String,
     uptime_secs: u64,
     model: String,
+    /// Live delivery: watchers, the streams they watch, the Redis readers serving them.
+    hub: HubStats,
     /// Handler name -> the version this instance runs.
     handlers: std::collections::BTreeMap<String, String>,
     queues: Vec<String>,
@@ -51,6 +54,7 @@ pub async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Hea
         instance: state.instance.clone(),
         uptime_secs: state.started.elapsed().as_secs(),
         model: state.model.clone(),
+        hub: state.hub.stats(),
         handlers: state.intake.registry.versions().into_iter().collect(),
         queues: state.intake.routes.keys().cloned().collect(),
     };

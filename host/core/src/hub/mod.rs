@@ -155,6 +155,7 @@ struct Subscriber {
 
 /// Figures of the hub, for health and metrics.
 #[derive(Clone, Copy, Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct HubStats {
     pub watchers: usize,
