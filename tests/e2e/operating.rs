@@ -447,3 +447,30 @@ async fn rediss_with_an_acl_user_and_a_private_ca_runs_a_job() {
         "the password is not printed: {stderr}"
     );
 }
+
+/// Queue totals count every finished job, whether or not a history of them
+/// is kept (`[retention] history = 0` used to stop the counting).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_totals_count_finished_jobs_without_a_history() {
+    let stack = Stack::start(HostOptions {
+        config: "[retention]\nhistory = 0\n".into(),
+        ..HostOptions::default()
+    })
+    .await;
+    let Stack { host, api, .. } = &stack;
+    let (status, accepted) = api
+        .post(
+            &host.url("/api/chat"),
+            &json!({"userId": "ada", "prompt": "count me"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["jobId"].as_str().unwrap_or_default();
+    let job = api.wait_terminal(host, id, WAIT).await;
+    assert_eq!(job["state"], "completed", "{job}");
+    let (_, stats) = api.get(&host.url("/api/queue/stats")).await;
+    assert_eq!(stats["queues"]["chat"]["completed"], 1, "{stats}");
+    assert_eq!(stats["completed"], 1, "{stats}");
+    let (_, history) = api.get(&host.url("/api/queues/chat/history")).await;
+    assert_eq!(history["jobs"], json!([]), "no history is kept: {history}");
+}

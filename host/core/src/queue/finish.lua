@@ -12,7 +12,7 @@
 -- KEYS[5] outcome zset (history, or delayed retries)   KEYS[6] outcome counter
 -- KEYS[7] attempt history list   KEYS[8] dead-letter stream   KEYS[9] its index
 -- ARGV[1] group   ARGV[2] entry id   ARGV[3] job id   ARGV[4] now (ms)
--- ARGV[5] new state   ARGV[6] zset score   ARGV[7] history length (0: not a history)
+-- ARGV[5] new state   ARGV[6] zset score   ARGV[7] history length (ids kept; unused when delayed)
 -- ARGV[8] ttl in seconds (0: keep)   ARGV[9] event type   ARGV[10] event data
 -- ARGV[11] attempt record (JSON)   ARGV[12] events kept
 -- ARGV[13] message ending ('completed', 'error', 'retrying')   ARGV[14] message error
@@ -33,10 +33,15 @@ redis.call('XDEL', KEYS[2], ARGV[2])
 redis.call('HSET', KEYS[1], 'state', ARGV[5], 'finished_at', ARGV[4], unpack(ARGV, 19))
 redis.call('HDEL', KEYS[1], 'cancel')
 redis.call('RPUSH', KEYS[7], ARGV[11])
-redis.call('ZADD', KEYS[5], ARGV[6], ARGV[3])
-local history = tonumber(ARGV[7])
-if history > 0 then
-  redis.call('ZREMRANGEBYRANK', KEYS[5], 0, -(history + 1))
+if ARGV[5] == 'delayed' then
+  redis.call('ZADD', KEYS[5], ARGV[6], ARGV[3])
+else
+  -- A history keeps the last ARGV[7] ids (none at 0); the total counts them all.
+  local history = tonumber(ARGV[7])
+  if history > 0 then
+    redis.call('ZADD', KEYS[5], ARGV[6], ARGV[3])
+    redis.call('ZREMRANGEBYRANK', KEYS[5], 0, -(history + 1))
+  end
   redis.call('INCR', KEYS[6])
 end
 if ARGV[5] ~= 'delayed' then
