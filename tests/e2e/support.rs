@@ -468,6 +468,16 @@ impl Api {
         self.send(self.http.delete(url)).await
     }
 
+    pub async fn put(&self, url: &str, body: &Value) -> (u16, Value) {
+        self.send(
+            self.http
+                .put(url)
+                .header("content-type", "application/json")
+                .body(body.to_string()),
+        )
+        .await
+    }
+
     pub async fn get(&self, url: &str) -> (u16, Value) {
         self.send(self.http.get(url)).await
     }

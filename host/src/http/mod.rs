@@ -186,6 +186,7 @@ fn admin() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(dead::purge_one))
         .routes(routes!(dead::replay))
         .routes(routes!(sessions::cleanup))
+        .routes(routes!(limits::set_rate, limits::clear_rate))
         .merge(admin::routes())
         .route_layer(from_fn(|request, next| {
             auth::require(Role::Admin, request, next)

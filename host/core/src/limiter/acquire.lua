@@ -2,12 +2,14 @@
 -- One round trip; time comes from Redis so every instance shares one clock.
 --
 -- KEYS[1] backend state (hash)   KEYS[2] user bucket (hash; unused in mode "backend")
+-- KEYS[3] the operator's rate (hash: rate, capacity), which replaces ARGV[2..3] while set
 -- ARGV[1]  mode: "both" | "backend" | "user" | "peek"
 -- ARGV[2]  configured rate (tokens/s)       ARGV[3] capacity
 -- ARGV[4]  max wait in us: a reservation that would wait longer is not made
 -- ARGV[5]  expected generation, or -1. When it equals the current generation
 --          the caller's earlier reservation still stands (no 429 since): confirm it.
--- ARGV[6]  recovery quiet (us)  ARGV[7] recovery interval (us)  ARGV[8] recovery step (tokens/s)
+-- ARGV[6]  recovery quiet (us)  ARGV[7] recovery interval (us)
+-- ARGV[8]  recovery step (fraction of the rate regained per interval)
 -- ARGV[9]  user rate (tokens/s)  ARGV[10] user capacity   ARGV[11] state ttl (ms)
 -- ARGV[12] display name of the backend
 --
@@ -30,6 +32,10 @@ local capacity = tonumber(ARGV[3])
 local max_wait = tonumber(ARGV[4])
 local expected_gen = tonumber(ARGV[5])
 local ttl = tonumber(ARGV[11])
+-- A rate an operator set (SetRate) holds on every instance until cleared.
+local set = redis.call('HMGET', KEYS[3], 'rate', 'capacity')
+cfg_rate = tonumber(set[1]) or cfg_rate
+capacity = tonumber(set[2]) or capacity
 
 local function fmt(x) return string.format('%.17g', x) end
 
@@ -47,7 +53,7 @@ if adapted then
   local since = now - (quiet_from + tonumber(ARGV[6]))
   if since >= 0 then
     local steps = math.floor(since / tonumber(ARGV[7])) + 1
-    local recovered = math.min(cfg_rate, floor_rate + steps * tonumber(ARGV[8]))
+    local recovered = math.min(cfg_rate, floor_rate + steps * tonumber(ARGV[8]) * cfg_rate)
     if recovered > rate then
       rate = recovered
       rate_changed = 1

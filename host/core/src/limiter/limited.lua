@@ -2,6 +2,7 @@
 -- cool-down ends and lowers the effective rate (once per episode).
 --
 -- KEYS[1] backend state (hash; fields as in acquire.lua)
+-- KEYS[2] the operator's rate (hash; its `rate` replaces ARGV[4] while set)
 -- ARGV[1] generation the failed call was reserved under
 -- ARGV[2] cool-down in us (the server's Retry-After, or the default)
 -- ARGV[3] HTTP status (429 or 403)   ARGV[4] configured rate   ARGV[5] decrease factor
@@ -19,7 +20,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local call_gen = tonumber(ARGV[1])
 local until_ = now + tonumber(ARGV[2])
-local cfg_rate = tonumber(ARGV[4])
+local cfg_rate = tonumber(redis.call('HGET', KEYS[2], 'rate')) or tonumber(ARGV[4])
 
 local function fmt(x) return string.format('%.17g', x) end
 

@@ -4,9 +4,12 @@
 //! rate-limit answers (429, or a 403 that says it is one: `models` decides). Each check is one atomic script round trip that returns the
 //! exact wait; a caller sleeps that long and never polls.
 //!
-//! Owns the keys `spool:limit:{backend-id}` (bucket, adaptive state, counters)
-//! and `spool:limit:{backend-id}:user:{user}` (per-user buckets). It decides only
-//! *when* a call may go; making the call and retrying it belong to `gateway`.
+//! Owns the keys `spool:limit:{backend-id}` (bucket, adaptive state, counters),
+//! `spool:limit:{backend-id}:user:{user}` (per-user buckets) and
+//! `spool:limit:{backend-id}:set` (a rate an operator set at run time, design A's
+//! `SetRate`: it replaces the configured rate and burst on every instance
+//! until cleared, and never expires). It decides only *when* a call may go;
+//! making the call and retrying it belong to `gateway`.
 
 mod config;
 
@@ -72,8 +75,14 @@ pub struct Slowdown {
 pub struct LimiterSnapshot {
     pub backend: String,
     pub backend_id: String,
+    /// The rate the adaptive one recovers to: the operator's while set, else the configuration's.
     pub configured_rate_per_sec: f64,
     pub capacity: f64,
+    /// `config`, or `operator` while a rate set at run time holds.
+    pub rate_source: &'static str,
+    /// Who set the operator's rate, and when (ms since the epoch).
+    pub rate_set_by: Option<String>,
+    pub rate_set_at: Option<u64>,
     pub min_rate_per_sec: f64,
     pub effective_rate_per_sec: f64,
     pub tokens_available: f64,
@@ -327,6 +336,7 @@ impl Limiter {
         self.acquire
             .key(&self.key)
             .key(user_key)
+            .key(self.set_key())
             .arg(mode.as_str())
             .arg(config.rate_per_sec)
             .arg(config.capacity)
@@ -334,7 +344,7 @@ impl Limiter {
             .arg(expected_generation)
             .arg(config.recovery_quiet_ms.saturating_mul(1000))
             .arg(config.recovery_interval_ms.saturating_mul(1000))
-            .arg(config.recovery_step * config.rate_per_sec)
+            .arg(config.recovery_step)
             .arg(user_rate)
             .arg(user_capacity)
             .arg(STATE_TTL_MS)
@@ -359,6 +369,7 @@ impl Limiter {
         let (lowered, rate, cooldown_us, _generation): (i64, f64, i64, i64) = self
             .limited
             .key(&self.key)
+            .key(self.set_key())
             .arg(generation)
             .arg(u64::try_from(cooldown.as_micros()).unwrap_or(u64::MAX))
             .arg(status)
@@ -380,6 +391,50 @@ impl Limiter {
             tracing::info!(backend = %self.name, status, cooldown_ms = slowdown.cooldown.as_millis() as u64, "model backend rate-limited a call of an episode already handled");
         }
         Ok(slowdown)
+    }
+
+    fn set_key(&self) -> String {
+        format!("{}:set", self.key)
+    }
+
+    /// Design A's `SetRate`: from now on every instance paces this backend at
+    /// `rate` calls per second (bursts of `capacity`, else the configured
+    /// one), until [`Limiter::clear_rate`]. The adaptive slow-down still
+    /// lowers it after a 429/403 and recovers to it.
+    pub async fn set_rate(
+        &self,
+        rate: f64,
+        capacity: Option<f64>,
+        by: &str,
+        now_ms: u64,
+    ) -> Result<(), redis::RedisError> {
+        let capacity = capacity.unwrap_or(self.config.capacity);
+        redis::cmd("HSET")
+            .arg(self.set_key())
+            .arg("rate")
+            .arg(rate)
+            .arg("capacity")
+            .arg(capacity)
+            .arg("by")
+            .arg(by)
+            .arg("at")
+            .arg(now_ms)
+            .query_async::<()>(&mut self.redis.clone())
+            .await?;
+        tracing::info!(backend = %self.name, rate, capacity, by, "model rate set for every instance");
+        Ok(())
+    }
+
+    /// Back to the configured rate; false when no rate was set.
+    pub async fn clear_rate(&self) -> Result<bool, redis::RedisError> {
+        let removed: u64 = redis::cmd("DEL")
+            .arg(self.set_key())
+            .query_async(&mut self.redis.clone())
+            .await?;
+        if removed > 0 {
+            tracing::info!(backend = %self.name, rate = self.config.rate_per_sec, "model rate back to the configured one");
+        }
+        Ok(removed > 0)
     }
 
     /// Adds 1 to a counter of the backend's state (`retries`, `unavailable`,
@@ -415,6 +470,11 @@ impl Limiter {
             .arg(&self.key)
             .query_async(&mut self.redis.clone())
             .await?;
+        let set: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.set_key())
+            .query_async(&mut self.redis.clone())
+            .await?;
+        let set_number = |name: &str| set.get(name).and_then(|v| v.parse::<f64>().ok());
         let number = |name: &str| {
             fields
                 .get(name)
@@ -431,8 +491,11 @@ impl Limiter {
         Ok(LimiterSnapshot {
             backend: self.name.clone(),
             backend_id: self.backend_id.clone(),
-            configured_rate_per_sec: self.config.rate_per_sec,
-            capacity: self.config.capacity,
+            configured_rate_per_sec: set_number("rate").unwrap_or(self.config.rate_per_sec),
+            capacity: set_number("capacity").unwrap_or(self.config.capacity),
+            rate_source: if set.is_empty() { "config" } else { "operator" },
+            rate_set_by: set.get("by").cloned(),
+            rate_set_at: set.get("at").and_then(|v| v.parse().ok()),
             min_rate_per_sec: self.config.min_rate_per_sec,
             effective_rate_per_sec: rate,
             tokens_available: tokens,
