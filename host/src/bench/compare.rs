@@ -27,6 +27,8 @@ const BULLMQ_SCRIPT: &str = include_str!("../../../bench/compare/bullmq.mjs");
 const BATCH: usize = 1000;
 const NOOP_QUEUE: &str = "noop";
 const CHAT_QUEUE: &str = "chat";
+/// How long the benchmark's own Redis calls may take.
+const PATIENCE: Duration = Duration::from_secs(60);
 
 #[derive(clap::Args, Debug)]
 pub struct CompareArgs {
@@ -58,8 +60,10 @@ async fn compare(args: &CompareArgs, dir: &Path) -> Result<()> {
     let redis_dir = dir.join("redis");
     let server = EmbeddedRedis::start(&redis_dir, Fsync::Everysec).await?;
     let socket = redis_dir.canonicalize()?.join("redis.sock");
+    // A FLUSHALL of 100,000 jobs takes longer than redis-rs' default 500 ms.
+    let patient = redis::AsyncConnectionConfig::new().set_response_timeout(Some(PATIENCE));
     let mut redis = redis::Client::open(server.url())?
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&patient)
         .await?;
     let bullmq = if args.no_bullmq {
         None
@@ -174,7 +178,10 @@ fn number(value: &Value, field: &str) -> f64 {
 }
 
 async fn flush(redis: &mut MultiplexedConnection) -> Result<()> {
-    redis::cmd("FLUSHALL").query_async::<()>(redis).await?;
+    redis::cmd("FLUSHALL")
+        .arg("SYNC")
+        .query_async::<()>(redis)
+        .await?;
     Ok(())
 }
 
@@ -251,9 +258,7 @@ async fn spool_run(
     let result = async {
         let base = format!("http://{}", running.addr);
         let client = reqwest::Client::new();
-        let queue = Queue::new(
-            redis::aio::ConnectionManager::new(redis::Client::open(url.as_str())?).await?,
-        );
+        let queue = control_queue(&url).await?;
         let keys = QueueKeys::new(queue_name);
         queue.set_paused(&keys, true).await?;
         let submitted = Instant::now();
@@ -280,6 +285,15 @@ async fn spool_run(
     .await;
     running.stop().await;
     result
+}
+
+/// A queue handle for pausing and resuming, on a connection of its own.
+async fn control_queue(url: &str) -> Result<Queue> {
+    let config = redis::aio::ConnectionManagerConfig::new().set_response_timeout(Some(PATIENCE));
+    let connection = redis::Client::open(url)?
+        .get_connection_manager_with_config(config)
+        .await?;
+    Ok(Queue::new(connection))
 }
 
 async fn redis_url(redis: &mut MultiplexedConnection) -> Result<String> {
@@ -519,6 +533,8 @@ struct Memory {
     spool_rss: u64,
     bullmq_bytes_per_job: Option<f64>,
     bullmq_rss: Option<u64>,
+    /// `MEMORY USAGE` of each key of one queued spool job.
+    spool_keys: Vec<(String, u64)>,
     jobs: usize,
 }
 
@@ -543,9 +559,7 @@ async fn memory(
     let url = redis_url(redis).await?;
     let running = start_spool(&url, noop_path, 1, jobs as u64 + 1).await?;
     let measured = async {
-        let queue = Queue::new(
-            redis::aio::ConnectionManager::new(redis::Client::open(url.as_str())?).await?,
-        );
+        let queue = control_queue(&url).await?;
         let keys = QueueKeys::new(NOOP_QUEUE);
         queue.set_paused(&keys, true).await?;
         let before = Snapshot::take(redis).await?;
@@ -560,21 +574,56 @@ async fn memory(
         )
         .await?;
         let after = Snapshot::take(redis).await?;
+        let rss = process_rss();
         Ok::<_, anyhow::Error>((
             after.used_memory.saturating_sub(before.used_memory) as f64 / jobs as f64,
-            process_rss(),
+            rss,
+            sample_job_keys(redis).await?,
         ))
     }
     .await;
     running.stop().await;
-    let (spool_bytes_per_job, spool_rss) = measured?;
+    let (spool_bytes_per_job, spool_rss, spool_keys) = measured?;
     Ok(Memory {
         spool_bytes_per_job,
         spool_rss,
         bullmq_bytes_per_job,
         bullmq_rss,
+        spool_keys,
         jobs,
     })
+}
+
+/// The memory of each key one queued job owns (its record and its event stream).
+async fn sample_job_keys(redis: &mut MultiplexedConnection) -> Result<Vec<(String, u64)>> {
+    let (_, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+        .arg(0)
+        .arg("MATCH")
+        .arg("spool:job:*")
+        .arg("COUNT")
+        .arg(1000)
+        .query_async(redis)
+        .await?;
+    let Some(record) = keys.first() else {
+        return Ok(Vec::new());
+    };
+    let id = record.trim_start_matches(spool_core::queue::JOB_PREFIX);
+    let mut sizes = Vec::new();
+    for key in [
+        record.clone(),
+        format!("{}{id}", spool_core::queue::EVENTS_PREFIX),
+    ] {
+        let bytes: Option<u64> = redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(&key)
+            .arg("SAMPLES")
+            .arg(0)
+            .query_async(redis)
+            .await?;
+        let shown = key.replace(id, "{id}");
+        sizes.push((shown, bytes.unwrap_or(0)));
+    }
+    Ok(sizes)
 }
 
 #[derive(Default)]
@@ -680,8 +729,19 @@ impl Report {
                 .bullmq_rss
                 .map_or("-".to_owned(), |r| format!("{:.1} MB", r as f64 / 1e6))
         );
+        if !memory.spool_keys.is_empty() {
+            let keys: Vec<String> = memory
+                .spool_keys
+                .iter()
+                .map(|(key, bytes)| format!("{key} {bytes} B"))
+                .collect();
+            println!(
+                "  spool, one queued job's keys (MEMORY USAGE): {}",
+                keys.join(", ")
+            );
+        }
         println!(
-            "\nNotes: round trips are Redis read events (one request or pipeline each); a script's own commands count in `commands` and `Redis cmd us`. Wasm us is admit + handle as the instance's metrics saw it, all hooks."
+            "\nNotes: `Redis reads` are Redis' read events (total_reads_processed): one per request, or per batch of requests a client pipelines (ioredis and redis-rs both do), so fewer than round trips under load. A script's own commands count in `commands` and `Redis cmd us`. Wasm us: time inside the guest per job, every hook, as the instance's metrics saw it (for chat it includes the wait on the model call)."
         );
     }
 }
