@@ -677,7 +677,7 @@ impl Report {
             "  {:<14} {:>5} {:>11} {:>9} {:>12} {:>13} {:>12} {:>9}",
             "system",
             "conc",
-            "round trips",
+            "Redis reads",
             "commands",
             "Redis CPU us",
             "Redis cmd us",
