@@ -494,7 +494,7 @@ impl Budget {
             })
             .filter(|(_, n)| *n > 0)
             .collect();
-        calls.sort_by(|a, b| b.1.cmp(&a.1));
+        calls.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
         let commands: u64 = calls.iter().map(|(_, n)| n).sum();
         let usec: u64 = after
             .usec
