@@ -8,7 +8,7 @@ use std::process::Command;
 const GUESTS: &[&str] = &["chat", "pipeline"];
 /// Test-only handlers from guest/fixtures, copied beside the guests for the e2e
 /// tests (`include_bytes!(concat!(env!("OUT_DIR"), ...))`); never embedded in the host.
-const FIXTURES: &[&str] = &["echo_v1", "echo_v2", "echo_trap"];
+const FIXTURES: &[&str] = &["echo_v1", "echo_v2", "echo_trap", "noop"];
 
 fn main() {
     let manifest_dir =

@@ -173,6 +173,7 @@ pub async fn start(config: Config) -> Result<Running> {
         handlers: handlers.clone(),
         hub,
         body_limit_bytes: config.body_limit_bytes,
+        bulk_max_jobs: config.bulk_max_jobs,
         instance: instance.clone(),
         model: models.describe(),
         started: Instant::now(),

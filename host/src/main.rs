@@ -81,6 +81,8 @@ enum Command {
     BenchSessions(spool::bench::sessions::BenchSessionsArgs),
     /// Time the delay from a job event's XADD to thousands of SSE clients (vs a Redis PING); print Redis clients and RSS.
     BenchHub(spool::bench::hub::BenchHubArgs),
+    /// spool beside BullMQ on one Redis (AOF everysec): no-op and chat throughput, bulk submission, per-job budget and memory, with ratios.
+    BenchCompare(spool::bench::compare::CompareArgs),
 }
 
 /// Settings for `spool serve`. Each setting is merged field by field: a flag
@@ -344,6 +346,7 @@ fn main() -> ExitCode {
             Command::Guest(args) => spool::cli::guest::run(args).await,
             Command::BenchSessions(args) => spool::bench::sessions::run(args).await,
             Command::BenchHub(args) => spool::bench::hub::run(args).await,
+            Command::BenchCompare(args) => spool::bench::compare::run(args).await,
         }
     });
     match result {

@@ -4,6 +4,7 @@
 mod support;
 
 mod bad_input;
+mod bulk;
 mod cancel;
 mod contract;
 mod fencing;

@@ -20,6 +20,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Largest request body accepted, in bytes.
     pub body_limit_bytes: usize,
+    /// Most jobs one bulk submission may carry (`POST .../jobs/bulk`, `/api/chat/bulk`).
+    pub bulk_max_jobs: usize,
     pub redis: RedisConfig,
     /// The model backend. Absent: spool starts its built-in stub model server.
     pub model: Option<BackendConfig>,
@@ -273,6 +275,7 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             body_limit_bytes: 1024 * 1024,
+            bulk_max_jobs: 1000,
             redis: RedisConfig::default(),
             model: None,
             workers: WorkerConfig::default(),

@@ -9,7 +9,10 @@ use std::sync::Arc;
 
 use crate::config::QueueConfig;
 use crate::metrics::{self, Hook};
-use crate::queue::{BoundMessage, Fence, NewJob, Queue, QueueKeys, SubmitError, class_name};
+use crate::queue::{
+    BoundMessage, BulkItem, BulkSubmitError, Fence, NewJob, Queue, QueueKeys, SubmitError,
+    class_name,
+};
 use crate::registry::Registry;
 use spool_runtime::{FailureKind, Job, Runtime};
 
@@ -64,6 +67,34 @@ pub enum IntakeError {
     ParentCancelled,
     #[error("the job store is unavailable: {0}")]
     Redis(#[from] redis::RedisError),
+}
+
+/// Why a batch was refused: nothing of it was queued.
+#[derive(Debug, thiserror::Error)]
+pub enum BulkIntakeError {
+    /// Something that concerns the whole batch (unknown queue, no handler, Redis).
+    #[error(transparent)]
+    Batch(IntakeError),
+    /// The handler refused these items (index from 0, why).
+    #[error("{} of the batch's jobs were refused", .0.len())]
+    Items(Vec<(usize, IntakeError)>),
+    /// The id of the item at this index names another queue's or user's job.
+    #[error("item {0}'s job id is taken by another job")]
+    Taken(usize),
+}
+
+impl From<IntakeError> for BulkIntakeError {
+    fn from(error: IntakeError) -> Self {
+        Self::Batch(error)
+    }
+}
+
+/// One item of an accepted batch.
+#[derive(Clone, Debug)]
+pub struct BulkAccepted {
+    pub accepted: Accepted,
+    /// The id already named a job: nothing new was queued for this item.
+    pub duplicate: bool,
 }
 
 /// A queue as intake and the workers serve it: its keys and its settings.
@@ -179,5 +210,119 @@ impl Intake {
             Err(SubmitError::ParentCancelled) => Err(IntakeError::ParentCancelled),
             Err(SubmitError::Redis(error)) => Err(error.into()),
         }
+    }
+}
+
+impl Intake {
+    /// Admits every submission of a batch (in Wasm, one fresh instance each),
+    /// then enqueues the whole batch in one script call, or nothing: any
+    /// refused item refuses the batch, naming each. `owner`: the tenant whose
+    /// jobs a repeated id may name (`None`: any).
+    pub async fn submit_bulk(
+        &self,
+        queue: &str,
+        submissions: &[Submission],
+        owner: Option<&str>,
+    ) -> Result<Vec<BulkAccepted>, BulkIntakeError> {
+        let route = self.route(queue)?;
+        let handler = self
+            .registry
+            .resolve(
+                &route.config.handler,
+                route.config.handler_version.as_deref(),
+            )
+            .ok_or_else(|| IntakeError::HandlerUnavailable(route.config.handler.clone()))?;
+        let ids: Vec<String> = submissions
+            .iter()
+            .map(|s| {
+                s.job_id
+                    .clone()
+                    .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
+            })
+            .collect();
+        let mut decisions = Vec::with_capacity(submissions.len());
+        let mut refused = Vec::new();
+        for (index, (submission, id)) in submissions.iter().zip(&ids).enumerate() {
+            let job = Job {
+                id: id.clone(),
+                queue: queue.to_owned(),
+                user_id: submission.user_id.clone(),
+                user_tier: submission.user_tier.clone(),
+                priority: submission.priority,
+                payload: submission.payload.clone(),
+                attempt: 0,
+            };
+            let started = std::time::Instant::now();
+            let admitted = self.runtime.admit(&handler, &job).await;
+            let failure = match &admitted {
+                Ok(Ok(_)) => None,
+                Ok(Err(_)) => Some(FailureKind::Rejected),
+                Err(failure) => Some(failure.kind()),
+            };
+            metrics::handler_called(
+                Hook::Admit,
+                &handler.name,
+                &handler.version,
+                started.elapsed(),
+                failure,
+            );
+            match admitted {
+                Ok(Ok(decision)) => decisions.push(decision),
+                Ok(Err(reason)) => refused.push((index, IntakeError::Rejected(reason))),
+                Err(failure) => {
+                    refused.push((index, IntakeError::HandlerFailed(failure.to_string())))
+                }
+            }
+        }
+        if !refused.is_empty() {
+            return Err(BulkIntakeError::Items(refused));
+        }
+        let new_jobs: Vec<NewJob<'_>> = submissions
+            .iter()
+            .zip(&ids)
+            .zip(&decisions)
+            .map(|((submission, id), decision)| NewJob {
+                id,
+                queue: &route.keys,
+                class: decision.class,
+                score: decision.score.clamp(1, 10),
+                priority: submission.priority,
+                user_id: &submission.user_id,
+                user_tier: &submission.user_tier,
+                payload: &submission.payload,
+                message: None,
+                handler: &handler.name,
+                max_waiting: route.config.max_waiting,
+                parent: None,
+            })
+            .collect();
+        let items = match self.queue.submit_bulk(&new_jobs, owner).await {
+            Ok(items) => items,
+            Err(BulkSubmitError::Full(queue)) => return Err(IntakeError::Full(queue).into()),
+            Err(BulkSubmitError::Taken(index)) => return Err(BulkIntakeError::Taken(index)),
+            Err(BulkSubmitError::Mixed) => {
+                return Err(IntakeError::HandlerFailed("a batch mixed queues".into()).into());
+            }
+            Err(BulkSubmitError::Redis(error)) => return Err(IntakeError::Redis(error).into()),
+        };
+        Ok(new_jobs
+            .iter()
+            .zip(items)
+            .map(|(job, item)| {
+                let duplicate = item == BulkItem::Duplicate;
+                if !duplicate {
+                    metrics::job_submitted(queue, job.class);
+                }
+                BulkAccepted {
+                    accepted: Accepted {
+                        id: job.id.to_owned(),
+                        queue: queue.to_owned(),
+                        class: class_name(job.class),
+                        score: job.score,
+                    },
+                    duplicate,
+                }
+            })
+            .collect())
     }
 }

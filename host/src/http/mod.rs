@@ -4,6 +4,7 @@
 mod admin;
 pub mod auth;
 mod bounds;
+mod bulk;
 mod dead;
 mod error;
 mod health;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub hub: spool_core::hub::Hub,
     /// Largest request body, and so largest WebSocket message, in bytes.
     pub body_limit_bytes: usize,
+    /// Most jobs one bulk submission carries.
+    pub bulk_max_jobs: usize,
     pub instance: String,
     pub model: String,
     pub started: Instant,
@@ -159,6 +162,8 @@ fn submitter() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
         .routes(routes!(jobs::submit_chat))
         .routes(routes!(jobs::submit_generic))
+        .routes(routes!(bulk::submit_generic_bulk))
+        .routes(routes!(bulk::submit_chat_bulk))
         .routes(routes!(jobs::get_job, jobs::cancel))
         .routes(routes!(stream::job_events))
         .routes(routes!(stream::status_stream))

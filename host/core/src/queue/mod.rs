@@ -28,6 +28,7 @@
 //! those that end a job share `monitor.lua`. Each script's round trip is
 //! timed (`metrics::redis_timed`).
 
+mod bulk;
 mod dead;
 mod fence;
 mod monitoring;
@@ -42,6 +43,7 @@ use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script, Value};
 use serde::Serialize;
 
+pub use bulk::{BulkItem, BulkSubmitError};
 pub use dead::{DEFAULT_MAX_DEAD, DeadLetter, Replay};
 pub use fence::{Fence, Written};
 pub use monitoring::{MONITOR_BUCKET_SECS, MONITOR_WINDOWS, QueueMonitoring, WindowTotals};
@@ -265,6 +267,7 @@ pub struct Queue {
     /// Dead letters kept per queue name (absent: [`DEFAULT_MAX_DEAD`]).
     max_dead: Arc<HashMap<String, u64>>,
     submit: Arc<Script>,
+    submit_bulk: Arc<Script>,
     claim: Arc<Script>,
     finish: Arc<Script>,
     recover: Arc<Script>,
@@ -287,6 +290,7 @@ impl Queue {
                 include_str!("fence.lua"),
                 include_str!("submit.lua")
             ))),
+            submit_bulk: Arc::new(Script::new(include_str!("submit_bulk.lua"))),
             claim: Arc::new(Script::new(include_str!("claim.lua"))),
             finish: Arc::new(Script::new(concat!(
                 include_str!("message_end.lua"),
@@ -359,26 +363,8 @@ impl Queue {
 
     pub async fn submit(&self, job: NewJob<'_>) -> Result<String, SubmitError> {
         let now = now_ms();
-        let event = serde_json::json!({ "queue": job.queue.name, "class": class_name(job.class), "score": job.score });
-        let mut fields: Vec<(&str, String)> = vec![
-            ("id", job.id.into()),
-            ("queue", job.queue.name.clone()),
-            ("state", "waiting".into()),
-            ("class", class_name(job.class).into()),
-            ("score", job.score.to_string()),
-            ("priority", job.priority.to_string()),
-            ("user_id", job.user_id.into()),
-            ("user_tier", job.user_tier.into()),
-            ("payload", job.payload.into()),
-            ("handler", job.handler.into()),
-            ("attempts", "0".into()),
-            ("progress", "0".into()),
-            ("created_at", now.to_string()),
-        ];
-        if let Some(message) = job.message {
-            fields.push(("message_session", message.session_id.clone()));
-            fields.push(("message_id", message.message_id.clone()));
-        }
+        let event = queued_event(&job);
+        let fields = job_fields(&job, now);
         let mut invocation = self.submit.prepare_invoke();
         invocation
             .key(job.queue.stream(job.class))
@@ -392,7 +378,7 @@ impl Queue {
             .arg(job.max_waiting)
             .arg(job.id)
             .arg(now)
-            .arg(event.to_string())
+            .arg(event)
             .arg(WAKE_CHANNEL)
             .arg(&job.queue.name)
             .arg(EventType::TaskQueued.as_str())
@@ -769,6 +755,36 @@ impl Queue {
     pub fn connection(&self) -> ConnectionManager {
         self.redis.clone()
     }
+}
+
+/// The `task_queued` event's data: where the job went.
+fn queued_event(job: &NewJob<'_>) -> String {
+    serde_json::json!({ "queue": job.queue.name, "class": class_name(job.class), "score": job.score })
+        .to_string()
+}
+
+/// A new job's record, as field/value pairs (the id first: the bulk script reads it there).
+fn job_fields<'a>(job: &NewJob<'a>, now: u64) -> Vec<(&'static str, String)> {
+    let mut fields: Vec<(&'static str, String)> = vec![
+        ("id", job.id.into()),
+        ("queue", job.queue.name.clone()),
+        ("state", "waiting".into()),
+        ("class", class_name(job.class).into()),
+        ("score", job.score.to_string()),
+        ("priority", job.priority.to_string()),
+        ("user_id", job.user_id.into()),
+        ("user_tier", job.user_tier.into()),
+        ("payload", job.payload.into()),
+        ("handler", job.handler.into()),
+        ("attempts", "0".into()),
+        ("progress", "0".into()),
+        ("created_at", now.to_string()),
+    ];
+    if let Some(message) = job.message {
+        fields.push(("message_session", message.session_id.clone()));
+        fields.push(("message_id", message.message_id.clone()));
+    }
+    fields
 }
 
 fn parse_claim(reply: Vec<Value>) -> redis::RedisResult<Claim> {

@@ -58,11 +58,53 @@ pub struct Workers {
     pub restarts: Arc<WorkerRestarts>,
 }
 
+/// Which queue a worker asks first. It stays with the queue that gave it
+/// its last job, for at most [`QueueTurns::STREAK`] jobs in a row, then moves
+/// on to the next: a worker busy on one queue does not pay an empty claim on
+/// every other queue before each job, and every queue with work still gets a
+/// worker's turn within `STREAK` jobs.
+struct QueueTurns {
+    start: usize,
+    streak: usize,
+    queues: usize,
+}
+
+impl QueueTurns {
+    const STREAK: usize = 16;
+
+    fn new(worker: usize, queues: usize) -> Self {
+        Self {
+            start: worker % queues.max(1),
+            streak: 0,
+            queues: queues.max(1),
+        }
+    }
+
+    /// The queue to ask at this `offset` of a round.
+    fn position(&self, offset: usize) -> usize {
+        (self.start + offset) % self.queues
+    }
+
+    fn served(&mut self, position: usize) {
+        if position == self.start {
+            self.streak += 1;
+        } else {
+            self.start = position;
+            self.streak = 1;
+        }
+        if self.streak >= Self::STREAK {
+            self.start = (position + 1) % self.queues;
+            self.streak = 0;
+        }
+    }
+}
+
 impl Workers {
     /// Runs worker `index` until `shutdown`; a job in hand is finished first.
     pub async fn run(self: Arc<Self>, consumer: String, index: usize, shutdown: CancellationToken) {
         let routes: Vec<&Route> = self.intake.routes.values().collect();
         let mut redis_down_since: Option<std::time::Instant> = None;
+        let mut turns = QueueTurns::new(index, routes.len());
         while !shutdown.is_cancelled() {
             let notified = self.wake.notified();
             tokio::pin!(notified);
@@ -70,9 +112,11 @@ impl Workers {
 
             let mut worked = false;
             let mut wait = self.idle_poll;
-            // Start at a different queue per worker so no queue starves.
+            // Each worker starts at a queue of its own, then stays with the
+            // queue that last had work (see `QueueTurns`).
             for offset in 0..routes.len() {
-                let route = routes[(index + offset) % routes.len()];
+                let position = turns.position(offset);
+                let route = routes[position];
                 // The version is resolved at the moment the claim records as
                 // the job's start, not once the claim is back: under load that
                 // round trip is long enough for a switch to land inside it.
@@ -93,6 +137,7 @@ impl Workers {
                 {
                     Ok(Claim::Job(job)) => {
                         redis_down_since = None;
+                        turns.served(position);
                         self.run_job(*job, route, &consumer, resolved.handler).await;
                         worked = true;
                         break;
@@ -483,5 +528,41 @@ impl Attempt {
             outcome,
             ran_on: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod queue_turns {
+    use super::QueueTurns;
+
+    #[test]
+    fn a_worker_stays_with_a_busy_queue_then_gives_the_next_its_turn() {
+        let mut turns = QueueTurns::new(4, 3);
+        assert_eq!(
+            turns.position(0),
+            1,
+            "worker 4 of 3 queues starts at queue 1"
+        );
+        turns.served(2);
+        assert_eq!(
+            turns.position(0),
+            2,
+            "it asks the queue that had work first"
+        );
+        for _ in 1..QueueTurns::STREAK - 1 {
+            turns.served(2);
+            assert_eq!(turns.position(0), 2);
+        }
+        turns.served(2);
+        assert_eq!(
+            turns.position(0),
+            0,
+            "after a streak the next queue goes first"
+        );
+        assert_eq!(
+            turns.position(2),
+            2,
+            "and the busy one is still asked in the round"
+        );
     }
 }

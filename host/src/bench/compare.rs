@@ -1,0 +1,747 @@
+//! `spool bench-compare`: spool beside BullMQ on one redis-server (AOF
+//! everysec, a unix socket: loopback only) in one run, as issue #16 asks.
+//! Installs the pinned BullMQ (`bench/compare/package.json`) into a temp dir
+//! with npm, then for each concurrency runs BullMQ's no-op worker and spool's
+//! no-op handler (`guest/fixtures/noop`) over the same N jobs, then spool's
+//! chat path, and prints each figure with its ratio to BullMQ's, a per-job
+//! budget (Redis round trips, commands and CPU from `INFO`, host CPU, Wasm)
+//! and memory per queued job. Redis is flushed between runs; each spool run
+//! is a fresh in-process instance. Owns nothing outside its temp dir.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use redis::aio::MultiplexedConnection;
+use serde_json::{Value, json};
+
+use spool_core::config::{Config, Fsync, HandlerFile, QueueConfig};
+use spool_core::embedded_redis::EmbeddedRedis;
+use spool_core::queue::{Queue, QueueKeys};
+
+const NOOP: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/noop.wasm"));
+const PACKAGE_JSON: &str = include_str!("../../../bench/compare/package.json");
+const BULLMQ_SCRIPT: &str = include_str!("../../../bench/compare/bullmq.mjs");
+/// Jobs per bulk call, for both systems (BullMQ's `addBulk` and spool's bulk route).
+const BATCH: usize = 1000;
+const NOOP_QUEUE: &str = "noop";
+const CHAT_QUEUE: &str = "chat";
+/// How long the benchmark's own Redis calls may take.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+#[derive(clap::Args, Debug)]
+pub struct CompareArgs {
+    /// Jobs per run (the same N for both systems).
+    #[arg(long, default_value_t = 20_000)]
+    jobs: usize,
+    /// Worker concurrencies to compare, each a run of its own.
+    #[arg(long, value_delimiter = ',', default_value = "16,64")]
+    concurrency: Vec<usize>,
+    /// Jobs queued for the memory figures.
+    #[arg(long, default_value_t = 100_000)]
+    memory_jobs: usize,
+    /// spool's figures only (no node or npm needed).
+    #[arg(long)]
+    no_bullmq: bool,
+}
+
+pub async fn run(args: CompareArgs) -> Result<()> {
+    if args.jobs == 0 || args.memory_jobs == 0 || args.concurrency.contains(&0) {
+        bail!("--jobs, --memory-jobs and every --concurrency must be above 0");
+    }
+    let dir = std::env::temp_dir().join(format!("spool-bench-compare-{}", std::process::id()));
+    let result = compare(&args, &dir).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn compare(args: &CompareArgs, dir: &Path) -> Result<()> {
+    let redis_dir = dir.join("redis");
+    let server = EmbeddedRedis::start(&redis_dir, Fsync::Everysec).await?;
+    let socket = redis_dir.canonicalize()?.join("redis.sock");
+    // A FLUSHALL of 100,000 jobs takes longer than redis-rs' default 500 ms.
+    let patient = redis::AsyncConnectionConfig::new().set_response_timeout(Some(PATIENCE));
+    let mut redis = redis::Client::open(server.url())?
+        .get_multiplexed_async_connection_with_config(&patient)
+        .await?;
+    let bullmq = if args.no_bullmq {
+        None
+    } else {
+        Some(Bullmq::install(&dir.join("bullmq"), &socket).await?)
+    };
+    let noop_path = dir.join("noop.wasm");
+    std::fs::write(&noop_path, NOOP)?;
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "spool bench-compare: N = {} jobs, concurrency {:?}, redis-server 7 with AOF everysec on a unix socket, {cores} cores (shared with whatever else runs)\n",
+        args.jobs, args.concurrency
+    );
+
+    let mut report = Report::default();
+    for &concurrency in &args.concurrency {
+        if let Some(bullmq) = &bullmq {
+            flush(&mut redis).await?;
+            let submit = bullmq.run(&["submit", &args.jobs.to_string()]).await?;
+            let before = Snapshot::take(&mut redis).await?;
+            let processed = bullmq
+                .run(&["process", &args.jobs.to_string(), &concurrency.to_string()])
+                .await?;
+            let after = Snapshot::take(&mut redis).await?;
+            report.bullmq_submit.get_or_insert(number(&submit, "rate"));
+            report.rows.push(Row {
+                system: "BullMQ no-op",
+                concurrency,
+                rate: number(&processed, "rate"),
+                budget: Budget::new(&before, &after, args.jobs, 0, number(&processed, "cpu_us")),
+                wasm_us: None,
+            });
+        }
+        let run = spool_run(
+            &mut redis,
+            &noop_path,
+            NOOP_QUEUE,
+            concurrency,
+            args.jobs,
+            |i| json!({ "payload": { "n": i } }),
+        )
+        .await?;
+        report.spool_submit.get_or_insert(run.submit_rate);
+        report.rows.push(run.row("spool no-op"));
+    }
+    let chat_concurrency = args.concurrency.first().copied().unwrap_or(16);
+    let chat = spool_run(
+        &mut redis,
+        &noop_path,
+        CHAT_QUEUE,
+        chat_concurrency,
+        args.jobs,
+        |i| json!({ "userId": format!("user-{}", i % 100), "prompt": format!("job {i}") }),
+    )
+    .await?;
+    report.rows.push(chat.row("spool chat"));
+
+    let memory = memory(&mut redis, bullmq.as_ref(), &noop_path, args.memory_jobs).await?;
+    report.print(&memory);
+    drop(server);
+    Ok(())
+}
+
+/// BullMQ installed in a temp dir, run one phase per `node` process.
+struct Bullmq {
+    dir: std::path::PathBuf,
+    socket: std::path::PathBuf,
+}
+
+impl Bullmq {
+    async fn install(dir: &Path, socket: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("package.json"), PACKAGE_JSON)?;
+        std::fs::write(dir.join("bullmq.mjs"), BULLMQ_SCRIPT)?;
+        println!("installing BullMQ (bench/compare/package.json) with npm ...");
+        let status = tokio::process::Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(dir)
+            .status()
+            .await
+            .context("running npm (node and npm are needed; --no-bullmq skips BullMQ)")?;
+        if !status.success() {
+            bail!("npm install failed in {}", dir.display());
+        }
+        Ok(Self {
+            dir: dir.to_owned(),
+            socket: socket.to_owned(),
+        })
+    }
+
+    async fn run(&self, args: &[&str]) -> Result<Value> {
+        let output = tokio::process::Command::new("node")
+            .arg("bullmq.mjs")
+            .args(args)
+            .env("REDIS_SOCKET", &self.socket)
+            .current_dir(&self.dir)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .await
+            .context("running node")?;
+        if !output.status.success() {
+            bail!("BullMQ phase {args:?} failed");
+        }
+        let text = String::from_utf8_lossy(&output.stdout);
+        let line = text.lines().last().unwrap_or_default();
+        serde_json::from_str(line).with_context(|| format!("BullMQ phase {args:?} printed {text}"))
+    }
+}
+
+fn number(value: &Value, field: &str) -> f64 {
+    value[field].as_f64().unwrap_or(0.0)
+}
+
+async fn flush(redis: &mut MultiplexedConnection) -> Result<()> {
+    redis::cmd("FLUSHALL")
+        .arg("SYNC")
+        .query_async::<()>(redis)
+        .await?;
+    Ok(())
+}
+
+/// An in-process instance over the benchmark's Redis, with the no-op handler.
+async fn start_spool(
+    redis_url: &str,
+    noop_path: &Path,
+    concurrency: usize,
+    max_waiting: u64,
+) -> Result<crate::app::Running> {
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse()?,
+        ..Config::default()
+    };
+    config.redis.url = Some(redis_url.to_owned());
+    config.workers.concurrency = concurrency;
+    config.sandbox.max_instances = config.sandbox.max_instances.max(concurrency as u32 * 2);
+    config.limits = spool_core::limiter::LimitsConfig::unpaced();
+    config.handlers.insert(
+        "noop".into(),
+        HandlerFile {
+            path: noop_path.to_owned(),
+        },
+    );
+    config.queues.insert(
+        NOOP_QUEUE.into(),
+        QueueConfig {
+            handler: "noop".into(),
+            max_waiting,
+            ..QueueConfig::default()
+        },
+    );
+    config
+        .queues
+        .get_mut(CHAT_QUEUE)
+        .context("chat queue")?
+        .max_waiting = max_waiting;
+    crate::app::start(config).await
+}
+
+struct SpoolRun {
+    submit_rate: f64,
+    rate: f64,
+    budget: Budget,
+    concurrency: usize,
+    wasm_us: f64,
+}
+
+impl SpoolRun {
+    fn row(&self, system: &'static str) -> Row {
+        Row {
+            system,
+            concurrency: self.concurrency,
+            rate: self.rate,
+            budget: self.budget.clone(),
+            wasm_us: Some(self.wasm_us),
+        }
+    }
+}
+
+/// Flush, start, pause the queue, bulk-submit N (timed), then resume and
+/// time until N jobs completed, with INFO, rusage and Wasm figures around it.
+async fn spool_run(
+    redis: &mut MultiplexedConnection,
+    noop_path: &Path,
+    queue_name: &str,
+    concurrency: usize,
+    jobs: usize,
+    item: impl Fn(usize) -> Value,
+) -> Result<SpoolRun> {
+    flush(redis).await?;
+    let url = redis_url(redis).await?;
+    let running = start_spool(&url, noop_path, concurrency, jobs as u64 + 1).await?;
+    let result = async {
+        let base = format!("http://{}", running.addr);
+        let client = reqwest::Client::new();
+        let queue = control_queue(&url).await?;
+        let keys = QueueKeys::new(queue_name);
+        queue.set_paused(&keys, true).await?;
+        let submitted = Instant::now();
+        bulk_submit(&client, &base, queue_name, jobs, &item).await?;
+        let submit_rate = jobs as f64 / submitted.elapsed().as_secs_f64();
+        let wasm_before = wasm_seconds(&client, &base).await?;
+        let before = Snapshot::take(redis).await?;
+        let cpu_before = process_cpu();
+        let started = Instant::now();
+        queue.set_paused(&keys, false).await?;
+        let polls = wait_completed(redis, queue_name, jobs).await?;
+        let elapsed = started.elapsed();
+        let host_cpu = process_cpu() - cpu_before;
+        let after = Snapshot::take(redis).await?;
+        let wasm = wasm_seconds(&client, &base).await? - wasm_before;
+        Ok::<_, anyhow::Error>(SpoolRun {
+            submit_rate,
+            rate: jobs as f64 / elapsed.as_secs_f64(),
+            budget: Budget::new(&before, &after, jobs, polls, host_cpu.as_secs_f64() * 1e6),
+            concurrency,
+            wasm_us: wasm * 1e6 / jobs as f64,
+        })
+    }
+    .await;
+    running.stop().await;
+    result
+}
+
+/// A queue handle for pausing and resuming, on a connection of its own.
+async fn control_queue(url: &str) -> Result<Queue> {
+    let config = redis::aio::ConnectionManagerConfig::new().set_response_timeout(Some(PATIENCE));
+    let connection = redis::Client::open(url)?
+        .get_connection_manager_with_config(config)
+        .await?;
+    Ok(Queue::new(connection))
+}
+
+async fn redis_url(redis: &mut MultiplexedConnection) -> Result<String> {
+    let dir: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("unixsocket")
+        .query_async(redis)
+        .await?;
+    let socket = dir.get(1).context("redis-server has a unix socket")?;
+    Ok(format!("redis+unix://{socket}"))
+}
+
+async fn bulk_submit(
+    client: &reqwest::Client,
+    base: &str,
+    queue: &str,
+    jobs: usize,
+    item: &impl Fn(usize) -> Value,
+) -> Result<()> {
+    let url = if queue == CHAT_QUEUE {
+        format!("{base}/api/chat/bulk")
+    } else {
+        format!("{base}/api/queues/{queue}/jobs/bulk")
+    };
+    for start in (0..jobs).step_by(BATCH) {
+        let batch: Vec<Value> = (start..jobs.min(start + BATCH)).map(item).collect();
+        let response = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(json!({ "jobs": batch }).to_string())
+            .send()
+            .await?;
+        if response.status() != reqwest::StatusCode::ACCEPTED {
+            bail!("bulk submission refused: {}", response.text().await?);
+        }
+    }
+    Ok(())
+}
+
+/// Polls the queue's completed counter (one GET a poll, subtracted from the
+/// budget) until `jobs` finished; fails on any failed job. Returns the polls.
+async fn wait_completed(
+    redis: &mut MultiplexedConnection,
+    queue: &str,
+    jobs: usize,
+) -> Result<u64> {
+    let key = |state: &str| format!("spool:q:{{{queue}}}:count:{state}");
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let mut polls = 0;
+    loop {
+        polls += 1;
+        let done: Option<u64> = redis::cmd("GET")
+            .arg(key("completed"))
+            .query_async(redis)
+            .await?;
+        if done.unwrap_or(0) >= jobs as u64 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("{queue}: jobs did not finish within 15 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let failed: Option<u64> = redis::cmd("GET")
+        .arg(key("failed"))
+        .query_async(redis)
+        .await?;
+    if failed.unwrap_or(0) > 0 {
+        bail!("{queue}: {} jobs failed", failed.unwrap_or(0));
+    }
+    Ok(polls + 1)
+}
+
+/// Seconds spent in Wasm (every hook) so far, from this process's `/metrics`.
+async fn wasm_seconds(client: &reqwest::Client, base: &str) -> Result<f64> {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|line| line.starts_with("spool_handler_wasm_seconds_sum"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// CPU time (user + system) of this process so far.
+fn process_cpu() -> Duration {
+    // SAFETY: getrusage of this process into a zeroed struct it owns.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
+
+/// This process's resident memory, in bytes.
+fn process_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Redis' own counters at one moment (`INFO`).
+#[derive(Clone, Default)]
+struct Snapshot {
+    calls: BTreeMap<String, u64>,
+    usec: BTreeMap<String, u64>,
+    reads: u64,
+    cpu_secs: f64,
+    used_memory: u64,
+}
+
+impl Snapshot {
+    async fn take(redis: &mut MultiplexedConnection) -> Result<Self> {
+        let text: String = redis::cmd("INFO")
+            .arg("everything")
+            .query_async(redis)
+            .await?;
+        let mut snapshot = Snapshot::default();
+        for line in text.lines() {
+            let Some((name, value)) = line.trim().split_once(':') else {
+                continue;
+            };
+            if let Some(command) = name.strip_prefix("cmdstat_") {
+                let field = |key: &str| {
+                    value
+                        .split(',')
+                        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(0)
+                };
+                snapshot.calls.insert(command.to_owned(), field("calls"));
+                snapshot.usec.insert(command.to_owned(), field("usec"));
+            }
+            match name {
+                "total_reads_processed" => snapshot.reads = value.parse().unwrap_or(0),
+                "used_cpu_sys" | "used_cpu_user" => {
+                    snapshot.cpu_secs += value.parse::<f64>().unwrap_or(0.0)
+                }
+                "used_memory" => snapshot.used_memory = value.parse().unwrap_or(0),
+                _ => {}
+            }
+        }
+        Ok(snapshot)
+    }
+}
+
+/// What one job cost, on average, over a processing run.
+#[derive(Clone, Default)]
+struct Budget {
+    /// Read events Redis processed: each is one request or pipeline (a round trip).
+    round_trips: f64,
+    /// Commands Redis ran, a script's own commands included.
+    commands: f64,
+    /// The most called commands, per job.
+    top: Vec<(String, f64)>,
+    /// Redis process CPU (`used_cpu_user + used_cpu_sys`).
+    redis_cpu_us: f64,
+    /// Time inside commands (`INFO commandstats`; a script counts with its commands).
+    redis_command_us: f64,
+    /// The queue's own process (spool's instance, BullMQ's worker).
+    host_cpu_us: f64,
+}
+
+impl Budget {
+    /// `polls`: the benchmark's own GETs and INFOs, taken out.
+    fn new(before: &Snapshot, after: &Snapshot, jobs: usize, polls: u64, host_cpu_us: f64) -> Self {
+        let jobs = jobs as f64;
+        let delta = |map_after: &BTreeMap<String, u64>,
+                     map_before: &BTreeMap<String, u64>,
+                     command: &str| {
+            map_after
+                .get(command)
+                .copied()
+                .unwrap_or(0)
+                .saturating_sub(map_before.get(command).copied().unwrap_or(0))
+        };
+        let mut calls: Vec<(String, u64)> = after
+            .calls
+            .keys()
+            .map(|command| {
+                let mut n = delta(&after.calls, &before.calls, command);
+                match command.as_str() {
+                    "get" => n = n.saturating_sub(polls),
+                    "info" => n = n.saturating_sub(1),
+                    _ => {}
+                }
+                (command.clone(), n)
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        calls.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+        let commands: u64 = calls.iter().map(|(_, n)| n).sum();
+        let usec: u64 = after
+            .usec
+            .keys()
+            .map(|command| delta(&after.usec, &before.usec, command))
+            .sum();
+        Budget {
+            round_trips: after
+                .reads
+                .saturating_sub(before.reads)
+                .saturating_sub(polls + 1) as f64
+                / jobs,
+            commands: commands as f64 / jobs,
+            top: calls
+                .into_iter()
+                .take(8)
+                .map(|(command, n)| (command, n as f64 / jobs))
+                .collect(),
+            redis_cpu_us: (after.cpu_secs - before.cpu_secs) * 1e6 / jobs,
+            redis_command_us: usec as f64 / jobs,
+            host_cpu_us: host_cpu_us / jobs,
+        }
+    }
+}
+
+struct Row {
+    system: &'static str,
+    concurrency: usize,
+    rate: f64,
+    budget: Budget,
+    wasm_us: Option<f64>,
+}
+
+struct Memory {
+    spool_bytes_per_job: f64,
+    spool_rss: u64,
+    bullmq_bytes_per_job: Option<f64>,
+    bullmq_rss: Option<u64>,
+    /// `MEMORY USAGE` of each key of one queued spool job.
+    spool_keys: Vec<(String, u64)>,
+    jobs: usize,
+}
+
+/// Bytes of Redis memory per queued job, and the queue process' RSS, with `jobs` waiting.
+async fn memory(
+    redis: &mut MultiplexedConnection,
+    bullmq: Option<&Bullmq>,
+    noop_path: &Path,
+    jobs: usize,
+) -> Result<Memory> {
+    let (mut bullmq_bytes_per_job, mut bullmq_rss) = (None, None);
+    if let Some(bullmq) = bullmq {
+        flush(redis).await?;
+        let before = Snapshot::take(redis).await?;
+        let added = bullmq.run(&["add", &jobs.to_string()]).await?;
+        let after = Snapshot::take(redis).await?;
+        bullmq_bytes_per_job =
+            Some(after.used_memory.saturating_sub(before.used_memory) as f64 / jobs as f64);
+        bullmq_rss = Some(number(&added, "rss") as u64);
+    }
+    flush(redis).await?;
+    let url = redis_url(redis).await?;
+    let running = start_spool(&url, noop_path, 1, jobs as u64 + 1).await?;
+    let measured = async {
+        let queue = control_queue(&url).await?;
+        let keys = QueueKeys::new(NOOP_QUEUE);
+        queue.set_paused(&keys, true).await?;
+        let before = Snapshot::take(redis).await?;
+        let client = reqwest::Client::new();
+        let base = format!("http://{}", running.addr);
+        bulk_submit(
+            &client,
+            &base,
+            NOOP_QUEUE,
+            jobs,
+            &|i| json!({ "payload": { "n": i } }),
+        )
+        .await?;
+        let after = Snapshot::take(redis).await?;
+        let rss = process_rss();
+        Ok::<_, anyhow::Error>((
+            after.used_memory.saturating_sub(before.used_memory) as f64 / jobs as f64,
+            rss,
+            sample_job_keys(redis).await?,
+        ))
+    }
+    .await;
+    running.stop().await;
+    let (spool_bytes_per_job, spool_rss, spool_keys) = measured?;
+    Ok(Memory {
+        spool_bytes_per_job,
+        spool_rss,
+        bullmq_bytes_per_job,
+        bullmq_rss,
+        spool_keys,
+        jobs,
+    })
+}
+
+/// The memory of each key one queued job owns (its record and its event stream).
+async fn sample_job_keys(redis: &mut MultiplexedConnection) -> Result<Vec<(String, u64)>> {
+    let (_, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+        .arg(0)
+        .arg("MATCH")
+        .arg("spool:job:*")
+        .arg("COUNT")
+        .arg(1000)
+        .query_async(redis)
+        .await?;
+    let Some(record) = keys.first() else {
+        return Ok(Vec::new());
+    };
+    let id = record.trim_start_matches(spool_core::queue::JOB_PREFIX);
+    let mut sizes = Vec::new();
+    for key in [
+        record.clone(),
+        format!("{}{id}", spool_core::queue::EVENTS_PREFIX),
+    ] {
+        let bytes: Option<u64> = redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(&key)
+            .arg("SAMPLES")
+            .arg(0)
+            .query_async(redis)
+            .await?;
+        let shown = key.replace(id, "{id}");
+        sizes.push((shown, bytes.unwrap_or(0)));
+    }
+    Ok(sizes)
+}
+
+#[derive(Default)]
+struct Report {
+    rows: Vec<Row>,
+    bullmq_submit: Option<f64>,
+    spool_submit: Option<f64>,
+}
+
+impl Report {
+    fn bullmq_rate(&self, concurrency: usize) -> Option<f64> {
+        self.rows
+            .iter()
+            .find(|r| r.system == "BullMQ no-op" && r.concurrency == concurrency)
+            .map(|r| r.rate)
+    }
+
+    fn print(&self, memory: &Memory) {
+        let ratio = |ours: f64, theirs: Option<f64>| {
+            theirs.map_or("-".to_owned(), |t| format!("{:.2}x", ours / t))
+        };
+        println!(
+            "Submission ({BATCH} jobs per call: BullMQ addBulk, spool POST .../jobs/bulk over HTTP)"
+        );
+        println!(
+            "  BullMQ {:>9.0} jobs/s    spool {:>9.0} jobs/s    spool/BullMQ {}",
+            self.bullmq_submit.unwrap_or(0.0),
+            self.spool_submit.unwrap_or(0.0),
+            ratio(self.spool_submit.unwrap_or(0.0), self.bullmq_submit)
+        );
+        println!(
+            "\nProcessing (all N queued first, then timed from the worker's start to the Nth completion)"
+        );
+        println!(
+            "  {:<14} {:>5} {:>10} {:>8}",
+            "system", "conc", "jobs/s", "/BullMQ"
+        );
+        for row in &self.rows {
+            println!(
+                "  {:<14} {:>5} {:>10.0} {:>8}",
+                row.system,
+                row.concurrency,
+                row.rate,
+                ratio(row.rate, self.bullmq_rate(row.concurrency))
+            );
+        }
+        println!(
+            "\nPer-job budget while processing (Redis INFO deltas / N; host CPU = the queue's process)"
+        );
+        println!(
+            "  {:<14} {:>5} {:>11} {:>9} {:>12} {:>13} {:>12} {:>9}",
+            "system",
+            "conc",
+            "Redis reads",
+            "commands",
+            "Redis CPU us",
+            "Redis cmd us",
+            "host CPU us",
+            "Wasm us"
+        );
+        for row in &self.rows {
+            let b = &row.budget;
+            println!(
+                "  {:<14} {:>5} {:>11.2} {:>9.2} {:>12.1} {:>13.1} {:>12.1} {:>9}",
+                row.system,
+                row.concurrency,
+                b.round_trips,
+                b.commands,
+                b.redis_cpu_us,
+                b.redis_command_us,
+                b.host_cpu_us,
+                row.wasm_us.map_or("-".to_owned(), |w| format!("{w:.1}"))
+            );
+        }
+        println!("\nCommands per job (most called first)");
+        for row in &self.rows {
+            let top: Vec<String> = row
+                .budget
+                .top
+                .iter()
+                .map(|(command, n)| format!("{command} {n:.2}"))
+                .collect();
+            println!(
+                "  {:<14} {:>3}: {}",
+                row.system,
+                row.concurrency,
+                top.join(", ")
+            );
+        }
+        println!("\nMemory with {} jobs queued", memory.jobs);
+        println!(
+            "  Redis bytes per queued job: BullMQ {}, spool {:.0} ({})",
+            memory
+                .bullmq_bytes_per_job
+                .map_or("-".to_owned(), |b| format!("{b:.0}")),
+            memory.spool_bytes_per_job,
+            ratio(memory.spool_bytes_per_job, memory.bullmq_bytes_per_job)
+        );
+        println!(
+            "  RSS: spool's instance (this process, with the bench client) {:.1} MB; BullMQ's producer (node) {}",
+            memory.spool_rss as f64 / 1e6,
+            memory
+                .bullmq_rss
+                .map_or("-".to_owned(), |r| format!("{:.1} MB", r as f64 / 1e6))
+        );
+        if !memory.spool_keys.is_empty() {
+            let keys: Vec<String> = memory
+                .spool_keys
+                .iter()
+                .map(|(key, bytes)| format!("{key} {bytes} B"))
+                .collect();
+            println!(
+                "  spool, one queued job's keys (MEMORY USAGE): {}",
+                keys.join(", ")
+            );
+        }
+        println!(
+            "\nNotes: `Redis reads` are Redis' read events (total_reads_processed): one per request, or per batch of requests a client pipelines (ioredis and redis-rs both do), so fewer than round trips under load. A script's own commands count in `commands` and `Redis cmd us`. Wasm us: time inside the guest per job, every hook, as the instance's metrics saw it (for chat it includes the wait on the model call)."
+        );
+    }
+}
