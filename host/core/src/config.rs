@@ -46,6 +46,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Live delivery to SSE and WebSocket watchers: caps and buffers.
     pub hub: crate::hub::HubConfig,
+    /// Conversations (design B): stream cap, bot queue, relay lease.
+    pub conversations: crate::chat::ConversationsConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -289,6 +291,7 @@ impl Default for Config {
             sessions: Default::default(),
             auth: AuthConfig::default(),
             hub: crate::hub::HubConfig::default(),
+            conversations: crate::chat::ConversationsConfig::default(),
         }
     }
 }
@@ -396,6 +399,11 @@ impl Config {
         }
         self.sandbox.validate()?;
         self.hub.validate()?;
+        self.conversations.validate()?;
+        let bot_queue = &self.conversations.bot_queue;
+        if !bot_queue.is_empty() && !self.queues.contains_key(bot_queue) {
+            bail!("conversations.bot_queue `{bot_queue}` is not a queue under [queues]; name one or leave it empty for no bot");
+        }
         if self.registry.max_component_mb == 0 || self.registry.check_interval_ms == 0 {
             bail!("registry.max_component_mb and check_interval_ms must be above 0");
         }
