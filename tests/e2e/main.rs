@@ -4,8 +4,10 @@
 mod support;
 
 mod bad_input;
+mod chat_support;
 mod cancel;
 mod contract;
+mod conversations;
 mod fencing;
 mod foundation;
 mod guest_chat;
