@@ -22,6 +22,7 @@ mod openapi;
 mod operating;
 mod quotas;
 mod races;
+mod replicas;
 mod reliability;
 mod sandbox;
 mod secrets;

@@ -152,6 +152,17 @@ pub struct Conversations {
     clients: Arc<AtomicUsize>,
 }
 
+/// Figures of this instance's conversations, for health.
+#[derive(Clone, Copy, Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct ConversationStats {
+    /// Conversation sockets open here.
+    pub clients: usize,
+    /// Conversations those clients are in (Pub/Sub channels subscribed).
+    pub conversations: usize,
+}
+
 /// A conversation socket's place under `max_clients`, given back on drop.
 pub struct Seat(Arc<AtomicUsize>);
 
@@ -182,9 +193,11 @@ impl Conversations {
             .map(|_| Seat(self.clients.clone()))
     }
 
-    /// Conversation sockets open on this instance.
-    pub fn clients(&self) -> usize {
-        self.clients.load(Ordering::SeqCst)
+    pub fn stats(&self) -> ConversationStats {
+        ConversationStats {
+            clients: self.clients.load(Ordering::SeqCst),
+            conversations: self.fanout.conversations(),
+        }
     }
 
     pub fn config(&self) -> &ConversationsConfig {
