@@ -81,6 +81,8 @@ enum Command {
     BenchSessions(spool::bench::sessions::BenchSessionsArgs),
     /// Time the delay from a job event's XADD to thousands of SSE clients (vs a Redis PING); print Redis clients and RSS.
     BenchHub(spool::bench::hub::BenchHubArgs),
+    /// Time a conversation message from one client to 1,000 WebSocket clients on three instances (vs a Redis PING).
+    BenchChat(spool::bench::chat::BenchChatArgs),
 }
 
 /// Settings for `spool serve`. Each setting is merged field by field: a flag
@@ -344,6 +346,7 @@ fn main() -> ExitCode {
             Command::Guest(args) => spool::cli::guest::run(args).await,
             Command::BenchSessions(args) => spool::bench::sessions::run(args).await,
             Command::BenchHub(args) => spool::bench::hub::run(args).await,
+            Command::BenchChat(args) => spool::bench::chat::run(args).await,
         }
     });
     match result {
