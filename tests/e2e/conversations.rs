@@ -61,7 +61,11 @@ async fn a_message_reaches_every_client_on_both_instances_once_with_the_bots_str
     }
     for frames in &seen {
         assert_ordered(frames);
-        assert_eq!(ids(frames), ids(&seen[0]), "every client gets the same frames");
+        assert_eq!(
+            ids(frames),
+            ids(&seen[0]),
+            "every client gets the same frames"
+        );
         assert_eq!(frames, &seen[0]);
         assert_eq!(
             frames.iter().filter(|f| f["type"] == "message").count(),
@@ -76,7 +80,10 @@ async fn a_message_reaches_every_client_on_both_instances_once_with_the_bots_str
     assert_eq!(last["data"]["result"]["response"], expected);
 
     // Plain-text clients get the texts only.
-    assert_eq!(text_only.next_text(WAIT).await.as_deref(), Some("hello there"));
+    assert_eq!(
+        text_only.next_text(WAIT).await.as_deref(),
+        Some("hello there")
+    );
     let mut answer = String::new();
     while answer.len() < expected.len() {
         answer += &text_only.next_text(WAIT).await.expect("answer text");
@@ -139,9 +146,7 @@ async fn a_client_cut_off_mid_answer_resumes_on_the_other_instance_with_exactly_
         .await;
     let message = leaving.next(WAIT).await.expect("the message");
     let job = message["jobId"].as_str().expect("job").to_owned();
-    leaving
-        .until(WAIT, |f| f["event"] == "text_delta")
-        .await;
+    leaving.until(WAIT, |f| f["event"] == "text_delta").await;
     let before = leaving.frames.clone();
     let last_id = leaving.last_id().expect("an id");
     leaving.close().await;
@@ -151,13 +156,16 @@ async fn a_client_cut_off_mid_answer_resumes_on_the_other_instance_with_exactly_
     let everything = observer.until(WAIT, |f| is_answer_end(f, &job)).await;
 
     assert!(
-        streamed_text(&after, &job).len() > 0,
+        !streamed_text(&after, &job).is_empty(),
         "the cut fell inside the answer: {after:#?}"
     );
     let mut joined = before.clone();
     joined.extend(after.iter().cloned());
     assert_ordered(&joined);
-    assert_eq!(joined, everything, "exactly the missed frames, then live ones");
+    assert_eq!(
+        joined, everything,
+        "exactly the missed frames, then live ones"
+    );
     assert_eq!(
         streamed_text(&joined, &job),
         expected_chat_response(
@@ -174,8 +182,14 @@ async fn bad_conversation_input_is_refused_by_name_and_the_socket_stays_open() {
     let host = Host::start(&redis, &stub, HostOptions::default());
     let api = Api::default();
     for (path, code) in [
-        ("/api/conversations/a%20b/messages", "invalid_conversation_id"),
-        ("/api/conversations/ok/messages?last_id=abc", "invalid_last_id"),
+        (
+            "/api/conversations/a%20b/messages",
+            "invalid_conversation_id",
+        ),
+        (
+            "/api/conversations/ok/messages?last_id=abc",
+            "invalid_last_id",
+        ),
         ("/api/conversations/ok/messages?limit=0", "invalid_query"),
         ("/ws/a%20b", "invalid_conversation_id"),
         ("/ws/ok?last_id=x-1", "invalid_last_id"),
@@ -186,7 +200,10 @@ async fn bad_conversation_input_is_refused_by_name_and_the_socket_stays_open() {
         assert_eq!(body["error"]["code"], code, "{path}");
     }
     let (status, body) = api.get(&host.url("/ws/ok")).await;
-    assert_eq!((status, &body["error"]["code"]), (400, &Value::from("not_a_websocket")));
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (400, &Value::from("not_a_websocket"))
+    );
 
     let mut client = ChatClient::connect(&host.base, "ok", None).await;
     for (frame, code) in [
@@ -196,7 +213,11 @@ async fn bad_conversation_input_is_refused_by_name_and_the_socket_stays_open() {
     ] {
         client.send(frame).await;
         let error = client.next(WAIT).await.expect("an error frame");
-        assert_eq!((error["type"].as_str(), error["code"].as_str()), (Some("error"), Some(code)), "{frame}");
+        assert_eq!(
+            (error["type"].as_str(), error["code"].as_str()),
+            (Some("error"), Some(code)),
+            "{frame}"
+        );
     }
     client.send("still here").await;
     let frame = client.next(WAIT).await.expect("the message");

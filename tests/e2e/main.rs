@@ -4,8 +4,8 @@
 mod support;
 
 mod bad_input;
-mod chat_support;
 mod cancel;
+mod chat_support;
 mod contract;
 mod conversations;
 mod fencing;
@@ -22,8 +22,8 @@ mod openapi;
 mod operating;
 mod quotas;
 mod races;
-mod replicas;
 mod reliability;
+mod replicas;
 mod sandbox;
 mod secrets;
 mod sessions;

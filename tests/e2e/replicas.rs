@@ -41,7 +41,10 @@ impl Replicas {
 
     /// Which instance (its base URL) nginx gave a client.
     fn instance_of(&self, client: &ChatClient) -> String {
-        let upstream = client.upstream.as_deref().expect("nginx names the upstream");
+        let upstream = client
+            .upstream
+            .as_deref()
+            .expect("nginx names the upstream");
         // After a failed try nginx lists every upstream it tried; the last served.
         let served = upstream.rsplit(", ").next().unwrap_or(upstream);
         format!("http://{served}")
@@ -59,11 +62,15 @@ fn assert_ordered_once(frames: &[Value]) {
             (ms.parse().expect("ms"), seq.parse().expect("seq"))
         })
         .collect();
-    assert!(positions.windows(2).all(|p| p[0] < p[1]), "out of order: {ids:?}");
+    assert!(
+        positions.windows(2).all(|p| p[0] < p[1]),
+        "out of order: {ids:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_instances_behind_nginx_deliver_each_message_and_answer_to_every_client_once_in_order() {
+async fn three_instances_behind_nginx_deliver_each_message_and_answer_to_every_client_once_in_order()
+ {
     let replicas = Replicas::start(HostOptions::default(), 5).await;
     let mut clients = Vec::new();
     for _ in 0..6 {
@@ -71,7 +78,10 @@ async fn three_instances_behind_nginx_deliver_each_message_and_answer_to_every_c
     }
     let landed: BTreeSet<String> = clients.iter().map(|c| replicas.instance_of(c)).collect();
     let all: BTreeSet<String> = replicas.hosts.iter().map(|h| h.base.clone()).collect();
-    assert_eq!(landed, all, "round robin spreads the clients over the three instances");
+    assert_eq!(
+        landed, all,
+        "round robin spreads the clients over the three instances"
+    );
 
     let prompts: Vec<String> = (0..4).map(|n| format!("message number {n}")).collect();
     for prompt in &prompts {
@@ -82,11 +92,15 @@ async fn three_instances_behind_nginx_deliver_each_message_and_answer_to_every_c
         let mut ended = 0;
         let mut frames = Vec::new();
         while ended < prompts.len() {
-            let frame = client.next(WAIT).await.unwrap_or_else(|| {
-                panic!("every answer arrives; got {frames:#?}")
-            });
+            let frame = client
+                .next(WAIT)
+                .await
+                .unwrap_or_else(|| panic!("every answer arrives; got {frames:#?}"));
             if frame["type"] == "event"
-                && matches!(frame["event"].as_str(), Some("task_completed" | "task_failed"))
+                && matches!(
+                    frame["event"].as_str(),
+                    Some("task_completed" | "task_failed")
+                )
             {
                 ended += 1;
             }
@@ -96,19 +110,33 @@ async fn three_instances_behind_nginx_deliver_each_message_and_answer_to_every_c
     }
     for frames in &everyone {
         assert_ordered_once(frames);
-        assert_eq!(frames, &everyone[0], "every client on every instance sees the same conversation");
+        assert_eq!(
+            frames, &everyone[0],
+            "every client on every instance sees the same conversation"
+        );
     }
-    let messages: Vec<&Value> = everyone[0].iter().filter(|f| f["type"] == "message").collect();
+    let messages: Vec<&Value> = everyone[0]
+        .iter()
+        .filter(|f| f["type"] == "message")
+        .collect();
     let texts: Vec<&str> = messages.iter().filter_map(|m| m["text"].as_str()).collect();
-    assert_eq!(texts, prompts.iter().map(String::as_str).collect::<Vec<_>>(), "in the order sent");
+    assert_eq!(
+        texts,
+        prompts.iter().map(String::as_str).collect::<Vec<_>>(),
+        "in the order sent"
+    );
     for (message, prompt) in messages.iter().zip(&prompts) {
         let job = message["jobId"].as_str().expect("a bot job");
-        assert_eq!(streamed_text(&everyone[0], job), expected_chat_response(prompt, 0));
+        assert_eq!(
+            streamed_text(&everyone[0], job),
+            expected_chat_response(prompt, 0)
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_cut_off_mid_answer_reconnects_through_nginx_to_another_instance_and_gets_exactly_what_it_missed() {
+async fn a_client_cut_off_mid_answer_reconnects_through_nginx_to_another_instance_and_gets_exactly_what_it_missed()
+ {
     let replicas = Replicas::start(HostOptions::default(), 40).await;
     let mut observer = ChatClient::connect(&replicas.nginx.base, "story", None).await;
     let mut leaving = ChatClient::connect(&replicas.nginx.base, "story", None).await;
@@ -123,15 +151,28 @@ async fn a_client_cut_off_mid_answer_reconnects_through_nginx_to_another_instanc
     leaving.close().await;
 
     let mut back = ChatClient::connect(&replicas.nginx.base, "story", Some(&last_id)).await;
-    assert_ne!(replicas.instance_of(&back), left, "round robin sends it elsewhere");
+    assert_ne!(
+        replicas.instance_of(&back),
+        left,
+        "round robin sends it elsewhere"
+    );
     let after = back.until(WAIT, |f| is_answer_end(f, &job)).await;
     let everything = observer.until(WAIT, |f| is_answer_end(f, &job)).await;
-    assert!(!streamed_text(&after, &job).is_empty(), "the cut fell inside the answer");
+    assert!(
+        !streamed_text(&after, &job).is_empty(),
+        "the cut fell inside the answer"
+    );
     let mut joined = before;
     joined.extend(after);
     assert_ordered_once(&joined);
-    assert_eq!(joined, everything, "exactly the missed frames, then live ones");
-    assert_eq!(streamed_text(&joined, &job), expected_chat_response(prompt, 0));
+    assert_eq!(
+        joined, everything,
+        "exactly the missed frames, then live ones"
+    );
+    assert_eq!(
+        streamed_text(&joined, &job),
+        expected_chat_response(prompt, 0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,24 +209,30 @@ async fn an_instance_killed_with_sigkill_loses_its_clients_to_the_others_and_not
     let mut history: Vec<Vec<Value>> = Vec::new();
     let mut cut_off = 0;
     let mut reconnected_after = Duration::ZERO;
-    for n in 0..clients.len() {
-        if replicas.instance_of(&clients[n]) != victim {
-            history.push(std::mem::take(&mut clients[n].frames));
+    for client in clients.iter_mut() {
+        if replicas.instance_of(client) != victim {
+            history.push(std::mem::take(&mut client.frames));
             continue;
         }
         cut_off += 1;
-        while clients[n].next(WAIT).await.is_some() {}
-        let last_id = clients[n].last_id().expect("an id");
-        let earlier = std::mem::take(&mut clients[n].frames);
+        while client.next(WAIT).await.is_some() {}
+        let last_id = client.last_id().expect("an id");
+        let earlier = std::mem::take(&mut client.frames);
         let again = loop {
             match ChatClient::try_connect(&replicas.nginx.base, "crash", Some(&last_id)).await {
                 Ok(client) => break client,
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(error) => {
+                    assert!(
+                        killed_at.elapsed() < WAIT,
+                        "no reconnect through nginx: {error}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
             }
         };
         reconnected_after = killed_at.elapsed();
         assert_ne!(replicas.instance_of(&again), victim);
-        clients[n] = again;
+        *client = again;
         history.push(earlier);
     }
     assert!(cut_off >= 2, "round robin gave the victim two clients");
@@ -211,11 +258,21 @@ async fn an_instance_killed_with_sigkill_loses_its_clients_to_the_others_and_not
     }
     for frames in &history {
         assert_ordered_once(frames);
-        assert_eq!(frames, &history[0], "every client has the whole conversation, once");
+        assert_eq!(
+            frames, &history[0],
+            "every client has the whole conversation, once"
+        );
     }
-    let last = history[0].iter().rev().find(|f| is_answer_end(f, &job)).expect("the end");
+    let last = history[0]
+        .iter()
+        .rev()
+        .find(|f| is_answer_end(f, &job))
+        .expect("the end");
     assert_eq!(last["event"], "task_completed", "{last}");
-    assert_eq!(last["data"]["result"]["response"], expected_chat_response(prompt, 0));
+    assert_eq!(
+        last["data"]["result"]["response"],
+        expected_chat_response(prompt, 0)
+    );
     println!(
         "recovery after SIGKILL of one of three instances: {cut_off} clients reconnected through nginx and resumed in {} ms; the interrupted answer completed for all {} clients {} ms after the kill",
         reconnected_after.as_millis(),

@@ -402,7 +402,9 @@ impl Config {
         self.conversations.validate()?;
         let bot_queue = &self.conversations.bot_queue;
         if !bot_queue.is_empty() && !self.queues.contains_key(bot_queue) {
-            bail!("conversations.bot_queue `{bot_queue}` is not a queue under [queues]; name one or leave it empty for no bot");
+            bail!(
+                "conversations.bot_queue `{bot_queue}` is not a queue under [queues]; name one or leave it empty for no bot"
+            );
         }
         if self.registry.max_component_mb == 0 || self.registry.check_interval_ms == 0 {
             bail!("registry.max_component_mb and check_interval_ms must be above 0");
@@ -514,5 +516,14 @@ mod tests {
             serde_json::to_value(&parsed).expect("json"),
             serde_json::to_value(Config::default()).expect("json")
         );
+    }
+
+    /// The replicas' config in `deploy/` (not run in CI) must at least load.
+    #[test]
+    fn the_deploy_config_loads() {
+        let text = include_str!("../../../deploy/spool.toml");
+        let parsed: Config = toml::from_str(text).expect("deploy/spool.toml parses");
+        parsed.conversations.validate().expect("valid");
+        assert!(parsed.queues.contains_key(&parsed.conversations.bot_queue));
     }
 }

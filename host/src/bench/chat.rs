@@ -84,9 +84,8 @@ pub async fn run(args: BenchChatArgs) -> Result<()> {
     result
 }
 
-type Socket = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(authority: &str) -> Result<Socket> {
     let (socket, _) = tokio_tungstenite::connect_async(format!("ws://{authority}/ws/bench"))

@@ -42,7 +42,11 @@ const MAX_TEXT: usize = 16_000;
 #[into_params(parameter_in = Query)]
 pub struct SocketQuery {
     /// Resume after this frame id: exactly the frames after it, then live ones.
-    #[param(pattern = "^[0-9]+(-[0-9]+)?$", example = "1700000000000-0", nullable = false)]
+    #[param(
+        pattern = "^[0-9]+(-[0-9]+)?$",
+        example = "1700000000000-0",
+        nullable = false
+    )]
     last_id: Option<String>,
     /// `json` (default): every frame as JSON; `text`: message and answer texts only.
     #[param(pattern = "^(json|text)$", nullable = false)]
@@ -162,7 +166,9 @@ impl Client {
         let value = frame.value();
         match (value["type"].as_str(), value["event"].as_str()) {
             (Some("message"), _) => value["text"].as_str().map(str::to_owned),
-            (Some("event"), Some("text_delta")) => value["data"]["text"].as_str().map(str::to_owned),
+            (Some("event"), Some("text_delta")) => {
+                value["data"]["text"].as_str().map(str::to_owned)
+            }
             _ => None,
         }
     }
@@ -176,7 +182,8 @@ impl Client {
         };
         super::jobs::checked_user_id(&user)?;
         let bot_queue = &self.state.conversations.config().bot_queue;
-        let job = (!bot_queue.is_empty()).then(|| format!("chat-{}", uuid::Uuid::now_v7().simple()));
+        let job =
+            (!bot_queue.is_empty()).then(|| format!("chat-{}", uuid::Uuid::now_v7().simple()));
         let mut body = json!({
             "type": "message", "conversationId": self.conversation.as_str(),
             "userId": user, "text": text, "timestamp": now_ms(),
@@ -184,7 +191,10 @@ impl Client {
         if let Some(job) = &job {
             body["jobId"] = json!(job);
         }
-        self.state.conversations.append(&self.conversation, &body).await?;
+        self.state
+            .conversations
+            .append(&self.conversation, &body)
+            .await?;
         let Some(job) = job else { return Ok(()) };
         let submission = chat_submission(json!({ "userId": user, "prompt": text, "jobId": job }))?;
         let _accepted = submit(&self.state, &self.caller, bot_queue, submission).await?;
@@ -205,10 +215,16 @@ fn client_message(frame: &str) -> Result<(String, Option<String>), ApiError> {
     let looks_json = frame.trim_start().starts_with('{');
     let (text, user) = if looks_json {
         let message: JsonMessage = serde_json::from_str(frame).map_err(|e| {
-            ApiError::invalid("invalid_frame", format!("a JSON frame is {{\"type\": \"message\", \"text\", \"userId\"?}}: {e}"))
+            ApiError::invalid(
+                "invalid_frame",
+                format!("a JSON frame is {{\"type\": \"message\", \"text\", \"userId\"?}}: {e}"),
+            )
         })?;
         if message.r#type != "message" {
-            return Err(ApiError::invalid("invalid_frame", "`type` must be `message`"));
+            return Err(ApiError::invalid(
+                "invalid_frame",
+                "`type` must be `message`",
+            ));
         }
         (message.text, message.user_id)
     } else {
@@ -241,7 +257,11 @@ fn resume_id(id: Option<&str>) -> Result<Position, ApiError> {
 #[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
     /// Frames after this id (default: from the start of what is kept).
-    #[param(pattern = "^[0-9]+(-[0-9]+)?$", example = "1700000000000-0", nullable = false)]
+    #[param(
+        pattern = "^[0-9]+(-[0-9]+)?$",
+        example = "1700000000000-0",
+        nullable = false
+    )]
     last_id: Option<String>,
     /// 1 to 1000.
     #[serde(default = "default_limit")]

@@ -99,7 +99,9 @@ impl Fanout {
         };
         loop {
             match self.serve(&client, &mut changes).await {
-                Ok(()) => tracing::warn!("the conversations' Pub/Sub connection closed; reconnecting"),
+                Ok(()) => {
+                    tracing::warn!("the conversations' Pub/Sub connection closed; reconnecting")
+                }
                 Err(error) => tracing::warn!(%error, "conversations' Pub/Sub failed; reconnecting"),
             }
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -188,7 +188,9 @@ impl Conversations {
     pub fn seat(&self) -> Option<Seat> {
         let max = self.config.max_clients;
         self.clients
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
             .ok()
             .map(|_| Seat(self.clients.clone()))
     }
@@ -273,7 +275,10 @@ mod tests {
     #[test]
     fn frames_carry_their_stream_id_first() {
         let frame = Frame::stored("17-2", r#"{"type":"message","text":"hi"}"#).unwrap();
-        assert_eq!(&*frame.json, r#"{"id":"17-2","type":"message","text":"hi"}"#);
+        assert_eq!(
+            &*frame.json,
+            r#"{"id":"17-2","type":"message","text":"hi"}"#
+        );
         let again = Frame::published(&frame.json).unwrap();
         assert_eq!(again.id, crate::hub::Position(17, 2));
     }
