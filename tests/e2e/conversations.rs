@@ -223,3 +223,44 @@ async fn bad_conversation_input_is_refused_by_name_and_the_socket_stays_open() {
     let frame = client.next(WAIT).await.expect("the message");
     assert_eq!(frame["text"], "still here");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_published_while_an_instance_lost_its_pubsub_connection_are_read_from_the_stream() {
+    let redis = Redis::start();
+    let stub = stub().await;
+    let messages_only = HostOptions {
+        config: "[conversations]\nbot_queue = \"\"\n".into(),
+        ..HostOptions::default()
+    };
+    let first = Host::start(&redis, &stub, messages_only.clone());
+    let second = Host::start(&redis, &stub, messages_only);
+    let mut sender = ChatClient::connect(&first.base, "gap", None).await;
+    let mut listener = ChatClient::connect(&second.base, "gap", None).await;
+    sender.send("before").await;
+    assert_eq!(listener.next(WAIT).await.expect("before")["text"], "before");
+
+    // Pub/Sub is at-most-once: whatever is published while a subscriber is
+    // cut off never reaches it.
+    let killed: u64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query(&mut redis.connection())
+        .expect("CLIENT KILL");
+    assert!(killed >= 2, "both instances held a Pub/Sub connection");
+    let sent: Vec<String> = (0..10).map(|n| format!("during {n}")).collect();
+    for text in &sent {
+        sender.send(text).await;
+    }
+    let mut got = vec![listener.frames[0].clone()];
+    for _ in &sent {
+        got.push(listener.next(WAIT).await.expect("every message arrives"));
+    }
+    assert_ordered(&got);
+    let texts: Vec<&str> = got[1..].iter().filter_map(|f| f["text"].as_str()).collect();
+    assert_eq!(texts, sent.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        listener.next(Duration::from_millis(300)).await.is_none(),
+        "nothing twice"
+    );
+}

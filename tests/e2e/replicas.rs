@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::chat_support::{ChatClient, Nginx, ids, is_answer_end, streamed_text};
-use crate::support::{Host, HostOptions, Redis, expected_chat_response, stub};
+use crate::support::{Api, Host, HostOptions, Redis, expected_chat_response, stub};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -18,7 +18,7 @@ struct Replicas {
     hosts: Vec<Host>,
     nginx: Nginx,
     _stub: spool::stub::StubServer,
-    _redis: Redis,
+    redis: Redis,
 }
 
 impl Replicas {
@@ -35,7 +35,7 @@ impl Replicas {
             hosts,
             nginx,
             _stub: stub,
-            _redis: redis,
+            redis,
         }
     }
 
@@ -189,18 +189,32 @@ async fn an_instance_killed_with_sigkill_loses_its_clients_to_the_others_and_not
     for _ in 0..6 {
         clients.push(ChatClient::connect(&replicas.nginx.base, "crash", None).await);
     }
-    // The victim is the sender's instance: it most likely relays the answer.
-    let victim = replicas.instance_of(&clients[0]);
     let prompt = "an answer long enough to be cut off by a crash of one replica";
     clients[0].send(prompt).await;
+    let mut job = String::new();
     for client in &mut clients {
-        client.until(WAIT, |f| f["event"] == "text_delta").await;
+        let frames = client.until(WAIT, |f| f["event"] == "text_delta").await;
+        job = frames[0]["jobId"]
+            .as_str()
+            .expect("the message names its job")
+            .to_owned();
     }
-    let index = replicas
-        .hosts
-        .iter()
-        .position(|h| h.base == victim)
-        .expect("the victim is one of ours");
+    // The victim is the instance relaying the answer (its id begins the
+    // lease's value), so another must take the relay over.
+    let holder: String = redis::cmd("GET")
+        .arg(format!("chat:relay_lease:{job}"))
+        .query(&mut replicas.redis.connection())
+        .expect("the relay lease is held");
+    let mut index = None;
+    for (n, host) in replicas.hosts.iter().enumerate() {
+        let (_, health) = Api::default().get(&host.url("/health")).await;
+        let instance = health["instance"].as_str().expect("instance id");
+        if holder.starts_with(&format!("{instance}-")) {
+            index = Some(n);
+        }
+    }
+    let index = index.expect("one of the instances holds the lease");
+    let victim = replicas.hosts[index].base.clone();
     let killed_at = Instant::now();
     replicas.hosts[index].signal(libc::SIGKILL);
     let _ = replicas.hosts[index].wait_exit(Duration::from_secs(5));
@@ -244,7 +258,7 @@ async fn an_instance_killed_with_sigkill_loses_its_clients_to_the_others_and_not
             .and_then(|f| f["jobId"].as_str())
             .map(str::to_owned)
     };
-    let job = job_of(&history[0]).expect("the message named its job");
+    assert_eq!(job_of(&history[0]).as_deref(), Some(job.as_str()));
     for (client, earlier) in clients.iter_mut().zip(history.iter_mut()) {
         let rest = client.until(WAIT, |f| is_answer_end(f, &job)).await;
         earlier.extend(rest);
