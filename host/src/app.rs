@@ -163,6 +163,14 @@ pub async fn start(config: Config) -> Result<Running> {
     let hub = Hub::new(redis.clone(), &instance, config.hub.clone());
     background.spawn(hub.clone().run(client.clone()));
     raise_open_file_limit(config.hub.max_watchers + config.conversations.max_clients);
+    let bot_queue = &config.conversations.bot_queue;
+    if !bot_queue.is_empty() && !intake.routes.contains_key(bot_queue) {
+        // A config with queues of its own need not keep the default bot's.
+        tracing::warn!(
+            bot_queue,
+            "conversations.bot_queue names no configured queue: conversations run without a bot"
+        );
+    }
     let conversations =
         spool_core::chat::Conversations::new(redis.clone(), config.conversations.clone());
     background.spawn(conversations.fanout.clone().run(client.clone()));

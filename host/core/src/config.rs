@@ -400,12 +400,6 @@ impl Config {
         self.sandbox.validate()?;
         self.hub.validate()?;
         self.conversations.validate()?;
-        let bot_queue = &self.conversations.bot_queue;
-        if !bot_queue.is_empty() && !self.queues.contains_key(bot_queue) {
-            bail!(
-                "conversations.bot_queue `{bot_queue}` is not a queue under [queues]; name one or leave it empty for no bot"
-            );
-        }
         if self.registry.max_component_mb == 0 || self.registry.check_interval_ms == 0 {
             bail!("registry.max_component_mb and check_interval_ms must be above 0");
         }
@@ -524,6 +518,10 @@ mod tests {
         let text = include_str!("../../../deploy/spool.toml");
         let parsed: Config = toml::from_str(text).expect("deploy/spool.toml parses");
         parsed.conversations.validate().expect("valid");
-        assert!(parsed.queues.contains_key(&parsed.conversations.bot_queue));
+        assert!(
+            Config::default()
+                .queues
+                .contains_key(&parsed.conversations.bot_queue)
+        );
     }
 }

@@ -182,8 +182,8 @@ impl Client {
         };
         super::jobs::checked_user_id(&user)?;
         let bot_queue = &self.state.conversations.config().bot_queue;
-        let job =
-            (!bot_queue.is_empty()).then(|| format!("chat-{}", uuid::Uuid::now_v7().simple()));
+        let has_bot = self.state.intake.routes.contains_key(bot_queue);
+        let job = has_bot.then(|| format!("chat-{}", uuid::Uuid::now_v7().simple()));
         let mut body = json!({
             "type": "message", "conversationId": self.conversation.as_str(),
             "userId": user, "text": text, "timestamp": now_ms(),
