@@ -162,7 +162,26 @@ pub async fn start(config: Config) -> Result<Running> {
 
     let hub = Hub::new(redis.clone(), &instance, config.hub.clone());
     background.spawn(hub.clone().run(client.clone()));
-    raise_open_file_limit(config.hub.max_watchers);
+    raise_open_file_limit(config.hub.max_watchers + config.conversations.max_clients);
+    let bot_queue = &config.conversations.bot_queue;
+    if !bot_queue.is_empty() && !intake.routes.contains_key(bot_queue) {
+        // A config with queues of its own need not keep the default bot's.
+        tracing::warn!(
+            bot_queue,
+            "conversations.bot_queue names no configured queue: conversations run without a bot"
+        );
+    }
+    let conversations =
+        spool_core::chat::Conversations::new(redis.clone(), config.conversations.clone());
+    background.spawn(conversations.fanout.clone().run(client.clone()));
+    let relays = spool_core::chat::relay::Relays::new(
+        conversations.clone(),
+        hub.clone(),
+        queue.clone(),
+        &instance,
+        std::time::Duration::from_millis(config.sessions.ping_interval_ms.clamp(50, 60_000)),
+    );
+    background.spawn(relays.clone().run(shutdown.clone()));
 
     let consumers_queue = queue.clone();
     let consumers_of: Vec<QueueKeys> = intake.routes.values().map(|r| r.keys.clone()).collect();
@@ -172,6 +191,8 @@ pub async fn start(config: Config) -> Result<Running> {
         intake,
         handlers: handlers.clone(),
         hub,
+        conversations,
+        relays,
         body_limit_bytes: config.body_limit_bytes,
         bulk_max_jobs: config.bulk_max_jobs,
         instance: instance.clone(),

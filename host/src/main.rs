@@ -83,6 +83,8 @@ enum Command {
     BenchHub(spool::bench::hub::BenchHubArgs),
     /// spool beside BullMQ on one Redis (AOF everysec): no-op and chat throughput, bulk submission, per-job budget and memory, with ratios.
     BenchCompare(spool::bench::compare::CompareArgs),
+    /// Time a conversation message from one client to 1,000 WebSocket clients on three instances (vs a Redis PING).
+    BenchChat(spool::bench::chat::BenchChatArgs),
 }
 
 /// Settings for `spool serve`. Each setting is merged field by field: a flag
@@ -347,6 +349,7 @@ fn main() -> ExitCode {
             Command::BenchSessions(args) => spool::bench::sessions::run(args).await,
             Command::BenchHub(args) => spool::bench::hub::run(args).await,
             Command::BenchCompare(args) => spool::bench::compare::run(args).await,
+            Command::BenchChat(args) => spool::bench::chat::run(args).await,
         }
     });
     match result {

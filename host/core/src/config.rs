@@ -48,6 +48,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Live delivery to SSE and WebSocket watchers: caps and buffers.
     pub hub: crate::hub::HubConfig,
+    /// Conversations (design B): stream cap, bot queue, relay lease.
+    pub conversations: crate::chat::ConversationsConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -292,6 +294,7 @@ impl Default for Config {
             sessions: Default::default(),
             auth: AuthConfig::default(),
             hub: crate::hub::HubConfig::default(),
+            conversations: crate::chat::ConversationsConfig::default(),
         }
     }
 }
@@ -399,6 +402,7 @@ impl Config {
         }
         self.sandbox.validate()?;
         self.hub.validate()?;
+        self.conversations.validate()?;
         if self.registry.max_component_mb == 0 || self.registry.check_interval_ms == 0 {
             bail!("registry.max_component_mb and check_interval_ms must be above 0");
         }
@@ -508,6 +512,19 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&parsed).expect("json"),
             serde_json::to_value(Config::default()).expect("json")
+        );
+    }
+
+    /// The replicas' config in `deploy/` (not run in CI) must at least load.
+    #[test]
+    fn the_deploy_config_loads() {
+        let text = include_str!("../../../deploy/spool.toml");
+        let parsed: Config = toml::from_str(text).expect("deploy/spool.toml parses");
+        parsed.conversations.validate().expect("valid");
+        assert!(
+            Config::default()
+                .queues
+                .contains_key(&parsed.conversations.bot_queue)
         );
     }
 }

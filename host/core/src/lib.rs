@@ -15,6 +15,7 @@
 //! one; a worker resolves it from the local [`registry`] once per job.
 
 pub mod access;
+pub mod chat;
 pub mod config;
 pub mod embedded_redis;
 pub mod events;

@@ -32,6 +32,8 @@ pub struct Health {
     model: String,
     /// Live delivery: watchers, the streams they watch, the Redis readers serving them.
     hub: HubStats,
+    /// Conversation sockets on this instance and the conversations they are in.
+    conversations: spool_core::chat::ConversationStats,
     /// Handler name -> the version this instance runs.
     handlers: std::collections::BTreeMap<String, String>,
     queues: Vec<String>,
@@ -55,6 +57,7 @@ pub async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Hea
         uptime_secs: state.started.elapsed().as_secs(),
         model: state.model.clone(),
         hub: state.hub.stats(),
+        conversations: state.conversations.stats(),
         handlers: state.intake.registry.versions().into_iter().collect(),
         queues: state.intake.routes.keys().cloned().collect(),
     };

@@ -5,6 +5,7 @@ mod admin;
 pub mod auth;
 mod bounds;
 mod bulk;
+mod chat;
 mod dead;
 mod error;
 mod health;
@@ -50,6 +51,9 @@ pub struct AppState {
     pub handlers: Arc<Handlers>,
     /// Live delivery: every SSE stream and WebSocket watch of this instance.
     pub hub: spool_core::hub::Hub,
+    /// Conversations (design B) and the bot answers relayed into them.
+    pub conversations: spool_core::chat::Conversations,
+    pub relays: Arc<spool_core::chat::relay::Relays>,
     /// Largest request body, and so largest WebSocket message, in bytes.
     pub body_limit_bytes: usize,
     /// Most jobs one bulk submission carries.
@@ -168,6 +172,8 @@ fn submitter() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(stream::job_events))
         .routes(routes!(stream::status_stream))
         .routes(routes!(ws::upgrade))
+        .routes(routes!(chat::conversation_socket))
+        .routes(routes!(chat::conversation_history))
         .routes(routes!(sessions::create_session))
         .routes(routes!(sessions::get_session, sessions::delete_session))
         .routes(routes!(sessions::post_message, sessions::list_messages))

@@ -276,6 +276,14 @@ pub struct DeadJobPath {
 
 #[derive(IntoParams)]
 #[into_params(parameter_in = Path)]
+pub struct ConversationPath {
+    /// The conversation: 1 to 128 of A-Z a-z 0-9 _ - . :
+    #[param(pattern = "^[A-Za-z0-9_.:-]{1,128}$")]
+    pub conversation_id: String,
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
 pub struct SessionPath {
     /// The session id.
     #[param(pattern = "^[A-Za-z0-9_-]{1,64}$")]

@@ -1,0 +1,215 @@
+//! Bot answers into conversations: every event of a user message's bot job
+//! (text deltas, progress, the final result) is appended to the conversation
+//! and published like any frame, exactly once, by whichever instance holds
+//! the job's relay lease.
+//!
+//! A scheduled relay is a field of `chat:relays` (job -> conversation). Every
+//! instance sweeps that hash; one that takes a job's lease (`SET NX PX`)
+//! follows the job's events through the hub from the job's relay cursor and
+//! appends each in `relay.lua`, which checks the lease and the cursor in the
+//! same step. An instance that dies stops renewing its leases and another
+//! takes over where the cursor stands. Event data is copied, never read.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, RedisResult, Script};
+use serde_json::json;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::{ConversationId, Conversations};
+use crate::events::JobEvents;
+use crate::follow::{Follower, Step};
+use crate::hub::Hub;
+use crate::queue::Queue;
+
+const RELAYS: &str = "chat:relays";
+const CURSORS: &str = "chat:relay_cursors";
+/// The hub's watcher caps count relays under this holder.
+const HOLDER: &str = "conversation-relay";
+
+fn lease_key(job: &str) -> String {
+    format!("chat:relay_lease:{job}")
+}
+
+/// The relays of this instance; share it behind an `Arc`.
+pub struct Relays {
+    conversations: Conversations,
+    hub: Hub,
+    queue: Queue,
+    /// This instance's lease value: unique per process.
+    holder: String,
+    quiet: Duration,
+    relay: Script,
+    renew: Script,
+    active: Mutex<HashSet<String>>,
+    nudge: Notify,
+}
+
+impl Relays {
+    pub fn new(
+        conversations: Conversations,
+        hub: Hub,
+        queue: Queue,
+        instance: &str,
+        quiet: Duration,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            conversations,
+            hub,
+            queue,
+            holder: format!("{instance}-{}", uuid::Uuid::now_v7()),
+            quiet,
+            relay: Script::new(include_str!("relay.lua")),
+            renew: Script::new(include_str!("renew.lua")),
+            active: Mutex::default(),
+            nudge: Notify::new(),
+        })
+    }
+
+    fn redis(&self) -> ConnectionManager {
+        self.conversations.connection()
+    }
+
+    fn lease(&self) -> Duration {
+        Duration::from_millis(self.conversations.config().relay_lease_ms)
+    }
+
+    /// Relays `job`'s events into `conversation` from now on (written before
+    /// the job is queued, so no answer goes unrelayed).
+    pub async fn schedule(&self, job: &str, conversation: &ConversationId) -> RedisResult<()> {
+        let () = self
+            .redis()
+            .hset(RELAYS, job, conversation.as_str())
+            .await?;
+        self.nudge.notify_one();
+        Ok(())
+    }
+
+    /// Drops a relay whose job was not queued after all.
+    pub async fn cancel(&self, job: &str) -> RedisResult<()> {
+        let () = self.redis().hdel(RELAYS, job).await?;
+        Ok(())
+    }
+
+    /// Sweeps for relays without a live holder until `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            if let Err(error) = self.sweep().await {
+                tracing::warn!(%error, "could not sweep conversation relays");
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = self.nudge.notified() => {}
+                () = tokio::time::sleep(self.lease() / 3) => {}
+            }
+        }
+    }
+
+    async fn sweep(self: &Arc<Self>) -> RedisResult<()> {
+        let relays: Vec<(String, String)> = self.redis().hgetall(RELAYS).await?;
+        for (job, conversation) in relays {
+            let Some(conversation) = ConversationId::parse(&conversation) else {
+                let () = self.redis().hdel(RELAYS, &job).await?;
+                continue;
+            };
+            if lock(&self.active).contains(&job) {
+                continue;
+            }
+            let taken: Option<String> = redis::cmd("SET")
+                .arg(lease_key(&job))
+                .arg(&self.holder)
+                .arg("NX")
+                .arg("PX")
+                .arg(self.lease().as_millis() as u64)
+                .query_async(&mut self.redis())
+                .await?;
+            if taken.is_none() {
+                continue;
+            }
+            lock(&self.active).insert(job.clone());
+            let relays = self.clone();
+            tokio::spawn(async move {
+                if let Err(error) = relays.relay(&job, &conversation).await {
+                    tracing::warn!(%job, %error, "relaying a bot answer stopped; it resumes from its cursor");
+                    // Let another sweep (here or elsewhere) take it at once.
+                    let _ = relays.release(&job).await;
+                }
+                lock(&relays.active).remove(&job);
+            });
+        }
+        Ok(())
+    }
+
+    /// Follows one job's events into its conversation while holding its lease.
+    async fn relay(&self, job: &str, conversation: &ConversationId) -> anyhow::Result<()> {
+        let cursor: Option<String> = self.redis().hget(CURSORS, job).await?;
+        let source = JobEvents {
+            queue: self.queue.clone(),
+            job_id: job.to_owned(),
+        };
+        let after = cursor.unwrap_or_else(|| "0".into());
+        let mut follower = Follower::open(&self.hub, source, &after, self.quiet, HOLDER).await?;
+        let mut renewal = tokio::time::interval(self.lease() / 3);
+        loop {
+            tokio::select! {
+                step = follower.next() => match step {
+                    Some(Step::Entry(event)) => {
+                        let frame = json!({
+                            "type": "event", "conversationId": conversation.as_str(), "jobId": job,
+                            "event": event.event_type, "data": event.data, "timestamp": event.timestamp,
+                        });
+                        let outcome: String = self.relay
+                            .key(lease_key(job)).key(conversation.stream_key()).key(RELAYS).key(CURSORS)
+                            .arg(&self.holder).arg(job).arg(&event.id).arg(frame.to_string())
+                            .arg(self.conversations.config().max_entries).arg(conversation.channel())
+                            .arg(self.lease().as_millis() as u64).arg(if event.is_terminal() { "1" } else { "0" })
+                            .invoke_async(&mut self.redis()).await?;
+                        if outcome == "lost" {
+                            anyhow::bail!("the relay lease passed to another instance");
+                        }
+                    }
+                    Some(Step::Quiet) => {}
+                    Some(Step::Interrupted(interruption)) => {
+                        anyhow::bail!("the job's events were cut off ({})", interruption.cause.code());
+                    }
+                    // Ended without a last event left to relay (trimmed or expired).
+                    None => {
+                        let mut redis = self.redis();
+                        let () = redis.hdel(RELAYS, job).await?;
+                        let () = redis.hdel(CURSORS, job).await?;
+                        return Ok(());
+                    }
+                },
+                _ = renewal.tick() => {
+                    let held: i64 = self.renew.key(lease_key(job)).arg(&self.holder)
+                        .arg(self.lease().as_millis() as u64).invoke_async(&mut self.redis()).await?;
+                    if held == 0 {
+                        anyhow::bail!("the relay lease expired");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gives a lease up if this instance still holds it.
+    async fn release(&self, job: &str) -> RedisResult<()> {
+        let _: i64 = self
+            .renew
+            .key(lease_key(job))
+            .arg(&self.holder)
+            .arg(1)
+            .invoke_async(&mut self.redis())
+            .await?;
+        Ok(())
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
