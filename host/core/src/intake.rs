@@ -14,7 +14,7 @@ use crate::queue::{
     class_name,
 };
 use crate::registry::Registry;
-use spool_runtime::{FailureKind, Job, Runtime};
+use spool_runtime::{FailureKind, HandlerComponent, Job, PriorityDecision, Runtime};
 
 /// The fields the host itself reads from a submission; the handler reads the
 /// payload.
@@ -151,34 +151,7 @@ impl Intake {
                 route.config.handler_version.as_deref(),
             )
             .ok_or_else(|| IntakeError::HandlerUnavailable(route.config.handler.clone()))?;
-        let job = Job {
-            id: id.clone(),
-            queue: queue.to_owned(),
-            user_id: submission.user_id.clone(),
-            user_tier: submission.user_tier.clone(),
-            priority: submission.priority,
-            payload: submission.payload.clone(),
-            attempt: 0,
-        };
-        let started = std::time::Instant::now();
-        let admitted = self.runtime.admit(&handler, &job).await;
-        let failure = match &admitted {
-            Ok(Ok(_)) => None,
-            Ok(Err(_)) => Some(FailureKind::Rejected),
-            Err(failure) => Some(failure.kind()),
-        };
-        metrics::handler_called(
-            Hook::Admit,
-            &handler.name,
-            &handler.version,
-            started.elapsed(),
-            failure,
-        );
-        let decision = match admitted {
-            Ok(Ok(decision)) => decision,
-            Ok(Err(reason)) => return Err(IntakeError::Rejected(reason)),
-            Err(failure) => return Err(IntakeError::HandlerFailed(failure.to_string())),
-        };
+        let decision = self.admit(&handler, queue, &id, submission).await?;
         let score = decision.score.clamp(1, 10);
         let new_job = NewJob {
             id: &id,
@@ -243,35 +216,9 @@ impl Intake {
         let mut decisions = Vec::with_capacity(submissions.len());
         let mut refused = Vec::new();
         for (index, (submission, id)) in submissions.iter().zip(&ids).enumerate() {
-            let job = Job {
-                id: id.clone(),
-                queue: queue.to_owned(),
-                user_id: submission.user_id.clone(),
-                user_tier: submission.user_tier.clone(),
-                priority: submission.priority,
-                payload: submission.payload.clone(),
-                attempt: 0,
-            };
-            let started = std::time::Instant::now();
-            let admitted = self.runtime.admit(&handler, &job).await;
-            let failure = match &admitted {
-                Ok(Ok(_)) => None,
-                Ok(Err(_)) => Some(FailureKind::Rejected),
-                Err(failure) => Some(failure.kind()),
-            };
-            metrics::handler_called(
-                Hook::Admit,
-                &handler.name,
-                &handler.version,
-                started.elapsed(),
-                failure,
-            );
-            match admitted {
-                Ok(Ok(decision)) => decisions.push(decision),
-                Ok(Err(reason)) => refused.push((index, IntakeError::Rejected(reason))),
-                Err(failure) => {
-                    refused.push((index, IntakeError::HandlerFailed(failure.to_string())))
-                }
+            match self.admit(&handler, queue, id, submission).await {
+                Ok(decision) => decisions.push(decision),
+                Err(error) => refused.push((index, error)),
             }
         }
         if !refused.is_empty() {
@@ -324,5 +271,45 @@ impl Intake {
                 }
             })
             .collect())
+    }
+
+    /// Runs the queue's priority rule (the handler's `admit`) on one
+    /// submission and counts the call; a refusal or a guest failure is the
+    /// submission's error.
+    async fn admit(
+        &self,
+        handler: &HandlerComponent,
+        queue: &str,
+        id: &str,
+        submission: &Submission,
+    ) -> Result<PriorityDecision, IntakeError> {
+        let job = Job {
+            id: id.to_owned(),
+            queue: queue.to_owned(),
+            user_id: submission.user_id.clone(),
+            user_tier: submission.user_tier.clone(),
+            priority: submission.priority,
+            payload: submission.payload.clone(),
+            attempt: 0,
+        };
+        let started = std::time::Instant::now();
+        let admitted = self.runtime.admit(handler, &job).await;
+        let failure = match &admitted {
+            Ok(Ok(_)) => None,
+            Ok(Err(_)) => Some(FailureKind::Rejected),
+            Err(failure) => Some(failure.kind()),
+        };
+        metrics::handler_called(
+            Hook::Admit,
+            &handler.name,
+            &handler.version,
+            started.elapsed(),
+            failure,
+        );
+        match admitted {
+            Ok(Ok(decision)) => Ok(decision),
+            Ok(Err(reason)) => Err(IntakeError::Rejected(reason)),
+            Err(failure) => Err(IntakeError::HandlerFailed(failure.to_string())),
+        }
     }
 }
