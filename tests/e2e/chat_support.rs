@@ -8,6 +8,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub struct ChatClient {
@@ -40,10 +41,26 @@ impl ChatClient {
         conversation: &str,
         last_id: Option<&str>,
     ) -> Result<Self, String> {
-        let url = socket_url(base, conversation, last_id);
+        Self::try_connect_as(base, conversation, last_id, None).await
+    }
+
+    /// Connects presenting `key` (as `Authorization: Bearer`) when given.
+    pub async fn try_connect_as(
+        base: &str,
+        conversation: &str,
+        last_id: Option<&str>,
+        key: Option<&str>,
+    ) -> Result<Self, String> {
+        let mut request = socket_url(base, conversation, last_id)
+            .into_client_request()
+            .map_err(|e| e.to_string())?;
+        if let Some(key) = key {
+            let bearer = format!("Bearer {key}").parse().map_err(|_| "a bad key")?;
+            request.headers_mut().insert("authorization", bearer);
+        }
         let (socket, response) = tokio::time::timeout(
             Duration::from_secs(5),
-            tokio_tungstenite::connect_async(&url),
+            tokio_tungstenite::connect_async(request),
         )
         .await
         .map_err(|_| "timed out".to_owned())?

@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 use crate::chat_support::{ChatClient, ids, is_answer_end, streamed_text};
-use crate::support::{Api, Host, HostOptions, Redis, expected_chat_response, stub};
+use crate::support::{Api, Host, HostOptions, Redis, admin_token, expected_chat_response, stub};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -263,4 +263,119 @@ async fn frames_published_while_an_instance_lost_its_pubsub_connection_are_read_
         listener.next(Duration::from_millis(300)).await.is_none(),
         "nothing twice"
     );
+}
+
+/// A key bound to a user gets into a conversation only as a member: the
+/// first user to open a new conversation owns it, others see "not found"
+/// until a member lets them in, a user may take only itself out, and the
+/// service's own key (bound to no user) manages any conversation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_key_enters_only_conversations_it_is_a_member_of() {
+    let redis = Redis::start();
+    let stub = stub().await;
+    let host = Host::start(&redis, &stub, HostOptions::default());
+    let service = Api::default();
+    let user_key = |user: &'static str| {
+        let service = service.clone();
+        let url = host.url("/admin/keys");
+        async move {
+            let (status, created) = service
+                .post(
+                    &url,
+                    &serde_json::json!({"role": "submitter", "userId": user}),
+                )
+                .await;
+            assert_eq!(status, 201, "{created}");
+            created["key"].as_str().expect("a key").to_owned()
+        }
+    };
+    let (ada_key, bob_key) = (user_key("ada").await, user_key("bob").await);
+    let (ada, bob) = (Api::with_key(Some(&ada_key)), Api::with_key(Some(&bob_key)));
+    let members = |user: &str| host.url(&format!("/api/conversations/ada-room/members/{user}"));
+    let history = host.url("/api/conversations/ada-room/messages");
+
+    // Ada opens a new conversation, so it is hers.
+    let mut ada_socket = ChatClient::try_connect_as(&host.base, "ada-room", None, Some(&ada_key))
+        .await
+        .expect("ada opens her new conversation");
+    ada_socket.send("for ada's eyes").await;
+    let said = ada_socket.next(WAIT).await.expect("ada's message");
+    assert_eq!(said["userId"], "ada", "{said}");
+
+    // Bob sees nothing of it.
+    let refused = ChatClient::try_connect_as(&host.base, "ada-room", None, Some(&bob_key)).await;
+    let error = refused.err().expect("bob's socket is refused");
+    assert!(error.contains("404"), "bob gets not found: {error}");
+    for url in [
+        history.clone(),
+        host.url("/api/conversations/ada-room/members"),
+    ] {
+        let (status, reply) = bob.get(&url).await;
+        assert_eq!(status, 404, "bob GET {url}: {reply}");
+        assert_eq!(reply["error"]["code"], "conversation_not_found", "{reply}");
+    }
+    let (status, reply) = bob.put(&members("bob"), &serde_json::json!({})).await;
+    assert_eq!(status, 404, "bob cannot let himself in: {reply}");
+
+    // Ada lets Bob in: he reads what was said and takes part.
+    let (status, reply) = ada.put(&members("bob"), &serde_json::json!({})).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["changed"], true, "{reply}");
+    let (status, page) = bob.get(&history).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["frames"][0]["text"], "for ada's eyes", "{page}");
+    let mut bob_socket = ChatClient::try_connect_as(&host.base, "ada-room", None, Some(&bob_key))
+        .await
+        .expect("bob, a member now, opens it");
+    let first = bob_socket.next(WAIT).await.expect("the history");
+    assert_eq!(first["text"], "for ada's eyes", "{first}");
+    let (status, list) = service
+        .get(&host.url("/api/conversations/ada-room/members"))
+        .await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["members"], serde_json::json!(["ada", "bob"]), "{list}");
+
+    // Bob may take only himself out; once out, he may not speak.
+    let (status, reply) = bob.send_delete(&members("ada")).await;
+    assert_eq!(status, 403, "{reply}");
+    let (status, reply) = bob.send_delete(&members("bob")).await;
+    assert_eq!(status, 200, "{reply}");
+    bob_socket.send("still here?").await;
+    let error = bob_socket
+        .until(WAIT, |frame| frame["type"] == "error")
+        .await
+        .pop()
+        .expect("an error frame");
+    assert_eq!(error["code"], "conversation_not_found", "{error}");
+    let refused = ChatClient::try_connect_as(&host.base, "ada-room", None, Some(&bob_key)).await;
+    assert!(refused.is_err(), "bob, taken out, cannot reopen it");
+
+    // A conversation the service started belongs to no user: Ada is kept out
+    // until the service lets her in.
+    let mut service_socket =
+        ChatClient::try_connect_as(&host.base, "lobby", None, Some(&admin_token()))
+            .await
+            .expect("the service opens the lobby");
+    service_socket.send("welcome").await;
+    service_socket
+        .next(WAIT)
+        .await
+        .expect("the service's message");
+    let refused = ChatClient::try_connect_as(&host.base, "lobby", None, Some(&ada_key)).await;
+    assert!(
+        refused.is_err(),
+        "ada cannot claim a conversation that exists"
+    );
+    let (status, reply) = service
+        .put(
+            &host.url("/api/conversations/lobby/members/ada"),
+            &serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    let (status, page) = ada
+        .get(&host.url("/api/conversations/lobby/messages"))
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["frames"][0]["text"], "welcome", "{page}");
 }

@@ -1,6 +1,7 @@
 //! Conversations over HTTP (design B): `GET /ws/{conversation_id}`, the
 //! conversation's WebSocket, and `GET /api/conversations/{conversation_id}/messages`,
-//! its history. Any instance serves any conversation (`spool_core::chat`).
+//! its history. Any instance serves any conversation (`spool_core::chat`);
+//! a key bound to a user gets in only as a member (`members`).
 //!
 //! Client frames: plain text (design B's clients) is a message with that
 //! text; a JSON object `{"type": "message", "text", "userId"?}` is the same
@@ -58,6 +59,7 @@ pub struct SocketQuery {
     params(super::schemas::ConversationPath, SocketQuery, super::schemas::WebSocketHandshake),
     responses((status = 101, description = "Switching to the WebSocket protocol"),
         (status = 400, description = "Not a WebSocket opening handshake", body = super::error::ErrorBody),
+        (status = 404, description = "A conversation this key may not enter (see its members)", body = super::error::ErrorBody),
         (status = 422, description = "A bad conversation id, resume id or format", body = super::error::ErrorBody),
         (status = 503, description = "This instance serves its most conversation sockets", body = super::error::ErrorBody)))]
 pub async fn conversation_socket(
@@ -82,6 +84,7 @@ pub async fn conversation_socket(
     let upgrade = upgrade.map_err(|refusal| {
         ApiError::new(refusal.status(), "not_a_websocket", refusal.body_text())
     })?;
+    super::members::admit(&state, &caller, &conversation).await?;
     let seat = state.conversations.seat().ok_or_else(|| {
         ApiError::new(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -176,6 +179,8 @@ impl Client {
     /// Stores and publishes a client's message, and queues its bot job.
     async fn message(&self, text: &str) -> Result<(), ApiError> {
         let (text, user) = client_message(text)?;
+        // A member taken out since the socket opened may not speak.
+        super::members::check_member(&self.state, &self.caller, &self.conversation).await?;
         let user = match &self.caller.user {
             Some(tenant) => tenant.user_id.clone(),
             None => user.unwrap_or_else(|| "anonymous".into()),
@@ -239,7 +244,7 @@ fn client_message(frame: &str) -> Result<(String, Option<String>), ApiError> {
     Ok((text, user))
 }
 
-fn conversation_id(id: &str) -> Result<ConversationId, ApiError> {
+pub fn conversation_id(id: &str) -> Result<ConversationId, ApiError> {
     ConversationId::parse(id).ok_or_else(|| {
         ApiError::invalid(
             "invalid_conversation_id",
@@ -289,15 +294,18 @@ pub struct ConversationPage {
 #[utoipa::path(get, path = "/api/conversations/{conversation_id}/messages", tag = "conversations",
     params(super::schemas::ConversationPath, HistoryQuery),
     responses((status = 200, body = ConversationPage),
+        (status = 404, description = "A conversation this key may not see", body = super::error::ErrorBody),
         (status = 422, description = "A bad conversation id, id or limit", body = super::error::ErrorBody)))]
 pub async fn conversation_history(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Identity>,
     ApiPath(conversation): ApiPath<String>,
     ApiQuery(query): ApiQuery<HistoryQuery>,
 ) -> Result<Json<ConversationPage>, ApiError> {
     let conversation = conversation_id(&conversation)?;
     let after = resume_id(query.last_id.as_deref())?;
     let limit = super::bounds::checked_limit(query.limit)?;
+    super::members::check_member(&state, &caller, &conversation).await?;
     let frames = state
         .conversations
         .history(&conversation, after, limit)

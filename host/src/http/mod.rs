@@ -12,6 +12,7 @@ mod health;
 mod job_view;
 mod jobs;
 mod limits;
+mod members;
 mod message_stream;
 pub mod metrics;
 mod openapi;
@@ -174,6 +175,8 @@ fn submitter() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(ws::upgrade))
         .routes(routes!(chat::conversation_socket))
         .routes(routes!(chat::conversation_history))
+        .routes(routes!(members::list_members))
+        .routes(routes!(members::add_member, members::remove_member))
         .routes(routes!(sessions::create_session))
         .routes(routes!(sessions::get_session, sessions::delete_session))
         .routes(routes!(sessions::post_message, sessions::list_messages))

@@ -284,6 +284,21 @@ pub struct ConversationPath {
 
 #[derive(IntoParams)]
 #[into_params(parameter_in = Path)]
+pub struct ConversationMemberPath {
+    /// The conversation: 1 to 128 of A-Z a-z 0-9 _ - . :
+    #[param(pattern = "^[A-Za-z0-9_.:-]{1,128}$")]
+    pub conversation_id: String,
+    /// The user: 1 to 128 characters of printable text.
+    #[param(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$"
+    )]
+    pub user_id: String,
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
 pub struct SessionPath {
     /// The session id.
     #[param(pattern = "^[A-Za-z0-9_-]{1,64}$")]

@@ -8,13 +8,15 @@
 //! ([`follow`]): history from the stream, then live copies from Pub/Sub,
 //! deduplicated and gap-filled by stream id. A user message queues a bot job
 //! whose events are relayed into the conversation by whichever instance holds
-//! the job's relay lease ([`relay`]).
+//! the job's relay lease ([`relay`]). Keys bound to a user get into a
+//! conversation only as its members ([`members`]).
 //!
 //! Owns the conversation keys, frames and scripts; knows nothing of HTTP, and
 //! copies a bot job's event data without reading it.
 
 pub mod fanout;
 pub mod follow;
+pub mod members;
 pub mod relay;
 
 use std::sync::Arc;
@@ -148,6 +150,7 @@ pub struct Conversations {
     redis: ConnectionManager,
     config: ConversationsConfig,
     append: Arc<Script>,
+    admit: Arc<Script>,
     pub fanout: Fanout,
     clients: Arc<AtomicUsize>,
 }
@@ -179,6 +182,7 @@ impl Conversations {
             redis,
             config,
             append: Arc::new(Script::new(include_str!("append.lua"))),
+            admit: Arc::new(Script::new(include_str!("admit.lua"))),
             fanout,
             clients: Arc::default(),
         }
