@@ -130,6 +130,22 @@ impl ChatClient {
         got
     }
 
+    /// Whether the server closes the socket within `timeout` (frames before
+    /// the close are kept); false when it is still open then.
+    pub async fn closed_within(&mut self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.socket.next()).await {
+                Err(_) => return false,
+                Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => return true,
+                Ok(Some(Ok(Message::Text(text)))) => self
+                    .frames
+                    .push(serde_json::from_str(&text).expect("frames are JSON")),
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    }
+
     pub fn last_id(&self) -> Option<String> {
         self.frames
             .iter()

@@ -347,6 +347,11 @@ async fn a_users_key_enters_only_conversations_it_is_a_member_of() {
         .pop()
         .expect("an error frame");
     assert_eq!(error["code"], "conversation_not_found", "{error}");
+    // Nor hear: his open socket is closed within the membership check.
+    assert!(
+        bob_socket.closed_within(WAIT).await,
+        "bob's socket is closed once he is out"
+    );
     let refused = ChatClient::try_connect_as(&host.base, "ada-room", None, Some(&bob_key)).await;
     assert!(refused.is_err(), "bob, taken out, cannot reopen it");
 

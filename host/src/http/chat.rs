@@ -38,6 +38,10 @@ use spool_core::queue::now_ms;
 /// The longest message text, in characters.
 const MAX_TEXT: usize = 16_000;
 
+/// How often a user's socket checks the user is still a member: one taken
+/// out stops receiving within this long.
+const MEMBERSHIP_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How a conversation socket starts.
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -126,8 +130,21 @@ impl Client {
             .state
             .conversations
             .follow(self.conversation.clone(), after);
+        let mut membership = tokio::time::interval(MEMBERSHIP_CHECK);
+        membership.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        membership.tick().await;
         loop {
             let outgoing = tokio::select! {
+                _ = membership.tick(), if self.caller.user.is_some() => {
+                    match super::members::check_member(&self.state, &self.caller, &self.conversation).await {
+                        Err(error) if error.code == "conversation_not_found" => {
+                            let frame = json!({"type": "error", "code": error.code, "message": error.message});
+                            let _ = socket.send(Message::Text(frame.to_string().into())).await;
+                            return;
+                        }
+                        _ => continue,
+                    }
+                }
                 incoming = socket.recv() => match incoming {
                     Some(Ok(Message::Text(text))) => match self.message(text.as_str()).await {
                         Ok(()) => continue,

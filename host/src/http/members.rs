@@ -136,8 +136,8 @@ pub async fn add_member(
 }
 
 /// Takes a user out of a conversation: a key bound to a user may take out
-/// only itself. Sockets already open stay until they close; new ones and
-/// the user's messages are refused.
+/// only itself. Their messages and new sockets are refused at once, and
+/// their open sockets closed within the membership check.
 #[utoipa::path(delete, path = "/api/conversations/{conversation_id}/members/{user_id}", tag = "conversations",
     params(super::schemas::ConversationMemberPath),
     responses((status = 200, body = MemberChange),
