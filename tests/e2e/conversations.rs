@@ -384,3 +384,67 @@ async fn a_users_key_enters_only_conversations_it_is_a_member_of() {
     assert_eq!(status, 200, "{page}");
     assert_eq!(page["frames"][0]["text"], "welcome", "{page}");
 }
+
+/// A bot answer's relay is recorded before its job is queued (so an instance
+/// dying in between loses no answer): a relay whose job comes late, after
+/// the follower's quiet period, still relays the whole answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_recorded_before_its_job_is_queued_relays_the_whole_answer() {
+    let redis = Redis::start();
+    let stub = stub().await;
+    let host = Host::start(
+        &redis,
+        &stub,
+        HostOptions {
+            config: "[sessions]\nping_interval_ms = 100\n".into(),
+            ..HostOptions::default()
+        },
+    );
+    let mut listener = ChatClient::connect(&host.base, "late-room", None).await;
+    let client = redis::Client::open(redis.url()).expect("redis url");
+    let mut store = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let () = redis::cmd("HSET")
+        .arg("chat:relays")
+        .arg("late-bot")
+        .arg("late-room")
+        .query_async(&mut store)
+        .await
+        .expect("the relay is recorded");
+    // An instance takes the relay, and many quiet periods pass before the
+    // job is queued.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut taken = false;
+    while !taken && tokio::time::Instant::now() < deadline {
+        taken = redis::cmd("EXISTS")
+            .arg("chat:relay_lease:late-bot")
+            .query_async(&mut store)
+            .await
+            .expect("redis answers");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(taken, "an instance takes the relay");
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let (status, reply) = Api::default()
+        .post(
+            &host.url("/api/chat"),
+            &serde_json::json!({"userId": "u", "prompt": "hello late", "jobId": "late-bot"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{reply}");
+    let frames = listener
+        .until(WAIT, |frame| is_answer_end(frame, "late-bot"))
+        .await;
+    assert_eq!(
+        frames.last().map(|frame| frame["event"].clone()),
+        Some(Value::from("task_completed")),
+        "{frames:#?}"
+    );
+    assert_eq!(
+        streamed_text(&frames, "late-bot"),
+        expected_chat_response("hello late", 0),
+        "{frames:#?}"
+    );
+}

@@ -219,8 +219,14 @@ impl Client {
             .await?;
         let Some(job) = job else { return Ok(()) };
         let submission = chat_submission(json!({ "userId": user, "prompt": text, "jobId": job }))?;
-        let _accepted = submit(&self.state, &self.caller, bot_queue, submission).await?;
+        // The relay is recorded before the job exists, so an instance dying
+        // in between loses no answer; a relay whose job never came ends
+        // itself (the job is not open).
         self.state.relays.schedule(&job, &self.conversation).await?;
+        if let Err(refused) = submit(&self.state, &self.caller, bot_queue, submission).await {
+            let _ = self.state.relays.cancel(&job).await;
+            return Err(refused);
+        }
         Ok(())
     }
 }

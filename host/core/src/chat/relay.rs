@@ -30,6 +30,9 @@ const RELAYS: &str = "chat:relays";
 const CURSORS: &str = "chat:relay_cursors";
 /// The hub's watcher caps count relays under this holder.
 const HOLDER: &str = "conversation-relay";
+/// How long a relay waits for its job to be queued: the relay is recorded
+/// first, so that an instance dying in between loses no answer.
+const JOB_GRACE: Duration = Duration::from_secs(30);
 
 fn lease_key(job: &str) -> String {
     format!("chat:relay_lease:{job}")
@@ -146,6 +149,10 @@ impl Relays {
 
     /// Follows one job's events into its conversation while holding its lease.
     async fn relay(&self, job: &str, conversation: &ConversationId) -> anyhow::Result<()> {
+        if !self.await_job(job).await? {
+            let () = self.redis().hdel(RELAYS, job).await?;
+            return Ok(());
+        }
         let cursor: Option<String> = self.redis().hget(CURSORS, job).await?;
         let source = JobEvents {
             queue: self.queue.clone(),
@@ -191,6 +198,36 @@ impl Relays {
                         anyhow::bail!("the relay lease expired");
                     }
                 }
+            }
+        }
+    }
+
+    /// Waits, holding the lease, for a job whose relay was recorded before
+    /// it was queued; false when it never came within [`JOB_GRACE`].
+    async fn await_job(&self, job: &str) -> anyhow::Result<bool> {
+        let started = tokio::time::Instant::now();
+        let mut renewed = started;
+        loop {
+            if self.queue.job(job).await?.is_some() {
+                return Ok(true);
+            }
+            if started.elapsed() >= JOB_GRACE {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if renewed.elapsed() < self.lease() / 3 {
+                continue;
+            }
+            renewed = tokio::time::Instant::now();
+            let held: i64 = self
+                .renew
+                .key(lease_key(job))
+                .arg(&self.holder)
+                .arg(self.lease().as_millis() as u64)
+                .invoke_async(&mut self.redis())
+                .await?;
+            if held == 0 {
+                anyhow::bail!("the relay lease expired");
             }
         }
     }
