@@ -19,6 +19,11 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::{ConversationId, Frame};
 
+/// The pause before reconnecting after a failure; doubles per failure in a row.
+const FIRST_RECONNECT: Duration = Duration::from_millis(200);
+/// The longest pause between reconnections.
+const MAX_RECONNECT: Duration = Duration::from_secs(5);
+
 /// What a conversation's clients on this instance receive.
 #[derive(Clone, Debug)]
 pub enum Signal {
@@ -97,14 +102,27 @@ impl Fanout {
         let Some(mut changes) = lock(&self.inner.changes).take() else {
             return;
         };
+        let mut pause = FIRST_RECONNECT;
         loop {
+            let connected = tokio::time::Instant::now();
             match self.serve(&client, &mut changes).await {
                 Ok(()) => {
-                    tracing::warn!("the conversations' Pub/Sub connection closed; reconnecting")
+                    tracing::warn!(
+                        ?pause,
+                        "the conversations' Pub/Sub connection closed; reconnecting"
+                    )
                 }
-                Err(error) => tracing::warn!(%error, "conversations' Pub/Sub failed; reconnecting"),
+                Err(error) => {
+                    tracing::warn!(%error, ?pause, "conversations' Pub/Sub failed; reconnecting")
+                }
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // A connection that lived a while starts the backoff again.
+            if connected.elapsed() > MAX_RECONNECT {
+                pause = FIRST_RECONNECT;
+            }
+            // Jittered, so the instances of a fleet do not reconnect in step.
+            tokio::time::sleep(pause.mul_f64(0.8 + 0.4 * fastrand::f64())).await;
+            pause = (pause * 2).min(MAX_RECONNECT);
         }
     }
 
