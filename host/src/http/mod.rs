@@ -6,6 +6,7 @@ pub mod auth;
 mod bounds;
 mod bulk;
 mod chat;
+mod console;
 mod dead;
 mod error;
 mod health;
@@ -146,7 +147,8 @@ fn probes() -> OpenApiRouter<Arc<AppState>> {
 
 fn open() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
-        .routes(routes!(page))
+        .routes(routes!(console::index))
+        .routes(routes!(console::asset))
         .routes(routes!(auth::login))
         .routes(routes!(auth::logout))
 }
@@ -210,13 +212,6 @@ fn uploads() -> OpenApiRouter<Arc<AppState>> {
     admin::upload_routes().route_layer(from_fn(|request, next| {
         auth::require(Role::Admin, request, next)
     }))
-}
-
-/// A chat page with live job progress and queue stats, over the public API only.
-#[utoipa::path(get, path = "/", tag = "console", security(()),
-    responses((status = 200, description = "The chat page", content_type = "text/html", body = String)))]
-async fn page() -> axum::response::Html<&'static str> {
-    axum::response::Html(include_str!("page.html"))
 }
 
 async fn not_found() -> ApiError {

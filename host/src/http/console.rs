@@ -1,0 +1,82 @@
+//! The web console: static HTML, CSS and JavaScript modules embedded in the
+//! binary and served at `/` and `/console/{asset}`. The assets hold no data:
+//! the page asks for a key and reads everything through the API with it, so
+//! they are served without auth. Owns the asset table only; nothing here
+//! reads Redis, the queues or a job.
+
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, X_CONTENT_TYPE_OPTIONS};
+use axum::response::{Html, IntoResponse, Response};
+
+use super::error::{ApiError, ApiPath};
+
+/// One embedded file of the console.
+struct Asset {
+    name: &'static str,
+    content_type: &'static str,
+    body: &'static str,
+}
+
+const JS: &str = "text/javascript; charset=utf-8";
+
+macro_rules! asset {
+    ($name:literal, $content_type:expr) => {
+        Asset {
+            name: $name,
+            content_type: $content_type,
+            body: include_str!(concat!("console/", $name)),
+        }
+    };
+}
+
+const ASSETS: &[Asset] = &[
+    asset!("console.css", "text/css; charset=utf-8"),
+    asset!("app.js", JS),
+    asset!("api.js", JS),
+    asset!("dom.js", JS),
+    asset!("blocks.js", JS),
+    asset!("job_stream.js", JS),
+    asset!("page_queues.js", JS),
+    asset!("page_jobs.js", JS),
+    asset!("page_job.js", JS),
+    asset!("page_handlers.js", JS),
+    asset!("page_limits.js", JS),
+    asset!("page_chat.js", JS),
+    asset!("page_sessions.js", JS),
+    asset!("page_conversation.js", JS),
+    asset!("vendor-marked.js", JS),
+    asset!("vendor-purify.js", JS),
+    asset!("LICENSE-marked.md", "text/plain; charset=utf-8"),
+    asset!("LICENSE-dompurify", "text/plain; charset=utf-8"),
+];
+
+/// The console's shell: a key prompt until a key is given, then the pages.
+#[utoipa::path(get, path = "/", tag = "console", security(()),
+    responses((status = 200, description = "The console", content_type = "text/html", body = String)))]
+pub async fn index() -> Html<&'static str> {
+    Html(include_str!("console/index.html"))
+}
+
+/// One of the console's files (scripts, style sheet, vendored licences).
+#[utoipa::path(get, path = "/console/{asset}", tag = "console", security(()),
+    params(("asset" = String, Path, description = "A file name, e.g. `app.js`")),
+    responses((status = 200, description = "The file", content(
+            (String = "text/javascript"), (String = "text/css"), (String = "text/plain"))),
+        (status = 404, description = "No such file", body = super::error::ErrorBody)))]
+pub async fn asset(ApiPath(name): ApiPath<String>) -> Result<Response, ApiError> {
+    let asset = ASSETS
+        .iter()
+        .find(|asset| asset.name == name)
+        .ok_or_else(|| {
+            ApiError::not_found("asset_not_found", format!("the console has no file `{name}`"))
+        })?;
+    Ok((
+        [
+            (CONTENT_TYPE, asset.content_type),
+            (X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            // Embedded in the binary: a new binary may change them.
+            (CACHE_CONTROL, "no-cache"),
+        ],
+        asset.body,
+    )
+        .into_response())
+}
