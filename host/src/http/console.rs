@@ -6,6 +6,9 @@
 
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, X_CONTENT_TYPE_OPTIONS};
 use axum::response::{Html, IntoResponse, Response};
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::{IntoParams, PartialSchema, ToSchema};
 
 use super::error::{ApiError, ApiPath};
 
@@ -49,6 +52,30 @@ const ASSETS: &[Asset] = &[
     asset!("LICENSE-dompurify", "text/plain; charset=utf-8"),
 ];
 
+/// The path of `GET /console/{asset}` (described only: the handler takes a string).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub struct AssetPath {
+    /// A file of the console.
+    #[param(inline)]
+    asset: AssetName,
+}
+
+/// The names of the console's files, as the description's enum.
+pub struct AssetName;
+
+impl PartialSchema for AssetName {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(ASSETS.iter().map(|asset| asset.name)))
+            .into()
+    }
+}
+
+impl ToSchema for AssetName {}
+
 /// The console's shell: a key prompt until a key is given, then the pages.
 #[utoipa::path(get, path = "/", tag = "console", security(()),
     responses((status = 200, description = "The console", content_type = "text/html", body = String)))]
@@ -58,7 +85,7 @@ pub async fn index() -> Html<&'static str> {
 
 /// One of the console's files (scripts, style sheet, vendored licences).
 #[utoipa::path(get, path = "/console/{asset}", tag = "console", security(()),
-    params(("asset" = String, Path, description = "A file name, e.g. `app.js`")),
+    params(AssetPath),
     responses((status = 200, description = "The file", content(
             (String = "text/javascript"), (String = "text/css"), (String = "text/plain"))),
         (status = 404, description = "No such file", body = super::error::ErrorBody)))]

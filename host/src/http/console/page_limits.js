@@ -15,7 +15,7 @@ const svg = (tag, attrs, ...children) => {
 
 /// Bars for labelled values (null values are drawn as "–").
 function barChart(title, entries, format) {
-  const width = 320, height = 120, top = 18, bottom = 18;
+  const width = 320, height = 130, top = 32, bottom = 18;
   const max = Math.max(1e-9, ...entries.map(([, v]) => v ?? 0));
   const slot = width / entries.length;
   const parts = [svg('text', { x: 4, y: 12 }, title)];
@@ -72,10 +72,10 @@ export async function render(main) {
       const line = samples[queue] = [...(samples[queue] || []), windows[0] ? windows[0].throughputPerMinute : 0].slice(-60);
       sections.push(h('section', { 'data-queue': queue }, h('h3', queue),
         h('p.meta', windows.map(w => `${label(w)}: ${w.totalRequests} requests, ${w.failed} failed, ${w.cancelled} cancelled`).join(' · ')),
-        barChart('throughput / min', windows.map(w => [label(w), w.throughputPerMinute]), v => v.toFixed(1)),
+        h('div.charts', barChart('throughput / min', windows.map(w => [label(w), w.throughputPerMinute]), v => v.toFixed(1)),
         barChart('avg response ms', windows.map(w => [label(w), w.averageResponseTimeMs]), v => v.toFixed(0)),
         barChart('success rate %', windows.map(w => [label(w), w.successRate === null ? null : w.successRate * 100]), v => v.toFixed(0)),
-        lineChart('throughput / min, live', line)));
+        lineChart('throughput / min, live', line))));
     }
     charts.replaceChildren(...sections);
     status.textContent = `figures in ${metrics.bucketSeconds}-second buckets · updated ${new Date().toLocaleTimeString()}`;
