@@ -54,12 +54,11 @@ impl Browser {
         let url = format!("http://127.0.0.1:{port}");
         let started = Instant::now();
         let client = loop {
-            let attempt = ClientBuilder::new(
-                hyper_util::client::legacy::connect::HttpConnector::new(),
-            )
-            .capabilities(capabilities.clone())
-            .connect(&url)
-            .await;
+            let attempt =
+                ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+                    .capabilities(capabilities.clone())
+                    .connect(&url)
+                    .await;
             match attempt {
                 Ok(client) => break client,
                 // chromedriver is still starting to listen.
@@ -104,14 +103,16 @@ impl Browser {
         );
         let started = Instant::now();
         loop {
-            let value = self.client.execute(&script, vec![]).await.unwrap_or(Value::Null);
+            let value = self
+                .client
+                .execute(&script, vec![])
+                .await
+                .unwrap_or(Value::Null);
             if !value.is_null() && value != Value::Bool(false) {
                 return value;
             }
             if started.elapsed() > DOM_WAIT {
-                let body = self
-                    .run("return document.body.innerText;", vec![])
-                    .await;
+                let body = self.run("return document.body.innerText;", vec![]).await;
                 panic!("timed out waiting for {what} ({condition}); the page says:\n{body}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

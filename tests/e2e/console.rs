@@ -3,7 +3,6 @@
 //! the stub model, acting only through the page. The three chat-page bugs of
 //! the old `/` each have a test here that the old page fails.
 
-
 use serde_json::{Value, json};
 use spool::stub::Fault;
 
@@ -50,10 +49,16 @@ async fn without_a_key_the_console_shows_only_the_key_prompt() {
     browser.type_into("#key", "not-a-key").await;
     browser.click("#login-submit").await;
     let error = browser
-        .wait_for("the refusal", "document.getElementById('login-error').textContent")
+        .wait_for(
+            "the refusal",
+            "document.getElementById('login-error').textContent",
+        )
         .await;
     assert!(error.as_str().unwrap_or("").contains("unknown"), "{error}");
-    assert_eq!(shown("return document.getElementById('shell').hidden;").await, json!(true));
+    assert_eq!(
+        shown("return document.getElementById('shell').hidden;").await,
+        json!(true)
+    );
     // Nothing but the login was asked of the API.
     let calls = shown(
         "return performance.getEntriesByType('resource').map(e => new URL(e.name).pathname).filter(p => !p.startsWith('/console/'));",
@@ -76,7 +81,9 @@ async fn a_chat_streams_live_and_a_retried_answer_shows_once() {
         }])
         .expect("fault");
     stack.stub.set_timing(0, 120);
-    browser.show("#/chat", "document.getElementById('prompt')").await;
+    browser
+        .show("#/chat", "document.getElementById('prompt')")
+        .await;
     // Every text the answer shows while it streams, as the user saw it.
     browser
         .run(
@@ -94,14 +101,28 @@ async fn a_chat_streams_live_and_a_retried_answer_shows_once() {
     let answer = "document.querySelector('.turn.assistant')";
     let expected = expected_chat_response("tell me twice", 0);
     browser
-        .wait_for("the finished answer", &format!("{answer}.dataset.state === 'completed'"))
+        .wait_for(
+            "the finished answer",
+            &format!("{answer}.dataset.state === 'completed'"),
+        )
         .await;
     let text = browser
-        .run(&format!("return {answer}.querySelector('.answer').innerText;"), vec![])
+        .run(
+            &format!("return {answer}.querySelector('.answer').innerText;"),
+            vec![],
+        )
         .await;
     let text = text.as_str().unwrap_or_default();
-    assert_eq!(text.matches(&expected).count(), 1, "the answer once: {text:?}");
-    assert_eq!(text.trim(), expected, "nothing of the failed attempt is left");
+    assert_eq!(
+        text.matches(&expected).count(),
+        1,
+        "the answer once: {text:?}"
+    );
+    assert_eq!(
+        text.trim(),
+        expected,
+        "nothing of the failed attempt is left"
+    );
     // While it streamed, the answer only ever grew towards the one answer:
     // attempt 2 started afresh instead of appending to attempt 1's piece.
     let streamed = browser.run("return window.streamed;", vec![]).await;
@@ -111,10 +132,16 @@ async fn a_chat_streams_live_and_a_retried_answer_shows_once() {
         .unwrap_or_default();
     assert!(streamed.len() >= 2, "seen streaming: {streamed:?}");
     for text in &streamed {
-        assert!(expected.starts_with(text.trim_end()), "{text:?} of {streamed:?}");
+        assert!(
+            expected.starts_with(text.trim_end()),
+            "{text:?} of {streamed:?}"
+        );
     }
     let meta = browser
-        .run(&format!("return {answer}.querySelector('.meta').innerText;"), vec![])
+        .run(
+            &format!("return {answer}.querySelector('.meta').innerText;"),
+            vec![],
+        )
         .await;
     assert!(meta.as_str().unwrap_or("").contains("chat"), "{meta}");
     browser.close().await;
@@ -124,37 +151,65 @@ async fn a_chat_streams_live_and_a_retried_answer_shows_once() {
 async fn a_job_cancelled_from_the_console_shows_cancelled_and_its_chat_stream_ends() {
     let (stack, browser) = console("").await;
     let Stack { host, api, .. } = &stack;
-    let (status, _) = api.post(&host.url("/api/queues/chat/pause"), &json!({})).await;
+    let (status, _) = api
+        .post(&host.url("/api/queues/chat/pause"), &json!({}))
+        .await;
     assert_eq!(status, 200);
     // A job watched on the chat page and cancelled elsewhere: the page
     // shows it cancelled and stops following it (the old page kept
     // reconnecting to the ended stream).
-    browser.show("#/chat", "document.getElementById('prompt')").await;
+    browser
+        .show("#/chat", "document.getElementById('prompt')")
+        .await;
     browser.type_into("#prompt", "never answered").await;
     browser.click("#send").await;
     let chat_job = browser
-        .wait_for("the chat job's id", "document.querySelector('.turn.assistant[data-job]')?.dataset.job")
+        .wait_for(
+            "the chat job's id",
+            "document.querySelector('.turn.assistant[data-job]')?.dataset.job",
+        )
         .await;
     let chat_job = chat_job.as_str().expect("job id").to_owned();
     let (status, _) = api.delete(&host.url(&format!("/api/job/{chat_job}"))).await;
     assert_eq!(status, 200);
     browser
-        .wait_for("the cancelled chat turn", "document.querySelector('.turn.assistant').dataset.state === 'cancelled'")
+        .wait_for(
+            "the cancelled chat turn",
+            "document.querySelector('.turn.assistant').dataset.state === 'cancelled'",
+        )
         .await;
 
     // A job cancelled with the console's own button.
     let (_, reply) = submit_chat(api, host, "also never answered").await;
     let id = reply["jobId"].as_str().expect("job id").to_owned();
     wait_for_state(api, host, &id, "waiting").await;
+    // Found in the queue's waiting list, opened from there.
+    let row = format!("#job-list tr[data-job='{id}']");
     browser
-        .show(&format!("#/job/{id}"), "document.querySelector('#job-actions button')")
+        .show(
+            "#/jobs?queue=chat&state=waiting",
+            &format!("document.querySelector({})", js_string(&row)),
+        )
+        .await;
+    browser.click(&format!("{row} a")).await;
+    browser
+        .wait_for(
+            "the job's page",
+            "document.querySelector('#job-actions button')",
+        )
         .await;
     browser.click("#job-actions button.danger").await;
     browser
-        .wait_for("the cancelled state", "document.querySelector('#job-summary [data-state=cancelled]')")
+        .wait_for(
+            "the cancelled state",
+            "document.querySelector('#job-summary [data-state=cancelled]')",
+        )
         .await;
     browser
-        .wait_for("the event in the timeline", "document.querySelector('#timeline [data-event=task_cancelled]')")
+        .wait_for(
+            "the event in the timeline",
+            "document.querySelector('#timeline [data-event=task_cancelled]')",
+        )
         .await;
     let (_, job) = api.get(&host.url(&format!("/api/job/{id}"))).await;
     assert_eq!(job["state"], "cancelled", "{job}");
@@ -165,7 +220,9 @@ async fn a_job_cancelled_from_the_console_shows_cancelled_and_its_chat_stream_en
 async fn a_dead_job_is_replayed_from_the_console() {
     let config = "[queues.chat]\nhandler = \"chat\"\nmax_attempts = 1\n";
     let (stack, browser) = console(config).await;
-    let Stack { host, api, stub, .. } = &stack;
+    let Stack {
+        host, api, stub, ..
+    } = &stack;
     stub.inject([Fault {
         status: Some(500),
         ..Fault::default()
@@ -178,11 +235,16 @@ async fn a_dead_job_is_replayed_from_the_console() {
     browser
         .show(
             "#/jobs?queue=chat&state=dead",
-            &format!("document.querySelector('#job-list tr[data-job={}]')", js_string(&id)),
+            &format!(
+                "document.querySelector('#job-list tr[data-job={}]')",
+                js_string(&id)
+            ),
         )
         .await;
     browser
-        .click(&format!("#job-list tr[data-job='{id}'] input[type=checkbox]"))
+        .click(&format!(
+            "#job-list tr[data-job='{id}'] input[type=checkbox]"
+        ))
         .await;
     browser
         .run(
@@ -191,15 +253,24 @@ async fn a_dead_job_is_replayed_from_the_console() {
         )
         .await;
     browser
-        .wait_for("the replay", "document.getElementById('jobs-status').textContent.includes('1 of 1 done')")
+        .wait_for(
+            "the replay",
+            "document.getElementById('jobs-status').textContent.includes('1 of 1 done')",
+        )
         .await;
     let job = api.wait_terminal(host, &id, WAIT).await;
     assert_eq!(job["state"], "completed", "replayed and answered: {job}");
     browser
-        .show(&format!("#/job/{id}"), "document.querySelector('#job-summary [data-state=completed]')")
+        .show(
+            &format!("#/job/{id}"),
+            "document.querySelector('#job-summary [data-state=completed]')",
+        )
         .await;
     let attempts = browser
-        .run("return document.querySelectorAll('#attempts tr').length - 1;", vec![])
+        .run(
+            "return document.querySelectorAll('#attempts tr').length - 1;",
+            vec![],
+        )
         .await;
     let (_, detail) = api.get(&host.url(&format!("/api/job/{id}"))).await;
     let history = detail["attemptHistory"].as_array().map_or(0, Vec::len);
@@ -217,7 +288,11 @@ async fn a_dead_job_is_replayed_from_the_console() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_version_is_deployed_by_upload_and_rolled_back() {
     let dir = tempfile::tempdir().expect("dir");
-    let (v1, v2, bad) = (dir.path().join("echo_v1.wasm"), dir.path().join("echo_v2.wasm"), dir.path().join("not.wasm"));
+    let (v1, v2, bad) = (
+        dir.path().join("echo_v1.wasm"),
+        dir.path().join("echo_v2.wasm"),
+        dir.path().join("not.wasm"),
+    );
     std::fs::write(&v1, ECHO_V1).expect("write");
     std::fs::write(&v2, ECHO_V2).expect("write");
     std::fs::write(&bad, b"not a component").expect("write");
@@ -233,7 +308,9 @@ async fn a_handler_version_is_deployed_by_upload_and_rolled_back() {
     let card = "document.querySelector('[data-handler=echo]')";
     browser.show("#/handlers", card).await;
     assert_eq!(
-        browser.run(&format!("return {card}.dataset.active;"), vec![]).await,
+        browser
+            .run(&format!("return {card}.dataset.active;"), vec![])
+            .await,
         json!(version_1)
     );
     // A file that is no component: the server's validation answer is shown.
@@ -242,28 +319,43 @@ async fn a_handler_version_is_deployed_by_upload_and_rolled_back() {
     browser.type_into(upload, &bad.display().to_string()).await;
     browser.run(deploy, vec![]).await;
     let refusal = browser
-        .wait_for("the validation error", "document.querySelector('#handler-status.error')?.textContent")
+        .wait_for(
+            "the validation error",
+            "document.querySelector('#handler-status.error')?.textContent",
+        )
         .await;
     assert!(!refusal.as_str().unwrap_or("").is_empty(), "{refusal}");
 
     browser.type_into(upload, &v2.display().to_string()).await;
     browser.run(deploy, vec![]).await;
     browser
-        .wait_for("v2 active", &format!("{card}?.dataset.active === {}", js_string(&version_2)))
+        .wait_for(
+            "v2 active",
+            &format!("{card}?.dataset.active === {}", js_string(&version_2)),
+        )
         .await;
     let (_, status) = stack.api.get(&stack.host.url("/admin/handlers/echo")).await;
     assert_eq!(status["active"], version_2.as_str(), "{status}");
 
     browser
-        .run("document.querySelectorAll('[data-handler=echo] button')[1].click();", vec![])
+        .run(
+            "document.querySelectorAll('[data-handler=echo] button')[1].click();",
+            vec![],
+        )
         .await;
     browser
-        .wait_for("v1 active again", &format!("{card}?.dataset.active === {}", js_string(&version_1)))
+        .wait_for(
+            "v1 active again",
+            &format!("{card}?.dataset.active === {}", js_string(&version_1)),
+        )
         .await;
     let history = browser
         .run(&format!("return {card}.innerText;"), vec![])
         .await;
-    assert!(history.as_str().unwrap_or("").contains("rollback"), "{history}");
+    assert!(
+        history.as_str().unwrap_or("").contains("rollback"),
+        "{history}"
+    );
     let (_, status) = stack.api.get(&stack.host.url("/admin/handlers/echo")).await;
     assert_eq!(status["active"], version_1.as_str(), "{status}");
     browser.close().await;
@@ -281,14 +373,24 @@ async fn a_queue_is_paused_and_resumed_from_the_console() {
             assert_eq!(stats["queues"]["chat"]["paused"], expected, "{stats}");
         }
     };
-    browser.click("#queues tr[data-queue=chat] button.pause").await;
     browser
-        .wait_for("the paused row", &format!("{row}?.dataset.paused === 'true'"))
+        .click("#queues tr[data-queue=chat] button.pause")
+        .await;
+    browser
+        .wait_for(
+            "the paused row",
+            &format!("{row}?.dataset.paused === 'true'"),
+        )
         .await;
     paused(true).await;
-    browser.click("#queues tr[data-queue=chat] button.resume").await;
     browser
-        .wait_for("the resumed row", &format!("{row}?.dataset.paused === 'false'"))
+        .click("#queues tr[data-queue=chat] button.resume")
+        .await;
+    browser
+        .wait_for(
+            "the resumed row",
+            &format!("{row}?.dataset.paused === 'false'"),
+        )
         .await;
     paused(false).await;
     browser.close().await;
@@ -298,16 +400,43 @@ async fn a_queue_is_paused_and_resumed_from_the_console() {
 fn every_block() -> Vec<(Value, &'static str)> {
     let pixel = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==";
     vec![
-        (json!({"type": "text", "text": "plain words"}), "div.block-text"),
-        (json!({"type": "markdown", "text": "# Title\n\n**bold** and `code`"}), "h1 + p > strong"),
-        (json!({"type": "html", "html": "<p class=\"kept\">safe</p><img src=x onerror=\"window.pwned=1\"><script>window.pwned=1</script>"}), "p.kept"),
-        (json!({"type": "code", "code": "fn main() {}", "language": "rust"}), "pre > code[data-language=rust]"),
+        (
+            json!({"type": "text", "text": "plain words"}),
+            "div.block-text",
+        ),
+        (
+            json!({"type": "markdown", "text": "# Title\n\n**bold** and `code`"}),
+            "h1 + p > strong",
+        ),
+        (
+            json!({"type": "html", "html": "<p class=\"kept\">safe</p><img src=x onerror=\"window.pwned=1\"><script>window.pwned=1</script>"}),
+            "p.kept",
+        ),
+        (
+            json!({"type": "code", "code": "fn main() {}", "language": "rust"}),
+            "pre > code[data-language=rust]",
+        ),
         (json!({"type": "json", "json": {"answer": 42}}), "pre"),
-        (json!({"type": "thinking", "text": "hmm"}), "details > summary"),
-        (json!({"type": "image", "base64": pixel, "mimeType": "image/png", "caption": "a pixel"}), "figure > img[src^='data:image/png']"),
-        (json!({"type": "audio", "url": "http://127.0.0.1:9/a.mp3"}), "audio[controls]"),
-        (json!({"type": "video", "url": "http://127.0.0.1:9/v.mp4"}), "video[controls]"),
-        (json!({"type": "file", "base64": "AAAA", "name": "a.bin"}), "a[download='a.bin']"),
+        (
+            json!({"type": "thinking", "text": "hmm"}),
+            "details > summary",
+        ),
+        (
+            json!({"type": "image", "base64": pixel, "mimeType": "image/png", "caption": "a pixel"}),
+            "figure > img[src^='data:image/png']",
+        ),
+        (
+            json!({"type": "audio", "url": "http://127.0.0.1:9/a.mp3"}),
+            "audio[controls]",
+        ),
+        (
+            json!({"type": "video", "url": "http://127.0.0.1:9/v.mp4"}),
+            "video[controls]",
+        ),
+        (
+            json!({"type": "file", "base64": "AAAA", "name": "a.bin"}),
+            "a[download='a.bin']",
+        ),
     ]
 }
 
@@ -327,7 +456,10 @@ async fn every_block_type_renders_in_a_session_message() {
         .await;
     assert_eq!(status, 201, "{message}");
     browser
-        .show(&format!("#/sessions/{sid}"), "document.querySelector('#messages [data-message]')")
+        .show(
+            &format!("#/sessions/{sid}"),
+            "document.querySelector('#messages [data-message]')",
+        )
         .await;
     for (block, selector) in every_block() {
         let kind = block["type"].as_str().expect("type");
@@ -379,7 +511,9 @@ async fn screenshots() {
         ..Default::default()
     })
     .await;
-    let Stack { host, api, stub, .. } = &stack;
+    let Stack {
+        host, api, stub, ..
+    } = &stack;
     let browser = Browser::start().await;
     let shoot = |name: &'static str| {
         let (browser, out) = (&browser, &out);
@@ -396,7 +530,11 @@ async fn screenshots() {
     shoot("login").await;
 
     let mut ids = Vec::new();
-    for prompt in ["What is a token bucket?", "Summarise Redis Streams", "Hello"] {
+    for prompt in [
+        "What is a token bucket?",
+        "Summarise Redis Streams",
+        "Hello",
+    ] {
         let (_, reply) = submit_chat(api, host, prompt).await;
         ids.push(reply["jobId"].as_str().expect("job id").to_owned());
     }
@@ -422,26 +560,125 @@ async fn screenshots() {
     .await;
 
     browser.log_in(&host.base, &admin_token()).await;
-    browser.show("#/queues", "document.querySelector('#queues tr[data-queue=chat]')").await;
+    browser
+        .show(
+            "#/queues",
+            "document.querySelector('#queues tr[data-queue=chat]')",
+        )
+        .await;
     shoot("queues").await;
-    browser.show("#/jobs?queue=chat&state=completed", "document.querySelector('#job-list tr[data-job]')").await;
+    browser
+        .show(
+            "#/jobs?queue=chat&state=completed",
+            "document.querySelector('#job-list tr[data-job]')",
+        )
+        .await;
     shoot("jobs").await;
-    browser.show(&format!("#/job/{dead}"), "document.querySelector('#timeline [data-event=task_failed]')").await;
+    browser
+        .show(
+            &format!("#/job/{dead}"),
+            "document.querySelector('#timeline [data-event=task_failed]')",
+        )
+        .await;
     shoot("job-failed").await;
-    browser.show(&format!("#/job/{}", ids[0]), "document.querySelector('#timeline [data-event=task_completed]')").await;
+    browser
+        .show(
+            &format!("#/job/{}", ids[0]),
+            "document.querySelector('#timeline [data-event=task_completed]')",
+        )
+        .await;
     shoot("job").await;
-    browser.show("#/handlers", "document.querySelector('[data-handler=chat]')").await;
+    browser
+        .show(
+            "#/handlers",
+            "document.querySelector('[data-handler=chat]')",
+        )
+        .await;
     shoot("handlers").await;
-    browser.show("#/limits", "document.querySelector('#charts section')").await;
+    browser
+        .show("#/limits", "document.querySelector('#charts section')")
+        .await;
     shoot("limits").await;
-    browser.show(&format!("#/sessions/{sid}"), "document.querySelector('#messages [data-message]')").await;
+    browser
+        .show(
+            &format!("#/sessions/{sid}"),
+            "document.querySelector('#messages [data-message]')",
+        )
+        .await;
     shoot("session").await;
-    browser.show("#/chat", "document.getElementById('prompt')").await;
-    browser.type_into("#prompt", "Explain back-off in one line").await;
+    browser
+        .show("#/chat", "document.getElementById('prompt')")
+        .await;
+    browser
+        .type_into("#prompt", "Explain back-off in one line")
+        .await;
     browser.click("#send").await;
     browser
-        .wait_for("the answer", "document.querySelector('.turn.assistant')?.dataset.state === 'completed'")
+        .wait_for(
+            "the answer",
+            "document.querySelector('.turn.assistant')?.dataset.state === 'completed'",
+        )
         .await;
     shoot("chat").await;
     browser.close().await;
+}
+
+/// The route behind the console's waiting, active and delayed lists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_lists_its_waiting_active_and_delayed_jobs() {
+    let config = "[queues.chat]\nhandler = \"chat\"\nmax_attempts = 2\nbackoff_ms = 60000\n";
+    let stack = Stack::start(HostOptions {
+        config: config.into(),
+        ..Default::default()
+    })
+    .await;
+    let Stack {
+        host, api, stub, ..
+    } = &stack;
+    let submit = |prompt: &'static str| async move {
+        let (_, reply) = submit_chat(api, host, prompt).await;
+        reply["jobId"].as_str().expect("job id").to_owned()
+    };
+    // Fails its first attempt and waits a minute for its retry.
+    stub.inject([Fault {
+        status: Some(500),
+        ..Fault::default()
+    }])
+    .expect("fault");
+    let delayed = submit("retried later").await;
+    wait_for_state(api, host, &delayed, "delayed").await;
+    // Runs for seconds.
+    stub.set_timing(5000, 0);
+    let active = submit("slow").await;
+    wait_for_state(api, host, &active, "active").await;
+    // Never claimed.
+    let (status, _) = api
+        .post(&host.url("/api/queues/chat/pause"), &json!({}))
+        .await;
+    assert_eq!(status, 200);
+    let waiting = submit("parked").await;
+    for (state, id) in [
+        ("waiting", &waiting),
+        ("active", &active),
+        ("delayed", &delayed),
+    ] {
+        let (status, list) = api
+            .get(&host.url(&format!("/api/queues/chat/jobs?state={state}")))
+            .await;
+        assert_eq!(status, 200, "{list}");
+        assert_eq!(list["state"], state);
+        let ids: Vec<&str> = list["jobs"]
+            .as_array()
+            .expect("jobs")
+            .iter()
+            .filter_map(|job| job["id"].as_str())
+            .collect();
+        assert_eq!(ids, [id.as_str()], "{state}: {list}");
+    }
+    let (status, body) = api
+        .get(&host.url("/api/queues/chat/jobs?state=completed"))
+        .await;
+    assert_eq!(status, 422, "{body}");
+    let (status, body) = api.get(&host.url("/api/queues/nope/jobs")).await;
+    assert_eq!(status, 404, "{body}");
 }

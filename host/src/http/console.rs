@@ -94,7 +94,10 @@ pub async fn asset(ApiPath(name): ApiPath<String>) -> Result<Response, ApiError>
         .iter()
         .find(|asset| asset.name == name)
         .ok_or_else(|| {
-            ApiError::not_found("asset_not_found", format!("the console has no file `{name}`"))
+            ApiError::not_found(
+                "asset_not_found",
+                format!("the console has no file `{name}`"),
+            )
         })?;
     Ok((
         [

@@ -13,6 +13,7 @@ mod health;
 mod job_view;
 mod jobs;
 mod limits;
+mod listing;
 mod message_stream;
 pub mod metrics;
 mod openapi;
@@ -195,6 +196,7 @@ fn admin() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(jobs::pause))
         .routes(routes!(jobs::resume))
         .routes(routes!(jobs::history))
+        .routes(routes!(listing::list))
         .routes(routes!(dead::list, dead::purge_all))
         .routes(routes!(dead::purge_one))
         .routes(routes!(dead::replay))

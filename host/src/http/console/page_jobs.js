@@ -1,18 +1,21 @@
-// Jobs: a queue's jobs by state (finished ones from the queue's history, dead
-// ones from its dead letters), paged and searchable by job id or user, with
-// bulk actions on a selection; and a box to open any job by id.
+// Jobs: a queue's jobs by state (unfinished ones as they stand, finished ones
+// from the queue's history, dead ones from its dead letters), paged and
+// searchable by job id or user, with bulk actions on a selection; and a box
+// to open any job by id.
 import { api, get, enc } from './api.js';
 import { h, time, stateBadge, actionButton, report } from './dom.js';
 
 const PAGE_SIZE = 20;
-const LISTED = ['completed', 'failed', 'dead'];
+const UNFINISHED = ['waiting', 'active', 'delayed'];
+const LISTED = [...UNFINISHED, 'completed', 'failed', 'dead'];
 
 async function load(queue, state) {
   if (state === 'dead') {
     const { dead } = await get(`/api/queues/${enc(queue)}/dead?limit=1000`);
     return dead.map(d => ({ id: d.jobId, state: 'dead', userId: '', attempts: d.attempts, error: d.error, finishedAt: d.failedAt }));
   }
-  const { jobs } = await get(`/api/queues/${enc(queue)}/history?state=${state}&limit=1000`);
+  const source = UNFINISHED.includes(state) ? 'jobs' : 'history';
+  const { jobs } = await get(`/api/queues/${enc(queue)}/${source}?state=${state}&limit=1000`);
   return jobs;
 }
 
@@ -20,7 +23,7 @@ export async function render(main, _args, query) {
   const stats = await get('/api/queue/stats');
   const queueNames = Object.keys(stats.queues || {});
   const queue = query.get('queue') || queueNames[0] || '';
-  const state = LISTED.includes(query.get('state')) ? query.get('state') : 'completed';
+  const state = LISTED.includes(query.get('state')) ? query.get('state') : 'waiting';
   const search = query.get('q') || '';
   const page = Math.max(0, Number(query.get('page')) || 0);
   const go = changes => {
@@ -37,8 +40,7 @@ export async function render(main, _args, query) {
       queueNames.map(name => h('option', { value: name, selected: name === queue }, name))),
     LISTED.map(s => h('a', { href: `#/jobs?queue=${enc(queue)}&state=${s}`, class: s === state ? 'state state-' + s : '' }, s)),
     h('input#search', { type: 'search', placeholder: 'search id or user', value: search, onchange: e => go({ q: e.target.value }) }));
-  main.append(h('h1', 'Jobs'), opener, filters,
-    h('p.meta', 'Waiting, active and delayed jobs are counted on the Queues page; open one by id.'));
+  main.append(h('h1', 'Jobs'), opener, filters);
 
   let all = [];
   try { all = await load(queue, state); } catch (error) { report(status, error); }
