@@ -682,3 +682,36 @@ async fn a_queue_lists_its_waiting_active_and_delayed_jobs() {
     let (status, body) = api.get(&host.url("/api/queues/nope/jobs")).await;
     assert_eq!(status, 404, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversation_shows_its_messages_live() {
+    let (stack, browser) = console("").await;
+    browser
+        .show(
+            "#/conversation/room-7",
+            "document.getElementById('conversation-status').textContent === 'connected'",
+        )
+        .await;
+    browser
+        .type_into("#frames + form input", "hello room")
+        .await;
+    browser.click("#frames + form button").await;
+    let frame = browser
+        .wait_for(
+            "the message frame",
+            "document.querySelector('#frames [data-frame]')?.innerText",
+        )
+        .await;
+    assert!(
+        frame.as_str().unwrap_or("").ends_with("hello room"),
+        "{frame}"
+    );
+    // The same message is in the conversation's history.
+    let (status, history) = stack
+        .api
+        .get(&stack.host.url("/api/conversations/room-7/messages"))
+        .await;
+    assert_eq!(status, 200, "{history}");
+    assert!(history.to_string().contains("hello room"), "{history}");
+    browser.close().await;
+}

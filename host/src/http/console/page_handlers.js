@@ -35,7 +35,7 @@ async function handlerCard(name, status, refresh) {
         await refresh();
       })))));
   const instances = h('table', h('tr', h('th', 'instance'), h('th', 'runs'), h('th', 'seen')),
-    detail.instances.map(i => h('tr', h('td', i.instance), h('td', h('code', shortVersion(i.version))), i.switched ? '' : h('span.meta', ' switching'), h('td', time(i.lastSeen)))));
+    detail.instances.map(i => h('tr', h('td', i.instance), h('td', h('code', shortVersion(i.version)), i.switched ? '' : h('span.meta', ' switching')), h('td', time(i.lastSeen)))));
   const history = h('table', h('tr', h('th', 'when'), h('th', 'action'), h('th', 'version'), h('th', 'previous'), h('th', 'by')),
     detail.history.map(a => h('tr', h('td', time(a.at)), h('td', a.action), h('td', h('code', shortVersion(a.version))), h('td', h('code', shortVersion(a.previous))), h('td', a.by))));
   return h('div.card', { 'data-handler': name, 'data-active': detail.active || '' },
