@@ -1,12 +1,14 @@
 //! End-to-end tests: real redis-server, real guest components, real `spool`
 //! processes, the stub model server over loopback.
 
+mod browser;
 mod support;
 
 mod bad_input;
 mod bulk;
 mod cancel;
 mod chat_support;
+mod console;
 mod contract;
 mod conversations;
 mod fencing;

@@ -6,12 +6,14 @@ pub mod auth;
 mod bounds;
 mod bulk;
 mod chat;
+mod console;
 mod dead;
 mod error;
 mod health;
 mod job_view;
 mod jobs;
 mod limits;
+mod listing;
 mod members;
 mod message_stream;
 pub mod metrics;
@@ -147,7 +149,8 @@ fn probes() -> OpenApiRouter<Arc<AppState>> {
 
 fn open() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
-        .routes(routes!(page))
+        .routes(routes!(console::index))
+        .routes(routes!(console::asset))
         .routes(routes!(auth::login))
         .routes(routes!(auth::logout))
 }
@@ -196,6 +199,7 @@ fn admin() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(jobs::pause))
         .routes(routes!(jobs::resume))
         .routes(routes!(jobs::history))
+        .routes(routes!(listing::list))
         .routes(routes!(dead::list, dead::purge_all))
         .routes(routes!(dead::purge_one))
         .routes(routes!(dead::replay))
@@ -213,13 +217,6 @@ fn uploads() -> OpenApiRouter<Arc<AppState>> {
     admin::upload_routes().route_layer(from_fn(|request, next| {
         auth::require(Role::Admin, request, next)
     }))
-}
-
-/// A chat page with live job progress and queue stats, over the public API only.
-#[utoipa::path(get, path = "/", tag = "console", security(()),
-    responses((status = 200, description = "The chat page", content_type = "text/html", body = String)))]
-async fn page() -> axum::response::Html<&'static str> {
-    axum::response::Html(include_str!("page.html"))
 }
 
 async fn not_found() -> ApiError {

@@ -31,6 +31,7 @@
 mod bulk;
 mod dead;
 mod fence;
+mod listing;
 mod monitoring;
 mod record;
 mod settlement;
