@@ -18,7 +18,7 @@ fn priorities_1_to_10_map_to_low_normal_high() {
             4..=7 => "normal",
             _ => "high",
         };
-        for tier in ["", "standard", "new", "inactive"] {
+        for tier in ["", "standard"] {
             let run = chat.admit(
                 chat.job(json!({"prompt": "hi"}))
                     .priority(priority)
@@ -47,6 +47,36 @@ fn vip_users_are_always_high_and_keep_their_score() {
                 run.decision(),
                 ("high".to_owned(), priority),
                 "tier {tier:?}"
+            );
+        }
+    }
+}
+
+/// Design A's rule: paying/VIP users high, ordinary normal, new or inactive
+/// users low, named or on design A's 0/1/2 scale, whatever number was asked.
+#[test]
+fn design_a_user_classes_pick_the_class() {
+    let chat = chat();
+    let classes = [
+        ("paying", "high"),
+        ("premium", "high"),
+        ("2", "high"),
+        ("1", "normal"),
+        ("new", "low"),
+        ("inactive", "low"),
+        ("0", "low"),
+    ];
+    for (tier, expected) in classes {
+        for priority in [1, 5, 10] {
+            let run = chat.admit(
+                chat.job(json!({"prompt": "hi"}))
+                    .priority(priority)
+                    .user_tier(tier),
+            );
+            assert_eq!(
+                run.decision(),
+                (expected.to_owned(), priority),
+                "tier {tier:?}, priority {priority}"
             );
         }
     }
