@@ -20,7 +20,7 @@ use super::super::AppState;
 use super::super::error::{ApiError, ApiJson, ErrorBody, ErrorDetail};
 use super::super::job_wait;
 use super::super::jobs::{CHAT_QUEUE, as_caller};
-use super::{backend_model, created_now, priority};
+use super::{backend_model, checked_model, checked_user, created_now, priority};
 use spool_core::access::Identity;
 use spool_core::events::JobEvents;
 use spool_core::follow::Follower;
@@ -29,7 +29,7 @@ use spool_core::queue::{JobRecord, JobState};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
-pub enum Role {
+pub enum ChatRole {
     System,
     Developer,
     User,
@@ -40,44 +40,44 @@ pub enum Role {
 /// A message's content: text, or text parts.
 #[derive(Deserialize, ToSchema)]
 #[serde(untagged)]
-pub enum Content {
+pub enum ChatContent {
     Text(String),
-    Parts(Vec<TextPart>),
+    Parts(Vec<ChatTextPart>),
 }
 
 #[derive(Deserialize, ToSchema)]
-pub struct TextPart {
+pub struct ChatTextPart {
     /// Read only to refuse other part types (images, audio).
     #[serde(rename = "type")]
     #[allow(dead_code)]
-    kind: TextPartKind,
+    kind: ChatTextPartKind,
     #[schema(max_length = 32000)]
     text: String,
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
-pub enum TextPartKind {
+pub enum ChatTextPartKind {
     Text,
 }
 
-impl Content {
+impl ChatContent {
     fn text(&self) -> String {
         match self {
-            Content::Text(text) => text.clone(),
-            Content::Parts(parts) => parts.iter().map(|part| part.text.as_str()).collect(),
+            ChatContent::Text(text) => text.clone(),
+            ChatContent::Parts(parts) => parts.iter().map(|part| part.text.as_str()).collect(),
         }
     }
 }
 
 #[derive(Deserialize, ToSchema)]
-pub struct Message {
-    role: Role,
-    content: Option<Content>,
+pub struct ChatMessageIn {
+    role: ChatRole,
+    content: Option<ChatContent>,
 }
 
 #[derive(Deserialize, ToSchema)]
-pub struct StreamOptions {
+pub struct ChatStreamOptions {
     #[serde(default)]
     include_usage: bool,
 }
@@ -91,10 +91,10 @@ pub struct ChatCompletionRequest {
     model: String,
     /// The last one must be a non-empty `user` message.
     #[schema(min_items = 1, max_items = 1000)]
-    messages: Vec<Message>,
+    messages: Vec<ChatMessageIn>,
     #[serde(default)]
     stream: Option<bool>,
-    stream_options: Option<StreamOptions>,
+    stream_options: Option<ChatStreamOptions>,
     temperature: Option<f32>,
     #[schema(minimum = 0)]
     max_tokens: Option<u32>,
@@ -116,22 +116,22 @@ pub struct ChatCompletionRequest {
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct Usage {
+pub struct ChatUsage {
     prompt_tokens: u64,
     completion_tokens: u64,
     total_tokens: u64,
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct AnswerMessage {
+pub struct ChatAnswerMessage {
     role: &'static str,
     content: String,
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct Choice {
+pub struct ChatChoice {
     index: u32,
-    message: AnswerMessage,
+    message: ChatAnswerMessage,
     finish_reason: &'static str,
 }
 
@@ -143,8 +143,8 @@ pub struct ChatCompletion {
     object: &'static str,
     created: u64,
     model: String,
-    choices: Vec<Choice>,
-    usage: Usage,
+    choices: Vec<ChatChoice>,
+    usage: ChatUsage,
 }
 
 /// A chat completion through spool's queue, priorities, handler and limiter.
@@ -196,9 +196,9 @@ pub async fn completions(
         object: "chat.completion",
         created: created_now(),
         model: answer.model,
-        choices: vec![Choice {
+        choices: vec![ChatChoice {
             index: 0,
-            message: AnswerMessage {
+            message: ChatAnswerMessage {
                 role: "assistant",
                 content: answer.text,
             },
@@ -211,25 +211,26 @@ pub async fn completions(
 
 /// The chat handler's payload from OpenAI's messages.
 fn submission(request: ChatCompletionRequest) -> Result<Submission, ApiError> {
+    checked_model(&request.model)?;
     let mut system = Vec::new();
     let mut turns = Vec::new();
     for message in &request.messages {
         let text = message
             .content
             .as_ref()
-            .map(Content::text)
+            .map(ChatContent::text)
             .unwrap_or_default();
         match message.role {
-            Role::System | Role::Developer => system.push(text),
-            Role::User => turns.push(json!({"role": "user", "content": text})),
-            Role::Assistant => turns.push(json!({"role": "assistant", "content": text})),
-            Role::Tool => turns.push(json!({"role": "tool", "content": text})),
+            ChatRole::System | ChatRole::Developer => system.push(text),
+            ChatRole::User => turns.push(json!({"role": "user", "content": text})),
+            ChatRole::Assistant => turns.push(json!({"role": "assistant", "content": text})),
+            ChatRole::Tool => turns.push(json!({"role": "tool", "content": text})),
         }
     }
     let last_is_user = request
         .messages
         .last()
-        .is_some_and(|message| message.role == Role::User);
+        .is_some_and(|message| message.role == ChatRole::User);
     let prompt = match turns.pop() {
         Some(turn) if last_is_user => turn["content"].as_str().unwrap_or_default().to_owned(),
         _ => {
@@ -253,7 +254,7 @@ fn submission(request: ChatCompletionRequest) -> Result<Submission, ApiError> {
         payload["maxTokens"] = json!(max);
     }
     Ok(Submission {
-        user_id: request.user.unwrap_or_default(),
+        user_id: checked_user(request.user)?,
         user_tier: request.user_tier.unwrap_or_default(),
         priority: priority(request.priority.as_ref())?,
         payload: payload.to_string(),
@@ -266,7 +267,7 @@ fn submission(request: ChatCompletionRequest) -> Result<Submission, ApiError> {
 struct Answer {
     text: String,
     model: String,
-    usage: Usage,
+    usage: ChatUsage,
 }
 
 impl Answer {
@@ -284,7 +285,7 @@ impl Answer {
                 .as_str()
                 .unwrap_or(requested_model)
                 .to_owned(),
-            usage: Usage {
+            usage: ChatUsage {
                 prompt_tokens,
                 completion_tokens,
                 total_tokens: prompt_tokens + completion_tokens,
@@ -323,7 +324,12 @@ impl Chunks {
         })
     }
 
-    fn chunk(&self, delta: Value, finish_reason: Option<&str>, usage: Option<Usage>) -> SseEvent {
+    fn chunk(
+        &self,
+        delta: Value,
+        finish_reason: Option<&str>,
+        usage: Option<ChatUsage>,
+    ) -> SseEvent {
         let mut chunk = json!({
             "id": self.id,
             "object": "chat.completion.chunk",

@@ -13,14 +13,14 @@ use utoipa::ToSchema;
 use super::super::AppState;
 use super::super::embeddings::{EmbedText, EmbedTexts, checked_texts, run};
 use super::super::error::{ApiError, ApiJson, ErrorBody};
-use super::{backend_model, priority, words};
+use super::{backend_model, checked_model, checked_user, priority, words};
 use spool_core::access::Identity;
 use spool_core::intake::Submission;
 
 /// One text or several (token arrays are not supported).
 #[derive(Deserialize, ToSchema)]
 #[serde(untagged)]
-pub enum Input {
+pub enum EmbeddingInput {
     One(EmbedText),
     Many(EmbedTexts),
 }
@@ -38,7 +38,7 @@ pub enum EncodingFormat {
 /// plus spool's `priority` and `user_tier`.
 #[derive(Deserialize, ToSchema)]
 pub struct EmbeddingRequest {
-    input: Input,
+    input: EmbeddingInput,
     /// Passed to the backend; `default` (or `spool`) means its configured model.
     #[schema(min_length = 1, max_length = 256)]
     model: String,
@@ -92,18 +92,13 @@ pub async fn embeddings(
     let request: EmbeddingRequest = serde_json::from_value(body)
         .map_err(|e| ApiError::invalid("invalid_field", e.to_string()))?;
     let texts = checked_texts(match request.input {
-        Input::One(text) => vec![text.0],
-        Input::Many(texts) => texts.into_strings(),
+        EmbeddingInput::One(text) => vec![text.0],
+        EmbeddingInput::Many(texts) => texts.into_strings(),
     })?;
-    if request.model.is_empty() || request.model.chars().count() > 256 {
-        return Err(ApiError::invalid(
-            "invalid_model",
-            "model must be 1 to 256 characters",
-        ));
-    }
+    checked_model(&request.model)?;
     let model = backend_model(&request.model);
     let submission = Submission {
-        user_id: request.user.unwrap_or_default(),
+        user_id: checked_user(request.user)?,
         user_tier: request.user_tier.unwrap_or_default(),
         priority: priority(request.priority.as_ref())?,
         payload: json!({ "texts": texts, "model": model }).to_string(),

@@ -25,6 +25,28 @@ fn backend_model(model: &str) -> Option<String> {
     (!DEFAULT_MODEL_NAMES.contains(&model)).then(|| model.to_owned())
 }
 
+/// OpenAI's `model`: 1 to 256 characters.
+fn checked_model(model: &str) -> Result<(), ApiError> {
+    if model.is_empty() || model.chars().count() > 256 {
+        return Err(ApiError::invalid(
+            "invalid_model",
+            "model must be 1 to 256 characters",
+        ));
+    }
+    Ok(())
+}
+
+/// OpenAI's `user`: when given, a user id like spool's (1 to 128 printable characters).
+fn checked_user(user: Option<String>) -> Result<String, ApiError> {
+    match user {
+        Some(user) => {
+            super::jobs::checked_user_id(&user)?;
+            Ok(user)
+        }
+        None => Ok(String::new()),
+    }
+}
+
 /// Seconds since the epoch, OpenAI's `created`.
 fn created_now() -> u64 {
     spool_core::queue::now_ms() / 1000
