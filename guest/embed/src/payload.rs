@@ -33,9 +33,7 @@ impl Payload {
         let mut texts = Vec::with_capacity(items.len());
         for (index, item) in items.iter().enumerate() {
             match item {
-                Value::String(text)
-                    if !text.is_empty() && text.chars().count() <= MAX_TEXT_CHARS =>
-                {
+                Value::String(text) if !text.is_empty() && text.chars().count() <= MAX_TEXT_CHARS => {
                     texts.push(text.clone())
                 }
                 _ => {

@@ -132,7 +132,11 @@ mod tests {
         ];
         for (tier, class) in classes {
             for priority in [1, 5, 10] {
-                assert_eq!(decide(priority, tier), Decision { class, score: priority }, "tier {tier:?}");
+                assert_eq!(
+                    decide(priority, tier),
+                    Decision { class, score: priority },
+                    "tier {tier:?}"
+                );
             }
         }
     }
