@@ -31,7 +31,7 @@ fn texts_of(i: usize) -> Vec<String> {
     let count = 1 + i % 3;
     (0..count)
         .map(|k| {
-            if k == 0 && i % 4 == 0 {
+            if k == 0 && i.is_multiple_of(4) {
                 "are you there?".to_owned()
             } else {
                 format!("message {}", (i * 7 + k * 13) % 30)
