@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const GUESTS: &[&str] = &["chat", "pipeline"];
+const GUESTS: &[&str] = &["chat", "embed", "pipeline"];
 /// Test-only handlers from guest/fixtures, copied beside the guests for the e2e
 /// tests (`include_bytes!(concat!(env!("OUT_DIR"), ...))`); never embedded in the host.
 const FIXTURES: &[&str] = &["echo_v1", "echo_v2", "echo_trap", "noop"];

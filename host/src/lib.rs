@@ -25,6 +25,10 @@ pub const BUILT_IN: &[(&str, &[u8])] = &[
         include_bytes!(concat!(env!("OUT_DIR"), "/chat.wasm")),
     ),
     (
+        "embed",
+        include_bytes!(concat!(env!("OUT_DIR"), "/embed.wasm")),
+    ),
+    (
         "pipeline",
         include_bytes!(concat!(env!("OUT_DIR"), "/pipeline.wasm")),
     ),

@@ -18,7 +18,7 @@ fn priorities_1_to_10_map_to_low_normal_high() {
             4..=7 => "normal",
             _ => "high",
         };
-        for tier in ["", "standard", "new", "inactive"] {
+        for tier in ["", "standard"] {
             let run = chat.admit(
                 chat.job(json!({"prompt": "hi"}))
                     .priority(priority)
@@ -47,6 +47,36 @@ fn vip_users_are_always_high_and_keep_their_score() {
                 run.decision(),
                 ("high".to_owned(), priority),
                 "tier {tier:?}"
+            );
+        }
+    }
+}
+
+/// Design A's rule: paying/VIP users high, ordinary normal, new or inactive
+/// users low, named or on design A's 0/1/2 scale, whatever number was asked.
+#[test]
+fn design_a_user_classes_pick_the_class() {
+    let chat = chat();
+    let classes = [
+        ("paying", "high"),
+        ("premium", "high"),
+        ("2", "high"),
+        ("1", "normal"),
+        ("new", "low"),
+        ("inactive", "low"),
+        ("0", "low"),
+    ];
+    for (tier, expected) in classes {
+        for priority in [1, 5, 10] {
+            let run = chat.admit(
+                chat.job(json!({"prompt": "hi"}))
+                    .priority(priority)
+                    .user_tier(tier),
+            );
+            assert_eq!(
+                run.decision(),
+                (expected.to_owned(), priority),
+                "tier {tier:?}, priority {priority}"
             );
         }
     }
@@ -207,4 +237,85 @@ fn model_errors_become_retries_or_rejections() {
             .reply(Reply::rejected(400, "unknown model")),
     );
     assert_eq!(run.rejected(), Some("400: unknown model"));
+}
+
+/// Design A's bot kept a short-term memory: turns that no longer fit the
+/// history budget are embedded with the prompt, and the closest one comes
+/// back as a system note, through the host's (paced, batched, cached) embed.
+#[test]
+fn older_turns_closest_to_the_prompt_are_recalled_by_embedding() {
+    let chat = chat();
+    // A budget that keeps only the newest two turns (10 characters each).
+    let job = chat.job(json!({
+        "prompt": "what is my cat called?",
+        "historyBudgetChars": 20,
+        "recallTurns": 1,
+        "conversationHistory": [
+            {"role": "user", "content": "my cat is called Tom"},
+            {"role": "assistant", "content": "what a nice name"},
+            {"role": "user", "content": "it rains today"},
+            {"role": "user", "content": "0123456789"},
+            {"role": "assistant", "content": "abcdefghij"},
+        ],
+    }));
+    // The prompt, then the three dropped turns: the cat turn is closest.
+    let job = job
+        .reply(Reply::embeddings(vec![
+            vec![1.0, 0.0],
+            vec![0.9, 0.1],
+            vec![0.0, 1.0],
+            vec![-1.0, 0.2],
+        ]))
+        .reply(Reply::text("Tom."));
+    let run = chat.handle(job);
+    assert_eq!(run.result()["response"], "Tom.", "{:?}", run.report());
+    let embedded = &run.model_requests()[0];
+    assert_eq!(
+        embedded["texts"],
+        json!([
+            "what is my cat called?",
+            "my cat is called Tom",
+            "what a nice name",
+            "it rains today"
+        ]),
+        "{embedded}"
+    );
+    let request = &run.chat_requests()[0];
+    let messages = request["messages"].as_array().expect("messages");
+    let contents: Vec<&str> = messages
+        .iter()
+        .map(|m| m["content"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        contents.len(),
+        5,
+        "system, recall, 2 recent turns, prompt: {contents:?}"
+    );
+    assert_eq!(messages[1]["role"], "system");
+    assert!(
+        contents[1].ends_with("\n- user: my cat is called Tom"),
+        "{contents:?}"
+    );
+    assert_eq!(
+        &contents[2..],
+        ["0123456789", "abcdefghij", "what is my cat called?"]
+    );
+}
+
+#[test]
+fn a_failed_embed_call_still_gets_an_answer_without_memory() {
+    let chat = chat();
+    let job = chat
+        .job(json!({"prompt": "and now?", "historyBudgetChars": 0,
+            "conversationHistory": [{"role": "user", "content": "long ago"}]}))
+        .reply(Reply::unavailable("embedding backend down"))
+        .reply(Reply::text("Fine."));
+    let run = chat.handle(job);
+    assert_eq!(run.result()["response"], "Fine.", "{:?}", run.report());
+    let request = &run.chat_requests()[0];
+    assert_eq!(
+        request["messages"].as_array().map(Vec::len),
+        Some(2),
+        "{request}"
+    );
 }

@@ -6,12 +6,15 @@
 //! - [`spool_sdk::priority::decide`]: the priority rule (`admit`);
 //! - [`payload`]: what a chat job body may contain (`admit`, `handle`);
 //! - [`prompt`]: system prompt + recent history + user prompt (`shape-prompt`);
-//! - [`content`]: thinking, code, JSON and text blocks (`parse-content`).
+//! - [`content`]: thinking, code, JSON and text blocks (`parse-content`);
+//! - [`memory`]: older turns recalled by similarity (`handle`).
 //!
-//! `handle` runs them in turn around one model call and returns
+//! `handle` runs them in turn around one model call (plus one embed call
+//! when older turns no longer fit the history budget) and returns
 //! `{"response": …, "model": …, "usage": {"promptTokens": …, "completionTokens": …}}`.
 
 pub mod content;
+pub mod memory;
 pub mod payload;
 pub mod prompt;
 
@@ -52,8 +55,13 @@ impl Guest for Chat {
         let payload = Payload::parse(&job.payload)?;
 
         events::progress(10, "shaping prompt");
-        let request = prompt::shape(&payload, &payload.history);
+        let mut request = prompt::shape(&payload, &payload.history);
         let kept = request.messages.len() - 2; // all but the system prompt and the user's prompt
+        let dropped = &payload.history[..payload.history.len() - kept];
+        let recalled = recall(&payload, dropped);
+        if let Some(message) = recalled.clone() {
+            request.messages.insert(1, message);
+        }
 
         events::progress(30, "calling model");
         let reply = model::chat(&request.into())?;
@@ -64,9 +72,14 @@ impl Guest for Chat {
         logging::log(
             Level::Info,
             &format!(
-                "chat answered by {}: {kept} of {} history turns sent, {} characters in {} blocks",
+                "chat answered by {}: {kept} of {} history turns sent{}, {} characters in {} blocks",
                 reply.model,
                 payload.history.len(),
+                if recalled.is_some() {
+                    " (older ones recalled by similarity)"
+                } else {
+                    ""
+                },
                 reply.text.chars().count(),
                 blocks.len(),
             ),
@@ -82,6 +95,29 @@ impl Guest for Chat {
         });
         Ok(JobOutput::new(result, blocks))
     }
+}
+
+/// The older turns closest in meaning to the prompt, as one system message;
+/// `None` when nothing was dropped, recall is off, or the embed call failed
+/// (the answer is still worth giving without them).
+fn recall(payload: &Payload, dropped: &[spool_sdk::chat::Message]) -> Option<spool_sdk::chat::Message> {
+    let keep = payload.recall_turns.unwrap_or(memory::DEFAULT_RECALL);
+    let candidates = memory::candidates(dropped);
+    if keep == 0 || candidates.is_empty() {
+        return None;
+    }
+    let mut texts: Vec<String> = vec![payload.prompt.chars().take(memory::MAX_RECALLED_CHARS).collect()];
+    texts.extend(candidates.iter().map(|turn| turn.content.clone()));
+    let vectors = match model::embed(None, &texts) {
+        Ok(vectors) if vectors.len() == texts.len() => vectors,
+        Ok(_) | Err(_) => {
+            logging::log(Level::Warn, "could not embed older turns; answering without them");
+            return None;
+        }
+    };
+    let chosen = memory::closest(&vectors[0], &vectors[1..], keep);
+    let turns: Vec<_> = chosen.iter().filter_map(|&index| candidates.get(index)).collect();
+    Some(memory::recall_message(&turns))
 }
 
 spool_sdk::export!(Chat);

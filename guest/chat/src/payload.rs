@@ -21,7 +21,8 @@ pub const MAX_PROMPT_CHARS: usize = 32_000;
 ///   "historyBudgetChars": 4000,
 ///   "model": "llama3.2",
 ///   "temperature": 0.7,
-///   "maxTokens": 512
+///   "maxTokens": 512,
+///   "recallTurns": 2
 /// }
 /// ```
 ///
@@ -46,6 +47,9 @@ pub struct Payload {
     pub temperature: Option<f32>,
     /// `maxTokens`, when an integer in 0..=u32::MAX.
     pub max_tokens: Option<u32>,
+    /// `recallTurns`, when a non-negative integer: how many older turns that
+    /// no longer fit the budget are recalled by similarity (0: none).
+    pub recall_turns: Option<usize>,
 }
 
 impl Payload {
@@ -84,6 +88,10 @@ impl Payload {
                 .get("maxTokens")
                 .and_then(Value::as_u64)
                 .and_then(|max| u32::try_from(max).ok()),
+            recall_turns: fields
+                .get("recallTurns")
+                .and_then(Value::as_u64)
+                .and_then(|turns| usize::try_from(turns).ok()),
         })
     }
 }
@@ -140,7 +148,7 @@ mod tests {
     fn full_payload() {
         let payload = Payload::parse(
             r#"{"prompt": "and you?", "system": "Be brief.", "historyBudgetChars": 100,
-                "model": "qwen3", "temperature": 0.5, "maxTokens": 300, "extra": true,
+                "model": "qwen3", "temperature": 0.5, "maxTokens": 300, "recallTurns": 1, "extra": true,
                 "conversationHistory": [
                     {"role": "user", "content": "hi"},
                     {"role": "assistant", "content": "hello", "id": 7}
@@ -157,6 +165,7 @@ mod tests {
                 model: Some("qwen3".to_owned()),
                 temperature: Some(0.5),
                 max_tokens: Some(300),
+                recall_turns: Some(1),
             }
         );
     }

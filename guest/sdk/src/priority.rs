@@ -22,24 +22,35 @@ pub struct Decision {
     pub score: u8,
 }
 
+/// Design A's user classes: who the user is picks the class, whatever the
+/// number says. Either a name or design A's own 0/1/2 scale is accepted:
+/// 2 (high) for paying or VIP users, 1 (normal) for ordinary users, 0 (low)
+/// for new or inactive users.
+pub fn user_class(user_tier: &str) -> Option<Class> {
+    let tier = user_tier.trim().to_ascii_lowercase();
+    match tier.as_str() {
+        "2" | "vip" | "paying" | "paid" | "premium" => Some(Class::High),
+        "1" | "normal" | "ordinary" => Some(Class::Normal),
+        "0" | "new" | "inactive" => Some(Class::Low),
+        // "standard", empty or unknown: the number decides.
+        _ => None,
+    }
+}
+
 /// Chooses the class and score of a job.
 ///
 /// - The score is the requested priority (brought into 1..=10, which the host
 ///   already guarantees).
-/// - A `"vip"` user tier (any case) is always [`Class::High`].
+/// - A user class ([`user_class`]) decides the class when the tier names one:
+///   paying/VIP users high, new or inactive users low.
 /// - Otherwise the class follows the number: 1–3 low, 4–7 normal, 8–10 high.
-///   Other tiers (`"standard"`, `"new"`, `"inactive"`, empty) do not matter.
 pub fn decide(priority: u8, user_tier: &str) -> Decision {
     let score = priority.clamp(1, 10);
-    let class = if user_tier.trim().eq_ignore_ascii_case("vip") {
-        Class::High
-    } else {
-        match score {
-            1..=3 => Class::Low,
-            4..=7 => Class::Normal,
-            _ => Class::High,
-        }
-    };
+    let class = user_class(user_tier).unwrap_or(match score {
+        1..=3 => Class::Low,
+        4..=7 => Class::Normal,
+        _ => Class::High,
+    });
     Decision { class, score }
 }
 
@@ -81,7 +92,7 @@ mod tests {
             (10, Class::High),
         ];
         for (priority, class) in expected {
-            for tier in ["", "standard", "new", "inactive"] {
+            for tier in ["", "standard", "gold-ish"] {
                 let decision = decide(priority, tier);
                 assert_eq!(
                     decision,
@@ -104,6 +115,30 @@ mod tests {
             );
         }
         assert_eq!(decide(2, " VIP ").class, Class::High);
+    }
+
+    #[test]
+    fn design_a_user_classes_decide_whatever_the_number() {
+        let classes = [
+            ("paying", Class::High),
+            ("Paid", Class::High),
+            ("premium", Class::High),
+            ("2", Class::High),
+            ("1", Class::Normal),
+            ("ordinary", Class::Normal),
+            ("new", Class::Low),
+            (" Inactive ", Class::Low),
+            ("0", Class::Low),
+        ];
+        for (tier, class) in classes {
+            for priority in [1, 5, 10] {
+                assert_eq!(
+                    decide(priority, tier),
+                    Decision { class, score: priority },
+                    "tier {tier:?}"
+                );
+            }
+        }
     }
 
     #[test]

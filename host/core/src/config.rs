@@ -287,6 +287,7 @@ impl Default for Config {
             queues: BTreeMap::from([
                 ("chat".into(), queue("chat")),
                 ("documents".into(), queue("pipeline")),
+                ("embeddings".into(), queue("embed")),
             ]),
             handlers: BTreeMap::new(),
             registry: RegistryConfig::default(),

@@ -96,10 +96,7 @@ impl IntoResponse for BulkError {
             tracing::warn!(code = self.code, message = %self.message, "bulk submission failed");
         }
         let body = BulkErrorBody {
-            error: ErrorDetail {
-                code: self.code,
-                message: self.message,
-            },
+            error: ErrorDetail::new(self.status, self.code, self.message),
             items: self.items,
         };
         (self.status, Json(body)).into_response()

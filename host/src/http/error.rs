@@ -52,6 +52,35 @@ pub struct ErrorDetail {
     pub code: &'static str,
     /// What went wrong and what to do, for people.
     pub message: String,
+    /// The class of error in OpenAI's terms (`invalid_request_error`,
+    /// `authentication_error`, `rate_limit_error`, ...), so any OpenAI client
+    /// reads spool's errors as its own.
+    #[serde(rename = "type")]
+    #[schema(example = "not_found_error")]
+    pub kind: &'static str,
+}
+
+impl ErrorDetail {
+    pub fn new(status: StatusCode, code: &'static str, message: String) -> Self {
+        Self {
+            code,
+            message,
+            kind: error_kind(status),
+        }
+    }
+}
+
+/// OpenAI's error `type` for a status.
+fn error_kind(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        409 => "conflict_error",
+        429 => "rate_limit_error",
+        400..=499 => "invalid_request_error",
+        _ => "api_error",
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -60,10 +89,7 @@ impl IntoResponse for ApiError {
             tracing::warn!(code = self.code, message = %self.message, "request failed");
         }
         let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code,
-                message: self.message,
-            },
+            error: ErrorDetail::new(self.status, self.code, self.message),
         };
         let mut response = (self.status, Json(body)).into_response();
         // The rest of a refused oversized body may still be on its way (its

@@ -8,15 +8,18 @@ mod bulk;
 mod chat;
 mod console;
 mod dead;
+mod embeddings;
 mod error;
 mod health;
 mod job_view;
+mod job_wait;
 mod jobs;
 mod limits;
 mod listing;
 mod members;
 mod message_stream;
 pub mod metrics;
+mod openai;
 mod openapi;
 mod schemas;
 mod sessions;
@@ -189,6 +192,9 @@ fn submitter() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(sessions::get_content))
         .routes(routes!(stream::v1_status_stream))
         .routes(routes!(stream::v1_job_events))
+        .routes(routes!(embeddings::embed))
+        .routes(routes!(openai::chat::completions))
+        .routes(routes!(openai::embeddings::embeddings))
         .route_layer(from_fn(|request, next| {
             auth::require(Role::Submitter, request, next)
         }))

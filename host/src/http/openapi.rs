@@ -24,7 +24,7 @@ use super::error::ErrorBody;
         title = "spool",
         description = "Runs AI jobs from Redis Streams through WebAssembly handlers, paced for rate-limited model APIs. \
             Keys are presented as `Authorization: Bearer <key>` or as the `spool_key` cookie `POST /api/login` sets; \
-            routes need the reader, submitter or admin role. Every error answers `{\"error\": {\"code\", \"message\"}}`."
+            routes need the reader, submitter or admin role. Every error answers `{\"error\": {\"code\", \"message\", \"type\"}}` (`type` is OpenAI's error class)."
     ),
     components(schemas(ErrorBody)),
     tags(
@@ -35,6 +35,8 @@ use super::error::ErrorBody;
         (name = "access", description = "API keys and browser login"),
         (name = "operations", description = "Health, limits and metrics"),
         (name = "console", description = "The web page"),
+        (name = "embeddings", description = "Texts to vectors through the queue, limiter, batcher and cache (design A)"),
+        (name = "openai", description = "OpenAI-compatible chat completions and embeddings: any OpenAI SDK with base URL `<spool>/v1` and a spool key"),
     )
 )]
 struct Base;
