@@ -9,6 +9,8 @@ mod cancel;
 mod chat_support;
 mod contract;
 mod conversations;
+mod design_d;
+mod design_e;
 mod fencing;
 mod foundation;
 mod guest_chat;

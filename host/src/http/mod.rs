@@ -17,6 +17,7 @@ pub mod metrics;
 mod openapi;
 mod schemas;
 mod sessions;
+mod status_events;
 mod stream;
 mod ws;
 
@@ -177,6 +178,7 @@ fn submitter() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(sessions::create_session))
         .routes(routes!(sessions::get_session, sessions::delete_session))
         .routes(routes!(sessions::post_message, sessions::list_messages))
+        .routes(routes!(sessions::cleanup_session))
         .routes(routes!(message_stream::message_stream))
         .routes(routes!(sessions::start_task))
         .routes(routes!(sessions::get_message))
