@@ -9,6 +9,7 @@ mod cancel;
 mod chat_support;
 mod contract;
 mod conversations;
+mod design_c;
 mod design_d;
 mod design_e;
 mod fencing;

@@ -39,6 +39,10 @@ impl StatusLine {
 
     /// The unnamed status event for `event`, if it changes the job's state or progress.
     pub fn status(&mut self, event: &Event) -> Option<SseEvent> {
+        if event.job_id.is_some() {
+            // A later stage's: the job's own state is not its.
+            return None;
+        }
         let state = match EventType::parse(&event.event_type)? {
             EventType::TaskQueued | EventType::TaskRequeued => JobState::Waiting,
             EventType::TaskStarted => JobState::Active,

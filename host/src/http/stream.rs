@@ -43,7 +43,9 @@ pub struct StreamQuery {
 
 /// The SSE stream of a job: a `state` snapshot, then every event (`task_started`,
 /// `task_progress`, ..., custom types) with its stream id, `ping` when quiet,
-/// until the job's terminal event. Resumable with `Last-Event-ID` or `last_id`.
+/// until the job's terminal event. A job that queued later stages (follow-up
+/// jobs) goes on with their events, each naming its stage in `jobId`, until
+/// the last stage's end. Resumable with `Last-Event-ID` or `last_id`.
 /// Before each event that changes the job's state or progress comes an
 /// unnamed one (what `EventSource.onmessage` receives; design E's page):
 /// `{"type": "status", "jobId", "state", "progress"}`.
@@ -84,10 +86,15 @@ pub async fn status_stream(
         // The status first: should the connection drop between the two, the
         // resumed stream repeats it (harmless) rather than missing it.
         let status = status_line.status(&event);
+        let mut data =
+            json!({ "type": event.event_type, "data": event.data, "timestamp": event.timestamp });
+        if let Some(stage) = &event.job_id {
+            data["jobId"] = json!(stage);
+        }
         let named = SseEvent::default()
             .id(event.id.clone())
             .event(event.event_type.clone())
-            .data(json!({ "type": event.event_type, "data": event.data, "timestamp": event.timestamp }).to_string());
+            .data(data.to_string());
         status.into_iter().chain([named]).collect()
     });
     let stream = futures_util::StreamExt::chain(futures_util::stream::iter([Ok(snapshot)]), events);
