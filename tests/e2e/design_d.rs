@@ -203,3 +203,82 @@ async fn last_id_as_the_readme_says_resumes_right_after_that_event() {
         }
     }
 }
+
+/// Design D's `DELETE` closes the session (spool's delete is `?purge=true`),
+/// and `cleanup_old_messages(session_id, keep_days)` is a route of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_closes_a_session_and_a_session_cleans_up_its_own_old_messages() {
+    let stack = Stack::start(HostOptions::default()).await;
+    let Stack { host, api, .. } = &stack;
+    let session_url = |sid: &str, tail: &str| host.url(&format!("/api/v1/sessions/{sid}{tail}"));
+    let new_session = || async {
+        let (status, session) = api
+            .post(
+                &host.url("/api/v1/sessions"),
+                &json!({"user_id": "u", "metadata": {}}),
+            )
+            .await;
+        assert_eq!(status, 201, "{session}");
+        session["id"].as_str().expect("id").to_owned()
+    };
+    let message = json!({"content": "hi", "type": "text", "metadata": {}});
+
+    let sid = new_session().await;
+    let (status, _) = api.post(&session_url(&sid, "/messages"), &message).await;
+    assert_eq!(status, 201);
+    let (status, closed) = api.delete(&session_url(&sid, "")).await;
+    assert_eq!(status, 200, "{closed}");
+    assert_eq!(
+        (closed["closed"].clone(), closed["deleted"].clone()),
+        (json!(true), json!(false))
+    );
+    let (status, session) = api.get(&session_url(&sid, "")).await;
+    assert_eq!(status, 200, "a closed session is still there: {session}");
+    assert_eq!(session["status"], "closed");
+    assert!(session["closedAt"].is_u64(), "{session}");
+    let (_, page) = api.get(&session_url(&sid, "/messages")).await;
+    assert_eq!(page["total"], 1, "its messages stay readable: {page}");
+    let (status, refused) = api.post(&session_url(&sid, "/messages"), &message).await;
+    assert_eq!(status, 409, "{refused}");
+    assert_eq!(refused["error"]["code"], "session_closed");
+    let (status, refused) = api
+        .post(
+            &session_url(&sid, "/tasks"),
+            &json!({"task_description": "Tides"}),
+        )
+        .await;
+    assert_eq!(status, 409, "{refused}");
+    let (status, purged) = api.delete(&session_url(&sid, "?purge=true")).await;
+    assert_eq!(status, 200, "{purged}");
+    assert_eq!(
+        (purged["deleted"].clone(), purged["messagesDeleted"].clone()),
+        (json!(true), json!(1))
+    );
+    let (status, _) = api.get(&session_url(&sid, "")).await;
+    assert_eq!(status, 404);
+
+    // Per-session cleanup: keep_days 1 keeps a fresh message, 0 takes it;
+    // another session's message is untouched.
+    let (sid, other) = (new_session().await, new_session().await);
+    for session in [&sid, &other] {
+        let (status, _) = api.post(&session_url(session, "/messages"), &message).await;
+        assert_eq!(status, 201);
+    }
+    let (status, kept) = api
+        .post(&session_url(&sid, "/cleanup"), &json!({"keep_days": 1}))
+        .await;
+    assert_eq!(status, 200, "{kept}");
+    assert_eq!(kept["messagesDeleted"], 0);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let (status, cleaned) = api
+        .post(&session_url(&sid, "/cleanup"), &json!({"keep_days": 0}))
+        .await;
+    assert_eq!(status, 200, "{cleaned}");
+    assert_eq!(cleaned["messagesDeleted"], 1, "{cleaned}");
+    let (_, page) = api.get(&session_url(&other, "/messages")).await;
+    assert_eq!(page["total"], 1, "{page}");
+    let (status, error) = api
+        .post(&session_url(&other, "/cleanup"), &json!({"keep_days": -1}))
+        .await;
+    assert_eq!(status, 422, "{error}");
+}
