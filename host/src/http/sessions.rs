@@ -147,8 +147,8 @@ pub async fn create_session(
     let (metadata, user_id) = body.map_or((None, None), |body| (body.metadata, body.user_id));
     let metadata = metadata.map_or(Value::Null, Value::Object);
     if let Some(user_id) = &user_id
-        && !((1..=MAX_USER_ID).contains(&user_id.chars().count())
-            && !user_id.chars().any(char::is_control))
+        && (!(1..=MAX_USER_ID).contains(&user_id.chars().count())
+            || user_id.chars().any(char::is_control))
     {
         return Err(ApiError::invalid(
             "invalid_user_id",
