@@ -275,6 +275,9 @@ async fn delete_closes_a_session_and_a_session_cleans_up_its_own_old_messages() 
         .await;
     assert_eq!(status, 200, "{cleaned}");
     assert_eq!(cleaned["messagesDeleted"], 1, "{cleaned}");
+    let (status, session) = api.get(&session_url(&sid, "")).await;
+    assert_eq!(status, 200, "the session stays, empty: {session}");
+    assert_eq!(session["messageCount"], 0, "{session}");
     let (_, page) = api.get(&session_url(&other, "/messages")).await;
     assert_eq!(page["total"], 1, "{page}");
     let (status, error) = api

@@ -3,14 +3,17 @@
 //! itself is `spool_core::queue::JobRecord`'s; the payload never leaves it.
 //!
 //! Design E's client reads `jobId` and a result `{success, response,
-//! timestamp}`: `jobId` repeats `id`, and a completed job's object result
-//! gets the host's own two facts, `success` (it completed) and `timestamp`
-//! (when, in ms), unless the handler set them. Nothing of the result is read.
+//! timestamp}`: `jobId` repeats `id`, and a completed job of design E's queue
+//! (`chat`, where `POST /api/chat` submits) whose result is an object gets the
+//! host's own two facts, `success` (it completed) and `timestamp` (when, in
+//! ms), unless the handler set them. Nothing of the result is read, and other
+//! queues' results are shown exactly as their handlers returned them.
 
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use super::jobs::CHAT_QUEUE;
 use spool_core::queue::{JobRecord, JobState};
 
 #[derive(Serialize, ToSchema)]
@@ -36,8 +39,8 @@ pub struct JobView {
     pub handler_version: Option<String>,
     /// The consumer running (or that last ran) the job.
     pub worker: Option<String>,
-    /// The handler's result, once completed; an object also carries
-    /// `success: true` and `timestamp` (ms, when it completed).
+    /// The handler's result, once completed; a `chat` job's object result
+    /// also carries `success: true` and `timestamp` (ms, when it completed).
     pub result: Option<Value>,
     /// Content blocks the handler produced.
     pub blocks: Option<Value>,
@@ -59,7 +62,8 @@ impl From<&JobRecord> for JobView {
                 .and_then(|t| serde_json::from_str::<Value>(t).ok())
         };
         let mut result = parsed(&record.result);
-        if let (Some(Value::Object(fields)), JobState::Completed) = (&mut result, record.state) {
+        let design_e = record.queue == CHAT_QUEUE && record.state == JobState::Completed;
+        if let (Some(Value::Object(fields)), true) = (&mut result, design_e) {
             fields.entry("success").or_insert(Value::Bool(true));
             if let Some(finished) = record.finished_at {
                 fields.entry("timestamp").or_insert(finished.into());

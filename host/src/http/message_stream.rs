@@ -5,10 +5,11 @@
 //! gap, no duplicate (a stream id `ms-seq`, as `stream_error` gives, works
 //! too). Each frame's JSON is design D's envelope, `{event_type, message_id,
 //! session_id, sequence, payload}` (a `text_delta`'s payload with `delta`),
-//! and beside it spool's own, `{seq, type, data, timestamp}`. A quiet stream gets `ping` events (no id; never stored). If the
-//! store becomes unreachable, or the client reads slower than the message
-//! grows, the stream ends with a `stream_error` event carrying `lastId` (not
-//! to be confused with the message's own `error` event): reconnect to resume.
+//! and beside it spool's own, `{seq, type, data, timestamp}`. A quiet stream
+//! gets `ping` events (no id; never stored). If the store becomes
+//! unreachable, or the client reads slower than the message grows, the stream
+//! ends with a `stream_error` event carrying `lastId` (not to be confused
+//! with the message's own `error` event): reconnect to resume.
 
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -129,14 +129,15 @@ impl Store {
 
     /// Deletes one session's messages created more than `older_than_ms` ago
     /// (design D's `cleanup_old_messages(session_id, keep_days)`), like the
-    /// global cleanup does for every session; returns how many went.
+    /// global cleanup does for every session, but keeps the session even
+    /// when it is left empty; returns how many went.
     pub async fn cleanup_session(
         &self,
         session_id: &str,
         older_than_ms: u64,
     ) -> Result<u64, StoreError> {
         let cutoff = now_ms().saturating_sub(older_than_ms);
-        let (deleted, _) = self.delete_messages(session_id, "older", cutoff).await?;
+        let (deleted, _) = self.delete_messages(session_id, "messages", cutoff).await?;
         Ok(deleted)
     }
 
