@@ -164,7 +164,7 @@ async fn every_write_of_an_attempt_checks_its_fence() {
     queue.ensure_groups(&keys).await.expect("groups");
 
     let session = store
-        .create_session(&json!({}), None)
+        .create_session(&json!({}), None, None)
         .await
         .expect("session");
     let message_id = store

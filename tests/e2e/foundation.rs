@@ -436,26 +436,48 @@ async fn the_pipeline_guest_runs_outline_then_document_with_its_business_events(
         json!([{"type": "markdown", "text": document}])
     );
 
-    // Each stage's events are on its own job's stream, ending at its completion.
+    // Each stage's events are on its own job's stream, ending at its
+    // completion; the first job's stream also carries the later stage's
+    // (design C: one stream per task), each naming its stage in `jobId`.
     for (job, own_event) in [
         (&id, "outline_generated"),
         (&next.to_owned(), "document_generated"),
     ] {
         let events = read_sse(&host.url(&format!("/stream/status/{job}")), None, WAIT).await;
-        let names: Vec<&str> = events.iter().map(|(_, e, _)| e.as_str()).collect();
+        let own: Vec<&str> = events
+            .iter()
+            .filter(|(_, _, data)| data.get("jobId").is_none())
+            .map(|(_, e, _)| e.as_str())
+            .collect();
         let position = |name: &str| {
-            names
-                .iter()
+            own.iter()
                 .position(|n| *n == name)
-                .unwrap_or_else(|| panic!("{name} missing from {job}: {names:?}"))
+                .unwrap_or_else(|| panic!("{name} missing from {job}: {own:?}"))
         };
-        assert!(position("task_started") < position(own_event), "{names:?}");
-        assert!(
-            position(own_event) < position("task_completed"),
-            "{names:?}"
-        );
-        assert_eq!(names.iter().filter(|n| **n == "task_completed").count(), 1);
-        assert_eq!(names.contains(&"follow_up_queued"), *job == id, "{names:?}");
+        assert!(position("task_started") < position(own_event), "{own:?}");
+        assert!(position(own_event) < position("task_completed"), "{own:?}");
+        assert_eq!(own.iter().filter(|n| **n == "task_completed").count(), 1);
+        assert_eq!(own.contains(&"follow_up_queued"), *job == id, "{own:?}");
+        let stages: Vec<&Value> = events
+            .iter()
+            .filter(|(id, ..)| id.is_some())
+            .filter_map(|(_, _, data)| data.get("jobId"))
+            .collect();
+        if *job == id {
+            assert!(
+                !stages.is_empty() && stages.iter().all(|s| *s == next),
+                "{events:?}"
+            );
+            assert_eq!(
+                events.last().map(|(_, e, _)| e.as_str()),
+                Some("task_completed")
+            );
+        } else {
+            assert!(
+                stages.is_empty(),
+                "a last stage copies nothing onto its own stream"
+            );
+        }
     }
     assert_eq!(
         stub.stats().calls.get("/api/chat"),

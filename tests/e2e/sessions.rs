@@ -784,9 +784,9 @@ async fn cleanup_deletes_old_messages_and_keeps_the_session_index_consistent() {
         assert_eq!(existing, 0, "{keys:?}");
     }
 
-    // Deleting the session takes its remaining messages with it.
+    // Purging the session takes its remaining messages with it.
     let (status, deleted) = api
-        .delete(&host.url(&format!("/api/v1/sessions/{sid}")))
+        .delete(&host.url(&format!("/api/v1/sessions/{sid}?purge=true")))
         .await;
     assert_eq!(status, 200, "{deleted}");
     assert_eq!(deleted["messagesDeleted"], 1);

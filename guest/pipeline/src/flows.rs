@@ -41,7 +41,7 @@ fn simple(payload: &Payload) -> Result<JobOutput, JobError> {
 /// Planner, stage 1: the outline; the document is the next job's.
 fn outline(queue: &str, payload: &Payload) -> Result<JobOutput, JobError> {
     let outline = stage("Outline", 10, request(OUTLINE_SYSTEM, stages::outline_prompt(payload)))?;
-    announce("outline_generated", json!({ "outline": outline }));
+    announce("outline_generated", stages::outline_event(payload, &outline));
     let next = follow_up(
         queue,
         payload,
@@ -60,7 +60,7 @@ fn document(payload: &Payload, outline: &str) -> Result<JobOutput, JobError> {
         10,
         request(DOCUMENT_SYSTEM, stages::document_prompt(payload, outline)),
     )?;
-    announce("document_generated", json!({ "length": document.chars().count() }));
+    announce("document_generated", stages::document_event(payload, &document));
     finish(&document);
     Ok(JobOutput::new(
         stages::result(outline, &document),

@@ -5,7 +5,9 @@
 //! The default, `planner`, answers `{"topic": …, "sections"?: 1..=10}` in two
 //! stages, each a job of its own: an outline, then (in a follow-up job) a
 //! document written from it. Each stage announces itself with a custom event
-//! on its own job's stream (`outline_generated`, `document_generated`).
+//! on its own job's stream, with design C's data: `outline_generated`
+//! `{title, nodes}`, `document_generated` `{title, content, word_count}` (the
+//! host also copies a later stage's events onto the first job's stream).
 //!
 //! This file wires the hooks to the rules, which live in plain Rust modules
 //! unit-tested on the host target: [`spool_sdk::priority::decide`]

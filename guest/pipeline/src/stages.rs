@@ -68,6 +68,40 @@ pub fn document_prompt(payload: &Payload, outline: &str) -> String {
     )
 }
 
+/// `outline_generated`'s data, design C's `{"title", "nodes"}` (the topic and
+/// the outline's items), with the whole `outline` text too.
+pub fn outline_event(payload: &Payload, outline: &str) -> Value {
+    json!({ "title": payload.topic, "nodes": outline_nodes(outline), "outline": outline })
+}
+
+/// An outline's items: its non-blank lines without list markers.
+pub fn outline_nodes(outline: &str) -> Vec<String> {
+    outline
+        .lines()
+        .map(|line| {
+            let line = line.trim_start_matches(|c: char| c.is_whitespace() || matches!(c, '#' | '-' | '*'));
+            let numbered = line.trim_start_matches(|c: char| c.is_ascii_digit());
+            let line = match numbered.strip_prefix(['.', ')']) {
+                Some(rest) if numbered.len() < line.len() => rest,
+                _ => line,
+            };
+            line.trim().to_owned()
+        })
+        .filter(|line| !line.is_empty())
+        .collect()
+}
+
+/// `document_generated`'s data, design C's `{"title", "content",
+/// "word_count"}`, with its `length` in characters too.
+pub fn document_event(payload: &Payload, document: &str) -> Value {
+    json!({
+        "title": payload.topic,
+        "content": document,
+        "word_count": document.split_whitespace().count(),
+        "length": document.chars().count(),
+    })
+}
+
 /// The document stage's result: `{"outline": …, "document": …}`.
 pub fn result(outline: &str, document: &str) -> Value {
     json!({ "outline": outline, "document": document })
@@ -119,6 +153,27 @@ mod tests {
             [Message::system(OUTLINE_SYSTEM), Message::user("Outline tides")]
         );
         assert_eq!(request.model, None);
+    }
+
+    #[test]
+    fn outline_nodes_are_its_items_without_markers() {
+        assert_eq!(
+            outline_nodes("# Tides\n\n1. Moon\n2) Sun\n- Coasts\n  * 3 kinds\n"),
+            ["Tides", "Moon", "Sun", "Coasts", "3 kinds"]
+        );
+        assert!(outline_nodes(" \n").is_empty());
+    }
+
+    #[test]
+    fn business_events_carry_design_cs_fields() {
+        let outline = outline_event(&payload(), "1. Moon\n2. Sun");
+        assert_eq!(outline["title"], "Tides");
+        assert_eq!(outline["nodes"], json!(["Moon", "Sun"]));
+        let document = document_event(&payload(), "Tides rise twice a day");
+        assert_eq!(
+            document,
+            json!({"title": "Tides", "content": "Tides rise twice a day", "word_count": 5, "length": 22})
+        );
     }
 
     #[test]

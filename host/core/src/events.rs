@@ -24,16 +24,26 @@ use crate::queue::events_key;
 pub struct Event {
     /// The stream entry id; pass it back as `last_id` / `Last-Event-ID` to resume.
     pub id: String,
+    /// On a root job's stream, the later stage (follow-up job) whose event
+    /// this is a copy of (design C: every stage on the root's stream).
+    #[serde(rename = "jobId", skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
     pub event_type: String,
     pub data: Value,
     pub timestamp: u64,
 }
 
 impl Event {
-    /// The last event a job will ever have.
+    /// The last event a job's stream will ever have: its end, unless it
+    /// queued later stages, whose events follow on the same stream.
     pub fn is_terminal(&self) -> bool {
         match EventType::parse(&self.event_type) {
-            Some(EventType::TaskCompleted | EventType::TaskCancelled) => true,
+            Some(EventType::TaskCompleted) => self
+                .data
+                .get("followUps")
+                .and_then(Value::as_array)
+                .is_none_or(Vec::is_empty),
+            Some(EventType::TaskCancelled) => true,
             Some(EventType::TaskFailed) => self
                 .data
                 .get("final")
@@ -72,6 +82,7 @@ impl Event {
             data: serde_json::from_str(&field("data")).unwrap_or(Value::Null),
             event_type: field("event_type"),
             timestamp: field("timestamp").parse().unwrap_or(0),
+            job_id: entry.get::<String>("job"),
             id: entry.id.clone(),
         }
     }
@@ -95,10 +106,24 @@ pub async fn info(
 }
 
 /// A job's event stream as a [`Source`](crate::follow::Source): it ends at the
-/// job's terminal event, or when the job finished and that event is gone.
+/// job's terminal event (a root job's: its last stage's), or when the job
+/// finished and that event is gone.
 pub struct JobEvents {
     pub queue: crate::queue::Queue,
     pub job_id: String,
+}
+
+impl JobEvents {
+    /// Whether the stream's last event leaves it open (a stage still to come).
+    async fn last_event_is_open(&self) -> bool {
+        let mut redis = self.queue.connection();
+        let last: RedisResult<redis::streams::StreamRangeReply> = redis
+            .xrevrange_count(events_key(&self.job_id), "+", "-", 1)
+            .await;
+        last.ok()
+            .and_then(|reply| reply.ids.first().map(Event::from_entry))
+            .is_some_and(|event| !event.is_terminal())
+    }
 }
 
 impl crate::follow::Source for JobEvents {
@@ -118,7 +143,12 @@ impl crate::follow::Source for JobEvents {
 
     fn is_open(&self) -> futures_util::future::BoxFuture<'_, bool> {
         Box::pin(async {
-            matches!(self.queue.job(&self.job_id).await, Ok(Some(record)) if !record.state.is_terminal())
+            match self.queue.job(&self.job_id).await {
+                Ok(Some(record)) if !record.state.is_terminal() => true,
+                // A finished root job's later stages may still be running.
+                Ok(Some(_)) => self.last_event_is_open().await,
+                _ => false,
+            }
         })
     }
 }

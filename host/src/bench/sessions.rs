@@ -70,7 +70,9 @@ async fn measure(args: &BenchSessionsArgs, redis_url: &str, base: &str) -> Resul
         client.get_connection_manager().await?,
         SessionsConfig::default(),
     );
-    let session = store.create_session(&json!({"bench": true}), None).await?;
+    let session = store
+        .create_session(&json!({"bench": true}), None, None)
+        .await?;
     let n = args.operations;
 
     // The baseline: one Redis round trip on the same kind of connection.

@@ -265,6 +265,12 @@ async fn submit_all(
             )
         };
         jobs.push(Accepted {
+            success: true,
+            message: if item.duplicate {
+                super::jobs::ALREADY_QUEUED
+            } else {
+                super::jobs::QUEUED
+            },
             status_url: format!("/api/job/{id}"),
             stream_url: format!("/stream/status/{id}"),
             job_id: id,

@@ -1,17 +1,27 @@
 //! A job as the API shows it: the public, camelCase shape of a job record
 //! (`GET /api/job/{id}`, queue history, the SSE `state` snapshot). The record
 //! itself is `spool_core::queue::JobRecord`'s; the payload never leaves it.
+//!
+//! Design E's client reads `jobId` and a result `{success, response,
+//! timestamp}`: `jobId` repeats `id`, and a completed job of design E's queue
+//! (`chat`, where `POST /api/chat` submits) whose result is an object gets the
+//! host's own two facts, `success` (it completed) and `timestamp` (when, in
+//! ms), unless the handler set them. Nothing of the result is read, and other
+//! queues' results are shown exactly as their handlers returned them.
 
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use super::jobs::CHAT_QUEUE;
 use spool_core::queue::{JobRecord, JobState};
 
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JobView {
     pub id: String,
+    /// The same as `id` (design E's name).
+    pub job_id: String,
     pub queue: String,
     pub state: JobState,
     /// 0 to 100.
@@ -29,7 +39,8 @@ pub struct JobView {
     pub handler_version: Option<String>,
     /// The consumer running (or that last ran) the job.
     pub worker: Option<String>,
-    /// The handler's result, once completed.
+    /// The handler's result, once completed; a `chat` job's object result
+    /// also carries `success: true` and `timestamp` (ms, when it completed).
     pub result: Option<Value>,
     /// Content blocks the handler produced.
     pub blocks: Option<Value>,
@@ -50,8 +61,17 @@ impl From<&JobRecord> for JobView {
             text.as_deref()
                 .and_then(|t| serde_json::from_str::<Value>(t).ok())
         };
+        let mut result = parsed(&record.result);
+        let design_e = record.queue == CHAT_QUEUE && record.state == JobState::Completed;
+        if let (Some(Value::Object(fields)), true) = (&mut result, design_e) {
+            fields.entry("success").or_insert(Value::Bool(true));
+            if let Some(finished) = record.finished_at {
+                fields.entry("timestamp").or_insert(finished.into());
+            }
+        }
         Self {
             id: record.id.clone(),
+            job_id: record.id.clone(),
             queue: record.queue.clone(),
             state: record.state,
             progress: record.progress,
@@ -64,7 +84,7 @@ impl From<&JobRecord> for JobView {
             handler: record.handler.clone(),
             handler_version: record.handler_version.clone(),
             worker: record.worker.clone(),
-            result: parsed(&record.result),
+            result,
             blocks: parsed(&record.blocks),
             error: record.error.clone(),
             error_kind: record.error_kind.clone(),

@@ -61,6 +61,10 @@ pub struct GenericFields {
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Accepted {
+    /// Always true (design E's field: a refusal is an error body instead).
+    pub success: bool,
+    /// What happened, in words (design E's field).
+    pub message: &'static str,
     pub job_id: String,
     /// `GET` this for the job's state.
     pub status_url: String,
@@ -316,6 +320,10 @@ fn checked_priority(priority: Option<serde_json::Number>) -> Result<u8, ApiError
         })
 }
 
+/// [`Accepted::message`] of a new job (design E's words) and of a repeated id.
+pub const QUEUED: &str = "Task queued successfully";
+pub const ALREADY_QUEUED: &str = "This job id already names a job: nothing new was queued";
+
 /// Runs the queue's priority rule (in Wasm), then enqueues: 202 and where to
 /// follow the job. A submission under a client-chosen id that is taken in the
 /// same queue is a retry of the first: 200 with that job, never a second one.
@@ -330,6 +338,8 @@ pub async fn submit(
         Ok(accepted) => Ok((
             StatusCode::ACCEPTED,
             Json(Accepted {
+                success: true,
+                message: QUEUED,
                 status_url: format!("/api/job/{}", accepted.id),
                 stream_url: format!("/stream/status/{}", accepted.id),
                 job_id: accepted.id,
@@ -346,6 +356,8 @@ pub async fn submit(
                 Some(record) if record.queue == queue && caller.owns(&record.user_id) => Ok((
                     StatusCode::OK,
                     Json(Accepted {
+                        success: true,
+                        message: ALREADY_QUEUED,
                         job_id: id.clone(),
                         status_url: format!("/api/job/{id}"),
                         stream_url: format!("/stream/status/{id}"),
@@ -456,6 +468,8 @@ pub fn job_not_found(id: &str) -> ApiError {
 /// Design E's queue statistics: totals over every queue, and each queue's own.
 #[derive(Serialize, ToSchema)]
 pub struct Stats {
+    /// Jobs not yet finished: waiting + active + delayed (design E's `total`).
+    total: u64,
     waiting: u64,
     active: u64,
     delayed: u64,
@@ -467,6 +481,7 @@ pub struct Stats {
 #[utoipa::path(get, path = "/api/queue/stats", tag = "queues", responses((status = 200, body = Stats)))]
 pub async fn stats(State(state): State<Arc<AppState>>) -> Result<Json<Stats>, ApiError> {
     let mut totals = Stats {
+        total: 0,
         waiting: 0,
         active: 0,
         delayed: 0,
@@ -483,6 +498,7 @@ pub async fn stats(State(state): State<Arc<AppState>>) -> Result<Json<Stats>, Ap
         totals.failed += stats.failed;
         totals.queues.insert(name.clone(), stats);
     }
+    totals.total = totals.waiting + totals.active + totals.delayed;
     Ok(Json(totals))
 }
 

@@ -23,6 +23,7 @@ mod openai;
 mod openapi;
 mod schemas;
 mod sessions;
+mod status_events;
 mod stream;
 mod ws;
 
@@ -186,6 +187,7 @@ fn submitter() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(sessions::create_session))
         .routes(routes!(sessions::get_session, sessions::delete_session))
         .routes(routes!(sessions::post_message, sessions::list_messages))
+        .routes(routes!(sessions::cleanup_session))
         .routes(routes!(message_stream::message_stream))
         .routes(routes!(sessions::start_task))
         .routes(routes!(sessions::get_message))

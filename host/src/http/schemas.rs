@@ -23,6 +23,11 @@ pub struct Session {
     /// Whatever JSON object the client stored with it (or null).
     pub metadata: Option<Value>,
     pub message_count: u64,
+    /// Whose session it is, as created (design D's `user_id`).
+    pub user_id: Option<String>,
+    /// `open`, or `closed` once `DELETE`d (its messages stay readable).
+    pub status: String,
+    pub closed_at: Option<u64>,
 }
 
 /// A message snapshot: its text, content blocks and tasks.
@@ -40,6 +45,8 @@ pub struct Message {
     pub tasks: Vec<MessageTask>,
     /// The sequence number of its last event.
     pub seq: u64,
+    /// What the client sent with it (design D's `metadata`), if anything.
+    pub metadata: Option<Value>,
     /// The job driving it, if any.
     pub job_id: Option<String>,
     pub error: Option<String>,

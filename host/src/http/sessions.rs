@@ -1,7 +1,9 @@
-//! The session/message API (design D): sessions create/get/delete, messages
-//! post/list/get, separately stored content on demand, session tasks (a
-//! multi-step workflow run by a guest on the task queue) and the cleanup of
-//! old messages. The message SSE stream is in `message_stream.rs`; the store
+//! The session/message API (design D): sessions create/get/close (or
+//! delete), messages post/list/get, separately stored content on demand,
+//! session tasks (a multi-step workflow run by a guest on the task queue) and
+//! the cleanup of old messages, everywhere or per session. Design D's bodies
+//! (`{user_id, metadata}`, `{content, type, metadata}`) are accepted beside
+//! spool's. The message SSE stream is in `message_stream.rs`; the store
 //! itself is `spool_core::store`.
 
 use std::sync::Arc;
@@ -103,11 +105,21 @@ fn session_not_found(id: &str) -> ApiError {
 pub struct NewSession {
     /// Any JSON object the client wants kept with the session.
     metadata: Option<Map<String, Value>>,
+    /// Whose session it is (design D's field; a tenant key's user replaces it).
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
+    user_id: Option<String>,
 }
 
-/// POST /api/v1/sessions, body optional: `{"metadata": any JSON}`.
+/// The longest `user_id` of a session, in characters.
+const MAX_USER_ID: usize = 128;
+
+/// POST /api/v1/sessions, body optional: `{"metadata"?: object, "user_id"?}`.
 #[utoipa::path(post, path = "/api/v1/sessions", tag = "sessions", request_body(content = Option<NewSession>, content_type = "application/json"),
-    responses((status = 201, body = Session), (status = 422, description = "Not a JSON object with only `metadata`", body = super::error::ErrorBody)))]
+    responses((status = 201, body = Session), (status = 422, description = "Not a JSON object with only `metadata` and `user_id`, or a bad `user_id`", body = super::error::ErrorBody)))]
 pub async fn create_session(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Identity>,
@@ -132,11 +144,23 @@ pub async fn create_session(
             ));
         }
     };
-    let metadata = body
-        .and_then(|body| body.metadata)
-        .map_or(Value::Null, Value::Object);
+    let (metadata, user_id) = body.map_or((None, None), |body| (body.metadata, body.user_id));
+    let metadata = metadata.map_or(Value::Null, Value::Object);
+    if let Some(user_id) = &user_id
+        && (!(1..=MAX_USER_ID).contains(&user_id.chars().count())
+            || user_id.chars().any(char::is_control))
+    {
+        return Err(ApiError::invalid(
+            "invalid_user_id",
+            format!("user_id must be 1 to {MAX_USER_ID} characters of printable text"),
+        ));
+    }
     let owner = caller.user.as_ref().map(|tenant| tenant.user_id.as_str());
-    let id = state.sessions.create_session(&metadata, owner).await?;
+    let user_id = owner.or(user_id.as_deref());
+    let id = state
+        .sessions
+        .create_session(&metadata, owner, user_id)
+        .await?;
     let session = state
         .sessions
         .session(&id)
@@ -165,19 +189,44 @@ pub async fn get_session(
 #[serde(rename_all = "camelCase")]
 pub struct SessionDeleted {
     id: String,
+    /// True: the session is closed (design D's `DELETE`), or gone with `purge`.
+    closed: bool,
+    /// Whether the session and its messages were deleted (`purge=true`).
     deleted: bool,
     messages_deleted: u64,
 }
 
-/// Deletes a session and all its messages.
-#[utoipa::path(delete, path = "/api/v1/sessions/{sid}", tag = "sessions", params(super::schemas::SessionPath),
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeleteQuery {
+    /// Delete the session and all its messages instead of closing it.
+    #[serde(default)]
+    purge: bool,
+}
+
+/// Closes a session, as design D's `DELETE` does: its messages stay
+/// readable, new messages and tasks are refused (409 `session_closed`).
+/// With `purge=true` it deletes the session and all its messages.
+#[utoipa::path(delete, path = "/api/v1/sessions/{sid}", tag = "sessions", params(super::schemas::SessionPath, DeleteQuery),
     responses((status = 200, body = SessionDeleted), (status = 404, description = "No such session", body = super::error::ErrorBody)))]
 pub async fn delete_session(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Identity>,
     ApiPath(sid): ApiPath<String>,
+    ApiQuery(query): ApiQuery<DeleteQuery>,
 ) -> Result<Json<SessionDeleted>, ApiError> {
     visible_session(&state, &caller, &sid).await?;
+    if !query.purge {
+        if !state.sessions.close_session(&sid).await? {
+            return Err(session_not_found(&sid));
+        }
+        return Ok(Json(SessionDeleted {
+            id: sid,
+            closed: true,
+            deleted: false,
+            messages_deleted: 0,
+        }));
+    }
     let deleted = state
         .sessions
         .delete_session(&sid)
@@ -185,45 +234,94 @@ pub async fn delete_session(
         .ok_or_else(|| session_not_found(&sid))?;
     Ok(Json(SessionDeleted {
         id: sid,
+        closed: true,
         deleted: true,
         messages_deleted: deleted,
     }))
 }
 
-/// A finished message: text, blocks or both.
+/// New messages and tasks go to open sessions only.
+async fn open_session(state: &AppState, sid: &str) -> Result<(), ApiError> {
+    if state.sessions.is_closed(sid).await? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "session_closed",
+            format!("session `{sid}` is closed: it takes no new messages or tasks"),
+        ));
+    }
+    Ok(())
+}
+
+/// A finished message: text, blocks or both. Design D's body, `{content,
+/// type, metadata}`, is one too: a user's message whose `content` is its text
+/// (`type: text`) or one block of that type.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewMessage {
-    /// `user`, `assistant`, `system` or `tool`.
+    /// `user` (the default), `assistant`, `system` or `tool`.
     #[schema(pattern = "^(user|assistant|system|tool)$")]
-    role: String,
+    role: Option<String>,
     #[serde(default)]
     content: String,
+    /// What `content` is (design D's content type): `text` (the default) is
+    /// the message's text; `markdown`, `thinking`, `html` or `code` make it
+    /// one block of that type.
+    #[serde(rename = "type")]
+    #[schema(pattern = "^(text|markdown|thinking|html|code)$")]
+    content_type: Option<String>,
     #[serde(default)]
     #[schema(value_type = Vec<NewContentBlock>)]
     blocks: Vec<Value>,
+    /// Any JSON object kept with the message.
+    metadata: Option<Map<String, Value>>,
 }
+
+/// The content types `content` may be, and the block field that holds it
+/// (`None`: the message's own text).
+const CONTENT_TYPES: &[(&str, Option<&str>)] = &[
+    ("text", None),
+    ("markdown", Some("text")),
+    ("thinking", Some("text")),
+    ("html", Some("html")),
+    ("code", Some("code")),
+];
 
 /// POST /api/v1/sessions/{sid}/messages: a finished message with text and/or blocks.
 #[utoipa::path(post, path = "/api/v1/sessions/{sid}/messages", tag = "sessions", params(super::schemas::SessionPath), request_body = NewMessage,
     responses((status = 201, body = Message), (status = 404, description = "No such session", body = super::error::ErrorBody),
-        (status = 422, description = "Bad role, empty message or invalid block", body = super::error::ErrorBody)))]
+        (status = 409, description = "The session is closed", body = super::error::ErrorBody),
+        (status = 422, description = "Bad role or type, empty message or invalid block", body = super::error::ErrorBody)))]
 pub async fn post_message(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Identity>,
     ApiPath(sid): ApiPath<String>,
-    ApiJson(body): ApiJson<NewMessage>,
+    ApiJson(mut body): ApiJson<NewMessage>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     visible_session(&state, &caller, &sid).await?;
-    if !ROLES.contains(&body.role.as_str()) {
+    let role = body.role.as_deref().unwrap_or("user");
+    if !ROLES.contains(&role) {
         return Err(ApiError::invalid(
             "invalid_role",
+            format!("role must be one of {}, got `{role}`", ROLES.join(", ")),
+        ));
+    }
+    let content_type = body.content_type.as_deref().unwrap_or("text");
+    let Some((_, field)) = CONTENT_TYPES.iter().find(|(name, _)| *name == content_type) else {
+        return Err(ApiError::invalid(
+            "invalid_type",
             format!(
-                "role must be one of {}, got `{}`",
-                ROLES.join(", "),
-                body.role
+                "type `{content_type}` cannot carry `content`; it is one of text, markdown, thinking, html, code (other blocks go in `blocks`)"
             ),
         ));
+    };
+    if let Some(field) = field
+        && !body.content.is_empty()
+    {
+        let text = std::mem::take(&mut body.content);
+        let mut block = Map::new();
+        block.insert("type".into(), content_type.into());
+        block.insert((*field).into(), text.into());
+        body.blocks.insert(0, Value::Object(block));
     }
     if body.content.is_empty() && body.blocks.is_empty() {
         return Err(ApiError::invalid(
@@ -236,9 +334,11 @@ pub async fn post_message(
             ApiError::invalid("invalid_block", format!("blocks[{index}]: {reason}"))
         })?;
     }
+    open_session(&state, &sid).await?;
+    let metadata = body.metadata.map_or(Value::Null, Value::Object);
     let id = state
         .sessions
-        .post_message(&sid, &body.role, &body.content, &body.blocks)
+        .post_message(&sid, role, &body.content, &body.blocks, &metadata)
         .await?;
     let message = state
         .sessions
@@ -399,6 +499,7 @@ pub struct TaskStarted {
 /// will fill and queues the job whose guest runs the workflow and drives it.
 #[utoipa::path(post, path = "/api/v1/sessions/{sid}/tasks", tag = "sessions", params(super::schemas::SessionPath), request_body = NewTask,
     responses((status = 202, body = TaskStarted), (status = 404, description = "No such session", body = super::error::ErrorBody),
+        (status = 409, description = "The session is closed", body = super::error::ErrorBody),
         (status = 422, description = "The handler refused the task", body = super::error::ErrorBody)))]
 pub async fn start_task(
     State(state): State<Arc<AppState>>,
@@ -407,6 +508,7 @@ pub async fn start_task(
     ApiJson(body): ApiJson<Map<String, Value>>,
 ) -> Result<(StatusCode, Json<TaskStarted>), ApiError> {
     visible_session(&state, &caller, &sid).await?;
+    open_session(&state, &sid).await?;
     let queue = state.sessions.config().task_queue.clone();
     if !state.intake.routes.contains_key(&queue) {
         return Err(ApiError::new(
@@ -528,5 +630,52 @@ pub async fn cleanup(
     Ok(Json(CleanupDone {
         older_than_secs: secs,
         report,
+    }))
+}
+
+/// Design D's `cleanup_old_messages(session_id, keep_days)`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionCleanup {
+    /// Messages created longer ago than this many days go (0: all of them).
+    #[schema(minimum = 0, maximum = 36500)]
+    keep_days: f64,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionCleaned {
+    session_id: String,
+    keep_days: f64,
+    messages_deleted: u64,
+}
+
+/// POST /api/v1/sessions/{sid}/cleanup {"keep_days": N}: deletes this
+/// session's messages older than N days, as the global cleanup does.
+#[utoipa::path(post, path = "/api/v1/sessions/{sid}/cleanup", tag = "sessions", params(super::schemas::SessionPath), request_body = SessionCleanup,
+    responses((status = 200, body = SessionCleaned), (status = 404, description = "No such session", body = super::error::ErrorBody),
+        (status = 422, description = "`keep_days` is not a number from 0 to 36500", body = super::error::ErrorBody)))]
+pub async fn cleanup_session(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Identity>,
+    ApiPath(sid): ApiPath<String>,
+    ApiJson(body): ApiJson<SessionCleanup>,
+) -> Result<Json<SessionCleaned>, ApiError> {
+    visible_session(&state, &caller, &sid).await?;
+    let secs = body.keep_days * 86_400.0;
+    if !(0.0..=MAX_CLEANUP_SECS).contains(&secs) {
+        return Err(ApiError::invalid(
+            "invalid_field",
+            "keep_days must be a number from 0 to 36500",
+        ));
+    }
+    let deleted = state
+        .sessions
+        .cleanup_session(&sid, (secs * 1000.0) as u64)
+        .await?;
+    Ok(Json(SessionCleaned {
+        session_id: sid,
+        keep_days: body.keep_days,
+        messages_deleted: deleted,
     }))
 }

@@ -1,5 +1,6 @@
 //! Job event streams over HTTP: GET /stream/status/{id} (SSE, live until the job
-//! ends, resumable with `Last-Event-ID` or `?last_id=`) and GET
+//! ends, resumable with `Last-Event-ID` or `?last_id=`; each state change also
+//! as design E's unnamed status event, see `status_events.rs`) and GET
 //! /api/job/{id}/events (a JSON page of the same events, plus stream info).
 //! Also the SSE rendering every followed stream shares ([`sse_steps`]), and
 //! how a refused watcher is answered ([`refused`]).
@@ -21,6 +22,7 @@ use super::error::{ApiError, ApiPath, ApiQuery};
 use super::job_view::JobView;
 use super::jobs::{job_not_found, visible_job};
 use super::schemas::StreamInfo;
+use super::status_events::StatusLine;
 use spool_core::access::Identity;
 use spool_core::events::{self, Event, JobEvents};
 use spool_core::follow::{Follower, Source, Step};
@@ -41,7 +43,12 @@ pub struct StreamQuery {
 
 /// The SSE stream of a job: a `state` snapshot, then every event (`task_started`,
 /// `task_progress`, ..., custom types) with its stream id, `ping` when quiet,
-/// until the job's terminal event. Resumable with `Last-Event-ID` or `last_id`.
+/// until the job's terminal event. A job that queued later stages (follow-up
+/// jobs) goes on with their events, each naming its stage in `jobId`, until
+/// the last stage's end. Resumable with `Last-Event-ID` or `last_id`.
+/// Before each event that changes the job's state or progress comes an
+/// unnamed one (what `EventSource.onmessage` receives; design E's page):
+/// `{"type": "status", "jobId", "state", "progress"}`.
 #[utoipa::path(get, path = "/stream/status/{id}", tag = "jobs",
     params(super::schemas::JobPath, StreamQuery,
         super::schemas::ResumeHeader),
@@ -56,6 +63,9 @@ pub async fn status_stream(
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let record = visible_job(&state, &caller, &id).await?;
     let after = resume_point(&headers, query)?;
+    // Replayed from the start, the status line starts where the job did.
+    let progress = if after == START { 0 } else { record.progress };
+    let mut status_line = StatusLine::new(id.clone(), progress);
     let source = JobEvents {
         queue: state.queue.clone(),
         job_id: id,
@@ -72,11 +82,20 @@ pub async fn status_stream(
     let snapshot = SseEvent::default()
         .event("state")
         .data(serde_json::to_string(&JobView::from(&record)).unwrap_or_default());
-    let events = sse_steps(follower, |event: Event| {
-        SseEvent::default()
+    let events = sse_steps(follower, move |event: Event| {
+        // The status first: should the connection drop between the two, the
+        // resumed stream repeats it (harmless) rather than missing it.
+        let status = status_line.status(&event);
+        let mut data =
+            json!({ "type": event.event_type, "data": event.data, "timestamp": event.timestamp });
+        if let Some(stage) = &event.job_id {
+            data["jobId"] = json!(stage);
+        }
+        let named = SseEvent::default()
             .id(event.id.clone())
             .event(event.event_type.clone())
-            .data(json!({ "type": event.event_type, "data": event.data, "timestamp": event.timestamp }).to_string())
+            .data(data.to_string());
+        status.into_iter().chain([named]).collect()
     });
     let stream = futures_util::StreamExt::chain(futures_util::stream::iter([Ok(snapshot)]), events);
     Ok(Sse::new(stream))
@@ -89,32 +108,53 @@ pub async fn status_stream(
 /// (`Last-Event-ID`).
 pub(super) fn sse_steps<S: Source>(
     follower: Follower<S>,
-    render: fn(S::Entry) -> SseEvent,
+    mut render: impl FnMut(S::Entry) -> Vec<SseEvent> + Send + 'static,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> + Send {
-    futures_util::StreamExt::map(follower.into_stream(), move |step| {
-        Ok(match step {
+    futures_util::StreamExt::flat_map(follower.into_stream(), move |step| {
+        let events = match step {
             Step::Entry(entry) => render(entry),
-            Step::Quiet => SseEvent::default()
-                .event("ping")
-                .data(json!({ "type": "ping", "timestamp": now_ms() }).to_string()),
+            Step::Quiet => vec![
+                SseEvent::default()
+                    .event("ping")
+                    .data(json!({ "type": "ping", "timestamp": now_ms() }).to_string()),
+            ],
             Step::Interrupted(interruption) => {
                 tracing::debug!(cause = ?interruption.cause, "closing an SSE stream early; the client resumes");
-                SseEvent::default().event("stream_error").data(
-                    json!({
-                        "code": interruption.cause.code(),
-                        "error": interruption.cause.message(),
-                        "lastId": interruption.last_id,
-                    })
-                    .to_string(),
-                )
+                vec![
+                    SseEvent::default().event("stream_error").data(
+                        json!({
+                            "code": interruption.cause.code(),
+                            "error": interruption.cause.message(),
+                            "lastId": interruption.last_id,
+                        })
+                        .to_string(),
+                    ),
+                ]
             }
-        })
+        };
+        futures_util::stream::iter(events.into_iter().map(Ok))
     })
 }
 
 /// Where a stream resumes: after the `Last-Event-ID` header's id (an empty
 /// one means none), else `last_id`'s, else from the start.
 pub(super) fn resume_point(headers: &HeaderMap, query: StreamQuery) -> Result<String, ApiError> {
+    Ok(resume_text(headers, query)?
+        .as_deref()
+        .map(stream_position)
+        .transpose()?
+        .unwrap_or_else(|| START.into()))
+}
+
+/// A stream from its first entry.
+const START: &str = "0-0";
+
+/// The resume id as the client gave it (the header wins), once both given
+/// are checked to be stream ids (a bare number is one too).
+pub(super) fn resume_text(
+    headers: &HeaderMap,
+    query: StreamQuery,
+) -> Result<Option<String>, ApiError> {
     let header = match headers.get("last-event-id") {
         None => None,
         Some(value) => {
@@ -125,9 +165,10 @@ pub(super) fn resume_point(headers: &HeaderMap, query: StreamQuery) -> Result<St
         }
     };
     // Both are checked when both are given, though the header wins.
-    let header = header.as_deref().map(stream_position).transpose()?;
-    let query = query.last_id.as_deref().map(stream_position).transpose()?;
-    Ok(header.or(query).unwrap_or_else(|| "0-0".into()))
+    for given in [&header, &query.last_id].into_iter().flatten() {
+        stream_position(given)?;
+    }
+    Ok(header.or(query.last_id))
 }
 
 /// A watcher the hub would not admit: over a cap (503 for the instance's,

@@ -26,8 +26,11 @@ if state == 'waiting' or state == 'delayed' then
     redis.call('ZREM', queue .. 'delayed', job[5])
   end
   redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished_at', ARGV[1], 'error', 'cancelled by request')
+  local cancelled = cjson.encode({previous_state = state})
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'event_type', ARGV[4],
-    'data', cjson.encode({previous_state = state}), 'timestamp', ARGV[1])
+    'data', cancelled, 'timestamp', ARGV[1])
+  copy_to_root(KEYS[2], job[5], ARGV[5],
+    'event_type', ARGV[4], 'data', cancelled, 'timestamp', ARGV[1])
   -- The guest's state and attempt history (a delayed job ran before) expire
   -- with the record, as finish.lua does.
   for _, key in ipairs({KEYS[1], KEYS[2], KEYS[3], KEYS[4]}) do

@@ -58,8 +58,13 @@ for _, i in ipairs(order) do
     local attempt = redis.call('HINCRBY', job, 'attempts', 1)
     redis.call('HSET', job, 'state', 'active', 'started_at', ARGV[3], 'worker', ARGV[2], 'entry', entry_id)
     redis.call('HSETNX', job, 'first_started_at', ARGV[3])
+    -- The kind of task is the queue it was submitted to (design C's `task_type`).
+    local started = cjson.encode({attempt = attempt, worker = ARGV[2],
+      task_type = redis.call('HGET', job, 'queue')})
     redis.call('XADD', ARGV[5] .. id, 'MAXLEN', '~', ARGV[7], '*', 'event_type', ARGV[6],
-      'data', cjson.encode({attempt = attempt, worker = ARGV[2]}), 'timestamp', ARGV[3])
+      'data', started, 'timestamp', ARGV[3])
+    copy_to_root(ARGV[5] .. id, id, ARGV[7],
+      'event_type', ARGV[6], 'data', started, 'timestamp', ARGV[3])
     return {'job', i - 2, entry_id, redis.call('HGETALL', job)}
   end
 end

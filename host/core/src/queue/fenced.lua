@@ -25,5 +25,7 @@ else
   end
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*',
     'event_type', ARGV[3], 'data', ARGV[4], 'timestamp', ARGV[5])
+  copy_to_root(KEYS[3], redis.call('HGET', KEYS[1], 'id'), ARGV[6],
+    'event_type', ARGV[3], 'data', ARGV[4], 'timestamp', ARGV[5])
 end
 return 1

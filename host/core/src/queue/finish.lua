@@ -18,7 +18,7 @@
 -- ARGV[13] message ending ('completed', 'error', 'retrying')   ARGV[14] message error
 -- ARGV[15] message ttl (s)   ARGV[16] message events kept   ARGV[17] dead letters kept
 -- ARGV[18] monitoring key prefix   ARGV[19..] job hash field/value pairs
--- (message_end.lua, dead_letters.lua and monitor.lua are prepended.)
+-- (message_end.lua, dead_letters.lua, monitor.lua and stage_event.lua are prepended.)
 local owner = redis.call('HMGET', KEYS[1], 'state', 'entry', 'cancel')
 if owner[1] ~= 'active' or owner[2] ~= ARGV[2] then
   redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
@@ -54,6 +54,8 @@ if ARGV[5] == 'failed' then
   add_dead_letter(KEYS[8], KEYS[9], ARGV[3], ARGV[4], snapshot, ARGV[17])
 end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[12], '*',
+  'event_type', ARGV[9], 'data', ARGV[10], 'timestamp', ARGV[4])
+copy_to_root(KEYS[3], ARGV[3], ARGV[12],
   'event_type', ARGV[9], 'data', ARGV[10], 'timestamp', ARGV[4])
 local message, message_stream = driven_message(KEYS[1], ARGV[3])
 if message then

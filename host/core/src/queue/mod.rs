@@ -289,14 +289,19 @@ impl Queue {
             max_dead: Default::default(),
             submit: Arc::new(Script::new(concat!(
                 include_str!("fence.lua"),
+                include_str!("stage_event.lua"),
                 include_str!("submit.lua")
             ))),
             submit_bulk: Arc::new(Script::new(include_str!("submit_bulk.lua"))),
-            claim: Arc::new(Script::new(include_str!("claim.lua"))),
+            claim: Arc::new(Script::new(concat!(
+                include_str!("stage_event.lua"),
+                include_str!("claim.lua")
+            ))),
             finish: Arc::new(Script::new(concat!(
                 include_str!("message_end.lua"),
                 include_str!("dead_letters.lua"),
                 include_str!("monitor.lua"),
+                include_str!("stage_event.lua"),
                 include_str!("finish.lua")
             ))),
             recover: Arc::new(Script::new(concat!(
@@ -308,10 +313,12 @@ impl Queue {
             cancel: Arc::new(Script::new(concat!(
                 include_str!("message_end.lua"),
                 include_str!("monitor.lua"),
+                include_str!("stage_event.lua"),
                 include_str!("cancel.lua")
             ))),
             fenced: Arc::new(Script::new(concat!(
                 include_str!("fence.lua"),
+                include_str!("stage_event.lua"),
                 include_str!("fenced.lua")
             ))),
             replay: Arc::new(Script::new(concat!(

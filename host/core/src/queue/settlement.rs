@@ -11,6 +11,9 @@ pub enum Outcome {
         result: String,
         blocks: String,
         handler_version: String,
+        /// Ids of the follow-up jobs it queued (later stages of its task):
+        /// its `task_completed` names them, and then ends no stream.
+        follow_ups: Vec<String>,
     },
     /// The job will run again at `retry_at_ms`.
     Retry {
@@ -85,6 +88,7 @@ impl Settlement {
                 result,
                 blocks,
                 handler_version,
+                follow_ups,
             } => {
                 let result_json: serde_json::Value =
                     serde_json::from_str(result).unwrap_or(serde_json::Value::Null);
@@ -95,7 +99,11 @@ impl Settlement {
                     history: retention.history,
                     ttl_secs: retention.completed_secs,
                     event_type: EventType::TaskCompleted,
-                    event: serde_json::json!({ "result": result_json, "duration_ms": duration_ms, "attempt": attempt }),
+                    event: if follow_ups.is_empty() {
+                        serde_json::json!({ "result": result_json, "duration_ms": duration_ms, "attempt": attempt })
+                    } else {
+                        serde_json::json!({ "result": result_json, "duration_ms": duration_ms, "attempt": attempt, "followUps": follow_ups })
+                    },
                     fields: vec![
                         ("result", result.clone()),
                         ("blocks", blocks.clone()),

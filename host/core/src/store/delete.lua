@@ -2,11 +2,13 @@
 -- separately stored content, and their entries in the session index, atomically, so the
 -- index never names a deleted message nor misses a live one. Index entries of
 -- messages that already expired are dropped too. The session itself goes when
--- asked ('all') or when it is empty and idle since before the cutoff.
+-- asked ('all') or, in the global cleanup ('older'), when it is empty and idle
+-- since before the cutoff; a session's own cleanup ('messages') keeps it.
 -- Returns {messages deleted, 1 if the session was deleted else 0}.
 -- KEYS[1] session message index (zset)   KEYS[2] session hash
 -- KEYS[3] index of all sessions (zset)
--- ARGV[1] 'all' or 'older'   ARGV[2] cutoff (ms; 'older' deletes messages created before it)
+-- ARGV[1] 'all', 'older' or 'messages'   ARGV[2] cutoff (ms; 'older' and 'messages'
+--   delete messages created before it)
 -- ARGV[3] message key prefix   ARGV[4] this session's stream key prefix
 -- ARGV[5] content key prefix   ARGV[6] session id
 local index, mode, cutoff = KEYS[1], ARGV[1], tonumber(ARGV[2])
@@ -40,7 +42,7 @@ end
 
 local session_deleted = 0
 local idle_since = tonumber(redis.call('HGET', KEYS[2], 'updated_at') or '0')
-if mode == 'all' or (redis.call('ZCARD', index) == 0 and idle_since < cutoff) then
+if mode == 'all' or (mode == 'older' and redis.call('ZCARD', index) == 0 and idle_since < cutoff) then
   redis.call('DEL', KEYS[2], index)
   redis.call('ZREM', KEYS[3], ARGV[6])
   session_deleted = 1

@@ -103,7 +103,8 @@ impl Store {
         Ok(id)
     }
 
-    /// Creates a finished message with its text and blocks in one write
+    /// Creates a finished message with its text, blocks and the client's
+    /// metadata (kept as given; `null` for none) in one write
     /// (message_start, text_delta, content_added..., message_end).
     pub async fn post_message(
         &self,
@@ -111,9 +112,13 @@ impl Store {
         role: &str,
         text: &str,
         blocks: &[Value],
+        metadata: &Value,
     ) -> Result<String, StoreError> {
         let id = new_id();
         let mut change = creation(session_id, &id, role);
+        if !metadata.is_null() {
+            change.field("metadata", metadata.to_string());
+        }
         if !text.is_empty() {
             change.text = text.to_owned();
             change.event(MessageEventType::TextDelta, json!({ "text": text }));
@@ -508,6 +513,7 @@ fn snapshot(fields: &HashMap<String, String>) -> Option<Value> {
         "blocks": blocks,
         "tasks": tasks,
         "seq": number("seq").unwrap_or(0),
+        "metadata": fields.get("metadata").and_then(|m| serde_json::from_str::<Value>(m).ok()),
         "jobId": fields.get("job_id"),
         "error": fields.get("error"),
         "createdAt": number("created_at"),
@@ -545,5 +551,31 @@ impl crate::follow::Source for MessageEvents {
                 Ok(Some((_, status))) if !super::FINAL_STATUSES.contains(&status.as_str())
             )
         })
+    }
+}
+
+impl Store {
+    /// Where a message stream resumes after the event numbered `seq`: that
+    /// event's stream id. Before the first kept event (trimmed, or `0`) it is
+    /// the start; past the last it is the last, so nothing already sent
+    /// repeats. Reads the whole stream, which `max_events` bounds.
+    pub async fn position_after_seq(
+        &self,
+        session_id: &str,
+        message_id: &str,
+        seq: u64,
+    ) -> Result<String, StoreError> {
+        let entries: redis::streams::StreamRangeReply = self
+            .connection()
+            .xrange(message_stream_key(session_id, message_id), "-", "+")
+            .await?;
+        let mut position = "0-0".to_owned();
+        for entry in &entries.ids {
+            if MessageEvent::from_entry(entry).seq > seq {
+                break;
+            }
+            position = entry.id.clone();
+        }
+        Ok(position)
     }
 }

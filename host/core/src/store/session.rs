@@ -14,6 +14,10 @@ use super::{
 };
 use crate::queue::now_ms;
 
+/// A session's `status`: open until closed (design D's `DELETE`).
+const OPEN: &str = "open";
+const CLOSED: &str = "closed";
+
 /// Sessions the cleanup visits per page of the sessions index.
 const CLEANUP_PAGE: isize = 200;
 
@@ -28,11 +32,13 @@ pub struct CleanupReport {
 
 impl Store {
     /// Creates a session (`metadata`: any JSON the client wants kept; `owner`:
-    /// the user a tenant-bound key creates it for); returns its id.
+    /// the user a tenant-bound key creates it for; `user_id`: whose it is, as
+    /// design D's client says); returns its id.
     pub async fn create_session(
         &self,
         metadata: &Value,
         owner: Option<&str>,
+        user_id: Option<&str>,
     ) -> Result<String, StoreError> {
         let id = new_id();
         let now = now_ms();
@@ -45,6 +51,9 @@ impl Store {
         ];
         if let Some(owner) = owner {
             fields.push(("owner", owner.to_owned()));
+        }
+        if let Some(user_id) = user_id {
+            fields.push(("user_id", user_id.to_owned()));
         }
         let mut pipe = redis::pipe();
         pipe.atomic()
@@ -86,7 +95,50 @@ impl Store {
             "updatedAt": number("updated_at"),
             "metadata": fields.get("metadata").and_then(|m| serde_json::from_str::<Value>(m).ok()).unwrap_or(Value::Null),
             "messageCount": count,
+            "userId": fields.get("user_id"),
+            "status": fields.get("status").map_or(OPEN, String::as_str),
+            "closedAt": number("closed_at"),
         })))
+    }
+
+    /// Closes a session (design D's `DELETE`): its messages stay readable
+    /// and it takes no new ones. `false` when there is no such session.
+    pub async fn close_session(&self, session_id: &str) -> Result<bool, StoreError> {
+        // Only an existing session: a bare HSET would leave a fieldless,
+        // never-expiring hash behind a session deleted meanwhile.
+        let closed: i64 = redis::Script::new(
+            "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end \
+             redis.call('HSET', KEYS[1], 'status', ARGV[1], 'closed_at', ARGV[2]) return 1",
+        )
+        .key(session_key(session_id))
+        .arg(CLOSED)
+        .arg(now_ms())
+        .invoke_async(&mut self.connection())
+        .await?;
+        Ok(closed == 1)
+    }
+
+    /// Whether a session was closed (a missing one is not).
+    pub async fn is_closed(&self, session_id: &str) -> Result<bool, StoreError> {
+        let status: Option<String> = self
+            .connection()
+            .hget(session_key(session_id), "status")
+            .await?;
+        Ok(status.as_deref() == Some(CLOSED))
+    }
+
+    /// Deletes one session's messages created more than `older_than_ms` ago
+    /// (design D's `cleanup_old_messages(session_id, keep_days)`), like the
+    /// global cleanup does for every session, but keeps the session even
+    /// when it is left empty; returns how many went.
+    pub async fn cleanup_session(
+        &self,
+        session_id: &str,
+        older_than_ms: u64,
+    ) -> Result<u64, StoreError> {
+        let cutoff = now_ms().saturating_sub(older_than_ms);
+        let (deleted, _) = self.delete_messages(session_id, "messages", cutoff).await?;
+        Ok(deleted)
     }
 
     /// Deletes a session and all its messages; returns how many messages went,

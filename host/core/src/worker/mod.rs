@@ -386,9 +386,23 @@ impl Workers {
         if !matches!(outcome, Outcome::Completed { .. }) || follow_ups.is_empty() {
             return ran(outcome);
         }
+        let ids: Vec<String> = follow_ups.iter().map(|f| f.id.clone()).collect();
         match follow_up::queue_all(&self.intake, &fence, record, message.as_ref(), follow_ups).await
         {
-            Ok(()) => ran(outcome),
+            Ok(()) => ran(match outcome {
+                Outcome::Completed {
+                    result,
+                    blocks,
+                    handler_version,
+                    ..
+                } => Outcome::Completed {
+                    result,
+                    blocks,
+                    handler_version,
+                    follow_ups: ids,
+                },
+                other => other,
+            }),
             Err(NotQueued::Lost) => None,
             Err(NotQueued::Cancelled) => ran(Outcome::Cancelled),
             Err(NotQueued::Failed(error)) => ran(retry_or_fail(
@@ -458,6 +472,7 @@ fn outcome_of(
                 result: output.result,
                 blocks: blocks_to_json(&output.blocks).to_string(),
                 handler_version: handler.version.clone(),
+                follow_ups: Vec::new(),
             },
             Err(e) => Outcome::Failed {
                 error: format!("handler returned a result that is not JSON: {e}"),
