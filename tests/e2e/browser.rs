@@ -119,16 +119,31 @@ impl Browser {
         }
     }
 
+    /// Clicks the element `css` selects, finding it again if a live update
+    /// replaced it between finding and clicking.
     pub async fn click(&self, css: &str) {
-        self.client
-            .wait()
-            .at_most(DOM_WAIT)
-            .for_element(Locator::Css(css))
-            .await
-            .unwrap_or_else(|error| panic!("no `{css}`: {error}"))
-            .click()
-            .await
-            .unwrap_or_else(|error| panic!("click `{css}`: {error}"));
+        let started = Instant::now();
+        loop {
+            let clicked = self
+                .client
+                .wait()
+                .at_most(DOM_WAIT)
+                .for_element(Locator::Css(css))
+                .await
+                .unwrap_or_else(|error| panic!("no `{css}`: {error}"))
+                .click()
+                .await;
+            match clicked {
+                Ok(()) => return,
+                Err(error)
+                    if error.to_string().contains("stale element")
+                        && started.elapsed() < DOM_WAIT =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(error) => panic!("click `{css}`: {error}"),
+            }
+        }
     }
 
     pub async fn type_into(&self, css: &str, text: &str) {
