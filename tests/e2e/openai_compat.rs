@@ -159,3 +159,61 @@ async fn the_openai_python_package_chats_streams_embeds_and_is_paced_in_a_burst(
         "{burst} calls in {span:.2} s: not paced at {rate}/s"
     );
 }
+
+/// A chat job retried after part of its answer was streamed starts its
+/// answer again; the `/v1` stream sends every character once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_job_streams_its_answer_once() {
+    let stack = Stack::start(HostOptions {
+        config: "[queues.chat]\nhandler = \"chat\"\nmax_attempts = 3\nbackoff_ms = 50\n".into(),
+        ..HostOptions::default()
+    })
+    .await;
+    // Attempt 1 streams a piece of its answer, then the model fails.
+    stack
+        .stub
+        .inject([spool::stub::Fault {
+            midstream_error: Some("the model went away".into()),
+            ..spool::stub::Fault::default()
+        }])
+        .expect("fault");
+    let body = reqwest::Client::new()
+        .post(stack.host.url("/v1/chat/completions"))
+        .bearer_auth(admin_token())
+        .header("content-type", "application/json")
+        .body(
+            json!({"model": "default", "stream": true,
+                "messages": [{"role": "user", "content": "say it once"}]})
+            .to_string(),
+        )
+        .timeout(std::time::Duration::from_secs(30))
+        .send()
+        .await
+        .expect("the stream opens")
+        .text()
+        .await
+        .expect("the stream ends");
+    let chunks: Vec<Value> = body
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .filter(|data| *data != "[DONE]")
+        .map(|data| serde_json::from_str(data).expect("chunks are JSON"))
+        .collect();
+    let text: String = chunks
+        .iter()
+        .filter_map(|chunk| chunk["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, expected_chat_response("say it once", 0), "{body}");
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+    let (_, job) = stack
+        .api
+        .get(&stack.host.url(&format!(
+            "/api/job/{}",
+            chunks[0]["id"]
+                .as_str()
+                .and_then(|id| id.strip_prefix("chatcmpl-"))
+                .expect("a chatcmpl id")
+        )))
+        .await;
+    assert_eq!(job["attempts"], 2, "the job was retried once: {job}");
+}

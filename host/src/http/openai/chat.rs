@@ -184,6 +184,7 @@ pub async fn completions(
             created: created_now(),
             include_usage,
             phase: Phase::Start,
+            streamed: StreamedAnswer::default(),
         };
         return Ok(Sse::new(chunks.into_stream())
             .keep_alive(KeepAlive::default())
@@ -314,6 +315,48 @@ struct Chunks {
     created: u64,
     include_usage: bool,
     phase: Phase,
+    streamed: StreamedAnswer,
+}
+
+/// What a stream has sent of the answer, across the job's attempts: a job
+/// retried after streaming part of its answer starts again, and the client
+/// must not get that part twice.
+#[derive(Default)]
+struct StreamedAnswer {
+    /// Every character sent to the client.
+    sent: String,
+    /// What the current attempt has produced.
+    attempt: String,
+}
+
+/// A retried attempt produced a different answer than the one partly sent.
+struct Diverged;
+
+impl StreamedAnswer {
+    fn attempt_started(&mut self) {
+        self.attempt.clear();
+    }
+
+    /// The part of `delta` the client has not had yet (empty while a retry
+    /// repeats what was sent), or `Diverged` when the retry says otherwise.
+    fn next(&mut self, delta: &str) -> Result<String, Diverged> {
+        self.attempt.push_str(delta);
+        if self.attempt.len() <= self.sent.len() {
+            return if self.sent.starts_with(&self.attempt) {
+                Ok(String::new())
+            } else {
+                Err(Diverged)
+            };
+        }
+        match self.attempt.strip_prefix(&self.sent) {
+            Some(new) => {
+                let new = new.to_owned();
+                self.sent.push_str(&new);
+                Ok(new)
+            }
+            None => Err(Diverged),
+        }
+    }
 }
 
 impl Chunks {
@@ -374,9 +417,25 @@ impl Chunks {
                 Ok(None) => break,
                 Err(error) => return self.fail(error),
             };
-            if event.event_type == "text_delta" {
-                if let Some(text) = event.data["text"].as_str() {
-                    return self.chunk(json!({"content": text}), None, None);
+            if event.event_type == "task_started" {
+                self.streamed.attempt_started();
+            } else if event.event_type == "text_delta" {
+                let Some(text) = event.data["text"].as_str() else {
+                    continue;
+                };
+                match self.streamed.next(text) {
+                    Ok(new) if new.is_empty() => continue,
+                    Ok(new) => return self.chunk(json!({"content": new}), None, None),
+                    Err(Diverged) => {
+                        return self.fail(ApiError::new(
+                            axum::http::StatusCode::BAD_GATEWAY,
+                            "answer_changed_on_retry",
+                            format!(
+                                "job {} was retried after part of its answer was streamed, and the retry answered differently; GET /api/job/{} has the whole new answer",
+                                self.job_id, self.job_id
+                            ),
+                        ));
+                    }
                 }
             } else if event.is_terminal() {
                 break;
@@ -406,5 +465,36 @@ impl Chunks {
             error: ErrorDetail::new(error.status, error.code, error.message),
         };
         SseEvent::default().data(serde_json::to_string(&body).unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sent(answer: &mut StreamedAnswer, deltas: &[&str]) -> Vec<String> {
+        deltas
+            .iter()
+            .map(|delta| answer.next(delta).unwrap_or_else(|_| "<diverged>".into()))
+            .collect()
+    }
+
+    #[test]
+    fn a_retry_that_repeats_the_answer_sends_only_what_is_new() {
+        let mut answer = StreamedAnswer::default();
+        assert_eq!(sent(&mut answer, &["Hel", "lo "]), ["Hel", "lo "]);
+        answer.attempt_started();
+        assert_eq!(
+            sent(&mut answer, &["He", "llo", " wor", "ld"]),
+            ["", "", "wor", "ld"]
+        );
+    }
+
+    #[test]
+    fn a_retry_that_answers_differently_is_diverged() {
+        let mut answer = StreamedAnswer::default();
+        sent(&mut answer, &["Hello"]);
+        answer.attempt_started();
+        assert!(answer.next("Bye").is_err());
     }
 }
