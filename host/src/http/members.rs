@@ -28,18 +28,7 @@ pub async fn admit(
     caller: &Identity,
     conversation: &ConversationId,
 ) -> Result<(), ApiError> {
-    let Some(tenant) = &caller.user else {
-        return Ok(());
-    };
-    if state
-        .conversations
-        .admit(conversation, &tenant.user_id)
-        .await?
-    {
-        Ok(())
-    } else {
-        Err(not_found(conversation))
-    }
+    require(state, caller, conversation, Entry::MayClaim).await
 }
 
 /// Checks the caller is in the conversation now (without claiming it).
@@ -48,14 +37,34 @@ pub async fn check_member(
     caller: &Identity,
     conversation: &ConversationId,
 ) -> Result<(), ApiError> {
+    require(state, caller, conversation, Entry::MemberOnly).await
+}
+
+/// Whether a user opening a conversation nobody has yet becomes its member.
+enum Entry {
+    MayClaim,
+    MemberOnly,
+}
+
+async fn require(
+    state: &AppState,
+    caller: &Identity,
+    conversation: &ConversationId,
+    entry: Entry,
+) -> Result<(), ApiError> {
     let Some(tenant) = &caller.user else {
         return Ok(());
     };
-    if state
-        .conversations
-        .is_member(conversation, &tenant.user_id)
-        .await?
-    {
+    let conversations = &state.conversations;
+    let inside = match entry {
+        Entry::MayClaim => conversations.admit(conversation, &tenant.user_id).await?,
+        Entry::MemberOnly => {
+            conversations
+                .is_member(conversation, &tenant.user_id)
+                .await?
+        }
+    };
+    if inside {
         Ok(())
     } else {
         Err(not_found(conversation))
