@@ -304,7 +304,7 @@ pub fn generic_submission(body: Value) -> Result<Submission, ApiError> {
 }
 
 /// 1 to 10, default 5. JSON has one number type: `8.0` is 8.
-fn checked_priority(priority: Option<serde_json::Number>) -> Result<u8, ApiError> {
+pub fn checked_priority(priority: Option<serde_json::Number>) -> Result<u8, ApiError> {
     let Some(given) = priority else {
         return Ok(DEFAULT_PRIORITY);
     };

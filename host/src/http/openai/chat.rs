@@ -19,8 +19,8 @@ use utoipa::ToSchema;
 use super::super::AppState;
 use super::super::error::{ApiError, ApiJson, ErrorBody, ErrorDetail};
 use super::super::job_wait;
-use super::super::jobs::{CHAT_QUEUE, as_caller};
-use super::{backend_model, checked_model, checked_user, created_now, priority};
+use super::super::jobs::{CHAT_QUEUE, as_caller, checked_priority};
+use super::{backend_model, checked_model, checked_user, created_now};
 use spool_core::access::Identity;
 use spool_core::events::JobEvents;
 use spool_core::follow::Follower;
@@ -257,7 +257,7 @@ fn submission(request: ChatCompletionRequest) -> Result<Submission, ApiError> {
     Ok(Submission {
         user_id: checked_user(request.user)?,
         user_tier: request.user_tier.unwrap_or_default(),
-        priority: priority(request.priority.as_ref())?,
+        priority: checked_priority(request.priority.clone())?,
         payload: payload.to_string(),
         ..Submission::default()
     })

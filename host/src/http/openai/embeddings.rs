@@ -13,7 +13,8 @@ use utoipa::ToSchema;
 use super::super::AppState;
 use super::super::embeddings::{EmbedText, EmbedTexts, checked_texts, run};
 use super::super::error::{ApiError, ApiJson, ErrorBody};
-use super::{backend_model, checked_model, checked_user, priority, words};
+use super::super::jobs::checked_priority;
+use super::{backend_model, checked_model, checked_user, words};
 use spool_core::access::Identity;
 use spool_core::intake::Submission;
 
@@ -100,7 +101,7 @@ pub async fn embeddings(
     let submission = Submission {
         user_id: checked_user(request.user)?,
         user_tier: request.user_tier.unwrap_or_default(),
-        priority: priority(request.priority.as_ref())?,
+        priority: checked_priority(request.priority.clone())?,
         payload: json!({ "texts": texts, "model": model }).to_string(),
         ..Submission::default()
     };

@@ -52,23 +52,6 @@ fn created_now() -> u64 {
     spool_core::queue::now_ms() / 1000
 }
 
-/// spool's 1..10 priority from the optional `priority` extension field.
-fn priority(value: Option<&serde_json::Number>) -> Result<u8, ApiError> {
-    let Some(given) = value else {
-        return Ok(5);
-    };
-    given
-        .as_f64()
-        .filter(|p| p.fract() == 0.0 && (1.0..=10.0).contains(p))
-        .map(|p| p as u8)
-        .ok_or_else(|| {
-            ApiError::invalid(
-                "invalid_priority",
-                format!("priority must be an integer from 1 to 10, got {given}"),
-            )
-        })
-}
-
 /// Whitespace-separated words: the usage figure spool can give without the
 /// backend's tokenizer (embedding backends do not report tokens).
 fn words(texts: &[String]) -> u64 {
