@@ -715,3 +715,97 @@ async fn a_conversation_shows_its_messages_live() {
     assert!(history.to_string().contains("hello room"), "{history}");
     browser.close().await;
 }
+
+/// Issue 19's "promote a delayed job": from the job page (which also shows
+/// the payload the job was submitted with) and in bulk from the delayed list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_jobs_are_promoted_from_the_console_and_run() {
+    // A retry an hour away: only a promotion runs these jobs within the test.
+    let config = "[queues.chat]\nhandler = \"chat\"\nmax_attempts = 3\nbackoff_ms = 3600000\n";
+    let (stack, browser) = console(config).await;
+    let Stack {
+        host, api, stub, ..
+    } = &stack;
+    let failure = Fault {
+        status: Some(500),
+        ..Fault::default()
+    };
+    stub.inject([failure.clone(), failure]).expect("fault");
+    let mut delayed = Vec::new();
+    for prompt in ["promoted from its page", "promoted in bulk"] {
+        let (_, reply) = submit_chat(api, host, prompt).await;
+        let id = reply["jobId"].as_str().expect("job id").to_owned();
+        wait_for_state(api, host, &id, "delayed").await;
+        delayed.push(id);
+    }
+    let (single, bulk) = (&delayed[0], &delayed[1]);
+
+    browser
+        .show(
+            &format!("#/job/{single}"),
+            "document.querySelector('#job-summary [data-state=delayed]')",
+        )
+        .await;
+    let shown = browser
+        .wait_for(
+            "the payload",
+            "document.getElementById('job-payload').textContent.includes('{')",
+        )
+        .await;
+    assert_eq!(shown, json!(true));
+    let payload = browser
+        .run(
+            "return JSON.parse(document.getElementById('job-payload').textContent);",
+            vec![],
+        )
+        .await;
+    assert_eq!(payload["prompt"], "promoted from its page", "{payload}");
+    browser
+        .run(
+            "[...document.querySelectorAll('#job-actions button')].find(b => b.textContent === 'Promote').click();",
+            vec![],
+        )
+        .await;
+    browser
+        .wait_for(
+            "the promoted job's answer",
+            "document.querySelector('#job-summary [data-state=completed]')",
+        )
+        .await;
+    let job = api.wait_terminal(host, single, WAIT).await;
+    assert_eq!(job["state"], "completed", "{job}");
+
+    browser
+        .show(
+            "#/jobs?queue=chat&state=delayed",
+            &format!(
+                "document.querySelector('#job-list tr[data-job={}]')",
+                js_string(bulk)
+            ),
+        )
+        .await;
+    browser
+        .click(&format!(
+            "#job-list tr[data-job='{bulk}'] input[type=checkbox]"
+        ))
+        .await;
+    browser
+        .run(
+            "[...document.querySelectorAll('button')].find(b => b.textContent === 'Promote selected').click();",
+            vec![],
+        )
+        .await;
+    browser
+        .wait_for(
+            "the bulk promotion",
+            "document.getElementById('jobs-status').textContent.includes('1 of 1 done')",
+        )
+        .await;
+    let job = api.wait_terminal(host, bulk, WAIT).await;
+    assert_eq!(
+        job["state"], "completed",
+        "ran long before its retry: {job}"
+    );
+    assert_eq!(job["attempts"], 2, "{job}");
+    browser.close().await;
+}

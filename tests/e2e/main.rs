@@ -28,6 +28,7 @@ mod model_clients;
 mod openai_compat;
 mod openapi;
 mod operating;
+mod promote;
 mod quotas;
 mod races;
 mod reliability;

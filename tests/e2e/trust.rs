@@ -27,6 +27,12 @@ fn admin_routes() -> Vec<(&'static str, &'static str, Option<Value>)> {
         ("DELETE", "/api/queues/chat/dead", None),
         ("DELETE", "/api/queues/chat/dead/nope", None),
         ("POST", "/api/queues/chat/dead/nope/replay", Some(json!({}))),
+        (
+            "POST",
+            "/api/queues/chat/jobs/nope/promote",
+            Some(json!({})),
+        ),
+        ("GET", "/api/queues/chat/jobs/nope/payload", None),
         ("POST", "/api/v1/cleanup", Some(json!({}))),
         ("GET", "/admin/handlers", None),
         ("GET", "/admin/handlers/chat", None),

@@ -11,6 +11,7 @@ mod dead;
 mod embeddings;
 mod error;
 mod health;
+mod job_admin;
 mod job_view;
 mod job_wait;
 mod jobs;
@@ -211,6 +212,8 @@ fn admin() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(dead::list, dead::purge_all))
         .routes(routes!(dead::purge_one))
         .routes(routes!(dead::replay))
+        .routes(routes!(job_admin::promote))
+        .routes(routes!(job_admin::payload))
         .routes(routes!(sessions::cleanup))
         .routes(routes!(limits::set_rate, limits::clear_rate))
         .merge(admin::routes())

@@ -273,6 +273,16 @@ pub struct QueuePath {
 
 #[derive(IntoParams)]
 #[into_params(parameter_in = Path)]
+pub struct QueueJobPath {
+    /// A configured queue.
+    pub queue: String,
+    /// A job of that queue.
+    #[param(pattern = "^[A-Za-z0-9_.-]{1,256}$")]
+    pub job: String,
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
 pub struct DeadJobPath {
     /// A configured queue.
     pub queue: String,

@@ -14,17 +14,11 @@
 -- ARGV[1] group   ARGV[2] consumer   ARGV[3] now (ms)   ARGV[4] job key prefix
 -- ARGV[5] event key prefix   ARGV[6] event type (started)   ARGV[7] events kept
 -- ARGV[8] the fairness period N (0: strict priority)
+-- (enter_stream.lua and stage_event.lua are prepended.)
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3], 'LIMIT', 0, 100)
 for _, id in ipairs(due) do
   redis.call('ZREM', KEYS[2], id)
-  local job = ARGV[4] .. id
-  local class = redis.call('HGET', job, 'class')
-  if class then
-    local stream = KEYS[4]
-    if class == 'high' then stream = KEYS[3] elseif class == 'low' then stream = KEYS[5] end
-    local entry = redis.call('XADD', stream, '*', 'job', id)
-    redis.call('HSET', job, 'state', 'waiting', 'entry', entry)
-  end
+  enter_stream(ARGV[4] .. id, id, KEYS[3], KEYS[4], KEYS[5])
 end
 
 if redis.call('EXISTS', KEYS[1]) == 1 then

@@ -33,6 +33,7 @@ mod dead;
 mod fence;
 mod listing;
 mod monitoring;
+mod promote;
 mod record;
 mod settlement;
 
@@ -48,6 +49,7 @@ pub use bulk::{BulkItem, BulkSubmitError};
 pub use dead::{DEFAULT_MAX_DEAD, DeadLetter, Replay};
 pub use fence::{Fence, Written};
 pub use monitoring::{MONITOR_BUCKET_SECS, MONITOR_WINDOWS, QueueMonitoring, WindowTotals};
+pub use promote::Promote;
 pub use record::{BoundMessage, JobRecord, JobState};
 pub use settlement::Outcome;
 use settlement::Settlement;
@@ -275,6 +277,7 @@ pub struct Queue {
     heartbeat: Arc<Script>,
     cancel: Arc<Script>,
     replay: Arc<Script>,
+    promote: Arc<Script>,
     fenced: Arc<Script>,
     purge: Arc<Script>,
     tidy_dead: Arc<Script>,
@@ -294,6 +297,7 @@ impl Queue {
             ))),
             submit_bulk: Arc::new(Script::new(include_str!("submit_bulk.lua"))),
             claim: Arc::new(Script::new(concat!(
+                include_str!("enter_stream.lua"),
                 include_str!("stage_event.lua"),
                 include_str!("claim.lua")
             ))),
@@ -320,6 +324,11 @@ impl Queue {
                 include_str!("fence.lua"),
                 include_str!("stage_event.lua"),
                 include_str!("fenced.lua")
+            ))),
+            promote: Arc::new(Script::new(concat!(
+                include_str!("enter_stream.lua"),
+                include_str!("stage_event.lua"),
+                include_str!("promote.lua")
             ))),
             replay: Arc::new(Script::new(concat!(
                 include_str!("dead_letters.lua"),

@@ -1,6 +1,7 @@
 // One job: its fields, attempts and their errors, result blocks, the live
-// event timeline, and the actions that apply (cancel; replay or purge a dead
-// job). The payload is the handler's and never leaves the host.
+// event timeline, the payload it was submitted with (admin keys only; shown
+// as the host stored it, pretty-printed), and the actions that apply (cancel;
+// promote a delayed job; replay or purge a dead job).
 import { api, get, enc } from './api.js';
 import { h, time, stateBadge, actionButton } from './dom.js';
 import { renderBlocks } from './blocks.js';
@@ -15,9 +16,10 @@ export async function render(main, [id]) {
   const blocks = h('div#job-blocks');
   const result = h('pre#job-result');
   const timeline = h('div.timeline#timeline');
+  const payload = h('pre#job-payload');
   const actions = h('div.toolbar#job-actions');
   main.append(h('h1', 'Job ', h('code', id)), actions, status, summary,
-    h('h2', 'Result'), blocks, result, h('h2', 'Attempts'), attempts, h('h2', 'Events'), timeline);
+    h('h2', 'Result'), blocks, result, h('h2', 'Payload'), payload, h('h2', 'Attempts'), attempts, h('h2', 'Events'), timeline);
 
   const show = job => {
     summary.replaceChildren(h('p', stateBadge(job.state), ' ',
@@ -36,11 +38,17 @@ export async function render(main, [id]) {
       ['waiting', 'delayed', 'active'].includes(job.state)
         ? actionButton('Cancel', status, async () => { const r = await api('DELETE', `/api/job/${enc(id)}`); status.textContent = r.cancel === 'requested' ? 'cancel requested' : 'cancelled'; await refresh(); }, 'danger')
         : '',
+      job.state === 'delayed' ? actionButton('Promote', status, async () => { await api('POST', `/api/queues/${enc(queue)}/jobs/${enc(id)}/promote`); status.textContent = 'promoted'; await refresh(); }) : '',
       job.state === 'failed' ? actionButton('Replay', status, async () => { await api('POST', `/api/queues/${enc(queue)}/dead/${enc(id)}/replay`); status.textContent = 'replayed'; await refresh(); restart(); }) : '',
       job.state === 'failed' ? actionButton('Purge dead letter', status, async () => { const r = await api('DELETE', `/api/queues/${enc(queue)}/dead/${enc(id)}`); status.textContent = `purged ${r.purged}`; }, 'danger') : '');
   };
   const refresh = async () => show(await get('/api/job/' + enc(id)));
-  await refresh();
+  const first = await get('/api/job/' + enc(id));
+  show(first);
+  // The payload never changes: read once, after the page is up.
+  get(`/api/queues/${enc(first.queue)}/jobs/${enc(id)}/payload`)
+    .then(body => { payload.textContent = JSON.stringify(body, null, 2); })
+    .catch(error => { payload.textContent = `(not shown: ${error.message})`; });
 
   let stop = null;
   const restart = () => {

@@ -73,7 +73,8 @@ export async function render(main, _args, query) {
   const bulk = state === 'dead'
     ? [each('Replay selected', id => api('POST', `/api/queues/${enc(queue)}/dead/${enc(id)}/replay`)),
       each('Purge selected', id => api('DELETE', `/api/queues/${enc(queue)}/dead/${enc(id)}`))]
-    : [each('Cancel selected', id => api('DELETE', `/api/job/${enc(id)}`))];
+    : [state === 'delayed' ? each('Promote selected', id => api('POST', `/api/queues/${enc(queue)}/jobs/${enc(id)}/promote`)) : '',
+      each('Cancel selected', id => api('DELETE', `/api/job/${enc(id)}`))];
   const pages = Math.max(1, Math.ceil(matching.length / PAGE_SIZE));
   const table = h('table#job-list', h('tr', h('th', ''), h('th', 'job'), h('th', 'state'), h('th', 'user'), h('th.num', 'attempts'),
     h('th', 'handler'), h('th', 'finished'), h('th', 'error')), rows);
