@@ -360,6 +360,18 @@ async fn a_callers_task_id_and_type_show_in_placeholder_events_and_answer() {
         );
         assert_eq!(completed[0]["task_type"], *task_type, "{completed:?}");
         assert!(completed[0]["result"].is_object(), "{completed:?}");
+
+        // The pipeline guest starts its own stage task through the contract's
+        // `start-task-with`, naming its type and content kind.
+        let stage = events
+            .iter()
+            .find(|(_, event, data)| {
+                event == "task_started" && data["payload"]["task_id"] != task_id.as_str()
+            })
+            .map(|(_, _, data)| data["payload"].clone())
+            .unwrap_or_else(|| panic!("no stage task: {events:?}"));
+        assert_eq!(stage["task_type"], "text_generation", "{stage}");
+        assert_eq!(stage["content_type"], "markdown", "{stage}");
     }
 }
 

@@ -15,7 +15,7 @@
 use serde_json::{Value, json};
 use spool_sdk::chat::Request;
 use spool_sdk::logging::{self, Level};
-use spool_sdk::{JobError, JobOutput, TaskStatus, TaskUpdate, events, jobs, messages, model};
+use spool_sdk::{ContentKind, JobError, JobOutput, TaskStart, TaskStatus, TaskUpdate, events, jobs, messages, model};
 
 use crate::payload::{Payload, Stage, Workflow};
 use crate::stages::{self, ANSWER_SYSTEM, APPROVED, CRITIC_SYSTEM, DOCUMENT_SYSTEM, OUTLINE_SYSTEM, request};
@@ -141,10 +141,19 @@ fn announce(event: &str, data: Value) {
     }
 }
 
+/// The type of each stage's task (design D's `task_type`).
+const STAGE_TASK_TYPE: &str = "text_generation";
+
 /// One model call as a task of the message: started with a placeholder,
 /// completed with the answer as a Markdown block, or failed with the error.
 fn stage(description: &str, percent: u8, request: Request) -> Result<String, JobError> {
-    let task = messages::start_task(description).ok();
+    let start = TaskStart {
+        id: None,
+        task_type: Some(STAGE_TASK_TYPE.to_owned()),
+        content_type: Some(ContentKind::Markdown),
+        description: description.to_owned(),
+    };
+    let task = messages::start_task_with(&start).ok();
     events::progress(percent, description);
     let answer = model::chat(&request.into()).map_err(JobError::from);
     if let Some(task) = &task {
