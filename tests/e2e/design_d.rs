@@ -285,3 +285,151 @@ async fn delete_closes_a_session_and_a_session_cleans_up_its_own_old_messages() 
         .await;
     assert_eq!(status, 422, "{error}");
 }
+
+/// Design D's `ContentBlock.create_placeholder(content_type, task_id)`: the
+/// placeholder's fields, and the content type a task type stands for
+/// (`ContentType`: TEXT, IMAGE, AUDIO).
+const PLACEHOLDER: &[(&str, Kind)] = &[("content_type", Kind::Text), ("task_id", Kind::Text)];
+const CONTENT_TYPES: &[(&str, &str)] = &[
+    ("image_generation", "image"),
+    ("audio_generation", "audio"),
+    ("document_generation", "text"),
+];
+
+async fn start_session_task(api: &Api, host: &Host, sid: &str, body: Value) -> (u16, Value) {
+    api.post(&host.url(&format!("/api/v1/sessions/{sid}/tasks")), &body)
+        .await
+}
+
+/// `start_task(task_id, 'image_generation')`: the caller's id and type are in
+/// the answer, the placeholder and the task events; the workflow's answer
+/// completes that task; the placeholder's `content_type` follows the design's
+/// table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callers_task_id_and_type_show_in_placeholder_events_and_answer() {
+    let stack = Stack::start(HostOptions::default()).await;
+    let Stack { host, api, .. } = &stack;
+    let (_, session) = api.post(&host.url("/api/v1/sessions"), &json!({})).await;
+    let sid = session["id"].as_str().expect("sid").to_owned();
+    for (index, (task_type, content_type)) in CONTENT_TYPES.iter().enumerate() {
+        let task_id = format!("task_00{index}");
+        let (status, answer) = start_session_task(
+            api,
+            host,
+            &sid,
+            json!({"task_description": "Tides", "workflow": "simple",
+                   "task_id": task_id, "task_type": task_type}),
+        )
+        .await;
+        assert_eq!(status, 202, "{answer}");
+        assert_eq!(answer["task_id"], task_id.as_str(), "{answer}");
+        assert_eq!(answer["taskId"], task_id.as_str(), "{answer}");
+        assert_eq!(answer["task_type"], *task_type, "{answer}");
+        let mid = answer["messageId"].as_str().expect("mid").to_owned();
+        let url = host.url(&format!("/api/v1/sessions/{sid}/messages/{mid}/stream"));
+        let events = stored_events(&url, None).await;
+        assert_design_envelope(&events, &sid, &mid);
+
+        let placeholder = events
+            .iter()
+            .map(|(_, _, data)| &data["payload"]["block"])
+            .find(|block| block["type"] == "placeholder" && block["task_id"] == task_id.as_str())
+            .unwrap_or_else(|| panic!("no placeholder for {task_id}: {events:?}"));
+        for (field, kind) in PLACEHOLDER {
+            assert!(is(*kind, &placeholder[field]), "{field} in {placeholder}");
+        }
+        assert_eq!(placeholder["content_type"], *content_type, "{placeholder}");
+
+        let of_task = |event_type: &str| {
+            events
+                .iter()
+                .filter(|(_, event, data)| {
+                    event == event_type && data["payload"]["task_id"] == task_id.as_str()
+                })
+                .map(|(_, _, data)| data["payload"].clone())
+                .collect::<Vec<_>>()
+        };
+        let started = of_task("task_started");
+        assert_eq!(started.len(), 1, "{events:?}");
+        assert_eq!(started[0]["task_type"], *task_type, "{started:?}");
+        let completed = of_task("task_completed");
+        assert_eq!(
+            completed.len(),
+            1,
+            "the answer completes the caller's task: {events:?}"
+        );
+        assert_eq!(completed[0]["task_type"], *task_type, "{completed:?}");
+        assert!(completed[0]["result"].is_object(), "{completed:?}");
+
+        // The pipeline guest starts its own stage task through the contract's
+        // `start-task-with`, naming its type and content kind.
+        let stage = events
+            .iter()
+            .find(|(_, event, data)| {
+                event == "task_started" && data["payload"]["task_id"] != task_id.as_str()
+            })
+            .map(|(_, _, data)| data["payload"].clone())
+            .unwrap_or_else(|| panic!("no stage task: {events:?}"));
+        assert_eq!(stage["task_type"], "text_generation", "{stage}");
+        assert_eq!(stage["content_type"], "markdown", "{stage}");
+    }
+}
+
+/// A task id is the caller's only once per session (409 naming it), and must
+/// be key-safe (422 naming the field), as other ids; so must the type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_task_id_is_409_and_a_bad_one_422() {
+    let stack = Stack::start(HostOptions::default()).await;
+    let Stack { host, api, .. } = &stack;
+    let (_, session) = api.post(&host.url("/api/v1/sessions"), &json!({})).await;
+    let sid = session["id"].as_str().expect("sid").to_owned();
+    let body = |task_id: Value, task_type: Value| {
+        json!({"task_description": "Tides", "workflow": "simple",
+               "task_id": task_id, "task_type": task_type})
+    };
+    let (status, first) = start_session_task(
+        api,
+        host,
+        &sid,
+        body(json!("task_001"), json!("image_generation")),
+    )
+    .await;
+    assert_eq!(status, 202, "{first}");
+    let (status, again) =
+        start_session_task(api, host, &sid, body(json!("task_001"), Value::Null)).await;
+    assert_eq!(status, 409, "{again}");
+    assert_eq!(again["error"]["code"], "task_exists", "{again}");
+    assert!(
+        again["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("task_001"),
+        "{again}"
+    );
+
+    for (task_id, task_type, field) in [
+        (json!("has space"), Value::Null, "task_id"),
+        (json!("a:b"), Value::Null, "task_id"),
+        (json!("x".repeat(65)), Value::Null, "task_id"),
+        (json!(7), Value::Null, "task_id"),
+        (json!("task_002"), json!("Image Generation"), "task_type"),
+        (json!("task_002"), json!(""), "task_type"),
+    ] {
+        let (status, refused) =
+            start_session_task(api, host, &sid, body(task_id.clone(), task_type)).await;
+        assert_eq!(status, 422, "{task_id}: {refused}");
+        assert!(
+            refused["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(field),
+            "{refused}"
+        );
+    }
+    // Another session may use the same id.
+    let (_, other) = api.post(&host.url("/api/v1/sessions"), &json!({})).await;
+    let other = other["id"].as_str().expect("sid").to_owned();
+    let (status, answer) =
+        start_session_task(api, host, &other, body(json!("task_001"), Value::Null)).await;
+    assert_eq!(status, 202, "{answer}");
+}

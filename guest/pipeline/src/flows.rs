@@ -15,7 +15,7 @@
 use serde_json::{Value, json};
 use spool_sdk::chat::Request;
 use spool_sdk::logging::{self, Level};
-use spool_sdk::{JobError, JobOutput, TaskStatus, TaskUpdate, events, jobs, messages, model};
+use spool_sdk::{ContentKind, JobError, JobOutput, TaskStart, TaskStatus, TaskUpdate, events, jobs, messages, model};
 
 use crate::payload::{Payload, Stage, Workflow};
 use crate::stages::{self, ANSWER_SYSTEM, APPROVED, CRITIC_SYSTEM, DOCUMENT_SYSTEM, OUTLINE_SYSTEM, request};
@@ -34,7 +34,7 @@ pub fn run(queue: &str, payload: &Payload) -> Result<JobOutput, JobError> {
 /// One model call answers the task.
 fn simple(payload: &Payload) -> Result<JobOutput, JobError> {
     let answer = stage("Answer", 10, request(ANSWER_SYSTEM, &payload.topic))?;
-    finish(&answer);
+    finish(payload, &answer);
     Ok(output(json!({ "answer": answer }), &answer))
 }
 
@@ -61,7 +61,7 @@ fn document(payload: &Payload, outline: &str) -> Result<JobOutput, JobError> {
         request(DOCUMENT_SYSTEM, stages::document_prompt(payload, outline)),
     )?;
     announce("document_generated", stages::document_event(payload, &document));
-    finish(&document);
+    finish(payload, &document);
     Ok(JobOutput::new(
         stages::result(outline, &document),
         stages::markdown(&document),
@@ -94,7 +94,7 @@ fn review(queue: &str, payload: &Payload, draft: &str, round: u8) -> Result<JobO
     )?;
     announce("critique_generated", json!({ "round": round, "critique": critique }));
     if critique.contains(APPROVED) {
-        finish(draft);
+        finish(payload, draft);
         return Ok(output(json!({ "draft": draft, "rounds": round }), draft));
     }
     let revised = stage(
@@ -107,7 +107,7 @@ fn review(queue: &str, payload: &Payload, draft: &str, round: u8) -> Result<JobO
         json!({ "round": round, "length": revised.chars().count() }),
     );
     if round >= payload.max_iterations {
-        finish(&revised);
+        finish(payload, &revised);
         return Ok(output(json!({ "draft": revised, "rounds": round }), &revised));
     }
     let next = follow_up(
@@ -141,10 +141,19 @@ fn announce(event: &str, data: Value) {
     }
 }
 
+/// The type of each stage's task (design D's `task_type`).
+const STAGE_TASK_TYPE: &str = "text_generation";
+
 /// One model call as a task of the message: started with a placeholder,
 /// completed with the answer as a Markdown block, or failed with the error.
 fn stage(description: &str, percent: u8, request: Request) -> Result<String, JobError> {
-    let task = messages::start_task(description).ok();
+    let start = TaskStart {
+        id: None,
+        task_type: Some(STAGE_TASK_TYPE.to_owned()),
+        content_type: Some(ContentKind::Markdown),
+        description: description.to_owned(),
+    };
+    let task = messages::start_task_with(&start).ok();
     events::progress(percent, description);
     let answer = model::chat(&request.into()).map_err(JobError::from);
     if let Some(task) = &task {
@@ -166,8 +175,21 @@ fn stage(description: &str, percent: u8, request: Request) -> Result<String, Job
     Ok(answer?.text)
 }
 
-/// The final answer becomes the message's text, and the message is complete.
-fn finish(text: &str) {
+/// The final answer becomes the message's text (and the result of the
+/// caller's task, if it started one), and the message is complete.
+fn finish(payload: &Payload, text: &str) {
+    if let Some(task) = &payload.task_id {
+        let update = TaskUpdate {
+            status: TaskStatus::Completed,
+            progress: Some(1.0),
+            step: None,
+            result: stages::markdown(text).map(Into::into),
+            error: None,
+        };
+        if let Err(reason) = messages::update_task(task, &update) {
+            logging::log(Level::Warn, &format!("task {task} not completed: {reason}"));
+        }
+    }
     if messages::append_text(text).is_ok() {
         let _ = messages::complete();
     }

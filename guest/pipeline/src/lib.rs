@@ -47,6 +47,7 @@ impl Guest for Pipeline {
                 workflow: Workflow::Planner,
                 max_iterations: payload::DEFAULT_ITERATIONS,
                 stage: Stage::First,
+                task_id: None,
             }
         });
         stages::request(stages::OUTLINE_SYSTEM, stages::outline_prompt(&payload)).into()

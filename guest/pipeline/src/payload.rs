@@ -94,6 +94,10 @@ pub struct Payload {
     /// [`DEFAULT_ITERATIONS`].
     pub max_iterations: u8,
     pub stage: Stage,
+    /// Design D's task the caller started with the message
+    /// (POST /api/v1/sessions/{sid}/tasks with `task_id` or `task_type`): the
+    /// final answer completes it. Carried from stage to stage.
+    pub task_id: Option<String>,
 }
 
 impl Payload {
@@ -158,12 +162,23 @@ impl Payload {
             }
         };
 
+        let task_id = match present(&fields, "task_id") {
+            None => None,
+            Some(Value::String(id)) if !id.is_empty() => Some(id.clone()),
+            Some(other) => {
+                return Err(PayloadError::new(format!(
+                    "payload.task_id must be a non-empty string, not {other}"
+                )));
+            }
+        };
+
         Ok(Self {
             topic,
             sections,
             workflow,
             max_iterations,
             stage,
+            task_id,
         })
     }
 
@@ -176,6 +191,9 @@ impl Payload {
             "workflow": self.workflow.name(),
             "maxIterations": self.max_iterations,
         });
+        if let Some(task_id) = &self.task_id {
+            next["task_id"] = task_id.as_str().into();
+        }
         match stage {
             Stage::First => {}
             Stage::Document { outline } => {
@@ -225,6 +243,7 @@ mod tests {
             workflow: Workflow::Planner,
             max_iterations: DEFAULT_ITERATIONS,
             stage: Stage::First,
+            task_id: None,
         }
     }
 

@@ -125,6 +125,7 @@ mod tests {
             workflow: crate::payload::Workflow::Planner,
             max_iterations: 2,
             stage: crate::payload::Stage::First,
+            task_id: None,
         }
     }
 

@@ -30,10 +30,11 @@ pub use sandbox::{
 use sandbox::{FrozenClock, GuestLimiter};
 
 pub use bindings::spool::handler::logging::Level as LogLevel;
+pub use bindings::types::ContentKind;
 pub use bindings::types::{
     ChatMessage, CodeBlock, ContentBlock, Job, JobError, JobOutput, Media, MediaSource, ModelError,
     ModelParams, ModelReply, ModelRequest, Placeholder, PriorityClass, PriorityDecision, RetryHint,
-    Role, TaskStatus, TaskUpdate,
+    Role, TaskStart, TaskStatus, TaskUpdate,
 };
 use bindings::{Handler, HandlerPre};
 
@@ -91,6 +92,12 @@ pub trait JobHost: Send + Sync {
     fn message_start_task(
         &self,
         _description: String,
+    ) -> BoxFuture<'_, Result<String, HostCallError>> {
+        no_bound_message()
+    }
+    fn message_start_task_with(
+        &self,
+        _start: TaskStart,
     ) -> BoxFuture<'_, Result<String, HostCallError>> {
         no_bound_message()
     }

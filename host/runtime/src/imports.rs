@@ -20,7 +20,7 @@ use std::borrow::Cow;
 use super::bindings::spool::handler::{events, jobs, logging, messages, model, state, types};
 use super::{
     Breach, CallCap, ContentBlock, GuestState, HostCallError, ModelError, ModelReply, ModelRequest,
-    Quota, Role, TaskUpdate,
+    Quota, Role, TaskStart, TaskUpdate,
 };
 use crate::event_type::{self, EventType};
 use crate::model as models;
@@ -358,6 +358,21 @@ impl messages::Host for GuestState {
         let bytes = description.len();
         self.check_message_bytes(bytes)?;
         let result = host.message_start_task(description).await;
+        Ok(self.message_written(bytes, result)?)
+    }
+
+    async fn start_task_with(&mut self, start: TaskStart) -> Result<String, String> {
+        let host = self.job_host()?;
+        check_label("the description", &start.description)?;
+        check_label(
+            "the task type",
+            start.task_type.as_deref().unwrap_or_default(),
+        )?;
+        let bytes = start.description.len()
+            + start.task_type.as_ref().map_or(0, String::len)
+            + start.id.as_ref().map_or(0, String::len);
+        self.check_message_bytes(bytes)?;
+        let result = host.message_start_task_with(start).await;
         Ok(self.message_written(bytes, result)?)
     }
 

@@ -18,7 +18,8 @@
 -- ARGV[8] text to append ('' for none)
 -- ARGV[9] the writing attempt's fence token ('' when a client writes)   ARGV[10] its job id
 -- ARGV[11..] sections, each a count then its items:
---   guards: task ids that must be running
+--   guards: task ids that must be running, or, prefixed with '!', task ids
+--   that must not exist yet (a task id chosen by the caller)
 --   fields: field, value
 --   blocks: mode ('append' | 'replace' | 'remove'), block id, snapshot JSON
 --   contents: content id, JSON, message id, block type, bytes
@@ -51,8 +52,15 @@ end
 for _ = 1, section() do
   local task = ARGV[at]
   at = at + 1
-  local status = redis.call('HGET', message, 'task:' .. task .. ':status')
-  if status ~= 'running' then return {'task', task, status or 'unknown'} end
+  if string.sub(task, 1, 1) == '!' then
+    task = string.sub(task, 2)
+    if redis.call('HEXISTS', message, 'task:' .. task .. ':status') == 1 then
+      return {'task_exists', task}
+    end
+  else
+    local status = redis.call('HGET', message, 'task:' .. task .. ':status')
+    if status ~= 'running' then return {'task', task, status or 'unknown'} end
+  end
 end
 
 -- O(delta): APPEND never copies the text already stored (reading it into

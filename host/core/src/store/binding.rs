@@ -64,6 +64,16 @@ impl BoundMessage {
             .await
     }
 
+    pub async fn start_task_with(
+        &self,
+        store: &Store,
+        start: &super::TaskStart<'_>,
+    ) -> Result<String, StoreError> {
+        store
+            .start_task_with(&self.session_id, &self.message_id, start)
+            .await
+    }
+
     pub async fn update_task(
         &self,
         store: &Store,

@@ -18,6 +18,21 @@ use super::{
 };
 use crate::queue::now_ms;
 
+/// A task's type when its starter names none.
+pub const DEFAULT_TASK_TYPE: &str = "task";
+/// The kind of block a placeholder stands for when its starter names none.
+pub const DEFAULT_PLACEHOLDER_CONTENT: &str = "text";
+
+/// What starts a task: its description and, optionally, the id, type
+/// (e.g. `image_generation`) and content kind (e.g. `image`) its starter chose.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TaskStart<'a> {
+    pub id: Option<&'a str>,
+    pub task_type: Option<&'a str>,
+    pub content_type: Option<&'a str>,
+    pub description: &'a str,
+}
+
 /// A message's status field: `streaming` until `message_end`.
 pub const STREAMING: &str = "streaming";
 pub const COMPLETED: &str = "completed";
@@ -192,10 +207,67 @@ impl Store {
         message_id: &str,
         description: &str,
     ) -> Result<String, StoreError> {
-        let task_id = new_id();
-        let placeholder =
-            json!({ "type": "placeholder", "taskId": task_id, "description": description });
-        let mut change = Change::default();
+        let start = TaskStart {
+            description,
+            ..TaskStart::default()
+        };
+        self.start_task_with(session_id, message_id, &start).await
+    }
+
+    /// Whether a message of the session has a task `task_id` (a caller
+    /// choosing an id checks it is free session-wide; one read per message).
+    pub async fn task_in_session(
+        &self,
+        session_id: &str,
+        task_id: &str,
+    ) -> Result<bool, StoreError> {
+        let mut connection = self.connection();
+        let messages: Vec<String> = connection
+            .zrange(super::session_index_key(session_id), 0, -1)
+            .await?;
+        if messages.is_empty() {
+            return Ok(false);
+        }
+        let mut pipe = redis::pipe();
+        for message in &messages {
+            pipe.hexists(message_key(message), task_field(task_id, "status"));
+        }
+        let found: Vec<bool> = pipe.query_async(&mut connection).await?;
+        Ok(found.into_iter().any(|taken| taken))
+    }
+
+    /// Starts a task as [`TaskStart`] says: a caller-chosen id must be a
+    /// [`valid_id`](super::valid_id) not yet used by a task of the message
+    /// ([`StoreError::TaskExists`]); the type and the placeholder's content
+    /// kind default to [`DEFAULT_TASK_TYPE`] and `text`.
+    pub async fn start_task_with(
+        &self,
+        session_id: &str,
+        message_id: &str,
+        start: &TaskStart<'_>,
+    ) -> Result<String, StoreError> {
+        let (task_id, guards) = match start.id {
+            Some(id) if !super::valid_id(id) => {
+                return Err(StoreError::Invalid(format!(
+                    "task id `{id}` must be 1-64 letters, digits, `-` or `_`"
+                )));
+            }
+            Some(id) => (id.to_owned(), vec![format!("!{id}")]),
+            None => (new_id(), Vec::new()),
+        };
+        let task_type = start.task_type.unwrap_or(DEFAULT_TASK_TYPE);
+        let content_type = start.content_type.unwrap_or(DEFAULT_PLACEHOLDER_CONTENT);
+        let description = start.description;
+        // camelCase as spool's other blocks, plus design D's own spelling.
+        let placeholder = json!({
+            "type": "placeholder", "taskId": task_id, "taskType": task_type,
+            "contentType": content_type, "description": description,
+            "task_id": task_id, "task_type": task_type, "content_type": content_type,
+        });
+        let mut change = Change {
+            guards,
+            ..Change::default()
+        };
         let entry = change.block(
             BlockMode::Append,
             &task_id,
@@ -205,11 +277,15 @@ impl Store {
         change
             .field(task_field(&task_id, "status"), "running")
             .field(task_field(&task_id, "description"), description)
+            .field(task_field(&task_id, "type"), task_type)
             .field(task_field(&task_id, "progress"), "0")
             .field(task_field(&task_id, "started_at"), now_ms().to_string())
             .event(
                 MessageEventType::TaskStarted,
-                json!({ "taskId": task_id, "description": description }),
+                json!({
+                    "taskId": task_id, "description": description,
+                    "task_id": task_id, "task_type": task_type, "content_type": content_type,
+                }),
             )
             .event(
                 MessageEventType::ContentAdded,
@@ -226,6 +302,12 @@ impl Store {
         task_id: &str,
         update: TaskChange,
     ) -> Result<u64, StoreError> {
+        // Only to name the type in the events; the guard below decides.
+        let task_type: Option<String> = self
+            .connection()
+            .hget(message_key(message_id), task_field(task_id, "type"))
+            .await?;
+        let task_type = task_type.as_deref().unwrap_or(DEFAULT_TASK_TYPE);
         let mut change = Change {
             guards: vec![task_id.to_owned()],
             ..Change::default()
@@ -241,7 +323,10 @@ impl Store {
                 }
                 change.event(
                     MessageEventType::TaskProgress,
-                    json!({ "taskId": task_id, "progress": progress, "step": step }),
+                    json!({
+                        "taskId": task_id, "progress": progress, "step": step,
+                        "task_id": task_id, "task_type": task_type,
+                    }),
                 );
             }
             TaskChange::Completed { result } => {
@@ -264,14 +349,17 @@ impl Store {
                 change
                     .event(
                         MessageEventType::TaskCompleted,
-                        json!({ "taskId": task_id, "result": entry }),
+                        json!({
+                            "taskId": task_id, "result": entry,
+                            "task_id": task_id, "task_type": task_type,
+                        }),
                     )
                     .event(
                         MessageEventType::ContentUpdated,
                         json!({ "blockId": task_id, "block": entry, "removed": entry.is_none() }),
                     );
             }
-            TaskChange::Failed { error } => fail_task(&mut change, task_id, &error),
+            TaskChange::Failed { error } => fail_task(&mut change, task_id, task_type, &error),
         }
         self.apply(session_id, message_id, change).await
     }
@@ -440,7 +528,7 @@ fn creation(session_id: &str, message_id: &str, role: &str) -> Change {
     change
 }
 
-fn fail_task(change: &mut Change, task_id: &str, error: &str) {
+fn fail_task(change: &mut Change, task_id: &str, task_type: &str, error: &str) {
     change
         .field(task_field(task_id, "status"), "failed")
         .field(task_field(task_id, "error"), error)
@@ -448,7 +536,10 @@ fn fail_task(change: &mut Change, task_id: &str, error: &str) {
         .remove_block(task_id)
         .event(
             MessageEventType::TaskFailed,
-            json!({ "taskId": task_id, "error": error }),
+            json!({
+                "taskId": task_id, "error": error,
+                "task_id": task_id, "task_type": task_type,
+            }),
         )
         .event(
             MessageEventType::ContentUpdated,
@@ -488,6 +579,7 @@ fn snapshot(fields: &HashMap<String, String>) -> Option<Value> {
             let time = |name: &str| get(name).and_then(|v| v.parse::<u64>().ok());
             json!({
                 "taskId": task,
+                "taskType": get("type").map_or(DEFAULT_TASK_TYPE, String::as_str),
                 "description": get("description"),
                 "status": get("status"),
                 "progress": get("progress").and_then(|v| v.parse::<f64>().ok()),

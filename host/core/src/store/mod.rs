@@ -37,7 +37,10 @@ use serde::{Deserialize, Serialize};
 
 pub use binding::{BoundMessage, FINAL_STATUSES, bound_message};
 pub use blocks::validate_block;
-pub use message::{MessageEvent, MessageEventType, MessageEvents, TaskChange, read_events};
+pub use message::{
+    DEFAULT_PLACEHOLDER_CONTENT, DEFAULT_TASK_TYPE, MessageEvent, MessageEventType, MessageEvents,
+    TaskChange, TaskStart, read_events,
+};
 pub use session::{CleanupReport, periodic_cleanup};
 
 use crate::queue::{Fence, now_ms};
@@ -135,6 +138,8 @@ pub enum StoreError {
     Finished(String),
     #[error("task `{0}` is {1}, not running")]
     TaskNotRunning(String, String),
+    #[error("task `{0}` already exists in this message")]
+    TaskExists(String),
     #[error("{0}")]
     Invalid(String),
     /// A job's attempt wrote after losing its job (or its job the message).
@@ -317,6 +322,7 @@ impl Store {
             "no_session" => Err(StoreError::SessionNotFound(session_id.to_owned())),
             "finished" => Err(StoreError::Finished(text(1))),
             "task" => Err(StoreError::TaskNotRunning(text(1), text(2))),
+            "task_exists" => Err(StoreError::TaskExists(text(1))),
             "fenced" => Err(StoreError::Fenced),
             "cancelled" => Err(StoreError::Cancelled),
             other => Err(StoreError::Redis(redis::RedisError::from((

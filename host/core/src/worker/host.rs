@@ -18,8 +18,11 @@ use crate::gateway::{CallContext, Gateway};
 use crate::intake::Route;
 use crate::models::{ChatReply, ChatRequest, ModelError};
 use crate::queue::{Fence, Queue, Written, job_state_key};
+use crate::store;
 use crate::store::{BoundMessage, Store, StoreError};
-use spool_runtime::{ContentBlock, EventType, HostCallError, JobHost, TaskUpdate};
+use spool_runtime::{
+    ContentBlock, ContentKind, EventType, HostCallError, JobHost, TaskStart, TaskUpdate,
+};
 
 /// What a running `handle` reaches outside its sandbox.
 pub(super) struct WorkerHost {
@@ -241,6 +244,22 @@ impl JobHost for WorkerHost {
         })
     }
 
+    fn message_start_task_with(
+        &self,
+        start: TaskStart,
+    ) -> BoxFuture<'_, Result<String, HostCallError>> {
+        Box::pin(async move {
+            let content_type = start.content_type.map(content_kind_name);
+            let start = store::TaskStart {
+                id: start.id.as_deref(),
+                task_type: start.task_type.as_deref(),
+                content_type,
+                description: &start.description,
+            };
+            self.message_written(self.bound()?.start_task_with(&self.sessions, &start).await)
+        })
+    }
+
     fn message_update_task(
         &self,
         task_id: String,
@@ -285,5 +304,21 @@ impl JobHost for WorkerHost {
             takes_message: take_message,
         });
         Ok(id)
+    }
+}
+
+/// A placeholder's `content_type`: the name of the block case it stands for.
+fn content_kind_name(kind: ContentKind) -> &'static str {
+    match kind {
+        ContentKind::Text => "text",
+        ContentKind::Markdown => "markdown",
+        ContentKind::Html => "html",
+        ContentKind::Code => "code",
+        ContentKind::Json => "json",
+        ContentKind::Thinking => "thinking",
+        ContentKind::Image => "image",
+        ContentKind::Audio => "audio",
+        ContentKind::Video => "video",
+        ContentKind::File => "file",
     }
 }
