@@ -23,9 +23,11 @@ pub mod metrics;
 mod openai;
 mod openapi;
 mod schemas;
+mod session_cleanup;
 mod sessions;
 mod status_events;
 mod stream;
+mod tasks;
 mod ws;
 
 use std::sync::Arc;
@@ -188,9 +190,9 @@ fn submitter() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(sessions::create_session))
         .routes(routes!(sessions::get_session, sessions::delete_session))
         .routes(routes!(sessions::post_message, sessions::list_messages))
-        .routes(routes!(sessions::cleanup_session))
+        .routes(routes!(session_cleanup::cleanup_session))
         .routes(routes!(message_stream::message_stream))
-        .routes(routes!(sessions::start_task))
+        .routes(routes!(tasks::start_task))
         .routes(routes!(sessions::get_message))
         .routes(routes!(sessions::get_content))
         .routes(routes!(stream::v1_status_stream))
@@ -214,7 +216,7 @@ fn admin() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(dead::replay))
         .routes(routes!(job_admin::promote))
         .routes(routes!(job_admin::payload))
-        .routes(routes!(sessions::cleanup))
+        .routes(routes!(session_cleanup::cleanup))
         .routes(routes!(limits::set_rate, limits::clear_rate))
         .merge(admin::routes())
         .route_layer(from_fn(|request, next| {
