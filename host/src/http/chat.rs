@@ -1,7 +1,7 @@
 //! Conversations over HTTP (design B): `GET /ws/{conversation_id}`, the
 //! conversation's WebSocket, and `GET /api/conversations/{conversation_id}/messages`,
 //! its history. Any instance serves any conversation (`spool_core::chat`);
-//! a key bound to a user gets in only as a member (`members`).
+//! a key bound to a user gets in only as a member (`conversation_entry`).
 //!
 //! Client frames: plain text (design B's clients) is a message with that
 //! text; a JSON object `{"type": "message", "text", "userId"?}` is the same
@@ -27,11 +27,12 @@ use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
+use super::conversation_entry::{self as entry, conversation_id};
 use super::error::{ApiError, ApiPath, ApiQuery};
 use super::jobs::{chat_submission, submit};
 use super::stream::stream_position;
 use spool_core::access::Identity;
-use spool_core::chat::{ConversationId, Frame, MAX_CONVERSATION_ID};
+use spool_core::chat::{ConversationId, Frame};
 use spool_core::hub::Position;
 use spool_core::queue::now_ms;
 
@@ -88,7 +89,7 @@ pub async fn conversation_socket(
     let upgrade = upgrade.map_err(|refusal| {
         ApiError::new(refusal.status(), "not_a_websocket", refusal.body_text())
     })?;
-    super::members::admit(&state, &caller, &conversation).await?;
+    entry::admit(&state, &caller, &conversation).await?;
     let seat = state.conversations.seat().ok_or_else(|| {
         ApiError::new(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -136,7 +137,7 @@ impl Client {
         loop {
             let outgoing = tokio::select! {
                 _ = membership.tick(), if self.caller.user.is_some() => {
-                    match super::members::check_member(&self.state, &self.caller, &self.conversation).await {
+                    match entry::check_member(&self.state, &self.caller, &self.conversation).await {
                         Err(error) if error.code == "conversation_not_found" => {
                             let frame = json!({"type": "error", "code": error.code, "message": error.message});
                             let _ = socket.send(Message::Text(frame.to_string().into())).await;
@@ -197,7 +198,7 @@ impl Client {
     async fn message(&self, text: &str) -> Result<(), ApiError> {
         let (text, user) = client_message(text)?;
         // A member taken out since the socket opened may not speak.
-        super::members::check_member(&self.state, &self.caller, &self.conversation).await?;
+        entry::check_member(&self.state, &self.caller, &self.conversation).await?;
         let user = match &self.caller.user {
             Some(tenant) => tenant.user_id.clone(),
             None => user.unwrap_or_else(|| "anonymous".into()),
@@ -267,15 +268,6 @@ fn client_message(frame: &str) -> Result<(String, Option<String>), ApiError> {
     Ok((text, user))
 }
 
-pub fn conversation_id(id: &str) -> Result<ConversationId, ApiError> {
-    ConversationId::parse(id).ok_or_else(|| {
-        ApiError::invalid(
-            "invalid_conversation_id",
-            format!("a conversation id is 1 to {MAX_CONVERSATION_ID} of A-Z a-z 0-9 _ - . :"),
-        )
-    })
-}
-
 fn resume_id(id: Option<&str>) -> Result<Position, ApiError> {
     let id = stream_position(id.unwrap_or("0"))?;
     Position::parse(&id).ok_or_else(|| ApiError::invalid("invalid_last_id", "not a stream id"))
@@ -328,7 +320,7 @@ pub async fn conversation_history(
     let conversation = conversation_id(&conversation)?;
     let after = resume_id(query.last_id.as_deref())?;
     let limit = super::bounds::checked_limit(query.limit)?;
-    super::members::check_member(&state, &caller, &conversation).await?;
+    entry::check_member(&state, &caller, &conversation).await?;
     let frames = state
         .conversations
         .history(&conversation, after, limit)

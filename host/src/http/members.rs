@@ -4,7 +4,7 @@
 //! A key not bound to a user (the service acting for its users) manages any
 //! conversation. A key bound to a user sees a conversation only as a member
 //! (another's is "not found", so ids do not leak), may let others in, and
-//! may take only itself out. The rule itself lives in `spool_core::chat`.
+//! may take only itself out. The entry rule is `conversation_entry`'s.
 
 use std::sync::Arc;
 
@@ -13,73 +13,11 @@ use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use serde::Serialize;
 use spool_core::access::Identity;
-use spool_core::chat::ConversationId;
 use utoipa::ToSchema;
 
 use super::AppState;
-use super::chat::conversation_id;
+use super::conversation_entry::{admit, check_member, conversation_id};
 use super::error::{ApiError, ApiPath};
-
-/// Checks the caller may be in the conversation: keys bound to a user must
-/// be members, or open a conversation that does not exist yet (and so
-/// become its first member).
-pub async fn admit(
-    state: &AppState,
-    caller: &Identity,
-    conversation: &ConversationId,
-) -> Result<(), ApiError> {
-    require(state, caller, conversation, Entry::MayClaim).await
-}
-
-/// Checks the caller is in the conversation now (without claiming it).
-pub async fn check_member(
-    state: &AppState,
-    caller: &Identity,
-    conversation: &ConversationId,
-) -> Result<(), ApiError> {
-    require(state, caller, conversation, Entry::MemberOnly).await
-}
-
-/// Whether a user opening a conversation nobody has yet becomes its member.
-enum Entry {
-    MayClaim,
-    MemberOnly,
-}
-
-async fn require(
-    state: &AppState,
-    caller: &Identity,
-    conversation: &ConversationId,
-    entry: Entry,
-) -> Result<(), ApiError> {
-    let Some(tenant) = &caller.user else {
-        return Ok(());
-    };
-    let conversations = &state.conversations;
-    let inside = match entry {
-        Entry::MayClaim => conversations.admit(conversation, &tenant.user_id).await?,
-        Entry::MemberOnly => {
-            conversations
-                .is_member(conversation, &tenant.user_id)
-                .await?
-        }
-    };
-    if inside {
-        Ok(())
-    } else {
-        Err(not_found(conversation))
-    }
-}
-
-pub fn not_found(conversation: &ConversationId) -> ApiError {
-    ApiError::not_found(
-        "conversation_not_found",
-        format!(
-            "no conversation `{}` that this key may enter",
-            conversation.as_str()
-        ),
-    )
-}
 
 /// A conversation's members.
 #[derive(Serialize, ToSchema)]

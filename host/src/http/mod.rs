@@ -7,6 +7,7 @@ mod bounds;
 mod bulk;
 mod chat;
 mod console;
+mod conversation_entry;
 mod dead;
 mod embeddings;
 mod error;
