@@ -214,7 +214,9 @@ impl Relays {
             if started.elapsed() >= JOB_GRACE {
                 return Ok(false);
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // Usually the job is queued a moment after its relay: a short
+            // poll keeps the bot's first frame from waiting on it.
+            tokio::time::sleep(Duration::from_millis(10)).await;
             if renewed.elapsed() < self.lease() / 3 {
                 continue;
             }
