@@ -137,6 +137,7 @@ pub async fn start(config: Config) -> Result<Running> {
         sessions: sessions.clone(),
         running,
         restarts: restarts.clone(),
+        dispatch: spool_core::worker::Dispatch::start(&intake),
     });
     background.spawn(recover_abandoned_jobs(
         workers.clone(),

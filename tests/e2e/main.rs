@@ -5,6 +5,7 @@ mod browser;
 mod support;
 
 mod bad_input;
+mod batching;
 mod bulk;
 mod cancel;
 mod chat_support;

@@ -41,6 +41,7 @@ if state == 'waiting' or state == 'delayed' then
     end_message(message, message_stream, 'error', 'the job was cancelled', ARGV[1], ARGV[7], ARGV[8])
   end
   monitor_request(queue .. 'monitor:', 'cancelled')
+  monitor_flush()
 elseif state == 'active' then
   redis.call('HSET', KEYS[1], 'cancel', ARGV[1], 'cancel_requested_at', ARGV[1])
   redis.call('PUBLISH', ARGV[6], job[5])

@@ -29,8 +29,10 @@
 //! timed (`metrics::redis_timed`).
 
 mod bulk;
+mod claiming;
 mod dead;
 mod fence;
+mod finishing;
 mod listing;
 mod monitoring;
 mod promote;
@@ -46,13 +48,14 @@ use redis::{AsyncCommands, Script, Value};
 use serde::Serialize;
 
 pub use bulk::{BulkItem, BulkSubmitError};
+pub use claiming::{Claim, Claimed, ClaimedJob};
 pub use dead::{DEFAULT_MAX_DEAD, DeadLetter, Replay};
 pub use fence::{Fence, Written};
+pub use finishing::{Finish, PreparedOutcome};
 pub use monitoring::{MONITOR_BUCKET_SECS, MONITOR_WINDOWS, QueueMonitoring, WindowTotals};
 pub use promote::Promote;
 pub use record::{BoundMessage, JobRecord, JobState};
 pub use settlement::Outcome;
-use settlement::Settlement;
 
 use crate::metrics;
 use spool_runtime::event_type::MAX_STREAM_EVENTS;
@@ -175,39 +178,6 @@ pub enum SubmitError {
     ParentCancelled,
     #[error(transparent)]
     Redis(#[from] redis::RedisError),
-}
-
-/// What a worker got from [`Queue::claim`].
-pub enum Claim {
-    Job(Box<ClaimedJob>),
-    Paused,
-    /// An entry named a job whose record is gone (evicted or deleted by
-    /// hand); the entry was dropped and counted in `:count:dropped`.
-    Dropped {
-        job_id: String,
-    },
-    /// Nothing to do; `next_retry_ms` is when the earliest delayed retry is due.
-    Idle {
-        next_retry_ms: Option<u64>,
-    },
-    Again,
-}
-
-#[derive(Clone)]
-pub struct ClaimedJob {
-    pub class: PriorityClass,
-    pub entry_id: String,
-    pub record: JobRecord,
-}
-
-/// What [`Queue::finish`] did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Finish {
-    Recorded,
-    /// Another attempt owns the job; nothing was written.
-    Lost,
-    /// A cancel was accepted: nothing was written, record the cancellation.
-    CancelRequested,
 }
 
 /// What a heartbeat learned about the job it keeps alive.
@@ -419,118 +389,6 @@ impl Queue {
             Some(reply) if reply == "cancelled" => Err(SubmitError::ParentCancelled),
             Some(entry) => Ok(entry),
         }
-    }
-
-    /// Claims the next job, recording now as its start.
-    /// Claims the next job in strict priority order.
-    pub async fn claim(&self, queue: &QueueKeys, consumer: &str) -> redis::RedisResult<Claim> {
-        self.claim_at(queue, consumer, now_ms(), 0).await
-    }
-
-    /// Claims the next job; `started_at` (ms) is recorded as its start (a
-    /// worker passes the moment it resolved the handler version it will run).
-    /// Every `fair_every`-th claim tries low first, and the one halfway
-    /// between normal first (0: strict priority; see `claim.lua`).
-    pub async fn claim_at(
-        &self,
-        queue: &QueueKeys,
-        consumer: &str,
-        started_at: u64,
-        fair_every: u32,
-    ) -> redis::RedisResult<Claim> {
-        let mut invocation = self.claim.prepare_invoke();
-        invocation.key(&queue.paused).key(&queue.delayed);
-        for stream in &queue.streams {
-            invocation.key(stream);
-        }
-        invocation
-            .key(queue.counter("dropped"))
-            .key(queue.counter("claims"));
-        invocation
-            .arg(GROUP)
-            .arg(consumer)
-            .arg(started_at)
-            .arg(JOB_PREFIX)
-            .arg(EVENTS_PREFIX)
-            .arg(EventType::TaskStarted.as_str())
-            .arg(MAX_STREAM_EVENTS)
-            .arg(fair_every);
-        let mut redis = self.redis.clone();
-        let invoked = metrics::redis_timed("claim", invocation.invoke_async(&mut redis));
-        let reply: Vec<Value> = match invoked.await {
-            Err(e) if e.code() == Some("NOGROUP") => {
-                // Redis lost its data (restarted without persistence): recreate.
-                self.ensure_groups(queue).await?;
-                return Ok(Claim::Again);
-            }
-            other => other?,
-        };
-        parse_claim(reply)
-    }
-
-    /// Records how an attempt ended and acknowledges its entry, unless the
-    /// attempt lost the job or a cancel was accepted meanwhile (then only
-    /// [`Outcome::Cancelled`] may be recorded).
-    pub async fn finish(
-        &self,
-        job: &ClaimedJob,
-        outcome: &Outcome,
-        retention: Retention,
-    ) -> redis::RedisResult<Finish> {
-        let keys = QueueKeys::new(&job.record.queue);
-        let id = job.record.id.as_str();
-        let now = now_ms();
-        let settlement = Settlement::of(&job.record, outcome, retention, now);
-        let attempt_record = serde_json::json!({
-            "attempt": job.record.attempts,
-            "worker": job.record.worker,
-            "startedAt": job.record.started_at,
-            "finishedAt": now,
-            "outcome": settlement.state.as_str(),
-            "error": settlement.event.get("error"),
-            "errorKind": settlement.event.get("error_kind"),
-        });
-        let state = settlement.state.as_str();
-        let mut invocation = self.finish.prepare_invoke();
-        invocation
-            .key(job_key(id))
-            .key(keys.stream(job.class))
-            .key(events_key(id))
-            .key(job_state_key(id))
-            .key(settlement.zset(&keys))
-            .key(keys.counter(state))
-            .key(attempts_key(id))
-            .key(&keys.dead)
-            .key(&keys.dead_index)
-            .arg(GROUP)
-            .arg(&job.entry_id)
-            .arg(id)
-            .arg(now)
-            .arg(state)
-            .arg(settlement.score)
-            .arg(settlement.history)
-            .arg(settlement.ttl_secs)
-            .arg(settlement.event_type.as_str())
-            .arg(settlement.event.to_string())
-            .arg(attempt_record.to_string())
-            .arg(MAX_STREAM_EVENTS)
-            .arg(settlement.message.as_str())
-            .arg(settlement.message.error())
-            .arg(retention.message_secs.max(1))
-            .arg(retention.message_events.max(1))
-            .arg(self.max_dead(&keys.name))
-            .arg(&keys.monitor);
-        for (field, value) in settlement.fields {
-            invocation.arg(field).arg(value);
-        }
-        let recorded: i64 =
-            metrics::redis_timed("finish", invocation.invoke_async(&mut self.redis.clone()))
-                .await?;
-        Ok(match recorded {
-            1 => Finish::Recorded,
-            2 => Finish::CancelRequested,
-            _ => Finish::Lost,
-        })
     }
 
     /// Keeps the entry of a running job alive; says whether to go on.
@@ -802,60 +660,4 @@ fn job_fields<'a>(job: &NewJob<'a>, now: u64) -> Vec<(&'static str, String)> {
         fields.push(("message_id", message.message_id.clone()));
     }
     fields
-}
-
-fn parse_claim(reply: Vec<Value>) -> redis::RedisResult<Claim> {
-    let text = |v: &Value| -> String {
-        match v {
-            Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-            Value::SimpleString(s) => s.clone(),
-            Value::Int(n) => n.to_string(),
-            _ => String::new(),
-        }
-    };
-    let malformed = || {
-        redis::RedisError::from((
-            redis::ErrorKind::UnexpectedReturnType,
-            "unexpected reply from the claim script",
-        ))
-    };
-    let mut items = reply.into_iter();
-    let tag = items.next().map(|v| text(&v)).ok_or_else(malformed)?;
-    match tag.as_str() {
-        "paused" => Ok(Claim::Paused),
-        "again" => Ok(Claim::Again),
-        "dropped" => Ok(Claim::Dropped {
-            job_id: items.next().map(|v| text(&v)).unwrap_or_default(),
-        }),
-        "idle" => Ok(Claim::Idle {
-            next_retry_ms: items
-                .next()
-                .and_then(|v| text(&v).parse::<f64>().ok())
-                .map(|ms| ms as u64),
-        }),
-        "job" => {
-            let index: usize = items
-                .next()
-                .map(|v| text(&v))
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(malformed)?;
-            let class = *CLASSES.get(index.wrapping_sub(1)).ok_or_else(malformed)?;
-            let entry_id = items.next().map(|v| text(&v)).ok_or_else(malformed)?;
-            let Some(Value::Array(flat)) = items.next() else {
-                return Err(malformed());
-            };
-            let fields: HashMap<String, String> = flat
-                .chunks(2)
-                .filter(|p| p.len() == 2)
-                .map(|p| (text(&p[0]), text(&p[1])))
-                .collect();
-            let record = JobRecord::from_fields(fields).ok_or_else(malformed)?;
-            Ok(Claim::Job(Box::new(ClaimedJob {
-                class,
-                entry_id,
-                record,
-            })))
-        }
-        _ => Err(malformed()),
-    }
 }

@@ -9,26 +9,52 @@
 -- response_ms / response_count (submitted to finished: what the client waits)
 -- and processing_ms / processing_count (the final attempt's start to finished).
 -- A bucket expires once the longest window (60 minutes) has passed it.
+-- A script that ends many jobs (a batch of outcomes, a recovery sweep) counts
+-- them all with one HINCRBY per field: `monitor_request` adds up, and the
+-- script calls `monitor_flush` once before it returns.
 local MONITOR_BUCKET_SECS = 10
 local MONITOR_KEEP_SECS = 3600 + 120
+
+local monitor_pending = {}
+local monitor_bucket = nil
 
 -- Counts one request that ended as `outcome`; times are in ms, as the job
 -- record keeps them (missing ones are not averaged).
 local function monitor_request(prefix, outcome, created_at, started_at, finished_at)
-  local bucket = prefix .. math.floor(tonumber(redis.call('TIME')[1]) / MONITOR_BUCKET_SECS)
-  redis.call('HINCRBY', bucket, outcome, 1)
+  if not monitor_bucket then
+    monitor_bucket = math.floor(tonumber(redis.call('TIME')[1]) / MONITOR_BUCKET_SECS)
+  end
+  local key = prefix .. monitor_bucket
+  local sums = monitor_pending[key]
+  if not sums then
+    sums = {}
+    monitor_pending[key] = sums
+  end
+  local function add(field, n)
+    sums[field] = (sums[field] or 0) + n
+  end
+  add(outcome, 1)
   local finished = tonumber(finished_at)
   if outcome ~= 'cancelled' and finished then
     local created, started = tonumber(created_at), tonumber(started_at)
     if created then
-      redis.call('HINCRBY', bucket, 'response_ms', math.max(0, finished - created))
-      redis.call('HINCRBY', bucket, 'response_count', 1)
+      add('response_ms', math.max(0, finished - created))
+      add('response_count', 1)
     end
     if started then
-      redis.call('HINCRBY', bucket, 'processing_ms', math.max(0, finished - started))
-      redis.call('HINCRBY', bucket, 'processing_count', 1)
+      add('processing_ms', math.max(0, finished - started))
+      add('processing_count', 1)
     end
   end
-  redis.call('EXPIRE', bucket, MONITOR_KEEP_SECS)
 end
 
+-- Writes what `monitor_request` counted since the last flush.
+local function monitor_flush()
+  for key, sums in pairs(monitor_pending) do
+    for field, n in pairs(sums) do
+      redis.call('HINCRBY', key, field, n)
+    end
+    redis.call('EXPIRE', key, MONITOR_KEEP_SECS)
+  end
+  monitor_pending = {}
+end

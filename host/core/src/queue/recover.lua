@@ -56,6 +56,7 @@ for i = 1, 3 do
     end
   end
 end
+monitor_flush()
 if requeued > 0 then
   redis.call('PUBLISH', ARGV[7], ARGV[8])
 end

@@ -18,11 +18,12 @@ use crate::config::QueueConfig;
 use crate::gateway::Gateway;
 use crate::intake::{Intake, Route};
 use crate::metrics::{self, Hook};
-use crate::queue::{Claim, ClaimedJob, Fence, Finish, Heartbeat, Outcome, Retention, now_ms};
+use crate::queue::{ClaimedJob, Fence, Finish, Heartbeat, Outcome, Retention, now_ms};
 use crate::store::{self, Store};
 use spool_runtime::content::blocks_to_json;
 use spool_runtime::{FailureKind, GuestFailure, HandlerComponent, Job, JobError, JobOutput};
 
+mod dispatch;
 mod faults;
 mod follow_up;
 mod running;
@@ -30,6 +31,8 @@ mod running;
 use follow_up::NotQueued;
 mod supervise;
 
+use dispatch::Assigned;
+pub use dispatch::Dispatch;
 pub use running::RunningJobs;
 pub use supervise::WorkerRestarts;
 mod host;
@@ -56,6 +59,9 @@ pub struct Workers {
     pub running: Arc<RunningJobs>,
     /// Workers restarted after a panic (see `supervise`).
     pub restarts: Arc<WorkerRestarts>,
+    /// Claims and outcomes of workers asking at the same moment share one
+    /// Redis call ([`Dispatch::start`] with the same intake).
+    pub dispatch: Dispatch,
 }
 
 /// Which queue a worker asks first. It stays with the queue that gave it
@@ -117,47 +123,26 @@ impl Workers {
             for offset in 0..routes.len() {
                 let position = turns.position(offset);
                 let route = routes[position];
-                // The version is resolved at the moment the claim records as
-                // the job's start, not once the claim is back: under load that
-                // round trip is long enough for a switch to land inside it.
-                let resolved = self.intake.registry.resolve_stamped(
-                    &route.config.handler,
-                    route.config.handler_version.as_deref(),
-                );
-                match self
-                    .intake
-                    .queue
-                    .claim_at(
-                        &route.keys,
-                        &consumer,
-                        resolved.at_ms,
-                        route.config.fair_every,
-                    )
-                    .await
-                {
-                    Ok(Claim::Job(job)) => {
+                match self.dispatch.claim(&route.keys.name, &consumer).await {
+                    Assigned::Job(job, handler) => {
                         redis_down_since = None;
                         turns.served(position);
-                        self.run_job(*job, route, &consumer, resolved.handler).await;
+                        self.run_job(*job, route, &consumer, handler).await;
                         worked = true;
                         break;
                     }
-                    Ok(Claim::Again) => {
+                    Assigned::Again => {
                         worked = true;
                         break;
                     }
-                    Ok(Claim::Dropped { job_id }) => {
-                        tracing::error!(queue = %route.keys.name, job = %job_id, "a queued job's record is gone (evicted or deleted outside spool); its entry was dropped and counted");
-                        worked = true;
-                        break;
-                    }
-                    Ok(Claim::Idle {
+                    Assigned::Idle {
                         next_retry_ms: Some(due),
-                    }) => {
+                    } => {
+                        redis_down_since = None;
                         wait = wait.min(Duration::from_millis(due.saturating_sub(now_ms())));
                     }
-                    Ok(Claim::Idle { .. } | Claim::Paused) => redis_down_since = None,
-                    Err(error) => {
+                    Assigned::Idle { .. } | Assigned::Paused => redis_down_since = None,
+                    Assigned::Unreachable(error) => {
                         if redis_down_since.is_none() {
                             tracing::warn!(%consumer, %error, "cannot reach Redis; will keep trying");
                             redis_down_since = Some(std::time::Instant::now());
@@ -423,12 +408,12 @@ impl Workers {
         let mut outcome = outcome;
         let mut delay = Duration::from_millis(100);
         for _ in 0..10 {
-            match self
+            let prepared = self
                 .intake
                 .queue
-                .finish(claimed, &outcome, self.retention)
-                .await
-            {
+                .prepare_outcome(claimed, &outcome, self.retention);
+            let queue = &claimed.record.queue;
+            match self.dispatch.finish(&self.intake, queue, prepared).await {
                 Ok(Finish::Recorded) => {
                     let started_at = claimed.record.started_at.unwrap_or_else(now_ms);
                     let ran_for = Duration::from_millis(now_ms().saturating_sub(started_at));

@@ -1,0 +1,184 @@
+//! Claiming jobs: one `claim.lua` call starts the next jobs of a queue for
+//! every worker of an instance that asked at that moment (strict priority
+//! with the fairness turns, retries due moved back in line first).
+//!
+//! Owns the claim's arguments and the parsing of its reply; which worker gets
+//! which job, and when to ask, is the worker's (`worker::dispatch`).
+
+use std::collections::HashMap;
+
+use redis::Value;
+
+use super::{CLASSES, EVENTS_PREFIX, GROUP, JOB_PREFIX, JobRecord, Queue, QueueKeys, now_ms};
+use crate::metrics;
+use spool_runtime::event_type::MAX_STREAM_EVENTS;
+use spool_runtime::{EventType, PriorityClass};
+
+/// What a worker got from [`Queue::claim`].
+pub enum Claim {
+    Job(Box<ClaimedJob>),
+    Paused,
+    /// An entry named a job whose record is gone (evicted or deleted by
+    /// hand); the entry was dropped and counted in `:count:dropped`.
+    Dropped {
+        job_id: String,
+    },
+    /// Nothing to do; `next_retry_ms` is when the earliest delayed retry is due.
+    Idle {
+        next_retry_ms: Option<u64>,
+    },
+    Again,
+}
+
+/// A job started by a claim, for the worker it was claimed for.
+#[derive(Clone)]
+pub struct ClaimedJob {
+    pub class: PriorityClass,
+    pub entry_id: String,
+    pub record: JobRecord,
+}
+
+/// What one claim for several workers got.
+pub enum Claimed {
+    /// The jobs, in the order of the consumers they were claimed for (fewer
+    /// when the queue ran dry).
+    Jobs {
+        jobs: Vec<ClaimedJob>,
+        /// Entries whose job record was gone: dropped and counted.
+        dropped: Vec<String>,
+        /// When the earliest delayed retry is due, if the queue ran dry.
+        next_retry_ms: Option<u64>,
+    },
+    Paused,
+    /// The consumer group was missing (Redis lost its data) and was made
+    /// again: ask again.
+    Again,
+}
+
+impl Queue {
+    /// Claims the next job in strict priority order, recording now as its start.
+    pub async fn claim(&self, queue: &QueueKeys, consumer: &str) -> redis::RedisResult<Claim> {
+        let claimed = self.claim_many(queue, &[consumer], now_ms(), 0).await?;
+        Ok(match claimed {
+            Claimed::Paused => Claim::Paused,
+            Claimed::Again => Claim::Again,
+            Claimed::Jobs {
+                mut jobs,
+                mut dropped,
+                next_retry_ms,
+            } => match (jobs.pop(), dropped.pop()) {
+                (Some(job), _) => Claim::Job(Box::new(job)),
+                (None, Some(job_id)) => Claim::Dropped { job_id },
+                (None, None) => Claim::Idle { next_retry_ms },
+            },
+        })
+    }
+
+    /// Claims up to one job per consumer; `started_at` (ms) is recorded as
+    /// their start (workers pass the moment they resolved the handler version
+    /// they will run). Every `fair_every`-th claim tries low first, and the
+    /// one halfway between normal first (0: strict priority; see `claim.lua`).
+    pub async fn claim_many(
+        &self,
+        queue: &QueueKeys,
+        consumers: &[&str],
+        started_at: u64,
+        fair_every: u32,
+    ) -> redis::RedisResult<Claimed> {
+        let mut invocation = self.claim.prepare_invoke();
+        invocation.key(&queue.paused).key(&queue.delayed);
+        for stream in &queue.streams {
+            invocation.key(stream);
+        }
+        invocation
+            .key(queue.counter("dropped"))
+            .key(queue.counter("claims"));
+        invocation
+            .arg(GROUP)
+            .arg(started_at)
+            .arg(JOB_PREFIX)
+            .arg(EVENTS_PREFIX)
+            .arg(EventType::TaskStarted.as_str())
+            .arg(MAX_STREAM_EVENTS)
+            .arg(fair_every)
+            .arg(consumers);
+        let mut redis = self.redis.clone();
+        let invoked = metrics::redis_timed("claim", invocation.invoke_async(&mut redis));
+        let reply: Vec<Value> = match invoked.await {
+            Err(e) if e.code() == Some("NOGROUP") => {
+                // Redis lost its data (restarted without persistence): recreate.
+                self.ensure_groups(queue).await?;
+                return Ok(Claimed::Again);
+            }
+            other => other?,
+        };
+        parse_claimed(reply)
+    }
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::SimpleString(s) => s.clone(),
+        Value::Int(n) => n.to_string(),
+        _ => String::new(),
+    }
+}
+
+fn malformed() -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::UnexpectedReturnType,
+        "unexpected reply from the claim script",
+    ))
+}
+
+fn parse_claimed(reply: Vec<Value>) -> redis::RedisResult<Claimed> {
+    let mut items = reply.into_iter();
+    let tag = items.next().map(|v| text(&v)).ok_or_else(malformed)?;
+    match tag.as_str() {
+        "paused" => Ok(Claimed::Paused),
+        "claimed" => {
+            let next_retry_ms = items
+                .next()
+                .and_then(|v| text(&v).parse::<f64>().ok())
+                .map(|ms| ms as u64);
+            let dropped = match items.next() {
+                Some(Value::Array(ids)) => ids.iter().map(text).collect(),
+                _ => return Err(malformed()),
+            };
+            let jobs = items.map(parse_job).collect::<redis::RedisResult<_>>()?;
+            Ok(Claimed::Jobs {
+                jobs,
+                dropped,
+                next_retry_ms,
+            })
+        }
+        _ => Err(malformed()),
+    }
+}
+
+/// One `{stream index (1..3), entry id, fields}` of the reply.
+fn parse_job(value: Value) -> redis::RedisResult<ClaimedJob> {
+    let Value::Array(parts) = value else {
+        return Err(malformed());
+    };
+    let [index, entry_id, Value::Array(flat)] =
+        <[Value; 3]>::try_from(parts).map_err(|_| malformed())?
+    else {
+        return Err(malformed());
+    };
+    let index: usize = text(&index).parse().map_err(|_| malformed())?;
+    let class = *CLASSES.get(index.wrapping_sub(1)).ok_or_else(malformed)?;
+    // Later pairs are what the claim changed: they win over the record's.
+    let fields: HashMap<String, String> = flat
+        .chunks(2)
+        .filter(|pair| pair.len() == 2)
+        .map(|pair| (text(&pair[0]), text(&pair[1])))
+        .collect();
+    let record = JobRecord::from_fields(fields).ok_or_else(malformed)?;
+    Ok(ClaimedJob {
+        class,
+        entry_id: text(&entry_id),
+        record,
+    })
+}

@@ -1,0 +1,155 @@
+//! Recording how attempts ended: one `finish.lua` call records a batch of
+//! outcomes (those ready together on one instance), each exactly as if it
+//! were alone, with the queue's monitoring counted once for the batch.
+//!
+//! Owns the script's arguments, prepared apart from the call so that the
+//! worker that ran the job builds them and a batch only concatenates; what an
+//! outcome writes is `settlement`'s. When to call is the worker's
+//! (`worker::dispatch`).
+
+use super::settlement::Settlement;
+use super::{
+    ClaimedJob, GROUP, Outcome, Queue, QueueKeys, Retention, attempts_key, events_key, job_key,
+    job_state_key, now_ms,
+};
+use crate::metrics;
+use spool_runtime::event_type::MAX_STREAM_EVENTS;
+
+/// What [`Queue::finish`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finish {
+    Recorded,
+    /// Another attempt owns the job; nothing was written.
+    Lost,
+    /// A cancel was accepted: nothing was written, record the cancellation.
+    CancelRequested,
+}
+
+/// One outcome's keys and arguments for `finish.lua`.
+pub struct PreparedOutcome {
+    keys: [String; 9],
+    args: Vec<String>,
+}
+
+impl Queue {
+    /// Records how an attempt ended and acknowledges its entry, unless the
+    /// attempt lost the job or a cancel was accepted meanwhile (then only
+    /// [`Outcome::Cancelled`] may be recorded).
+    pub async fn finish(
+        &self,
+        job: &ClaimedJob,
+        outcome: &Outcome,
+        retention: Retention,
+    ) -> redis::RedisResult<Finish> {
+        let prepared = self.prepare_outcome(job, outcome, retention);
+        let mut finished = self.finish_many(std::slice::from_ref(&prepared)).await?;
+        finished
+            .pop()
+            .unwrap_or_else(|| Err(unexpected("the finish script answered for no outcome")))
+    }
+
+    /// What [`Queue::finish_many`] writes for one attempt's outcome, as of now.
+    pub fn prepare_outcome(
+        &self,
+        job: &ClaimedJob,
+        outcome: &Outcome,
+        retention: Retention,
+    ) -> PreparedOutcome {
+        let keys = QueueKeys::new(&job.record.queue);
+        let id = job.record.id.as_str();
+        let now = now_ms();
+        let settlement = Settlement::of(&job.record, outcome, retention, now);
+        let attempt_record = serde_json::json!({
+            "attempt": job.record.attempts,
+            "worker": job.record.worker,
+            "startedAt": job.record.started_at,
+            "finishedAt": now,
+            "outcome": settlement.state.as_str(),
+            "error": settlement.event.get("error"),
+            "errorKind": settlement.event.get("error_kind"),
+        });
+        let state = settlement.state.as_str();
+        let zset = settlement.zset(&keys).to_owned();
+        let mut args = vec![
+            GROUP.to_owned(),
+            job.entry_id.clone(),
+            id.to_owned(),
+            now.to_string(),
+            state.to_owned(),
+            settlement.score.to_string(),
+            settlement.history.to_string(),
+            settlement.ttl_secs.to_string(),
+            settlement.event_type.as_str().to_owned(),
+            settlement.event.to_string(),
+            attempt_record.to_string(),
+            MAX_STREAM_EVENTS.to_string(),
+            settlement.message.as_str().to_owned(),
+            settlement.message.error().to_owned(),
+            retention.message_secs.max(1).to_string(),
+            retention.message_events.max(1).to_string(),
+            self.max_dead(&keys.name).to_string(),
+            keys.monitor.clone(),
+        ];
+        for (field, value) in settlement.fields {
+            args.push(field.to_owned());
+            args.push(value);
+        }
+        PreparedOutcome {
+            keys: [
+                job_key(id),
+                keys.stream(job.class).to_owned(),
+                events_key(id),
+                job_state_key(id),
+                zset,
+                keys.counter(state),
+                attempts_key(id),
+                keys.dead.clone(),
+                keys.dead_index.clone(),
+            ],
+            args,
+        }
+    }
+
+    /// Records a batch of outcomes in one call; one [`Finish`] per outcome,
+    /// in order, or the error that stopped that one alone.
+    pub async fn finish_many(
+        &self,
+        outcomes: &[PreparedOutcome],
+    ) -> redis::RedisResult<Vec<redis::RedisResult<Finish>>> {
+        let mut invocation = self.finish.prepare_invoke();
+        invocation.arg(outcomes.len());
+        for outcome in outcomes {
+            for key in &outcome.keys {
+                invocation.key(key);
+            }
+            invocation.arg(outcome.args.len()).arg(&outcome.args);
+        }
+        let recorded: Vec<redis::Value> =
+            metrics::redis_timed("finish", invocation.invoke_async(&mut self.redis.clone()))
+                .await?;
+        if recorded.len() != outcomes.len() {
+            return Err(unexpected(
+                "the finish script answered for a different number of outcomes",
+            ));
+        }
+        Ok(recorded.into_iter().map(finish_of).collect())
+    }
+}
+
+fn finish_of(recorded: redis::Value) -> redis::RedisResult<Finish> {
+    match recorded {
+        redis::Value::Int(1) => Ok(Finish::Recorded),
+        redis::Value::Int(2) => Ok(Finish::CancelRequested),
+        redis::Value::Int(_) => Ok(Finish::Lost),
+        redis::Value::BulkString(error) => Err(redis::RedisError::from((
+            redis::ErrorKind::Extension,
+            "the finish script could not record this outcome",
+            String::from_utf8_lossy(&error).into_owned(),
+        ))),
+        _ => Err(unexpected("unexpected reply from the finish script")),
+    }
+}
+
+fn unexpected(what: &'static str) -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, what))
+}

@@ -1,0 +1,239 @@
+//! Batched claims and outcomes (issue 16, fewer round trips per job): one
+//! claim call starts a job for each waiting worker, in strict priority order,
+//! and one finish call records a batch of outcomes, each exactly as if it were
+//! alone, one outcome that cannot be written failing alone.
+
+use spool_core::queue::{
+    Claimed, ClaimedJob, Finish, JobState, NewJob, Outcome, Queue, QueueKeys, Retention,
+};
+use spool_runtime::{FailureKind, PriorityClass};
+
+use crate::support::*;
+
+const RETENTION: Retention = Retention {
+    completed_secs: 3600,
+    failed_secs: 3600,
+    history: 100,
+    message_secs: 3600,
+    message_events: 1000,
+};
+
+async fn queue_on(redis: &Redis, name: &str) -> (Queue, QueueKeys) {
+    let connection = redis::Client::open(redis.url())
+        .expect("url")
+        .get_connection_manager()
+        .await
+        .expect("redis");
+    let queue = Queue::new(connection);
+    let keys = QueueKeys::new(name);
+    queue.ensure_groups(&keys).await.expect("groups");
+    (queue, keys)
+}
+
+async fn submit(queue: &Queue, keys: &QueueKeys, id: &str, class: PriorityClass) {
+    queue
+        .submit(NewJob {
+            id,
+            queue: keys,
+            class,
+            score: 5,
+            priority: 5,
+            user_id: "u",
+            user_tier: "",
+            payload: "{}",
+            message: None,
+            handler: "noop",
+            max_waiting: 1000,
+            parent: None,
+        })
+        .await
+        .expect("submit");
+}
+
+async fn claim(queue: &Queue, keys: &QueueKeys, consumers: &[&str]) -> Vec<ClaimedJob> {
+    match queue
+        .claim_many(keys, consumers, spool_core::queue::now_ms(), 0)
+        .await
+        .expect("claim")
+    {
+        Claimed::Jobs { jobs, dropped, .. } => {
+            assert!(dropped.is_empty(), "nothing dropped: {dropped:?}");
+            jobs
+        }
+        Claimed::Paused | Claimed::Again => panic!("the queue is neither paused nor new"),
+    }
+}
+
+fn event_types(redis: &Redis, id: &str) -> Vec<String> {
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(format!("job_events:{id}"))
+        .arg("-")
+        .arg("+")
+        .query(&mut redis.connection())
+        .expect("XRANGE");
+    entries
+        .into_iter()
+        .filter_map(|(_, fields)| {
+            fields
+                .into_iter()
+                .find(|(name, _)| name == "event_type")
+                .map(|(_, value)| value)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_claim_starts_a_job_for_each_waiting_worker_in_priority_order() {
+    let redis = Redis::start();
+    let (queue, keys) = queue_on(&redis, "batch").await;
+    for (id, class) in [
+        ("low-1", PriorityClass::Low),
+        ("normal-1", PriorityClass::Normal),
+        ("high-1", PriorityClass::High),
+        ("normal-2", PriorityClass::Normal),
+        ("low-2", PriorityClass::Low),
+        ("high-2", PriorityClass::High),
+        ("normal-3", PriorityClass::Normal),
+    ] {
+        submit(&queue, &keys, id, class).await;
+    }
+
+    let workers = ["w0", "w1", "w2", "w3", "w4"];
+    let jobs = claim(&queue, &keys, &workers).await;
+    let ids: Vec<&str> = jobs.iter().map(|j| j.record.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["high-1", "high-2", "normal-1", "normal-2", "normal-3"],
+        "high before normal, first in first out within a class"
+    );
+    for (job, worker) in jobs.iter().zip(workers) {
+        assert_eq!(
+            job.record.worker.as_deref(),
+            Some(worker),
+            "{}",
+            job.record.id
+        );
+        assert_eq!(job.record.state, JobState::Active);
+        assert_eq!(job.record.attempts, 1);
+        let stored = queue
+            .job(&job.record.id)
+            .await
+            .expect("job")
+            .expect("record");
+        assert_eq!(stored.worker.as_deref(), Some(worker));
+        assert_eq!(stored.started_at, job.record.started_at);
+        assert_eq!(stored.first_started_at, job.record.started_at);
+        assert_eq!(
+            event_types(&redis, &job.record.id),
+            ["task_queued", "task_started"]
+        );
+    }
+
+    // Three workers, two jobs left: the third is told the queue is dry.
+    let rest = claim(&queue, &keys, &["w5", "w6", "w7"]).await;
+    let ids: Vec<&str> = rest.iter().map(|j| j.record.id.as_str()).collect();
+    assert_eq!(ids, ["low-1", "low-2"]);
+    assert!(claim(&queue, &keys, &["w8"]).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_finish_call_records_each_outcome_as_if_alone_and_a_bad_one_fails_alone() {
+    let redis = Redis::start();
+    let (queue, keys) = queue_on(&redis, "batch").await;
+    for id in ["done", "broken", "retried", "poisoned", "lost"] {
+        submit(&queue, &keys, id, PriorityClass::Normal).await;
+    }
+    let jobs = claim(&queue, &keys, &["w0", "w1", "w2", "w3", "w4"]).await;
+    assert_eq!(jobs.len(), 5);
+    // `poisoned`'s record is replaced by a string, so writing its outcome
+    // fails; `lost` was handed to another attempt meanwhile.
+    redis::cmd("SET")
+        .arg("spool:job:poisoned")
+        .arg("not a hash")
+        .query::<()>(&mut redis.connection())
+        .expect("SET");
+    redis::cmd("HSET")
+        .arg("spool:job:lost")
+        .arg("entry")
+        .arg("0-1")
+        .query::<()>(&mut redis.connection())
+        .expect("HSET");
+
+    let outcomes = [
+        Outcome::Completed {
+            result: "{}".into(),
+            blocks: "[]".into(),
+            handler_version: "v1".into(),
+            follow_ups: Vec::new(),
+        },
+        Outcome::Failed {
+            error: "broken for good".into(),
+            kind: FailureKind::Rejected,
+        },
+        Outcome::Retry {
+            error: "try again".into(),
+            kind: FailureKind::RetryRequested,
+            retry_at_ms: spool_core::queue::now_ms() + 60_000,
+        },
+        Outcome::Completed {
+            result: "{}".into(),
+            blocks: "[]".into(),
+            handler_version: "v1".into(),
+            follow_ups: Vec::new(),
+        },
+        Outcome::Completed {
+            result: "{}".into(),
+            blocks: "[]".into(),
+            handler_version: "v1".into(),
+            follow_ups: Vec::new(),
+        },
+    ];
+    let prepared: Vec<_> = jobs
+        .iter()
+        .zip(&outcomes)
+        .map(|(job, outcome)| queue.prepare_outcome(job, outcome, RETENTION))
+        .collect();
+    let finished = queue.finish_many(&prepared).await.expect("finish");
+    let finished: Vec<Option<Finish>> = finished.into_iter().map(Result::ok).collect();
+    assert_eq!(
+        finished,
+        [
+            Some(Finish::Recorded),
+            Some(Finish::Recorded),
+            Some(Finish::Recorded),
+            None,
+            Some(Finish::Lost),
+        ],
+        "done, broken and retried recorded; poisoned failed alone; lost refused"
+    );
+
+    let state = |id: &'static str| {
+        let queue = queue.clone();
+        async move { queue.job(id).await.expect("job").map(|job| job.state) }
+    };
+    assert_eq!(state("done").await, Some(JobState::Completed));
+    assert_eq!(state("broken").await, Some(JobState::Failed));
+    assert_eq!(state("retried").await, Some(JobState::Delayed));
+    assert_eq!(
+        state("lost").await,
+        Some(JobState::Active),
+        "left to its owner"
+    );
+    assert_eq!(
+        event_types(&redis, "done"),
+        ["task_queued", "task_started", "task_completed"]
+    );
+    let stats = queue.stats(&keys).await.expect("stats");
+    assert_eq!((stats.completed, stats.failed, stats.dead), (1, 1, 1));
+    assert_eq!(stats.delayed, 1);
+
+    // The batch's requests were counted once each, the retry not at all.
+    let monitoring = queue.monitoring(&keys).await.expect("monitoring");
+    let minute = monitoring.windows[0];
+    assert_eq!(
+        (minute.completed, minute.failed, minute.cancelled),
+        (1, 1, 0)
+    );
+    assert_eq!(minute.response_count, 2);
+    assert_eq!(minute.processing_count, 2);
+}
