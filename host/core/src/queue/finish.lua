@@ -25,7 +25,8 @@
 --   18 monitoring key prefix   19.. job hash field/value pairs
 -- (message_end.lua, dead_letters.lua, monitor.lua and stage_event.lua are prepended.)
 local function finish_one(K, A)
-  local owner = redis.call('HMGET', K[1], 'state', 'entry', 'cancel', 'created_at', 'started_at')
+  local owner = redis.call('HMGET', K[1], 'state', 'entry', 'cancel', 'created_at', 'started_at',
+    'message_session', 'message_id')
   if owner[1] ~= 'active' or owner[2] ~= A[2] then
     redis.call('XACK', K[2], A[1], A[2])
     redis.call('XDEL', K[2], A[2])
@@ -62,7 +63,7 @@ local function finish_one(K, A)
     'event_type', A[9], 'data', A[10], 'timestamp', A[4])
   copy_to_root(K[3], A[3], A[12],
     'event_type', A[9], 'data', A[10], 'timestamp', A[4])
-  local message, message_stream = driven_message(K[1], A[3])
+  local message, message_stream = driven_message(K[1], A[3], owner[6], owner[7])
   if message then
     end_message(message, message_stream, A[13], A[14], A[4], A[15], A[16])
   end

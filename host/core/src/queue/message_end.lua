@@ -6,16 +6,21 @@
 
 -- The message hash and event stream of the message job `job_id` drives, or
 -- nil when it drives none (never bound, or passed on to a follow-up job).
-local function driven_message(job_key, job_id)
-  local bound = redis.call('HMGET', job_key, 'message_session', 'message_id')
-  if not bound[1] or not bound[2] then
+-- `session` and `message_id` are the job's `message_session` and `message_id`
+-- fields when the caller has read them already (else they are read here).
+local function driven_message(job_key, job_id, session, message_id)
+  if session == nil and message_id == nil then
+    local bound = redis.call('HMGET', job_key, 'message_session', 'message_id')
+    session, message_id = bound[1], bound[2]
+  end
+  if not session or not message_id then
     return nil
   end
-  local message = 'message:' .. bound[2]
+  local message = 'message:' .. message_id
   if redis.call('HGET', message, 'job_id') ~= job_id then
     return nil
   end
-  return message, 'stream:session:' .. bound[1] .. ':message:' .. bound[2]
+  return message, 'stream:session:' .. session .. ':message:' .. message_id
 end
 
 -- Fails the message's running tasks (their placeholder blocks go), then ends
