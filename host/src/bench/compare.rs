@@ -457,8 +457,9 @@ struct Budget {
     round_trips: f64,
     /// Commands Redis ran, a script's own commands included.
     commands: f64,
-    /// The most called commands, per job.
-    top: Vec<(String, f64)>,
+    /// The most called commands: calls and µs inside them, per job (a
+    /// script's µs include its commands').
+    top: Vec<(String, f64, f64)>,
     /// Redis process CPU (`used_cpu_user + used_cpu_sys`).
     redis_cpu_us: f64,
     /// Time inside commands (`INFO commandstats`; a script counts with its commands).
@@ -510,8 +511,11 @@ impl Budget {
             commands: commands as f64 / jobs,
             top: calls
                 .into_iter()
-                .take(8)
-                .map(|(command, n)| (command, n as f64 / jobs))
+                .take(10)
+                .map(|(command, n)| {
+                    let usec = delta(&after.usec, &before.usec, &command);
+                    (command, n as f64 / jobs, usec as f64 / jobs)
+                })
                 .collect(),
             redis_cpu_us: (after.cpu_secs - before.cpu_secs) * 1e6 / jobs,
             redis_command_us: usec as f64 / jobs,
@@ -698,13 +702,13 @@ impl Report {
                 row.wasm_us.map_or("-".to_owned(), |w| format!("{w:.1}"))
             );
         }
-        println!("\nCommands per job (most called first)");
+        println!("\nCommands per job, most called first (µs inside them per job)");
         for row in &self.rows {
             let top: Vec<String> = row
                 .budget
                 .top
                 .iter()
-                .map(|(command, n)| format!("{command} {n:.2}"))
+                .map(|(command, n, us)| format!("{command} {n:.2} ({us:.1} us)"))
                 .collect();
             println!(
                 "  {:<14} {:>3}: {}",
