@@ -11,9 +11,6 @@ use clap::{Args, Parser, Subcommand};
 use spool_core::config::{Config, Fsync};
 use spool_core::models::{BackendConfig, BackendKind};
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "spool",

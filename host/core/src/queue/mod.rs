@@ -85,7 +85,9 @@ pub fn job_state_key(id: &str) -> String {
 pub fn attempts_key(id: &str) -> String {
     format!("{JOB_PREFIX}{id}:attempts")
 }
-/// Prefix of every per-queue key; the queue name in braces is a Redis Cluster hash tag.
+/// Prefix of every per-queue key. The queue name is in braces so that a
+/// queue's own keys would share a Redis Cluster hash slot; spool does not run
+/// on a cluster yet (job keys, `spool:job:{id}`, carry no queue tag).
 const QUEUE_PREFIX: &str = "spool:q:";
 pub fn events_key(id: &str) -> String {
     format!("{EVENTS_PREFIX}{id}")
