@@ -726,6 +726,9 @@ impl Report {
                 .budget
                 .top
                 .iter()
+                // Calls of fewer than one job in 200 (the instance's own
+                // housekeeping) would print as 0.00.
+                .filter(|(_, n)| *n >= 0.005)
                 .take(shown)
                 .map(|(command, n)| format!("{command} {n:.2}"))
                 .collect();

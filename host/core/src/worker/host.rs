@@ -355,3 +355,52 @@ fn content_kind_name(kind: ContentKind) -> &'static str {
         ContentKind::File => "file",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn pieces_that_come_together_make_one_delta_and_the_end_closes_it() {
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        let mut window = DeltaWindow::new(receiver);
+        for piece in ["Hello", ", ", "wörld"] {
+            sender.send(piece.to_owned()).unwrap();
+        }
+        drop(sender);
+        assert_eq!(window.next().await.as_deref(), Some("Hello, wörld"));
+        assert_eq!(window.next().await, None);
+    }
+
+    #[tokio::test]
+    async fn a_delta_goes_out_after_one_window_while_the_stream_goes_on() {
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        let mut window = DeltaWindow::new(receiver);
+        sender.send("first".to_owned()).unwrap();
+        // The sender stays open: only the window can close this delta.
+        assert_eq!(window.next().await.as_deref(), Some("first"));
+        sender.send("second".to_owned()).unwrap();
+        drop(sender);
+        assert_eq!(window.next().await.as_deref(), Some("second"));
+    }
+
+    #[tokio::test]
+    async fn a_window_that_reaches_the_size_cap_is_written_at_once() {
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        let mut window = DeltaWindow::new(receiver);
+        let piece = "x".repeat(1000);
+        for _ in 0..6 {
+            sender.send(piece.clone()).unwrap();
+        }
+        drop(sender);
+        let first = window.next().await.unwrap_or_default();
+        let second = window.next().await.unwrap_or_default();
+        assert_eq!(
+            first.len(),
+            5000,
+            "pieces are whole: the cap is passed by less than one"
+        );
+        assert_eq!(second.len(), 1000);
+        assert_eq!(window.next().await, None);
+    }
+}
