@@ -12,6 +12,7 @@ mod chat_support;
 mod console;
 mod contract;
 mod conversations;
+mod deltas;
 mod design_c;
 mod design_d;
 mod design_e;

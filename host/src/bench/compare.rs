@@ -44,6 +44,10 @@ pub struct CompareArgs {
     /// spool's figures only (no node or npm needed).
     #[arg(long)]
     no_bullmq: bool,
+    /// BullMQ's no-op run and spool's chat run only, at the first concurrency
+    /// (no spool no-op runs, no memory figures): the chat path's ratio.
+    #[arg(long)]
+    chat_only: bool,
 }
 
 pub async fn run(args: CompareArgs) -> Result<()> {
@@ -79,7 +83,12 @@ async fn compare(args: &CompareArgs, dir: &Path) -> Result<()> {
     );
 
     let mut report = Report::default();
-    for &concurrency in &args.concurrency {
+    let concurrencies = if args.chat_only {
+        &args.concurrency[..1]
+    } else {
+        &args.concurrency[..]
+    };
+    for &concurrency in concurrencies {
         if let Some(bullmq) = &bullmq {
             flush(&mut redis).await?;
             let submit = bullmq.run(&["submit", &args.jobs.to_string()]).await?;
@@ -96,6 +105,9 @@ async fn compare(args: &CompareArgs, dir: &Path) -> Result<()> {
                 budget: Budget::new(&before, &after, args.jobs, 0, number(&processed, "cpu_us")),
                 wasm_us: None,
             });
+        }
+        if args.chat_only {
+            continue;
         }
         let run = spool_run(
             &mut redis,
@@ -121,8 +133,12 @@ async fn compare(args: &CompareArgs, dir: &Path) -> Result<()> {
     .await?;
     report.rows.push(chat.row("spool chat"));
 
-    let memory = memory(&mut redis, bullmq.as_ref(), &noop_path, args.memory_jobs).await?;
-    report.print(&memory);
+    let memory = if args.chat_only {
+        None
+    } else {
+        Some(memory(&mut redis, bullmq.as_ref(), &noop_path, args.memory_jobs).await?)
+    };
+    report.print(memory.as_ref());
     drop(server);
     Ok(())
 }
@@ -457,8 +473,8 @@ struct Budget {
     round_trips: f64,
     /// Commands Redis ran, a script's own commands included.
     commands: f64,
-    /// The most called commands: calls and µs inside them, per job (a
-    /// script's µs include its commands').
+    /// Every command called: calls and µs inside them, per job, most
+    /// called first (a script's µs include its commands').
     top: Vec<(String, f64, f64)>,
     /// Redis process CPU (`used_cpu_user + used_cpu_sys`).
     redis_cpu_us: f64,
@@ -511,7 +527,6 @@ impl Budget {
             commands: commands as f64 / jobs,
             top: calls
                 .into_iter()
-                .take(10)
                 .map(|(command, n)| {
                     let usec = delta(&after.usec, &before.usec, &command);
                     (command, n as f64 / jobs, usec as f64 / jobs)
@@ -645,7 +660,7 @@ impl Report {
             .map(|r| r.rate)
     }
 
-    fn print(&self, memory: &Memory) {
+    fn print(&self, memory: Option<&Memory>) {
         let ratio = |ours: f64, theirs: Option<f64>| {
             theirs.map_or("-".to_owned(), |t| format!("{:.2}x", ours / t))
         };
@@ -702,12 +717,17 @@ impl Report {
                 row.wasm_us.map_or("-".to_owned(), |w| format!("{w:.1}"))
             );
         }
-        println!("\nCommands per job, most called first (µs inside them per job)");
+        println!(
+            "\nCommands per job, most called first, with the µs inside them per job"
+        );
         for row in &self.rows {
             let top: Vec<String> = row
                 .budget
                 .top
                 .iter()
+                // Calls of fewer than one job in 200 (the instance's own
+                // housekeeping) would print as 0.00.
+                .filter(|(_, n, _)| *n >= 0.005)
                 .map(|(command, n, us)| format!("{command} {n:.2} ({us:.1} us)"))
                 .collect();
             println!(
@@ -717,32 +737,34 @@ impl Report {
                 top.join(", ")
             );
         }
-        println!("\nMemory with {} jobs queued", memory.jobs);
-        println!(
-            "  Redis bytes per queued job: BullMQ {}, spool {:.0} ({})",
-            memory
-                .bullmq_bytes_per_job
-                .map_or("-".to_owned(), |b| format!("{b:.0}")),
-            memory.spool_bytes_per_job,
-            ratio(memory.spool_bytes_per_job, memory.bullmq_bytes_per_job)
-        );
-        println!(
-            "  RSS: spool's instance (this process, with the bench client) {:.1} MB; BullMQ's producer (node) {}",
-            memory.spool_rss as f64 / 1e6,
-            memory
-                .bullmq_rss
-                .map_or("-".to_owned(), |r| format!("{:.1} MB", r as f64 / 1e6))
-        );
-        if !memory.spool_keys.is_empty() {
-            let keys: Vec<String> = memory
-                .spool_keys
-                .iter()
-                .map(|(key, bytes)| format!("{key} {bytes} B"))
-                .collect();
+        if let Some(memory) = memory {
+            println!("\nMemory with {} jobs queued", memory.jobs);
             println!(
-                "  spool, one queued job's keys (MEMORY USAGE): {}",
-                keys.join(", ")
+                "  Redis bytes per queued job: BullMQ {}, spool {:.0} ({})",
+                memory
+                    .bullmq_bytes_per_job
+                    .map_or("-".to_owned(), |b| format!("{b:.0}")),
+                memory.spool_bytes_per_job,
+                ratio(memory.spool_bytes_per_job, memory.bullmq_bytes_per_job)
             );
+            println!(
+                "  RSS: spool's instance (this process, with the bench client) {:.1} MB; BullMQ's producer (node) {}",
+                memory.spool_rss as f64 / 1e6,
+                memory
+                    .bullmq_rss
+                    .map_or("-".to_owned(), |r| format!("{:.1} MB", r as f64 / 1e6))
+            );
+            if !memory.spool_keys.is_empty() {
+                let keys: Vec<String> = memory
+                    .spool_keys
+                    .iter()
+                    .map(|(key, bytes)| format!("{key} {bytes} B"))
+                    .collect();
+                println!(
+                    "  spool, one queued job's keys (MEMORY USAGE): {}",
+                    keys.join(", ")
+                );
+            }
         }
         println!(
             "\nNotes: `Redis reads` are Redis' read events (total_reads_processed): one per request, or per batch of requests a client pipelines (ioredis and redis-rs both do), so fewer than round trips under load. A script's own commands count in `commands` and `Redis cmd us`. Wasm us: time inside the guest per job, every hook, as the instance's metrics saw it (for chat it includes the wait on the model call)."

@@ -41,7 +41,7 @@ local function fmt(x) return string.format('%.17g', x) end
 
 -- The backend's effective rate, recovering lazily: from `quiet_from` on, it
 -- regains `step` per `interval` until it is back at the configured rate.
-local h = redis.call('HMGET', KEYS[1], 'tokens', 'ts', 'gen', 'adapted', 'floor_rate', 'quiet_from')
+local h = redis.call('HMGET', KEYS[1], 'tokens', 'ts', 'gen', 'adapted', 'floor_rate', 'quiet_from', 'granted')
 local gen = tonumber(h[3]) or 0
 local rate = cfg_rate
 local rate_changed = 0
@@ -88,8 +88,15 @@ if rate_changed == 1 then
   end
 end
 
-local function save_backend(left)
-  redis.call('HSET', KEYS[1], 'tokens', fmt(left), 'ts', string.format('%d', ts), 'name', ARGV[12])
+-- `granted`: the slot was given, so the counter moves in the same HSET (the
+-- count was read with the state: one command fewer than an HINCRBY per call).
+local function save_backend(left, granted)
+  if granted then
+    redis.call('HSET', KEYS[1], 'tokens', fmt(left), 'ts', string.format('%d', ts), 'name', ARGV[12],
+      'granted', string.format('%d', (tonumber(h[7]) or 0) + 1))
+  else
+    redis.call('HSET', KEYS[1], 'tokens', fmt(left), 'ts', string.format('%d', ts), 'name', ARGV[12])
+  end
   redis.call('PEXPIRE', KEYS[1], ttl)
 end
 
@@ -130,8 +137,7 @@ if mode == 'both' or mode == 'user' then
   if wait > max_wait then return reply(0, wait, tokens) end
   redis.call('HSET', KEYS[2], 'tokens', fmt(u_after), 'ts', string.format('%d', uts))
   redis.call('PEXPIRE', KEYS[2], ttl)
-  save_backend(after)
-  redis.call('HINCRBY', KEYS[1], 'granted', 1)
+  save_backend(after, true)
   if wait > 0 then
     redis.call('HINCRBY', KEYS[1], 'waits', 1)
     redis.call('HINCRBY', KEYS[1], 'waited_us', wait)
@@ -144,8 +150,7 @@ if wait > max_wait then
   save_backend(tokens)
   return reply(0, wait, tokens)
 end
-save_backend(after)
-redis.call('HINCRBY', KEYS[1], 'granted', 1)
+save_backend(after, true)
 if wait > 0 then
   redis.call('HINCRBY', KEYS[1], 'waits', 1)
   redis.call('HINCRBY', KEYS[1], 'waited_us', wait)

@@ -115,7 +115,8 @@ impl Queue {
                     .arg(event_type)
                     .arg(data)
                     .arg(now_ms())
-                    .arg(MAX_STREAM_EVENTS);
+                    .arg(MAX_STREAM_EVENTS)
+                    .arg(&fence.job_id);
             }
             JobWrite::Progress { percent, step } => {
                 let data = serde_json::json!({ "progress": percent, "step": step }).to_string();
@@ -125,6 +126,7 @@ impl Queue {
                     .arg(data)
                     .arg(now_ms())
                     .arg(MAX_STREAM_EVENTS)
+                    .arg(&fence.job_id)
                     .arg(percent)
                     .arg(step);
             }
