@@ -139,7 +139,7 @@ mod tests {
 
     fn job(queue: &str, tier: &str, priority: u8, payload: &str) -> Job {
         Job {
-            id: uuid_like(priority),
+            id: format!("job-{priority}"),
             queue: queue.into(),
             user_id: "u".into(),
             user_tier: tier.into(),
@@ -147,10 +147,6 @@ mod tests {
             payload: payload.into(),
             attempt: 0,
         }
-    }
-
-    fn uuid_like(n: u8) -> String {
-        format!("job-{n}")
     }
 
     #[test]

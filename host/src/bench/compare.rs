@@ -720,7 +720,7 @@ impl Report {
         }
         if let Some(wasm) = &self.wasm {
             println!(
-                "\nWasm per no-op job, one call at a time (fresh pooled instance per call; no load beside it)"
+                "\nWasm per no-op job, one call at a time (fresh pooled instance per call; nothing else runs in this process; fastest of 5 batches)"
             );
             println!(
                 "  admit {:.1} us when called, {:.1} us when its decision is reused; handle {:.1} us",
