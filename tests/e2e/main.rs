@@ -4,6 +4,7 @@
 mod browser;
 mod support;
 
+mod admission;
 mod bad_input;
 mod batching;
 mod bulk;

@@ -49,7 +49,7 @@
 //! - the generated types ([`Job`], [`JobOutput`], [`JobError`], [`ModelRequest`],
 //!   [`ContentBlock`], [`EmitError`], ...), the host's interfaces ([`model`], [`events`],
 //!   [`logging`], [`state`], [`messages`], [`jobs`]), the [`Guest`] trait and
-//!   [`export!`];
+//!   [`export!`], which also declares what `admit` reads ([`AdmitInputs`]);
 //! - [`priority`]: the default priority rule, in plain Rust;
 //! - [`chat`] and [`content`]: plain, testable chat messages, requests and
 //!   content blocks that convert into the generated ones;
@@ -73,19 +73,50 @@ pub mod priority;
 /// refers to it from the handler's crate.
 pub mod bindings {
     wit_bindgen::generate!({
-        world: "handler",
+        // `handler` plus the `admission` declaration: see [`export!`](crate::export).
+        world: "handler-with-admission",
         path: "../../wit",
         // Lets handlers and tests compare what the hooks return.
         additional_derives: [PartialEq],
         // `spool_sdk::export!(MyHandler)` from any crate that depends on this one.
         pub_export_macro: true,
+        // The SDK's own `export!` wraps it, adding the admission declaration.
+        export_macro_name: "export_bindings",
         default_bindings_module: "spool_sdk::bindings",
     });
 }
 
-pub use bindings::export;
+pub use bindings::exports::spool::handler::admission::AdmitInputs;
 pub use bindings::exports::spool::handler::hooks::Guest;
 pub use bindings::spool::handler::events::EmitError;
 pub use bindings::spool::handler::types::*;
 pub use bindings::spool::handler::{events, jobs, logging, messages, model, state};
 pub use payload::PayloadError;
+
+/// Exports a handler: its [`Guest`] hooks, and the declaration of what its
+/// `admit` reads (WIT interface `admission`), which lets the host reuse
+/// `admit`'s decisions for jobs that agree on those inputs.
+///
+/// - `spool_sdk::export!(MyHandler)` declares that `admit` may read anything
+///   (the payload included): it is called for every submission.
+/// - `spool_sdk::export!(MyHandler, admit_reads: AdmitInputs::PRIORITY | AdmitInputs::USER_TIER)`
+///   declares that `admit` decides on those inputs only (see
+///   [`priority::READS`] for [`priority::decide`]). Declare an input exactly
+///   when the rule may answer differently for jobs that differ only in it; a
+///   rule that reads the payload must not declare less than
+///   [`AdmitInputs::all`], or the host will give it decisions made for
+///   another payload.
+#[macro_export]
+macro_rules! export {
+    ($handler:ident) => {
+        $crate::export!($handler, admit_reads: $crate::AdmitInputs::all());
+    };
+    ($handler:ident, admit_reads: $reads:expr) => {
+        impl $crate::bindings::exports::spool::handler::admission::Guest for $handler {
+            fn admit_reads() -> $crate::AdmitInputs {
+                $reads
+            }
+        }
+        $crate::bindings::export_bindings!($handler);
+    };
+}

@@ -4,7 +4,13 @@
 //! Owns [`decide`]: handlers call it from `admit` unless they have a rule of
 //! their own. It must not read payloads: refusing a job is the handler's call.
 
-use crate::{PriorityClass, PriorityDecision};
+use crate::{AdmitInputs, PriorityClass, PriorityDecision};
+
+/// What [`decide`] reads of a job: a handler whose `admit` is `decide` and
+/// nothing else exports with `spool_sdk::export!(H, admit_reads: priority::READS)`,
+/// so the host reuses its decisions. (One that also checks the payload must
+/// not.)
+pub const READS: AdmitInputs = AdmitInputs::PRIORITY.union(AdmitInputs::USER_TIER);
 
 /// The stream a job waits in; mirrors the WIT enum `priority-class`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

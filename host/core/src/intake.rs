@@ -14,7 +14,7 @@ use crate::queue::{
     class_name,
 };
 use crate::registry::Registry;
-use spool_runtime::{FailureKind, HandlerComponent, Job, PriorityDecision, Runtime};
+use spool_runtime::{Admitted, FailureKind, HandlerComponent, Job, PriorityDecision, Runtime};
 
 /// The fields the host itself reads from a submission; the handler reads the
 /// payload.
@@ -274,7 +274,8 @@ impl Intake {
     }
 
     /// Runs the queue's priority rule (the handler's `admit`) on one
-    /// submission and counts the call; a refusal or a guest failure is the
+    /// submission, or reuses the decision it made for the same declared
+    /// inputs (WIT `admission`), and counts which; a refusal or a guest failure is the
     /// submission's error.
     async fn admit(
         &self,
@@ -293,19 +294,27 @@ impl Intake {
             attempt: 0,
         };
         let started = std::time::Instant::now();
-        let admitted = self.runtime.admit(handler, &job).await;
-        let failure = match &admitted {
-            Ok(Ok(_)) => None,
-            Ok(Err(_)) => Some(FailureKind::Rejected),
-            Err(failure) => Some(failure.kind()),
+        let admitted = match self.runtime.admit_or_reuse(handler, &job).await {
+            Admitted::Reused(decision) => {
+                metrics::admit_reused(&handler.name, &handler.version);
+                Ok(decision)
+            }
+            Admitted::Called(admitted) => {
+                let failure = match &admitted {
+                    Ok(Ok(_)) => None,
+                    Ok(Err(_)) => Some(FailureKind::Rejected),
+                    Err(failure) => Some(failure.kind()),
+                };
+                metrics::handler_called(
+                    Hook::Admit,
+                    &handler.name,
+                    &handler.version,
+                    started.elapsed(),
+                    failure,
+                );
+                admitted
+            }
         };
-        metrics::handler_called(
-            Hook::Admit,
-            &handler.name,
-            &handler.version,
-            started.elapsed(),
-            failure,
-        );
         match admitted {
             Ok(Ok(decision)) => Ok(decision),
             Ok(Err(reason)) => Err(IntakeError::Rejected(reason)),

@@ -36,6 +36,7 @@ pub mod names {
     pub const HANDLER_CALLS: &str = "spool_handler_calls_total";
     pub const HANDLER_FAILURES: &str = "spool_handler_failures_total";
     pub const HANDLER_WASM: &str = "spool_handler_wasm_seconds";
+    pub const ADMIT_REUSED: &str = "spool_admit_reused_total";
     // Model calls and this instance's waits for the limiter.
     pub const MODEL_CALLS: &str = "spool_model_calls_total";
     pub const MODEL_CALL_DURATION: &str = "spool_model_call_seconds";
@@ -166,6 +167,12 @@ pub fn handler_called(
     }
 }
 
+/// A submission decided from a kept decision of `admit` (no Wasm call).
+pub fn admit_reused(handler: &str, version: &str) {
+    counter!(names::ADMIT_REUSED, "handler" => handler.to_owned(), "version" => version.to_owned())
+        .increment(1);
+}
+
 /// A call slot granted by the shared limiter, after `waited`.
 pub fn limiter_granted(backend: BackendKind, waited: Duration) {
     histogram!(names::LIMITER_WAIT, "backend" => backend.to_string()).record(waited);
@@ -281,7 +288,7 @@ pub fn install() {
 /// Registers every metric's description and unit with the current recorder.
 pub fn describe() {
     use names::*;
-    let counters: [(&'static str, &'static str); 14] = [
+    let counters: [(&'static str, &'static str); 15] = [
         (
             JOBS_SUBMITTED,
             "Jobs accepted into a queue by this instance",
@@ -306,6 +313,10 @@ pub fn describe() {
         (
             HANDLER_FAILURES,
             "Handler calls that did not succeed, by failure kind",
+        ),
+        (
+            ADMIT_REUSED,
+            "Submissions decided by a decision the handler version's priority rule made before for the same declared inputs, without a Wasm call",
         ),
         (
             MODEL_CALLS,

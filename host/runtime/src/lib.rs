@@ -8,6 +8,7 @@
 //! client.
 //!
 //! - [`engine`]: the `Engine`, instance pool and epoch ticker; [`Runtime`] runs hooks.
+//! - [`admission`]: what a rule declares it reads, and the decisions reused from it.
 //! - `bindings`, `imports`, `output`, `sandbox`: the generated world, the
 //!   imports a guest may call (with their budgets), captured stdout/stderr, limits.
 //! - [`model`]: protocol-neutral model request/reply/error types.
@@ -15,6 +16,7 @@
 //! - [`validate`], [`cache`]: checks an upload before it may serve; compiled artifacts on disk.
 //! - [`guest_test`]: runs one hook against a fixture, for `spool guest test`.
 
+pub mod admission;
 mod bindings;
 pub mod cache;
 pub mod content;

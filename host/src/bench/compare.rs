@@ -25,7 +25,7 @@ const PACKAGE_JSON: &str = include_str!("../../../bench/compare/package.json");
 const BULLMQ_SCRIPT: &str = include_str!("../../../bench/compare/bullmq.mjs");
 /// Jobs per bulk call, for both systems (BullMQ's `addBulk` and spool's bulk route).
 const BATCH: usize = 1000;
-const NOOP_QUEUE: &str = "noop";
+pub(super) const NOOP_QUEUE: &str = "noop";
 const CHAT_QUEUE: &str = "chat";
 /// How long the benchmark's own Redis calls may take.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -41,6 +41,10 @@ pub struct CompareArgs {
     /// Jobs queued for the memory figures.
     #[arg(long, default_value_t = 100_000)]
     memory_jobs: usize,
+    /// Rate of the paced run, in jobs/s (default: half the measured no-op
+    /// maximum at the first concurrency).
+    #[arg(long)]
+    paced_rate: Option<f64>,
     /// spool's figures only (no node or npm needed).
     #[arg(long)]
     no_bullmq: bool,
@@ -133,6 +137,20 @@ async fn compare(args: &CompareArgs, dir: &Path) -> Result<()> {
     .await?;
     report.rows.push(chat.row("spool chat"));
 
+    if !args.chat_only {
+        // Paced at half the no-op maximum measured above, at the same concurrency.
+        let noop_max = report
+            .rows
+            .iter()
+            .find(|r| r.system == "spool no-op" && r.concurrency == chat_concurrency)
+            .map_or(0.0, |r| r.rate);
+        let paced_rate = args.paced_rate.unwrap_or(noop_max / 2.0);
+        report.paced = Some(
+            super::paced::paced_run(&mut redis, &noop_path, chat_concurrency, paced_rate).await?,
+        );
+        report.paced_rate_given = args.paced_rate.is_some();
+        report.wasm = Some(super::paced::wasm_per_job(NOOP).await?);
+    }
     let memory = if args.chat_only {
         None
     } else {
@@ -193,7 +211,7 @@ fn number(value: &Value, field: &str) -> f64 {
     value[field].as_f64().unwrap_or(0.0)
 }
 
-async fn flush(redis: &mut MultiplexedConnection) -> Result<()> {
+pub(super) async fn flush(redis: &mut MultiplexedConnection) -> Result<()> {
     redis::cmd("FLUSHALL")
         .arg("SYNC")
         .query_async::<()>(redis)
@@ -202,7 +220,7 @@ async fn flush(redis: &mut MultiplexedConnection) -> Result<()> {
 }
 
 /// An in-process instance over the benchmark's Redis, with the no-op handler.
-async fn start_spool(
+pub(super) async fn start_spool(
     redis_url: &str,
     noop_path: &Path,
     concurrency: usize,
@@ -277,10 +295,11 @@ async fn spool_run(
         let queue = control_queue(&url).await?;
         let keys = QueueKeys::new(queue_name);
         queue.set_paused(&keys, true).await?;
+        // Wasm from before the submission: admit (at submission) + handle.
+        let wasm_before = wasm_seconds(&client, &base).await?;
         let submitted = Instant::now();
         bulk_submit(&client, &base, queue_name, jobs, &item).await?;
         let submit_rate = jobs as f64 / submitted.elapsed().as_secs_f64();
-        let wasm_before = wasm_seconds(&client, &base).await?;
         let before = Snapshot::take(redis).await?;
         let cpu_before = process_cpu();
         let started = Instant::now();
@@ -312,7 +331,7 @@ async fn control_queue(url: &str) -> Result<Queue> {
     Ok(Queue::new(connection))
 }
 
-async fn redis_url(redis: &mut MultiplexedConnection) -> Result<String> {
+pub(super) async fn redis_url(redis: &mut MultiplexedConnection) -> Result<String> {
     let dir: Vec<String> = redis::cmd("CONFIG")
         .arg("GET")
         .arg("unixsocket")
@@ -351,7 +370,7 @@ async fn bulk_submit(
 
 /// Polls the queue's completed counter (one GET a poll, subtracted from the
 /// budget) until `jobs` finished; fails on any failed job. Returns the polls.
-async fn wait_completed(
+pub(super) async fn wait_completed(
     redis: &mut MultiplexedConnection,
     queue: &str,
     jobs: usize,
@@ -648,6 +667,9 @@ async fn sample_job_keys(redis: &mut MultiplexedConnection) -> Result<Vec<(Strin
 #[derive(Default)]
 struct Report {
     rows: Vec<Row>,
+    paced: Option<super::paced::Paced>,
+    paced_rate_given: bool,
+    wasm: Option<super::paced::WasmPerJob>,
     bullmq_submit: Option<f64>,
     spool_submit: Option<f64>,
 }
@@ -717,9 +739,36 @@ impl Report {
                 row.wasm_us.map_or("-".to_owned(), |w| format!("{w:.1}"))
             );
         }
-        println!(
-            "\nCommands per job, most called first, with the µs inside them per job"
-        );
+        if let Some(wasm) = &self.wasm {
+            println!(
+                "\nWasm per no-op job, one call at a time (fresh pooled instance per call; nothing else runs in this process; fastest of 5 batches)"
+            );
+            println!(
+                "  admit {:.1} us when called, {:.1} us when its decision is reused; handle {:.1} us",
+                wasm.admit_called_us, wasm.admit_reused_us, wasm.handle_us
+            );
+            println!(
+                "  per job (admit reused + handle) {:.1} us    target <= 30 us",
+                wasm.admit_reused_us + wasm.handle_us
+            );
+        }
+        if let Some(paced) = &self.paced {
+            println!(
+                "\nPaced submissions: {} no-op jobs, one POST each (from this process) at {:.0} jobs/s ({})",
+                paced.jobs,
+                paced.rate,
+                if self.paced_rate_given {
+                    "--paced-rate"
+                } else {
+                    "half the no-op maximum above"
+                }
+            );
+            println!(
+                "  submit -> start (created_at -> first claim, 1 ms clock): p50 {} ms, p99 {} ms, max {} ms    target p99 <= 5 ms",
+                paced.p50_ms, paced.p99_ms, paced.max_ms
+            );
+        }
+        println!("\nCommands per job, most called first, with the µs inside them per job");
         for row in &self.rows {
             let top: Vec<String> = row
                 .budget
@@ -767,7 +816,7 @@ impl Report {
             }
         }
         println!(
-            "\nNotes: `Redis reads` are Redis' read events (total_reads_processed): one per request, or per batch of requests a client pipelines (ioredis and redis-rs both do), so fewer than round trips under load. A script's own commands count in `commands` and `Redis cmd us`. Wasm us: time inside the guest per job, every hook, as the instance's metrics saw it (for chat it includes the wait on the model call)."
+            "\nNotes: `Redis reads` are Redis' read events (total_reads_processed): one per request, or per batch of requests a client pipelines (ioredis and redis-rs both do), so fewer than round trips under load. A script's own commands count in `commands` and `Redis cmd us`. Wasm us: time inside the guest per job, every hook (admit at submission, handle while processing; a reused decision costs no Wasm), as the instance's metrics saw it under the run's load (for chat it includes the wait on the model call)."
         );
     }
 }

@@ -8,6 +8,7 @@ pub mod chat;
 pub mod compare;
 pub mod hub;
 pub mod limiter;
+pub mod paced;
 pub mod sessions;
 
 use std::sync::Arc;

@@ -1,0 +1,194 @@
+//! `spool bench-compare`'s latency figures for the no-op handler (issue #16):
+//! jobs submitted one by one, paced at a fixed rate, with the time each waited
+//! from its queuing (`created_at`) to its first claim (`first_started_at`);
+//! and the Wasm cost of one job (admit + handle) measured one call at a time,
+//! away from the contention of a loaded run. Loopback only; bounded by
+//! [`MAX_SECONDS`] and [`MAX_JOBS`]. Owns nothing beyond its run.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use redis::aio::MultiplexedConnection;
+use serde_json::json;
+use tokio::task::JoinSet;
+
+use spool_runtime::{Admitted, Job, JobHost, Limits, Runtime};
+
+use super::compare::{NOOP_QUEUE, flush, redis_url, start_spool, wait_completed};
+
+/// The paced run lasts at most this long, or [`MAX_JOBS`] jobs.
+pub const MAX_SECONDS: f64 = 10.0;
+pub const MAX_JOBS: usize = 20_000;
+/// Calls per batch of [`wasm_per_job`], and batches per figure: each figure
+/// is its fastest batch, so a batch another process preempted does not count.
+const WASM_CALLS: u32 = 1000;
+const WASM_BATCHES: usize = 5;
+
+/// Queue waits of a paced run, in whole milliseconds (the job record's clock).
+pub struct Paced {
+    pub rate: f64,
+    pub jobs: usize,
+    pub p50_ms: u64,
+    pub p99_ms: u64,
+    pub max_ms: u64,
+}
+
+/// Submits jobs to the no-op queue one POST each, the i-th at `i / rate`
+/// seconds, on a fresh instance with `concurrency` workers; waits for all to
+/// complete and reads each record's created -> first-claimed wait.
+pub async fn paced_run(
+    redis: &mut MultiplexedConnection,
+    noop_path: &Path,
+    concurrency: usize,
+    rate: f64,
+) -> Result<Paced> {
+    if !(rate.is_finite() && rate > 0.0) {
+        bail!("no rate to pace at (the no-op run measured {rate} jobs/s)");
+    }
+    let jobs = ((rate * MAX_SECONDS) as usize).clamp(1, MAX_JOBS);
+    flush(redis).await?;
+    let url = redis_url(redis).await?;
+    let running = start_spool(&url, noop_path, concurrency, jobs as u64 + 1).await?;
+    let result = async {
+        let submit_url = format!("http://{}/api/queues/{NOOP_QUEUE}/jobs", running.addr);
+        let client = reqwest::Client::new();
+        let interval = Duration::from_secs_f64(1.0 / rate);
+        let started = tokio::time::Instant::now();
+        let mut submissions = JoinSet::new();
+        for i in 0..jobs {
+            tokio::time::sleep_until(started + interval.mul_f64(i as f64)).await;
+            let (client, submit_url) = (client.clone(), submit_url.clone());
+            submissions.spawn(async move {
+                let response = client
+                    .post(submit_url)
+                    .header("content-type", "application/json")
+                    .body(json!({ "payload": { "n": i } }).to_string())
+                    .send()
+                    .await?;
+                if response.status() != reqwest::StatusCode::ACCEPTED {
+                    bail!("submission refused: {}", response.text().await?);
+                }
+                let reply: serde_json::Value = serde_json::from_str(&response.text().await?)?;
+                reply["jobId"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .context("a job id in the reply")
+            });
+        }
+        let mut ids = Vec::with_capacity(jobs);
+        while let Some(joined) = submissions.join_next().await {
+            ids.push(joined??);
+        }
+        wait_completed(redis, NOOP_QUEUE, jobs).await?;
+        let mut waits = queue_waits(redis, &ids).await?;
+        waits.sort_unstable();
+        let at = |q: f64| waits[((waits.len() - 1) as f64 * q).round() as usize];
+        Ok::<_, anyhow::Error>(Paced {
+            rate,
+            jobs,
+            p50_ms: at(0.50),
+            p99_ms: at(0.99),
+            max_ms: waits.last().copied().unwrap_or(0),
+        })
+    }
+    .await;
+    running.stop().await;
+    result
+}
+
+/// Each job's `first_started_at - created_at`, in ms, read in pipelined batches.
+async fn queue_waits(redis: &mut MultiplexedConnection, ids: &[String]) -> Result<Vec<u64>> {
+    let mut waits = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(1000) {
+        let mut pipe = redis::pipe();
+        for id in chunk {
+            pipe.cmd("HMGET")
+                .arg(spool_core::queue::job_key(id))
+                .arg("created_at")
+                .arg("first_started_at");
+        }
+        let times: Vec<(Option<u64>, Option<u64>)> = pipe.query_async(redis).await?;
+        for (created, started) in times {
+            let (Some(created), Some(started)) = (created, started) else {
+                bail!("a completed job's record lacks created_at or first_started_at");
+            };
+            waits.push(started.saturating_sub(created));
+        }
+    }
+    if waits.is_empty() {
+        bail!("no job was submitted");
+    }
+    Ok(waits)
+}
+
+/// The no-op handler's Wasm cost per job, one call at a time in this
+/// process: `admit` called, `admit` reused (its rule declares `priority`),
+/// and `handle`, each a fresh pooled instance as in production; each the
+/// fastest of [`WASM_BATCHES`] batches.
+pub struct WasmPerJob {
+    pub admit_called_us: f64,
+    pub admit_reused_us: f64,
+    pub handle_us: f64,
+}
+
+pub async fn wasm_per_job(noop: &[u8]) -> Result<WasmPerJob> {
+    let runtime = Runtime::new(Limits {
+        max_instances: 16,
+        ..Limits::default()
+    })?;
+    let handler = runtime.load("noop", noop)?;
+    let job = Job {
+        id: "bench".into(),
+        queue: NOOP_QUEUE.into(),
+        user_id: "u".into(),
+        user_tier: String::new(),
+        priority: 5,
+        payload: "{}".into(),
+        attempt: 0,
+    };
+    let host: Arc<dyn JobHost> = Arc::new(super::CannedHost);
+    // Warm the pool's slots and make the first (kept) decision.
+    for _ in 0..100 {
+        let _ = runtime.admit_or_reuse(&handler, &job).await;
+        let _ = runtime.handle(&handler, &job, host.clone()).await;
+    }
+    if !matches!(
+        runtime.admit_or_reuse(&handler, &job).await,
+        Admitted::Reused(Ok(_))
+    ) {
+        bail!(
+            "the no-op handler's decision was not reused: does its rule still declare what it reads?"
+        );
+    }
+    let per_call = |started: Instant| started.elapsed().as_secs_f64() * 1e6 / WASM_CALLS as f64;
+    let (mut admit_called_us, mut admit_reused_us, mut handle_us) = (f64::MAX, f64::MAX, f64::MAX);
+    for _ in 0..WASM_BATCHES {
+        let started = Instant::now();
+        for _ in 0..WASM_CALLS {
+            let _ = runtime.admit(&handler, &job).await;
+        }
+        admit_called_us = admit_called_us.min(per_call(started));
+        let started = Instant::now();
+        for _ in 0..WASM_CALLS {
+            let _ = runtime.admit_or_reuse(&handler, &job).await;
+        }
+        admit_reused_us = admit_reused_us.min(per_call(started));
+        let started = Instant::now();
+        for _ in 0..WASM_CALLS {
+            if !matches!(
+                runtime.handle(&handler, &job, host.clone()).await,
+                Ok(Ok(_))
+            ) {
+                bail!("the no-op handler failed in the benchmark");
+            }
+        }
+        handle_us = handle_us.min(per_call(started));
+    }
+    Ok(WasmPerJob {
+        admit_called_us,
+        admit_reused_us,
+        handle_us,
+    })
+}
