@@ -7,6 +7,7 @@
 pub mod chat;
 pub mod compare;
 pub mod hub;
+mod instance;
 pub mod limiter;
 pub mod paced;
 pub mod sessions;

@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 
 use spool_runtime::{Admitted, Job, JobHost, Limits, Runtime};
 
-use super::compare::{NOOP_QUEUE, flush, redis_url, start_spool, wait_completed};
+use super::instance::{NOOP_QUEUE, flush, redis_url, start_spool, wait_completed};
 
 /// The paced run lasts at most this long, or [`MAX_JOBS`] jobs.
 pub const MAX_SECONDS: f64 = 10.0;

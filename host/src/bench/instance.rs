@@ -1,0 +1,116 @@
+//! A spool instance for the comparison runs (`compare`, `paced`): started
+//! in-process over the benchmark's own redis-server with the no-op handler,
+//! and the few Redis calls the runs make around it (flush, pause, wait for
+//! the Nth completion). Owns no state of its own.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use redis::aio::MultiplexedConnection;
+
+use spool_core::config::{Config, HandlerFile, QueueConfig};
+use spool_core::queue::Queue;
+
+pub(super) const NOOP_QUEUE: &str = "noop";
+pub(super) const CHAT_QUEUE: &str = "chat";
+/// How long the benchmark's own Redis calls may take.
+pub(super) const PATIENCE: Duration = Duration::from_secs(60);
+
+pub(super) async fn flush(redis: &mut MultiplexedConnection) -> Result<()> {
+    redis::cmd("FLUSHALL")
+        .arg("SYNC")
+        .query_async::<()>(redis)
+        .await?;
+    Ok(())
+}
+
+/// An in-process instance over the benchmark's Redis, with the no-op handler.
+pub(super) async fn start_spool(
+    redis_url: &str,
+    noop_path: &Path,
+    concurrency: usize,
+    max_waiting: u64,
+) -> Result<crate::app::Running> {
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse()?,
+        ..Config::default()
+    };
+    config.redis.url = Some(redis_url.to_owned());
+    config.workers.concurrency = concurrency;
+    config.sandbox.max_instances = config.sandbox.max_instances.max(concurrency as u32 * 2);
+    config.limits = spool_core::limiter::LimitsConfig::unpaced();
+    config.handlers.insert(
+        "noop".into(),
+        HandlerFile {
+            path: noop_path.to_owned(),
+        },
+    );
+    config.queues.insert(
+        NOOP_QUEUE.into(),
+        QueueConfig {
+            handler: "noop".into(),
+            max_waiting,
+            ..QueueConfig::default()
+        },
+    );
+    config
+        .queues
+        .get_mut(CHAT_QUEUE)
+        .context("chat queue")?
+        .max_waiting = max_waiting;
+    crate::app::start(config).await
+}
+
+/// A queue handle for pausing and resuming, on a connection of its own.
+pub(super) async fn control_queue(url: &str) -> Result<Queue> {
+    let config = redis::aio::ConnectionManagerConfig::new().set_response_timeout(Some(PATIENCE));
+    let connection = redis::Client::open(url)?
+        .get_connection_manager_with_config(config)
+        .await?;
+    Ok(Queue::new(connection))
+}
+
+pub(super) async fn redis_url(redis: &mut MultiplexedConnection) -> Result<String> {
+    let dir: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("unixsocket")
+        .query_async(redis)
+        .await?;
+    let socket = dir.get(1).context("redis-server has a unix socket")?;
+    Ok(format!("redis+unix://{socket}"))
+}
+
+/// Polls the queue's completed counter (one GET a poll, subtracted from the
+/// budget) until `jobs` finished; fails on any failed job. Returns the polls.
+pub(super) async fn wait_completed(
+    redis: &mut MultiplexedConnection,
+    queue: &str,
+    jobs: usize,
+) -> Result<u64> {
+    let key = |state: &str| format!("spool:q:{{{queue}}}:count:{state}");
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let mut polls = 0;
+    loop {
+        polls += 1;
+        let done: Option<u64> = redis::cmd("GET")
+            .arg(key("completed"))
+            .query_async(redis)
+            .await?;
+        if done.unwrap_or(0) >= jobs as u64 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("{queue}: jobs did not finish within 15 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let failed: Option<u64> = redis::cmd("GET")
+        .arg(key("failed"))
+        .query_async(redis)
+        .await?;
+    if failed.unwrap_or(0) > 0 {
+        bail!("{queue}: {} jobs failed", failed.unwrap_or(0));
+    }
+    Ok(polls + 1)
+}
