@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -17,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::http::{self, AppState};
 use crate::stub::{self, StubArgs, StubServer};
 use spool_core::config::Config;
+use spool_core::connection::{self, PubSubNodes, RedisConnection};
 use spool_core::embedded_redis::EmbeddedRedis;
 use spool_core::gateway::Gateway;
 use spool_core::handlers::{self, Handlers};
@@ -58,7 +58,7 @@ pub async fn start(config: Config) -> Result<Running> {
     // Before anything that emits a metric.
     http::metrics::install(&instance)?;
 
-    let (client, redis, embedded) = open_redis(&config).await?;
+    let (pubsub, redis, embedded) = open_redis(&config).await?;
 
     let (models, stub) = model_backend(&config).await?;
 
@@ -108,12 +108,12 @@ pub async fn start(config: Config) -> Result<Running> {
     let restarts = Arc::new(WorkerRestarts::default());
     let mut background = JoinSet::new();
     background.spawn(listen_for_signals(
-        client.clone(),
+        pubsub.clone(),
         wake.clone(),
         running.clone(),
         shutdown.clone(),
     ));
-    background.spawn(handlers.clone().run_sync(client.clone(), shutdown.clone()));
+    background.spawn(handlers.clone().run_sync(pubsub.clone(), shutdown.clone()));
     if !config.watch.is_empty() {
         background.spawn(spool_core::handlers::watch::run(
             handlers.clone(),
@@ -162,7 +162,7 @@ pub async fn start(config: Config) -> Result<Running> {
     });
 
     let hub = Hub::new(redis.clone(), &instance, config.hub.clone());
-    background.spawn(hub.clone().run(client.clone()));
+    background.spawn(hub.clone().run(pubsub.clone()));
     raise_open_file_limit(config.hub.max_watchers + config.conversations.max_clients);
     let bot_queue = &config.conversations.bot_queue;
     if !bot_queue.is_empty() && !intake.routes.contains_key(bot_queue) {
@@ -174,7 +174,7 @@ pub async fn start(config: Config) -> Result<Running> {
     }
     let conversations =
         spool_core::chat::Conversations::new(redis.clone(), config.conversations.clone());
-    background.spawn(conversations.fanout.clone().run(client.clone()));
+    background.spawn(conversations.fanout.clone().run(pubsub.clone()));
     let relays = spool_core::chat::relay::Relays::new(
         conversations.clone(),
         hub.clone(),
@@ -265,7 +265,7 @@ async fn serve_http(
 /// Who may call this instance's API. Keyless access is for a loopback
 /// listener only; a listener others can reach must have keys to check (one in
 /// Redis, or `SPOOL_ADMIN_KEY`), or spool refuses to start.
-async fn open_gate(config: &Config, redis: &ConnectionManager) -> Result<http::auth::Gate> {
+async fn open_gate(config: &Config, redis: &RedisConnection) -> Result<http::auth::Gate> {
     let keys = spool_core::access::Keys::new(redis.clone());
     let loopback = config.listen.ip().is_loopback();
     if !loopback {
@@ -322,11 +322,12 @@ fn raise_open_file_limit(max_watchers: usize) {
     }
 }
 
-/// The Redis this instance uses: the configured one, or a redis-server of its
-/// own (then kept alive as long as the instance).
+/// The Redis this instance uses: the configured one (a server or a
+/// cluster), or a redis-server of its own (then kept alive as long as the
+/// instance).
 async fn open_redis(
     config: &Config,
-) -> Result<(redis::Client, ConnectionManager, Option<EmbeddedRedis>)> {
+) -> Result<(PubSubNodes, RedisConnection, Option<EmbeddedRedis>)> {
     let (redis_url, embedded) = match &config.redis.url {
         Some(url) => (url.clone(), None),
         None => {
@@ -336,38 +337,9 @@ async fn open_redis(
             (server.url().to_owned(), Some(server))
         }
     };
-    // The URL may carry a password: only its masked form is ever shown.
-    let shown = spool_core::redact::url(&redis_url);
-    let client = redis_client(&redis_url, config.redis.ca_file.as_deref())?;
-    let mut redis = connect(&client, &shown).await?;
+    let (mut redis, pubsub) = connection::open(&redis_url, config.redis.ca_file.as_deref()).await?;
     spool_core::server_check::check(&mut redis).await?;
-    Ok((client, redis, embedded))
-}
-
-/// A client for `url`. `rediss://` trusts `ca_file` if given (a managed
-/// Redis with a private CA), else the system's roots.
-fn redis_client(url: &str, ca_file: Option<&std::path::Path>) -> Result<redis::Client> {
-    let Some(path) = ca_file else {
-        return redis::Client::open(url)
-            .with_context(|| format!("invalid Redis URL `{}`", spool_core::redact::url(url)));
-    };
-    let root_cert = std::fs::read(path).with_context(|| {
-        format!(
-            "cannot read redis.ca_file {}: point it at the PEM file of the CA that signed your Redis server's certificate",
-            path.display()
-        )
-    })?;
-    let certificates = redis::TlsCertificates {
-        client_tls: None,
-        root_cert: Some(root_cert),
-    };
-    redis::Client::build_with_tls(url, certificates).with_context(|| {
-        format!(
-            "cannot use Redis URL `{}` with the CA in redis.ca_file {} (a rediss:// URL and a PEM certificate are needed)",
-            spool_core::redact::url(url),
-            path.display()
-        )
-    })
+    Ok((pubsub, redis, embedded))
 }
 
 /// The model backend: the configured server, or the built-in stub.
@@ -413,7 +385,7 @@ async fn load_handlers(
     config: &Config,
     runtime: Arc<Runtime>,
     registry: Arc<Registry>,
-    redis: &ConnectionManager,
+    redis: &RedisConnection,
     instance: &str,
 ) -> Result<Arc<Handlers>> {
     let handlers = Arc::new(Handlers::new(
@@ -584,35 +556,6 @@ fn handler_settings(config: &Config) -> handlers::Settings {
     }
 }
 
-/// `shown`: the URL as it may be shown (masked).
-async fn connect(client: &redis::Client, shown: &str) -> Result<ConnectionManager> {
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(Duration::from_secs(5)))
-        .set_number_of_retries(3);
-    let started = Instant::now();
-    loop {
-        match client
-            .get_connection_manager_with_config(config.clone())
-            .await
-        {
-            Ok(manager) => return Ok(manager),
-            Err(error) if started.elapsed() < Duration::from_secs(10) => {
-                tracing::warn!(%error, "Redis at {shown} not reachable yet; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            // An untrusted certificate is a setting, not an outage: name the setting.
-            Err(error) if error.to_string().contains("certificate") => bail!(
-                "cannot reach Redis at {shown}: {error}. If its certificate comes from a private CA, \
-                 give that CA's PEM file as [redis] ca_file, --redis-ca-file or SPOOL_REDIS_CA_FILE"
-            ),
-            Err(error) => bail!(
-                "cannot reach Redis at {shown}: {error}. Start it, fix --redis-url, or omit the URL to let spool run its own"
-            ),
-        }
-    }
-}
-
 /// Every instance sweeps for abandoned jobs, twice per visibility timeout; the
 /// sweep is atomic per entry, so instances sweeping at once requeue each job once.
 async fn recover_abandoned_jobs(
@@ -670,14 +613,14 @@ async fn recover_abandoned_jobs(
 /// cancels of jobs that may be running here. Pub/Sub is at-most-once: idle
 /// polling and heartbeats catch what is missed.
 async fn listen_for_signals(
-    client: redis::Client,
+    pubsub: PubSubNodes,
     wake: Arc<Notify>,
     running: Arc<RunningJobs>,
     shutdown: CancellationToken,
 ) {
     use futures_util::StreamExt;
     loop {
-        if let Ok(mut pubsub) = client.get_async_pubsub().await
+        if let Ok(mut pubsub) = pubsub.connect().await
             && pubsub
                 .subscribe(&[WAKE_CHANNEL, CANCEL_CHANNEL])
                 .await

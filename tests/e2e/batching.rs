@@ -24,7 +24,7 @@ async fn queue_on(redis: &Redis, name: &str) -> (Queue, QueueKeys) {
         .get_connection_manager()
         .await
         .expect("redis");
-    let queue = Queue::new(connection);
+    let queue = Queue::new(connection.into());
     let keys = QueueKeys::new(name);
     queue.ensure_groups(&keys).await.expect("groups");
     (queue, keys)

@@ -99,7 +99,7 @@ async fn a_stale_attempt_cannot_write_into_the_job_it_lost() {
     });
 
     // Another instance's recovery sweep takes the entry (idle 0: at once).
-    let queue = Queue::new(manager(redis).await);
+    let queue = Queue::new(manager(redis).await.into());
     let requeued = queue
         .recover(
             &QueueKeys::new("writes"),
@@ -158,8 +158,8 @@ async fn claim(queue: &Queue, keys: &QueueKeys, consumer: &str) -> Fence {
 async fn every_write_of_an_attempt_checks_its_fence() {
     let redis = Redis::start();
     let connection = manager(&redis).await;
-    let queue = Queue::new(connection.clone());
-    let store = Store::new(connection, SessionsConfig::default());
+    let queue = Queue::new(connection.clone().into());
+    let store = Store::new(connection.into(), SessionsConfig::default());
     let keys = QueueKeys::new("documents");
     queue.ensure_groups(&keys).await.expect("groups");
 

@@ -328,7 +328,7 @@ async fn gateway(redis: &Redis, stub: &StubServer, config: LimitsConfig) -> Arc<
         .get_connection_manager()
         .await
         .expect("redis");
-    Arc::new(Gateway::new(client, connection, config))
+    Arc::new(Gateway::new(client, connection.into(), config))
 }
 
 /// 100 callers embed one text each, all at once.

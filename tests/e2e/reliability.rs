@@ -607,7 +607,7 @@ async fn a_job_id_is_queued_once_however_often_it_is_submitted() {
         .get_connection_manager()
         .await
         .expect("redis");
-    let queue = Queue::new(connection);
+    let queue = Queue::new(connection.into());
     let keys = QueueKeys::new("documents");
     queue.ensure_groups(&keys).await.expect("groups");
     let job = |payload: &'static str| NewJob {

@@ -638,7 +638,7 @@ async fn ttls_and_the_event_cap_hold_with_shortened_values() {
         .await
         .expect("redis");
     let store = spool_core::store::Store::new(
-        manager,
+        manager.into(),
         spool_core::store::SessionsConfig {
             message_ttl_secs: 1,
             content_ttl_secs: 3,
@@ -821,7 +821,7 @@ async fn a_quiet_message_stream_gets_ping_heartbeats_and_ends_at_message_end() {
         .await
         .expect("redis");
     let store =
-        spool_core::store::Store::new(manager, spool_core::store::SessionsConfig::default());
+        spool_core::store::Store::new(manager.into(), spool_core::store::SessionsConfig::default());
     let mid = store
         .create_message(&sid, "assistant", None)
         .await

@@ -353,7 +353,7 @@ async fn a_flood_of_high_jobs_delays_low_ones_by_a_bounded_number_of_claims() {
         .get_connection_manager()
         .await
         .expect("redis");
-    let queue = Queue::new(connection);
+    let queue = Queue::new(connection.into());
     let keys = QueueKeys::new("mixed");
     queue.ensure_groups(&keys).await.expect("groups");
     let submit = |id: String, class| {

@@ -6,8 +6,8 @@
 //! (hash: SHA-256 hex -> key id). Owns those keys and the [`Role`] order; how
 //! a request presents a key (header, cookie) is the API's business.
 
+use crate::connection::RedisConnection;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -156,11 +156,11 @@ pub fn new_secret() -> Result<String, getrandom::Error> {
 /// The keys in one Redis. Cheap to clone.
 #[derive(Clone)]
 pub struct Keys {
-    redis: ConnectionManager,
+    redis: RedisConnection,
 }
 
 impl Keys {
-    pub fn new(redis: ConnectionManager) -> Self {
+    pub fn new(redis: RedisConnection) -> Self {
         Self { redis }
     }
 

@@ -15,9 +15,9 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::connection::RedisConnection;
 use futures_util::future::BoxFuture;
 use redis::RedisResult;
-use redis::aio::ConnectionManager;
 use redis::streams::{StreamId, StreamRangeReply};
 
 use crate::hub::{Fate, Hub, Position, Refusal, Subscription};
@@ -90,7 +90,7 @@ impl Cause {
 pub struct Follower<S: Source> {
     source: S,
     subscription: Subscription,
-    redis: ConnectionManager,
+    redis: RedisConnection,
     key: String,
     /// The last entry delivered (or the client's resume id).
     last: Position,

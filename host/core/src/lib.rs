@@ -17,6 +17,7 @@
 pub mod access;
 pub mod chat;
 pub mod config;
+pub mod connection;
 pub mod embedded_redis;
 pub mod events;
 pub mod follow;

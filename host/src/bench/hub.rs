@@ -267,7 +267,7 @@ async fn wait_for(counter: &AtomicUsize, target: usize, what: &str) -> Result<()
     Ok(())
 }
 
-async fn connected_clients(redis: &mut redis::aio::ConnectionManager) -> Result<u64> {
+async fn connected_clients(redis: &mut (impl redis::aio::ConnectionLike + Send)) -> Result<u64> {
     let info: String = redis::cmd("INFO").arg("clients").query_async(redis).await?;
     info.lines()
         .find_map(|line| line.strip_prefix("connected_clients:"))

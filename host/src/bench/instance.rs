@@ -68,7 +68,7 @@ pub(super) async fn control_queue(url: &str) -> Result<Queue> {
     let connection = redis::Client::open(url)?
         .get_connection_manager_with_config(config)
         .await?;
-    Ok(Queue::new(connection))
+    Ok(Queue::new(connection.into()))
 }
 
 pub(super) async fn redis_url(redis: &mut MultiplexedConnection) -> Result<String> {

@@ -100,7 +100,7 @@ async fn measure(args: &LimiterBenchArgs, url: &str) -> Result<()> {
         let _: String = redis::cmd("PING").query_async(&mut redis).await?;
         pings.push(started.elapsed());
     }
-    let unpaced = Limiter::new(redis.clone(), &bench_backend(), LimitsConfig::unpaced());
+    let unpaced = Limiter::new(redis.clone().into(), &bench_backend(), LimitsConfig::unpaced());
     let far = Instant::now() + Duration::from_secs(3600);
     let mut checks = Vec::with_capacity(args.checks);
     for _ in 0..args.checks {
@@ -133,7 +133,7 @@ async fn measure(args: &LimiterBenchArgs, url: &str) -> Result<()> {
         capacity: args.capacity,
         ..LimitsConfig::default()
     };
-    let limiter = Arc::new(Limiter::new(redis.clone(), &bench_backend(), config));
+    let limiter = Arc::new(Limiter::new(redis.clone().into(), &bench_backend(), config));
     let started = Instant::now();
     let stop_at = started + Duration::from_secs_f64(args.seconds);
     let mut tasks = tokio::task::JoinSet::new();

@@ -67,7 +67,7 @@ pub async fn run(args: BenchSessionsArgs) -> Result<()> {
 async fn measure(args: &BenchSessionsArgs, redis_url: &str, base: &str) -> Result<Vec<Row>> {
     let client = redis::Client::open(redis_url)?;
     let store = Store::new(
-        client.get_connection_manager().await?,
+        client.get_connection_manager().await?.into(),
         SessionsConfig::default(),
     );
     let session = store

@@ -98,14 +98,14 @@ impl Fanout {
 
     /// Keeps the subscriptions until the task is dropped; reconnects by
     /// itself. Only the first call does anything.
-    pub async fn run(self, client: redis::Client) {
+    pub async fn run(self, pubsub: crate::connection::PubSubNodes) {
         let Some(mut changes) = lock(&self.inner.changes).take() else {
             return;
         };
         let mut pause = FIRST_RECONNECT;
         loop {
             let connected = tokio::time::Instant::now();
-            match self.serve(&client, &mut changes).await {
+            match self.serve(&pubsub, &mut changes).await {
                 Ok(()) => {
                     tracing::warn!(
                         ?pause,
@@ -130,10 +130,10 @@ impl Fanout {
     /// follow joins and leaves while dispatching messages.
     async fn serve(
         &self,
-        client: &redis::Client,
+        pubsub: &crate::connection::PubSubNodes,
         changes: &mut mpsc::UnboundedReceiver<ConversationId>,
     ) -> redis::RedisResult<()> {
-        let (mut sink, mut stream) = client.get_async_pubsub().await?.split();
+        let (mut sink, mut stream) = pubsub.connect().await?.split();
         let mut subscribed: HashSet<ConversationId> = HashSet::new();
         let joined: Vec<ConversationId> = lock(&self.inner.members).keys().cloned().collect();
         for conversation in joined {

@@ -9,8 +9,8 @@
 
 use std::collections::VecDeque;
 
+use crate::connection::RedisConnection;
 use redis::RedisResult;
-use redis::aio::ConnectionManager;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::fanout::{Membership, Signal};
@@ -23,7 +23,7 @@ const PAGE: usize = 200;
 pub struct ConversationFollower {
     conversation: ConversationId,
     membership: Membership,
-    redis: ConnectionManager,
+    redis: RedisConnection,
     last: Position,
     /// The stream has frames this client may not have had.
     catch_up: bool,

@@ -22,7 +22,7 @@ pub mod relay;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use redis::aio::ConnectionManager;
+use crate::connection::RedisConnection;
 use redis::{RedisResult, Script};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -147,7 +147,7 @@ impl Frame {
 /// The conversations of this instance; cheap to clone.
 #[derive(Clone)]
 pub struct Conversations {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     config: ConversationsConfig,
     append: Arc<Script>,
     admit: Arc<Script>,
@@ -176,7 +176,7 @@ impl Drop for Seat {
 }
 
 impl Conversations {
-    pub fn new(redis: ConnectionManager, config: ConversationsConfig) -> Self {
+    pub fn new(redis: RedisConnection, config: ConversationsConfig) -> Self {
         let fanout = Fanout::new(config.buffer_frames);
         Self {
             redis,
@@ -210,7 +210,7 @@ impl Conversations {
         &self.config
     }
 
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> RedisConnection {
         self.redis.clone()
     }
 
@@ -249,7 +249,7 @@ impl Conversations {
 
 /// Frames after `after`, oldest first, at most `limit`.
 async fn read_after(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     conversation: &ConversationId,
     after: crate::hub::Position,
     limit: usize,

@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::connection::RedisConnection;
 use redis::{AsyncCommands, RedisResult, Script};
 use serde_json::json;
 use tokio::sync::Notify;
@@ -73,7 +73,7 @@ impl Relays {
         })
     }
 
-    fn redis(&self) -> ConnectionManager {
+    fn redis(&self) -> RedisConnection {
         self.conversations.connection()
     }
 

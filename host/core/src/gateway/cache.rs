@@ -3,17 +3,17 @@
 //! limiter and the backend. The cache is an optimisation: when Redis fails, a
 //! lookup is a miss and a store is skipped, never an error for the job.
 
-use redis::aio::ConnectionManager;
+use crate::connection::RedisConnection;
 use sha2::Digest;
 
 pub struct EmbeddingCache {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     prefix: String,
     ttl_secs: u64,
 }
 
 impl EmbeddingCache {
-    pub fn new(redis: ConnectionManager, backend_id: &str, ttl_secs: u64) -> Self {
+    pub fn new(redis: RedisConnection, backend_id: &str, ttl_secs: u64) -> Self {
         Self {
             redis,
             prefix: format!("spool:embed:{{{backend_id}}}:"),

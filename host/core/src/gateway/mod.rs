@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
+use crate::connection::RedisConnection;
 use serde::Serialize;
 
 use crate::limiter::{AcquireError, Grant, Limiter, LimiterSnapshot, LimitsConfig, Scope};
@@ -95,7 +95,7 @@ pub struct EmbedSnapshot {
 }
 
 impl Gateway {
-    pub fn new(client: ModelClient, redis: ConnectionManager, config: LimitsConfig) -> Self {
+    pub fn new(client: ModelClient, redis: RedisConnection, config: LimitsConfig) -> Self {
         let limiter = Limiter::new(redis.clone(), client.config(), config.clone());
         let cache =
             cache::EmbeddingCache::new(redis, limiter.backend_id(), config.embed_cache_ttl_secs);

@@ -17,9 +17,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::connection::RedisConnection;
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
-use redis::aio::ConnectionManager;
 use serde::Serialize;
 use wasmtime::component::Component;
 
@@ -137,7 +137,7 @@ impl Handlers {
     pub fn new(
         runtime: Arc<Runtime>,
         registry: Arc<Registry>,
-        redis: ConnectionManager,
+        redis: RedisConnection,
         instance: String,
         settings: Settings,
         built_in: BuiltIn,

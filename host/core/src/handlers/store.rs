@@ -20,7 +20,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use redis::aio::ConnectionManager;
+use crate::connection::RedisConnection;
 use redis::{AsyncCommands, Script, Value};
 use serde::{Deserialize, Serialize};
 
@@ -136,13 +136,13 @@ pub struct Pruned {
 
 #[derive(Clone)]
 pub struct HandlerStore {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     activate: Script,
     prune: Script,
 }
 
 impl HandlerStore {
-    pub fn new(redis: ConnectionManager) -> Self {
+    pub fn new(redis: RedisConnection) -> Self {
         Self {
             redis,
             activate: Script::new(include_str!("activate.lua")),

@@ -134,9 +134,13 @@ impl Handlers {
     }
 
     /// Runs until `shutdown`: checks on every notification and every `interval`.
-    pub async fn run_sync(self: Arc<Self>, client: redis::Client, shutdown: CancellationToken) {
+    pub async fn run_sync(
+        self: Arc<Self>,
+        pubsub: crate::connection::PubSubNodes,
+        shutdown: CancellationToken,
+    ) {
         let nudge = Arc::new(Notify::new());
-        let listener = listen(client, nudge.clone(), shutdown.clone());
+        let listener = listen(pubsub, nudge.clone(), shutdown.clone());
         let interval = self.settings.check_interval;
         let checker = async {
             loop {
@@ -172,10 +176,14 @@ impl Handlers {
 
 /// Turns change notifications into nudges. Pub/Sub drops messages while
 /// disconnected, so every (re)subscription also nudges: the check catches up.
-async fn listen(client: redis::Client, nudge: Arc<Notify>, shutdown: CancellationToken) {
+async fn listen(
+    pubsub: crate::connection::PubSubNodes,
+    nudge: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
     use futures_util::StreamExt;
     loop {
-        if let Ok(mut pubsub) = client.get_async_pubsub().await
+        if let Ok(mut pubsub) = pubsub.connect().await
             && pubsub.subscribe(CHANGED_CHANNEL).await.is_ok()
         {
             nudge.notify_one();

@@ -22,7 +22,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use redis::aio::ConnectionManager;
+use crate::connection::RedisConnection;
 use redis::streams::StreamId;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc};
@@ -119,7 +119,7 @@ struct Inner {
     counts: Mutex<Counts>,
     /// The instance's shared connection: topic starts, wake-ups, and the
     /// watchers' own history reads.
-    shared: ConnectionManager,
+    shared: RedisConnection,
     next_watcher: AtomicU64,
 }
 
@@ -166,7 +166,7 @@ pub struct HubStats {
 impl Hub {
     /// A hub whose topic starts, wake-ups and watchers' history reads use
     /// `shared`; nothing is read until [`Hub::run`] runs.
-    pub fn new(shared: ConnectionManager, instance: &str, config: HubConfig) -> Self {
+    pub fn new(shared: RedisConnection, instance: &str, config: HubConfig) -> Self {
         let shards = (0..config.readers.max(1))
             .map(|index| Shard {
                 wake_key: format!("hub:wake:{instance}:{index}"),
@@ -192,13 +192,13 @@ impl Hub {
 
     /// Reads for the watchers until the task is dropped; each shard
     /// reconnects by itself after a failure.
-    pub async fn run(self, client: redis::Client) {
+    pub async fn run(self, nodes: crate::connection::PubSubNodes) {
         let shards = (0..self.inner.shards.len()).map(|index| {
             let inner = self.inner.clone();
-            let client = client.clone();
+            let nodes = nodes.clone();
             async move {
                 tokio::join!(
-                    reader::read(&inner, index, &client),
+                    reader::read(&inner, index, &nodes),
                     reader::wake_on_demand(&inner, index)
                 );
             }
@@ -316,7 +316,7 @@ impl Subscription {
     }
 
     /// The instance's shared connection, for reading history.
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> RedisConnection {
         self.hub.shared.clone()
     }
 }
@@ -373,7 +373,7 @@ impl Drop for Ticket {
 }
 
 /// The id of a stream's last entry; `0-0` for an empty or missing stream.
-async fn last_id(redis: &mut ConnectionManager, key: &str) -> redis::RedisResult<String> {
+async fn last_id(redis: &mut RedisConnection, key: &str) -> redis::RedisResult<String> {
     let last: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
         .arg(key)
         .arg("+")

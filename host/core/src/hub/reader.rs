@@ -29,14 +29,15 @@ const BATCH: usize = 200;
 /// The wake stream lives this long after its last wake-up.
 const WAKE_TTL_MS: u64 = 60_000;
 
-pub(super) async fn read(inner: &Arc<Inner>, index: usize, client: &redis::Client) {
+pub(super) async fn read(inner: &Arc<Inner>, index: usize, nodes: &crate::connection::PubSubNodes) {
     let shard = &inner.shards[index];
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(5)))
         .set_response_timeout(Some(BLOCK + Duration::from_secs(5)));
     let mut wake_cursor = "0-0".to_owned();
     loop {
-        let mut connection = match client
+        let mut connection = match nodes
+            .next_client()
             .get_multiplexed_async_connection_with_config(&config)
             .await
         {

@@ -15,8 +15,8 @@ mod config;
 
 use std::time::{Duration, Instant};
 
+use crate::connection::RedisConnection;
 use redis::Script;
-use redis::aio::ConnectionManager;
 use serde::Serialize;
 
 pub use config::{LimitsConfig, UserLimit};
@@ -106,7 +106,7 @@ pub struct LimiterSnapshot {
 }
 
 pub struct Limiter {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     key: String,
     backend_id: String,
     name: String,
@@ -222,7 +222,7 @@ impl AcquireReply {
 }
 
 impl Limiter {
-    pub fn new(redis: ConnectionManager, backend: &BackendConfig, config: LimitsConfig) -> Self {
+    pub fn new(redis: RedisConnection, backend: &BackendConfig, config: LimitsConfig) -> Self {
         let backend_id = backend_id(backend);
         Self {
             redis,

@@ -52,7 +52,7 @@ impl Queue {
 
 /// Entries after the group's last delivered one: not yet claimed.
 async fn unclaimed(
-    redis: &mut redis::aio::ConnectionManager,
+    redis: &mut crate::connection::RedisConnection,
     stream: &str,
     limit: usize,
 ) -> redis::RedisResult<Vec<String>> {
@@ -76,7 +76,7 @@ async fn unclaimed(
 
 /// Entries claimed and not yet acknowledged: running.
 async fn pending(
-    redis: &mut redis::aio::ConnectionManager,
+    redis: &mut crate::connection::RedisConnection,
     stream: &str,
     limit: usize,
 ) -> redis::RedisResult<Vec<String>> {

@@ -43,7 +43,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use redis::aio::ConnectionManager;
+use crate::connection::RedisConnection;
 use redis::{AsyncCommands, Script, Value};
 use serde::Serialize;
 
@@ -238,7 +238,7 @@ pub struct QueueStats {
 /// shared: every watcher of a job holds one).
 #[derive(Clone)]
 pub struct Queue {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     /// Dead letters kept per queue name (absent: [`DEFAULT_MAX_DEAD`]).
     max_dead: Arc<HashMap<String, u64>>,
     submit: Arc<Script>,
@@ -258,7 +258,7 @@ pub struct Queue {
 }
 
 impl Queue {
-    pub fn new(redis: ConnectionManager) -> Self {
+    pub fn new(redis: RedisConnection) -> Self {
         Self {
             redis,
             max_dead: Default::default(),
@@ -629,7 +629,7 @@ impl Queue {
             .await
     }
 
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> RedisConnection {
         self.redis.clone()
     }
 }

@@ -31,7 +31,7 @@ mod session;
 
 use std::sync::Arc;
 
-use redis::aio::ConnectionManager;
+use crate::connection::RedisConnection;
 use redis::{Script, Value as RedisValue};
 use serde::{Deserialize, Serialize};
 
@@ -155,7 +155,7 @@ pub enum StoreError {
 /// Handle to the store. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     config: Arc<SessionsConfig>,
     apply: Arc<Script>,
     end: Arc<Script>,
@@ -165,7 +165,7 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn new(redis: ConnectionManager, config: SessionsConfig) -> Self {
+    pub fn new(redis: RedisConnection, config: SessionsConfig) -> Self {
         Self {
             redis,
             config: Arc::new(config),
@@ -243,7 +243,7 @@ impl Store {
         &self.config
     }
 
-    fn connection(&self) -> ConnectionManager {
+    fn connection(&self) -> RedisConnection {
         self.redis.clone()
     }
 
