@@ -80,12 +80,14 @@ pub async fn start(config: Config) -> Result<Running> {
     )
     .await?;
 
-    let queue = Queue::new(redis.clone()).with_max_dead(
-        config
-            .queues
-            .iter()
-            .map(|(name, queue)| (name.clone(), queue.max_dead)),
-    );
+    let queue = Queue::new(redis.clone())
+        .with_max_dead(
+            config
+                .queues
+                .iter()
+                .map(|(name, queue)| (name.clone(), queue.max_dead)),
+        )
+        .with_queues(config.queues.keys().cloned());
     let sessions = spool_core::store::Store::new(redis.clone(), config.sessions.clone());
     let routes = open_queues(&config, &queue).await?;
     let intake = spool_core::intake::Intake {
@@ -422,7 +424,7 @@ async fn open_queues(config: &Config, queue: &Queue) -> Result<BTreeMap<String, 
             (
                 name.clone(),
                 Route {
-                    keys: QueueKeys::new(name),
+                    keys: queue.keys(name),
                     config: q.clone(),
                 },
             )

@@ -25,7 +25,7 @@ async fn queue_on(redis: &Redis, name: &str) -> (Queue, QueueKeys) {
         .await
         .expect("redis");
     let queue = Queue::new(connection.into());
-    let keys = QueueKeys::new(name);
+    let keys = queue.keys(name);
     queue.ensure_groups(&keys).await.expect("groups");
     (queue, keys)
 }

@@ -101,12 +101,7 @@ async fn a_stale_attempt_cannot_write_into_the_job_it_lost() {
     // Another instance's recovery sweep takes the entry (idle 0: at once).
     let queue = Queue::new(manager(redis).await.into());
     let requeued = queue
-        .recover(
-            &QueueKeys::new("writes"),
-            "sweeper",
-            Duration::ZERO,
-            RETENTION,
-        )
+        .recover(&queue.keys("writes"), "sweeper", Duration::ZERO, RETENTION)
         .await
         .expect("recover");
     assert_eq!(requeued, 1);
@@ -160,7 +155,7 @@ async fn every_write_of_an_attempt_checks_its_fence() {
     let connection = manager(&redis).await;
     let queue = Queue::new(connection.clone().into());
     let store = Store::new(connection.into(), SessionsConfig::default());
-    let keys = QueueKeys::new("documents");
+    let keys = queue.keys("documents");
     queue.ensure_groups(&keys).await.expect("groups");
 
     let session = store

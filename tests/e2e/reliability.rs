@@ -598,7 +598,7 @@ async fn while_redis_is_down_the_api_answers_503_and_the_host_resumes_when_it_is
 /// a second submission under a taken id is refused and writes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_id_is_queued_once_however_often_it_is_submitted() {
-    use spool_core::queue::{NewJob, Queue, QueueKeys, SubmitError};
+    use spool_core::queue::{NewJob, Queue, SubmitError};
     use spool_runtime::PriorityClass;
 
     let redis = Redis::start();
@@ -608,7 +608,7 @@ async fn a_job_id_is_queued_once_however_often_it_is_submitted() {
         .await
         .expect("redis");
     let queue = Queue::new(connection.into());
-    let keys = QueueKeys::new("documents");
+    let keys = queue.keys("documents");
     queue.ensure_groups(&keys).await.expect("groups");
     let job = |payload: &'static str| NewJob {
         id: "parent.1",

@@ -340,7 +340,7 @@ fn listening_beyond_loopback_without_keys_refuses_to_start_and_says_what_to_do()
 /// run all 10,000 high jobs first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_high_jobs_delays_low_ones_by_a_bounded_number_of_claims() {
-    use spool_core::queue::{NewJob, Queue, QueueKeys};
+    use spool_core::queue::{NewJob, Queue};
     use spool_runtime::PriorityClass;
 
     const HIGH: usize = 10_000;
@@ -354,7 +354,7 @@ async fn a_flood_of_high_jobs_delays_low_ones_by_a_bounded_number_of_claims() {
         .await
         .expect("redis");
     let queue = Queue::new(connection.into());
-    let keys = QueueKeys::new("mixed");
+    let keys = queue.keys("mixed");
     queue.ensure_groups(&keys).await.expect("groups");
     let submit = |id: String, class| {
         let queue = queue.clone();

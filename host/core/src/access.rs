@@ -11,8 +11,10 @@ use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-const KEYS: &str = "spool:keys";
-const BY_HASH: &str = "spool:keys:by_hash";
+/// The records and the index written together (one MULTI); on a Redis
+/// Cluster both carry one hash tag.
+const RECORDS: [&str; 2] = ["spool:keys", "spool:{keys}"];
+const BY_HASH: [&str; 2] = ["spool:keys:by_hash", "spool:{keys}:by_hash"];
 const ANONYMOUS: &str = "anonymous";
 /// Every key starts so, which makes a leaked one easy to find in logs and code.
 const KEY_PREFIX: &str = "spool_";
@@ -157,11 +159,18 @@ pub fn new_secret() -> Result<String, getrandom::Error> {
 #[derive(Clone)]
 pub struct Keys {
     redis: RedisConnection,
+    records: &'static str,
+    by_hash: &'static str,
 }
 
 impl Keys {
     pub fn new(redis: RedisConnection) -> Self {
-        Self { redis }
+        let layout = usize::from(redis.is_cluster());
+        Self {
+            redis,
+            records: RECORDS[layout],
+            by_hash: BY_HASH[layout],
+        }
     }
 
     /// Creates a key; its secret is returned once and never stored.
@@ -181,8 +190,8 @@ impl Keys {
         };
         redis::pipe()
             .atomic()
-            .hset(KEYS, &record.id, serde_json::to_string(&record)?)
-            .hset(BY_HASH, key_hash(&key), &record.id)
+            .hset(self.records, &record.id, serde_json::to_string(&record)?)
+            .hset(self.by_hash, key_hash(&key), &record.id)
             .query_async::<()>(&mut self.redis.clone())
             .await?;
         Ok(NewKey { record, key })
@@ -191,17 +200,17 @@ impl Keys {
     /// Who a presented key is; `None` for an unknown or revoked key.
     pub async fn identify(&self, key: &str) -> redis::RedisResult<Option<Identity>> {
         let mut redis = self.redis.clone();
-        let Some(id): Option<String> = redis.hget(BY_HASH, key_hash(key)).await? else {
+        let Some(id): Option<String> = redis.hget(self.by_hash, key_hash(key)).await? else {
             return Ok(None);
         };
-        let record: Option<String> = redis.hget(KEYS, &id).await?;
+        let record: Option<String> = redis.hget(self.records, &id).await?;
         Ok(record
             .and_then(|json| serde_json::from_str::<KeyRecord>(&json).ok())
             .map(|record| record.identity()))
     }
 
     pub async fn list(&self) -> redis::RedisResult<Vec<KeyRecord>> {
-        let all: Vec<(String, String)> = self.redis.clone().hgetall(KEYS).await?;
+        let all: Vec<(String, String)> = self.redis.clone().hgetall(self.records).await?;
         let mut records: Vec<KeyRecord> = all
             .into_iter()
             .filter_map(|(_, json)| serde_json::from_str(&json).ok())
@@ -212,19 +221,19 @@ impl Keys {
 
     /// Whether any key exists.
     pub async fn any(&self) -> redis::RedisResult<bool> {
-        let count: u64 = self.redis.clone().hlen(KEYS).await?;
+        let count: u64 = self.redis.clone().hlen(self.records).await?;
         Ok(count > 0)
     }
 
     /// Revokes a key by id; false when there is no such key.
     pub async fn revoke(&self, id: &str) -> redis::RedisResult<bool> {
         let mut redis = self.redis.clone();
-        let removed: u64 = redis.hdel(KEYS, id).await?;
+        let removed: u64 = redis.hdel(self.records, id).await?;
         // The hash entry goes with it: a scan of the small reverse index.
-        let all: Vec<(String, String)> = redis.hgetall(BY_HASH).await?;
+        let all: Vec<(String, String)> = redis.hgetall(self.by_hash).await?;
         for (hash, key_id) in all {
             if key_id == id {
-                redis.hdel::<_, _, ()>(BY_HASH, hash).await?;
+                redis.hdel::<_, _, ()>(self.by_hash, hash).await?;
             }
         }
         Ok(removed > 0)

@@ -1,4 +1,5 @@
-//! Job event streams (`job_events:{job_id}`, source design C): every state change,
+//! Job event streams (`job_events:{job_id}`, source design C; on a cluster
+//! the stream carries its queue's hash tag, see `queue::KeyLayout`): every state change,
 //! progress step and streamed model delta of a job is one entry with the fields
 //! `event_type`, `data` (JSON, non-ASCII kept as is) and `timestamp` (ms).
 //! Clients replay them from any id, so a dropped SSE connection loses nothing.
@@ -16,8 +17,6 @@ use serde::Serialize;
 use serde_json::Value;
 
 use spool_runtime::EventType;
-
-use crate::queue::events_key;
 
 #[derive(Clone, Debug, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -59,7 +58,7 @@ impl Event {
 /// longer than `block`.
 pub async fn read(
     redis: &mut (impl ConnectionLike + Send + Sync),
-    job_id: &str,
+    events_key: &str,
     after: &str,
     block: Option<Duration>,
 ) -> RedisResult<Vec<Event>> {
@@ -68,7 +67,7 @@ pub async fn read(
         options = options.block(block.as_millis() as usize);
     }
     let reply: Option<StreamReadReply> = redis
-        .xread_options(&[events_key(job_id)], &[after], &options)
+        .xread_options(&[events_key], &[after], &options)
         .await?;
     let entries = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids);
     Ok(entries.map(|entry| Event::from_entry(&entry)).collect())
@@ -91,9 +90,8 @@ impl Event {
 /// How many events a job's stream holds and its first/last ids (design C's info query).
 pub async fn info(
     redis: &mut (impl ConnectionLike + Send + Sync),
-    job_id: &str,
+    key: &str,
 ) -> RedisResult<Value> {
-    let key = events_key(job_id);
     let length: u64 = redis.xlen(&key).await?;
     let first: redis::streams::StreamRangeReply = redis.xrange_count(&key, "-", "+", 1).await?;
     let last: redis::streams::StreamRangeReply = redis.xrevrange_count(&key, "+", "-", 1).await?;
@@ -109,17 +107,27 @@ pub async fn info(
 /// job's terminal event (a root job's: its last stage's), or when the job
 /// finished and that event is gone.
 pub struct JobEvents {
-    pub queue: crate::queue::Queue,
-    pub job_id: String,
+    queue: crate::queue::Queue,
+    job_id: String,
+    key: String,
 }
 
 impl JobEvents {
+    /// The events of the job `job_id`; `None` when a cluster has no such job
+    /// (on one server the stream's name follows from the id).
+    pub async fn find(queue: &crate::queue::Queue, job_id: &str) -> RedisResult<Option<Self>> {
+        Ok(queue.job_keys(job_id).await?.map(|keys| Self {
+            queue: queue.clone(),
+            job_id: job_id.to_owned(),
+            key: keys.events,
+        }))
+    }
+
     /// Whether the stream's last event leaves it open (a stage still to come).
     async fn last_event_is_open(&self) -> bool {
         let mut redis = self.queue.connection();
-        let last: RedisResult<redis::streams::StreamRangeReply> = redis
-            .xrevrange_count(events_key(&self.job_id), "+", "-", 1)
-            .await;
+        let last: RedisResult<redis::streams::StreamRangeReply> =
+            redis.xrevrange_count(&self.key, "+", "-", 1).await;
         last.ok()
             .and_then(|reply| reply.ids.first().map(Event::from_entry))
             .is_some_and(|event| !event.is_terminal())
@@ -130,7 +138,7 @@ impl crate::follow::Source for JobEvents {
     type Entry = Event;
 
     fn key(&self) -> String {
-        events_key(&self.job_id)
+        self.key.clone()
     }
 
     fn parse(entry: &redis::streams::StreamId) -> Event {

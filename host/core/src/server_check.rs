@@ -10,14 +10,38 @@ use redis::aio::ConnectionLike;
 const MIN_VERSION: (u32, u32) = (6, 2);
 
 /// Refuses a Redis that would lose jobs silently; warns about one that may
-/// lose finished jobs' records.
+/// lose finished jobs' records. On a cluster every node is checked.
 pub async fn check(redis: &mut (impl ConnectionLike + Send)) -> Result<()> {
-    let server: String = redis::cmd("INFO")
-        .arg("server")
+    for server in infos(redis, "server").await? {
+        check_version(&server)?;
+    }
+    for memory in infos(redis, "memory").await? {
+        check_eviction(&memory)?;
+    }
+    Ok(())
+}
+
+/// `INFO section` of each node: a cluster answers with one per node.
+async fn infos(redis: &mut (impl ConnectionLike + Send), section: &str) -> Result<Vec<String>> {
+    let reply: redis::Value = redis::cmd("INFO")
+        .arg(section)
         .query_async(redis)
         .await
-        .context("reading INFO server")?;
-    let version = field(&server, "redis_version").unwrap_or_default();
+        .with_context(|| format!("reading INFO {section}"))?;
+    let texts = match reply {
+        redis::Value::Map(nodes) => nodes.into_iter().map(|(_, info)| info).collect(),
+        single => vec![single],
+    };
+    texts
+        .into_iter()
+        .map(|info| {
+            redis::from_redis_value(info).with_context(|| format!("reading INFO {section}"))
+        })
+        .collect()
+}
+
+fn check_version(server: &str) -> Result<()> {
+    let version = field(server, "redis_version").unwrap_or_default();
     match parse_version(version) {
         Some(found) if found < MIN_VERSION => bail!(
             "Redis {version} is too old: spool needs {}.{} or later (XAUTOCLAIM recovers the jobs of crashed workers). Upgrade the server.",
@@ -30,13 +54,11 @@ pub async fn check(redis: &mut (impl ConnectionLike + Send)) -> Result<()> {
             "could not read the Redis version; assuming it is recent enough"
         ),
     }
+    Ok(())
+}
 
-    let memory: String = redis::cmd("INFO")
-        .arg("memory")
-        .query_async(redis)
-        .await
-        .context("reading INFO memory")?;
-    let policy = field(&memory, "maxmemory_policy").unwrap_or("noeviction");
+fn check_eviction(memory: &str) -> Result<()> {
+    let policy = field(memory, "maxmemory_policy").unwrap_or("noeviction");
     if policy.starts_with("allkeys-") {
         bail!(
             "Redis evicts any key when it is full (maxmemory-policy {policy}): queued jobs would vanish without a trace. Set maxmemory-policy to noeviction (CONFIG SET maxmemory-policy noeviction, or in redis.conf) and size maxmemory for the queue."

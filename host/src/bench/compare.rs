@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use spool_core::config::Fsync;
 use spool_core::embedded_redis::EmbeddedRedis;
-use spool_core::queue::QueueKeys;
+use spool_core::queue::{KeyLayout, QueueKeys};
 
 use super::instance::{
     CHAT_QUEUE, NOOP_QUEUE, PATIENCE, control_queue, flush, redis_url, start_spool, wait_completed,
@@ -248,7 +248,7 @@ async fn spool_run(
         let base = format!("http://{}", running.addr);
         let client = reqwest::Client::new();
         let queue = control_queue(&url).await?;
-        let keys = QueueKeys::new(queue_name);
+        let keys = QueueKeys::new(queue_name, KeyLayout::SingleNode);
         queue.set_paused(&keys, true).await?;
         // Wasm from before the submission: admit (at submission) + handle.
         let wasm_before = wasm_seconds(&client, &base).await?;
@@ -500,7 +500,7 @@ async fn memory(
     let running = start_spool(&url, noop_path, 1, jobs as u64 + 1).await?;
     let measured = async {
         let queue = control_queue(&url).await?;
-        let keys = QueueKeys::new(NOOP_QUEUE);
+        let keys = QueueKeys::new(NOOP_QUEUE, KeyLayout::SingleNode);
         queue.set_paused(&keys, true).await?;
         let before = Snapshot::take(redis).await?;
         let client = reqwest::Client::new();
@@ -547,12 +547,10 @@ async fn sample_job_keys(redis: &mut MultiplexedConnection) -> Result<Vec<(Strin
     let Some(record) = keys.first() else {
         return Ok(Vec::new());
     };
-    let id = record.trim_start_matches(spool_core::queue::JOB_PREFIX);
+    let queue = QueueKeys::new(NOOP_QUEUE, KeyLayout::SingleNode);
+    let id = record.trim_start_matches(&queue.job("").record);
     let mut sizes = Vec::new();
-    for key in [
-        record.clone(),
-        format!("{}{id}", spool_core::queue::EVENTS_PREFIX),
-    ] {
+    for key in [record.clone(), queue.job(id).events] {
         let bytes: Option<u64> = redis::cmd("MEMORY")
             .arg("USAGE")
             .arg(&key)

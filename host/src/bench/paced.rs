@@ -5,6 +5,7 @@
 //! away from the contention of a loaded run. Loopback only; bounded by
 //! [`MAX_SECONDS`] and [`MAX_JOBS`]. Owns nothing beyond its run.
 
+use spool_core::queue::{KeyLayout, QueueKeys};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -105,7 +106,11 @@ async fn queue_waits(redis: &mut MultiplexedConnection, ids: &[String]) -> Resul
         let mut pipe = redis::pipe();
         for id in chunk {
             pipe.cmd("HMGET")
-                .arg(spool_core::queue::job_key(id))
+                .arg(
+                    QueueKeys::new(NOOP_QUEUE, KeyLayout::SingleNode)
+                        .job(id)
+                        .record,
+                )
                 .arg("created_at")
                 .arg("first_started_at");
         }

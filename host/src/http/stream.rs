@@ -24,7 +24,7 @@ use super::jobs::{job_not_found, visible_job};
 use super::schemas::StreamInfo;
 use super::status_events::StatusLine;
 use spool_core::access::Identity;
-use spool_core::events::{self, Event, JobEvents};
+use spool_core::events::{self, Event};
 use spool_core::follow::{Follower, Source, Step};
 use spool_core::hub::{Position, Refusal};
 use spool_core::queue::now_ms;
@@ -66,10 +66,7 @@ pub async fn status_stream(
     // Replayed from the start, the status line starts where the job did.
     let progress = if after == START { 0 } else { record.progress };
     let mut status_line = StatusLine::new(id.clone(), progress);
-    let source = JobEvents {
-        queue: state.queue.clone(),
-        job_id: id,
-    };
+    let source = super::job_wait::job_events(&state, &id).await?;
     let follower = Follower::open(
         &state.hub,
         source,
@@ -255,7 +252,10 @@ pub async fn job_events(
     // A job's events outlive its record only within its retention; a bound
     // caller sees events of its own live jobs only.
     let record = state.queue.job(&id).await?;
-    let info = events::info(&mut redis, &id).await?;
+    let Some(keys) = state.queue.job_keys(&id).await? else {
+        return Err(job_not_found(&id));
+    };
+    let info = events::info(&mut redis, &keys.events).await?;
     let visible = match &record {
         Some(record) => caller.owns(&record.user_id),
         None => caller.user.is_none() && info["length"] != 0,
@@ -263,7 +263,7 @@ pub async fn job_events(
     if !visible {
         return Err(job_not_found(&id));
     }
-    let page = events::read(&mut redis, &id, &after, None).await?;
+    let page = events::read(&mut redis, &keys.events, &after, None).await?;
     Ok(Json(EventsPage { info, events: page }))
 }
 

@@ -36,7 +36,6 @@ use super::error::ApiError;
 use super::jobs::{CHAT_QUEUE, chat_submission, generic_submission, submit, visible_job};
 use super::stream::{refused, stream_position};
 use spool_core::access::Identity;
-use spool_core::events::JobEvents;
 use spool_core::follow::{Follower, Step};
 
 /// A client that takes longer than this to accept one frame is cut off.
@@ -226,10 +225,7 @@ async fn follow(
     job: &str,
     after: &str,
 ) -> Result<Pin<Box<dyn Stream<Item = Value> + Send>>, ApiError> {
-    let source = JobEvents {
-        queue: state.queue.clone(),
-        job_id: job.to_owned(),
-    };
+    let source = super::job_wait::job_events(state, job).await?;
     let follower = Follower::open(
         &state.hub,
         source,

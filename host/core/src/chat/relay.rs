@@ -149,15 +149,15 @@ impl Relays {
 
     /// Follows one job's events into its conversation while holding its lease.
     async fn relay(&self, job: &str, conversation: &ConversationId) -> anyhow::Result<()> {
-        if !self.await_job(job).await? {
+        let source = match self.await_job(job).await? {
+            true => JobEvents::find(&self.queue, job).await?,
+            false => None,
+        };
+        let Some(source) = source else {
             let () = self.redis().hdel(RELAYS, job).await?;
             return Ok(());
-        }
-        let cursor: Option<String> = self.redis().hget(CURSORS, job).await?;
-        let source = JobEvents {
-            queue: self.queue.clone(),
-            job_id: job.to_owned(),
         };
+        let cursor: Option<String> = self.redis().hget(CURSORS, job).await?;
         let after = cursor.unwrap_or_else(|| "0".into());
         let mut follower = Follower::open(&self.hub, source, &after, self.quiet, HOLDER).await?;
         let mut renewal = tokio::time::interval(self.lease() / 3);

@@ -11,7 +11,8 @@
 //! `spool:handler:{name}:history` (activations, newest first),
 //! `spool:handler:{name}:pins` (zset version -> when an instance last held a
 //! queue pin on it, ms), `spool:instances` (zset instance -> last heartbeat,
-//! ms) and `spool:instance:{id}` (what it runs).
+//! ms) and `spool:instance:{id}` (what it runs). On a Redis Cluster each
+//! starts `spool:{registry}:` instead of `spool:`, one hash slot for all.
 //!
 //! Old versions are pruned (`prune.lua`) after each deploy: all but the
 //! newest `registry.keep_versions`, the active one, the rollback target and
@@ -24,38 +25,63 @@ use crate::connection::RedisConnection;
 use redis::{AsyncCommands, Script, Value};
 use serde::{Deserialize, Serialize};
 
-pub const ACTIVE_KEY: &str = "spool:handlers:active";
-pub const GENERATION_KEY: &str = "spool:handlers:generation";
 pub const CHANGED_CHANNEL: &str = "spool:handlers:changed";
-const INSTANCES_KEY: &str = "spool:instances";
 /// Activations remembered per handler (rollback needs only the latest).
 const HISTORY_KEPT: u32 = 100;
 /// An instance that has not reported for this long is no longer counted.
 pub const INSTANCE_LIVE_MS: u64 = 5_000;
 /// Reports of instances silent this long are deleted.
 const INSTANCE_FORGET_MS: u64 = 60_000;
-
-fn versions_key(name: &str) -> String {
-    format!("spool:handler:{name}:versions")
-}
-fn history_key(name: &str) -> String {
-    format!("spool:handler:{name}:history")
-}
-fn component_key(name: &str, version: &str) -> String {
-    format!("{}{version}", component_prefix(name))
-}
 /// A pin keeps its version from being pruned this long after an instance
 /// last held it: an instance whose config pins a version may be down for a
 /// while and must still find the version when it starts again.
 pub const PIN_HOLD_MS: u64 = 7 * 24 * 3600 * 1000;
-fn pins_key(name: &str) -> String {
-    format!("spool:handler:{name}:pins")
+
+/// The registry's keys. An activation changes the active pointer, the
+/// generation and a handler's history in one script, so on a Redis Cluster
+/// they all carry one hash tag (`spool:{registry}:...`); one server keeps
+/// the plain names.
+#[derive(Clone, Copy)]
+struct Keys {
+    prefix: &'static str,
 }
-fn component_prefix(name: &str) -> String {
-    format!("spool:handler:{name}:component:")
-}
-fn instance_key(instance: &str) -> String {
-    format!("spool:instance:{instance}")
+
+impl Keys {
+    fn of(redis: &RedisConnection) -> Self {
+        let prefix = if redis.is_cluster() {
+            "spool:{registry}:"
+        } else {
+            "spool:"
+        };
+        Self { prefix }
+    }
+    fn active(self) -> String {
+        format!("{}handlers:active", self.prefix)
+    }
+    fn generation(self) -> String {
+        format!("{}handlers:generation", self.prefix)
+    }
+    fn instances(self) -> String {
+        format!("{}instances", self.prefix)
+    }
+    fn versions(self, name: &str) -> String {
+        format!("{}handler:{name}:versions", self.prefix)
+    }
+    fn history(self, name: &str) -> String {
+        format!("{}handler:{name}:history", self.prefix)
+    }
+    fn component(self, name: &str, version: &str) -> String {
+        format!("{}{version}", self.component_prefix(name))
+    }
+    fn pins(self, name: &str) -> String {
+        format!("{}handler:{name}:pins", self.prefix)
+    }
+    fn component_prefix(self, name: &str) -> String {
+        format!("{}handler:{name}:component:", self.prefix)
+    }
+    fn instance(self, instance: &str) -> String {
+        format!("{}instance:{instance}", self.prefix)
+    }
 }
 
 /// What is known about one stored version.
@@ -137,6 +163,7 @@ pub struct Pruned {
 #[derive(Clone)]
 pub struct HandlerStore {
     redis: RedisConnection,
+    keys: Keys,
     activate: Script,
     prune: Script,
 }
@@ -144,6 +171,7 @@ pub struct HandlerStore {
 impl HandlerStore {
     pub fn new(redis: RedisConnection) -> Self {
         Self {
+            keys: Keys::of(&redis),
             redis,
             activate: Script::new(include_str!("activate.lua")),
             prune: Script::new(include_str!("prune.lua")),
@@ -162,7 +190,7 @@ impl HandlerStore {
         }
         let mut pipe = redis::pipe();
         for (name, version) in pins {
-            pipe.zadd(pins_key(name), version, now_ms).ignore();
+            pipe.zadd(self.keys.pins(name), version, now_ms).ignore();
         }
         pipe.query_async(&mut self.redis.clone()).await
     }
@@ -180,13 +208,13 @@ impl HandlerStore {
         }
         let flat: Vec<String> = self
             .prune
-            .key(versions_key(name))
-            .key(ACTIVE_KEY)
-            .key(pins_key(name))
-            .key(history_key(name))
+            .key(self.keys.versions(name))
+            .key(self.keys.active())
+            .key(self.keys.pins(name))
+            .key(self.keys.history(name))
             .arg(name)
             .arg(keep)
-            .arg(component_prefix(name))
+            .arg(self.keys.component_prefix(name))
             .arg(now_ms.saturating_sub(PIN_HOLD_MS))
             .invoke_async(&mut self.redis.clone())
             .await?;
@@ -213,9 +241,9 @@ impl HandlerStore {
         let meta_json = serde_json::to_string(meta).unwrap_or_default();
         let mut pipe = redis::pipe();
         pipe.atomic()
-            .set(component_key(name, &meta.version), bytes)
+            .set(self.keys.component(name, &meta.version), bytes)
             .ignore()
-            .hset_nx(versions_key(name), &meta.version, meta_json)
+            .hset_nx(self.keys.versions(name), &meta.version, meta_json)
             .ignore();
         pipe.query_async(&mut self.redis.clone()).await
     }
@@ -223,11 +251,11 @@ impl HandlerStore {
     pub async fn activate(&self, request: ActivationRequest<'_>) -> redis::RedisResult<Activated> {
         let mut invocation = self.activate.prepare_invoke();
         invocation
-            .key(ACTIVE_KEY)
-            .key(GENERATION_KEY)
-            .key(versions_key(request.name))
-            .key(history_key(request.name))
-            .key(component_key(request.name, request.version))
+            .key(self.keys.active())
+            .key(self.keys.generation())
+            .key(self.keys.versions(request.name))
+            .key(self.keys.history(request.name))
+            .key(self.keys.component(request.name, request.version))
             .arg(request.name)
             .arg(request.version)
             .arg(request.now_ms)
@@ -257,25 +285,26 @@ impl HandlerStore {
     pub async fn active_all(&self) -> redis::RedisResult<(HashMap<String, String>, u64)> {
         let (active, generation): (HashMap<String, String>, Option<u64>) = redis::pipe()
             .atomic()
-            .hgetall(ACTIVE_KEY)
-            .get(GENERATION_KEY)
+            .hgetall(self.keys.active())
+            .get(self.keys.generation())
             .query_async(&mut self.redis.clone())
             .await?;
         Ok((active, generation.unwrap_or(0)))
     }
 
     pub async fn active(&self, name: &str) -> redis::RedisResult<Option<String>> {
-        self.redis.clone().hget(ACTIVE_KEY, name).await
+        self.redis.clone().hget(self.keys.active(), name).await
     }
 
     pub async fn generation(&self) -> redis::RedisResult<u64> {
-        let generation: Option<u64> = self.redis.clone().get(GENERATION_KEY).await?;
+        let generation: Option<u64> = self.redis.clone().get(self.keys.generation()).await?;
         Ok(generation.unwrap_or(0))
     }
 
     /// Every stored version of a handler, oldest upload first.
     pub async fn versions(&self, name: &str) -> redis::RedisResult<Vec<VersionMeta>> {
-        let raw: HashMap<String, String> = self.redis.clone().hgetall(versions_key(name)).await?;
+        let raw: HashMap<String, String> =
+            self.redis.clone().hgetall(self.keys.versions(name)).await?;
         let mut versions: Vec<VersionMeta> = raw
             .values()
             .filter_map(|json| serde_json::from_str(json).ok())
@@ -293,7 +322,11 @@ impl HandlerStore {
         name: &str,
         version: &str,
     ) -> redis::RedisResult<Option<VersionMeta>> {
-        let raw: Option<String> = self.redis.clone().hget(versions_key(name), version).await?;
+        let raw: Option<String> = self
+            .redis
+            .clone()
+            .hget(self.keys.versions(name), version)
+            .await?;
         Ok(raw.and_then(|json| serde_json::from_str(&json).ok()))
     }
 
@@ -302,7 +335,7 @@ impl HandlerStore {
         let raw: Vec<String> = self
             .redis
             .clone()
-            .lrange(history_key(name), 0, limit - 1)
+            .lrange(self.keys.history(name), 0, limit - 1)
             .await?;
         Ok(raw
             .iter()
@@ -315,13 +348,16 @@ impl HandlerStore {
         name: &str,
         version: &str,
     ) -> redis::RedisResult<Option<Vec<u8>>> {
-        self.redis.clone().get(component_key(name, version)).await
+        self.redis
+            .clone()
+            .get(self.keys.component(name, version))
+            .await
     }
 
     /// Records what this instance now runs; `heartbeat` keeps it listed.
     pub async fn confirm(&self, report: &InstanceReport) -> redis::RedisResult<()> {
         let handlers = serde_json::to_string(&report.handlers).unwrap_or_default();
-        let key = instance_key(&report.instance);
+        let key = self.keys.instance(&report.instance);
         let mut pipe = redis::pipe();
         pipe.atomic()
             .hset_multiple(
@@ -335,7 +371,7 @@ impl HandlerStore {
             .ignore()
             .pexpire(&key, INSTANCE_FORGET_MS as i64)
             .ignore()
-            .zadd(INSTANCES_KEY, &report.instance, report.last_seen)
+            .zadd(self.keys.instances(), &report.instance, report.last_seen)
             .ignore();
         pipe.query_async(&mut self.redis.clone()).await
     }
@@ -343,9 +379,9 @@ impl HandlerStore {
     pub async fn heartbeat(&self, instance: &str, now_ms: u64) -> redis::RedisResult<()> {
         let mut pipe = redis::pipe();
         pipe.atomic()
-            .zadd(INSTANCES_KEY, instance, now_ms)
+            .zadd(self.keys.instances(), instance, now_ms)
             .ignore()
-            .pexpire(instance_key(instance), INSTANCE_FORGET_MS as i64)
+            .pexpire(self.keys.instance(instance), INSTANCE_FORGET_MS as i64)
             .ignore();
         pipe.query_async(&mut self.redis.clone()).await
     }
@@ -353,9 +389,9 @@ impl HandlerStore {
     pub async fn remove_instance(&self, instance: &str) -> redis::RedisResult<()> {
         let mut pipe = redis::pipe();
         pipe.atomic()
-            .zrem(INSTANCES_KEY, instance)
+            .zrem(self.keys.instances(), instance)
             .ignore()
-            .del(instance_key(instance))
+            .del(self.keys.instance(instance))
             .ignore();
         pipe.query_async(&mut self.redis.clone()).await
     }
@@ -365,21 +401,22 @@ impl HandlerStore {
         let mut redis = self.redis.clone();
         let _: i64 = redis
             .zrembyscore(
-                INSTANCES_KEY,
+                self.keys.instances(),
                 "-inf",
                 now_ms.saturating_sub(INSTANCE_FORGET_MS),
             )
             .await?;
         let live: Vec<(String, u64)> = redis
             .zrangebyscore_withscores(
-                INSTANCES_KEY,
+                self.keys.instances(),
                 now_ms.saturating_sub(INSTANCE_LIVE_MS),
                 "+inf",
             )
             .await?;
         let mut reports = Vec::with_capacity(live.len());
         for (instance, last_seen) in live {
-            let fields: HashMap<String, String> = redis.hgetall(instance_key(&instance)).await?;
+            let fields: HashMap<String, String> =
+                redis.hgetall(self.keys.instance(&instance)).await?;
             let number = |field: &str| fields.get(field).and_then(|v| v.parse().ok()).unwrap_or(0);
             let handlers = fields
                 .get("handlers")

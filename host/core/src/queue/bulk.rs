@@ -4,7 +4,7 @@
 
 use redis::Value;
 
-use super::{NewJob, Queue, events_key, job_fields, job_key, now_ms, queued_event};
+use super::{NewJob, Queue, job_fields, now_ms, queued_event};
 use crate::metrics;
 use spool_runtime::EventType;
 use spool_runtime::event_type::MAX_STREAM_EVENTS;
@@ -51,10 +51,11 @@ impl Queue {
         let now = now_ms();
         let mut invocation = self.submit_bulk.prepare_invoke();
         for job in jobs {
+            let keys = job.queue.job(job.id);
             invocation
                 .key(job.queue.stream(job.class))
-                .key(job_key(job.id))
-                .key(events_key(job.id));
+                .key(keys.record)
+                .key(keys.events);
         }
         let names: Vec<&'static str> = job_fields(first, now).iter().map(|(n, _)| *n).collect();
         invocation

@@ -7,23 +7,25 @@
 -- A cancelled waiting or delayed job counts as a cancelled request in the
 -- queue's monitoring (monitor.lua, prepended with message_end.lua).
 -- Returns {the job's state before the call, its queue, its class}, or false
--- when there is no such job.
+-- when there is no such job in the queue named.
 -- KEYS[1] job hash   KEYS[2] job event stream   KEYS[3] job state hash
--- KEYS[4] attempt history list
--- ARGV[1] now (ms)   ARGV[2] ttl in seconds   ARGV[3] queue key prefix
+-- KEYS[4] attempt history list   KEYS[5..7] the queue's high/normal/low streams
+-- KEYS[8] its delayed zset
+-- ARGV[1] now (ms)   ARGV[2] ttl in seconds   ARGV[3] queue name
 -- ARGV[4] event type (cancelled)   ARGV[5] events kept   ARGV[6] cancel channel
 -- ARGV[7] message ttl (s)   ARGV[8] message events kept
+-- ARGV[9] the queue's monitoring key prefix
 local job = redis.call('HMGET', KEYS[1], 'state', 'queue', 'class', 'entry', 'id')
 local state = job[1]
-if not state then
+if not state or job[2] ~= ARGV[3] then
   return false
 end
-local queue = ARGV[3] .. '{' .. job[2] .. '}:'
+local streams = {high = KEYS[5], normal = KEYS[6], low = KEYS[7]}
 if state == 'waiting' or state == 'delayed' then
   if state == 'waiting' then
-    redis.call('XDEL', queue .. job[3], job[4])
+    redis.call('XDEL', streams[job[3]], job[4])
   else
-    redis.call('ZREM', queue .. 'delayed', job[5])
+    redis.call('ZREM', KEYS[8], job[5])
   end
   redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished_at', ARGV[1], 'error', 'cancelled by request')
   local cancelled = cjson.encode({previous_state = state})
@@ -40,7 +42,7 @@ if state == 'waiting' or state == 'delayed' then
   if message then
     end_message(message, message_stream, 'error', 'the job was cancelled', ARGV[1], ARGV[7], ARGV[8])
   end
-  monitor_request(queue .. 'monitor:', 'cancelled')
+  monitor_request(ARGV[9], 'cancelled')
   monitor_flush()
 elseif state == 'active' then
   redis.call('HSET', KEYS[1], 'cancel', ARGV[1], 'cancel_requested_at', ARGV[1])

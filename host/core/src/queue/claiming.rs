@@ -6,10 +6,11 @@
 //! which job, and when to ask, is the worker's (`worker::dispatch`).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use redis::Value;
 
-use super::{CLASSES, EVENTS_PREFIX, GROUP, JOB_PREFIX, JobRecord, Queue, QueueKeys, now_ms};
+use super::{CLASSES, GROUP, JobKeys, JobRecord, Queue, QueueKeys, now_ms};
 use crate::metrics;
 use spool_runtime::event_type::MAX_STREAM_EVENTS;
 use spool_runtime::{EventType, PriorityClass};
@@ -36,6 +37,9 @@ pub struct ClaimedJob {
     pub class: PriorityClass,
     pub entry_id: String,
     pub record: JobRecord,
+    /// The keys of its queue, and its own.
+    pub queue: Arc<QueueKeys>,
+    pub keys: JobKeys,
 }
 
 /// What one claim for several workers got.
@@ -96,8 +100,8 @@ impl Queue {
         invocation
             .arg(GROUP)
             .arg(started_at)
-            .arg(JOB_PREFIX)
-            .arg(EVENTS_PREFIX)
+            .arg(&queue.job_prefix)
+            .arg(&queue.events_prefix)
             .arg(EventType::TaskStarted.as_str())
             .arg(MAX_STREAM_EVENTS)
             .arg(fair_every)
@@ -112,7 +116,7 @@ impl Queue {
             }
             other => other?,
         };
-        parse_claimed(reply)
+        parse_claimed(reply, queue)
     }
 }
 
@@ -132,7 +136,7 @@ fn malformed() -> redis::RedisError {
     ))
 }
 
-fn parse_claimed(reply: Vec<Value>) -> redis::RedisResult<Claimed> {
+fn parse_claimed(reply: Vec<Value>, queue: &QueueKeys) -> redis::RedisResult<Claimed> {
     let mut items = reply.into_iter();
     let tag = items.next().map(|v| text(&v)).ok_or_else(malformed)?;
     match tag.as_str() {
@@ -146,7 +150,10 @@ fn parse_claimed(reply: Vec<Value>) -> redis::RedisResult<Claimed> {
                 Some(Value::Array(ids)) => ids.iter().map(text).collect(),
                 _ => return Err(malformed()),
             };
-            let jobs = items.map(parse_job).collect::<redis::RedisResult<_>>()?;
+            let queue = Arc::new(queue.clone());
+            let jobs = items
+                .map(|item| parse_job(item, &queue))
+                .collect::<redis::RedisResult<_>>()?;
             Ok(Claimed::Jobs {
                 jobs,
                 dropped,
@@ -158,7 +165,7 @@ fn parse_claimed(reply: Vec<Value>) -> redis::RedisResult<Claimed> {
 }
 
 /// One `{stream index (1..3), entry id, fields}` of the reply.
-fn parse_job(value: Value) -> redis::RedisResult<ClaimedJob> {
+fn parse_job(value: Value, queue: &Arc<QueueKeys>) -> redis::RedisResult<ClaimedJob> {
     let Value::Array(parts) = value else {
         return Err(malformed());
     };
@@ -179,6 +186,8 @@ fn parse_job(value: Value) -> redis::RedisResult<ClaimedJob> {
     Ok(ClaimedJob {
         class,
         entry_id: text(&entry_id),
+        keys: queue.job(&record.id),
+        queue: queue.clone(),
         record,
     })
 }

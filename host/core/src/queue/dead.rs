@@ -9,10 +9,7 @@
 use redis::AsyncCommands;
 use serde::Serialize;
 
-use super::{
-    EventType, MAX_STREAM_EVENTS, QUEUE_PREFIX, Queue, QueueKeys, WAKE_CHANNEL, events_key,
-    job_key, now_ms,
-};
+use super::{EventType, MAX_STREAM_EVENTS, Queue, QueueKeys, WAKE_CHANNEL, now_ms};
 
 /// One job in a queue's dead-letter stream.
 #[derive(Debug, Serialize)]
@@ -79,15 +76,16 @@ impl Queue {
 
     /// Re-queues a dead job with a fresh set of attempts.
     pub async fn replay(&self, queue: &QueueKeys, id: &str) -> redis::RedisResult<Replay> {
+        let job = queue.job(id);
         let reply: Vec<String> = self
             .replay
             .key(&queue.dead)
             .key(&queue.dead_index)
-            .key(job_key(id))
-            .key(events_key(id))
+            .key(&job.record)
+            .key(&job.events)
+            .key(&queue.streams)
             .arg(id)
             .arg(now_ms())
-            .arg(QUEUE_PREFIX)
             .arg(WAKE_CHANNEL)
             .arg(EventType::TaskQueued.as_str())
             .arg(MAX_STREAM_EVENTS)

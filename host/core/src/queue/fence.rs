@@ -13,7 +13,7 @@
 
 use redis::RedisResult;
 
-use super::{ClaimedJob, Queue, QueueKeys, events_key, job_key, job_state_key, now_ms};
+use super::{ClaimedJob, JobKeys, Queue, now_ms};
 use spool_runtime::EventType;
 use spool_runtime::event_type::MAX_STREAM_EVENTS;
 
@@ -21,7 +21,10 @@ use spool_runtime::event_type::MAX_STREAM_EVENTS;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fence {
     pub job_id: String,
-    queue: String,
+    /// The job's keys.
+    pub job: JobKeys,
+    /// Where refused writes are counted (its queue's).
+    counter: String,
     token: String,
 }
 
@@ -29,13 +32,14 @@ impl Fence {
     pub fn of(job: &ClaimedJob) -> Self {
         Self {
             job_id: job.record.id.clone(),
-            queue: job.record.queue.clone(),
+            job: job.keys.clone(),
+            counter: job.queue.counter("fenced"),
             token: job.entry_id.clone(),
         }
     }
 
-    pub fn job_key(&self) -> String {
-        job_key(&self.job_id)
+    pub fn job_key(&self) -> &str {
+        &self.job.record
     }
 
     pub fn token(&self) -> &str {
@@ -43,8 +47,8 @@ impl Fence {
     }
 
     /// Where refused writes are counted.
-    pub fn counter_key(&self) -> String {
-        QueueKeys::new(&self.queue).counter("fenced")
+    pub fn counter_key(&self) -> &str {
+        &self.counter
     }
 }
 
@@ -105,8 +109,8 @@ impl Queue {
         invocation
             .key(fence.job_key())
             .key(fence.counter_key())
-            .key(events_key(&fence.job_id))
-            .key(job_state_key(&fence.job_id))
+            .key(&fence.job.events)
+            .key(&fence.job.state)
             .arg(fence.token());
         match write {
             JobWrite::Event { event_type, data } => {

@@ -8,10 +8,7 @@
 //! (`worker::dispatch`).
 
 use super::settlement::Settlement;
-use super::{
-    ClaimedJob, GROUP, Outcome, Queue, QueueKeys, Retention, attempts_key, events_key, job_key,
-    job_state_key, now_ms,
-};
+use super::{ClaimedJob, GROUP, Outcome, Queue, Retention, now_ms};
 use crate::metrics;
 use spool_runtime::event_type::MAX_STREAM_EVENTS;
 
@@ -55,7 +52,7 @@ impl Queue {
         outcome: &Outcome,
         retention: Retention,
     ) -> PreparedOutcome {
-        let keys = QueueKeys::new(&job.record.queue);
+        let keys = &job.queue;
         let id = job.record.id.as_str();
         let now = now_ms();
         let settlement = Settlement::of(&job.record, outcome, retention, now);
@@ -69,7 +66,7 @@ impl Queue {
             "errorKind": settlement.event.get("error_kind"),
         });
         let state = settlement.state.as_str();
-        let zset = settlement.zset(&keys).to_owned();
+        let zset = settlement.zset(keys).to_owned();
         let mut args = vec![
             GROUP.to_owned(),
             job.entry_id.clone(),
@@ -96,13 +93,13 @@ impl Queue {
         }
         PreparedOutcome {
             keys: [
-                job_key(id),
+                job.keys.record.clone(),
                 keys.stream(job.class).to_owned(),
-                events_key(id),
-                job_state_key(id),
+                job.keys.events.clone(),
+                job.keys.state.clone(),
                 zset,
                 keys.counter(state),
-                attempts_key(id),
+                job.keys.attempts.clone(),
                 keys.dead.clone(),
                 keys.dead_index.clone(),
             ],

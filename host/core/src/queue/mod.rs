@@ -68,29 +68,40 @@ pub const WAKE_CHANNEL: &str = "spool:wake";
 /// Pub/Sub channel on which a cancel of an active job names the job, so the
 /// instance running it stops it at once.
 pub const CANCEL_CHANNEL: &str = "spool:cancel";
-pub const JOB_PREFIX: &str = "spool:job:";
-pub const EVENTS_PREFIX: &str = "job_events:";
 pub const CLASSES: [PriorityClass; 3] = [
     PriorityClass::High,
     PriorityClass::Normal,
     PriorityClass::Low,
 ];
 
-pub fn job_key(id: &str) -> String {
-    format!("{JOB_PREFIX}{id}")
-}
-pub fn job_state_key(id: &str) -> String {
-    format!("{JOB_PREFIX}{id}:state")
-}
-pub fn attempts_key(id: &str) -> String {
-    format!("{JOB_PREFIX}{id}:attempts")
-}
-/// Prefix of every per-queue key. The queue name is in braces so that a
-/// queue's own keys would share a Redis Cluster hash slot; spool does not run
-/// on a cluster yet (job keys, `spool:job:{id}`, carry no queue tag).
+/// Prefix of every per-queue key. The queue name is in braces, a Redis
+/// Cluster hash tag: all of a queue's keys share one slot.
 const QUEUE_PREFIX: &str = "spool:q:";
-pub fn events_key(id: &str) -> String {
-    format!("{EVENTS_PREFIX}{id}")
+
+/// Where a queue's job keys live. On one server they keep the names the
+/// designs' clients read: `spool:job:{id}` and `job_events:{id}`. A Redis
+/// Cluster runs a script only over keys of one hash slot, and a claim or an
+/// outcome touches the queue's streams and the job's keys together, so there
+/// a job's keys carry its queue's hash tag: `spool:q:{queue}:job:{id}` and
+/// `spool:q:{queue}:events:{id}`. A job id is then found through its queue.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KeyLayout {
+    #[default]
+    SingleNode,
+    Cluster,
+}
+
+/// The keys of one job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobKeys {
+    /// The job's hash (its record).
+    pub record: String,
+    /// Its event stream.
+    pub events: String,
+    /// The guest's state hash.
+    pub state: String,
+    /// Its attempt history list.
+    pub attempts: String,
 }
 
 pub fn class_name(class: PriorityClass) -> &'static str {
@@ -112,7 +123,7 @@ pub fn now_ms() -> u64 {
 }
 
 /// The keys of one queue.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueueKeys {
     pub name: String,
     streams: [String; 3],
@@ -124,12 +135,21 @@ pub struct QueueKeys {
     dead_index: String,
     /// Prefix of the queue's monitoring buckets.
     monitor: String,
+    /// Prefixes of its jobs' hashes and event streams (see [`KeyLayout`]).
+    job_prefix: String,
+    events_prefix: String,
 }
 
 impl QueueKeys {
-    pub fn new(name: &str) -> Self {
+    pub fn new(name: &str, layout: KeyLayout) -> Self {
         let key = |suffix: &str| format!("{QUEUE_PREFIX}{{{name}}}:{suffix}");
+        let (job_prefix, events_prefix) = match layout {
+            KeyLayout::SingleNode => ("spool:job:".to_owned(), "job_events:".to_owned()),
+            KeyLayout::Cluster => (key("job:"), key("events:")),
+        };
         Self {
+            job_prefix,
+            events_prefix,
             name: name.to_owned(),
             streams: CLASSES.map(|c| key(class_name(c))),
             paused: key("paused"),
@@ -146,7 +166,18 @@ impl QueueKeys {
         &self.streams[class as usize]
     }
 
-    fn counter(&self, state: &str) -> String {
+    /// The keys of the job `id` of this queue.
+    pub fn job(&self, id: &str) -> JobKeys {
+        let record = format!("{}{id}", self.job_prefix);
+        JobKeys {
+            events: format!("{}{id}", self.events_prefix),
+            state: format!("{record}:state"),
+            attempts: format!("{record}:attempts"),
+            record,
+        }
+    }
+
+    pub(crate) fn counter(&self, state: &str) -> String {
         format!("{QUEUE_PREFIX}{{{}}}:count:{state}", self.name)
     }
 }
@@ -239,6 +270,9 @@ pub struct QueueStats {
 #[derive(Clone)]
 pub struct Queue {
     redis: RedisConnection,
+    layout: KeyLayout,
+    /// The queues a job id is looked for in (on a cluster, see [`KeyLayout`]).
+    queues: Arc<Vec<String>>,
     /// Dead letters kept per queue name (absent: [`DEFAULT_MAX_DEAD`]).
     max_dead: Arc<HashMap<String, u64>>,
     submit: Arc<Script>,
@@ -260,7 +294,13 @@ pub struct Queue {
 impl Queue {
     pub fn new(redis: RedisConnection) -> Self {
         Self {
+            layout: if redis.is_cluster() {
+                KeyLayout::Cluster
+            } else {
+                KeyLayout::SingleNode
+            },
             redis,
+            queues: Default::default(),
             max_dead: Default::default(),
             submit: Arc::new(Script::new(concat!(
                 include_str!("fence.lua"),
@@ -328,6 +368,40 @@ impl Queue {
         self
     }
 
+    /// Names the queues whose jobs this handle looks up by id alone.
+    pub fn with_queues(mut self, names: impl IntoIterator<Item = String>) -> Self {
+        self.queues = Arc::new(names.into_iter().collect());
+        self
+    }
+
+    pub fn layout(&self) -> KeyLayout {
+        self.layout
+    }
+
+    /// The keys of the queue `name` in this Redis's layout.
+    pub fn keys(&self, name: &str) -> QueueKeys {
+        QueueKeys::new(name, self.layout)
+    }
+
+    /// The keys of the job `id`, wherever it is: on one server they follow
+    /// from the id; on a cluster the job is looked for in every known queue
+    /// (`None`: in none of them).
+    pub async fn job_keys(&self, id: &str) -> redis::RedisResult<Option<JobKeys>> {
+        if self.layout == KeyLayout::SingleNode {
+            return Ok(Some(QueueKeys::new("", KeyLayout::SingleNode).job(id)));
+        }
+        let lookups = self.queues.iter().map(|name| {
+            let keys = self.keys(name).job(id);
+            let mut redis = self.redis.clone();
+            async move {
+                let found: bool = redis.exists(&keys.record).await?;
+                redis::RedisResult::Ok(found.then_some(keys))
+            }
+        });
+        let found = futures_util::future::try_join_all(lookups).await?;
+        Ok(found.into_iter().flatten().next())
+    }
+
     fn max_dead(&self, queue: &str) -> u64 {
         self.max_dead
             .get(queue)
@@ -354,16 +428,17 @@ impl Queue {
         let now = now_ms();
         let event = queued_event(&job);
         let fields = job_fields(&job, now);
+        let keys = job.queue.job(job.id);
         let mut invocation = self.submit.prepare_invoke();
         invocation
             .key(job.queue.stream(job.class))
-            .key(job_key(job.id))
-            .key(events_key(job.id))
-            .key(job.parent.map_or_else(|| job_key(job.id), Fence::job_key))
-            .key(
-                job.parent
-                    .map_or_else(|| job.queue.counter("fenced"), Fence::counter_key),
-            )
+            .key(&keys.record)
+            .key(&keys.events)
+            .key(job.parent.map_or(&keys.record, |fence| &fence.job.record))
+            .key(job.parent.map_or_else(
+                || job.queue.counter("fenced"),
+                |fence| fence.counter_key().to_owned(),
+            ))
             .arg(job.max_waiting)
             .arg(job.id)
             .arg(now)
@@ -399,11 +474,10 @@ impl Queue {
         job: &ClaimedJob,
         consumer: &str,
     ) -> redis::RedisResult<Heartbeat> {
-        let keys = QueueKeys::new(&job.record.queue);
         let mut invocation = self.heartbeat.prepare_invoke();
         invocation
-            .key(keys.stream(job.class))
-            .key(job_key(&job.record.id))
+            .key(job.queue.stream(job.class))
+            .key(&job.keys.record)
             .arg(GROUP)
             .arg(consumer)
             .arg(&job.entry_id);
@@ -445,8 +519,8 @@ impl Queue {
                 .arg(consumer)
                 .arg(visibility.as_millis() as u64)
                 .arg(now_ms())
-                .arg(JOB_PREFIX)
-                .arg(EVENTS_PREFIX)
+                .arg(&queue.job_prefix)
+                .arg(&queue.events_prefix)
                 .arg(WAKE_CHANNEL)
                 .arg(&queue.name);
             for cursor in &cursors {
@@ -476,20 +550,35 @@ impl Queue {
         id: &str,
         retention: Retention,
     ) -> redis::RedisResult<CancelOutcome> {
+        // Taking a job out of line touches its queue's keys, declared to the
+        // script: the queue is read first (on a cluster, found with the job).
+        let Some(job) = self.job_keys(id).await? else {
+            return Ok(CancelOutcome::NotFound);
+        };
+        let queue: Option<String> = self.redis.clone().hget(&job.record, "queue").await?;
+        let Some(queue) = queue.map(|name| self.keys(&name)) else {
+            return Ok(CancelOutcome::NotFound);
+        };
         let mut invocation = self.cancel.prepare_invoke();
         invocation
-            .key(job_key(id))
-            .key(events_key(id))
-            .key(job_state_key(id))
-            .key(attempts_key(id))
+            .key(&job.record)
+            .key(&job.events)
+            .key(&job.state)
+            .key(&job.attempts);
+        for stream in &queue.streams {
+            invocation.key(stream);
+        }
+        invocation
+            .key(&queue.delayed)
             .arg(now_ms())
             .arg(retention.failed_secs.max(1))
-            .arg(QUEUE_PREFIX)
+            .arg(&queue.name)
             .arg(EventType::TaskCancelled.as_str())
             .arg(MAX_STREAM_EVENTS)
             .arg(CANCEL_CHANNEL)
             .arg(retention.message_secs.max(1))
-            .arg(retention.message_events.max(1));
+            .arg(retention.message_events.max(1))
+            .arg(&queue.monitor);
         // {state before, queue, class}
         let previous: Option<Vec<String>> =
             metrics::redis_timed("cancel", invocation.invoke_async(&mut self.redis.clone()))
@@ -529,7 +618,10 @@ impl Queue {
 
     /// Each attempt's outcome, oldest first.
     pub async fn attempt_history(&self, id: &str) -> redis::RedisResult<Vec<serde_json::Value>> {
-        let items: Vec<String> = self.redis.clone().lrange(attempts_key(id), 0, -1).await?;
+        let Some(job) = self.job_keys(id).await? else {
+            return Ok(Vec::new());
+        };
+        let items: Vec<String> = self.redis.clone().lrange(&job.attempts, 0, -1).await?;
         Ok(items
             .iter()
             .filter_map(|i| serde_json::from_str(i).ok())
@@ -537,7 +629,10 @@ impl Queue {
     }
 
     pub async fn job(&self, id: &str) -> redis::RedisResult<Option<JobRecord>> {
-        let fields: HashMap<String, String> = self.redis.clone().hgetall(job_key(id)).await?;
+        let Some(job) = self.job_keys(id).await? else {
+            return Ok(None);
+        };
+        let fields: HashMap<String, String> = self.redis.clone().hgetall(&job.record).await?;
         Ok(JobRecord::from_fields(fields))
     }
 

@@ -5,10 +5,7 @@
 //! claim that promotes due retries). Deciding when a retry is due is
 //! `finish`'s; running the job is the worker's.
 
-use super::{
-    EventType, JobState, MAX_STREAM_EVENTS, Queue, QueueKeys, WAKE_CHANNEL, events_key, job_key,
-    now_ms,
-};
+use super::{EventType, JobState, MAX_STREAM_EVENTS, Queue, QueueKeys, WAKE_CHANNEL, now_ms};
 use crate::metrics;
 
 /// What [`Queue::promote`] did.
@@ -25,13 +22,14 @@ pub enum Promote {
 impl Queue {
     /// Moves a delayed job of `queue` into its class stream at once.
     pub async fn promote(&self, queue: &QueueKeys, id: &str) -> redis::RedisResult<Promote> {
+        let job = queue.job(id);
         let mut invocation = self.promote.prepare_invoke();
-        invocation.key(job_key(id)).key(&queue.delayed);
+        invocation.key(&job.record).key(&queue.delayed);
         for stream in &queue.streams {
             invocation.key(stream);
         }
         invocation
-            .key(events_key(id))
+            .key(&job.events)
             .arg(id)
             .arg(now_ms())
             .arg(WAKE_CHANNEL)

@@ -8,15 +8,16 @@
 -- no letter of the job, or {'taken', queue of the record} when the id now
 -- names another job.
 -- KEYS[1] dead-letter stream   KEYS[2] its index   KEYS[3] job hash   KEYS[4] job event stream
--- ARGV[1] job id   ARGV[2] now (ms)   ARGV[3] queue key prefix   ARGV[4] wake channel
--- ARGV[5] event type (queued)   ARGV[6] events kept   ARGV[7] queue name
+-- KEYS[5..7] the queue's high/normal/low streams
+-- ARGV[1] job id   ARGV[2] now (ms)   ARGV[3] wake channel
+-- ARGV[4] event type (queued)   ARGV[5] events kept   ARGV[6] queue name
 -- (dead_letters.lua is prepended.)
 local found = find_dead_letter(KEYS[1], KEYS[2], ARGV[1])
 if not found then
   return {'not_dead'}
 end
 local record = redis.call('HMGET', KEYS[3], 'state', 'queue')
-if record[1] and (record[1] ~= 'failed' or record[2] ~= ARGV[7]) then
+if record[1] and (record[1] ~= 'failed' or record[2] ~= ARGV[6]) then
   return {'taken', record[2] or ''}
 end
 drop_dead_letter(KEYS[1], KEYS[2], found[1], ARGV[1])
@@ -26,10 +27,11 @@ if not record[1] then
 end
 redis.call('PERSIST', KEYS[3])
 local job = redis.call('HMGET', KEYS[3], 'queue', 'class')
-local entry = redis.call('XADD', ARGV[3] .. '{' .. job[1] .. '}:' .. job[2], '*', 'job', ARGV[1])
+local streams = {high = KEYS[5], normal = KEYS[6], low = KEYS[7]}
+local entry = redis.call('XADD', streams[job[2]], '*', 'job', ARGV[1])
 redis.call('HSET', KEYS[3], 'state', 'waiting', 'attempts', 0, 'entry', entry, 'progress', 0)
 redis.call('HDEL', KEYS[3], 'error', 'finished_at', 'dead_entry', 'result', 'cancel', 'cancel_requested_at')
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[6], '*', 'event_type', ARGV[5],
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '*', 'event_type', ARGV[4],
   'data', cjson.encode({replayed = true}), 'timestamp', ARGV[2])
-redis.call('PUBLISH', ARGV[4], job[1])
+redis.call('PUBLISH', ARGV[3], job[1])
 return {'replayed', entry}

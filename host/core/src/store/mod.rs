@@ -198,8 +198,8 @@ impl Store {
     fn fence_parts(&self, message_key: &str) -> [String; 4] {
         match &self.fence {
             Some(fence) => [
-                fence.job_key(),
-                fence.counter_key(),
+                fence.job_key().to_owned(),
+                fence.counter_key().to_owned(),
                 fence.token().to_owned(),
                 fence.job_id.clone(),
             ],

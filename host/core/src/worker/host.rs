@@ -17,7 +17,7 @@ use super::follow_up::{FollowUp, follow_up_id};
 use crate::gateway::{CallContext, Gateway};
 use crate::intake::Route;
 use crate::models::{ChatReply, ChatRequest, ModelError};
-use crate::queue::{Fence, Queue, Written, job_state_key};
+use crate::queue::{Fence, Queue, Written};
 use crate::store;
 use crate::store::{BoundMessage, Store, StoreError};
 use spool_runtime::{
@@ -162,7 +162,7 @@ impl JobHost for WorkerHost {
         Box::pin(async move {
             self.queue
                 .connection()
-                .hget(job_state_key(&self.job_id), key)
+                .hget(&self.fence.job.state, key)
                 .await
                 .ok()
                 .flatten()
@@ -186,7 +186,7 @@ impl JobHost for WorkerHost {
     fn state_sizes(&self) -> BoxFuture<'_, HashMap<String, usize>> {
         Box::pin(async move {
             // Two reads, not atomic: only this attempt writes the state.
-            let key = job_state_key(&self.job_id);
+            let key = &self.fence.job.state;
             let mut redis = self.queue.connection();
             let keys: Vec<String> = match redis.hkeys(&key).await {
                 Ok(keys) => keys,
