@@ -154,6 +154,30 @@ fn three_masters_with_a_replica_each_form_and_keys_land_on_their_slot_owner() {
 }
 
 #[test]
+fn two_masters_split_the_slots_and_each_has_its_replica() {
+    let cluster = start(2, 1, AppendFsync::Everysec);
+    let masters = cluster.masters().expect("masters");
+    assert_eq!(masters.len(), 2, "{masters:?}");
+    assert_slots_covered_once(&masters);
+    for master in &masters {
+        assert_eq!(
+            info(&cluster, master.addr, "replication", "connected_slaves"),
+            "1"
+        );
+    }
+    let mut connection = cluster_connection(&cluster);
+    for n in 0..20 {
+        let () = redis::cmd("SET")
+            .arg(format!("spool:pair:{n}"))
+            .arg(n)
+            .query(&mut connection)
+            .expect("SET through the cluster client");
+    }
+    let keys = cluster.keys_per_master().expect("keys per master");
+    assert_eq!(keys.iter().map(|(_, n)| n).sum::<u64>(), 20, "{keys:?}");
+}
+
+#[test]
 fn one_master_without_replicas_serves_every_slot() {
     let cluster = start(1, 0, AppendFsync::Everysec);
     let masters = cluster.masters().expect("masters");
