@@ -7,17 +7,18 @@
 //! It owns only the processes it started and their directory, both gone when
 //! the [`LocalCluster`] is dropped; it never talks to a server it did not start.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::ops::RangeInclusive;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::str::FromStr;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 
+mod node;
 mod nodes_view;
 
+pub use node::AppendFsync;
+use node::{Node, POLL, PortTaken, connect, free_node_ports, info_field, my_id, node_url, run};
 pub use nodes_view::{ClusterView, NodeLine};
 
 /// Hash slots in every Redis Cluster.
@@ -32,49 +33,11 @@ pub const SLOTS: u16 = 16384;
 /// that margin.
 pub const NODE_TIMEOUT: Duration = Duration::from_millis(2000);
 
-/// A node listens on `port` and on `port + BUS_OFFSET` (the cluster bus).
-const BUS_OFFSET: u16 = 10000;
-/// Node ports, below Linux's ephemeral range (32768 and up) with their bus
-/// ports too, so that neither collides with the ports the kernel hands out for
-/// outgoing connections or `--port 0` servers; and no node's port can be
-/// another's bus port.
-const NODE_PORTS: RangeInclusive<u16> = 10000..=19999;
 /// Whole starts tried when a port is taken between our check and the bind.
 const START_ATTEMPTS: usize = 3;
 
-const IO_TIMEOUT: Duration = Duration::from_secs(2);
-const POLL: Duration = Duration::from_millis(25);
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 const GOSSIP_TIMEOUT: Duration = Duration::from_secs(15);
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Redis's `appendfsync`; AOF is always on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AppendFsync {
-    Always,
-    Everysec,
-}
-
-impl AppendFsync {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Always => "always",
-            Self::Everysec => "everysec",
-        }
-    }
-}
-
-impl FromStr for AppendFsync {
-    type Err = anyhow::Error;
-
-    fn from_str(text: &str) -> Result<Self> {
-        match text {
-            "always" => Ok(Self::Always),
-            "everysec" => Ok(Self::Everysec),
-            other => bail!("appendfsync must be \"always\" or \"everysec\", not {other:?}"),
-        }
-    }
-}
 
 /// The shape of a cluster to start.
 #[derive(Clone, Copy, Debug)]
@@ -102,108 +65,6 @@ pub struct Master {
     pub addr: SocketAddr,
     pub id: String,
     pub slots: Vec<RangeInclusive<u16>>,
-}
-
-/// A port was taken between our check and redis-server's bind: worth a retry
-/// on other ports.
-#[derive(Debug)]
-struct PortTaken(SocketAddr);
-
-impl std::fmt::Display for PortTaken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} or its bus port was taken by another process", self.0)
-    }
-}
-
-impl std::error::Error for PortTaken {}
-
-struct Node {
-    addr: SocketAddr,
-    dir: PathBuf,
-    process: Option<Child>,
-}
-
-impl Node {
-    fn log(&self) -> PathBuf {
-        self.dir.join("log")
-    }
-
-    fn spawn(&mut self, fsync: AppendFsync) -> Result<()> {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.addr.port().to_string(),
-                "--bind",
-                "127.0.0.1",
-            ])
-            .args([
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-            ])
-            .args([
-                "--cluster-node-timeout",
-                &NODE_TIMEOUT.as_millis().to_string(),
-            ])
-            .args(["--save", "", "--appendonly", "yes"])
-            .args(["--appendfsync", fsync.as_str()])
-            // Redis 7 waits 5 s for more replicas before a diskless full sync.
-            .args(["--repl-diskless-sync-delay", "0"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .arg("--logfile")
-            .arg(self.log())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting redis-server (apt-get install -y redis-server)")?;
-        self.process = Some(child);
-        Ok(())
-    }
-
-    /// Waits until the node answers PING; tells a lost bind race apart.
-    fn wait_answers(&mut self) -> Result<()> {
-        let started = Instant::now();
-        loop {
-            if ping(self.addr).is_ok() {
-                return Ok(());
-            }
-            let exited = match self.process.as_mut() {
-                Some(child) => child.try_wait().context("checking on redis-server")?,
-                None => bail!("node {} is not running", self.addr),
-            };
-            if let Some(status) = exited {
-                self.process = None;
-                let log = std::fs::read_to_string(self.log()).unwrap_or_default();
-                if log.contains("Address already in use") {
-                    return Err(PortTaken(self.addr).into());
-                }
-                bail!(
-                    "node {} exited ({status}) before answering; see its log {}",
-                    self.addr,
-                    self.log().display()
-                );
-            }
-            if started.elapsed() > ANSWER_TIMEOUT {
-                bail!(
-                    "node {} did not answer PING within {ANSWER_TIMEOUT:?}; see its log {}",
-                    self.addr,
-                    self.log().display()
-                );
-            }
-            std::thread::sleep(POLL);
-        }
-    }
-
-    /// SIGKILL (what `Child::kill` sends on Unix), then reaped.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.process.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 /// What `kill_master` took away, for `wait_for_failover`.
@@ -595,65 +456,6 @@ fn slot_share(index: usize, masters: usize) -> RangeInclusive<u16> {
     let bound = |i: usize| (i * usize::from(SLOTS) / masters) as u16;
     bound(index)..=bound(index + 1) - 1
 }
-
-/// `count` ports whose bus ports are free too, from a random start so that
-/// clusters started at once rarely race for the same ones.
-fn free_node_ports(count: usize) -> Result<Vec<u16>> {
-    let span = NODE_PORTS.end() - NODE_PORTS.start() + 1;
-    let offset = fastrand::u16(..span);
-    let ports: Vec<u16> = (0..span)
-        .map(|i| NODE_PORTS.start() + (offset + i) % span)
-        .filter(|&port| bindable(port) && bindable(port + BUS_OFFSET))
-        .take(count)
-        .collect();
-    if ports.len() < count {
-        bail!("only {} free port pairs in {NODE_PORTS:?}", ports.len());
-    }
-    Ok(ports)
-}
-
-fn bindable(port: u16) -> bool {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
-}
-
-fn node_url(addr: SocketAddr) -> String {
-    format!("redis://{addr}/")
-}
-
-fn connect(addr: SocketAddr) -> Result<redis::Connection> {
-    let connection = redis::Client::open(node_url(addr))
-        .and_then(|client| client.get_connection_with_timeout(IO_TIMEOUT))
-        .with_context(|| format!("connecting to {addr}"))?;
-    connection.set_read_timeout(Some(IO_TIMEOUT))?;
-    connection.set_write_timeout(Some(IO_TIMEOUT))?;
-    Ok(connection)
-}
-
-fn run(addr: SocketAddr, what: &str, command: &redis::Cmd) -> Result<()> {
-    command
-        .query::<()>(&mut connect(addr)?)
-        .with_context(|| format!("{what} on {addr}"))
-}
-
-fn ping(addr: SocketAddr) -> Result<()> {
-    let _: String = redis::cmd("PING").query(&mut connect(addr)?)?;
-    Ok(())
-}
-
-fn my_id(addr: SocketAddr) -> Result<String> {
-    redis::cmd("CLUSTER")
-        .arg("MYID")
-        .query(&mut connect(addr)?)
-        .with_context(|| format!("CLUSTER MYID on {addr}"))
-}
-
-/// One `field:value` line of an INFO-style reply.
-fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
-    info.lines()
-        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .map(str::trim)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
