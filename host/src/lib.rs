@@ -7,6 +7,7 @@
 //! - [`cli`]: the operator and guest-author commands (deploy, dead letters, guest test/new).
 //! - [`stub`]: a model server speaking the Ollama and OpenAI protocols, for offline use and tests.
 //! - [`bench`]: commands that print measured figures against a baseline of the same run.
+//! - [`local_cluster`]: a real Redis Cluster on loopback, for tests and benchmarks.
 //!
 //! Built-in handlers are the components built from `guest/` by `build.rs`.
 
@@ -15,6 +16,7 @@ pub mod app;
 pub mod bench;
 pub mod cli;
 pub mod http;
+pub mod local_cluster;
 pub mod stub;
 
 /// Handler components built from `guest/` and embedded by `build.rs`; seeded
