@@ -106,14 +106,20 @@ const STRICT_PRIORITY: &str = "[queues.chat]\nhandler = \"chat\"\nfair_every = 0
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_worker_finishes_every_high_job_before_any_normal_starts_and_normal_before_low() {
-    let stack = Stack::start(HostOptions {
+    let redis = Redis::start();
+    one_worker_keeps_strict_priority(&redis.url()).await;
+}
+
+/// The strict-priority scenario on the Redis (or cluster) at `redis_url`.
+pub async fn one_worker_keeps_strict_priority(redis_url: &str) {
+    let stub = stub().await;
+    let options = HostOptions {
         concurrency: 1,
         config: STRICT_PRIORITY.into(),
         ..Default::default()
-    })
-    .await;
-    let Stack { host, api, .. } = &stack;
-    let finished = run_mixed_priorities(host, api).await;
+    };
+    let (host, api) = (Host::start_at(redis_url, &stub, options), Api::default());
+    let finished = run_mixed_priorities(&host, &api).await;
     check_results(&finished);
     let last_high_finish = times(&finished, "high", "finishedAt")
         .into_iter()
@@ -510,11 +516,16 @@ async fn the_pipeline_guest_runs_outline_then_document_with_its_business_events(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_job_fails_twice_then_completes_on_attempt_three_after_the_backoff() {
     let redis = Redis::start();
+    fails_twice_then_completes(&redis.url()).await;
+}
+
+/// The retry scenario on the Redis (or cluster) at `redis_url`.
+pub async fn fails_twice_then_completes(redis_url: &str) {
     let stub = stub().await;
     let config =
         "[queues.chat]\nhandler = \"chat\"\nmax_attempts = 3\nbackoff_ms = 300\n".to_owned();
-    let host = Host::start(
-        &redis,
+    let host = Host::start_at(
+        redis_url,
         &stub,
         HostOptions {
             config,

@@ -157,15 +157,10 @@ async fn start_long_jobs(api: &Api, host: &Host) -> Vec<String> {
     ids
 }
 
-/// Where and when a job started, from its record in Redis.
-fn started_on(redis: &mut redis::Connection, id: &str) -> (String, u64) {
-    let (worker, started_at): (Option<String>, Option<u64>) = redis::cmd("HMGET")
-        .arg(format!("spool:job:{id}"))
-        .arg("worker")
-        .arg("started_at")
-        .query(redis)
-        .expect("job record");
-    let worker = worker.unwrap_or_default();
+/// Where and when a job started, from its record.
+fn started_on(job: &Value) -> (String, u64) {
+    let worker = job["worker"].as_str().unwrap_or_default().to_owned();
+    let started_at = job["startedAt"].as_u64();
     // Consumers are named `{instance}-w{index}`.
     let instance = worker
         .rsplit_once("-w")
@@ -177,6 +172,11 @@ fn started_on(redis: &mut redis::Connection, id: &str) -> (String, u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_then_rollback_under_load_on_two_instances_neither_fails_nor_loses_a_job() {
     let redis = Redis::start();
+    deploy_and_rollback_under_load(&redis.url()).await;
+}
+
+/// The hot-swap scenario on the Redis (or cluster) at `redis_url`.
+pub async fn deploy_and_rollback_under_load(redis_url: &str) {
     let stub = stub().await;
     stub.set_timing(30, 0); // one model call: ~30 ms; a long job: ~2 s
     let fixtures = Fixtures::new();
@@ -185,8 +185,8 @@ async fn deploy_then_rollback_under_load_on_two_instances_neither_fails_nor_lose
         config: fixtures.config(""),
         ..Default::default()
     };
-    let host_a = Host::start(&redis, &stub, options.clone());
-    let host_b = Host::start(&redis, &stub, options);
+    let host_a = Host::start_at(redis_url, &stub, options.clone());
+    let host_b = Host::start_at(redis_url, &stub, options);
     let api = Api::default();
     let (v1, v2) = (version(ECHO_V1), version(ECHO_V2));
     assert_eq!(echo_status(&api, &host_a).await["active"], v1.as_str());
@@ -265,7 +265,6 @@ async fn deploy_then_rollback_under_load_on_two_instances_neither_fails_nor_lose
     assert_eq!(ids.len(), 1000);
     ids.extend(long_v1.iter().chain(&long_v2).cloned());
 
-    let mut connection = redis.connection();
     let mut ran = HashMap::from([(1u64, 0usize), (2, 0)]);
     for id in &ids {
         let job = api.wait_terminal(&host_a, id, WAIT).await;
@@ -289,7 +288,7 @@ async fn deploy_then_rollback_under_load_on_two_instances_neither_fails_nor_lose
         // A job's recorded start is the moment its worker resolved the version
         // (read under the lock a switch takes, as the switch's own time is), so
         // the comparison holds however long the claim took on a busy machine.
-        let (instance, started_at) = started_on(&mut connection, id);
+        let (instance, started_at) = started_on(&job);
         let deployed_here = deploy
             .switched_at
             .get(&instance)
@@ -390,8 +389,7 @@ async fn a_job_runs_the_version_active_when_its_start_was_recorded_even_if_a_swi
 
     let job = api.wait_terminal(&host, &id, WAIT).await;
     assert_eq!(job["state"], "completed", "{job}");
-    let mut connection = redis.connection();
-    let (_, started_at) = started_on(&mut connection, &id);
+    let (_, started_at) = started_on(&job);
     assert!(
         started_at < activated_at,
         "the job's start ({started_at}) was recorded before v2 was activated ({activated_at})"

@@ -68,6 +68,11 @@ async fn limits(api: &Api, host: &Host) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hosts_share_one_limit_and_200_jobs_take_the_ideal_time() {
     let redis = Redis::start();
+    three_hosts_share_one_limit(&redis.url()).await;
+}
+
+/// Three hosts at 20/s on the Redis (or cluster) at `redis_url`.
+pub async fn three_hosts_share_one_limit(redis_url: &str) {
     let stub = stub().await;
     let (rate, capacity, jobs) = (20.0, 5.0, 200usize);
     let options = HostOptions {
@@ -76,7 +81,7 @@ async fn three_hosts_share_one_limit_and_200_jobs_take_the_ideal_time() {
         ..Default::default()
     };
     let hosts: Vec<Host> = (0..3)
-        .map(|_| Host::start(&redis, &stub, options.clone()))
+        .map(|_| Host::start_at(redis_url, &stub, options.clone()))
         .collect();
     let api = Api::default();
     let (status, _) = api

@@ -229,6 +229,11 @@ impl Default for HostOptions {
 
 impl Host {
     pub fn start(redis: &Redis, stub: &StubServer, options: HostOptions) -> Self {
+        Self::start_at(&redis.url(), stub, options)
+    }
+
+    /// A host on the Redis (or Redis Cluster) at `redis_url`.
+    pub fn start_at(redis_url: &str, stub: &StubServer, options: HostOptions) -> Self {
         let config_dir = tempfile::Builder::new()
             .prefix("spool-host-")
             .tempdir()
@@ -260,7 +265,7 @@ impl Host {
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--redis-url")
-            .arg(redis.url())
+            .arg(redis_url)
             .args(&options.extra_args)
             .envs(options.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")

@@ -641,12 +641,10 @@ impl Queue {
         if paused {
             redis.set::<_, _, ()>(&queue.paused, now_ms()).await
         } else {
-            let mut pipe = redis::pipe();
-            pipe.del(&queue.paused)
-                .ignore()
-                .publish(WAKE_CHANNEL, &queue.name)
-                .ignore();
-            pipe.query_async(&mut redis).await
+            // Two commands, not a pipeline: on a cluster a channel routes
+            // like a key, to another slot than the queue's.
+            redis.del::<_, ()>(&queue.paused).await?;
+            redis.publish(WAKE_CHANNEL, &queue.name).await
         }
     }
 

@@ -1,0 +1,340 @@
+//! spool on a real Redis Cluster (issue: scale past one Redis): three masters
+//! with a replica each, started by `spool::local_cluster`. The suite's core
+//! scenarios run unchanged against `redis+cluster://` seeds (strict priority,
+//! retries, dead letters and their replay, cancel, the shared limiter on three
+//! hosts, hot swap across two instances); a 1,000-job run spreads its keys
+//! over every master with no script refused; and a master killed with SIGKILL
+//! mid-run loses no job whose submission was acknowledged.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use spool::local_cluster::{AppendFsync, ClusterOptions, LocalCluster};
+
+use crate::support::*;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn three_masters(appendfsync: AppendFsync) -> LocalCluster {
+    LocalCluster::start(ClusterOptions {
+        masters: 3,
+        replicas_per_master: 1,
+        appendfsync,
+    })
+    .expect("the test cluster starts")
+}
+
+/// One queue name per master, each hashing (as its `{name}` tag) into that
+/// master's slots, in the order of `cluster.masters()`.
+fn a_queue_on_each_master(cluster: &LocalCluster) -> Vec<String> {
+    let masters = cluster.masters().expect("cluster masters");
+    let mut node = cluster.connection(masters[0].addr).expect("a node");
+    let mut names = vec![String::new(); masters.len()];
+    for n in 0.. {
+        let name = format!("spread-{n}");
+        let slot: u16 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(&name)
+            .query(&mut node)
+            .expect("CLUSTER KEYSLOT");
+        if let Some(index) = masters
+            .iter()
+            .position(|m| m.slots.iter().any(|range| range.contains(&slot)))
+            && names[index].is_empty()
+        {
+            names[index] = name;
+        }
+        if names.iter().all(|name| !name.is_empty()) {
+            return names;
+        }
+    }
+    unreachable!("every master owns slots")
+}
+
+fn chat_queues(names: &[String], extra: &str) -> String {
+    names
+        .iter()
+        .map(|name| format!("[queues.{name}]\nhandler = \"chat\"\n{extra}\n"))
+        .collect()
+}
+
+fn no_crossslot(hosts: &[&Host]) {
+    for host in hosts {
+        let log = host.log_text();
+        assert!(
+            !log.contains("CROSSSLOT") && !log.contains("crossed slots"),
+            "a command spanned hash slots:\n{log}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_priority_holds_on_a_cluster() {
+    let cluster = three_masters(AppendFsync::Everysec);
+    crate::foundation::one_worker_keeps_strict_priority(&cluster.seeds_url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_is_retried_with_backoff_on_a_cluster() {
+    let cluster = three_masters(AppendFsync::Everysec);
+    crate::foundation::fails_twice_then_completes(&cluster.seeds_url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hosts_share_one_limit_on_a_cluster() {
+    let cluster = three_masters(AppendFsync::Everysec);
+    crate::limits::three_hosts_share_one_limit(&cluster.seeds_url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_swap_across_two_instances_on_a_cluster() {
+    let cluster = three_masters(AppendFsync::Everysec);
+    crate::hot_swap::deploy_and_rollback_under_load(&cluster.seeds_url()).await;
+}
+
+/// A job that fails for good is dead-lettered in its queue on its master,
+/// replayed from there, and a waiting job is cancelled: the scripts that
+/// take jobs out of line find their queue's keys on the right node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_replay_and_cancel_work_on_a_cluster() {
+    let cluster = three_masters(AppendFsync::Everysec);
+    let stub = stub().await;
+    let config = "[queues.chat]\nhandler = \"chat\"\nmax_attempts = 1\n";
+    let host = Host::start_at(
+        &cluster.seeds_url(),
+        &stub,
+        HostOptions {
+            config: config.into(),
+            ..Default::default()
+        },
+    );
+    let api = Api::default();
+    stub.inject([spool::stub::Fault {
+        status: Some(500),
+        times: 1,
+        ..Default::default()
+    }])
+    .expect("fault");
+    let (status, reply) = api
+        .post(
+            &host.url("/api/chat"),
+            &json!({"userId": "u", "prompt": "doomed"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{reply}");
+    let id = reply["jobId"].as_str().unwrap_or_default().to_owned();
+    let job = api.wait_terminal(&host, &id, WAIT).await;
+    assert_eq!(job["state"], "failed", "{job}");
+
+    let (status, dead) = api.get(&host.url("/api/queues/chat/dead")).await;
+    assert_eq!(status, 200, "{dead}");
+    assert!(
+        dead.to_string().contains(&id),
+        "the letter names the job: {dead}"
+    );
+    let (status, replayed) = api
+        .post(
+            &host.url(&format!("/api/queues/chat/dead/{id}/replay")),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{replayed}");
+    let job = api.wait_terminal(&host, &id, WAIT).await;
+    assert_eq!(
+        job["state"], "completed",
+        "the replayed job ran again: {job}"
+    );
+
+    api.post(&host.url("/api/queues/chat/pause"), &json!({}))
+        .await;
+    let (_, reply) = api
+        .post(
+            &host.url("/api/chat"),
+            &json!({"userId": "u", "prompt": "never mind"}),
+        )
+        .await;
+    let waiting = reply["jobId"].as_str().unwrap_or_default().to_owned();
+    let (status, cancelled) = api
+        .send_delete(&host.url(&format!("/api/job/{waiting}")))
+        .await;
+    assert_eq!(status, 200, "{cancelled}");
+    let (_, job) = api.get(&host.url(&format!("/api/job/{waiting}"))).await;
+    assert_eq!(job["state"], "cancelled", "{job}");
+    let (_, stats) = api.get(&host.url("/api/queue/stats")).await;
+    assert_eq!(stats["queues"]["chat"]["waiting"], 0, "{stats}");
+    no_crossslot(&[&host]);
+}
+
+/// Submits `count` chat jobs round-robin over `queues`.
+async fn submit_spread(api: &Api, host: &Host, queues: &[String], count: usize) -> Vec<String> {
+    let mut ids = Vec::with_capacity(count);
+    for i in 0..count {
+        let queue = &queues[i % queues.len()];
+        let (status, reply) = api
+            .post(
+                &host.url(&format!("/api/queues/{queue}/jobs")),
+                &json!({"payload": {"prompt": format!("spread {i}")}}),
+            )
+            .await;
+        assert_eq!(status, 202, "{reply}");
+        ids.push(reply["jobId"].as_str().unwrap_or_default().to_owned());
+    }
+    ids
+}
+
+async fn completed_in(api: &Api, host: &Host, queues: &[String]) -> u64 {
+    let (_, stats) = api.get(&host.url("/api/queue/stats")).await;
+    queues
+        .iter()
+        .map(|q| stats["queues"][q]["completed"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_keys_of_a_thousand_jobs_spread_over_every_master() {
+    let cluster = three_masters(AppendFsync::Everysec);
+    let queues = a_queue_on_each_master(&cluster);
+    let stub = stub().await;
+    let options = HostOptions {
+        concurrency: 8,
+        config: chat_queues(&queues, ""),
+        ..Default::default()
+    };
+    let host = Host::start_at(&cluster.seeds_url(), &stub, options);
+    let api = Api::default();
+    let ids = submit_spread(&api, &host, &queues, 1000).await;
+    let started = Instant::now();
+    while completed_in(&api, &host, &queues).await < 1000 {
+        assert!(started.elapsed() < WAIT, "the jobs did not finish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for id in ids.iter().step_by(97) {
+        let (_, job) = api.get(&host.url(&format!("/api/job/{id}"))).await;
+        assert_eq!(job["state"], "completed", "found by id alone: {job}");
+    }
+    let counts = cluster.keys_per_master().expect("key counts");
+    println!("keys per master after 1,000 jobs over {queues:?}: {counts:?}");
+    assert_eq!(counts.len(), 3);
+    for (master, keys) in &counts {
+        // A third of the jobs, each with its record, events and attempts.
+        assert!(*keys > 900, "master {master} holds {keys} keys: {counts:?}");
+    }
+    no_crossslot(&[&host]);
+}
+
+/// SIGKILL of a master mid-run under `appendfsync always`: its replica takes
+/// over, every job whose submission was answered 2xx completes exactly once,
+/// and the hosts serve again after a bounded pause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_killed_mid_run_loses_no_acknowledged_job() {
+    let mut cluster = three_masters(AppendFsync::Always);
+    let queues = a_queue_on_each_master(&cluster);
+    let stub = stub().await;
+    let options = HostOptions {
+        concurrency: 6,
+        config: chat_queues(&queues, "max_attempts = 5\nbackoff_ms = 200"),
+        workers: "visibility_timeout_ms = 3000".into(),
+        ..Default::default()
+    };
+    let seeds = cluster.seeds_url();
+    let hosts = [
+        Host::start_at(&seeds, &stub, options.clone()),
+        Host::start_at(&seeds, &stub, options),
+    ];
+    let api = Api::default();
+
+    // 1,000 submissions at ~200/s over both hosts; each answered 2xx is recorded.
+    let accepted: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
+    let refused: Arc<Mutex<Vec<String>>> = Arc::default();
+    let load = {
+        let urls: Vec<String> = (0..1000)
+            .map(|i| hosts[i % 2].url(&format!("/api/queues/{}/jobs", queues[i % queues.len()])))
+            .collect();
+        let (accepted, refused, api) = (accepted.clone(), refused.clone(), api.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(5));
+            let mut posts = tokio::task::JoinSet::new();
+            for (i, url) in urls.into_iter().enumerate() {
+                tick.tick().await;
+                let (api, accepted, refused) = (api.clone(), accepted.clone(), refused.clone());
+                posts.spawn(async move {
+                    let body = json!({"payload": {"prompt": format!("failover {i}")}});
+                    let (status, reply) = api.post(&url, &body).await;
+                    match (status, reply["jobId"].as_str()) {
+                        (200..=299, Some(id)) => accepted
+                            .lock()
+                            .expect("lock")
+                            .push((id.to_owned(), Instant::now())),
+                        _ => refused
+                            .lock()
+                            .expect("lock")
+                            .push(format!("{status} {reply}")),
+                    }
+                });
+            }
+            while posts.join_next().await.is_some() {}
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let killed_at = Instant::now();
+    let killed = cluster.kill_master(0).expect("kill a master");
+    let failover = tokio::task::block_in_place(|| cluster.wait_for_failover(WAIT))
+        .expect("the replica takes over");
+    load.await.expect("load");
+
+    let accepted = accepted.lock().expect("lock").clone();
+    let refused = refused.lock().expect("lock").clone();
+    let mut ids = BTreeMap::new();
+    for (id, at) in &accepted {
+        ids.insert(id.clone(), *at);
+    }
+    let mut completions = 0;
+    for id in ids.keys() {
+        let job = api.wait_terminal(&hosts[0], id, WAIT).await;
+        assert_eq!(
+            job["state"], "completed",
+            "an acknowledged job was lost: {job}"
+        );
+        let (_, page) = api
+            .get(&hosts[1].url(&format!("/api/job/{id}/events")))
+            .await;
+        let ends = page["events"]
+            .as_array()
+            .map(|events| {
+                events
+                    .iter()
+                    .filter(|e| e["event_type"] == "task_completed")
+                    .count()
+            })
+            .unwrap_or(0);
+        assert_eq!(ends, 1, "job {id} completed {ends} times: {page}");
+        completions += 1;
+    }
+    // The longest stretch without an accepted submission after the kill.
+    let mut after_kill: Vec<Instant> = accepted
+        .iter()
+        .map(|(_, at)| *at)
+        .filter(|at| *at > killed_at)
+        .collect();
+    after_kill.sort();
+    let pause = after_kill
+        .first()
+        .map(|first| first.duration_since(killed_at))
+        .unwrap_or(WAIT);
+    println!(
+        "failover: killed {killed}; replica promoted after {failover:?}; first accepted submission {pause:?} after the kill; \
+         {} of 1,000 submissions acknowledged, all {completions} completed exactly once; {} refused (not acknowledged): {:?}",
+        accepted.len(),
+        refused.len(),
+        refused.iter().take(3).collect::<Vec<_>>()
+    );
+    assert!(accepted.len() >= 500, "most submissions were served");
+    assert!(
+        pause < Duration::from_secs(30),
+        "hosts served again after {pause:?}"
+    );
+    let (status, _) = api.get(&hosts[0].url("/health")).await;
+    assert_eq!(status, 200);
+}
