@@ -35,9 +35,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::middleware::{from_fn, from_fn_with_state};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -48,7 +49,7 @@ use spool_core::access::Role;
 use spool_core::gateway::Gateway;
 use spool_core::handlers::Handlers;
 use spool_core::intake::Intake;
-use spool_core::queue::{Queue, Retention};
+use spool_core::queue::{KeyLayout, Queue, Retention};
 use spool_core::store::Store;
 use spool_core::worker::WorkerRestarts;
 
@@ -105,20 +106,30 @@ pub enum Routes {
 /// request passes the header, host, origin and key checks first. Every route
 /// is registered with its `#[utoipa::path]`, so none is served undescribed.
 pub fn router(state: Arc<AppState>, body_limit: usize, routes: Routes) -> Router {
+    let cluster = state.queue.layout() == KeyLayout::Cluster;
     let (served, uploads) = match routes {
         Routes::All => (
             probes()
                 .merge(open())
                 .merge(reader())
                 .merge(submitter())
-                .merge(admin()),
+                .merge(sessions(cluster))
+                .merge(admin())
+                .merge(session_admin(cluster)),
             uploads(),
         ),
         Routes::Public => (
-            probes().merge(open()).merge(reader()).merge(submitter()),
+            probes()
+                .merge(open())
+                .merge(reader())
+                .merge(submitter())
+                .merge(sessions(cluster)),
             OpenApiRouter::new(),
         ),
-        Routes::Admin => (probes().merge(admin()), uploads()),
+        Routes::Admin => (
+            probes().merge(admin()).merge(session_admin(cluster)),
+            uploads(),
+        ),
     };
     let description = openapi::Description::of(all_routes());
     let (served, _) = served.split_for_parts();
@@ -143,7 +154,9 @@ fn all_routes() -> OpenApiRouter<Arc<AppState>> {
         .merge(open())
         .merge(reader())
         .merge(submitter())
+        .merge(sessions(false))
         .merge(admin())
+        .merge(session_admin(false))
         .merge(uploads())
 }
 
@@ -184,6 +197,21 @@ fn submitter() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(stream::job_events))
         .routes(routes!(stream::status_stream))
         .routes(routes!(ws::upgrade))
+        .routes(routes!(stream::v1_status_stream))
+        .routes(routes!(stream::v1_job_events))
+        .routes(routes!(embeddings::embed))
+        .routes(routes!(openai::chat::completions))
+        .routes(routes!(openai::embeddings::embeddings))
+        .route_layer(from_fn(|request, next| {
+            auth::require(Role::Submitter, request, next)
+        }))
+}
+
+/// Sessions and conversations. Their scripts still touch a session's keys
+/// and its jobs' together, which a Redis Cluster refuses (two hash slots):
+/// on a cluster they answer 501 instead of failing half-way.
+fn sessions(cluster: bool) -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
         .routes(routes!(chat::conversation_socket))
         .routes(routes!(chat::conversation_history))
         .routes(routes!(members::list_members))
@@ -196,14 +224,26 @@ fn submitter() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(tasks::start_task))
         .routes(routes!(sessions::get_message))
         .routes(routes!(sessions::get_content))
-        .routes(routes!(stream::v1_status_stream))
-        .routes(routes!(stream::v1_job_events))
-        .routes(routes!(embeddings::embed))
-        .routes(routes!(openai::chat::completions))
-        .routes(routes!(openai::embeddings::embeddings))
+        .route_layer(from_fn_with_state(cluster, single_node_only))
         .route_layer(from_fn(|request, next| {
             auth::require(Role::Submitter, request, next)
         }))
+}
+
+async fn single_node_only(
+    State(cluster): State<bool>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if cluster {
+        return ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "not_on_a_cluster",
+            "sessions and conversations need a single Redis server; this instance runs on a Redis Cluster",
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
 fn admin() -> OpenApiRouter<Arc<AppState>> {
@@ -217,9 +257,18 @@ fn admin() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(dead::replay))
         .routes(routes!(job_admin::promote))
         .routes(routes!(job_admin::payload))
-        .routes(routes!(session_cleanup::cleanup))
         .routes(routes!(limits::set_rate, limits::clear_rate))
         .merge(admin::routes())
+        .route_layer(from_fn(|request, next| {
+            auth::require(Role::Admin, request, next)
+        }))
+}
+
+/// The sessions' admin routes (single server only, like [`sessions`]).
+fn session_admin(cluster: bool) -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(session_cleanup::cleanup))
+        .route_layer(from_fn_with_state(cluster, single_node_only))
         .route_layer(from_fn(|request, next| {
             auth::require(Role::Admin, request, next)
         }))
