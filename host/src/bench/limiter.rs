@@ -100,7 +100,11 @@ async fn measure(args: &LimiterBenchArgs, url: &str) -> Result<()> {
         let _: String = redis::cmd("PING").query_async(&mut redis).await?;
         pings.push(started.elapsed());
     }
-    let unpaced = Limiter::new(redis.clone().into(), &bench_backend(), LimitsConfig::unpaced());
+    let unpaced = Limiter::new(
+        redis.clone().into(),
+        &bench_backend(),
+        LimitsConfig::unpaced(),
+    );
     let far = Instant::now() + Duration::from_secs(3600);
     let mut checks = Vec::with_capacity(args.checks);
     for _ in 0..args.checks {

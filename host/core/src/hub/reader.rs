@@ -25,7 +25,7 @@ use super::{FAILED, Inner, LAGGED, lock};
 /// How long one read blocks; only a failed wake-up waits this long.
 const BLOCK: Duration = Duration::from_secs(5);
 /// Entries read per key and call; a key with more is read on the next call.
-const BATCH: usize = 200;
+pub(super) const BATCH: usize = 200;
 /// The wake stream lives this long after its last wake-up.
 const WAKE_TTL_MS: u64 = 60_000;
 
@@ -109,7 +109,13 @@ async fn read_once(
 
 /// Hands entries read after `requested` to every watcher of `key`, unless
 /// the topic moved meanwhile (it was left and started again elsewhere).
-fn fan_out(inner: &Inner, index: usize, key: &str, requested: &str, entries: Vec<StreamId>) {
+pub(super) fn fan_out(
+    inner: &Inner,
+    index: usize,
+    key: &str,
+    requested: &str,
+    entries: Vec<StreamId>,
+) {
     let mut topics = lock(&inner.shards[index].topics);
     let Some(topic) = topics.get_mut(key) else {
         return;
@@ -147,6 +153,24 @@ fn fail_all(inner: &Inner, index: usize) {
         }
     }
     topics.clear();
+}
+
+/// Lets go of the watchers of `keys` (with the cursors they were read from),
+/// unless a topic moved meanwhile: the others of the shard go on.
+pub(super) fn fail_keys(inner: &Inner, index: usize, keys: &[(String, String)]) {
+    let mut topics = lock(&inner.shards[index].topics);
+    for (key, requested) in keys {
+        if topics
+            .get(key)
+            .is_some_and(|topic| &topic.cursor == requested)
+        {
+            if let Some(topic) = topics.remove(key) {
+                for watcher in topic.watchers.values() {
+                    watcher.fate.store(FAILED, Ordering::SeqCst);
+                }
+            }
+        }
+    }
 }
 
 pub(super) async fn wake_on_demand(inner: &Arc<Inner>, index: usize) {
