@@ -262,7 +262,7 @@ async fn a_node_gone_and_back_tells_watchers_to_resume_and_new_watchers_work() {
     let mut last = Vec::new();
     for (key, watcher) in KEYS.iter().zip(&mut watchers) {
         let id = xadd(&mut redis, key, 1).await;
-        assert_eq!(take(watcher, 1).await, [id.clone()]);
+        assert_eq!(take(watcher, 1).await, std::slice::from_ref(&id));
         last.push(id);
     }
 

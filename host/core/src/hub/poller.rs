@@ -23,7 +23,9 @@
 //! A slot whose read fails or takes longer than [`DEADLINE`] (its node went
 //! away: the cluster connection retries through a failover for longer than
 //! a watcher should wait) lets go of its watchers, who resume from their own
-//! last ids; the other slots go on.
+//! last ids; the other slots go on (that round's entries of theirs wait for
+//! it, up to the deadline). Slots on a node that answers MOVED or ASK are
+//! followed by the cluster connection and lose nothing.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -163,11 +163,10 @@ pub(super) fn fail_keys(inner: &Inner, index: usize, keys: &[(String, String)]) 
         if topics
             .get(key)
             .is_some_and(|topic| &topic.cursor == requested)
+            && let Some(topic) = topics.remove(key)
         {
-            if let Some(topic) = topics.remove(key) {
-                for watcher in topic.watchers.values() {
-                    watcher.fate.store(FAILED, Ordering::SeqCst);
-                }
+            for watcher in topic.watchers.values() {
+                watcher.fate.store(FAILED, Ordering::SeqCst);
             }
         }
     }
