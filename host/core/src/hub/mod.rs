@@ -9,9 +9,10 @@
 //! Cluster, where one command cannot span hash slots, a shard holds whole
 //! slots and polls each with one non-blocking `XREAD` on the shared cluster
 //! connection (`poller`, which says what that costs). Either hands every
-//! entry to the bounded buffer of each of the key's watchers. A watcher's history, from its
-//! own resume id up to where the hub was when it joined, is the watcher's to
-//! read (`crate::follow`) on the instance's shared connection, at its own pace.
+//! entry to the bounded buffer of each of the key's watchers. A watcher's
+//! history, from its own resume id up to where the hub was when it joined, is
+//! the watcher's to read (`crate::follow`) on the instance's shared
+//! connection, at its own pace.
 //!
 //! Owns the watcher caps (per instance, per key holder) and the slow-consumer
 //! policy: a watcher whose buffer is full is dropped, never waited for, and
@@ -129,8 +130,8 @@ struct Inner {
     config: HubConfig,
     shards: Vec<Shard>,
     counts: Mutex<Counts>,
-    /// The instance's shared connection: topic starts, wake-ups, and the
-    /// watchers' own history reads.
+    /// The instance's shared connection: topic starts, wake-ups, the
+    /// watchers' own history reads, and on a cluster the hub's reads.
     shared: RedisConnection,
     /// Whether `shared` is a cluster's: then shards hold whole hash slots and
     /// poll them (see `poller`).

@@ -1,8 +1,9 @@
-//! A shard's reader: one dedicated connection blocking in one `XREAD` over
-//! every watched key of the shard plus the shard's wake stream, each key from
-//! the last id read; entries go to each watcher's buffer without waiting
-//! (a full buffer drops its watcher). Also the shard's waker, which adds to
-//! the wake stream, on the shared connection, when a new key needs reading.
+//! A shard's reader on a single server (a cluster's is `poller`): one
+//! dedicated connection blocking in one `XREAD` over every watched key of the
+//! shard plus the shard's wake stream, each key from the last id read;
+//! entries go to each watcher's buffer without waiting (a full buffer drops
+//! its watcher). Also the shard's waker, which adds to the wake stream, on
+//! the shared connection, when a new key needs reading.
 //!
 //! Why a wake stream and not a short block: a blocked XREAD cannot take a new
 //! key, and a short block would delay a new key's first entries (and cost a
