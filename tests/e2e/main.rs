@@ -27,6 +27,7 @@ mod guest_cli;
 mod guest_pipeline;
 mod guests;
 mod hot_swap;
+mod hub_cluster;
 mod limits;
 mod metrics;
 mod model_clients;

@@ -3,18 +3,23 @@
 //! is one more key) subscribes here in memory, and the hub reads each watched
 //! stream once for all of them.
 //!
-//! Keys are spread over a few shards (`[hub] readers`); each shard owns one
-//! dedicated connection that blocks in a single `XREAD` over all its keys,
-//! each from the last id it read (`reader`), and hands every entry to the
-//! bounded buffer of each of the key's watchers. A watcher's history, from its
-//! own resume id up to where the hub was when it joined, is the watcher's to
-//! read (`crate::follow`) on the instance's shared connection, at its own pace.
+//! Keys are spread over a few shards (`[hub] readers`). On a single server
+//! each shard owns one dedicated connection that blocks in a single `XREAD`
+//! over all its keys, each from the last id it read (`reader`); on Redis
+//! Cluster, where one command cannot span hash slots, a shard holds whole
+//! slots and polls each with one non-blocking `XREAD` on the shared cluster
+//! connection (`poller`, which says what that costs). Either hands every
+//! entry to the bounded buffer of each of the key's watchers. A watcher's
+//! history, from its own resume id up to where the hub was when it joined, is
+//! the watcher's to read (`crate::follow`) on the instance's shared
+//! connection, at its own pace.
 //!
 //! Owns the watcher caps (per instance, per key holder) and the slow-consumer
 //! policy: a watcher whose buffer is full is dropped, never waited for, and
 //! learns so once it has taken what was buffered. Knows nothing of what
 //! entries mean and never writes to a watched stream.
 
+mod poller;
 mod reader;
 
 use std::collections::HashMap;
@@ -43,8 +48,12 @@ pub struct HubConfig {
     /// the id of the last event it got, instead of slowing the others.
     pub buffer_events: usize,
     /// Dedicated Redis connections reading the watched streams; keys are
-    /// spread over them.
+    /// spread over them. On Redis Cluster: tasks polling the watched slots.
     pub readers: usize,
+    /// On Redis Cluster, how often each watched hash slot is read: an entry
+    /// waits up to this long, and an idle instance sends (watched slots) /
+    /// this many reads a second. Unused on a single server.
+    pub cluster_poll_ms: u64,
 }
 
 impl Default for HubConfig {
@@ -55,6 +64,7 @@ impl Default for HubConfig {
             max_watches_per_socket: 100,
             buffer_events: 256,
             readers: 1,
+            cluster_poll_ms: 100,
         }
     }
 }
@@ -72,6 +82,9 @@ impl HubConfig {
         }
         if !(1..=16).contains(&self.readers) {
             anyhow::bail!("hub.readers must be 1 to 16");
+        }
+        if !(10..=5_000).contains(&self.cluster_poll_ms) {
+            anyhow::bail!("hub.cluster_poll_ms must be 10 to 5000");
         }
         Ok(())
     }
@@ -117,9 +130,12 @@ struct Inner {
     config: HubConfig,
     shards: Vec<Shard>,
     counts: Mutex<Counts>,
-    /// The instance's shared connection: topic starts, wake-ups, and the
-    /// watchers' own history reads.
+    /// The instance's shared connection: topic starts, wake-ups, the
+    /// watchers' own history reads, and on a cluster the hub's reads.
     shared: RedisConnection,
+    /// Whether `shared` is a cluster's: then shards hold whole hash slots and
+    /// poll them (see `poller`).
+    cluster: bool,
     next_watcher: AtomicU64,
 }
 
@@ -131,7 +147,8 @@ struct Counts {
 
 struct Shard {
     /// A private stream of this shard: an entry added to it ends the shard's
-    /// blocking read, so a new key is read at once.
+    /// blocking read, so a new key is read at once. Unused on a cluster,
+    /// where `wake` alone ends the poller's pause.
     wake_key: String,
     topics: Mutex<HashMap<String, Topic>>,
     /// Set while a wake-up is asked for and not yet read, so that a burst of
@@ -180,6 +197,7 @@ impl Hub {
                 config,
                 shards,
                 counts: Mutex::default(),
+                cluster: shared.is_cluster(),
                 shared,
                 next_watcher: AtomicU64::new(0),
             }),
@@ -191,16 +209,21 @@ impl Hub {
     }
 
     /// Reads for the watchers until the task is dropped; each shard
-    /// reconnects by itself after a failure.
+    /// reconnects by itself after a failure. `nodes` is where a single
+    /// server's readers connect; a cluster's shards use the shared connection.
     pub async fn run(self, nodes: crate::connection::PubSubNodes) {
         let shards = (0..self.inner.shards.len()).map(|index| {
             let inner = self.inner.clone();
             let nodes = nodes.clone();
             async move {
-                tokio::join!(
-                    reader::read(&inner, index, &nodes),
-                    reader::wake_on_demand(&inner, index)
-                );
+                if inner.cluster {
+                    poller::poll(&inner, index).await;
+                } else {
+                    tokio::join!(
+                        reader::read(&inner, index, &nodes),
+                        reader::wake_on_demand(&inner, index)
+                    );
+                }
             }
         });
         futures_util::future::join_all(shards).await;
@@ -211,7 +234,7 @@ impl Hub {
     /// it are the caller's to read (see [`Subscription::joined_at`]).
     pub async fn subscribe(&self, key: String, holder: &str) -> Result<Subscription, Refusal> {
         let ticket = Ticket::take(&self.inner, holder)?;
-        let shard_index = shard_of(&key, self.inner.shards.len());
+        let shard_index = shard_of(&key, self.inner.shards.len(), self.inner.cluster);
         let shard = &self.inner.shards[shard_index];
         let (sender, entries) = mpsc::channel(self.inner.config.buffer_events);
         let fate = Arc::new(AtomicU8::new(LIVE));
@@ -389,11 +412,15 @@ async fn last_id(redis: &mut RedisConnection, key: &str) -> redis::RedisResult<S
         .map_or_else(|| "0-0".to_owned(), |entry| entry.id))
 }
 
-/// Which shard reads `key`. (On Redis Cluster this would group by hash slot,
-/// since one XREAD cannot span slots.)
-fn shard_of(key: &str, shards: usize) -> usize {
+/// Which shard reads `key`. On a cluster all keys of a hash slot go to one
+/// shard, so that a slot costs one read per interval.
+fn shard_of(key: &str, shards: usize, cluster: bool) -> usize {
     let mut hasher = std::hash::DefaultHasher::new();
-    key.hash(&mut hasher);
+    if cluster {
+        redis::cluster_routing::Slot::for_key(key).hash(&mut hasher);
+    } else {
+        key.hash(&mut hasher);
+    }
     (hasher.finish() % shards as u64) as usize
 }
 

@@ -1,8 +1,9 @@
-//! A shard's reader: one dedicated connection blocking in one `XREAD` over
-//! every watched key of the shard plus the shard's wake stream, each key from
-//! the last id read; entries go to each watcher's buffer without waiting
-//! (a full buffer drops its watcher). Also the shard's waker, which adds to
-//! the wake stream, on the shared connection, when a new key needs reading.
+//! A shard's reader on a single server (a cluster's is `poller`): one
+//! dedicated connection blocking in one `XREAD` over every watched key of the
+//! shard plus the shard's wake stream, each key from the last id read;
+//! entries go to each watcher's buffer without waiting (a full buffer drops
+//! its watcher). Also the shard's waker, which adds to the wake stream, on
+//! the shared connection, when a new key needs reading.
 //!
 //! Why a wake stream and not a short block: a blocked XREAD cannot take a new
 //! key, and a short block would delay a new key's first entries (and cost a
@@ -25,7 +26,7 @@ use super::{FAILED, Inner, LAGGED, lock};
 /// How long one read blocks; only a failed wake-up waits this long.
 const BLOCK: Duration = Duration::from_secs(5);
 /// Entries read per key and call; a key with more is read on the next call.
-const BATCH: usize = 200;
+pub(super) const BATCH: usize = 200;
 /// The wake stream lives this long after its last wake-up.
 const WAKE_TTL_MS: u64 = 60_000;
 
@@ -109,7 +110,13 @@ async fn read_once(
 
 /// Hands entries read after `requested` to every watcher of `key`, unless
 /// the topic moved meanwhile (it was left and started again elsewhere).
-fn fan_out(inner: &Inner, index: usize, key: &str, requested: &str, entries: Vec<StreamId>) {
+pub(super) fn fan_out(
+    inner: &Inner,
+    index: usize,
+    key: &str,
+    requested: &str,
+    entries: Vec<StreamId>,
+) {
     let mut topics = lock(&inner.shards[index].topics);
     let Some(topic) = topics.get_mut(key) else {
         return;
@@ -147,6 +154,23 @@ fn fail_all(inner: &Inner, index: usize) {
         }
     }
     topics.clear();
+}
+
+/// Lets go of the watchers of `keys` (with the cursors they were read from),
+/// unless a topic moved meanwhile: the others of the shard go on.
+pub(super) fn fail_keys(inner: &Inner, index: usize, keys: &[(String, String)]) {
+    let mut topics = lock(&inner.shards[index].topics);
+    for (key, requested) in keys {
+        if topics
+            .get(key)
+            .is_some_and(|topic| &topic.cursor == requested)
+            && let Some(topic) = topics.remove(key)
+        {
+            for watcher in topic.watchers.values() {
+                watcher.fate.store(FAILED, Ordering::SeqCst);
+            }
+        }
+    }
 }
 
 pub(super) async fn wake_on_demand(inner: &Arc<Inner>, index: usize) {
