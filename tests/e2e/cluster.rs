@@ -82,6 +82,35 @@ async fn a_job_is_retried_with_backoff_on_a_cluster() {
     crate::foundation::fails_twice_then_completes(&cluster.seeds_url()).await;
 }
 
+/// Live delivery: SSE with resume, and a WebSocket that submits and follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_events_are_delivered_live_over_sse_and_websocket_on_a_cluster() {
+    let cluster = three_masters(AppendFsync::Everysec);
+    crate::foundation::sse_delivers_and_resumes(&cluster.seeds_url()).await;
+    crate::foundation::websocket_submits_and_follows(&cluster.seeds_url()).await;
+}
+
+/// Sessions and conversations refuse a cluster plainly (see README).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_answer_501_on_a_cluster_and_jobs_go_on() {
+    let cluster = three_masters(AppendFsync::Everysec);
+    let stub = stub().await;
+    let host = Host::start_at(&cluster.seeds_url(), &stub, HostOptions::default());
+    let api = Api::default();
+    let (status, reply) = api
+        .post(&host.url("/api/v1/sessions"), &json!({"metadata": {}}))
+        .await;
+    assert_eq!(status, 501, "{reply}");
+    assert_eq!(reply["error"]["code"], "not_on_a_cluster", "{reply}");
+    let (status, reply) = api
+        .post(
+            &host.url("/api/chat"),
+            &json!({"userId": "u", "prompt": "still here"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{reply}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hosts_share_one_limit_on_a_cluster() {
     let cluster = three_masters(AppendFsync::Everysec);

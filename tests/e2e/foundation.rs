@@ -192,9 +192,14 @@ async fn three_workers_start_every_high_job_before_any_normal_and_normal_before_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_stream_delivers_progress_deltas_and_the_terminal_state_and_resumes_without_gaps() {
     let redis = Redis::start();
+    sse_delivers_and_resumes(&redis.url()).await;
+}
+
+/// The SSE scenario on the Redis (or cluster) at `redis_url`.
+pub async fn sse_delivers_and_resumes(redis_url: &str) {
     let stub = stub().await;
     stub.set_timing(0, 20); // pieces arrive over ~200 ms, while the client watches
-    let host = Host::start(&redis, &stub, HostOptions::default());
+    let host = Host::start_at(redis_url, &stub, HostOptions::default());
     let api = Api::default();
     let prompt = "tell me something with several words in it";
     let (status, reply) = api
@@ -706,12 +711,17 @@ async fn serve_refuses_a_redis_that_would_evict_queued_jobs_and_says_how_to_fix_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_client_submits_jobs_and_receives_their_events_until_the_end() {
+    let redis = Redis::start();
+    websocket_submits_and_follows(&redis.url()).await;
+}
+
+/// The WebSocket scenario on the Redis (or cluster) at `redis_url`.
+pub async fn websocket_submits_and_follows(redis_url: &str) {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
 
-    let redis = Redis::start();
     let stub = stub().await;
-    let host = Host::start(&redis, &stub, HostOptions::default());
+    let host = Host::start_at(redis_url, &stub, HostOptions::default());
     let ws_url = host.base.replace("http://", "ws://") + "/ws";
     let (mut socket, _) = tokio_tungstenite::connect_async(&ws_url)
         .await
