@@ -106,7 +106,7 @@ struct Settings {
     /// Address of the HTTP API [env: SPOOL_LISTEN] [default: 127.0.0.1:8080].
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// Redis to use (redis://[user:pass@]host:port, rediss://... for TLS, redis+unix:///path).
+    /// Redis to use (redis://[user:pass@]host:port, rediss://... for TLS, redis+unix:///path, redis+cluster://h1:p1,h2:p2 for a Redis Cluster).
     /// Omitted or empty: spool starts its own redis-server [env: SPOOL_REDIS_URL].
     #[arg(long)]
     redis_url: Option<String>,

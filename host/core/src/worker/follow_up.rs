@@ -11,7 +11,7 @@ use serde_json::json;
 use spool_runtime::EventType;
 
 use crate::intake::{Intake, IntakeError, Submission};
-use crate::queue::{Fence, JobRecord, Written};
+use crate::queue::{Fence, JobRecord, KeyLayout, Written};
 use crate::store::BoundMessage;
 
 /// Follow-ups one job may ask for.
@@ -65,6 +65,14 @@ pub async fn queue_all(
     follow_ups: Vec<FollowUp>,
 ) -> Result<(), NotQueued> {
     for follow_up in follow_ups {
+        // Queuing checks the parent's fence in the same script: one hash
+        // slot, so on a cluster one queue (see `queue::KeyLayout`).
+        if intake.queue.layout() == KeyLayout::Cluster && follow_up.queue != record.queue {
+            return Err(NotQueued::Failed(format!(
+                "could not queue follow-up {} on `{}`: on a Redis Cluster a follow-up goes to its parent's queue (`{}`)",
+                follow_up.id, follow_up.queue, record.queue
+            )));
+        }
         let submission = Submission {
             user_id: record.user_id.clone(),
             user_tier: record.user_tier.clone(),
