@@ -13,8 +13,9 @@
 //! `spool:q:{queue}:monitor:{bucket}` (request figures by 10 s of Redis time,
 //! for the designs' monitoring; see `monitor.lua` and [`Queue::monitoring`]);
 //! `spool:job:{id}` (the job record), `spool:job:{id}:state` (the guest's
-//! state), `spool:job:{id}:attempts` (attempt history), `job_events:{id}`. Every
-//! key of a finished job expires with its record.
+//! state), `spool:job:{id}:attempts` (attempt history), `job_events:{id}`; on a
+//! Redis Cluster a job's keys carry its queue's tag instead ([`KeyLayout`]).
+//! Every key of a finished job expires with its record.
 //!
 //! Delivery is at-least-once: an entry is acknowledged only by the script that
 //! records its outcome; a worker heart-beats the entry of the job it runs, and
@@ -91,6 +92,10 @@ pub enum KeyLayout {
     Cluster,
 }
 
+/// Prefixes of job hashes and event streams on one server (see [`KeyLayout`]).
+const SINGLE_NODE_JOB_PREFIX: &str = "spool:job:";
+const SINGLE_NODE_EVENTS_PREFIX: &str = "job_events:";
+
 /// The keys of one job.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobKeys {
@@ -102,6 +107,18 @@ pub struct JobKeys {
     pub state: String,
     /// Its attempt history list.
     pub attempts: String,
+}
+
+impl JobKeys {
+    fn new(job_prefix: &str, events_prefix: &str, id: &str) -> Self {
+        let record = format!("{job_prefix}{id}");
+        Self {
+            events: format!("{events_prefix}{id}"),
+            state: format!("{record}:state"),
+            attempts: format!("{record}:attempts"),
+            record,
+        }
+    }
 }
 
 pub fn class_name(class: PriorityClass) -> &'static str {
@@ -144,7 +161,10 @@ impl QueueKeys {
     pub fn new(name: &str, layout: KeyLayout) -> Self {
         let key = |suffix: &str| format!("{QUEUE_PREFIX}{{{name}}}:{suffix}");
         let (job_prefix, events_prefix) = match layout {
-            KeyLayout::SingleNode => ("spool:job:".to_owned(), "job_events:".to_owned()),
+            KeyLayout::SingleNode => (
+                SINGLE_NODE_JOB_PREFIX.to_owned(),
+                SINGLE_NODE_EVENTS_PREFIX.to_owned(),
+            ),
             KeyLayout::Cluster => (key("job:"), key("events:")),
         };
         Self {
@@ -168,13 +188,7 @@ impl QueueKeys {
 
     /// The keys of the job `id` of this queue.
     pub fn job(&self, id: &str) -> JobKeys {
-        let record = format!("{}{id}", self.job_prefix);
-        JobKeys {
-            events: format!("{}{id}", self.events_prefix),
-            state: format!("{record}:state"),
-            attempts: format!("{record}:attempts"),
-            record,
-        }
+        JobKeys::new(&self.job_prefix, &self.events_prefix, id)
     }
 
     pub(crate) fn counter(&self, state: &str) -> String {
@@ -388,7 +402,8 @@ impl Queue {
     /// (`None`: in none of them).
     pub async fn job_keys(&self, id: &str) -> redis::RedisResult<Option<JobKeys>> {
         if self.layout == KeyLayout::SingleNode {
-            return Ok(Some(QueueKeys::new("", KeyLayout::SingleNode).job(id)));
+            let keys = JobKeys::new(SINGLE_NODE_JOB_PREFIX, SINGLE_NODE_EVENTS_PREFIX, id);
+            return Ok(Some(keys));
         }
         let lookups = self.queues.iter().map(|name| {
             let keys = self.keys(name).job(id);
