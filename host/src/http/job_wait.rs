@@ -28,7 +28,7 @@ pub async fn follow(
     caller: &Identity,
     job_id: &str,
 ) -> Result<Follower<JobEvents>, ApiError> {
-    let source = job_events(state, job_id).await?;
+    let source = super::jobs::job_events(state, job_id).await?;
     Follower::open(
         &state.hub,
         source,
@@ -38,13 +38,6 @@ pub async fn follow(
     )
     .await
     .map_err(refused)
-}
-
-/// The event stream of the job `job_id` (404 when there is no such job).
-pub async fn job_events(state: &AppState, job_id: &str) -> Result<JobEvents, ApiError> {
-    JobEvents::find(&state.queue, job_id)
-        .await?
-        .ok_or_else(|| super::jobs::job_not_found(job_id))
 }
 
 /// The next event of a followed job: `Ok(None)` once it has ended. A
@@ -62,7 +55,7 @@ pub async fn next_event(
             Some(Step::Entry(event)) => return Ok(Some(event)),
             Some(Step::Quiet) => continue,
             Some(Step::Interrupted(interruption)) => {
-                let source = job_events(state, job_id).await?;
+                let source = super::jobs::job_events(state, job_id).await?;
                 *follower = Follower::open(
                     &state.hub,
                     source,

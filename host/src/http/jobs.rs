@@ -17,6 +17,7 @@ use super::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use super::job_view::JobView;
 use super::schemas::{Attempt, ChatRequest};
 use spool_core::access::Identity;
+use spool_core::events::JobEvents;
 use spool_core::intake::Route;
 use spool_core::intake::{IntakeError, Submission};
 use spool_core::queue::{CancelOutcome, JobRecord, JobState, QueueStats};
@@ -456,6 +457,13 @@ pub async fn cancel(
         )),
         CancelOutcome::NotFound => Err(job_not_found(&id)),
     }
+}
+
+/// The event stream of the job `job_id` (404 when there is no such job).
+pub async fn job_events(state: &AppState, job_id: &str) -> Result<JobEvents, ApiError> {
+    JobEvents::find(&state.queue, job_id)
+        .await?
+        .ok_or_else(|| job_not_found(job_id))
 }
 
 pub fn job_not_found(id: &str) -> ApiError {

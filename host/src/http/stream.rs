@@ -66,7 +66,7 @@ pub async fn status_stream(
     // Replayed from the start, the status line starts where the job did.
     let progress = if after == START { 0 } else { record.progress };
     let mut status_line = StatusLine::new(id.clone(), progress);
-    let source = super::job_wait::job_events(&state, &id).await?;
+    let source = super::jobs::job_events(&state, &id).await?;
     let follower = Follower::open(
         &state.hub,
         source,

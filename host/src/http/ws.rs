@@ -225,7 +225,7 @@ async fn follow(
     job: &str,
     after: &str,
 ) -> Result<Pin<Box<dyn Stream<Item = Value> + Send>>, ApiError> {
-    let source = super::job_wait::job_events(state, job).await?;
+    let source = super::jobs::job_events(state, job).await?;
     let follower = Follower::open(
         &state.hub,
         source,
