@@ -10,6 +10,7 @@ mod batching;
 mod bulk;
 mod cancel;
 mod chat_support;
+mod cluster_bench;
 mod cluster_nodes;
 mod console;
 mod contract;
