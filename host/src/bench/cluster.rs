@@ -418,13 +418,8 @@ impl ClusterReport {
         );
         let _ = writeln!(
             out,
-            "  {:>7} {:>9} {:>9} {:>10} {:>10}  {}",
-            "masters",
-            "jobs/s",
-            "/1 master",
-            "Redis CPU",
-            "host CPU",
-            "per master: Redis CPU us / command us, per job it held"
+            "  {:>7} {:>9} {:>9} {:>10} {:>10}  per master: Redis CPU us / command us, per job it held",
+            "masters", "jobs/s", "/1 master", "Redis CPU", "host CPU"
         );
         let one = self.runs.iter().find(|r| r.masters == 1);
         for run in &self.runs {
@@ -448,9 +443,8 @@ impl ClusterReport {
                 per_master.join("  |  ")
             );
         }
-        let first = one;
         let three = self.runs.iter().find(|r| r.masters == 3);
-        if let (Some(first), Some(three)) = (first, three) {
+        if let (Some(first), Some(three)) = (one, three) {
             let _ = writeln!(
                 out,
                 "\nscaling 1 -> 3 masters: {:.2}x",
