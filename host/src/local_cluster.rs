@@ -451,8 +451,9 @@ fn wait_for<T>(timeout: Duration, mut probe: impl FnMut() -> Result<T>) -> Resul
     }
 }
 
-/// The `index`th of `masters` near-equal contiguous shares of the slots.
-fn slot_share(index: usize, masters: usize) -> RangeInclusive<u16> {
+/// The `index`th of `masters` near-equal contiguous shares of the slots: the
+/// slots [`LocalCluster`] gives its `index`th master.
+pub fn slot_share(index: usize, masters: usize) -> RangeInclusive<u16> {
     let bound = |i: usize| (i * usize::from(SLOTS) / masters) as u16;
     bound(index)..=bound(index + 1) - 1
 }

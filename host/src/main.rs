@@ -85,6 +85,8 @@ enum Command {
     BenchCompare(spool::bench::compare::CompareArgs),
     /// Time a conversation message from one client to 1,000 WebSocket clients on three instances (vs a Redis PING).
     BenchChat(spool::bench::chat::BenchChatArgs),
+    /// No-op jobs/s on a local Redis Cluster of 1, 2 and 3 masters (queues spread over the masters), with each master's Redis CPU per job.
+    BenchCluster(spool::bench::cluster::ClusterBenchArgs),
 }
 
 /// Settings for `spool serve`. Each setting is merged field by field: a flag
@@ -350,6 +352,7 @@ fn main() -> ExitCode {
             Command::BenchHub(args) => spool::bench::hub::run(args).await,
             Command::BenchCompare(args) => spool::bench::compare::run(args).await,
             Command::BenchChat(args) => spool::bench::chat::run(args).await,
+            Command::BenchCluster(args) => spool::bench::cluster::run(args).await,
         }
     });
     match result {

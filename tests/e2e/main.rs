@@ -11,6 +11,7 @@ mod bulk;
 mod cancel;
 mod chat_support;
 mod cluster;
+mod cluster_bench;
 mod cluster_nodes;
 mod console;
 mod contract;

@@ -24,7 +24,7 @@ use super::instance::{
     CHAT_QUEUE, NOOP_QUEUE, PATIENCE, control_queue, flush, redis_url, start_spool, wait_completed,
 };
 
-const NOOP: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/noop.wasm"));
+pub(super) const NOOP: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/noop.wasm"));
 const PACKAGE_JSON: &str = include_str!("../../../bench/compare/package.json");
 const BULLMQ_SCRIPT: &str = include_str!("../../../bench/compare/bullmq.mjs");
 /// Jobs per bulk call, for both systems (BullMQ's `addBulk` and spool's bulk route).
@@ -277,7 +277,7 @@ async fn spool_run(
     result
 }
 
-async fn bulk_submit(
+pub(super) async fn bulk_submit(
     client: &reqwest::Client,
     base: &str,
     queue: &str,
@@ -320,7 +320,7 @@ async fn wasm_seconds(client: &reqwest::Client, base: &str) -> Result<f64> {
 }
 
 /// CPU time (user + system) of this process so far.
-fn process_cpu() -> Duration {
+pub(super) fn process_cpu() -> Duration {
     // SAFETY: getrusage of this process into a zeroed struct it owns.
     let usage = unsafe {
         let mut usage: libc::rusage = std::mem::zeroed();
@@ -344,16 +344,16 @@ fn process_rss() -> u64 {
 
 /// Redis' own counters at one moment (`INFO`).
 #[derive(Clone, Default)]
-struct Snapshot {
+pub(super) struct Snapshot {
     calls: BTreeMap<String, u64>,
-    usec: BTreeMap<String, u64>,
+    pub(super) usec: BTreeMap<String, u64>,
     reads: u64,
-    cpu_secs: f64,
+    pub(super) cpu_secs: f64,
     used_memory: u64,
 }
 
 impl Snapshot {
-    async fn take(redis: &mut MultiplexedConnection) -> Result<Self> {
+    pub(super) async fn take(redis: &mut MultiplexedConnection) -> Result<Self> {
         let text: String = redis::cmd("INFO")
             .arg("everything")
             .query_async(redis)

@@ -1,4 +1,4 @@
-//! A spool instance for the comparison runs (`compare`, `paced`): started
+//! A spool instance for the comparison runs (`compare`, `paced`, `cluster`): started
 //! in-process over the benchmark's own redis-server with the no-op handler,
 //! and the few Redis calls the runs make around it (flush, pause, wait for
 //! the Nth completion). Owns no state of its own.
@@ -32,6 +32,24 @@ pub(super) async fn start_spool(
     concurrency: usize,
     max_waiting: u64,
 ) -> Result<crate::app::Running> {
+    start_spool_with_queues(
+        redis_url,
+        noop_path,
+        concurrency,
+        max_waiting,
+        &[NOOP_QUEUE.to_owned()],
+    )
+    .await
+}
+
+/// As [`start_spool`], with each of `noop_queues` served by the no-op handler.
+pub(super) async fn start_spool_with_queues(
+    redis_url: &str,
+    noop_path: &Path,
+    concurrency: usize,
+    max_waiting: u64,
+    noop_queues: &[String],
+) -> Result<crate::app::Running> {
     let mut config = Config {
         listen: "127.0.0.1:0".parse()?,
         ..Config::default()
@@ -46,14 +64,16 @@ pub(super) async fn start_spool(
             path: noop_path.to_owned(),
         },
     );
-    config.queues.insert(
-        NOOP_QUEUE.into(),
-        QueueConfig {
-            handler: "noop".into(),
-            max_waiting,
-            ..QueueConfig::default()
-        },
-    );
+    for queue in noop_queues {
+        config.queues.insert(
+            queue.clone(),
+            QueueConfig {
+                handler: "noop".into(),
+                max_waiting,
+                ..QueueConfig::default()
+            },
+        );
+    }
     config
         .queues
         .get_mut(CHAT_QUEUE)
@@ -81,6 +101,16 @@ pub(super) async fn redis_url(redis: &mut MultiplexedConnection) -> Result<Strin
     Ok(format!("redis+unix://{socket}"))
 }
 
+/// The key of a queue's `state` total (`completed`, `failed`).
+pub(super) fn counter_key(queue: &str, state: &str) -> String {
+    format!("spool:q:{{{queue}}}:count:{state}")
+}
+
+/// The key whose presence pauses a queue.
+pub(super) fn paused_key(queue: &str) -> String {
+    format!("spool:q:{{{queue}}}:paused")
+}
+
 /// Polls the queue's completed counter (one GET a poll, subtracted from the
 /// budget) until `jobs` finished; fails on any failed job. Returns the polls.
 pub(super) async fn wait_completed(
@@ -88,7 +118,7 @@ pub(super) async fn wait_completed(
     queue: &str,
     jobs: usize,
 ) -> Result<u64> {
-    let key = |state: &str| format!("spool:q:{{{queue}}}:count:{state}");
+    let key = |state: &str| counter_key(queue, state);
     let deadline = Instant::now() + Duration::from_secs(900);
     let mut polls = 0;
     loop {

@@ -5,6 +5,7 @@
 //! beside baselines measured in the same run. Loopback only; bounded counts.
 
 pub mod chat;
+pub mod cluster;
 pub mod compare;
 pub mod hub;
 mod instance;
