@@ -92,9 +92,9 @@ pub async fn info(
     redis: &mut (impl ConnectionLike + Send + Sync),
     key: &str,
 ) -> RedisResult<Value> {
-    let length: u64 = redis.xlen(&key).await?;
-    let first: redis::streams::StreamRangeReply = redis.xrange_count(&key, "-", "+", 1).await?;
-    let last: redis::streams::StreamRangeReply = redis.xrevrange_count(&key, "+", "-", 1).await?;
+    let length: u64 = redis.xlen(key).await?;
+    let first: redis::streams::StreamRangeReply = redis.xrange_count(key, "-", "+", 1).await?;
+    let last: redis::streams::StreamRangeReply = redis.xrevrange_count(key, "+", "-", 1).await?;
     Ok(serde_json::json!({
         "stream": key,
         "length": length,

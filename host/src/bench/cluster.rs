@@ -18,10 +18,10 @@ use redis::aio::MultiplexedConnection;
 use redis::cluster_routing::Slot;
 use serde_json::json;
 
-use spool_core::queue::{KeyLayout, Queue, QueueKeys, WAKE_CHANNEL};
+use spool_core::queue::{KeyLayout, Queue, QueueKeys};
 
 use super::compare::{NOOP, Snapshot, bulk_submit, process_cpu};
-use super::instance::{PATIENCE, counter_key, paused_key, start_spool_with_queues, wait_completed};
+use super::instance::{PATIENCE, counter_key, start_spool_with_queues, wait_completed};
 use crate::app::Running;
 use crate::local_cluster::{AppendFsync, ClusterOptions, LocalCluster, Master, SLOTS, slot_share};
 
@@ -315,10 +315,11 @@ async fn timed_run(
     let before = snapshots(direct).await?;
     let cpu_before = process_cpu();
     let started = Instant::now();
-    for (index, queue) in queues.iter().enumerate() {
-        resume(&mut direct[owners[index]], queue)
+    for queue in &keys {
+        control
+            .set_paused(queue, false)
             .await
-            .with_context(|| format!("resuming {queue}"))?;
+            .with_context(|| format!("resuming {}", queue.name))?;
     }
     for (index, queue) in queues.iter().enumerate() {
         let jobs = share(args.jobs, queues.len(), index);
@@ -341,24 +342,6 @@ async fn timed_run(
         completed,
         failed,
     })
-}
-
-/// What `Queue::set_paused(.., false)` does, in two calls: on a cluster its
-/// one pipeline (DEL of the tagged key + PUBLISH on the untagged wake channel)
-/// is refused by redis-rs as crossing slots, a core defect this benchmark
-/// reports rather than patches.
-async fn resume(owner: &mut MultiplexedConnection, queue: &str) -> Result<()> {
-    let () = redis::cmd("DEL")
-        .arg(paused_key(queue))
-        .query_async(owner)
-        .await?;
-    // An unsharded PUBLISH reaches every node's subscribers.
-    let _receivers: u64 = redis::cmd("PUBLISH")
-        .arg(WAKE_CHANNEL)
-        .arg(queue)
-        .query_async(owner)
-        .await?;
-    Ok(())
 }
 
 async fn snapshots(direct: &mut [MultiplexedConnection]) -> Result<Vec<Snapshot>> {

@@ -106,11 +106,6 @@ pub(super) fn counter_key(queue: &str, state: &str) -> String {
     format!("spool:q:{{{queue}}}:count:{state}")
 }
 
-/// The key whose presence pauses a queue.
-pub(super) fn paused_key(queue: &str) -> String {
-    format!("spool:q:{{{queue}}}:paused")
-}
-
 /// Polls the queue's completed counter (one GET a poll, subtracted from the
 /// budget) until `jobs` finished; fails on any failed job. Returns the polls.
 pub(super) async fn wait_completed(

@@ -188,7 +188,7 @@ impl JobHost for WorkerHost {
             // Two reads, not atomic: only this attempt writes the state.
             let key = &self.fence.job.state;
             let mut redis = self.queue.connection();
-            let keys: Vec<String> = match redis.hkeys(&key).await {
+            let keys: Vec<String> = match redis.hkeys(key).await {
                 Ok(keys) => keys,
                 Err(error) => {
                     // The quota then counts this attempt's writes only.
@@ -201,7 +201,7 @@ impl JobHost for WorkerHost {
             }
             let mut pipe = redis::pipe();
             for field in &keys {
-                pipe.cmd("HSTRLEN").arg(&key).arg(field);
+                pipe.cmd("HSTRLEN").arg(key).arg(field);
             }
             let lengths: Vec<usize> = pipe.query_async(&mut redis).await.unwrap_or_default();
             keys.into_iter()
