@@ -3,7 +3,7 @@
 //! and the HTTP API, and takes them down in the right order: stop accepting,
 //! drain jobs in flight, then stop what spool started (Redis last).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +23,7 @@ use spool_core::handlers::{self, Handlers};
 use spool_core::hub::Hub;
 use spool_core::intake::Route;
 use spool_core::models::{BackendConfig, BackendKind, ModelClient, OllamaApi};
-use spool_core::queue::{CANCEL_CHANNEL, Queue, QueueKeys, Retention, WAKE_CHANNEL};
+use spool_core::queue::{Queue, QueueKeys, Retention};
 use spool_core::worker::{RunningJobs, WorkerRestarts, Workers};
 use spool_runtime::Runtime;
 use {crate::BUILT_IN, spool_core::registry::Registry};
@@ -111,6 +111,7 @@ pub async fn start(config: Config) -> Result<Running> {
     let mut background = JoinSet::new();
     background.spawn(listen_for_signals(
         pubsub.clone(),
+        intake.routes.values().map(|r| r.keys.clone()).collect(),
         wake.clone(),
         running.clone(),
         shutdown.clone(),
@@ -616,26 +617,28 @@ async fn recover_abandoned_jobs(
 /// polling and heartbeats catch what is missed.
 async fn listen_for_signals(
     pubsub: PubSubNodes,
+    queues: Vec<QueueKeys>,
     wake: Arc<Notify>,
     running: Arc<RunningJobs>,
     shutdown: CancellationToken,
 ) {
     use futures_util::StreamExt;
+    // One server: two channels for every queue; a cluster: each queue's own.
+    let cancels: BTreeSet<String> = queues.iter().map(|q| q.cancel_channel.clone()).collect();
+    let channels: Vec<String> = queues
+        .iter()
+        .map(|q| q.wake_channel.clone())
+        .chain(cancels.iter().cloned())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     loop {
-        if let Ok(mut pubsub) = pubsub.connect().await
-            && pubsub
-                .subscribe(&[WAKE_CHANNEL, CANCEL_CHANNEL])
-                .await
-                .is_ok()
-        {
-            let mut messages = pubsub.on_message();
+        if let Ok(mut messages) = pubsub.subscribe(&channels).await {
             loop {
                 tokio::select! {
                     message = messages.next() => match message {
-                        Some(message) if message.get_channel_name() == CANCEL_CHANNEL => {
-                            if let Ok(job) = message.get_payload::<String>() {
-                                running.cancel(&job);
-                            }
+                        Some((channel, job)) if cancels.contains(&channel) => {
+                            running.cancel(&job);
                         }
                         Some(_) => wake.notify_one(),
                         None => break,

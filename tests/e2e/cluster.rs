@@ -90,6 +90,89 @@ async fn job_events_are_delivered_live_over_sse_and_websocket_on_a_cluster() {
     crate::foundation::websocket_submits_and_follows(&cluster.seeds_url()).await;
 }
 
+/// Wake-ups, cancels and handler switches travel on shard channels: each
+/// queue's on the master of its slot, none on a classic channel; and a
+/// running job's cancel reaches its instance at once, stopping the guest in
+/// its 6 s model call (the next heartbeat would come after 10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_travel_on_shard_channels_and_a_cancel_stops_a_running_job_at_once() {
+    let cluster = three_masters(AppendFsync::Everysec);
+    let queues = a_queue_on_each_master(&cluster);
+    let stub = stub().await;
+    let options = HostOptions {
+        config: chat_queues(&queues, ""),
+        ..Default::default()
+    };
+    let host = Host::start_at(&cluster.seeds_url(), &stub, options);
+    let api = Api::default();
+
+    let masters = cluster.masters().expect("masters");
+    let mut shard_channels = Vec::new();
+    for (master, queue) in masters.iter().zip(&queues) {
+        let mut node = cluster.connection(master.addr).expect("node");
+        let mut channels: Vec<String> = redis::cmd("PUBSUB")
+            .arg("SHARDCHANNELS")
+            .query(&mut node)
+            .expect("PUBSUB SHARDCHANNELS");
+        channels.sort();
+        let classic: Vec<String> = redis::cmd("PUBSUB")
+            .arg("CHANNELS")
+            .arg("spool:*")
+            .query(&mut node)
+            .expect("PUBSUB CHANNELS");
+        assert!(
+            classic.is_empty(),
+            "classic channels on {}: {classic:?}",
+            master.addr
+        );
+        for kind in ["wake", "cancel"] {
+            let channel = format!("spool:q:{{{queue}}}:{kind}");
+            assert!(
+                channels.contains(&channel),
+                "{channel} on {}: {channels:?}",
+                master.addr
+            );
+        }
+        shard_channels.extend(channels);
+    }
+    assert!(
+        shard_channels.contains(&"spool:{registry}:handlers:changed".to_owned()),
+        "{shard_channels:?}"
+    );
+
+    stub.set_timing(6000, 0);
+    let (status, reply) = api
+        .post(
+            &host.url(&format!("/api/queues/{}/jobs", queues[0])),
+            &json!({"payload": {"prompt": "a long answer"}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{reply}");
+    let id = reply["jobId"].as_str().unwrap_or_default().to_owned();
+    let started = Instant::now();
+    loop {
+        let (_, job) = api.get(&host.url(&format!("/api/job/{id}"))).await;
+        if job["state"] == "active" {
+            break;
+        }
+        assert!(started.elapsed() < WAIT, "the job never started: {job}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, _) = api.send_delete(&host.url(&format!("/api/job/{id}"))).await;
+    assert_eq!(status, 202);
+    let job = api.wait_terminal_or_cancelled(&host, &id, WAIT).await;
+    assert_eq!(job["state"], "cancelled", "{job}");
+    let ran = job["finishedAt"]
+        .as_u64()
+        .unwrap_or(u64::MAX)
+        .saturating_sub(job["startedAt"].as_u64().unwrap_or(0));
+    assert!(
+        ran < 6000,
+        "the guest ran {ran} ms: it was not stopped by the cancel signal: {job}"
+    );
+    no_crossslot(&[&host]);
+}
+
 /// Sessions and conversations refuse a cluster plainly (see README).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_answer_501_on_a_cluster_and_jobs_go_on() {

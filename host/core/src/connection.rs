@@ -77,13 +77,73 @@ impl ConnectionLike for RedisConnection {
 /// Where Pub/Sub subscribers connect. A cluster forwards every (unsharded)
 /// PUBLISH to all its nodes, so one node is enough; when it goes away the
 /// next attempt tries the following node, so a failover costs a reconnect.
+/// On a cluster, [`PubSubNodes::subscribe`] takes shard channels instead.
 #[derive(Clone)]
 pub struct PubSubNodes {
     clients: Vec<redis::Client>,
     next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// A cluster's seeds (and CA), for shard-channel subscriptions.
+    cluster: Option<std::sync::Arc<(Vec<String>, Option<redis::TlsCertificates>)>>,
 }
 
+/// What a subscription delivers: (channel, payload), until the connection
+/// is lost.
+pub type Messages = futures_util::stream::BoxStream<'static, (String, String)>;
+
 impl PubSubNodes {
+    /// Subscribes to `channels`: on one server with SUBSCRIBE; on a cluster
+    /// with SSUBSCRIBE, each on the master of its slot (a cluster's channels
+    /// carry a hash tag, and scripts SPUBLISH them: see `publish.lua`), kept
+    /// across failovers by the cluster connection.
+    pub async fn subscribe(&self, channels: &[String]) -> redis::RedisResult<Messages> {
+        use futures_util::StreamExt;
+        let Some(cluster) = &self.cluster else {
+            let mut pubsub = self.connect().await?;
+            pubsub.subscribe(channels).await?;
+            let messages = pubsub.into_on_message().map(|message| {
+                let payload = message.get_payload::<String>().unwrap_or_default();
+                (message.get_channel_name().to_owned(), payload)
+            });
+            return Ok(messages.boxed());
+        };
+        let (seeds, certificates) = cluster.as_ref();
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        let mut builder = ClusterClientBuilder::new(seeds.clone())
+            .connection_timeout(CONNECT_TIMEOUT)
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(sender);
+        if let Some(certificates) = certificates.clone() {
+            builder = builder.certs(certificates);
+        }
+        let mut connection = builder.build()?.get_async_connection().await?;
+        // One command per channel: an SSUBSCRIBE's channels must share a slot.
+        for channel in channels {
+            connection.ssubscribe(channel).await?;
+        }
+        // The connection lives as long as the stream: it resubscribes after
+        // a failover and feeds the receiver.
+        let messages = futures_util::stream::unfold(
+            (connection, receiver),
+            |(connection, mut receiver)| async move {
+                loop {
+                    let push = receiver.recv().await?;
+                    if push.kind != redis::PushKind::SMessage {
+                        continue;
+                    }
+                    let text = |at: usize| {
+                        push.data
+                            .get(at)
+                            .and_then(|value| redis::from_redis_value_ref::<String>(value).ok())
+                            .unwrap_or_default()
+                    };
+                    let message = (text(0), text(1));
+                    return Some((message, (connection, receiver)));
+                }
+            },
+        );
+        Ok(messages.boxed())
+    }
+
     /// A Pub/Sub connection to the next node in turn (the only one for a
     /// single server).
     pub async fn connect(&self) -> redis::RedisResult<PubSub> {
@@ -154,7 +214,10 @@ pub async fn open(url: &str, ca_file: Option<&Path>) -> Result<(RedisConnection,
                 client.get_connection_manager_with_config(config)
             })
             .await?;
-            Ok((RedisConnection::Server(manager), pubsub_nodes(vec![client])))
+            Ok((
+                RedisConnection::Server(manager),
+                pubsub_nodes(vec![client], None),
+            ))
         }
         RedisTarget::Cluster(nodes) => {
             let mut builder = ClusterClientBuilder::new(nodes.clone())
@@ -175,15 +238,23 @@ pub async fn open(url: &str, ca_file: Option<&Path>) -> Result<(RedisConnection,
                 .iter()
                 .map(|node| server_client(node, certificates.clone()))
                 .collect::<Result<Vec<_>>>()?;
-            Ok((RedisConnection::Cluster(connection), pubsub_nodes(clients)))
+            let seeds = Some((nodes, certificates));
+            Ok((
+                RedisConnection::Cluster(connection),
+                pubsub_nodes(clients, seeds),
+            ))
         }
     }
 }
 
-fn pubsub_nodes(clients: Vec<redis::Client>) -> PubSubNodes {
+fn pubsub_nodes(
+    clients: Vec<redis::Client>,
+    cluster: Option<(Vec<String>, Option<redis::TlsCertificates>)>,
+) -> PubSubNodes {
     PubSubNodes {
         clients,
         next: Default::default(),
+        cluster: cluster.map(std::sync::Arc::new),
     }
 }
 

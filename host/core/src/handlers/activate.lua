@@ -30,5 +30,5 @@ redis.call('LPUSH', KEYS[4], cjson.encode({
   by = ARGV[4], action = ARGV[5], generation = generation,
 }))
 redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[8]) - 1)
-redis.call('PUBLISH', ARGV[7], generation)
+publish(ARGV[7], generation)
 return {'activated', previous or '', generation}

@@ -25,7 +25,6 @@ use crate::connection::RedisConnection;
 use redis::{AsyncCommands, Script, Value};
 use serde::{Deserialize, Serialize};
 
-pub const CHANGED_CHANNEL: &str = "spool:handlers:changed";
 /// Activations remembered per handler (rollback needs only the latest).
 const HISTORY_KEPT: u32 = 100;
 /// An instance that has not reported for this long is no longer counted.
@@ -54,6 +53,11 @@ impl Keys {
             "spool:"
         };
         Self { prefix }
+    }
+    /// Where each activation's generation is announced (a shard channel on
+    /// a cluster: `publish.lua`).
+    fn changed(self) -> String {
+        format!("{}handlers:changed", self.prefix)
     }
     fn active(self) -> String {
         format!("{}handlers:active", self.prefix)
@@ -173,7 +177,10 @@ impl HandlerStore {
         Self {
             keys: Keys::of(&redis),
             redis,
-            activate: Script::new(include_str!("activate.lua")),
+            activate: Script::new(concat!(
+                include_str!("../queue/publish.lua"),
+                include_str!("activate.lua")
+            )),
             prune: Script::new(include_str!("prune.lua")),
         }
     }
@@ -262,7 +269,7 @@ impl HandlerStore {
             .arg(request.by)
             .arg(request.action)
             .arg(if request.only_if_none { "1" } else { "0" })
-            .arg(CHANGED_CHANNEL)
+            .arg(self.keys.changed())
             .arg(HISTORY_KEPT);
         let reply: Vec<Value> = invocation.invoke_async(&mut self.redis.clone()).await?;
         let text = |i: usize| reply.get(i).map(value_text).unwrap_or_default();
@@ -294,6 +301,11 @@ impl HandlerStore {
 
     pub async fn active(&self, name: &str) -> redis::RedisResult<Option<String>> {
         self.redis.clone().hget(self.keys.active(), name).await
+    }
+
+    /// The channel announcing activations.
+    pub fn changed_channel(&self) -> String {
+        self.keys.changed()
     }
 
     pub async fn generation(&self) -> redis::RedisResult<u64> {

@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::Handlers;
-use super::store::{CHANGED_CHANNEL, InstanceReport};
+use super::store::InstanceReport;
 use crate::queue::now_ms;
 
 /// A held pin is refreshed this often (it is held for days, see
@@ -140,7 +140,8 @@ impl Handlers {
         shutdown: CancellationToken,
     ) {
         let nudge = Arc::new(Notify::new());
-        let listener = listen(pubsub, nudge.clone(), shutdown.clone());
+        let channel = self.store.changed_channel();
+        let listener = listen(pubsub, channel, nudge.clone(), shutdown.clone());
         let interval = self.settings.check_interval;
         let checker = async {
             loop {
@@ -178,16 +179,14 @@ impl Handlers {
 /// disconnected, so every (re)subscription also nudges: the check catches up.
 async fn listen(
     pubsub: crate::connection::PubSubNodes,
+    channel: String,
     nudge: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
     use futures_util::StreamExt;
     loop {
-        if let Ok(mut pubsub) = pubsub.connect().await
-            && pubsub.subscribe(CHANGED_CHANNEL).await.is_ok()
-        {
+        if let Ok(mut messages) = pubsub.subscribe(std::slice::from_ref(&channel)).await {
             nudge.notify_one();
-            let mut messages = pubsub.on_message();
             loop {
                 tokio::select! {
                     message = messages.next() => match message {

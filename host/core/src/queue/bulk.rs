@@ -61,7 +61,7 @@ impl Queue {
         invocation
             .arg(first.max_waiting)
             .arg(now)
-            .arg(super::WAKE_CHANNEL)
+            .arg(&first.queue.wake_channel)
             .arg(&first.queue.name)
             .arg(EventType::TaskQueued.as_str())
             .arg(MAX_STREAM_EVENTS)

@@ -46,6 +46,6 @@ if state == 'waiting' or state == 'delayed' then
   monitor_flush()
 elseif state == 'active' then
   redis.call('HSET', KEYS[1], 'cancel', ARGV[1], 'cancel_requested_at', ARGV[1])
-  redis.call('PUBLISH', ARGV[6], job[5])
+  publish(ARGV[6], job[5])
 end
 return {state, job[2], job[3]}

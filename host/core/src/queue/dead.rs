@@ -9,7 +9,7 @@
 use redis::AsyncCommands;
 use serde::Serialize;
 
-use super::{EventType, MAX_STREAM_EVENTS, Queue, QueueKeys, WAKE_CHANNEL, now_ms};
+use super::{EventType, MAX_STREAM_EVENTS, Queue, QueueKeys, now_ms};
 
 /// One job in a queue's dead-letter stream.
 #[derive(Debug, Serialize)]
@@ -86,7 +86,7 @@ impl Queue {
             .key(&queue.streams)
             .arg(id)
             .arg(now_ms())
-            .arg(WAKE_CHANNEL)
+            .arg(&queue.wake_channel)
             .arg(EventType::TaskQueued.as_str())
             .arg(MAX_STREAM_EVENTS)
             .arg(&queue.name)

@@ -65,10 +65,12 @@ use spool_runtime::{EventType, PriorityClass};
 /// The consumer group every instance reads through.
 pub const GROUP: &str = "spool-workers";
 /// Pub/Sub channel announcing "queue X has work"; a hint, never the truth.
-pub const WAKE_CHANNEL: &str = "spool:wake";
+/// On a cluster each queue has its own shard channel instead
+/// ([`QueueKeys::wake_channel`]).
+const WAKE_CHANNEL: &str = "spool:wake";
 /// Pub/Sub channel on which a cancel of an active job names the job, so the
-/// instance running it stops it at once.
-pub const CANCEL_CHANNEL: &str = "spool:cancel";
+/// instance running it stops it at once (on a cluster: the queue's own).
+const CANCEL_CHANNEL: &str = "spool:cancel";
 pub const CLASSES: [PriorityClass; 3] = [
     PriorityClass::High,
     PriorityClass::Normal,
@@ -155,19 +157,27 @@ pub struct QueueKeys {
     /// Prefixes of its jobs' hashes and event streams (see [`KeyLayout`]).
     job_prefix: String,
     events_prefix: String,
+    /// Where its work and its jobs' cancels are announced: one server's
+    /// classic channels, or on a cluster the queue's own shard channels.
+    pub wake_channel: String,
+    pub cancel_channel: String,
 }
 
 impl QueueKeys {
     pub fn new(name: &str, layout: KeyLayout) -> Self {
         let key = |suffix: &str| format!("{QUEUE_PREFIX}{{{name}}}:{suffix}");
-        let (job_prefix, events_prefix) = match layout {
+        let (job_prefix, events_prefix, wake_channel, cancel_channel) = match layout {
             KeyLayout::SingleNode => (
                 SINGLE_NODE_JOB_PREFIX.to_owned(),
                 SINGLE_NODE_EVENTS_PREFIX.to_owned(),
+                WAKE_CHANNEL.to_owned(),
+                CANCEL_CHANNEL.to_owned(),
             ),
-            KeyLayout::Cluster => (key("job:"), key("events:")),
+            KeyLayout::Cluster => (key("job:"), key("events:"), key("wake"), key("cancel")),
         };
         Self {
+            wake_channel,
+            cancel_channel,
             job_prefix,
             events_prefix,
             name: name.to_owned(),
@@ -317,11 +327,15 @@ impl Queue {
             queues: Default::default(),
             max_dead: Default::default(),
             submit: Arc::new(Script::new(concat!(
+                include_str!("publish.lua"),
                 include_str!("fence.lua"),
                 include_str!("stage_event.lua"),
                 include_str!("submit.lua")
             ))),
-            submit_bulk: Arc::new(Script::new(include_str!("submit_bulk.lua"))),
+            submit_bulk: Arc::new(Script::new(concat!(
+                include_str!("publish.lua"),
+                include_str!("submit_bulk.lua")
+            ))),
             claim: Arc::new(Script::new(concat!(
                 include_str!("enter_stream.lua"),
                 include_str!("stage_event.lua"),
@@ -335,12 +349,14 @@ impl Queue {
                 include_str!("finish.lua")
             ))),
             recover: Arc::new(Script::new(concat!(
+                include_str!("publish.lua"),
                 include_str!("message_end.lua"),
                 include_str!("monitor.lua"),
                 include_str!("recover.lua")
             ))),
             heartbeat: Arc::new(Script::new(include_str!("heartbeat.lua"))),
             cancel: Arc::new(Script::new(concat!(
+                include_str!("publish.lua"),
                 include_str!("message_end.lua"),
                 include_str!("monitor.lua"),
                 include_str!("stage_event.lua"),
@@ -352,11 +368,13 @@ impl Queue {
                 include_str!("fenced.lua")
             ))),
             promote: Arc::new(Script::new(concat!(
+                include_str!("publish.lua"),
                 include_str!("enter_stream.lua"),
                 include_str!("stage_event.lua"),
                 include_str!("promote.lua")
             ))),
             replay: Arc::new(Script::new(concat!(
+                include_str!("publish.lua"),
                 include_str!("dead_letters.lua"),
                 include_str!("replay.lua")
             ))),
@@ -458,7 +476,7 @@ impl Queue {
             .arg(job.id)
             .arg(now)
             .arg(event)
-            .arg(WAKE_CHANNEL)
+            .arg(&job.queue.wake_channel)
             .arg(&job.queue.name)
             .arg(EventType::TaskQueued.as_str())
             .arg(MAX_STREAM_EVENTS)
@@ -536,7 +554,7 @@ impl Queue {
                 .arg(now_ms())
                 .arg(&queue.job_prefix)
                 .arg(&queue.events_prefix)
-                .arg(WAKE_CHANNEL)
+                .arg(&queue.wake_channel)
                 .arg(&queue.name);
             for cursor in &cursors {
                 invocation.arg(cursor);
@@ -590,7 +608,7 @@ impl Queue {
             .arg(&queue.name)
             .arg(EventType::TaskCancelled.as_str())
             .arg(MAX_STREAM_EVENTS)
-            .arg(CANCEL_CHANNEL)
+            .arg(&queue.cancel_channel)
             .arg(retention.message_secs.max(1))
             .arg(retention.message_events.max(1))
             .arg(&queue.monitor);
@@ -656,10 +674,16 @@ impl Queue {
         if paused {
             redis.set::<_, _, ()>(&queue.paused, now_ms()).await
         } else {
-            // Two commands, not a pipeline: on a cluster a channel routes
-            // like a key, to another slot than the queue's.
             redis.del::<_, ()>(&queue.paused).await?;
-            redis.publish(WAKE_CHANNEL, &queue.name).await
+            let publish = match self.layout {
+                KeyLayout::SingleNode => "PUBLISH",
+                KeyLayout::Cluster => "SPUBLISH",
+            };
+            redis::cmd(publish)
+                .arg(&queue.wake_channel)
+                .arg(&queue.name)
+                .query_async(&mut redis)
+                .await
         }
     }
 

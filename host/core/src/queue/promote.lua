@@ -23,5 +23,5 @@ redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[5], '*', 'event_type', ARGV[4],
   'data', promoted, 'timestamp', ARGV[2])
 copy_to_root(KEYS[6], ARGV[1], ARGV[5],
   'event_type', ARGV[4], 'data', promoted, 'timestamp', ARGV[2])
-redis.call('PUBLISH', ARGV[3], ARGV[6])
+publish(ARGV[3], ARGV[6])
 return {'promoted', entry}

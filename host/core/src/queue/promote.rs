@@ -5,7 +5,7 @@
 //! claim that promotes due retries). Deciding when a retry is due is
 //! `finish`'s; running the job is the worker's.
 
-use super::{EventType, JobState, MAX_STREAM_EVENTS, Queue, QueueKeys, WAKE_CHANNEL, now_ms};
+use super::{EventType, JobState, MAX_STREAM_EVENTS, Queue, QueueKeys, now_ms};
 use crate::metrics;
 
 /// What [`Queue::promote`] did.
@@ -32,7 +32,7 @@ impl Queue {
             .key(&job.events)
             .arg(id)
             .arg(now_ms())
-            .arg(WAKE_CHANNEL)
+            .arg(&queue.wake_channel)
             .arg(EventType::TaskQueued.as_str())
             .arg(MAX_STREAM_EVENTS)
             .arg(&queue.name);

@@ -58,6 +58,6 @@ for i = 1, 3 do
 end
 monitor_flush()
 if requeued > 0 then
-  redis.call('PUBLISH', ARGV[7], ARGV[8])
+  publish(ARGV[7], ARGV[8])
 end
 return {cursors[1], cursors[2], cursors[3], requeued}

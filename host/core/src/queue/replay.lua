@@ -33,5 +33,5 @@ redis.call('HSET', KEYS[3], 'state', 'waiting', 'attempts', 0, 'entry', entry, '
 redis.call('HDEL', KEYS[3], 'error', 'finished_at', 'dead_entry', 'result', 'cancel', 'cancel_requested_at')
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '*', 'event_type', ARGV[4],
   'data', cjson.encode({replayed = true}), 'timestamp', ARGV[2])
-redis.call('PUBLISH', ARGV[3], job[1])
+publish(ARGV[3], job[1])
 return {'replayed', entry}

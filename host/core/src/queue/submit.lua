@@ -41,5 +41,5 @@ redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[8], '*',
   'event_type', ARGV[7], 'data', ARGV[4], 'timestamp', ARGV[3])
 copy_to_root(KEYS[3], ARGV[2], ARGV[8],
   'event_type', ARGV[7], 'data', ARGV[4], 'timestamp', ARGV[3])
-redis.call('PUBLISH', ARGV[5], ARGV[6])
+publish(ARGV[5], ARGV[6])
 return entry

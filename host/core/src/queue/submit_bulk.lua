@@ -65,6 +65,6 @@ for i = 1, items do
   end
 end
 if queued > 0 then
-  redis.call('PUBLISH', ARGV[3], ARGV[4])
+  publish(ARGV[3], ARGV[4])
 end
 return {'queued', entries}
