@@ -74,10 +74,11 @@ impl ConnectionLike for RedisConnection {
     }
 }
 
-/// Where Pub/Sub subscribers connect. A cluster forwards every (unsharded)
-/// PUBLISH to all its nodes, so one node is enough; when it goes away the
-/// next attempt tries the following node, so a failover costs a reconnect.
-/// On a cluster, [`PubSubNodes::subscribe`] takes shard channels instead.
+/// Where Pub/Sub subscribers connect. [`PubSubNodes::subscribe`] follows
+/// one server's classic channels, or a cluster's shard channels each on its
+/// master. [`PubSubNodes::connect`] gives a classic connection to one node,
+/// the next one in turn on every call, so a reconnect after a node went
+/// away tries another (a cluster forwards classic PUBLISHes to all nodes).
 #[derive(Clone)]
 pub struct PubSubNodes {
     clients: Vec<redis::Client>,
