@@ -11,10 +11,6 @@ use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// The records and the index written together (one MULTI); on a Redis
-/// Cluster both carry one hash tag.
-const RECORDS: [&str; 2] = ["spool:keys", "spool:{keys}"];
-const BY_HASH: [&str; 2] = ["spool:keys:by_hash", "spool:{keys}:by_hash"];
 const ANONYMOUS: &str = "anonymous";
 /// Every key starts so, which makes a leaked one easy to find in logs and code.
 const KEY_PREFIX: &str = "spool_";
@@ -165,11 +161,17 @@ pub struct Keys {
 
 impl Keys {
     pub fn new(redis: RedisConnection) -> Self {
-        let layout = usize::from(redis.is_cluster());
+        // The records and the index are written together (one MULTI): on a
+        // Redis Cluster both carry one hash tag.
+        let (records, by_hash) = if redis.is_cluster() {
+            ("spool:{keys}", "spool:{keys}:by_hash")
+        } else {
+            ("spool:keys", "spool:keys:by_hash")
+        };
         Self {
             redis,
-            records: RECORDS[layout],
-            by_hash: BY_HASH[layout],
+            records,
+            by_hash,
         }
     }
 

@@ -113,6 +113,15 @@ pub struct JobEvents {
 }
 
 impl JobEvents {
+    /// The events of the job whose record this is.
+    pub fn of(queue: &crate::queue::Queue, record: &crate::queue::JobRecord) -> Self {
+        Self {
+            queue: queue.clone(),
+            job_id: record.id.clone(),
+            key: queue.keys(&record.queue).job(&record.id).events,
+        }
+    }
+
     /// The events of the job `job_id`; `None` when a cluster has no such job
     /// (on one server the stream's name follows from the id).
     pub async fn find(queue: &crate::queue::Queue, job_id: &str) -> RedisResult<Option<Self>> {

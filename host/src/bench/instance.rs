@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use redis::aio::MultiplexedConnection;
 
 use spool_core::config::{Config, HandlerFile, QueueConfig};
-use spool_core::queue::Queue;
+use spool_core::queue::{KeyLayout, Queue, QueueKeys};
 
 pub(super) const NOOP_QUEUE: &str = "noop";
 pub(super) const CHAT_QUEUE: &str = "chat";
@@ -101,9 +101,10 @@ pub(super) async fn redis_url(redis: &mut MultiplexedConnection) -> Result<Strin
     Ok(format!("redis+unix://{socket}"))
 }
 
-/// The key of a queue's `state` total (`completed`, `failed`).
+/// The key of a queue's `state` total (`completed`, `failed`): the same
+/// in both key layouts.
 pub(super) fn counter_key(queue: &str, state: &str) -> String {
-    format!("spool:q:{{{queue}}}:count:{state}")
+    QueueKeys::new(queue, KeyLayout::SingleNode).counter(state)
 }
 
 /// Polls the queue's completed counter (one GET a poll, subtracted from the

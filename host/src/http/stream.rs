@@ -24,7 +24,7 @@ use super::jobs::{job_not_found, visible_job};
 use super::schemas::StreamInfo;
 use super::status_events::StatusLine;
 use spool_core::access::Identity;
-use spool_core::events::{self, Event};
+use spool_core::events::{self, Event, JobEvents};
 use spool_core::follow::{Follower, Source, Step};
 use spool_core::hub::{Position, Refusal};
 use spool_core::queue::now_ms;
@@ -66,7 +66,7 @@ pub async fn status_stream(
     // Replayed from the start, the status line starts where the job did.
     let progress = if after == START { 0 } else { record.progress };
     let mut status_line = StatusLine::new(id.clone(), progress);
-    let source = super::jobs::job_events(&state, &id).await?;
+    let source = JobEvents::of(&state.queue, &record);
     let follower = Follower::open(
         &state.hub,
         source,
@@ -252,8 +252,13 @@ pub async fn job_events(
     // A job's events outlive its record only within its retention; a bound
     // caller sees events of its own live jobs only.
     let record = state.queue.job(&id).await?;
-    let Some(keys) = state.queue.job_keys(&id).await? else {
-        return Err(job_not_found(&id));
+    let keys = match &record {
+        Some(record) => state.queue.keys(&record.queue).job(&id),
+        None => state
+            .queue
+            .job_keys(&id)
+            .await?
+            .ok_or_else(|| job_not_found(&id))?,
     };
     let info = events::info(&mut redis, &keys.events).await?;
     let visible = match &record {

@@ -201,7 +201,8 @@ impl QueueKeys {
         JobKeys::new(&self.job_prefix, &self.events_prefix, id)
     }
 
-    pub(crate) fn counter(&self, state: &str) -> String {
+    /// The key of the queue's `state` total (`completed`, `failed`, ...).
+    pub fn counter(&self, state: &str) -> String {
         format!("{QUEUE_PREFIX}{{{}}}:count:{state}", self.name)
     }
 }
