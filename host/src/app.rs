@@ -88,7 +88,11 @@ pub async fn start(config: Config) -> Result<Running> {
                 .map(|(name, queue)| (name.clone(), queue.max_dead)),
         )
         .with_queues(config.queues.keys().cloned());
-    let sessions = spool_core::store::Store::new(redis.clone(), config.sessions.clone());
+    let sessions = spool_core::store::Store::new(
+        redis.clone(),
+        config.sessions.clone(),
+        spool_core::store::StoreKeys::of(&queue.keys(&config.sessions.task_queue)),
+    );
     let routes = open_queues(&config, &queue).await?;
     let intake = spool_core::intake::Intake {
         queue: queue.clone(),

@@ -2,7 +2,8 @@
 //! with a replica each, started by `spool::local_cluster`. The suite's core
 //! scenarios run unchanged against `redis+cluster://` seeds (strict priority,
 //! retries, dead letters and their replay, cancel, the shared limiter on three
-//! hosts, hot swap across two instances); a 1,000-job run spreads its keys
+//! hosts, hot swap across two instances, live delivery, sessions and their
+//! message streams, conversations); a 1,000-job run spreads its keys
 //! over every master with no script refused; and a master killed with SIGKILL
 //! mid-run loses no job whose submission was acknowledged.
 
@@ -173,25 +174,28 @@ async fn signals_travel_on_shard_channels_and_a_cancel_stops_a_running_job_at_on
     no_crossslot(&[&host]);
 }
 
-/// Sessions and conversations refuse a cluster plainly (see README).
+/// Sessions and message streams: a task started on one instance runs on a
+/// second in two stages (the follow-up taking its message over in the same
+/// script as its fence check) and streams from a third; a stream cut off
+/// mid-way resumes without gap or duplicate. Every key of it lives in the
+/// task queue's slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sessions_answer_501_on_a_cluster_and_jobs_go_on() {
+async fn sessions_and_message_streams_work_on_a_cluster() {
     let cluster = three_masters(AppendFsync::Everysec);
-    let stub = stub().await;
-    let host = Host::start_at(&cluster.seeds_url(), &stub, HostOptions::default());
-    let api = Api::default();
-    let (status, reply) = api
-        .post(&host.url("/api/v1/sessions"), &json!({"metadata": {}}))
+    crate::sessions::a_task_crosses_three_instances(&cluster.seeds_url()).await;
+    crate::sessions::a_message_stream_resumes(&cluster.seeds_url()).await;
+}
+
+/// Conversations: two instances, clients on both, the bot's answer relayed
+/// once; design B's own subscriber (on one master) gets every frame, since a
+/// cluster forwards classic PUBLISHes to every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversations_span_instances_on_a_cluster() {
+    let cluster = three_masters(AppendFsync::Everysec);
+    let masters = cluster.masters().expect("cluster masters");
+    let subscriber = format!("redis://{}", masters[0].addr);
+    crate::conversations::a_conversation_spans_two_instances(&cluster.seeds_url(), &subscriber)
         .await;
-    assert_eq!(status, 501, "{reply}");
-    assert_eq!(reply["error"]["code"], "not_on_a_cluster", "{reply}");
-    let (status, reply) = api
-        .post(
-            &host.url("/api/chat"),
-            &json!({"userId": "u", "prompt": "still here"}),
-        )
-        .await;
-    assert_eq!(status, 202, "{reply}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -32,11 +32,20 @@ fn assert_ordered(frames: &[Value]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_reaches_every_client_on_both_instances_once_with_the_bots_streamed_answer() {
     let redis = Redis::start();
+    a_conversation_spans_two_instances(&redis.url(), &redis.url()).await;
+}
+
+/// The conversation scenario on the Redis (or cluster) at `redis_url`, with
+/// design B's own subscriber on `subscriber_url` (one node of it): a message
+/// reaches every client on both instances once, with the bot's streamed
+/// answer relayed once; what was published is what was stored; the history
+/// is the same from either instance.
+pub async fn a_conversation_spans_two_instances(redis_url: &str, subscriber_url: &str) {
     let stub = stub().await;
-    let first = Host::start(&redis, &stub, HostOptions::default());
-    let second = Host::start(&redis, &stub, HostOptions::default());
+    let first = Host::start_at(redis_url, &stub, HostOptions::default());
+    let second = Host::start_at(redis_url, &stub, HostOptions::default());
     // A client of design B subscribed to the channel itself.
-    let client = redis::Client::open(redis.url()).expect("redis url");
+    let client = redis::Client::open(subscriber_url).expect("redis url");
     let mut channel = client.get_async_pubsub().await.expect("pubsub");
     channel.subscribe("chat:room-1").await.expect("subscribe");
 

@@ -154,7 +154,11 @@ async fn every_write_of_an_attempt_checks_its_fence() {
     let redis = Redis::start();
     let connection = manager(&redis).await;
     let queue = Queue::new(connection.clone().into());
-    let store = Store::new(connection.into(), SessionsConfig::default());
+    let store = Store::new(
+        connection.into(),
+        SessionsConfig::default(),
+        Default::default(),
+    );
     let keys = queue.keys("documents");
     queue.ensure_groups(&keys).await.expect("groups");
 

@@ -112,26 +112,34 @@ fn redis_client(redis: &Redis) -> redis::Client {
 async fn a_task_started_on_a_is_processed_by_b_and_streamed_from_c_with_every_event_once_in_order()
 {
     let redis = Redis::start();
+    a_task_crosses_three_instances(&redis.url()).await;
+}
+
+/// The session-task scenario on the Redis (or cluster) at `redis_url`: a
+/// task started on A runs on B in two stages (the second a follow-up job
+/// that takes the message over) and streams from C, every event once and in
+/// order; then its message and both jobs' event streams are read back.
+pub async fn a_task_crosses_three_instances(redis_url: &str) {
     let stub = stub().await;
     stub.set_timing(20, 0); // each model call takes a moment, so C streams it live
-    let a = Host::start(
-        &redis,
+    let a = Host::start_at(
+        redis_url,
         &stub,
         HostOptions {
             concurrency: 0,
             ..Default::default()
         },
     );
-    let b = Host::start(
-        &redis,
+    let b = Host::start_at(
+        redis_url,
         &stub,
         HostOptions {
             concurrency: 1,
             ..Default::default()
         },
     );
-    let c = Host::start(
-        &redis,
+    let c = Host::start_at(
+        redis_url,
         &stub,
         HostOptions {
             concurrency: 0,
@@ -260,9 +268,16 @@ async fn a_task_started_on_a_is_processed_by_b_and_streamed_from_c_with_every_ev
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_disconnects_mid_stream_resumes_from_its_last_id_without_gap_or_duplicate() {
     let redis = Redis::start();
+    a_message_stream_resumes(&redis.url()).await;
+}
+
+/// The resume scenario on the Redis (or cluster) at `redis_url`: a client
+/// cut off after five events resumes by header and by query, with no gap
+/// and no duplicate; a bad resume point is refused by name.
+pub async fn a_message_stream_resumes(redis_url: &str) {
     let stub = stub().await;
     stub.set_timing(40, 0);
-    let host = Host::start(&redis, &stub, HostOptions::default());
+    let host = Host::start_at(redis_url, &stub, HostOptions::default());
     let api = Api::default();
     let sid = new_session(&api, &host).await;
     let task = start_task(
@@ -646,6 +661,7 @@ async fn ttls_and_the_event_cap_hold_with_shortened_values() {
             inline_limit_bytes: 1024,
             ..Default::default()
         },
+        Default::default(),
     );
     let mid = store
         .create_message(&sid, "assistant", None)
@@ -820,8 +836,11 @@ async fn a_quiet_message_stream_gets_ping_heartbeats_and_ends_at_message_end() {
         .get_connection_manager()
         .await
         .expect("redis");
-    let store =
-        spool_core::store::Store::new(manager.into(), spool_core::store::SessionsConfig::default());
+    let store = spool_core::store::Store::new(
+        manager.into(),
+        spool_core::store::SessionsConfig::default(),
+        Default::default(),
+    );
     let mid = store
         .create_message(&sid, "assistant", None)
         .await

@@ -69,6 +69,7 @@ async fn measure(args: &BenchSessionsArgs, redis_url: &str, base: &str) -> Resul
     let store = Store::new(
         client.get_connection_manager().await?.into(),
         SessionsConfig::default(),
+        Default::default(),
     );
     let session = store
         .create_session(&json!({"bench": true}), None, None)

@@ -35,10 +35,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::middleware::{from_fn, from_fn_with_state};
-use axum::response::IntoResponse;
 use axum::routing::get;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -49,7 +48,7 @@ use spool_core::access::Role;
 use spool_core::gateway::Gateway;
 use spool_core::handlers::Handlers;
 use spool_core::intake::Intake;
-use spool_core::queue::{KeyLayout, Queue, Retention};
+use spool_core::queue::{Queue, Retention};
 use spool_core::store::Store;
 use spool_core::worker::WorkerRestarts;
 
@@ -106,16 +105,15 @@ pub enum Routes {
 /// request passes the header, host, origin and key checks first. Every route
 /// is registered with its `#[utoipa::path]`, so none is served undescribed.
 pub fn router(state: Arc<AppState>, body_limit: usize, routes: Routes) -> Router {
-    let cluster = state.queue.layout() == KeyLayout::Cluster;
     let (served, uploads) = match routes {
         Routes::All => (
             probes()
                 .merge(open())
                 .merge(reader())
                 .merge(submitter())
-                .merge(sessions(cluster))
+                .merge(sessions())
                 .merge(admin())
-                .merge(session_admin(cluster)),
+                .merge(session_admin()),
             uploads(),
         ),
         Routes::Public => (
@@ -123,13 +121,10 @@ pub fn router(state: Arc<AppState>, body_limit: usize, routes: Routes) -> Router
                 .merge(open())
                 .merge(reader())
                 .merge(submitter())
-                .merge(sessions(cluster)),
+                .merge(sessions()),
             OpenApiRouter::new(),
         ),
-        Routes::Admin => (
-            probes().merge(admin()).merge(session_admin(cluster)),
-            uploads(),
-        ),
+        Routes::Admin => (probes().merge(admin()).merge(session_admin()), uploads()),
     };
     let description = openapi::Description::of(all_routes());
     let (served, _) = served.split_for_parts();
@@ -154,9 +149,9 @@ fn all_routes() -> OpenApiRouter<Arc<AppState>> {
         .merge(open())
         .merge(reader())
         .merge(submitter())
-        .merge(sessions(false))
+        .merge(sessions())
         .merge(admin())
-        .merge(session_admin(false))
+        .merge(session_admin())
         .merge(uploads())
 }
 
@@ -207,10 +202,8 @@ fn submitter() -> OpenApiRouter<Arc<AppState>> {
         }))
 }
 
-/// Sessions and conversations. Their scripts still touch a session's keys
-/// and its jobs' together, which a Redis Cluster refuses (two hash slots):
-/// on a cluster they answer 501 instead of failing half-way.
-fn sessions(cluster: bool) -> OpenApiRouter<Arc<AppState>> {
+/// Sessions and conversations.
+fn sessions() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
         .routes(routes!(chat::conversation_socket))
         .routes(routes!(chat::conversation_history))
@@ -224,26 +217,9 @@ fn sessions(cluster: bool) -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(tasks::start_task))
         .routes(routes!(sessions::get_message))
         .routes(routes!(sessions::get_content))
-        .route_layer(from_fn_with_state(cluster, single_node_only))
         .route_layer(from_fn(|request, next| {
             auth::require(Role::Submitter, request, next)
         }))
-}
-
-async fn single_node_only(
-    State(cluster): State<bool>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    if cluster {
-        return ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "not_on_a_cluster",
-            "sessions and conversations need a single Redis server; this instance runs on a Redis Cluster",
-        )
-        .into_response();
-    }
-    next.run(request).await
 }
 
 fn admin() -> OpenApiRouter<Arc<AppState>> {
@@ -264,11 +240,10 @@ fn admin() -> OpenApiRouter<Arc<AppState>> {
         }))
 }
 
-/// The sessions' admin routes (single server only, like [`sessions`]).
-fn session_admin(cluster: bool) -> OpenApiRouter<Arc<AppState>> {
+/// The sessions' admin routes.
+fn session_admin() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
         .routes(routes!(session_cleanup::cleanup))
-        .route_layer(from_fn_with_state(cluster, single_node_only))
         .route_layer(from_fn(|request, next| {
             auth::require(Role::Admin, request, next)
         }))

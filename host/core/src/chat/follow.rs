@@ -21,7 +21,8 @@ use crate::hub::Position;
 const PAGE: usize = 200;
 
 pub struct ConversationFollower {
-    conversation: ConversationId,
+    /// The conversation's stream.
+    stream: String,
     membership: Membership,
     redis: RedisConnection,
     last: Position,
@@ -39,7 +40,7 @@ impl ConversationFollower {
         // Joined before reading, so nothing published after the read is lost.
         let membership = conversations.fanout.join(&conversation);
         Self {
-            conversation,
+            stream: conversations.keys(&conversation).stream,
             membership,
             redis: conversations.connection(),
             last: after,
@@ -65,7 +66,7 @@ impl ConversationFollower {
                 continue;
             }
             if self.catch_up {
-                let page = read_after(&mut self.redis, &self.conversation, self.last, PAGE).await?;
+                let page = read_after(&mut self.redis, &self.stream, self.last, PAGE).await?;
                 self.catch_up = page.len() == PAGE;
                 self.pending.extend(page);
                 continue;

@@ -1,5 +1,5 @@
 //! Who may be in a conversation: its members, a Redis set per conversation
-//! (`chat_members:{id}`).
+//! (`chat_members:{id}`, see [`ConversationKeys`](super::ConversationKeys)).
 //!
 //! Only keys bound to a user are held to it. The service's own keys (not
 //! bound to a user) act for many users, so they open any conversation and
@@ -15,21 +15,15 @@ use super::{ConversationId, Conversations};
 /// The longest member list one call returns.
 pub const MAX_LISTED_MEMBERS: usize = 1_000;
 
-impl ConversationId {
-    /// The set of user ids allowed in the conversation.
-    pub fn members_key(&self) -> String {
-        format!("chat_members:{}", self.0)
-    }
-}
-
 impl Conversations {
     /// Whether `user` may be in the conversation, claiming it for them when
     /// it does not exist yet.
     pub async fn admit(&self, conversation: &ConversationId, user: &str) -> RedisResult<bool> {
+        let keys = self.keys(conversation);
         let admitted: i64 = self
             .admit
-            .key(conversation.members_key())
-            .key(conversation.stream_key())
+            .key(keys.members)
+            .key(keys.stream)
             .arg(user)
             .invoke_async(&mut self.redis.clone())
             .await?;
@@ -39,7 +33,7 @@ impl Conversations {
     /// Whether `user` is a member now (no claiming).
     pub async fn is_member(&self, conversation: &ConversationId, user: &str) -> RedisResult<bool> {
         redis::cmd("SISMEMBER")
-            .arg(conversation.members_key())
+            .arg(self.keys(conversation).members)
             .arg(user)
             .query_async(&mut self.redis.clone())
             .await
@@ -48,7 +42,7 @@ impl Conversations {
     /// Lets `user` in; false when they already were.
     pub async fn add_member(&self, conversation: &ConversationId, user: &str) -> RedisResult<bool> {
         let added: i64 = redis::cmd("SADD")
-            .arg(conversation.members_key())
+            .arg(self.keys(conversation).members)
             .arg(user)
             .query_async(&mut self.redis.clone())
             .await?;
@@ -62,7 +56,7 @@ impl Conversations {
         user: &str,
     ) -> RedisResult<bool> {
         let removed: i64 = redis::cmd("SREM")
-            .arg(conversation.members_key())
+            .arg(self.keys(conversation).members)
             .arg(user)
             .query_async(&mut self.redis.clone())
             .await?;
@@ -72,7 +66,7 @@ impl Conversations {
     /// The members, sorted, at most [`MAX_LISTED_MEMBERS`].
     pub async fn members(&self, conversation: &ConversationId) -> RedisResult<Vec<String>> {
         let mut members: Vec<String> = redis::cmd("SRANDMEMBER")
-            .arg(conversation.members_key())
+            .arg(self.keys(conversation).members)
             .arg(MAX_LISTED_MEMBERS)
             .query_async(&mut self.redis.clone())
             .await?;

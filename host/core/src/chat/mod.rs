@@ -1,6 +1,7 @@
 //! Conversations (design B): many clients, on any replica, in one chat.
 //!
-//! A conversation is a capped Redis stream (`chat_stream:{id}`), the source
+//! A conversation is a capped Redis stream (`chat_stream:{id}`, see
+//! [`ConversationKeys`] for its names on a cluster), the source
 //! of truth and of order; every frame appended to it is published in the same
 //! Lua step, with its stream id, on the Pub/Sub channel `chat:{id}`. Each
 //! instance holds one Pub/Sub connection ([`fanout`]) subscribed to the
@@ -16,6 +17,7 @@
 
 pub mod fanout;
 pub mod follow;
+mod keys;
 pub mod members;
 pub mod relay;
 
@@ -29,6 +31,7 @@ use serde_json::Value;
 
 pub use fanout::Fanout;
 pub use follow::ConversationFollower;
+pub use keys::ConversationKeys;
 
 /// `[conversations]` in the config file.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -100,11 +103,6 @@ impl ConversationId {
     pub fn channel(&self) -> String {
         format!("chat:{}", self.0)
     }
-
-    /// The stream holding the conversation.
-    pub fn stream_key(&self) -> String {
-        format!("chat_stream:{}", self.0)
-    }
 }
 
 /// One frame of a conversation as clients get it: a JSON object whose `id`
@@ -153,6 +151,13 @@ pub struct Conversations {
     admit: Arc<Script>,
     pub fanout: Fanout,
     clients: Arc<AtomicUsize>,
+}
+
+impl Conversations {
+    /// Where `conversation` lives in this Redis.
+    pub fn keys(&self, conversation: &ConversationId) -> ConversationKeys {
+        ConversationKeys::new(conversation, self.redis.is_cluster())
+    }
 }
 
 /// Figures of this instance's conversations, for health.
@@ -218,7 +223,7 @@ impl Conversations {
     /// conversation and publishes it; returns its id.
     pub async fn append(&self, conversation: &ConversationId, body: &Value) -> RedisResult<String> {
         self.append
-            .key(conversation.stream_key())
+            .key(self.keys(conversation).stream)
             .arg(body.to_string())
             .arg(self.config.max_entries)
             .arg(conversation.channel())
@@ -233,7 +238,13 @@ impl Conversations {
         after: crate::hub::Position,
         limit: usize,
     ) -> RedisResult<Vec<Frame>> {
-        read_after(&mut self.redis.clone(), conversation, after, limit).await
+        read_after(
+            &mut self.redis.clone(),
+            &self.keys(conversation).stream,
+            after,
+            limit,
+        )
+        .await
     }
 
     /// Follows the conversation from after `after`: what was missed, then
@@ -250,12 +261,12 @@ impl Conversations {
 /// Frames after `after`, oldest first, at most `limit`.
 async fn read_after(
     redis: &mut RedisConnection,
-    conversation: &ConversationId,
+    stream: &str,
     after: crate::hub::Position,
     limit: usize,
 ) -> RedisResult<Vec<Frame>> {
     let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(conversation.stream_key())
+        .arg(stream)
         .arg(format!("({after}"))
         .arg("+")
         .arg("COUNT")

@@ -8,7 +8,9 @@
 //! follows the job's events through the hub from the job's relay cursor and
 //! appends each in `relay.lua`, which checks the lease and the cursor in the
 //! same step. An instance that dies stops renewing its leases and another
-//! takes over where the cursor stands. Event data is copied, never read.
+//! takes over where the cursor stands. After the job's last event the relay
+//! is dropped from the registry, then its cursor and lease. Event data is
+//! copied, never read. (Key names: [`ConversationKeys`].)
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -20,23 +22,18 @@ use serde_json::json;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{ConversationId, Conversations};
+use super::keys::RELAYS;
+use super::{ConversationId, ConversationKeys, Conversations};
 use crate::events::JobEvents;
 use crate::follow::{Follower, Step};
 use crate::hub::Hub;
 use crate::queue::Queue;
 
-const RELAYS: &str = "chat:relays";
-const CURSORS: &str = "chat:relay_cursors";
 /// The hub's watcher caps count relays under this holder.
 const HOLDER: &str = "conversation-relay";
 /// How long a relay waits for its job to be queued: the relay is recorded
 /// first, so that an instance dying in between loses no answer.
 const JOB_GRACE: Duration = Duration::from_secs(30);
-
-fn lease_key(job: &str) -> String {
-    format!("chat:relay_lease:{job}")
-}
 
 /// The relays of this instance; share it behind an `Arc`.
 pub struct Relays {
@@ -122,8 +119,9 @@ impl Relays {
             if lock(&self.active).contains(&job) {
                 continue;
             }
+            let keys = self.conversations.keys(&conversation);
             let taken: Option<String> = redis::cmd("SET")
-                .arg(lease_key(&job))
+                .arg(keys.lease(&job))
                 .arg(&self.holder)
                 .arg("NX")
                 .arg("PX")
@@ -136,10 +134,10 @@ impl Relays {
             lock(&self.active).insert(job.clone());
             let relays = self.clone();
             tokio::spawn(async move {
-                if let Err(error) = relays.relay(&job, &conversation).await {
+                if let Err(error) = relays.relay(&job, &conversation, &keys).await {
                     tracing::warn!(%job, %error, "relaying a bot answer stopped; it resumes from its cursor");
                     // Let another sweep (here or elsewhere) take it at once.
-                    let _ = relays.release(&job).await;
+                    let _ = relays.release(&job, &keys).await;
                 }
                 lock(&relays.active).remove(&job);
             });
@@ -148,8 +146,13 @@ impl Relays {
     }
 
     /// Follows one job's events into its conversation while holding its lease.
-    async fn relay(&self, job: &str, conversation: &ConversationId) -> anyhow::Result<()> {
-        let source = match self.await_job(job).await? {
+    async fn relay(
+        &self,
+        job: &str,
+        conversation: &ConversationId,
+        keys: &ConversationKeys,
+    ) -> anyhow::Result<()> {
+        let source = match self.await_job(job, keys).await? {
             true => JobEvents::find(&self.queue, job).await?,
             false => None,
         };
@@ -157,7 +160,7 @@ impl Relays {
             let () = self.redis().hdel(RELAYS, job).await?;
             return Ok(());
         };
-        let cursor: Option<String> = self.redis().hget(CURSORS, job).await?;
+        let cursor: Option<String> = self.redis().hget(&keys.cursors, job).await?;
         let after = cursor.unwrap_or_else(|| "0".into());
         let mut follower = Follower::open(&self.hub, source, &after, self.quiet, HOLDER).await?;
         let mut renewal = tokio::time::interval(self.lease() / 3);
@@ -170,10 +173,10 @@ impl Relays {
                             "event": event.event_type, "data": event.data, "timestamp": event.timestamp,
                         });
                         let outcome: String = self.relay
-                            .key(lease_key(job)).key(conversation.stream_key()).key(RELAYS).key(CURSORS)
+                            .key(keys.lease(job)).key(&keys.stream).key(&keys.cursors)
                             .arg(&self.holder).arg(job).arg(&event.id).arg(frame.to_string())
                             .arg(self.conversations.config().max_entries).arg(conversation.channel())
-                            .arg(self.lease().as_millis() as u64).arg(if event.is_terminal() { "1" } else { "0" })
+                            .arg(self.lease().as_millis() as u64)
                             .invoke_async(&mut self.redis()).await?;
                         if outcome == "lost" {
                             anyhow::bail!("the relay lease passed to another instance");
@@ -183,16 +186,19 @@ impl Relays {
                     Some(Step::Interrupted(interruption)) => {
                         anyhow::bail!("the job's events were cut off ({})", interruption.cause.code());
                     }
-                    // Ended without a last event left to relay (trimmed or expired).
+                    // Ended: the last event is relayed (or was trimmed or
+                    // expired). The registry entry goes first: the cursor
+                    // keeps a relay taken over meanwhile from repeating.
                     None => {
                         let mut redis = self.redis();
                         let () = redis.hdel(RELAYS, job).await?;
-                        let () = redis.hdel(CURSORS, job).await?;
+                        let () = redis.hdel(&keys.cursors, job).await?;
+                        self.release(job, keys).await?;
                         return Ok(());
                     }
                 },
                 _ = renewal.tick() => {
-                    let held: i64 = self.renew.key(lease_key(job)).arg(&self.holder)
+                    let held: i64 = self.renew.key(keys.lease(job)).arg(&self.holder)
                         .arg(self.lease().as_millis() as u64).invoke_async(&mut self.redis()).await?;
                     if held == 0 {
                         anyhow::bail!("the relay lease expired");
@@ -204,7 +210,7 @@ impl Relays {
 
     /// Waits, holding the lease, for a job whose relay was recorded before
     /// it was queued; false when it never came within [`JOB_GRACE`].
-    async fn await_job(&self, job: &str) -> anyhow::Result<bool> {
+    async fn await_job(&self, job: &str, keys: &ConversationKeys) -> anyhow::Result<bool> {
         let started = tokio::time::Instant::now();
         let mut renewed = started;
         loop {
@@ -223,7 +229,7 @@ impl Relays {
             renewed = tokio::time::Instant::now();
             let held: i64 = self
                 .renew
-                .key(lease_key(job))
+                .key(keys.lease(job))
                 .arg(&self.holder)
                 .arg(self.lease().as_millis() as u64)
                 .invoke_async(&mut self.redis())
@@ -235,10 +241,10 @@ impl Relays {
     }
 
     /// Gives a lease up if this instance still holds it.
-    async fn release(&self, job: &str) -> RedisResult<()> {
+    async fn release(&self, job: &str, keys: &ConversationKeys) -> RedisResult<()> {
         let _: i64 = self
             .renew
-            .key(lease_key(job))
+            .key(keys.lease(job))
             .arg(&self.holder)
             .arg(1)
             .invoke_async(&mut self.redis())

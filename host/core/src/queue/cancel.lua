@@ -15,6 +15,7 @@
 -- ARGV[4] event type (cancelled)   ARGV[5] events kept   ARGV[6] cancel channel
 -- ARGV[7] message ttl (s)   ARGV[8] message events kept
 -- ARGV[9] the queue's monitoring key prefix
+-- ARGV[10] the queue's sessions prefix (see message_end.lua)
 local job = redis.call('HMGET', KEYS[1], 'state', 'queue', 'class', 'entry', 'id')
 local state = job[1]
 if not state or job[2] ~= ARGV[3] then
@@ -38,7 +39,7 @@ if state == 'waiting' or state == 'delayed' then
   for _, key in ipairs({KEYS[1], KEYS[2], KEYS[3], KEYS[4]}) do
     redis.call('EXPIRE', key, ARGV[2])
   end
-  local message, message_stream = driven_message(KEYS[1], job[5])
+  local message, message_stream = driven_message(ARGV[10], KEYS[1], job[5])
   if message then
     end_message(message, message_stream, 'error', 'the job was cancelled', ARGV[1], ARGV[7], ARGV[8])
   end

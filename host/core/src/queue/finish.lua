@@ -22,7 +22,8 @@
 --   11 attempt record (JSON)   12 events kept
 --   13 message ending ('completed', 'error', 'retrying')   14 message error
 --   15 message ttl (s)   16 message events kept   17 dead letters kept
---   18 monitoring key prefix   19.. job hash field/value pairs
+--   18 monitoring key prefix   19 the queue's sessions prefix (see message_end.lua)
+--   20.. job hash field/value pairs
 -- (message_end.lua, dead_letters.lua, monitor.lua and stage_event.lua are prepended.)
 local function finish_one(K, A)
   local owner = redis.call('HMGET', K[1], 'state', 'entry', 'cancel', 'created_at', 'started_at',
@@ -37,7 +38,7 @@ local function finish_one(K, A)
   end
   redis.call('XACK', K[2], A[1], A[2])
   redis.call('XDEL', K[2], A[2])
-  redis.call('HSET', K[1], 'state', A[5], 'finished_at', A[4], unpack(A, 19))
+  redis.call('HSET', K[1], 'state', A[5], 'finished_at', A[4], unpack(A, 20))
   if owner[3] then
     redis.call('HDEL', K[1], 'cancel')
   end
@@ -63,7 +64,7 @@ local function finish_one(K, A)
     'event_type', A[9], 'data', A[10], 'timestamp', A[4])
   copy_to_root(K[3], A[3], A[12],
     'event_type', A[9], 'data', A[10], 'timestamp', A[4])
-  local message, message_stream = driven_message(K[1], A[3], owner[6], owner[7])
+  local message, message_stream = driven_message(A[19], K[1], A[3], owner[6], owner[7])
   if message then
     end_message(message, message_stream, A[13], A[14], A[4], A[15], A[16])
   end

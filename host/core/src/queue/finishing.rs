@@ -86,6 +86,7 @@ impl Queue {
             retention.message_events.max(1).to_string(),
             self.max_dead(&keys.name).to_string(),
             keys.monitor.clone(),
+            keys.sessions_prefix.clone(),
         ];
         for (field, value) in settlement.fields {
             args.push(field.to_owned());

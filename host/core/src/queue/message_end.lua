@@ -1,14 +1,17 @@
 -- Ending a session message, prepended to the scripts that end one: the job
 -- outcome scripts (finish, cancel, recover), so that a job's message ends in
 -- the same atomic step as the job, and the store's end script. Key names are
--- the store's (`message:{id}`, `message:{id}:text`,
--- `stream:session:{session}:message:{id}`).
+-- the store's: design D's (`message:{id}`, `message:{id}:text`,
+-- `stream:session:{session}:message:{id}`) after the job's queue's sessions
+-- prefix (empty on one server; on a cluster the queue's own, so they share its
+-- slot).
 
 -- The message hash and event stream of the message job `job_id` drives, or
 -- nil when it drives none (never bound, or passed on to a follow-up job).
--- `session` and `message_id` are the job's `message_session` and `message_id`
--- fields when the caller has read them already (else they are read here).
-local function driven_message(job_key, job_id, session, message_id)
+-- `prefix` is the job's queue's sessions prefix. `session` and `message_id`
+-- are the job's `message_session` and `message_id` fields when the caller has
+-- read them already (else they are read here).
+local function driven_message(prefix, job_key, job_id, session, message_id)
   if session == nil and message_id == nil then
     local bound = redis.call('HMGET', job_key, 'message_session', 'message_id')
     session, message_id = bound[1], bound[2]
@@ -16,11 +19,11 @@ local function driven_message(job_key, job_id, session, message_id)
   if not session or not message_id then
     return nil
   end
-  local message = 'message:' .. message_id
+  local message = prefix .. 'message:' .. message_id
   if redis.call('HGET', message, 'job_id') ~= job_id then
     return nil
   end
-  return message, 'stream:session:' .. session .. ':message:' .. message_id
+  return message, prefix .. 'stream:session:' .. session .. ':message:' .. message_id
 end
 
 -- Fails the message's running tasks (their placeholder blocks go), then ends

@@ -87,6 +87,9 @@ const QUEUE_PREFIX: &str = "spool:q:";
 /// outcome touches the queue's streams and the job's keys together, so there
 /// a job's keys carry its queue's hash tag: `spool:q:{queue}:job:{id}` and
 /// `spool:q:{queue}:events:{id}`. A job id is then found through its queue.
+/// For the same reason the session store (whose messages the task queue's
+/// jobs drive) lives under its task queue's tag there
+/// ([`QueueKeys::sessions_prefix`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum KeyLayout {
     #[default]
@@ -161,21 +164,35 @@ pub struct QueueKeys {
     /// classic channels, or on a cluster the queue's own shard channels.
     pub wake_channel: String,
     pub cancel_channel: String,
+    /// What the session store's key names (design D's) start with when this
+    /// queue runs session tasks: nothing on one server; on a cluster the
+    /// queue's own prefix, so that a job and the message it drives share a
+    /// slot.
+    pub sessions_prefix: String,
 }
 
 impl QueueKeys {
     pub fn new(name: &str, layout: KeyLayout) -> Self {
         let key = |suffix: &str| format!("{QUEUE_PREFIX}{{{name}}}:{suffix}");
-        let (job_prefix, events_prefix, wake_channel, cancel_channel) = match layout {
-            KeyLayout::SingleNode => (
-                SINGLE_NODE_JOB_PREFIX.to_owned(),
-                SINGLE_NODE_EVENTS_PREFIX.to_owned(),
-                WAKE_CHANNEL.to_owned(),
-                CANCEL_CHANNEL.to_owned(),
-            ),
-            KeyLayout::Cluster => (key("job:"), key("events:"), key("wake"), key("cancel")),
-        };
+        let (job_prefix, events_prefix, wake_channel, cancel_channel, sessions_prefix) =
+            match layout {
+                KeyLayout::SingleNode => (
+                    SINGLE_NODE_JOB_PREFIX.to_owned(),
+                    SINGLE_NODE_EVENTS_PREFIX.to_owned(),
+                    WAKE_CHANNEL.to_owned(),
+                    CANCEL_CHANNEL.to_owned(),
+                    String::new(),
+                ),
+                KeyLayout::Cluster => (
+                    key("job:"),
+                    key("events:"),
+                    key("wake"),
+                    key("cancel"),
+                    key(""),
+                ),
+            };
         Self {
+            sessions_prefix,
             wake_channel,
             cancel_channel,
             job_prefix,
@@ -486,7 +503,8 @@ impl Queue {
             .arg(match (job.parent, job.message) {
                 (Some(_), Some(message)) => message.message_id.as_str(),
                 _ => "",
-            });
+            })
+            .arg(&job.queue.sessions_prefix);
         for (field, value) in fields {
             invocation.arg(field).arg(value);
         }
@@ -567,7 +585,8 @@ impl Queue {
                 .arg(retention.failed_secs.max(1))
                 .arg(retention.message_secs.max(1))
                 .arg(retention.message_events.max(1))
-                .arg(&queue.monitor);
+                .arg(&queue.monitor)
+                .arg(&queue.sessions_prefix);
             let (high, normal, low, count): (String, String, String, u64) =
                 invocation.invoke_async(&mut self.redis.clone()).await?;
             requeued += count;
@@ -612,7 +631,8 @@ impl Queue {
             .arg(&queue.cancel_channel)
             .arg(retention.message_secs.max(1))
             .arg(retention.message_events.max(1))
-            .arg(&queue.monitor);
+            .arg(&queue.monitor)
+            .arg(&queue.sessions_prefix);
         // {state before, queue, class}
         let previous: Option<Vec<String>> =
             metrics::redis_timed("cancel", invocation.invoke_async(&mut self.redis.clone()))

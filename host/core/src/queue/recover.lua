@@ -14,6 +14,7 @@
 -- ARGV[13] events kept   ARGV[14] event type (cancelled)   ARGV[15] ttl of a cancelled job (s)
 -- ARGV[16] message ttl (s)   ARGV[17] message events kept
 -- ARGV[18] monitoring key prefix (a job ending cancelled here is counted)
+-- ARGV[19] the queue's sessions prefix (see message_end.lua)
 -- (message_end.lua and monitor.lua are prepended.)
 local cursors, requeued = {}, 0
 for i = 1, 3 do
@@ -36,7 +37,7 @@ for i = 1, 3 do
         for _, key in ipairs({job, ARGV[6] .. id, job .. ':state', job .. ':attempts'}) do
           redis.call('EXPIRE', key, ARGV[15])
         end
-        local message, message_stream = driven_message(job, id)
+        local message, message_stream = driven_message(ARGV[19], job, id)
         if message then
           end_message(message, message_stream, 'error', 'the job was cancelled', ARGV[4], ARGV[16], ARGV[17])
         end
@@ -47,7 +48,7 @@ for i = 1, 3 do
         redis.call('XADD', ARGV[6] .. id, 'MAXLEN', '~', ARGV[13], '*', 'event_type', ARGV[12],
           'data', cjson.encode({reason = 'worker stopped responding', worker = owner[3]}), 'timestamp', ARGV[4])
         requeued = requeued + 1
-        local message, message_stream = driven_message(job, id)
+        local message, message_stream = driven_message(ARGV[19], job, id)
         if message then
           end_message(message, message_stream, 'retrying', 'its worker stopped responding; the job runs again',
             ARGV[4], ARGV[16], ARGV[17])

@@ -12,8 +12,9 @@
 -- ARGV[9] the parent attempt's fence token ('' for a job with no parent)
 -- ARGV[10] the parent job's id
 -- ARGV[11] the id of the parent's session message the job takes ('' for none;
---          its key is the store's `message:{id}`)
--- ARGV[12..] job hash field/value pairs
+--          its key is the store's `message:{id}` after ARGV[12])
+-- ARGV[12] the queue's sessions prefix (see message_end.lua)
+-- ARGV[13..] job hash field/value pairs
 if redis.call('EXISTS', KEYS[2]) == 1 then
   return 'duplicate'
 end
@@ -28,13 +29,13 @@ if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then
   return false
 end
 if ARGV[11] ~= '' then
-  local message = 'message:' .. ARGV[11]
+  local message = ARGV[12] .. 'message:' .. ARGV[11]
   if redis.call('HGET', message, 'job_id') ~= ARGV[10] then
     return 'fenced'
   end
   redis.call('HSET', message, 'job_id', ARGV[2])
 end
-redis.call('HSET', KEYS[2], unpack(ARGV, 12))
+redis.call('HSET', KEYS[2], unpack(ARGV, 13))
 local entry = redis.call('XADD', KEYS[1], '*', 'job', ARGV[2])
 redis.call('HSET', KEYS[2], 'entry', entry)
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[8], '*',

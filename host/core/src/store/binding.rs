@@ -17,7 +17,7 @@ use spool_runtime::{ContentBlock, TaskStatus, TaskUpdate};
 pub async fn bound_message(store: &Store, record: &JobRecord) -> Option<BoundMessage> {
     let bound = record.message.as_ref()?;
     let driver: Option<String> = redis::cmd("HGET")
-        .arg(super::message_key(&bound.message_id))
+        .arg(store.keys.message(&bound.message_id))
         .arg("job_id")
         .query_async(&mut store.connection())
         .await

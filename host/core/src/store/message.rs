@@ -3,19 +3,13 @@
 //! and events. Each write is one atomic [`Change`]; reads never write.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use redis::AsyncCommands;
-use redis::aio::ConnectionLike;
-use redis::streams::{StreamReadOptions, StreamReadReply};
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::blocks::content_id;
-use super::{
-    BlockMode, Change, Requirement, Store, StoreError, content_key, message_key,
-    message_stream_key, message_text_key, new_id,
-};
+use super::{BlockMode, Change, Requirement, Store, StoreError, new_id};
 use crate::queue::now_ms;
 
 /// A task's type when its starter names none.
@@ -223,14 +217,14 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let mut connection = self.connection();
         let messages: Vec<String> = connection
-            .zrange(super::session_index_key(session_id), 0, -1)
+            .zrange(self.keys.session_index(session_id), 0, -1)
             .await?;
         if messages.is_empty() {
             return Ok(false);
         }
         let mut pipe = redis::pipe();
         for message in &messages {
-            pipe.hexists(message_key(message), task_field(task_id, "status"));
+            pipe.hexists(self.keys.message(message), task_field(task_id, "status"));
         }
         let found: Vec<bool> = pipe.query_async(&mut connection).await?;
         Ok(found.into_iter().any(|taken| taken))
@@ -305,7 +299,7 @@ impl Store {
         // Only to name the type in the events; the guard below decides.
         let task_type: Option<String> = self
             .connection()
-            .hget(message_key(message_id), task_field(task_id, "type"))
+            .hget(self.keys.message(message_id), task_field(task_id, "type"))
             .await?;
         let task_type = task_type.as_deref().unwrap_or(DEFAULT_TASK_TYPE);
         let mut change = Change {
@@ -389,8 +383,8 @@ impl Store {
         // One MULTI: the text and the fields (`seq` among them) of one moment.
         let (mut fields, text): (HashMap<String, String>, Option<String>) = redis::pipe()
             .atomic()
-            .hgetall(message_key(message_id))
-            .get(message_text_key(message_id))
+            .hgetall(self.keys.message(message_id))
+            .get(self.keys.message_text(message_id))
             .query_async(&mut self.connection())
             .await?;
         // A message written before the text key keeps its text in the hash.
@@ -409,7 +403,7 @@ impl Store {
             if !ids.is_empty() {
                 let mut pipe = redis::pipe();
                 for id in &ids {
-                    pipe.hget(content_key(id), "block");
+                    pipe.hget(self.keys.content(id), "block");
                 }
                 let loaded: Vec<Option<String>> = pipe.query_async(&mut self.connection()).await?;
                 let loaded: HashMap<&String, Option<String>> = ids.iter().zip(loaded).collect();
@@ -435,8 +429,10 @@ impl Store {
 
     /// One separately stored block, loaded on demand.
     pub async fn content(&self, content_id: &str) -> Result<Option<Value>, StoreError> {
-        let fields: HashMap<String, String> =
-            self.connection().hgetall(content_key(content_id)).await?;
+        let fields: HashMap<String, String> = self
+            .connection()
+            .hgetall(self.keys.content(content_id))
+            .await?;
         let Some(block) = fields
             .get("block")
             .and_then(|json| serde_json::from_str::<Value>(json).ok())
@@ -459,40 +455,13 @@ impl Store {
         message_id: &str,
     ) -> Result<Option<(String, String)>, StoreError> {
         let (session, status): (Option<String>, Option<String>) = redis::cmd("HMGET")
-            .arg(message_key(message_id))
+            .arg(self.keys.message(message_id))
             .arg("session_id")
             .arg("status")
             .query_async(&mut self.connection())
             .await?;
         Ok(session.zip(status))
     }
-}
-
-/// Events of a message after stream id `after` ("0" for all), waiting up to
-/// `block` for the first. Blocking reads need a connection of their own whose
-/// response timeout is longer than `block`.
-pub async fn read_events(
-    redis: &mut (impl ConnectionLike + Send + Sync),
-    session_id: &str,
-    message_id: &str,
-    after: &str,
-    block: Option<Duration>,
-) -> redis::RedisResult<Vec<MessageEvent>> {
-    let mut options = StreamReadOptions::default().count(200);
-    if let Some(block) = block {
-        options = options.block(block.as_millis() as usize);
-    }
-    let reply: Option<StreamReadReply> = redis
-        .xread_options(
-            &[message_stream_key(session_id, message_id)],
-            &[after],
-            &options,
-        )
-        .await?;
-    let entries = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids);
-    Ok(entries
-        .map(|entry| MessageEvent::from_entry(&entry))
-        .collect())
 }
 
 impl MessageEvent {
@@ -625,7 +594,9 @@ impl crate::follow::Source for MessageEvents {
     type Entry = MessageEvent;
 
     fn key(&self) -> String {
-        super::message_stream_key(&self.session_id, &self.message_id)
+        self.store
+            .keys
+            .message_stream(&self.session_id, &self.message_id)
     }
 
     fn parse(entry: &redis::streams::StreamId) -> MessageEvent {
@@ -659,7 +630,7 @@ impl Store {
     ) -> Result<String, StoreError> {
         let entries: redis::streams::StreamRangeReply = self
             .connection()
-            .xrange(message_stream_key(session_id, message_id), "-", "+")
+            .xrange(self.keys.message_stream(session_id, message_id), "-", "+")
             .await?;
         let mut position = "0-0".to_owned();
         for entry in &entries.ids {

@@ -2,7 +2,8 @@
 //! Redis, so any instance serves any request and any instance can stream any
 //! message.
 //!
-//! Keys (exactly as design D names them, plus two of our own):
+//! Keys (exactly as design D names them, plus two of our own; on a Redis
+//! Cluster after the task queue's prefix, see [`StoreKeys`]):
 //! - `message:{mid}` hash: the message snapshot (expires `message_ttl_secs`
 //!   after its last change, 24 h by default);
 //! - `message:{mid}:text` string: the message's text, kept apart from the
@@ -26,6 +27,7 @@
 
 mod binding;
 mod blocks;
+mod keys;
 mod message;
 mod session;
 
@@ -37,9 +39,10 @@ use serde::{Deserialize, Serialize};
 
 pub use binding::{BoundMessage, FINAL_STATUSES, bound_message};
 pub use blocks::validate_block;
+pub use keys::StoreKeys;
 pub use message::{
     DEFAULT_PLACEHOLDER_CONTENT, DEFAULT_TASK_TYPE, MessageEvent, MessageEventType, MessageEvents,
-    TaskChange, TaskStart, read_events,
+    TaskChange, TaskStart,
 };
 pub use session::{CleanupReport, periodic_cleanup};
 
@@ -88,32 +91,6 @@ impl Default for SessionsConfig {
     }
 }
 
-pub fn message_key(message_id: &str) -> String {
-    format!("message:{message_id}")
-}
-/// The message's text (see the module docs). A message id has no `:`, so
-/// this never names another message's hash.
-pub fn message_text_key(message_id: &str) -> String {
-    format!("message:{message_id}:text")
-}
-pub fn message_stream_key(session_id: &str, message_id: &str) -> String {
-    format!("{}{message_id}", stream_prefix(session_id))
-}
-fn stream_prefix(session_id: &str) -> String {
-    format!("stream:session:{session_id}:message:")
-}
-pub fn session_index_key(session_id: &str) -> String {
-    format!("session:{session_id}:messages")
-}
-pub fn session_key(session_id: &str) -> String {
-    format!("session:{session_id}")
-}
-pub fn content_key(content_id: &str) -> String {
-    format!("{CONTENT_PREFIX}{content_id}")
-}
-const CONTENT_PREFIX: &str = "content:";
-pub const SESSIONS_INDEX: &str = "sessions:index";
-
 /// Ids chosen by clients end up in key names: keep them to a safe alphabet.
 pub fn valid_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
@@ -157,6 +134,7 @@ pub enum StoreError {
 pub struct Store {
     redis: RedisConnection,
     config: Arc<SessionsConfig>,
+    keys: Arc<StoreKeys>,
     apply: Arc<Script>,
     end: Arc<Script>,
     delete: Arc<Script>,
@@ -165,10 +143,11 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn new(redis: RedisConnection, config: SessionsConfig) -> Self {
+    pub fn new(redis: RedisConnection, config: SessionsConfig, keys: StoreKeys) -> Self {
         Self {
             redis,
             config: Arc::new(config),
+            keys: Arc::new(keys),
             apply: Arc::new(Script::new(concat!(
                 include_str!("../queue/fence.lua"),
                 include_str!("apply.lua")
@@ -219,12 +198,12 @@ impl Store {
         message_id: &str,
         error: Option<&str>,
     ) -> Result<u64, StoreError> {
-        let key = message_key(message_id);
+        let key = self.keys.message(message_id);
         let [job, counter, token, job_id] = self.fence_parts(&key);
         let reply: Vec<RedisValue> = self
             .end
             .key(&key)
-            .key(message_stream_key(session_id, message_id))
+            .key(self.keys.message_stream(session_id, message_id))
             .key(job)
             .key(counter)
             .arg(if error.is_some() { ERROR } else { COMPLETED })
@@ -243,6 +222,10 @@ impl Store {
         &self.config
     }
 
+    pub fn keys(&self) -> &StoreKeys {
+        &self.keys
+    }
+
     fn connection(&self) -> RedisConnection {
         self.redis.clone()
     }
@@ -256,23 +239,23 @@ impl Store {
         change: Change,
     ) -> Result<u64, StoreError> {
         let config = &self.config;
-        let key = message_key(message_id);
+        let key = self.keys.message(message_id);
         let [job, counter, token, job_id] = self.fence_parts(&key);
         let mut invocation = self.apply.prepare_invoke();
         invocation
             .key(&key)
-            .key(message_stream_key(session_id, message_id))
-            .key(session_key(session_id))
-            .key(session_index_key(session_id))
-            .key(SESSIONS_INDEX)
+            .key(self.keys.message_stream(session_id, message_id))
+            .key(self.keys.session(session_id))
+            .key(self.keys.session_index(session_id))
+            .key(self.keys.sessions_index())
             .key(job)
             .key(counter)
-            .key(message_text_key(message_id))
+            .key(self.keys.message_text(message_id))
             .arg(now_ms())
             .arg(config.message_ttl_secs.max(1))
             .arg(config.max_events.max(1))
             .arg(config.content_ttl_secs.max(1))
-            .arg(CONTENT_PREFIX)
+            .arg(self.keys.content_prefix())
             .arg(config.session_ttl_secs.max(1))
             .arg(change.requirement.as_str())
             .arg(&change.text)

@@ -8,10 +8,7 @@ use redis::AsyncCommands;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::{
-    SESSIONS_INDEX, Store, StoreError, content_key, message_key, new_id, session_index_key,
-    session_key, stream_prefix,
-};
+use super::{Store, StoreError, new_id};
 use crate::queue::now_ms;
 
 /// A session's `status`: open until closed (design D's `DELETE`).
@@ -57,11 +54,11 @@ impl Store {
         }
         let mut pipe = redis::pipe();
         pipe.atomic()
-            .hset_multiple(session_key(&id), &fields)
+            .hset_multiple(self.keys.session(&id), &fields)
             .ignore()
-            .expire(session_key(&id), ttl)
+            .expire(self.keys.session(&id), ttl)
             .ignore()
-            .zadd(SESSIONS_INDEX, &id, now)
+            .zadd(self.keys.sessions_index(), &id, now)
             .ignore();
         pipe.query_async::<()>(&mut self.connection()).await?;
         Ok(id)
@@ -71,7 +68,7 @@ impl Store {
     /// owner), or `None` when there is no such session.
     pub async fn session_owner(&self, session_id: &str) -> Result<Option<String>, StoreError> {
         let (id, owner): (Option<String>, Option<String>) = redis::cmd("HMGET")
-            .arg(session_key(session_id))
+            .arg(self.keys.session(session_id))
             .arg("id")
             .arg("owner")
             .query_async(&mut self.connection())
@@ -81,8 +78,8 @@ impl Store {
 
     pub async fn session(&self, session_id: &str) -> Result<Option<Value>, StoreError> {
         let mut pipe = redis::pipe();
-        pipe.hgetall(session_key(session_id))
-            .zcard(session_index_key(session_id));
+        pipe.hgetall(self.keys.session(session_id))
+            .zcard(self.keys.session_index(session_id));
         let (fields, count): (HashMap<String, String>, u64) =
             pipe.query_async(&mut self.connection()).await?;
         let Some(id) = fields.get("id") else {
@@ -110,7 +107,7 @@ impl Store {
             "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end \
              redis.call('HSET', KEYS[1], 'status', ARGV[1], 'closed_at', ARGV[2]) return 1",
         )
-        .key(session_key(session_id))
+        .key(self.keys.session(session_id))
         .arg(CLOSED)
         .arg(now_ms())
         .invoke_async(&mut self.connection())
@@ -122,7 +119,7 @@ impl Store {
     pub async fn is_closed(&self, session_id: &str) -> Result<bool, StoreError> {
         let status: Option<String> = self
             .connection()
-            .hget(session_key(session_id), "status")
+            .hget(self.keys.session(session_id), "status")
             .await?;
         Ok(status.as_deref() == Some(CLOSED))
     }
@@ -144,7 +141,10 @@ impl Store {
     /// Deletes a session and all its messages; returns how many messages went,
     /// or `None` when there was no such session.
     pub async fn delete_session(&self, session_id: &str) -> Result<Option<u64>, StoreError> {
-        let exists: bool = self.connection().exists(session_key(session_id)).await?;
+        let exists: bool = self
+            .connection()
+            .exists(self.keys.session(session_id))
+            .await?;
         if !exists {
             return Ok(None);
         }
@@ -160,7 +160,7 @@ impl Store {
         limit: usize,
         offset: usize,
     ) -> Result<(Vec<Value>, u64), StoreError> {
-        let index = session_index_key(session_id);
+        let index = self.keys.session_index(session_id);
         let stop = (offset + limit).saturating_sub(1) as isize;
         let mut pipe = redis::pipe();
         pipe.zrange(&index, offset as isize, stop).zcard(&index);
@@ -185,7 +185,7 @@ impl Store {
         loop {
             let sessions: Vec<String> = self
                 .connection()
-                .zrange(SESSIONS_INDEX, start, start + CLEANUP_PAGE - 1)
+                .zrange(self.keys.sessions_index(), start, start + CLEANUP_PAGE - 1)
                 .await?;
             if sessions.is_empty() {
                 break;
@@ -218,14 +218,14 @@ impl Store {
     ) -> Result<(u64, bool), StoreError> {
         let mut invocation = self.delete.prepare_invoke();
         invocation
-            .key(session_index_key(session_id))
-            .key(session_key(session_id))
-            .key(SESSIONS_INDEX)
+            .key(self.keys.session_index(session_id))
+            .key(self.keys.session(session_id))
+            .key(self.keys.sessions_index())
             .arg(mode)
             .arg(cutoff)
-            .arg(message_key(""))
-            .arg(stream_prefix(session_id))
-            .arg(content_key(""))
+            .arg(self.keys.message_prefix())
+            .arg(self.keys.stream_prefix(session_id))
+            .arg(self.keys.content_prefix())
             .arg(session_id);
         let (deleted, session_deleted): (u64, u64) =
             invocation.invoke_async(&mut self.connection()).await?;
