@@ -1,8 +1,9 @@
 //! A real Redis Cluster on loopback, for tests and benchmarks: redis-server
 //! processes, each in its own directory under one temporary directory, formed
-//! by hand (slots, MEET, REPLICATE) so that every size, one master included,
-//! comes out the same way. It also injects failures: SIGKILL a master, wait for
-//! its replica's promotion, bring the killed node back.
+//! with `redis-cli --cluster create` as an operator would, or by hand (slots,
+//! MEET, REPLICATE) below the 3 masters that tool insists on. It also injects
+//! failures: SIGKILL a master, wait for its replica's promotion, bring the
+//! killed node back.
 //!
 //! It owns only the processes it started and their directory, both gone when
 //! the [`LocalCluster`] is dropped; it never talks to a server it did not start.
@@ -144,9 +145,44 @@ impl LocalCluster {
         Ok(cluster)
     }
 
-    /// Slots, then MEET, then REPLICATE, as `redis-cli --cluster create`
-    /// does, but for any number of masters (it refuses fewer than 3).
+    /// Forms the cluster: with `redis-cli --cluster create` from 3 masters,
+    /// by hand below (the tool refuses fewer).
     fn form(&self) -> Result<()> {
+        if self.options.masters >= 3 {
+            self.create_with_redis_cli()
+        } else {
+            self.form_by_hand()
+        }
+    }
+
+    /// `redis-cli --cluster create`: the first `masters` nodes become the
+    /// masters, with the slots split evenly, and the rest their replicas.
+    fn create_with_redis_cli(&self) -> Result<()> {
+        let mut command = std::process::Command::new("redis-cli");
+        command.args(["--cluster", "create"]);
+        command.args(self.nodes.iter().map(|node| node.addr.to_string()));
+        command.args([
+            "--cluster-replicas",
+            &self.options.replicas_per_master.to_string(),
+            "--cluster-yes",
+        ]);
+        let output = command
+            .output()
+            .context("running redis-cli (install redis-tools, or the redis package)")?;
+        if !output.status.success() {
+            bail!(
+                "redis-cli --cluster create failed ({}):\n{}{}",
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// Slots, then MEET, then REPLICATE, as `redis-cli --cluster create`
+    /// does, but for any number of masters.
+    fn form_by_hand(&self) -> Result<()> {
         let (masters, replicas) = self.nodes.split_at(self.options.masters);
         for (index, node) in self.nodes.iter().enumerate() {
             // Distinct epochs spare the nodes a collision-resolution round.
