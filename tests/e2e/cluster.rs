@@ -184,6 +184,40 @@ async fn sessions_and_message_streams_work_on_a_cluster() {
     let cluster = three_masters(AppendFsync::Everysec);
     crate::sessions::a_task_crosses_three_instances(&cluster.seeds_url()).await;
     crate::sessions::a_message_stream_resumes(&cluster.seeds_url()).await;
+
+    // A large block is stored apart (its key declared to the script), read
+    // back, and purged with its session.
+    let stub = stub().await;
+    let host = Host::start_at(&cluster.seeds_url(), &stub, HostOptions::default());
+    let api = Api::default();
+    let (status, session) = api
+        .post(&host.url("/api/v1/sessions"), &json!({"metadata": {}}))
+        .await;
+    assert_eq!(status, 201, "{session}");
+    let sid = session["id"].as_str().expect("sid");
+    let image = "iVBORw0KGgo".repeat(2_000);
+    let (status, message) = api
+        .post(
+            &host.url(&format!("/api/v1/sessions/{sid}/messages")),
+            &json!({"role": "user", "content": "look", "blocks": [{"type": "image", "base64": image}]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{message}");
+    let cid = message["blocks"][0]["contentId"]
+        .as_str()
+        .expect("stored apart");
+    let content_url = host.url(&format!("/api/v1/content/{cid}"));
+    let (status, content) = api.get(&content_url).await;
+    assert_eq!(status, 200, "{content}");
+    assert_eq!(content["block"]["base64"], image.as_str());
+    let (status, deleted) = api
+        .delete(&host.url(&format!("/api/v1/sessions/{sid}?purge=true")))
+        .await;
+    assert_eq!(status, 200, "{deleted}");
+    assert_eq!(deleted["messagesDeleted"], 1, "{deleted}");
+    let (status, _) = api.get(&content_url).await;
+    assert_eq!(status, 404, "the content went with its session");
+    no_crossslot(&[&host]);
 }
 
 /// Conversations: two instances, clients on both, the bot's answer relayed

@@ -12,12 +12,14 @@
 -- KEYS[4] session message index (zset)   KEYS[5] index of all sessions (zset)
 -- KEYS[6] the writing job's hash   KEYS[7] its queue's fenced-write counter
 -- KEYS[8] the message's text (string; appended to, never rewritten)
+-- KEYS[9..] the hashes of the content blocks stored apart, in the order of
+--   the contents section
 -- ARGV[1] now (ms)   ARGV[2] message ttl (s)   ARGV[3] max events
--- ARGV[4] content ttl (s)   ARGV[5] content key prefix   ARGV[6] session ttl (s)
--- ARGV[7] requirement: 'absent' (create), 'streaming' or 'exists'
--- ARGV[8] text to append ('' for none)
--- ARGV[9] the writing attempt's fence token ('' when a client writes)   ARGV[10] its job id
--- ARGV[11..] sections, each a count then its items:
+-- ARGV[4] content ttl (s)   ARGV[5] session ttl (s)
+-- ARGV[6] requirement: 'absent' (create), 'streaming' or 'exists'
+-- ARGV[7] text to append ('' for none)
+-- ARGV[8] the writing attempt's fence token ('' when a client writes)   ARGV[9] its job id
+-- ARGV[10..] sections, each a count then its items:
 --   guards: task ids that must be running, or, prefixed with '!', task ids
 --   that must not exist yet (a task id chosen by the caller)
 --   fields: field, value
@@ -25,12 +27,12 @@
 --   contents: content id, JSON, message id, block type, bytes
 --   events: event type, data JSON
 local now, message, stream = ARGV[1], KEYS[1], KEYS[2]
-local requirement = ARGV[7]
+local requirement = ARGV[6]
 
-if ARGV[9] ~= '' then
-  local refusal = fence_refusal(KEYS[6], ARGV[9], KEYS[7])
+if ARGV[8] ~= '' then
+  local refusal = fence_refusal(KEYS[6], ARGV[8], KEYS[7])
   if refusal then return {refusal} end
-  if redis.call('HGET', message, 'job_id') ~= ARGV[10] then return {'fenced'} end
+  if redis.call('HGET', message, 'job_id') ~= ARGV[9] then return {'fenced'} end
 end
 
 if requirement == 'absent' then
@@ -42,7 +44,7 @@ else
   if requirement == 'streaming' and status ~= 'streaming' then return {'finished', status} end
 end
 
-local at = 11
+local at = 10
 local function section()
   local count = tonumber(ARGV[at])
   at = at + 1
@@ -65,14 +67,14 @@ end
 
 -- O(delta): APPEND never copies the text already stored (reading it into
 -- Lua and writing it back did, on every delta, blocking Redis for everyone).
-if ARGV[8] ~= '' then
+if ARGV[7] ~= '' then
   -- A message from before the text key: move its text over once.
   local legacy = redis.call('HGET', message, 'text')
   if legacy then
     redis.call('APPEND', KEYS[8], legacy)
     redis.call('HDEL', message, 'text')
   end
-  redis.call('APPEND', KEYS[8], ARGV[8])
+  redis.call('APPEND', KEYS[8], ARGV[7])
 end
 
 for _ = 1, section() do
@@ -99,8 +101,8 @@ for _ = 1, section() do
   end
 end
 
-for _ = 1, section() do
-  local key = ARGV[5] .. ARGV[at]
+for content = 1, section() do
+  local key = KEYS[8 + content]
   redis.call('HSET', key, 'id', ARGV[at], 'block', ARGV[at + 1], 'message_id', ARGV[at + 2],
     'type', ARGV[at + 3], 'bytes', ARGV[at + 4], 'created_at', now)
   redis.call('EXPIRE', key, ARGV[4])
@@ -125,7 +127,7 @@ if requirement == 'absent' then
   redis.call('ZADD', KEYS[4], redis.call('HGET', message, 'created_at'), redis.call('HGET', message, 'id'))
   redis.call('HSET', KEYS[3], 'updated_at', now)
   redis.call('ZADD', KEYS[5], now, session)
-  redis.call('EXPIRE', KEYS[3], ARGV[6])
-  redis.call('EXPIRE', KEYS[4], ARGV[6])
+  redis.call('EXPIRE', KEYS[3], ARGV[5])
+  redis.call('EXPIRE', KEYS[4], ARGV[5])
 end
 return {'ok', seq}

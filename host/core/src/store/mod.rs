@@ -255,7 +255,6 @@ impl Store {
             .arg(config.message_ttl_secs.max(1))
             .arg(config.max_events.max(1))
             .arg(config.content_ttl_secs.max(1))
-            .arg(self.keys.content_prefix())
             .arg(config.session_ttl_secs.max(1))
             .arg(change.requirement.as_str())
             .arg(&change.text)
@@ -275,6 +274,7 @@ impl Store {
         }
         invocation.arg(change.contents.len());
         for content in &change.contents {
+            invocation.key(self.keys.content(&content.id));
             invocation
                 .arg(&content.id)
                 .arg(&content.json)
