@@ -158,6 +158,26 @@ async fn adversarial_guests_fail_alone_while_normal_jobs_succeed() {
     assert_eq!(stub.stats().total, 100 + 2 * 20, "{:?}", stub.stats().calls);
 }
 
+/// Every job runs in a fresh instance: one worker runs job after job in
+/// the same pool slots, and none sees what the job before it wrote to its
+/// memory, whether the host reset the page by memset or by madvise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_job_sees_the_memory_of_the_job_before_it() {
+    let stack = Stack::start(HostOptions {
+        concurrency: 1,
+        config: adversary_config(),
+        ..HostOptions::default()
+    })
+    .await;
+    let Stack { host, api, .. } = &stack;
+    for _ in 0..5 {
+        let id = submit_evil(api, host, "remember").await;
+        let job = api.wait_terminal(host, &id, Duration::from_secs(30)).await;
+        assert_eq!(job["state"], "completed", "{job}");
+        assert_eq!(job["result"], json!({"seen": [0, 0, 0]}), "{job}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_sees_no_files_network_environment_or_clock() {
     let stack = Stack::start(HostOptions {

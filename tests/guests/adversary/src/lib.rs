@@ -20,6 +20,10 @@
 //!   fencing tests watch which attempt's writes land;
 //! - `flaky`: its first attempt asks to be retried after 50 ms; later ones
 //!   are a `writer`.
+//! - `remember`: reads, then marks, a static counter and both ends of a
+//!   newly allocated 8 MiB buffer; succeeds with `{"seen": [counter, first,
+//!   last]}`, all 0 in a fresh instance (a reused memory that was not reset
+//!   shows the marks of the job before).
 //!
 //! Writes far past the sandbox's size quotas (tests/e2e/quotas.rs). `size`
 //! is bytes per write, `count` the number of writes; each mode stops at the
@@ -39,6 +43,7 @@
 //! Any other mode is rejected.
 
 use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{Map, Value};
 use spool_sdk::chat::{Message, Request};
@@ -113,6 +118,7 @@ impl Guest for Adversary {
                 }));
             }
             "flaky" => writer(&job, payload["ticks"].as_u64().unwrap_or(10)),
+            "remember" => remember(),
             "state_set" | "emit" | "log" | "append_text" => flood(mode, &payload)?,
             other => return Err(JobError::Reject(format!("unknown mode {other:?}"))),
         };
@@ -124,6 +130,22 @@ impl Guest for Adversary {
 }
 
 spool_sdk::export!(Adversary);
+
+static CALLS: AtomicU64 = AtomicU64::new(0);
+
+fn remember() -> String {
+    let counter = CALLS.fetch_add(1, Ordering::Relaxed);
+    // Grown memory, which the allocator trusts to be zero. Larger than what
+    // a freed instance slot keeps resident, so both ways the host resets
+    // memory (memset of dirtied pages, then madvise) are crossed.
+    let mut big = black_box(vec![0u8; 8 << 20]);
+    let last = big.len() - 1;
+    let seen = (big[0], big[last]);
+    big[0] = 1;
+    big[last] = 1;
+    black_box(&big);
+    format!("{{\"seen\":[{counter},{},{}]}}", seen.0, seen.1)
+}
 
 /// Recursion the optimiser cannot turn into a loop.
 #[inline(never)]
