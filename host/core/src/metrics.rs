@@ -17,9 +17,7 @@ use ::metrics::{
     Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
 };
 
-use crate::limiter::LimiterSnapshot;
 use crate::models::{BackendKind, ModelError};
-use crate::queue::{CLASSES, Outcome, QueueStats};
 use spool_runtime::{FailureKind, PriorityClass};
 
 /// Metric names. Counters end in `_total`, durations are in `_seconds`.
@@ -107,27 +105,37 @@ pub fn job_first_claimed(queue: &str, class: PriorityClass, waited: Duration) {
         .record(waited);
 }
 
+/// How an attempt ended, as the metrics count it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttemptEnd {
+    Completed,
+    Failed(FailureKind),
+    /// It failed and runs again.
+    Retried(FailureKind),
+    Cancelled,
+}
+
 /// An attempt's outcome, once the queue recorded it; `ran_for` is the attempt's
 /// run time. A retry is counted as a retry, not as a failure.
-pub fn attempt_recorded(queue: &str, class: PriorityClass, outcome: &Outcome, ran_for: Duration) {
+pub fn attempt_recorded(queue: &str, class: PriorityClass, end: AttemptEnd, ran_for: Duration) {
     let (queue, class) = (queue.to_owned(), class.name());
-    let label = match outcome {
-        Outcome::Completed { .. } => {
+    let label = match end {
+        AttemptEnd::Completed => {
             counter!(names::JOBS_COMPLETED, "queue" => queue.clone(), "class" => class)
                 .increment(1);
             "completed"
         }
-        Outcome::Failed { kind, .. } => {
+        AttemptEnd::Failed(kind) => {
             counter!(names::JOBS_FAILED, "queue" => queue.clone(), "class" => class, "kind" => kind.as_str())
                 .increment(1);
             "failed"
         }
-        Outcome::Retry { kind, .. } => {
+        AttemptEnd::Retried(kind) => {
             counter!(names::JOBS_RETRIED, "queue" => queue.clone(), "class" => class, "kind" => kind.as_str())
                 .increment(1);
             "retry"
         }
-        Outcome::Cancelled => {
+        AttemptEnd::Cancelled => {
             job_cancelled(&queue, class);
             "cancelled"
         }
@@ -139,11 +147,15 @@ pub fn attempt_recorded(queue: &str, class: PriorityClass, outcome: &Outcome, ra
 /// A job that ended cancelled: taken out of line, or stopped while it ran.
 /// `class` is the class's name as the job record stores it.
 pub fn job_cancelled(queue: &str, class: &str) {
-    let class = CLASSES
-        .iter()
-        .map(|known| known.name())
-        .find(|known| *known == class)
-        .unwrap_or("unknown");
+    let class = [
+        PriorityClass::High,
+        PriorityClass::Normal,
+        PriorityClass::Low,
+    ]
+    .iter()
+    .map(|known| known.name())
+    .find(|known| *known == class)
+    .unwrap_or("unknown");
     counter!(names::JOBS_CANCELLED, "queue" => queue.to_owned(), "class" => class).increment(1);
 }
 
@@ -232,50 +244,6 @@ pub async fn redis_timed<F: Future>(operation: &'static str, round_trip: F) -> F
     let output = round_trip.await;
     histogram!(names::REDIS_ROUNDTRIP, "operation" => operation).record(started.elapsed());
     output
-}
-
-/// A queue's lengths as every instance sees them (set at scrape time).
-pub fn queue_state(queue: &str, stats: &QueueStats) {
-    for (class, figures) in &stats.by_priority {
-        let labels = [("queue", queue.to_owned()), ("class", (*class).to_owned())];
-        gauge!(names::QUEUE_WAITING, &labels).set(figures.waiting as f64);
-        gauge!(names::QUEUE_ACTIVE, &labels).set(figures.active as f64);
-    }
-    let queue = queue.to_owned();
-    gauge!(names::QUEUE_DELAYED, "queue" => queue.clone()).set(stats.delayed as f64);
-    gauge!(names::QUEUE_DEAD, "queue" => queue.clone()).set(stats.dead as f64);
-    gauge!(names::QUEUE_PAUSED, "queue" => queue).set(if stats.paused { 1.0 } else { 0.0 });
-}
-
-/// The shared limiter's state and counters, all instances together (set at
-/// scrape time).
-pub fn limiter_state(backend: BackendKind, limiter: &LimiterSnapshot) {
-    let backend = backend.to_string();
-    let labels = [("backend", backend.clone())];
-    gauge!(names::LIMITER_CONFIGURED_RATE, &labels).set(limiter.configured_rate_per_sec);
-    gauge!(names::LIMITER_EFFECTIVE_RATE, &labels).set(limiter.effective_rate_per_sec);
-    gauge!(names::LIMITER_TOKENS, &labels).set(limiter.tokens_available);
-    gauge!(names::LIMITER_COOLDOWN, &labels).set(limiter.cooldown_remaining_ms as f64 / 1000.0);
-    counter!(names::LIMITER_GRANTED, &labels).absolute(limiter.granted);
-    counter!(names::LIMITER_WAITS, &labels).absolute(limiter.waits);
-    counter!(names::LIMITER_RETRIES, &labels).absolute(limiter.retries);
-    // 429 and 403 always show, so that a dashboard has a series before the first.
-    let mut rate_limited = limiter.rate_limited.clone();
-    for status in ["403", "429"] {
-        rate_limited.entry(status.to_owned()).or_insert(0);
-    }
-    for (status, count) in rate_limited {
-        counter!(names::LIMITER_RATE_LIMITED, "backend" => backend.clone(), "status" => status)
-            .absolute(count);
-    }
-    for (reason, count) in [
-        ("unavailable", limiter.failures_unavailable),
-        ("rejected", limiter.failures_rejected),
-        ("forbidden", limiter.failures_forbidden),
-    ] {
-        counter!(names::LIMITER_FAILURES, "backend" => backend.clone(), "reason" => reason)
-            .absolute(count);
-    }
 }
 
 /// Prepares the process's recorder: every description, and a watcher count

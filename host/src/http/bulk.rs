@@ -17,9 +17,8 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, ApiJson, ApiPath, ErrorDetail};
-use super::jobs::{
-    Accepted, CHAT_QUEUE, GenericFields, as_caller, chat_submission, generic_submission,
-};
+use super::job_view::CHAT_QUEUE;
+use super::jobs::{Accepted, GenericFields, as_caller, chat_submission, generic_submission};
 use super::schemas::ChatRequest;
 use spool_core::access::Identity;
 use spool_core::intake::{BulkIntakeError, IntakeError, Submission};

@@ -13,8 +13,10 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::jobs::CHAT_QUEUE;
 use spool_core::queue::{JobRecord, JobState};
+
+/// Design E's queue: the one POST /api/chat submits to.
+pub const CHAT_QUEUE: &str = "chat";
 
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]

@@ -14,7 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery};
-use super::job_view::JobView;
+use super::job_view::{CHAT_QUEUE, JobView};
 use super::schemas::{Attempt, ChatRequest};
 use spool_core::access::Identity;
 use spool_core::events::JobEvents;
@@ -23,8 +23,6 @@ use spool_core::intake::{IntakeError, Submission};
 use spool_core::queue::{CancelOutcome, JobRecord, JobState, QueueStats};
 
 const DEFAULT_PRIORITY: u8 = 5;
-/// The queue POST /api/chat submits to.
-pub const CHAT_QUEUE: &str = "chat";
 
 /// The fields of a chat submission the host owns: who asks and how urgently.
 /// Everything else in the body (prompt, conversationHistory, model, ...) is the

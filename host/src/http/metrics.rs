@@ -22,7 +22,11 @@ use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
 use super::{ApiError, AppState};
-use spool_core::queue::WindowTotals;
+use ::metrics::{counter, gauge};
+use spool_core::limiter::LimiterSnapshot;
+use spool_core::metrics::names;
+use spool_core::models::BackendKind;
+use spool_core::queue::{QueueStats, WindowTotals};
 
 /// The Prometheus text format version `/metrics` speaks.
 pub const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -101,11 +105,55 @@ async fn cluster_wide(state: &AppState) -> Result<String, ApiError> {
     ::metrics::with_local_recorder(&recorder, || {
         spool_core::metrics::describe();
         for (name, stats) in &queues {
-            spool_core::metrics::queue_state(name, stats);
+            queue_state(name, stats);
         }
-        spool_core::metrics::limiter_state(backend, &limiter);
+        limiter_state(backend, &limiter);
     });
     Ok(handle.render())
+}
+
+/// A queue's lengths as every instance sees them (set at scrape time).
+fn queue_state(queue: &str, stats: &QueueStats) {
+    for (class, figures) in &stats.by_priority {
+        let labels = [("queue", queue.to_owned()), ("class", (*class).to_owned())];
+        gauge!(names::QUEUE_WAITING, &labels).set(figures.waiting as f64);
+        gauge!(names::QUEUE_ACTIVE, &labels).set(figures.active as f64);
+    }
+    let queue = queue.to_owned();
+    gauge!(names::QUEUE_DELAYED, "queue" => queue.clone()).set(stats.delayed as f64);
+    gauge!(names::QUEUE_DEAD, "queue" => queue.clone()).set(stats.dead as f64);
+    gauge!(names::QUEUE_PAUSED, "queue" => queue).set(if stats.paused { 1.0 } else { 0.0 });
+}
+
+/// The shared limiter's state and counters, all instances together (set at
+/// scrape time).
+fn limiter_state(backend: BackendKind, limiter: &LimiterSnapshot) {
+    let backend = backend.to_string();
+    let labels = [("backend", backend.clone())];
+    gauge!(names::LIMITER_CONFIGURED_RATE, &labels).set(limiter.configured_rate_per_sec);
+    gauge!(names::LIMITER_EFFECTIVE_RATE, &labels).set(limiter.effective_rate_per_sec);
+    gauge!(names::LIMITER_TOKENS, &labels).set(limiter.tokens_available);
+    gauge!(names::LIMITER_COOLDOWN, &labels).set(limiter.cooldown_remaining_ms as f64 / 1000.0);
+    counter!(names::LIMITER_GRANTED, &labels).absolute(limiter.granted);
+    counter!(names::LIMITER_WAITS, &labels).absolute(limiter.waits);
+    counter!(names::LIMITER_RETRIES, &labels).absolute(limiter.retries);
+    // 429 and 403 always show, so that a dashboard has a series before the first.
+    let mut rate_limited = limiter.rate_limited.clone();
+    for status in ["403", "429"] {
+        rate_limited.entry(status.to_owned()).or_insert(0);
+    }
+    for (status, count) in rate_limited {
+        counter!(names::LIMITER_RATE_LIMITED, "backend" => backend.clone(), "status" => status)
+            .absolute(count);
+    }
+    for (reason, count) in [
+        ("unavailable", limiter.failures_unavailable),
+        ("rejected", limiter.failures_rejected),
+        ("forbidden", limiter.failures_forbidden),
+    ] {
+        counter!(names::LIMITER_FAILURES, "backend" => backend.clone(), "reason" => reason)
+            .absolute(count);
+    }
 }
 
 /// `GET /api/metrics`: per queue, the designs' figures over each window.

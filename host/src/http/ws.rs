@@ -33,7 +33,8 @@ use tokio_stream::StreamMap;
 
 use super::AppState;
 use super::error::ApiError;
-use super::jobs::{CHAT_QUEUE, chat_submission, generic_submission, submit, visible_job};
+use super::job_view::CHAT_QUEUE;
+use super::jobs::{chat_submission, generic_submission, submit, visible_job};
 use super::stream::{refused, stream_position};
 use spool_core::access::Identity;
 use spool_core::follow::{Follower, Step};

@@ -30,6 +30,19 @@ pub enum Outcome {
     Cancelled,
 }
 
+impl Outcome {
+    /// How the metrics count this end.
+    pub fn end(&self) -> crate::metrics::AttemptEnd {
+        use crate::metrics::AttemptEnd;
+        match self {
+            Self::Completed { .. } => AttemptEnd::Completed,
+            Self::Retry { kind, .. } => AttemptEnd::Retried(*kind),
+            Self::Failed { kind, .. } => AttemptEnd::Failed(*kind),
+            Self::Cancelled => AttemptEnd::Cancelled,
+        }
+    }
+}
+
 /// What recording an outcome writes: the job's new state, where it is
 /// indexed, how long it is kept, and its event.
 pub(super) struct Settlement {

@@ -420,7 +420,7 @@ impl Workers {
                     metrics::attempt_recorded(
                         &claimed.record.queue,
                         claimed.class,
-                        &outcome,
+                        outcome.end(),
                         ran_for,
                     );
                     return;

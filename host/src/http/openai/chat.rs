@@ -18,8 +18,9 @@ use utoipa::ToSchema;
 
 use super::super::AppState;
 use super::super::error::{ApiError, ApiJson, ErrorBody, ErrorDetail};
+use super::super::job_view::CHAT_QUEUE;
 use super::super::job_wait;
-use super::super::jobs::{CHAT_QUEUE, as_caller, checked_priority};
+use super::super::jobs::{as_caller, checked_priority};
 use super::{backend_model, checked_model, checked_user, created_now};
 use spool_core::access::Identity;
 use spool_core::events::JobEvents;
