@@ -5,10 +5,11 @@
 -- counted, so a paused or cut-off worker cannot touch a job it lost. Once a
 -- cancel was accepted the owner's writes are refused too ('cancelled'): nothing
 -- of the job changes after its cancel. Returns nil when the write may go on.
-local function fence_refusal(job_key, token, counter)
+-- `writes` is how many writes a refusal counts (1 when nil).
+local function fence_refusal(job_key, token, counter, writes)
   local owner = redis.call('HMGET', job_key, 'state', 'entry', 'cancel')
   if owner[1] ~= 'active' or owner[2] ~= token then
-    redis.call('INCR', counter)
+    redis.call('INCRBY', counter, writes or 1)
     return 'fenced'
   end
   if owner[3] then

@@ -64,11 +64,25 @@ pub enum Written {
 }
 
 /// One job write of a running attempt (see `fenced.lua`).
-enum JobWrite<'a> {
-    Event { event_type: &'a str, data: &'a str },
-    Progress { percent: u8, step: &'a str },
-    SetState { key: &'a str, value: &'a str },
-    DeleteState { key: &'a str },
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobWrite {
+    /// An event on the job's stream.
+    Event {
+        event_type: String,
+        data: String,
+    },
+    /// The job's progress, and the matching `task_progress` event.
+    Progress {
+        percent: u8,
+        step: String,
+    },
+    SetState {
+        key: String,
+        value: String,
+    },
+    DeleteState {
+        key: String,
+    },
 }
 
 impl Queue {
@@ -79,8 +93,11 @@ impl Queue {
         event_type: &str,
         data: &str,
     ) -> RedisResult<Written> {
-        self.write(fence, JobWrite::Event { event_type, data })
-            .await
+        let write = JobWrite::Event {
+            event_type: event_type.to_owned(),
+            data: data.to_owned(),
+        };
+        self.write_all(fence, std::slice::from_ref(&write)).await
     }
 
     /// Sets the job's progress and appends the matching `task_progress` event.
@@ -90,55 +107,64 @@ impl Queue {
         percent: u8,
         step: &str,
     ) -> RedisResult<Written> {
-        self.write(fence, JobWrite::Progress { percent, step })
-            .await
+        let write = JobWrite::Progress {
+            percent,
+            step: step.to_owned(),
+        };
+        self.write_all(fence, std::slice::from_ref(&write)).await
     }
 
     /// Sets one key of the guest's state.
     pub async fn set_state(&self, fence: &Fence, key: &str, value: &str) -> RedisResult<Written> {
-        self.write(fence, JobWrite::SetState { key, value }).await
+        let write = JobWrite::SetState {
+            key: key.to_owned(),
+            value: value.to_owned(),
+        };
+        self.write_all(fence, std::slice::from_ref(&write)).await
     }
 
     /// Deletes one key of the guest's state.
     pub async fn delete_state(&self, fence: &Fence, key: &str) -> RedisResult<Written> {
-        self.write(fence, JobWrite::DeleteState { key }).await
+        let write = JobWrite::DeleteState {
+            key: key.to_owned(),
+        };
+        self.write_all(fence, std::slice::from_ref(&write)).await
     }
 
-    async fn write(&self, fence: &Fence, write: JobWrite<'_>) -> RedisResult<Written> {
+    /// Makes `writes` in order in one call: all of them, or, once the fence
+    /// refuses, none.
+    pub async fn write_all(&self, fence: &Fence, writes: &[JobWrite]) -> RedisResult<Written> {
         let mut invocation = self.fenced.prepare_invoke();
         invocation
             .key(fence.job_key())
             .key(fence.counter_key())
             .key(&fence.job.events)
             .key(&fence.job.state)
-            .arg(fence.token());
-        match write {
-            JobWrite::Event { event_type, data } => {
-                invocation
-                    .arg("event")
-                    .arg(event_type)
-                    .arg(data)
-                    .arg(now_ms())
-                    .arg(MAX_STREAM_EVENTS)
-                    .arg(&fence.job_id);
-            }
-            JobWrite::Progress { percent, step } => {
-                let data = serde_json::json!({ "progress": percent, "step": step }).to_string();
-                invocation
-                    .arg("progress")
-                    .arg(EventType::TaskProgress.as_str())
-                    .arg(data)
-                    .arg(now_ms())
-                    .arg(MAX_STREAM_EVENTS)
-                    .arg(&fence.job_id)
-                    .arg(percent)
-                    .arg(step);
-            }
-            JobWrite::SetState { key, value } => {
-                invocation.arg("state_set").arg(key).arg(value);
-            }
-            JobWrite::DeleteState { key } => {
-                invocation.arg("state_delete").arg(key);
+            .arg(fence.token())
+            .arg(now_ms())
+            .arg(MAX_STREAM_EVENTS)
+            .arg(&fence.job_id)
+            .arg(writes.len());
+        for write in writes {
+            match write {
+                JobWrite::Event { event_type, data } => {
+                    invocation.arg("event").arg(event_type).arg(data);
+                }
+                JobWrite::Progress { percent, step } => {
+                    let data = serde_json::json!({ "progress": percent, "step": step }).to_string();
+                    invocation
+                        .arg("progress")
+                        .arg(EventType::TaskProgress.as_str())
+                        .arg(data)
+                        .arg(percent)
+                        .arg(step);
+                }
+                JobWrite::SetState { key, value } => {
+                    invocation.arg("state_set").arg(key).arg(value);
+                }
+                JobWrite::DeleteState { key } => {
+                    invocation.arg("state_delete").arg(key);
+                }
             }
         }
         let written: i64 = invocation.invoke_async(&mut self.connection()).await?;

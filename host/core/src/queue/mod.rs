@@ -51,7 +51,7 @@ use serde::Serialize;
 pub use bulk::{BulkItem, BulkSubmitError};
 pub use claiming::{Claim, Claimed, ClaimedJob};
 pub use dead::{DEFAULT_MAX_DEAD, DeadLetter, Replay};
-pub use fence::{Fence, Written};
+pub use fence::{Fence, JobWrite, Written};
 pub use finishing::{Finish, PreparedOutcome};
 pub use monitoring::{MONITOR_BUCKET_SECS, MONITOR_WINDOWS, QueueMonitoring, WindowTotals};
 pub use promote::Promote;

@@ -5,6 +5,7 @@
 //! worker once the job completes. Every write is fenced by the attempt's
 //! [`Fence`]: the first one refused marks the attempt lost (`lost`), or
 //! cancelled (`stop`) once the job's cancel was accepted; either stops the guest.
+//! Events and progress are written behind the guest (`write_behind`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -14,10 +15,11 @@ use redis::AsyncCommands;
 use tokio_util::sync::CancellationToken;
 
 use super::follow_up::{FollowUp, follow_up_id};
+use super::write_behind::WriteBehind;
 use crate::gateway::{CallContext, Gateway};
 use crate::intake::Route;
 use crate::models::{ChatReply, ChatRequest, ModelError};
-use crate::queue::{Fence, Queue, Written};
+use crate::queue::{Fence, JobWrite, Queue};
 use crate::store;
 use crate::store::{BoundMessage, Store, StoreError};
 use spool_runtime::{
@@ -45,6 +47,8 @@ pub(super) struct WorkerHost {
     pub message: Option<BoundMessage>,
     /// Follow-up jobs to queue if the job completes (the `jobs` interface).
     pub follow_ups: Mutex<Vec<FollowUp>>,
+    /// The attempt's events and progress, written behind the guest.
+    pub events: WriteBehind,
 }
 
 impl WorkerHost {
@@ -62,17 +66,6 @@ impl WorkerHost {
 
     fn bound(&self) -> Result<&BoundMessage, HostCallError> {
         self.message.as_ref().ok_or(HostCallError::NoMessage)
-    }
-
-    /// Notes a fenced job write: a refusal marks the attempt lost; Redis
-    /// errors are logged (the guest goes on; recording the outcome retries).
-    fn written(&self, what: &str, result: redis::RedisResult<Written>) {
-        match result {
-            Ok(Written::Yes) => {}
-            Ok(Written::Fenced) => self.fenced(),
-            Ok(Written::Cancelled) => self.stop.cancel(),
-            Err(error) => tracing::warn!(job = %self.job_id, %error, "could not write {what}"),
-        }
     }
 
     fn fenced(&self) {
@@ -109,11 +102,8 @@ impl JobHost for WorkerHost {
                 let mut window = DeltaWindow::new(receiver);
                 while let Some(text) = window.next().await {
                     let data = serde_json::json!({ "text": text }).to_string();
-                    let event = EventType::TextDelta.as_str();
-                    self.written(
-                        "text_delta",
-                        self.queue.append_event(&self.fence, event, &data).await,
-                    );
+                    let event_type = EventType::TextDelta.as_str().to_owned();
+                    self.events.push(JobWrite::Event { event_type, data }).await;
                 }
             };
             let call = async move {
@@ -142,20 +132,11 @@ impl JobHost for WorkerHost {
     }
 
     fn progress(&self, percent: u8, step: String) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            let result = self.queue.set_progress(&self.fence, percent, &step).await;
-            self.written("progress", result);
-        })
+        Box::pin(self.events.push(JobWrite::Progress { percent, step }))
     }
 
     fn emit(&self, event_type: String, data: String) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            let result = self
-                .queue
-                .append_event(&self.fence, &event_type, &data)
-                .await;
-            self.written("event", result);
-        })
+        Box::pin(self.events.push(JobWrite::Event { event_type, data }))
     }
 
     fn state_get(&self, key: String) -> BoxFuture<'_, Option<String>> {
@@ -170,17 +151,11 @@ impl JobHost for WorkerHost {
     }
 
     fn state_set(&self, key: String, value: String) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            let result = self.queue.set_state(&self.fence, &key, &value).await;
-            self.written("state", result);
-        })
+        Box::pin(self.events.write(JobWrite::SetState { key, value }))
     }
 
     fn state_delete(&self, key: String) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            let result = self.queue.delete_state(&self.fence, &key).await;
-            self.written("state", result);
-        })
+        Box::pin(self.events.write(JobWrite::DeleteState { key }))
     }
 
     fn state_sizes(&self) -> BoxFuture<'_, HashMap<String, usize>> {

@@ -30,6 +30,7 @@ mod running;
 
 use follow_up::NotQueued;
 mod supervise;
+mod write_behind;
 
 use dispatch::Assigned;
 pub use dispatch::Dispatch;
@@ -38,6 +39,7 @@ pub use supervise::WorkerRestarts;
 mod host;
 
 use host::WorkerHost;
+use write_behind::{Refusals, WriteBehind};
 
 /// What every worker of an instance shares.
 pub struct Workers {
@@ -330,6 +332,15 @@ impl Workers {
             sessions: self.sessions.fenced(fence.clone()),
             message: message.clone(),
             follow_ups: Default::default(),
+            events: WriteBehind::new(
+                self.intake.queue.clone(),
+                fence.clone(),
+                Refusals {
+                    job_id: record.id.clone(),
+                    lost: lost.clone(),
+                    stop: stop.clone(),
+                },
+            ),
         });
         let job = Job {
             id: record.id.clone(),
@@ -362,6 +373,13 @@ impl Workers {
                 return None;
             }
         };
+        // Every event of the attempt is written before its outcome, and a
+        // write refused meanwhile decides it.
+        host.events.flush().await;
+        if lost.is_cancelled() {
+            handler_called(None);
+            return None;
+        }
         let outcome = outcome_of(result, &handler, &route.config, record.attempts);
         handler_called(match &outcome {
             Outcome::Failed { kind, .. } | Outcome::Retry { kind, .. } => Some(*kind),
