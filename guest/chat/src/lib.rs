@@ -69,8 +69,10 @@ impl Guest for Chat {
         events::progress(90, "parsing answer");
         let blocks = content::parse(&reply.text);
 
+        // One line per answer is detail at a service's rate (thousands a
+        // second): debug, where an operator who needs it turns it on.
         logging::log(
-            Level::Info,
+            Level::Debug,
             &format!(
                 "chat answered by {}: {kept} of {} history turns sent{}, {} characters in {} blocks",
                 reply.model,
