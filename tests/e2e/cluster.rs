@@ -111,11 +111,22 @@ async fn signals_travel_on_shard_channels_and_a_cancel_stops_a_running_job_at_on
     let mut shard_channels = Vec::new();
     for (master, queue) in masters.iter().zip(&queues) {
         let mut node = cluster.connection(master.addr).expect("node");
-        let mut channels: Vec<String> = redis::cmd("PUBSUB")
-            .arg("SHARDCHANNELS")
-            .query(&mut node)
-            .expect("PUBSUB SHARDCHANNELS");
-        channels.sort();
+        let wanted = ["wake", "cancel"].map(|kind| format!("spool:q:{{{queue}}}:{kind}"));
+        // A host answers before its subscriptions are all confirmed.
+        let subscribed = Instant::now();
+        let channels = loop {
+            let mut channels: Vec<String> = redis::cmd("PUBSUB")
+                .arg("SHARDCHANNELS")
+                .query(&mut node)
+                .expect("PUBSUB SHARDCHANNELS");
+            channels.sort();
+            if wanted.iter().all(|channel| channels.contains(channel))
+                || subscribed.elapsed() > Duration::from_secs(10)
+            {
+                break channels;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         let classic: Vec<String> = redis::cmd("PUBSUB")
             .arg("CHANNELS")
             .arg("spool:*")
@@ -126,20 +137,29 @@ async fn signals_travel_on_shard_channels_and_a_cancel_stops_a_running_job_at_on
             "classic channels on {}: {classic:?}",
             master.addr
         );
-        for kind in ["wake", "cancel"] {
-            let channel = format!("spool:q:{{{queue}}}:{kind}");
+        for channel in &wanted {
             assert!(
-                channels.contains(&channel),
+                channels.contains(channel),
                 "{channel} on {}: {channels:?}",
                 master.addr
             );
         }
         shard_channels.extend(channels);
     }
-    assert!(
-        shard_channels.contains(&"spool:{registry}:handlers:changed".to_owned()),
-        "{shard_channels:?}"
-    );
+    let registry = "spool:{registry}:handlers:changed".to_owned();
+    let subscribed = Instant::now();
+    while !shard_channels.contains(&registry) && subscribed.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for master in &masters {
+            let mut node = cluster.connection(master.addr).expect("node");
+            let channels: Vec<String> = redis::cmd("PUBSUB")
+                .arg("SHARDCHANNELS")
+                .query(&mut node)
+                .expect("PUBSUB SHARDCHANNELS");
+            shard_channels.extend(channels);
+        }
+    }
+    assert!(shard_channels.contains(&registry), "{shard_channels:?}");
 
     stub.set_timing(6000, 0);
     let (status, reply) = api
