@@ -15,7 +15,7 @@ use redis::AsyncCommands;
 use tokio_util::sync::CancellationToken;
 
 use super::follow_up::{FollowUp, follow_up_id};
-use super::write_behind::WriteBehind;
+use super::write_behind::{Refusals, WriteBehind, Writer};
 use crate::gateway::{CallContext, Gateway};
 use crate::intake::Route;
 use crate::models::{ChatReply, ChatRequest, ModelError};
@@ -68,6 +68,19 @@ impl WorkerHost {
         self.message.as_ref().ok_or(HostCallError::NoMessage)
     }
 
+    /// What the writer of the attempt's job writes needs, when it starts.
+    fn writer(&self) -> Writer {
+        Writer {
+            queue: self.queue.clone(),
+            fence: self.fence.clone(),
+            refusals: Refusals {
+                job_id: self.job_id.clone(),
+                lost: self.lost.clone(),
+                stop: self.stop.clone(),
+            },
+        }
+    }
+
     fn fenced(&self) {
         tracing::warn!(job = %self.job_id, "a write of this attempt was refused: its job was given to another attempt");
         self.lost.cancel();
@@ -103,7 +116,9 @@ impl JobHost for WorkerHost {
                 while let Some(text) = window.next().await {
                     let data = serde_json::json!({ "text": text }).to_string();
                     let event_type = EventType::TextDelta.as_str().to_owned();
-                    self.events.push(JobWrite::Event { event_type, data }).await;
+                    self.events
+                        .push(JobWrite::Event { event_type, data }, || self.writer())
+                        .await;
                 }
             };
             let call = async move {
@@ -132,11 +147,17 @@ impl JobHost for WorkerHost {
     }
 
     fn progress(&self, percent: u8, step: String) -> BoxFuture<'_, ()> {
-        Box::pin(self.events.push(JobWrite::Progress { percent, step }))
+        Box::pin(
+            self.events
+                .push(JobWrite::Progress { percent, step }, || self.writer()),
+        )
     }
 
     fn emit(&self, event_type: String, data: String) -> BoxFuture<'_, ()> {
-        Box::pin(self.events.push(JobWrite::Event { event_type, data }))
+        Box::pin(
+            self.events
+                .push(JobWrite::Event { event_type, data }, || self.writer()),
+        )
     }
 
     fn state_get(&self, key: String) -> BoxFuture<'_, Option<String>> {
@@ -151,11 +172,17 @@ impl JobHost for WorkerHost {
     }
 
     fn state_set(&self, key: String, value: String) -> BoxFuture<'_, ()> {
-        Box::pin(self.events.write(JobWrite::SetState { key, value }))
+        Box::pin(
+            self.events
+                .write(JobWrite::SetState { key, value }, || self.writer()),
+        )
     }
 
     fn state_delete(&self, key: String) -> BoxFuture<'_, ()> {
-        Box::pin(self.events.write(JobWrite::DeleteState { key }))
+        Box::pin(
+            self.events
+                .write(JobWrite::DeleteState { key }, || self.writer()),
+        )
     }
 
     fn state_sizes(&self) -> BoxFuture<'_, HashMap<String, usize>> {

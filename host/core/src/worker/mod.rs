@@ -39,7 +39,7 @@ pub use supervise::WorkerRestarts;
 mod host;
 
 use host::WorkerHost;
-use write_behind::{Refusals, WriteBehind};
+use write_behind::WriteBehind;
 
 /// What every worker of an instance shares.
 pub struct Workers {
@@ -332,15 +332,7 @@ impl Workers {
             sessions: self.sessions.fenced(fence.clone()),
             message: message.clone(),
             follow_ups: Default::default(),
-            events: WriteBehind::new(
-                self.intake.queue.clone(),
-                fence.clone(),
-                Refusals {
-                    job_id: record.id.clone(),
-                    lost: lost.clone(),
-                    stop: stop.clone(),
-                },
-            ),
+            events: WriteBehind::default(),
         });
         let job = Job {
             id: record.id.clone(),

@@ -27,15 +27,23 @@ const PENDING: usize = 256;
 const MAX_BATCH: usize = 64;
 
 /// An attempt's writer; [`WriteBehind::flush`] it before recording its outcome.
+#[derive(Default)]
 pub(super) struct WriteBehind {
     inner: Mutex<Inner>,
 }
 
+#[derive(Default)]
 struct Inner {
-    /// What the writer needs; it starts with the attempt's first write
-    /// (most jobs make none). `None` once started or flushed.
-    unstarted: Option<Box<(Queue, Fence, Refusals)>>,
+    /// Started by the attempt's first write: many jobs make none.
     running: Option<(mpsc::Sender<Pending>, JoinHandle<()>)>,
+    flushed: bool,
+}
+
+/// What the writer needs, asked for when it starts.
+pub(super) struct Writer {
+    pub queue: Queue,
+    pub fence: Fence,
+    pub refusals: Refusals,
 }
 
 /// A queued write, and who waits for it to be written.
@@ -54,43 +62,34 @@ pub(super) struct Refusals {
 }
 
 impl WriteBehind {
-    pub fn new(queue: Queue, fence: Fence, refusals: Refusals) -> Self {
-        Self {
-            inner: Mutex::new(Inner {
-                unstarted: Some(Box::new((queue, fence, refusals))),
-                running: None,
-            }),
-        }
-    }
-
-    /// Queues `write` after those before it (nothing once flushed).
-    pub async fn push(&self, write: JobWrite) {
-        self.queue(Pending {
+    /// Queues `write` after those before it (nothing once flushed);
+    /// `writer` is called if this is the attempt's first.
+    pub async fn push(&self, write: JobWrite, writer: impl FnOnce() -> Writer) {
+        let pending = Pending {
             write,
             written: None,
-        })
-        .await;
+        };
+        self.queue(pending, writer).await;
     }
 
     /// Queues `write` and waits until it was sent (or refused).
-    pub async fn write(&self, write: JobWrite) {
+    pub async fn write(&self, write: JobWrite, writer: impl FnOnce() -> Writer) {
         let (written, sent) = oneshot::channel();
-        self.queue(Pending {
+        let pending = Pending {
             write,
             written: Some(written),
-        })
-        .await;
+        };
+        self.queue(pending, writer).await;
         let _ = sent.await;
     }
 
-    async fn queue(&self, pending: Pending) {
+    async fn queue(&self, pending: Pending, writer: impl FnOnce() -> Writer) {
         let sender = {
             let mut inner = lock(&self.inner);
-            if let Some(parts) = inner.unstarted.take() {
-                let (queue, fence, refusals) = *parts;
+            if inner.running.is_none() && !inner.flushed {
                 let (sender, receiver) = mpsc::channel(PENDING);
-                let writer = tokio::spawn(send_in_order(queue, fence, refusals, receiver));
-                inner.running = Some((sender, writer));
+                let task = tokio::spawn(send_in_order(writer(), receiver));
+                inner.running = Some((sender, task));
             }
             inner.running.as_ref().map(|(sender, _)| sender.clone())
         };
@@ -105,22 +104,22 @@ impl WriteBehind {
     pub async fn flush(&self) {
         let running = {
             let mut inner = lock(&self.inner);
-            inner.unstarted = None;
+            inner.flushed = true;
             inner.running.take()
         };
-        if let Some((sender, writer)) = running {
+        if let Some((sender, task)) = running {
             drop(sender);
-            let _ = writer.await;
+            let _ = task.await;
         }
     }
 }
 
-async fn send_in_order(
-    queue: Queue,
-    fence: Fence,
-    refusals: Refusals,
-    mut queued: mpsc::Receiver<Pending>,
-) {
+async fn send_in_order(writer: Writer, mut queued: mpsc::Receiver<Pending>) {
+    let Writer {
+        queue,
+        fence,
+        refusals,
+    } = writer;
     let mut pending = Vec::with_capacity(MAX_BATCH);
     while queued.recv_many(&mut pending, MAX_BATCH).await > 0 {
         let (batch, waiting): (Vec<JobWrite>, Vec<Option<oneshot::Sender<()>>>) = pending
