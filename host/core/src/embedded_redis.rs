@@ -53,11 +53,16 @@ impl EmbeddedRedis {
             // Every job has an event stream of its own, most of them short: a
             // stream's first node preallocates min(this, 4 KB), which made a
             // queued job's one `task_queued` event cost ~4.7 KB of the ~4.8 KB
-            // a queued job took. 1 KB nodes: ~1.7 KB per such stream, at a few
-            // bytes more per entry of long streams. (An operator's own Redis
-            // keeps its setting; the README says so.)
+            // a queued job took. Measured on Redis 7.0, a one-entry stream
+            // takes 4,350 B at 4 KB nodes, 1,280 at 1 KB, 768 at 512 B and
+            // 512 at 256 B; a long stream's entries 27 B at 1 KB nodes, 29 at
+            // 512 B and 34 at 256 B. 256 B nodes cost a job's stream a new
+            // node at its second event, which cost ~10 % of the no-op
+            // throughput in `spool bench-compare`; 512 B nodes hold a job's
+            // usual events in one. (An operator's own Redis keeps its
+            // setting; the README says so.)
             .arg("--stream-node-max-bytes")
-            .arg("1024")
+            .arg("512")
             .arg("--logfile")
             .arg(dir.join("redis.log"))
             .stdin(Stdio::null())
