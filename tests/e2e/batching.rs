@@ -1,7 +1,8 @@
 //! Batched claims and outcomes (issue 16, fewer round trips per job): one
 //! claim call starts a job for each waiting worker, in strict priority order,
 //! and one finish call records a batch of outcomes, each exactly as if it were
-//! alone, one outcome that cannot be written failing alone.
+//! alone, one outcome that cannot be written failing alone; one settle call
+//! does both, the outcomes first, for the workers those outcomes freed.
 
 use spool_core::queue::{
     Claimed, ClaimedJob, Finish, JobState, NewJob, Outcome, Queue, QueueKeys, Retention,
@@ -236,4 +237,116 @@ async fn one_finish_call_records_each_outcome_as_if_alone_and_a_bad_one_fails_al
     );
     assert_eq!(minute.response_count, 2);
     assert_eq!(minute.processing_count, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_settle_call_records_outcomes_then_claims_the_freed_workers_next_jobs() {
+    let redis = Redis::start();
+    let (queue, keys) = queue_on(&redis, "batch").await;
+    for id in ["done", "retried", "cancelled"] {
+        submit(&queue, &keys, id, PriorityClass::Normal).await;
+    }
+    let jobs = claim(&queue, &keys, &["w0", "w1", "w2"]).await;
+    assert_eq!(jobs.len(), 3);
+    // Waiting now: two normal jobs and, queued later, a high one.
+    for (id, class) in [
+        ("next-1", PriorityClass::Normal),
+        ("next-2", PriorityClass::Normal),
+        ("urgent", PriorityClass::High),
+    ] {
+        submit(&queue, &keys, id, class).await;
+    }
+    // A cancel of `cancelled` was accepted while it ran.
+    redis::cmd("HSET")
+        .arg("spool:job:cancelled")
+        .arg("cancel")
+        .arg("1")
+        .query::<()>(&mut redis.connection())
+        .expect("HSET");
+
+    let completed = Outcome::Completed {
+        result: "{}".into(),
+        blocks: "[]".into(),
+        handler_version: "v1".into(),
+        follow_ups: Vec::new(),
+    };
+    let retry = Outcome::Retry {
+        error: "try again".into(),
+        kind: FailureKind::RetryRequested,
+        retry_at_ms: spool_core::queue::now_ms() + 60_000,
+    };
+    let prepared = [
+        queue.prepare_outcome(&jobs[0], &completed, RETENTION),
+        queue.prepare_outcome(&jobs[1], &retry, RETENTION),
+        queue.prepare_outcome(&jobs[2], &completed, RETENTION),
+    ];
+    let settled = queue
+        .settle(
+            &keys,
+            &["w9"],
+            &prepared,
+            &[Some("w0"), None, Some("w2")],
+            spool_core::queue::now_ms(),
+            0,
+        )
+        .await
+        .expect("settle");
+    let finished: Vec<Option<Finish>> = settled.finished.into_iter().map(Result::ok).collect();
+    assert_eq!(
+        finished,
+        [
+            Some(Finish::Recorded),
+            Some(Finish::Recorded),
+            Some(Finish::CancelRequested)
+        ],
+        "a cancelled job's outcome is refused, the others recorded"
+    );
+    let Some(Ok(Claimed::Jobs { jobs: next, .. })) = settled.claimed else {
+        panic!("the settle call claimed jobs");
+    };
+    let handed: Vec<(&str, Option<&str>)> = next
+        .iter()
+        .map(|job| (job.record.id.as_str(), job.record.worker.as_deref()))
+        .collect();
+    assert_eq!(
+        handed,
+        [("urgent", Some("w9")), ("next-1", Some("w0"))],
+        "the worker that asked alone first, then the one whose outcome freed it, in \
+         priority order; w1 did not ask and w2 must record its cancel first"
+    );
+    assert_eq!(
+        queue.job("done").await.expect("job").map(|job| job.state),
+        Some(JobState::Completed)
+    );
+    assert_eq!(
+        queue
+            .job("cancelled")
+            .await
+            .expect("job")
+            .map(|job| job.state),
+        Some(JobState::Active),
+        "nothing written for it"
+    );
+    // Acknowledged: only the entries of the jobs still running are pending.
+    let pending: u64 = redis::cmd("XPENDING")
+        .arg(keys.stream(PriorityClass::Normal))
+        .arg(spool_core::queue::GROUP)
+        .query::<Vec<redis::Value>>(&mut redis.connection())
+        .expect("XPENDING")
+        .into_iter()
+        .next()
+        .and_then(|count| redis::from_redis_value(count).ok())
+        .expect("a count");
+    assert_eq!(pending, 2, "`cancelled` and `next-1`");
+
+    // The retried attempt left its record; the completed one is its record.
+    let history = queue.attempt_history("retried").await.expect("history");
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert_eq!(history[0]["outcome"], "delayed");
+    assert_eq!(history[0]["error"], "try again");
+    let history = queue.attempt_history("done").await.expect("history");
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert_eq!(history[0]["outcome"], "completed");
+    assert_eq!(history[0]["worker"], "w0");
+    assert_eq!(history[0]["attempt"], 1);
 }

@@ -388,8 +388,8 @@ async fn the_keys_of_a_thousand_jobs_spread_over_every_master() {
     println!("keys per master after 1,000 jobs over {queues:?}: {counts:?}");
     assert_eq!(counts.len(), 3);
     for (master, keys) in &counts {
-        // A third of the jobs, each with its record, events and attempts.
-        assert!(*keys > 900, "master {master} holds {keys} keys: {counts:?}");
+        // A third of the jobs, each with its record and its events.
+        assert!(*keys > 600, "master {master} holds {keys} keys: {counts:?}");
     }
     no_crossslot(&[&host]);
 }

@@ -361,21 +361,14 @@ fn ttl(redis: &Redis, key: &str) -> i64 {
     query(redis, redis::cmd("TTL").arg(key))
 }
 
-/// The guest's state and the attempt history of a job, as a handler that
-/// keeps state and a job that ran before leave them.
-fn leave_state_and_history(redis: &Redis, id: &str) {
+/// The guest's state of a job, as a handler that keeps state leaves it.
+fn leave_guest_state(redis: &Redis, id: &str) {
     let _: () = query(
         redis,
         redis::cmd("HSET")
             .arg(format!("spool:job:{id}:state"))
             .arg("cursor")
             .arg("3"),
-    );
-    let _: () = query(
-        redis,
-        redis::cmd("RPUSH")
-            .arg(format!("spool:job:{id}:attempts"))
-            .arg("{}"),
     );
 }
 
@@ -385,7 +378,6 @@ fn assert_all_keys_expire(redis: &Redis, id: &str) {
         format!("spool:job:{id}"),
         format!("job_events:{id}"),
         format!("spool:job:{id}:state"),
-        format!("spool:job:{id}:attempts"),
     ] {
         let ttl = ttl(redis, &key);
         assert!(ttl > 0, "{key} has TTL {ttl} (-1: kept for good, -2: gone)");
@@ -416,7 +408,7 @@ async fn every_key_of_a_cancelled_job_expires() {
     let (_, reply) = submit_chat(&api, &first, "delayed").await;
     let delayed = job_id(&reply);
     wait_for_state(&api, &first, &delayed, "delayed").await;
-    leave_state_and_history(&redis, &delayed);
+    leave_guest_state(&redis, &delayed);
     let (status, body) = api
         .send_delete(&first.url(&format!("/api/job/{delayed}")))
         .await;
@@ -432,7 +424,7 @@ async fn every_key_of_a_cancelled_job_expires() {
         .await;
     let (_, reply) = submit_chat(&api, &first, "waiting").await;
     let waiting = job_id(&reply);
-    leave_state_and_history(&redis, &waiting);
+    leave_guest_state(&redis, &waiting);
     let (status, _) = api
         .send_delete(&first.url(&format!("/api/job/{waiting}")))
         .await;
@@ -447,7 +439,7 @@ async fn every_key_of_a_cancelled_job_expires() {
     let (_, reply) = submit_chat(&api, &first, "orphaned").await;
     let orphaned = job_id(&reply);
     wait_for_state(&api, &first, &orphaned, "active").await;
-    leave_state_and_history(&redis, &orphaned);
+    leave_guest_state(&redis, &orphaned);
     first.kill();
     let second = Host::start(&redis, &stub, options);
     let (status, _) = api

@@ -9,8 +9,7 @@
 -- Returns {the job's state before the call, its queue, its class}, or false
 -- when there is no such job in the queue named.
 -- KEYS[1] job hash   KEYS[2] job event stream   KEYS[3] job state hash
--- KEYS[4] attempt history list   KEYS[5..7] the queue's high/normal/low streams
--- KEYS[8] its delayed zset
+-- KEYS[4..6] the queue's high/normal/low streams   KEYS[7] its delayed zset
 -- ARGV[1] now (ms)   ARGV[2] ttl in seconds   ARGV[3] queue name
 -- ARGV[4] event type (cancelled)   ARGV[5] events kept   ARGV[6] cancel channel
 -- ARGV[7] message ttl (s)   ARGV[8] message events kept
@@ -21,12 +20,12 @@ local state = job[1]
 if not state or job[2] ~= ARGV[3] then
   return false
 end
-local streams = {high = KEYS[5], normal = KEYS[6], low = KEYS[7]}
+local streams = {high = KEYS[4], normal = KEYS[5], low = KEYS[6]}
 if state == 'waiting' or state == 'delayed' then
   if state == 'waiting' then
     redis.call('XDEL', streams[job[3]], job[4])
   else
-    redis.call('ZREM', KEYS[8], job[5])
+    redis.call('ZREM', KEYS[7], job[5])
   end
   redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished_at', ARGV[1], 'error', 'cancelled by request')
   local cancelled = cjson.encode({previous_state = state})
@@ -34,9 +33,9 @@ if state == 'waiting' or state == 'delayed' then
     'data', cancelled, 'timestamp', ARGV[1])
   copy_to_root(KEYS[2], job[5], ARGV[5],
     'event_type', ARGV[4], 'data', cancelled, 'timestamp', ARGV[1])
-  -- The guest's state and attempt history (a delayed job ran before) expire
-  -- with the record, as finish.lua does.
-  for _, key in ipairs({KEYS[1], KEYS[2], KEYS[3], KEYS[4]}) do
+  -- The guest's state (a delayed job ran before) expires with the record, as
+  -- finish.lua does.
+  for _, key in ipairs({KEYS[1], KEYS[2], KEYS[3]}) do
     redis.call('EXPIRE', key, ARGV[2])
   end
   local message, message_stream = driven_message(ARGV[10], KEYS[1], job[5])

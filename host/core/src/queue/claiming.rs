@@ -90,37 +90,50 @@ impl Queue {
         fair_every: u32,
     ) -> redis::RedisResult<Claimed> {
         let mut invocation = self.claim.prepare_invoke();
-        invocation.key(&queue.paused).key(&queue.delayed);
-        for stream in &queue.streams {
-            invocation.key(stream);
-        }
-        invocation
-            .key(queue.counter("dropped"))
-            .key(queue.counter("claims"));
-        invocation
-            .arg(GROUP)
-            .arg(started_at)
-            .arg(&queue.job_prefix)
-            .arg(&queue.events_prefix)
-            .arg(EventType::TaskStarted.as_str())
-            .arg(MAX_STREAM_EVENTS)
-            .arg(fair_every)
-            .arg(consumers);
+        claim_keys_and_args(&mut invocation, queue, started_at, fair_every);
+        invocation.arg(consumers);
         let mut redis = self.redis.clone();
         let invoked = metrics::redis_timed("claim", invocation.invoke_async(&mut redis));
-        let reply: Vec<Value> = match invoked.await {
-            Err(e) if e.code() == Some("NOGROUP") => {
-                // Redis lost its data (restarted without persistence): recreate.
-                self.ensure_groups(queue).await?;
-                return Ok(Claimed::Again);
-            }
-            other => other?,
-        };
-        parse_claimed(reply, queue)
+        match invoked.await {
+            Err(e) if e.code() == Some("NOGROUP") => self.group_lost(queue).await,
+            other => parse_claimed(other?, queue),
+        }
+    }
+
+    /// Redis lost its data (restarted without persistence) and with it the
+    /// queue's consumer group: it is made again, and the claim asks again.
+    pub(super) async fn group_lost(&self, queue: &QueueKeys) -> redis::RedisResult<Claimed> {
+        self.ensure_groups(queue).await?;
+        Ok(Claimed::Again)
     }
 }
 
-fn text(value: &Value) -> String {
+/// The claim's keys and first arguments, as `claim_jobs` takes them (its
+/// `K` and `A`): the consumers follow.
+pub(super) fn claim_keys_and_args(
+    invocation: &mut redis::ScriptInvocation<'_>,
+    queue: &QueueKeys,
+    started_at: u64,
+    fair_every: u32,
+) {
+    invocation.key(&queue.paused).key(&queue.delayed);
+    for stream in &queue.streams {
+        invocation.key(stream);
+    }
+    invocation
+        .key(queue.counter("dropped"))
+        .key(queue.counter("claims"));
+    invocation
+        .arg(GROUP)
+        .arg(started_at)
+        .arg(&queue.job_prefix)
+        .arg(&queue.events_prefix)
+        .arg(EventType::TaskStarted.as_str())
+        .arg(MAX_STREAM_EVENTS)
+        .arg(fair_every);
+}
+
+pub(super) fn text(value: &Value) -> String {
     match value {
         Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
         Value::SimpleString(s) => s.clone(),
@@ -136,7 +149,7 @@ fn malformed() -> redis::RedisError {
     ))
 }
 
-fn parse_claimed(reply: Vec<Value>, queue: &QueueKeys) -> redis::RedisResult<Claimed> {
+pub(super) fn parse_claimed(reply: Vec<Value>, queue: &QueueKeys) -> redis::RedisResult<Claimed> {
     let mut items = reply.into_iter();
     let tag = items.next().map(|v| text(&v)).ok_or_else(malformed)?;
     match tag.as_str() {

@@ -8,41 +8,66 @@
 -- only `cancelled` is recorded. The session message the job drives (if it
 -- still does) ends in the same step: completed, in an error, or, for a retry,
 -- with its running tasks failed.
+-- An attempt that did not complete leaves its record in the job hash, as
+-- `attempt:N` (N counted by `attempt_records`, which a replay does not
+-- reset), so it expires with the job and costs no key of its own. A
+-- completing attempt writes none (A[11] is empty): the record's own fields
+-- are its account, and a record's value over 64 bytes would turn a small
+-- job's compact hash into a table.
+-- What every outcome of the batch does alike is done once after them all:
+-- one XACK and one XDEL per stream, one INCRBY per counter, one trim per
+-- history; the Redis calls per outcome are what makes a loaded queue's cost.
 -- Returns one result per outcome, in order: 1 when recorded, 0 when the
 -- attempt had lost the job, 2 when the job must be recorded as cancelled
 -- instead (nothing was written for it), or the error that stopped it.
--- Nine keys per outcome, outcome after outcome:
+-- `finish_outcomes` records them (below); as a script of its own, KEYS and
+-- ARGV are its keys and arguments from the first (Rust appends that line).
+-- Eight keys per outcome, outcome after outcome:
 --   1 job hash   2 stream   3 job event stream   4 job state hash
 --   5 outcome zset (history, or delayed retries)   6 outcome counter
---   7 attempt history list   8 dead-letter stream   9 its index
--- ARGV[1] the number of outcomes, then per outcome its argument count and:
+--   7 dead-letter stream   8 its index
+-- Arguments: the number of outcomes, then per outcome its argument count and:
 --   1 group   2 entry id   3 job id   4 now (ms)
 --   5 new state   6 zset score   7 history length (ids kept; unused when delayed)
 --   8 ttl in seconds (0: keep)   9 event type   10 event data
---   11 attempt record (JSON)   12 events kept
+--   11 attempt record (JSON; empty when it completed)   12 events kept
 --   13 message ending ('completed', 'error', 'retrying')   14 message error
 --   15 message ttl (s)   16 message events kept   17 dead letters kept
 --   18 monitoring key prefix   19 the queue's sessions prefix (see message_end.lua)
 --   20.. job hash field/value pairs
 -- (message_end.lua, dead_letters.lua, monitor.lua and stage_event.lua are prepended.)
+
+-- What the batch does once for all its outcomes (see above).
+local acks, counts, trims = {}, {}, {}
+
+local function acknowledge(stream, entry)
+  local entries = acks[stream]
+  if not entries then
+    entries = {}
+    acks[stream] = entries
+  end
+  entries[#entries + 1] = entry
+end
+
 local function finish_one(K, A)
   local owner = redis.call('HMGET', K[1], 'state', 'entry', 'cancel', 'created_at', 'started_at',
-    'message_session', 'message_id')
+    'message_session', 'message_id', 'attempt_records')
   if owner[1] ~= 'active' or owner[2] ~= A[2] then
-    redis.call('XACK', K[2], A[1], A[2])
-    redis.call('XDEL', K[2], A[2])
+    acknowledge(K[2], A[2])
     return 0
   end
   if owner[3] and A[5] ~= 'cancelled' then
     return 2
   end
-  redis.call('XACK', K[2], A[1], A[2])
-  redis.call('XDEL', K[2], A[2])
+  acknowledge(K[2], A[2])
+  if A[11] ~= '' then
+    local record = (tonumber(owner[8]) or 0) + 1
+    redis.call('HSET', K[1], 'attempt_records', record, 'attempt:' .. record, A[11])
+  end
   redis.call('HSET', K[1], 'state', A[5], 'finished_at', A[4], unpack(A, 20))
   if owner[3] then
     redis.call('HDEL', K[1], 'cancel')
   end
-  redis.call('RPUSH', K[7], A[11])
   if A[5] == 'delayed' then
     redis.call('ZADD', K[5], A[6], A[3])
   else
@@ -50,15 +75,15 @@ local function finish_one(K, A)
     local history = tonumber(A[7])
     if history > 0 then
       redis.call('ZADD', K[5], A[6], A[3])
-      redis.call('ZREMRANGEBYRANK', K[5], 0, -(history + 1))
+      trims[K[5]] = history
     end
-    redis.call('INCR', K[6])
+    counts[K[6]] = (counts[K[6]] or 0) + 1
     -- The request ended (a retry is not an end).
     monitor_request(A[18], A[5], owner[4], owner[5], A[4])
   end
   if A[5] == 'failed' then
     local snapshot = cjson.encode(redis.call('HGETALL', K[1]))
-    add_dead_letter(K[8], K[9], A[3], A[4], snapshot, A[17])
+    add_dead_letter(K[7], K[8], A[3], A[4], snapshot, A[17])
   end
   redis.call('XADD', K[3], 'MAXLEN', '~', A[12], '*',
     'event_type', A[9], 'data', A[10], 'timestamp', A[4])
@@ -70,32 +95,50 @@ local function finish_one(K, A)
   end
   local ttl = tonumber(A[8])
   if ttl > 0 then
-    for _, key in ipairs({K[1], K[3], K[4], K[7]}) do
+    for _, key in ipairs({K[1], K[3], K[4]}) do
       redis.call('EXPIRE', key, ttl)
     end
   end
   return 1
 end
 
-local results = {}
-local next_arg = 2
-for n = 1, tonumber(ARGV[1]) do
-  local base = (n - 1) * 9
-  local K = {}
-  for i = 1, 9 do
-    K[i] = KEYS[base + i]
+-- Records the n outcomes found from argv[first_arg] (n, then per outcome
+-- its argument count and arguments), their keys from keys[first_key + 1];
+-- returns their results and the index of the first argument after them.
+local function finish_outcomes(keys, first_key, argv, first_arg)
+  acks, counts, trims = {}, {}, {}
+  local results = {}
+  local group = nil
+  local next_arg = first_arg + 1
+  for n = 1, tonumber(argv[first_arg]) do
+    local base = first_key + (n - 1) * 8
+    local K = {}
+    for i = 1, 8 do
+      K[i] = keys[base + i]
+    end
+    local count = tonumber(argv[next_arg])
+    local A = {unpack(argv, next_arg + 1, next_arg + count)}
+    next_arg = next_arg + count + 1
+    group = A[1]
+    -- One outcome that cannot be written (a key of the wrong type, say) must
+    -- not keep the others of its batch from being recorded: it gets its error.
+    local ok, result = pcall(finish_one, K, A)
+    if ok then
+      results[n] = result
+    else
+      results[n] = type(result) == 'table' and result.err or tostring(result)
+    end
   end
-  local count = tonumber(ARGV[next_arg])
-  local A = {unpack(ARGV, next_arg + 1, next_arg + count)}
-  next_arg = next_arg + count + 1
-  -- One outcome that cannot be written (a key of the wrong type, say) must
-  -- not keep the others of its batch from being recorded: it gets its error.
-  local ok, result = pcall(finish_one, K, A)
-  if ok then
-    results[n] = result
-  else
-    results[n] = type(result) == 'table' and result.err or tostring(result)
+  for stream, entries in pairs(acks) do
+    redis.call('XACK', stream, group, unpack(entries))
+    redis.call('XDEL', stream, unpack(entries))
   end
+  for counter, n in pairs(counts) do
+    redis.call('INCRBY', counter, n)
+  end
+  for history, kept in pairs(trims) do
+    redis.call('ZREMRANGEBYRANK', history, 0, -(kept + 1))
+  end
+  monitor_flush()
+  return results, next_arg
 end
-monitor_flush()
-return results

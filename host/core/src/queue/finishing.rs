@@ -8,7 +8,7 @@
 //! (`worker::dispatch`).
 
 use super::settlement::Settlement;
-use super::{ClaimedJob, GROUP, Outcome, Queue, Retention, now_ms};
+use super::{ClaimedJob, GROUP, JobRecord, JobState, Outcome, Queue, Retention, now_ms};
 use crate::metrics;
 use spool_runtime::event_type::MAX_STREAM_EVENTS;
 
@@ -22,9 +22,17 @@ pub enum Finish {
     CancelRequested,
 }
 
+impl Finish {
+    /// The attempt is over for its worker, which may take its next job
+    /// (`settle.lua` claims one for it in the same call).
+    pub fn frees_worker(self) -> bool {
+        matches!(self, Self::Recorded | Self::Lost)
+    }
+}
+
 /// One outcome's keys and arguments for `finish.lua`.
 pub struct PreparedOutcome {
-    keys: [String; 9],
+    keys: [String; 8],
     args: Vec<String>,
 }
 
@@ -56,15 +64,18 @@ impl Queue {
         let id = job.record.id.as_str();
         let now = now_ms();
         let settlement = Settlement::of(&job.record, outcome, retention, now);
-        let attempt_record = serde_json::json!({
-            "attempt": job.record.attempts,
-            "worker": job.record.worker,
-            "startedAt": job.record.started_at,
-            "finishedAt": now,
-            "outcome": settlement.state.as_str(),
-            "error": settlement.event.get("error"),
-            "errorKind": settlement.event.get("error_kind"),
-        });
+        // A completing attempt's account is the record itself (finish.lua).
+        let attempt_record = match settlement.state {
+            JobState::Completed => String::new(),
+            state => attempt_record(
+                &job.record,
+                now,
+                state,
+                settlement.event.get("error"),
+                settlement.event.get("error_kind"),
+            )
+            .to_string(),
+        };
         let state = settlement.state.as_str();
         let zset = settlement.zset(keys).to_owned();
         let mut args = vec![
@@ -78,7 +89,7 @@ impl Queue {
             settlement.ttl_secs.to_string(),
             settlement.event_type.as_str().to_owned(),
             settlement.event.to_string(),
-            attempt_record.to_string(),
+            attempt_record,
             MAX_STREAM_EVENTS.to_string(),
             settlement.message.as_str().to_owned(),
             settlement.message.error().to_owned(),
@@ -100,7 +111,6 @@ impl Queue {
                 job.keys.state.clone(),
                 zset,
                 keys.counter(state),
-                job.keys.attempts.clone(),
                 keys.dead.clone(),
                 keys.dead_index.clone(),
             ],
@@ -115,23 +125,58 @@ impl Queue {
         outcomes: &[PreparedOutcome],
     ) -> redis::RedisResult<Vec<redis::RedisResult<Finish>>> {
         let mut invocation = self.finish.prepare_invoke();
-        invocation.arg(outcomes.len());
-        for outcome in outcomes {
-            for key in &outcome.keys {
-                invocation.key(key);
-            }
-            invocation.arg(outcome.args.len()).arg(&outcome.args);
-        }
+        outcome_keys_and_args(&mut invocation, outcomes);
         let recorded: Vec<redis::Value> =
             metrics::redis_timed("finish", invocation.invoke_async(&mut self.redis.clone()))
                 .await?;
-        if recorded.len() != outcomes.len() {
-            return Err(unexpected(
-                "the finish script answered for a different number of outcomes",
-            ));
-        }
-        Ok(recorded.into_iter().map(finish_of).collect())
+        finishes_of(recorded, outcomes.len())
     }
+}
+
+/// The outcomes' keys and arguments, as `finish_outcomes` takes them.
+pub(super) fn outcome_keys_and_args(
+    invocation: &mut redis::ScriptInvocation<'_>,
+    outcomes: &[PreparedOutcome],
+) {
+    invocation.arg(outcomes.len());
+    for outcome in outcomes {
+        for key in &outcome.keys {
+            invocation.key(key);
+        }
+        invocation.arg(outcome.args.len()).arg(&outcome.args);
+    }
+}
+
+/// One [`Finish`] per outcome from `finish_outcomes`' results.
+pub(super) fn finishes_of(
+    recorded: Vec<redis::Value>,
+    outcomes: usize,
+) -> redis::RedisResult<Vec<redis::RedisResult<Finish>>> {
+    if recorded.len() != outcomes {
+        return Err(unexpected(
+            "the finish script answered for a different number of outcomes",
+        ));
+    }
+    Ok(recorded.into_iter().map(finish_of).collect())
+}
+
+/// How one attempt ended, as the job's attempt history shows it.
+pub(super) fn attempt_record(
+    job: &JobRecord,
+    finished_at: u64,
+    outcome: JobState,
+    error: Option<&serde_json::Value>,
+    error_kind: Option<&serde_json::Value>,
+) -> serde_json::Value {
+    serde_json::json!({
+        "attempt": job.attempts,
+        "worker": job.worker,
+        "startedAt": job.started_at,
+        "finishedAt": finished_at,
+        "outcome": outcome.as_str(),
+        "error": error,
+        "errorKind": error_kind,
+    })
 }
 
 fn finish_of(recorded: redis::Value) -> redis::RedisResult<Finish> {

@@ -12,8 +12,8 @@
 //! (also `:count:dropped`, and `:count:fenced`, see `fence`);
 //! `spool:q:{queue}:monitor:{bucket}` (request figures by 10 s of Redis time,
 //! for the designs' monitoring; see `monitor.lua` and [`Queue::monitoring`]);
-//! `spool:job:{id}` (the job record), `spool:job:{id}:state` (the guest's
-//! state), `spool:job:{id}:attempts` (attempt history), `job_events:{id}`; on a
+//! `spool:job:{id}` (the job record, with each attempt's outcome as
+//! `attempt:N`), `spool:job:{id}:state` (the guest's state), `job_events:{id}`; on a
 //! Redis Cluster a job's keys carry its queue's tag instead ([`KeyLayout`]).
 //! Every key of a finished job expires with its record.
 //!
@@ -39,6 +39,7 @@ mod monitoring;
 mod promote;
 mod record;
 mod settlement;
+mod settling;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -57,6 +58,7 @@ pub use monitoring::{MONITOR_BUCKET_SECS, MONITOR_WINDOWS, QueueMonitoring, Wind
 pub use promote::Promote;
 pub use record::{BoundMessage, JobRecord, JobState};
 pub use settlement::Outcome;
+pub use settling::Settled;
 
 use crate::metrics;
 use spool_runtime::event_type::MAX_STREAM_EVENTS;
@@ -110,8 +112,6 @@ pub struct JobKeys {
     pub events: String,
     /// The guest's state hash.
     pub state: String,
-    /// Its attempt history list.
-    pub attempts: String,
 }
 
 impl JobKeys {
@@ -120,7 +120,6 @@ impl JobKeys {
         Self {
             events: format!("{events_prefix}{id}"),
             state: format!("{record}:state"),
-            attempts: format!("{record}:attempts"),
             record,
         }
     }
@@ -321,6 +320,7 @@ pub struct Queue {
     submit_bulk: Arc<Script>,
     claim: Arc<Script>,
     finish: Arc<Script>,
+    settle: Arc<Script>,
     recover: Arc<Script>,
     heartbeat: Arc<Script>,
     cancel: Arc<Script>,
@@ -357,14 +357,26 @@ impl Queue {
             claim: Arc::new(Script::new(concat!(
                 include_str!("enter_stream.lua"),
                 include_str!("stage_event.lua"),
-                include_str!("claim.lua")
+                include_str!("claim.lua"),
+                "return claim_jobs(KEYS, ARGV, {unpack(ARGV, 8)})\n"
             ))),
             finish: Arc::new(Script::new(concat!(
                 include_str!("message_end.lua"),
                 include_str!("dead_letters.lua"),
                 include_str!("monitor.lua"),
                 include_str!("stage_event.lua"),
-                include_str!("finish.lua")
+                include_str!("finish.lua"),
+                "return (finish_outcomes(KEYS, 0, ARGV, 1))\n"
+            ))),
+            settle: Arc::new(Script::new(concat!(
+                include_str!("enter_stream.lua"),
+                include_str!("message_end.lua"),
+                include_str!("dead_letters.lua"),
+                include_str!("monitor.lua"),
+                include_str!("stage_event.lua"),
+                include_str!("claim.lua"),
+                include_str!("finish.lua"),
+                include_str!("settle.lua")
             ))),
             recover: Arc::new(Script::new(concat!(
                 include_str!("publish.lua"),
@@ -613,11 +625,7 @@ impl Queue {
             return Ok(CancelOutcome::NotFound);
         };
         let mut invocation = self.cancel.prepare_invoke();
-        invocation
-            .key(&job.record)
-            .key(&job.events)
-            .key(&job.state)
-            .key(&job.attempts);
+        invocation.key(&job.record).key(&job.events).key(&job.state);
         for stream in &queue.streams {
             invocation.key(stream);
         }
@@ -670,16 +678,39 @@ impl Queue {
         invocation.invoke_async(&mut self.redis.clone()).await
     }
 
-    /// Each attempt's outcome, oldest first.
+    /// Each attempt's outcome, oldest first: those that did not complete
+    /// as finish.lua recorded them (`attempt:N` in the job's hash), then the
+    /// completing one, which is the record itself.
     pub async fn attempt_history(&self, id: &str) -> redis::RedisResult<Vec<serde_json::Value>> {
         let Some(job) = self.job_keys(id).await? else {
             return Ok(Vec::new());
         };
-        let items: Vec<String> = self.redis.clone().lrange(&job.attempts, 0, -1).await?;
-        Ok(items
-            .iter()
-            .filter_map(|i| serde_json::from_str(i).ok())
-            .collect())
+        let mut fields: HashMap<String, String> = self.redis.clone().hgetall(&job.record).await?;
+        let mut recorded: Vec<(u32, serde_json::Value)> = Vec::new();
+        fields.retain(|name, value| {
+            let Some(n) = name.strip_prefix("attempt:") else {
+                return true;
+            };
+            if let (Ok(n), Ok(attempt)) = (n.parse(), serde_json::from_str(value)) {
+                recorded.push((n, attempt));
+            }
+            false
+        });
+        recorded.sort_by_key(|(n, _)| *n);
+        let mut history: Vec<_> = recorded.into_iter().map(|(_, attempt)| attempt).collect();
+        if let Some(record) = JobRecord::from_fields(fields)
+            && record.state == JobState::Completed
+        {
+            let finished_at = record.finished_at.unwrap_or(0);
+            history.push(finishing::attempt_record(
+                &record,
+                finished_at,
+                JobState::Completed,
+                None,
+                None,
+            ));
+        }
+        Ok(history)
     }
 
     pub async fn job(&self, id: &str) -> redis::RedisResult<Option<JobRecord>> {

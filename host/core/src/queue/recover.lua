@@ -33,8 +33,8 @@ for i = 1, 3 do
         redis.call('HDEL', job, 'cancel')
         redis.call('XADD', ARGV[6] .. id, 'MAXLEN', '~', ARGV[13], '*', 'event_type', ARGV[14],
           'data', cjson.encode({previous_state = 'active', reason = 'worker stopped responding'}), 'timestamp', ARGV[4])
-        -- The guest's state and attempt history expire with the record.
-        for _, key in ipairs({job, ARGV[6] .. id, job .. ':state', job .. ':attempts'}) do
+        -- The guest's state expires with the record.
+        for _, key in ipairs({job, ARGV[6] .. id, job .. ':state'}) do
           redis.call('EXPIRE', key, ARGV[15])
         end
         local message, message_stream = driven_message(ARGV[19], job, id)

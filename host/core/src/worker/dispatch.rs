@@ -1,27 +1,30 @@
-//! Group commit between an instance's workers and Redis. Workers that want a
-//! job of the same queue at the same moment share one claim call, and the
-//! outcomes ready at the same moment share one finish call: while a call is
-//! in flight, the requests that arrive meanwhile wait and go together in the
-//! next. An idle instance pays one call per request, as before; a loaded one
-//! pays one per batch, so its Redis round trips per job fall as load rises.
+//! Group commit between an instance's workers and Redis. The workers that
+//! want a job of the same queue at the same moment, and the outcomes ready
+//! at that moment, share one call: while a call is in flight, the requests
+//! that arrive meanwhile wait and go together in the next. A worker that
+//! records an outcome asks for its next job with it (`settle.lua`), so a
+//! loaded queue pays one call per batch for both, as BullMQ's
+//! move-to-finished fetches the next job. An idle instance pays one call per
+//! request, as before.
 //!
-//! Owns the two batching tasks of each queue and what a worker gets back. It
-//! does not decide what a job runs (the worker does) nor what a claim or an
-//! outcome writes (the queue's scripts do). Strict priority and at-least-once
-//! are the scripts', unchanged: a batch's jobs come out of Redis in priority
-//! order, each started for the worker it goes to, and an entry is
-//! acknowledged only when its own outcome is recorded.
+//! Owns each queue's batching task and what a worker gets back. It does not
+//! decide what a job runs (the worker does) nor what a claim or an outcome
+//! writes (the queue's scripts do). Strict priority and at-least-once are
+//! the scripts', unchanged: a batch's jobs come out of Redis in priority
+//! order, each started for the worker it goes to, after the batch's
+//! outcomes, and an entry is acknowledged only when its own outcome is
+//! recorded.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::intake::Intake;
-use crate::queue::{Claimed, ClaimedJob, Finish, PreparedOutcome};
+use crate::intake::{Intake, Route};
+use crate::queue::{Claimed, ClaimedJob, Finish, PreparedOutcome, Settled};
 use spool_runtime::HandlerComponent;
 
-/// At most this many claims or outcomes go in one call.
+/// At most this many claims and outcomes go in one call.
 const MAX_BATCH: usize = 64;
 
 /// A Redis error, shared by every request of the batch it failed.
@@ -42,38 +45,42 @@ pub enum Assigned {
     Unreachable(SharedError),
 }
 
+/// What recording an outcome got: how it was recorded and, when the worker
+/// asked for it and the outcome let it (recorded, or the job lost), what
+/// the claim of its next job got.
+pub struct Recorded {
+    pub finish: Result<Finish, SharedError>,
+    pub next: Option<Assigned>,
+}
+
 /// The batching tasks of every queue of an instance; dropping it ends them.
 pub struct Dispatch {
-    desks: HashMap<String, Desk>,
+    desks: HashMap<String, mpsc::UnboundedSender<Request>>,
 }
 
-struct Desk {
-    claims: mpsc::UnboundedSender<ClaimRequest>,
-    outcomes: mpsc::UnboundedSender<OutcomeRequest>,
-}
-
-struct ClaimRequest {
-    consumer: String,
-    reply: oneshot::Sender<Assigned>,
-}
-
-struct OutcomeRequest {
-    outcome: PreparedOutcome,
-    reply: oneshot::Sender<Result<Finish, SharedError>>,
+enum Request {
+    Claim {
+        consumer: String,
+        reply: oneshot::Sender<Assigned>,
+    },
+    Finish {
+        outcome: Box<PreparedOutcome>,
+        /// The worker that wants its next job with the outcome.
+        next: Option<String>,
+        reply: oneshot::Sender<Recorded>,
+    },
 }
 
 impl Dispatch {
-    /// Starts the batching tasks of every queue the intake routes.
+    /// Starts the batching task of every queue the intake routes.
     pub fn start(intake: &Intake) -> Self {
         let desks = intake
             .routes
             .keys()
             .map(|queue| {
-                let (claims, claim_requests) = mpsc::unbounded_channel();
-                let (outcomes, outcome_requests) = mpsc::unbounded_channel();
-                tokio::spawn(claim_batches(intake.clone(), queue.clone(), claim_requests));
-                tokio::spawn(outcome_batches(intake.clone(), outcome_requests));
-                (queue.clone(), Desk { claims, outcomes })
+                let (desk, requests) = mpsc::unbounded_channel();
+                tokio::spawn(batches(intake.clone(), queue.clone(), requests));
+                (queue.clone(), desk)
             })
             .collect();
         Self { desks }
@@ -81,61 +88,68 @@ impl Dispatch {
 
     /// Claims the next job of `queue` for the worker named `consumer`.
     pub async fn claim(&self, queue: &str, consumer: &str) -> Assigned {
+        let idle = || Assigned::Idle {
+            next_retry_ms: None,
+        };
         let Some(desk) = self.desks.get(queue) else {
-            return Assigned::Idle {
-                next_retry_ms: None,
-            };
+            return idle();
         };
         let (reply, answer) = oneshot::channel();
-        let request = ClaimRequest {
+        let request = Request::Claim {
             consumer: consumer.to_owned(),
             reply,
         };
-        if desk.claims.send(request).is_err() {
-            return Assigned::Idle {
-                next_retry_ms: None,
-            };
+        if desk.send(request).is_err() {
+            return idle();
         }
-        answer.await.unwrap_or(Assigned::Idle {
-            next_retry_ms: None,
-        })
+        answer.await.unwrap_or_else(|_| idle())
     }
 
-    /// Records one attempt's outcome, in the next batch of its queue.
+    /// Records one attempt's outcome, in the next batch of its queue, and
+    /// with `next` claims that worker's next job of the queue in the same
+    /// call.
     pub async fn finish(
         &self,
         intake: &Intake,
         queue: &str,
         outcome: PreparedOutcome,
-    ) -> Result<Finish, SharedError> {
+        next: Option<&str>,
+    ) -> Recorded {
         let Some(desk) = self.desks.get(queue) else {
             // A job of a queue this instance does not route (its
             // configuration changed since): recorded on its own.
             return single(intake, outcome).await;
         };
         let (reply, answer) = oneshot::channel();
-        if let Err(refused) = desk.outcomes.send(OutcomeRequest { outcome, reply }) {
-            return single(intake, refused.0.outcome).await;
+        let request = Request::Finish {
+            outcome: Box::new(outcome),
+            next: next.map(str::to_owned),
+            reply,
+        };
+        if let Err(mpsc::error::SendError(Request::Finish { outcome, .. })) = desk.send(request) {
+            return single(intake, *outcome).await;
         }
-        answer.await.unwrap_or_else(|_| {
-            Err(Arc::new(redis::RedisError::from((
+        answer.await.unwrap_or_else(|_| Recorded {
+            finish: Err(Arc::new(redis::RedisError::from((
                 redis::ErrorKind::Io,
                 "the instance is stopping",
-            ))))
+            )))),
+            next: None,
         })
     }
 }
 
-async fn single(intake: &Intake, outcome: PreparedOutcome) -> Result<Finish, SharedError> {
+async fn single(intake: &Intake, outcome: PreparedOutcome) -> Recorded {
     let finished = intake
         .queue
         .finish_many(std::slice::from_ref(&outcome))
         .await;
-    match finished.map(|mut finished| finished.pop()) {
+    let finish = match finished.map(|mut finished| finished.pop()) {
         Ok(Some(finish)) => finish.map_err(Arc::new),
         Ok(None) => Ok(Finish::Lost),
         Err(error) => Err(Arc::new(error)),
-    }
+    };
+    Recorded { finish, next: None }
 }
 
 /// Takes what waits in `requests` after `first`, up to [`MAX_BATCH`].
@@ -150,34 +164,154 @@ fn batch_from<T>(first: T, requests: &mut mpsc::UnboundedReceiver<T>) -> Vec<T> 
     batch
 }
 
-async fn claim_batches(
-    intake: Intake,
-    queue: String,
-    mut requests: mpsc::UnboundedReceiver<ClaimRequest>,
-) {
+/// One queue's batching task: each batch is one call, a claim alone, or
+/// outcomes with the claims of the batch (`settle`).
+async fn batches(intake: Intake, queue: String, mut requests: mpsc::UnboundedReceiver<Request>) {
     let Some(route) = intake.routes.get(&queue) else {
         return;
     };
     while let Some(first) = requests.recv().await {
-        let batch = batch_from(first, &mut requests);
-        // The version is resolved at the moment the claim records as the
-        // jobs' start, not once the claim is back: under load that round trip
-        // is long enough for a switch to land inside it.
-        let resolved = intake.registry.resolve_stamped(
-            &route.config.handler,
-            route.config.handler_version.as_deref(),
-        );
-        let consumers: Vec<&str> = batch.iter().map(|r| r.consumer.as_str()).collect();
-        let claimed = intake
-            .queue
-            .claim_many(
-                &route.keys,
-                &consumers,
-                resolved.at_ms,
-                route.config.fair_every,
-            )
-            .await;
-        let (mut jobs, otherwise) = match claimed {
+        let mut claims = Vec::new();
+        let mut finishes = Vec::new();
+        for request in batch_from(first, &mut requests) {
+            match request {
+                Request::Claim { consumer, reply } => claims.push((consumer, reply)),
+                Request::Finish {
+                    outcome,
+                    next,
+                    reply,
+                } => finishes.push((*outcome, next, reply)),
+            }
+        }
+        if finishes.is_empty() {
+            claim_batch(&intake, route, claims).await;
+        } else {
+            settle_batch(&intake, route, claims, finishes).await;
+        }
+    }
+}
+
+async fn claim_batch(
+    intake: &Intake,
+    route: &Route,
+    claims: Vec<(String, oneshot::Sender<Assigned>)>,
+) {
+    // The version is resolved at the moment the claim records as the jobs'
+    // start, not once the claim is back: under load that round trip is long
+    // enough for a switch to land inside it.
+    let resolved = intake.registry.resolve_stamped(
+        &route.config.handler,
+        route.config.handler_version.as_deref(),
+    );
+    let consumers: Vec<&str> = claims.iter().map(|(c, _)| c.as_str()).collect();
+    let claimed = intake
+        .queue
+        .claim_many(
+            &route.keys,
+            &consumers,
+            resolved.at_ms,
+            route.config.fair_every,
+        )
+        .await;
+    let mut handed = Handed::new(&route.keys.name, claimed, resolved.handler);
+    for (_, reply) in claims {
+        handed.send(reply);
+    }
+}
+
+type FinishRequest = (PreparedOutcome, Option<String>, oneshot::Sender<Recorded>);
+
+async fn settle_batch(
+    intake: &Intake,
+    route: &Route,
+    claims: Vec<(String, oneshot::Sender<Assigned>)>,
+    finishes: Vec<FinishRequest>,
+) {
+    let resolved = intake.registry.resolve_stamped(
+        &route.config.handler,
+        route.config.handler_version.as_deref(),
+    );
+    let mut outcomes = Vec::with_capacity(finishes.len());
+    let mut finish_replies = Vec::with_capacity(finishes.len());
+    let mut wants_next = Vec::with_capacity(finishes.len());
+    for (outcome, next, reply) in finishes {
+        outcomes.push(outcome);
+        wants_next.push(next);
+        finish_replies.push(reply);
+    }
+    let alone: Vec<&str> = claims.iter().map(|(c, _)| c.as_str()).collect();
+    let next: Vec<Option<&str>> = wants_next.iter().map(Option::as_deref).collect();
+    let settled = intake
+        .queue
+        .settle(
+            &route.keys,
+            &alone,
+            &outcomes,
+            &next,
+            resolved.at_ms,
+            route.config.fair_every,
+        )
+        .await;
+    let Settled { finished, claimed } = match settled {
+        Ok(settled) => settled,
+        Err(error) => {
+            let error = Arc::new(error);
+            for (_, reply) in claims {
+                let _ = reply.send(Assigned::Unreachable(error.clone()));
+            }
+            for reply in finish_replies {
+                let _ = reply.send(Recorded {
+                    finish: Err(error.clone()),
+                    next: None,
+                });
+            }
+            return;
+        }
+    };
+    // The claim served the consumers that asked alone, then those whose
+    // outcome freed them, in order (see `Queue::settle`).
+    let claimed = claimed.unwrap_or(Ok(Claimed::Jobs {
+        jobs: Vec::new(),
+        dropped: Vec::new(),
+        next_retry_ms: None,
+    }));
+    let mut handed = Handed::new(&route.keys.name, claimed, resolved.handler);
+    for (_, reply) in claims {
+        handed.send(reply);
+    }
+    for ((finish, reply), next) in finished.into_iter().zip(finish_replies).zip(wants_next) {
+        let next = match (&finish, next) {
+            (Ok(done), Some(_)) if done.frees_worker() => Some(handed.next()),
+            _ => None,
+        };
+        let recorded = Recorded {
+            finish: finish.map_err(Arc::new),
+            next,
+        };
+        if let Err(Recorded {
+            next: Some(Assigned::Job(job, _)),
+            ..
+        }) = reply.send(recorded)
+        {
+            warn_orphaned(&job);
+        }
+    }
+}
+
+/// The jobs one claim got, handed out in order to the workers it served.
+struct Handed {
+    jobs: std::vec::IntoIter<ClaimedJob>,
+    otherwise: Otherwise,
+    handler: Option<HandlerComponent>,
+}
+
+impl Handed {
+    fn new(
+        queue: &str,
+        claimed: redis::RedisResult<Claimed>,
+        handler: Option<HandlerComponent>,
+    ) -> Self {
+        let (jobs, otherwise) = match claimed {
             Ok(Claimed::Jobs {
                 jobs,
                 dropped,
@@ -186,25 +320,36 @@ async fn claim_batches(
                 for job_id in dropped {
                     tracing::error!(%queue, job = %job_id, "a queued job's record is gone (evicted or deleted outside spool); its entry was dropped and counted");
                 }
-                (jobs.into_iter(), Otherwise::Idle(next_retry_ms))
+                (jobs, Otherwise::Idle(next_retry_ms))
             }
-            Ok(Claimed::Paused) => (Vec::new().into_iter(), Otherwise::Paused),
-            Ok(Claimed::Again) => (Vec::new().into_iter(), Otherwise::Again),
-            Err(error) => (
-                Vec::new().into_iter(),
-                Otherwise::Unreachable(Arc::new(error)),
-            ),
+            Ok(Claimed::Paused) => (Vec::new(), Otherwise::Paused),
+            Ok(Claimed::Again) => (Vec::new(), Otherwise::Again),
+            Err(error) => (Vec::new(), Otherwise::Unreachable(Arc::new(error))),
         };
-        for request in batch {
-            let assigned = match jobs.next() {
-                Some(job) => Assigned::Job(Box::new(job), resolved.handler.clone()),
-                None => otherwise.assigned(),
-            };
-            if let Err(Assigned::Job(job, _)) = request.reply.send(assigned) {
-                tracing::warn!(job = %job.record.id, "the worker a job was claimed for has stopped; recovery requeues the job");
-            }
+        Self {
+            jobs: jobs.into_iter(),
+            otherwise,
+            handler,
         }
     }
+
+    /// What the next worker in line gets.
+    fn next(&mut self) -> Assigned {
+        match self.jobs.next() {
+            Some(job) => Assigned::Job(Box::new(job), self.handler.clone()),
+            None => self.otherwise.assigned(),
+        }
+    }
+
+    fn send(&mut self, reply: oneshot::Sender<Assigned>) {
+        if let Err(Assigned::Job(job, _)) = reply.send(self.next()) {
+            warn_orphaned(&job);
+        }
+    }
+}
+
+fn warn_orphaned(job: &ClaimedJob) {
+    tracing::warn!(job = %job.record.id, "the worker a job was claimed for has stopped; recovery requeues the job");
 }
 
 /// What the workers a batch found no job for get.
@@ -224,28 +369,6 @@ impl Otherwise {
             Self::Paused => Assigned::Paused,
             Self::Again => Assigned::Again,
             Self::Unreachable(error) => Assigned::Unreachable(error.clone()),
-        }
-    }
-}
-
-async fn outcome_batches(intake: Intake, mut requests: mpsc::UnboundedReceiver<OutcomeRequest>) {
-    while let Some(first) = requests.recv().await {
-        let (outcomes, replies): (Vec<_>, Vec<_>) = batch_from(first, &mut requests)
-            .into_iter()
-            .map(|request| (request.outcome, request.reply))
-            .unzip();
-        match intake.queue.finish_many(&outcomes).await {
-            Ok(finished) => {
-                for (reply, finish) in replies.into_iter().zip(finished) {
-                    let _ = reply.send(finish.map_err(Arc::new));
-                }
-            }
-            Err(error) => {
-                let error = Arc::new(error);
-                for reply in replies {
-                    let _ = reply.send(Err(error.clone()));
-                }
-            }
         }
     }
 }

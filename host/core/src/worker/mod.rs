@@ -113,7 +113,11 @@ impl Workers {
         let routes: Vec<&Route> = self.intake.routes.values().collect();
         let mut redis_down_since: Option<std::time::Instant> = None;
         let mut turns = QueueTurns::new(index, routes.len());
-        while !shutdown.is_cancelled() {
+        // What the claim made with the last outcome got (see `run_job`).
+        let mut handed: Option<Assigned> = None;
+        // A job handed over is started for this worker already: it runs even
+        // during a shutdown, like a job in hand.
+        while !shutdown.is_cancelled() || matches!(handed, Some(Assigned::Job(..))) {
             let notified = self.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
@@ -125,11 +129,26 @@ impl Workers {
             for offset in 0..routes.len() {
                 let position = turns.position(offset);
                 let route = routes[position];
-                match self.dispatch.claim(&route.keys.name, &consumer).await {
+                let assigned = match handed.take() {
+                    // Claimed from this very queue: `run_job` asks only when
+                    // the turns keep the worker on it.
+                    Some(assigned) => assigned,
+                    None => self.dispatch.claim(&route.keys.name, &consumer).await,
+                };
+                match assigned {
                     Assigned::Job(job, handler) => {
                         redis_down_since = None;
                         turns.served(position);
-                        self.run_job(*job, route, &consumer, handler).await;
+                        let asks_next = turns.position(0) == position;
+                        handed = self
+                            .run_job(
+                                *job,
+                                route,
+                                &consumer,
+                                handler,
+                                asks_next.then_some(&shutdown),
+                            )
+                            .await;
                         worked = true;
                         break;
                     }
@@ -168,14 +187,18 @@ impl Workers {
     /// Runs one attempt at a claimed job and records its outcome, heart-beating
     /// its entry the whole time (also while follow-ups are queued and the
     /// outcome is recorded, which may wait for Redis). `handler`: the route's
-    /// handler as resolved when the claim was made.
+    /// handler as resolved when the claim was made. With `next_unless`, the
+    /// outcome's call also claims the worker's next job of the queue, unless
+    /// that token (the shutdown) fired by then: what that claim got is
+    /// returned.
     async fn run_job(
         &self,
         claimed: ClaimedJob,
         route: &Route,
         consumer: &str,
         handler: Option<HandlerComponent>,
-    ) {
+        next_unless: Option<&CancellationToken>,
+    ) -> Option<Assigned> {
         // Every line logged while this attempt runs (the worker's, the
         // guest's captured output, model calls) carries these fields, so an
         // operator can follow one job through an instance's log.
@@ -191,7 +214,7 @@ impl Workers {
                 .or(claimed.record.handler_version.as_deref())
                 .unwrap_or(""),
         );
-        self.run_job_attempt(claimed, route, consumer, handler)
+        self.run_job_attempt(claimed, route, consumer, handler, next_unless)
             .instrument(span)
             .await
     }
@@ -202,7 +225,8 @@ impl Workers {
         route: &Route,
         consumer: &str,
         handler: Option<HandlerComponent>,
-    ) {
+        next_unless: Option<&CancellationToken>,
+    ) -> Option<Assigned> {
         if claimed.record.attempts == 1
             && let Some(started_at) = claimed.record.started_at
         {
@@ -221,7 +245,7 @@ impl Workers {
                 .await
             else {
                 tracing::info!(job = %claimed.record.id, "job was given to another attempt while this one ran; it stops here");
-                return;
+                return None;
             };
             if let Outcome::Failed { error, kind } | Outcome::Retry { error, kind, .. } = &outcome {
                 tracing::warn!(job = %claimed.record.id, attempt = claimed.record.attempts, %error, error_kind = %kind, "job attempt failed");
@@ -229,11 +253,12 @@ impl Workers {
             // A failed attempt records the version that ran it too.
             let mut ran = claimed.clone();
             ran.record.handler_version = ran_on.or(ran.record.handler_version);
-            self.record(&ran, outcome).await;
+            let next = next_unless.map(|shutdown| (consumer, shutdown));
+            self.record(&ran, outcome, next).await
         };
         tokio::select! {
-            () = attempt => {}
-            () = self.keep_alive(&claimed, consumer, &watch.stop, &lost) => {}
+            next = attempt => next,
+            () = self.keep_alive(&claimed, consumer, &watch.stop, &lost) => None,
         }
     }
 
@@ -413,8 +438,15 @@ impl Workers {
     /// Writes the outcome, retrying while Redis is briefly away. If it never
     /// comes back the entry stays pending, and recovery hands it out again.
     /// A cancel accepted meanwhile turns the outcome into `Cancelled`; an
-    /// attempt that lost the job records nothing.
-    async fn record(&self, claimed: &ClaimedJob, outcome: Outcome) {
+    /// attempt that lost the job records nothing. With `next` (the worker,
+    /// and the shutdown that stops it asking), the call that records the
+    /// outcome also claims the worker's next job: what it got is returned.
+    async fn record(
+        &self,
+        claimed: &ClaimedJob,
+        outcome: Outcome,
+        next: Option<(&str, &CancellationToken)>,
+    ) -> Option<Assigned> {
         let mut outcome = outcome;
         let mut delay = Duration::from_millis(100);
         for _ in 0..10 {
@@ -423,7 +455,14 @@ impl Workers {
                 .queue
                 .prepare_outcome(claimed, &outcome, self.retention);
             let queue = &claimed.record.queue;
-            match self.dispatch.finish(&self.intake, queue, prepared).await {
+            let asking = next
+                .filter(|(_, shutdown)| !shutdown.is_cancelled())
+                .map(|(consumer, _)| consumer);
+            let recorded = self
+                .dispatch
+                .finish(&self.intake, queue, prepared, asking)
+                .await;
+            match recorded.finish {
                 Ok(Finish::Recorded) => {
                     let started_at = claimed.record.started_at.unwrap_or_else(now_ms);
                     let ran_for = Duration::from_millis(now_ms().saturating_sub(started_at));
@@ -433,7 +472,7 @@ impl Workers {
                         outcome.end(),
                         ran_for,
                     );
-                    return;
+                    return recorded.next;
                 }
                 Ok(Finish::CancelRequested) => {
                     tracing::info!(job = %claimed.record.id, "cancelled while it ran; its outcome is discarded");
@@ -441,7 +480,7 @@ impl Workers {
                 }
                 Ok(Finish::Lost) => {
                     tracing::info!(job = %claimed.record.id, "attempt lost its job to another run; result discarded");
-                    return;
+                    return recorded.next;
                 }
                 Err(error) => {
                     tracing::warn!(job = %claimed.record.id, %error, "cannot record job outcome yet");
@@ -451,6 +490,7 @@ impl Workers {
             }
         }
         tracing::error!(job = %claimed.record.id, "gave up recording job outcome; it stays pending for recovery");
+        None
     }
 }
 
