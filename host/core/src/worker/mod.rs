@@ -113,11 +113,11 @@ impl Workers {
         let routes: Vec<&Route> = self.intake.routes.values().collect();
         let mut redis_down_since: Option<std::time::Instant> = None;
         let mut turns = QueueTurns::new(index, routes.len());
-        // What the claim made with the last outcome got (see `run_job`).
+        // The job claimed with the last outcome (see `run_job`).
         let mut handed: Option<Assigned> = None;
         // A job handed over is started for this worker already: it runs even
         // during a shutdown, like a job in hand.
-        while !shutdown.is_cancelled() || matches!(handed, Some(Assigned::Job(..))) {
+        while !shutdown.is_cancelled() || handed.is_some() {
             let notified = self.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
@@ -132,7 +132,7 @@ impl Workers {
                 let assigned = match handed.take() {
                     // Claimed from this very queue: `run_job` asks only when
                     // the turns keep the worker on it.
-                    Some(assigned) => assigned,
+                    Some(job) => job,
                     None => self.dispatch.claim(&route.keys.name, &consumer).await,
                 };
                 match assigned {
@@ -140,6 +140,10 @@ impl Workers {
                         redis_down_since = None;
                         turns.served(position);
                         let asks_next = turns.position(0) == position;
+                        // Only a job is kept: were it told the queue is
+                        // dry, the worker would wait on a wake-up that was
+                        // not listening while that claim ran, and sleep
+                        // through a job queued meanwhile. It asks again.
                         handed = self
                             .run_job(
                                 *job,
@@ -148,7 +152,8 @@ impl Workers {
                                 handler,
                                 asks_next.then_some(&shutdown),
                             )
-                            .await;
+                            .await
+                            .filter(|next| matches!(next, Assigned::Job(..)));
                         worked = true;
                         break;
                     }
