@@ -172,7 +172,7 @@ async fn batches(intake: Intake, queue: String, mut requests: mpsc::UnboundedRec
     };
     while let Some(first) = requests.recv().await {
         let mut claims = Vec::new();
-        let mut finishes = Vec::new();
+        let mut outcomes = Outcomes::default();
         for request in batch_from(first, &mut requests) {
             match request {
                 Request::Claim { consumer, reply } => claims.push((consumer, reply)),
@@ -180,22 +180,33 @@ async fn batches(intake: Intake, queue: String, mut requests: mpsc::UnboundedRec
                     outcome,
                     next,
                     reply,
-                } => finishes.push((*outcome, next, reply)),
+                } => {
+                    outcomes.prepared.push(*outcome);
+                    outcomes.next.push(next);
+                    outcomes.replies.push(reply);
+                }
             }
         }
-        if finishes.is_empty() {
+        if outcomes.prepared.is_empty() {
             claim_batch(&intake, route, claims).await;
         } else {
-            settle_batch(&intake, route, claims, finishes).await;
+            settle_batch(&intake, route, claims, outcomes).await;
         }
     }
 }
 
-async fn claim_batch(
-    intake: &Intake,
-    route: &Route,
-    claims: Vec<(String, oneshot::Sender<Assigned>)>,
-) {
+type ClaimRequest = (String, oneshot::Sender<Assigned>);
+
+/// A batch's outcomes, in order, with the worker each one's call claims a
+/// next job for and where its answer goes.
+#[derive(Default)]
+struct Outcomes {
+    prepared: Vec<PreparedOutcome>,
+    next: Vec<Option<String>>,
+    replies: Vec<oneshot::Sender<Recorded>>,
+}
+
+async fn claim_batch(intake: &Intake, route: &Route, claims: Vec<ClaimRequest>) {
     // The version is resolved at the moment the claim records as the jobs'
     // start, not once the claim is back: under load that round trip is long
     // enough for a switch to land inside it.
@@ -219,34 +230,24 @@ async fn claim_batch(
     }
 }
 
-type FinishRequest = (PreparedOutcome, Option<String>, oneshot::Sender<Recorded>);
-
 async fn settle_batch(
     intake: &Intake,
     route: &Route,
-    claims: Vec<(String, oneshot::Sender<Assigned>)>,
-    finishes: Vec<FinishRequest>,
+    claims: Vec<ClaimRequest>,
+    outcomes: Outcomes,
 ) {
     let resolved = intake.registry.resolve_stamped(
         &route.config.handler,
         route.config.handler_version.as_deref(),
     );
-    let mut outcomes = Vec::with_capacity(finishes.len());
-    let mut finish_replies = Vec::with_capacity(finishes.len());
-    let mut wants_next = Vec::with_capacity(finishes.len());
-    for (outcome, next, reply) in finishes {
-        outcomes.push(outcome);
-        wants_next.push(next);
-        finish_replies.push(reply);
-    }
     let alone: Vec<&str> = claims.iter().map(|(c, _)| c.as_str()).collect();
-    let next: Vec<Option<&str>> = wants_next.iter().map(Option::as_deref).collect();
+    let next: Vec<Option<&str>> = outcomes.next.iter().map(Option::as_deref).collect();
     let settled = intake
         .queue
         .settle(
             &route.keys,
             &alone,
-            &outcomes,
+            &outcomes.prepared,
             &next,
             resolved.at_ms,
             route.config.fair_every,
@@ -259,7 +260,7 @@ async fn settle_batch(
             for (_, reply) in claims {
                 let _ = reply.send(Assigned::Unreachable(error.clone()));
             }
-            for reply in finish_replies {
+            for reply in outcomes.replies {
                 let _ = reply.send(Recorded {
                     finish: Err(error.clone()),
                     next: None,
@@ -279,7 +280,8 @@ async fn settle_batch(
     for (_, reply) in claims {
         handed.send(reply);
     }
-    for ((finish, reply), next) in finished.into_iter().zip(finish_replies).zip(wants_next) {
+    let answers = finished.into_iter().zip(outcomes.replies);
+    for ((finish, reply), next) in answers.zip(outcomes.next) {
         let next = match (&finish, next) {
             (Ok(done), Some(_)) if done.frees_worker() => Some(handed.next()),
             _ => None,
