@@ -12,9 +12,10 @@
 //! (also `:count:dropped`, and `:count:fenced`, see `fence`);
 //! `spool:q:{queue}:monitor:{bucket}` (request figures by 10 s of Redis time,
 //! for the designs' monitoring; see `monitor.lua` and [`Queue::monitoring`]);
-//! `spool:job:{id}` (the job record, with each attempt's outcome as
-//! `attempt:N`), `spool:job:{id}:state` (the guest's state), `job_events:{id}`; on a
-//! Redis Cluster a job's keys carry its queue's tag instead ([`KeyLayout`]).
+//! `spool:job:{id}` (the job record, with each attempt that did not complete
+//! as `attempt:N`), `spool:job:{id}:state` (the guest's state),
+//! `job_events:{id}`; on a Redis Cluster a job's keys carry its queue's tag
+//! instead ([`KeyLayout`]).
 //! Every key of a finished job expires with its record.
 //!
 //! Delivery is at-least-once: an entry is acknowledged only by the script that
