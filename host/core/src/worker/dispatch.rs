@@ -28,8 +28,8 @@ use spool_runtime::HandlerComponent;
 const MAX_BATCH: usize = 64;
 /// Calls of one queue that may run at once. With one, the host's work on a
 /// reply and Redis' work on the next batch never overlapped, and a loaded
-/// instance left both half idle; two raised the no-op jobs/s by ~10 % at
-/// concurrency 16 and ~15 % at 64 in `spool bench-compare` (more made
+/// instance left both half idle; two raised the no-op jobs/s by ~12 % at
+/// concurrency 64 (a few % at 16) in `spool bench-compare` (more made
 /// batches smaller, so calls more, for little gain).
 const CALLS_IN_FLIGHT: usize = 2;
 
