@@ -22,6 +22,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::intake::{Intake, Route};
 use crate::queue::{Claimed, ClaimedJob, Finish, PreparedOutcome, Settled};
+use crate::registry::Resolved;
 use spool_runtime::HandlerComponent;
 
 /// At most this many claims and outcomes go in one call.
@@ -202,10 +203,17 @@ async fn batches(intake: Intake, queue: String, mut requests: mpsc::UnboundedRec
             let Some(route) = intake.routes.get(&queue) else {
                 return;
             };
+            // The version is resolved at the moment the claim records as
+            // the jobs' start, not once the claim is back: under load that
+            // round trip is long enough for a switch to land inside it.
+            let resolved = intake.registry.resolve_stamped(
+                &route.config.handler,
+                route.config.handler_version.as_deref(),
+            );
             if outcomes.prepared.is_empty() {
-                claim_batch(&intake, route, claims).await;
+                claim_batch(&intake, route, resolved, claims).await;
             } else {
-                settle_batch(&intake, route, claims, outcomes).await;
+                settle_batch(&intake, route, resolved, claims, outcomes).await;
             }
             drop(slot);
         });
@@ -223,14 +231,12 @@ struct Outcomes {
     replies: Vec<oneshot::Sender<Recorded>>,
 }
 
-async fn claim_batch(intake: &Intake, route: &Route, claims: Vec<ClaimRequest>) {
-    // The version is resolved at the moment the claim records as the jobs'
-    // start, not once the claim is back: under load that round trip is long
-    // enough for a switch to land inside it.
-    let resolved = intake.registry.resolve_stamped(
-        &route.config.handler,
-        route.config.handler_version.as_deref(),
-    );
+async fn claim_batch(
+    intake: &Intake,
+    route: &Route,
+    resolved: Resolved,
+    claims: Vec<ClaimRequest>,
+) {
     let consumers: Vec<&str> = claims.iter().map(|(c, _)| c.as_str()).collect();
     let claimed = intake
         .queue
@@ -250,13 +256,10 @@ async fn claim_batch(intake: &Intake, route: &Route, claims: Vec<ClaimRequest>) 
 async fn settle_batch(
     intake: &Intake,
     route: &Route,
+    resolved: Resolved,
     claims: Vec<ClaimRequest>,
     outcomes: Outcomes,
 ) {
-    let resolved = intake.registry.resolve_stamped(
-        &route.config.handler,
-        route.config.handler_version.as_deref(),
-    );
     let alone: Vec<&str> = claims.iter().map(|(c, _)| c.as_str()).collect();
     let next: Vec<Option<&str>> = outcomes.next.iter().map(Option::as_deref).collect();
     let settled = intake
