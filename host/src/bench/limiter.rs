@@ -35,6 +35,13 @@ pub struct LimiterBenchArgs {
     callers: usize,
 }
 
+impl LimiterBenchArgs {
+    /// Whether the run starts a redis-server of its own (no `--redis-url`).
+    pub fn starts_redis(&self) -> bool {
+        self.redis_url.is_none()
+    }
+}
+
 pub async fn run(args: LimiterBenchArgs) -> Result<()> {
     if args.checks == 0
         || args.callers == 0
