@@ -9,10 +9,13 @@
 -- instance may promote them, exactly once). Returns one of:
 --   {'paused'}  the queue is paused
 --   {'claimed', next retry time in ms or '', {dropped job ids},
---    {stream index (1..3), entry id, job fields}...}
+--    {stream index (1..3), entry id, consumer, {values}}...}
 -- where the jobs (fewer than asked when the queue ran dry) go to the consumers
--- in order, and their fields are the job hash followed by what this claim
--- changed (a later pair wins). A dropped id was an entry whose job record is
+-- in order, and the values are the job's CLAIMED_FIELDS (below) as this claim
+-- left them (a missing one is nil). The rest of what the claim wrote is known
+-- to the caller: the job is active, started at A[2], by that consumer. Only
+-- the fields a worker runs the job with come back: a claim reply is what a
+-- loaded instance parses most. A dropped id was an entry whose job record is
 -- gone (evicted, deleted by hand): it was dropped and counted.
 -- K[1] paused flag   K[2] delayed zset   K[3..5] high/normal/low streams
 -- K[6] counter of dropped entries   K[7] counter of claims
@@ -22,6 +25,12 @@
 -- As a script of its own: KEYS are K, ARGV[1..7] are A and ARGV[8..] the
 -- consumers (Rust appends that line).
 -- (enter_stream.lua and stage_event.lua are prepended.)
+-- claiming.rs' CLAIMED_FIELDS, in the same order (a test compares them).
+local CLAIMED_FIELDS = {'id', 'queue', 'class', 'score', 'priority', 'user_id', 'user_tier',
+  'payload', 'message_session', 'message_id', 'handler', 'handler_version', 'created_at',
+  'attempts', 'first_started_at'}
+local CLAIMED_QUEUE, CLAIMED_ATTEMPTS, CLAIMED_FIRST_STARTED = 2, 14, 15
+
 local function claim_jobs(K, A, consumers)
   local due = redis.call('ZRANGEBYSCORE', K[2], '-inf', A[2], 'LIMIT', 0, 100)
   for _, id in ipairs(due) do
@@ -39,8 +48,8 @@ local function claim_jobs(K, A, consumers)
   -- Starts the job of one read entry for the next consumer in line.
   local function start(stream_index, entry_id, id)
     local job = A[3] .. id
-    local fields = redis.call('HGETALL', job)
-    if #fields == 0 then
+    local fields = redis.call('HMGET', job, unpack(CLAIMED_FIELDS))
+    if not fields[1] then
       redis.call('XACK', K[stream_index], A[1], entry_id)
       redis.call('XDEL', K[stream_index], entry_id)
       redis.call('INCR', K[6])
@@ -48,34 +57,24 @@ local function claim_jobs(K, A, consumers)
       return
     end
     local worker = consumers[#jobs + 1]
-    local attempt, queue, first_started = 1, nil, nil
-    for i = 1, #fields, 2 do
-      local name = fields[i]
-      if name == 'queue' then
-        queue = fields[i + 1]
-      elseif name == 'first_started_at' then
-        first_started = fields[i + 1]
-      elseif name == 'attempts' then
-        attempt = (tonumber(fields[i + 1]) or 0) + 1
-      end
-    end
+    local attempt = (tonumber(fields[CLAIMED_ATTEMPTS]) or 0) + 1
+    fields[CLAIMED_ATTEMPTS] = attempt
     local changed = {'attempts', attempt, 'state', 'active', 'started_at', A[2],
       'worker', worker, 'entry', entry_id}
-    if not first_started then
+    if not fields[CLAIMED_FIRST_STARTED] then
+      fields[CLAIMED_FIRST_STARTED] = A[2]
       changed[#changed + 1] = 'first_started_at'
       changed[#changed + 1] = A[2]
     end
     redis.call('HSET', job, unpack(changed))
-    for _, value in ipairs(changed) do
-      fields[#fields + 1] = value
-    end
     -- The kind of task is the queue it was submitted to (design C's `task_type`).
-    local started = cjson.encode({attempt = attempt, worker = worker, task_type = queue})
+    local started = cjson.encode({attempt = attempt, worker = worker,
+      task_type = fields[CLAIMED_QUEUE] or nil})
     redis.call('XADD', A[4] .. id, 'MAXLEN', '~', A[6], '*', 'event_type', A[5],
       'data', started, 'timestamp', A[2])
     copy_to_root(A[4] .. id, id, A[6],
       'event_type', A[5], 'data', started, 'timestamp', A[2])
-    jobs[#jobs + 1] = {stream_index - 2, entry_id, fields}
+    jobs[#jobs + 1] = {stream_index - 2, entry_id, worker, fields}
   end
 
   -- Claims up to `count` jobs, trying the streams in `order`.

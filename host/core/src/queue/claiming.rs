@@ -5,12 +5,11 @@
 //! Owns the claim's arguments and the parsing of its reply; which worker gets
 //! which job, and when to ask, is the worker's (`worker::dispatch`).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use redis::Value;
 
-use super::{CLASSES, GROUP, JobKeys, JobRecord, Queue, QueueKeys, now_ms};
+use super::{CLASSES, GROUP, JobKeys, JobRecord, JobState, Queue, QueueKeys, now_ms};
 use crate::metrics;
 use spool_runtime::event_type::MAX_STREAM_EVENTS;
 use spool_runtime::{EventType, PriorityClass};
@@ -96,7 +95,7 @@ impl Queue {
         let invoked = metrics::redis_timed("claim", invocation.invoke_async(&mut redis));
         match invoked.await {
             Err(e) if e.code() == Some("NOGROUP") => self.group_lost(queue).await,
-            other => parse_claimed(other?, queue),
+            other => parse_claimed(other?, queue, started_at),
         }
     }
 
@@ -149,7 +148,12 @@ fn malformed() -> redis::RedisError {
     ))
 }
 
-pub(super) fn parse_claimed(reply: Vec<Value>, queue: &QueueKeys) -> redis::RedisResult<Claimed> {
+/// The claim's reply; `started_at` is the start time the claim was given.
+pub(super) fn parse_claimed(
+    reply: Vec<Value>,
+    queue: &QueueKeys,
+    started_at: u64,
+) -> redis::RedisResult<Claimed> {
     let mut items = reply.into_iter();
     let tag = items.next().map(|v| text(&v)).ok_or_else(malformed)?;
     match tag.as_str() {
@@ -165,7 +169,7 @@ pub(super) fn parse_claimed(reply: Vec<Value>, queue: &QueueKeys) -> redis::Redi
             };
             let queue = Arc::new(queue.clone());
             let jobs = items
-                .map(|item| parse_job(item, &queue))
+                .map(|item| parse_job(item, &queue, started_at))
                 .collect::<redis::RedisResult<_>>()?;
             Ok(Claimed::Jobs {
                 jobs,
@@ -177,25 +181,61 @@ pub(super) fn parse_claimed(reply: Vec<Value>, queue: &QueueKeys) -> redis::Redi
     }
 }
 
-/// One `{stream index (1..3), entry id, fields}` of the reply.
-fn parse_job(value: Value, queue: &Arc<QueueKeys>) -> redis::RedisResult<ClaimedJob> {
+/// The fields of a job's record a claim returns, in `claim.lua`'s order
+/// (its `CLAIMED_FIELDS`): what a worker runs the job with.
+const CLAIMED_FIELDS: [&str; 15] = [
+    "id",
+    "queue",
+    "class",
+    "score",
+    "priority",
+    "user_id",
+    "user_tier",
+    "payload",
+    "message_session",
+    "message_id",
+    "handler",
+    "handler_version",
+    "created_at",
+    "attempts",
+    "first_started_at",
+];
+
+/// One `{stream index (1..3), entry id, consumer, values}` of the reply; the
+/// claim made the job active, started at `started_at`, by that consumer.
+fn parse_job(
+    value: Value,
+    queue: &Arc<QueueKeys>,
+    started_at: u64,
+) -> redis::RedisResult<ClaimedJob> {
     let Value::Array(parts) = value else {
         return Err(malformed());
     };
-    let [index, entry_id, Value::Array(flat)] =
-        <[Value; 3]>::try_from(parts).map_err(|_| malformed())?
+    let [index, entry_id, consumer, Value::Array(values)] =
+        <[Value; 4]>::try_from(parts).map_err(|_| malformed())?
     else {
         return Err(malformed());
     };
     let index: usize = text(&index).parse().map_err(|_| malformed())?;
     let class = *CLASSES.get(index.wrapping_sub(1)).ok_or_else(malformed)?;
-    // Later pairs are what the claim changed: they win over the record's.
-    let fields: HashMap<String, String> = flat
-        .chunks(2)
-        .filter(|pair| pair.len() == 2)
-        .map(|pair| (text(&pair[0]), text(&pair[1])))
+    if values.len() != CLAIMED_FIELDS.len() {
+        return Err(malformed());
+    }
+    let mut values: Vec<Option<String>> = values
+        .iter()
+        .map(|value| (*value != Value::Nil).then(|| text(value)))
         .collect();
-    let record = JobRecord::from_fields(fields).ok_or_else(malformed)?;
+    let mut consumer = Some(text(&consumer));
+    let record = JobRecord::from_lookup(|name| match name {
+        "state" => Some(JobState::Active.as_str().to_owned()),
+        "started_at" => Some(started_at.to_string()),
+        "worker" => consumer.take(),
+        _ => CLAIMED_FIELDS
+            .iter()
+            .position(|field| *field == name)
+            .and_then(|i| values[i].take()),
+    })
+    .ok_or_else(malformed)?;
     Ok(ClaimedJob {
         class,
         entry_id: text(&entry_id),
@@ -203,4 +243,24 @@ fn parse_job(value: Value, queue: &Arc<QueueKeys>) -> redis::RedisResult<Claimed
         queue: queue.clone(),
         record,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CLAIMED_FIELDS;
+
+    #[test]
+    fn the_claimed_fields_are_claim_lua_s_in_its_order() {
+        let script = include_str!("claim.lua");
+        let start = script
+            .find("local CLAIMED_FIELDS = {")
+            .expect("claim.lua names its fields");
+        let list = &script[start..];
+        let list = &list[list.find('{').unwrap_or(0) + 1..list.find('}').unwrap_or(0)];
+        let names: Vec<&str> = list
+            .split(',')
+            .map(|name| name.trim().trim_matches('\''))
+            .collect();
+        assert_eq!(names, CLAIMED_FIELDS);
+    }
 }

@@ -92,7 +92,13 @@ pub struct JobRecord {
 impl JobRecord {
     /// `None` when the hash is absent (empty) or not a job record.
     pub fn from_fields(mut fields: HashMap<String, String>) -> Option<Self> {
-        let mut take = |name: &str| fields.remove(name).filter(|v| !v.is_empty());
+        Self::from_lookup(|name| fields.remove(name))
+    }
+
+    /// The record from its fields' values, each asked for once by name;
+    /// `None` when one it must have is missing or not a job record's.
+    pub fn from_lookup(mut value: impl FnMut(&str) -> Option<String>) -> Option<Self> {
+        let mut take = |name: &str| value(name).filter(|v| !v.is_empty());
         let number = |v: Option<String>| v.and_then(|s| s.parse::<u64>().ok());
         Some(Self {
             id: take("id")?,

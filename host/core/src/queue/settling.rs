@@ -68,7 +68,7 @@ impl Queue {
                     )))
                 })
             }
-            _ => Some(parse_claimed(claim, queue)),
+            _ => Some(parse_claimed(claim, queue, started_at)),
         };
         Ok(Settled { finished, claimed })
     }
