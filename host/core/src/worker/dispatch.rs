@@ -29,10 +29,11 @@ use spool_runtime::HandlerComponent;
 const MAX_BATCH: usize = 64;
 /// Calls of one queue that may run at once. With one, the host's work on a
 /// reply and Redis' work on the next batch never overlapped, and a loaded
-/// instance left both half idle; two raised the no-op jobs/s by ~12 % at
-/// concurrency 64 (a few % at 16) in `spool bench-compare` (more made
-/// batches smaller, so calls more, for little gain).
-const CALLS_IN_FLIGHT: usize = 2;
+/// instance left both half idle. In interleaved `spool bench-compare` runs
+/// (one worker thread, Redis on the other core), three against two moved
+/// ~13 % more no-op jobs/s at concurrency 64 and a few % more at 16 and on
+/// the chat path; more make batches smaller, so calls more.
+const CALLS_IN_FLIGHT: usize = 3;
 
 /// A Redis error, shared by every request of the batch it failed.
 pub type SharedError = Arc<redis::RedisError>;
