@@ -2,10 +2,11 @@
 //! claim call starts a job for each waiting worker, in strict priority order,
 //! and one finish call records a batch of outcomes, each exactly as if it were
 //! alone, one outcome that cannot be written failing alone; one settle call
-//! does both, the outcomes first, for the workers those outcomes freed.
+//! does both, the outcomes first, for the workers those outcomes freed. An
+//! attempt's writes still unsent when it ended go with its outcome.
 
 use spool_core::queue::{
-    Claimed, ClaimedJob, Finish, JobState, NewJob, Outcome, Queue, QueueKeys, Retention,
+    Claimed, ClaimedJob, Finish, JobState, JobWrite, NewJob, Outcome, Queue, QueueKeys, Retention,
 };
 use spool_runtime::{FailureKind, PriorityClass};
 
@@ -349,4 +350,120 @@ async fn one_settle_call_records_outcomes_then_claims_the_freed_workers_next_job
     assert_eq!(history[0]["outcome"], "completed");
     assert_eq!(history[0]["worker"], "w0");
     assert_eq!(history[0]["attempt"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempts_last_writes_land_before_its_outcome_unless_it_lost_the_job_or_was_cancelled() {
+    let redis = Redis::start();
+    let (queue, keys) = queue_on(&redis, "batch").await;
+    for id in ["ends", "lost", "cancelled"] {
+        submit(&queue, &keys, id, PriorityClass::Normal).await;
+    }
+    let jobs = claim(&queue, &keys, &["w0", "w1", "w2"]).await;
+    assert_eq!(jobs.len(), 3);
+    // `lost` was handed to another attempt meanwhile; `cancelled` had its
+    // cancel accepted while it ran.
+    redis::cmd("HSET")
+        .arg("spool:job:lost")
+        .arg("entry")
+        .arg("0-1")
+        .query::<()>(&mut redis.connection())
+        .expect("HSET");
+    redis::cmd("HSET")
+        .arg("spool:job:cancelled")
+        .arg("cancel")
+        .arg(spool_core::queue::now_ms())
+        .query::<()>(&mut redis.connection())
+        .expect("HSET");
+
+    let writes = [
+        JobWrite::Event {
+            event_type: "text_delta".into(),
+            data: r#"{"text":"hi"}"#.into(),
+        },
+        JobWrite::Progress {
+            percent: 90,
+            step: "parsing answer".into(),
+        },
+        JobWrite::SetState {
+            key: "seen".into(),
+            value: "yes".into(),
+        },
+    ];
+    let completed = Outcome::Completed {
+        result: "{}".into(),
+        blocks: "[]".into(),
+        handler_version: "v1".into(),
+        follow_ups: Vec::new(),
+    };
+    let prepared: Vec<_> = jobs
+        .iter()
+        .map(|job| {
+            queue
+                .prepare_outcome(job, &completed, RETENTION)
+                .with_writes(&writes)
+        })
+        .collect();
+    let finished: Vec<Option<Finish>> = queue
+        .finish_many(&prepared)
+        .await
+        .expect("finish")
+        .into_iter()
+        .map(Result::ok)
+        .collect();
+    assert_eq!(
+        finished,
+        [
+            Some(Finish::Recorded),
+            Some(Finish::Lost),
+            Some(Finish::CancelRequested)
+        ]
+    );
+
+    // The writes landed in order, before the last event.
+    assert_eq!(
+        event_types(&redis, "ends"),
+        [
+            "task_queued",
+            "task_started",
+            "text_delta",
+            "task_progress",
+            "task_completed"
+        ]
+    );
+    let state = |job: &ClaimedJob| -> Option<String> {
+        redis::cmd("HGET")
+            .arg(&job.keys.state)
+            .arg("seen")
+            .query(&mut redis.connection())
+            .expect("HGET")
+    };
+    assert_eq!(state(&jobs[0]).as_deref(), Some("yes"));
+
+    // The lost attempt's writes were refused and counted, as fenced writes are.
+    assert_eq!(event_types(&redis, "lost"), ["task_queued", "task_started"]);
+    assert_eq!(state(&jobs[1]), None);
+    let refused: u64 = redis::cmd("GET")
+        .arg(keys.counter("fenced"))
+        .query(&mut redis.connection())
+        .expect("GET");
+    assert_eq!(refused, 3);
+
+    // Recorded as cancelled, the cancelled attempt's writes do not land.
+    let cancelled = queue
+        .prepare_outcome(&jobs[2], &Outcome::Cancelled, RETENTION)
+        .with_writes(&writes);
+    let recorded = queue.finish_many(&[cancelled]).await.expect("finish");
+    assert!(matches!(recorded.as_slice(), [Ok(Finish::Recorded)]));
+    let events = event_types(&redis, "cancelled");
+    assert!(
+        !events
+            .iter()
+            .any(|e| e == "text_delta" || e == "task_progress"),
+        "no write after a cancel: {events:?}"
+    );
+    assert_eq!(state(&jobs[2]), None);
+    let cancelled = queue.job("cancelled").await.expect("job").expect("record");
+    assert_eq!(cancelled.state, JobState::Cancelled);
+    assert_eq!(cancelled.progress, 0);
 }

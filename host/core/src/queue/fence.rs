@@ -144,29 +144,8 @@ impl Queue {
             .arg(now_ms())
             .arg(MAX_STREAM_EVENTS)
             .arg(&fence.job_id)
-            .arg(writes.len());
-        for write in writes {
-            match write {
-                JobWrite::Event { event_type, data } => {
-                    invocation.arg("event").arg(event_type).arg(data);
-                }
-                JobWrite::Progress { percent, step } => {
-                    let data = serde_json::json!({ "progress": percent, "step": step }).to_string();
-                    invocation
-                        .arg("progress")
-                        .arg(EventType::TaskProgress.as_str())
-                        .arg(data)
-                        .arg(percent)
-                        .arg(step);
-                }
-                JobWrite::SetState { key, value } => {
-                    invocation.arg("state_set").arg(key).arg(value);
-                }
-                JobWrite::DeleteState { key } => {
-                    invocation.arg("state_delete").arg(key);
-                }
-            }
-        }
+            .arg(writes.len())
+            .arg(write_args(writes));
         let written: i64 = invocation.invoke_async(&mut self.connection()).await?;
         Ok(match written {
             1 => Written::Yes,
@@ -174,4 +153,34 @@ impl Queue {
             _ => Written::Fenced,
         })
     }
+}
+
+/// `writes` as `job_writes.lua` reads them: each an operation and its
+/// arguments, in order.
+pub(super) fn write_args(writes: &[JobWrite]) -> Vec<String> {
+    let mut args = Vec::with_capacity(writes.len() * 3);
+    for write in writes {
+        match write {
+            JobWrite::Event { event_type, data } => {
+                args.extend(["event".to_owned(), event_type.clone(), data.clone()]);
+            }
+            JobWrite::Progress { percent, step } => {
+                let data = serde_json::json!({ "progress": percent, "step": step }).to_string();
+                args.extend([
+                    "progress".to_owned(),
+                    EventType::TaskProgress.as_str().to_owned(),
+                    data,
+                    percent.to_string(),
+                    step.clone(),
+                ]);
+            }
+            JobWrite::SetState { key, value } => {
+                args.extend(["state_set".to_owned(), key.clone(), value.clone()]);
+            }
+            JobWrite::DeleteState { key } => {
+                args.extend(["state_delete".to_owned(), key.clone()]);
+            }
+        }
+    }
+    args
 }

@@ -8,41 +8,13 @@
 -- ARGV[1] fence token   ARGV[2] now (ms)   ARGV[3] events kept
 -- ARGV[4] job id (named by the caller, which knows it, rather than read back
 --   from the job hash)   ARGV[5] the number of writes
--- ARGV[6..] the writes, each an operation and its arguments:
---   'event' event type, data
---   'progress' event type, data, percent, step
---   'state_set' key, value
---   'state_delete' key
+-- ARGV[6..] the writes (see job_writes.lua)
+-- (fence.lua, stage_event.lua and job_writes.lua are prepended.)
 local refusal = fence_refusal(KEYS[1], ARGV[1], KEYS[2], tonumber(ARGV[5]))
 if refusal == 'fenced' then
   return 0
 elseif refusal == 'cancelled' then
   return 2
 end
-local function event(event_type, data)
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*',
-    'event_type', event_type, 'data', data, 'timestamp', ARGV[2])
-  copy_to_root(KEYS[3], ARGV[4], ARGV[3],
-    'event_type', event_type, 'data', data, 'timestamp', ARGV[2])
-end
-local at = 6
-for _ = 1, tonumber(ARGV[5]) do
-  local operation = ARGV[at]
-  if operation == 'event' then
-    event(ARGV[at + 1], ARGV[at + 2])
-    at = at + 3
-  elseif operation == 'progress' then
-    redis.call('HSET', KEYS[1], 'progress', ARGV[at + 3], 'step', ARGV[at + 4])
-    event(ARGV[at + 1], ARGV[at + 2])
-    at = at + 5
-  elseif operation == 'state_set' then
-    redis.call('HSET', KEYS[4], ARGV[at + 1], ARGV[at + 2])
-    at = at + 3
-  elseif operation == 'state_delete' then
-    redis.call('HDEL', KEYS[4], ARGV[at + 1])
-    at = at + 2
-  else
-    return redis.error_reply('unknown fenced write ' .. tostring(operation))
-  end
-end
+apply_writes(KEYS[1], KEYS[3], KEYS[4], ARGV[4], ARGV[2], ARGV[3], ARGV, 6, tonumber(ARGV[5]))
 return 1

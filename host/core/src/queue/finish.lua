@@ -22,10 +22,15 @@
 -- instead (nothing was written for it), or the error that stopped it.
 -- `finish_outcomes` records them (below); as a script of its own, KEYS and
 -- ARGV are its keys and arguments from the first (Rust appends that line).
--- Eight keys per outcome, outcome after outcome:
+-- The writes the attempt made that were still pending when it ended (see
+-- job_writes.lua) are applied first, under the same check as fenced.lua's:
+-- an attempt that lost its job has them refused and counted, and none lands
+-- once a cancel was accepted. So an attempt's last writes cost no call of
+-- their own, and still precede its last event.
+-- Nine keys per outcome, outcome after outcome:
 --   1 job hash   2 stream   3 job event stream   4 job state hash
 --   5 outcome zset (history, or delayed retries)   6 outcome counter
---   7 dead-letter stream   8 its index
+--   7 dead-letter stream   8 its index   9 fenced-write counter
 -- Arguments: the number of outcomes, then per outcome its argument count and:
 --   1 group   2 entry id   3 job id   4 now (ms)
 --   5 new state   6 zset score   7 history length (ids kept; unused when delayed)
@@ -34,8 +39,10 @@
 --   13 message ending ('completed', 'error', 'retrying')   14 message error
 --   15 message ttl (s)   16 message events kept   17 dead letters kept
 --   18 monitoring key prefix   19 the queue's sessions prefix (see message_end.lua)
---   20.. job hash field/value pairs
--- (message_end.lua, dead_letters.lua, monitor.lua and stage_event.lua are prepended.)
+--   20 the number of pending writes w   21 their argument count c
+--   22..21+c the writes   then job hash field/value pairs
+-- (message_end.lua, dead_letters.lua, monitor.lua, stage_event.lua and
+-- job_writes.lua are prepended.)
 
 -- What the batch does once for all its outcomes (see above).
 local acks, counts, trims = {}, {}, {}
@@ -52,19 +59,26 @@ end
 local function finish_one(K, A)
   local owner = redis.call('HMGET', K[1], 'state', 'entry', 'cancel', 'created_at', 'started_at',
     'message_session', 'message_id', 'attempt_records')
+  local writes, write_args = tonumber(A[20]), tonumber(A[21])
   if owner[1] ~= 'active' or owner[2] ~= A[2] then
     acknowledge(K[2], A[2])
+    if writes > 0 then
+      redis.call('INCRBY', K[9], writes)
+    end
     return 0
   end
   if owner[3] and A[5] ~= 'cancelled' then
     return 2
   end
   acknowledge(K[2], A[2])
+  if writes > 0 and not owner[3] then
+    apply_writes(K[1], K[3], K[4], A[3], A[4], A[12], A, 22, writes)
+  end
   if A[11] ~= '' then
     local record = (tonumber(owner[8]) or 0) + 1
     redis.call('HSET', K[1], 'attempt_records', record, 'attempt:' .. record, A[11])
   end
-  redis.call('HSET', K[1], 'state', A[5], 'finished_at', A[4], unpack(A, 20))
+  redis.call('HSET', K[1], 'state', A[5], 'finished_at', A[4], unpack(A, 22 + write_args))
   if owner[3] then
     redis.call('HDEL', K[1], 'cancel')
   end
@@ -111,9 +125,9 @@ local function finish_outcomes(keys, first_key, argv, first_arg)
   local group = nil
   local next_arg = first_arg + 1
   for n = 1, tonumber(argv[first_arg]) do
-    local base = first_key + (n - 1) * 8
+    local base = first_key + (n - 1) * 9
     local K = {}
-    for i = 1, 8 do
+    for i = 1, 9 do
       K[i] = keys[base + i]
     end
     local count = tonumber(argv[next_arg])

@@ -7,8 +7,9 @@
 //! outcome writes is `settlement`'s. When to call is the worker's
 //! (`worker::dispatch`).
 
+use super::fence::write_args;
 use super::settlement::Settlement;
-use super::{ClaimedJob, GROUP, JobRecord, JobState, Outcome, Queue, Retention, now_ms};
+use super::{ClaimedJob, GROUP, JobRecord, JobState, JobWrite, Outcome, Queue, Retention, now_ms};
 use crate::metrics;
 use spool_runtime::event_type::MAX_STREAM_EVENTS;
 
@@ -32,8 +33,23 @@ impl Finish {
 
 /// One outcome's keys and arguments for `finish.lua`.
 pub struct PreparedOutcome {
-    keys: [String; 8],
+    keys: [String; 9],
+    /// Its arguments before the writes (1..19).
     args: Vec<String>,
+    /// The attempt's unsent writes (see `job_writes.lua`): how many, and
+    /// their arguments.
+    writes: (usize, Vec<String>),
+    /// The job hash field/value pairs.
+    fields: Vec<String>,
+}
+
+impl PreparedOutcome {
+    /// The outcome with the attempt's writes still unsent when it ended:
+    /// they land first, in the same call, under the attempt's fence.
+    pub fn with_writes(mut self, writes: &[JobWrite]) -> Self {
+        self.writes = (writes.len(), write_args(writes));
+        self
+    }
 }
 
 impl Queue {
@@ -78,7 +94,7 @@ impl Queue {
         };
         let state = settlement.state.as_str();
         let zset = settlement.zset(keys).to_owned();
-        let mut args = vec![
+        let args = vec![
             GROUP.to_owned(),
             job.entry_id.clone(),
             id.to_owned(),
@@ -99,10 +115,11 @@ impl Queue {
             keys.monitor.clone(),
             keys.sessions_prefix.clone(),
         ];
-        for (field, value) in settlement.fields {
-            args.push(field.to_owned());
-            args.push(value);
-        }
+        let fields = settlement
+            .fields
+            .into_iter()
+            .flat_map(|(field, value)| [field.to_owned(), value])
+            .collect();
         PreparedOutcome {
             keys: [
                 job.keys.record.clone(),
@@ -113,8 +130,11 @@ impl Queue {
                 keys.counter(state),
                 keys.dead.clone(),
                 keys.dead_index.clone(),
+                keys.counter("fenced"),
             ],
             args,
+            writes: (0, Vec::new()),
+            fields,
         }
     }
 
@@ -143,7 +163,15 @@ pub(super) fn outcome_keys_and_args(
         for key in &outcome.keys {
             invocation.key(key);
         }
-        invocation.arg(outcome.args.len()).arg(&outcome.args);
+        let (writes, write_args) = &outcome.writes;
+        let count = outcome.args.len() + 2 + write_args.len() + outcome.fields.len();
+        invocation
+            .arg(count)
+            .arg(&outcome.args)
+            .arg(writes)
+            .arg(write_args.len())
+            .arg(write_args)
+            .arg(&outcome.fields);
     }
 }
 

@@ -366,6 +366,7 @@ impl Queue {
                 include_str!("dead_letters.lua"),
                 include_str!("monitor.lua"),
                 include_str!("stage_event.lua"),
+                include_str!("job_writes.lua"),
                 include_str!("finish.lua"),
                 "return (finish_outcomes(KEYS, 0, ARGV, 1))\n"
             ))),
@@ -375,6 +376,7 @@ impl Queue {
                 include_str!("dead_letters.lua"),
                 include_str!("monitor.lua"),
                 include_str!("stage_event.lua"),
+                include_str!("job_writes.lua"),
                 include_str!("claim.lua"),
                 include_str!("finish.lua"),
                 include_str!("settle.lua")
@@ -396,6 +398,7 @@ impl Queue {
             fenced: Arc::new(Script::new(concat!(
                 include_str!("fence.lua"),
                 include_str!("stage_event.lua"),
+                include_str!("job_writes.lua"),
                 include_str!("fenced.lua")
             ))),
             promote: Arc::new(Script::new(concat!(

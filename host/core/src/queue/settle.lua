@@ -10,7 +10,7 @@
 -- Returns {finish results (finish.lua), claim reply (claim.lua)}, where the
 -- claim reply is {'none'} when no consumer asked and {'failed', error} when
 -- the claim stopped on an error (the outcomes stay recorded).
--- KEYS[1..7] the claim's keys (claim.lua), then 8 per outcome (finish.lua)
+-- KEYS[1..7] the claim's keys (claim.lua), then 9 per outcome (finish.lua)
 -- ARGV[1..7] the claim's arguments   ARGV[8] c, the consumers asking alone
 -- ARGV[9..8+c] them   then finish.lua's arguments (the number of outcomes n,
 -- and each outcome's)   then n consumers, one per outcome, '' for none

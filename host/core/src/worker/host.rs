@@ -60,6 +60,14 @@ impl WorkerHost {
         }
     }
 
+    pub fn has_follow_ups(&self) -> bool {
+        !self
+            .follow_ups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
     pub fn take_follow_ups(&self) -> Vec<FollowUp> {
         std::mem::take(&mut *self.follow_ups.lock().unwrap_or_else(|e| e.into_inner()))
     }

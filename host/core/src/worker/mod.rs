@@ -18,7 +18,7 @@ use crate::config::QueueConfig;
 use crate::gateway::Gateway;
 use crate::intake::{Intake, Route};
 use crate::metrics::{self, Hook};
-use crate::queue::{ClaimedJob, Fence, Finish, Heartbeat, Outcome, Retention, now_ms};
+use crate::queue::{ClaimedJob, Fence, Finish, Heartbeat, JobWrite, Outcome, Retention, now_ms};
 use crate::store::{self, Store};
 use spool_runtime::content::blocks_to_json;
 use spool_runtime::{FailureKind, GuestFailure, HandlerComponent, Job, JobError, JobOutput};
@@ -245,7 +245,11 @@ impl Workers {
         let watch = self.running.watch(&claimed.record.id);
         let lost = CancellationToken::new();
         let attempt = async {
-            let Some(Attempt { outcome, ran_on }) = self
+            let Some(Attempt {
+                outcome,
+                ran_on,
+                pending_writes,
+            }) = self
                 .attempt(&claimed, route, handler, &watch.stop, &lost)
                 .await
             else {
@@ -259,7 +263,7 @@ impl Workers {
             let mut ran = claimed.clone();
             ran.record.handler_version = ran_on.or(ran.record.handler_version);
             let next = next_unless.map(|shutdown| (consumer, shutdown));
-            self.record(&ran, outcome, next).await
+            self.record(&ran, outcome, pending_writes, next).await
         };
         tokio::select! {
             next = attempt => next,
@@ -336,6 +340,7 @@ impl Workers {
             Some(Attempt {
                 outcome,
                 ran_on: Some(handler.version.clone()),
+                pending_writes: Vec::new(),
             })
         };
         let fence = Fence::of(claimed);
@@ -395,9 +400,16 @@ impl Workers {
                 return None;
             }
         };
-        // Every event of the attempt is written before its outcome, and a
-        // write refused meanwhile decides it.
-        host.events.flush().await;
+        // Every write of the attempt lands before its outcome, and a write
+        // refused meanwhile decides it. Those still pending go with the
+        // outcome, in its call, unless follow-up jobs are queued first: those
+        // must come after them.
+        let pending_writes = if host.has_follow_ups() {
+            host.events.flush().await;
+            Vec::new()
+        } else {
+            host.events.hand_over().await
+        };
         if lost.is_cancelled() {
             handler_called(None);
             return None;
@@ -409,7 +421,11 @@ impl Workers {
         });
         let follow_ups = host.take_follow_ups();
         if !matches!(outcome, Outcome::Completed { .. }) || follow_ups.is_empty() {
-            return ran(outcome);
+            return Some(Attempt {
+                outcome,
+                ran_on: Some(handler.version.clone()),
+                pending_writes,
+            });
         }
         let ids: Vec<String> = follow_ups.iter().map(|f| f.id.clone()).collect();
         match follow_up::queue_all(&self.intake, &fence, record, message.as_ref(), follow_ups).await
@@ -446,19 +462,23 @@ impl Workers {
     /// attempt that lost the job records nothing. With `next` (the worker,
     /// and the shutdown that stops it asking), the call that records the
     /// outcome also claims the worker's next job: what it got is returned.
+    /// `writes` (the attempt's, still unsent) land first, under its fence.
     async fn record(
         &self,
         claimed: &ClaimedJob,
         outcome: Outcome,
+        writes: Vec<JobWrite>,
         next: Option<(&str, &CancellationToken)>,
     ) -> Option<Assigned> {
         let mut outcome = outcome;
+        let mut writes = writes;
         let mut delay = Duration::from_millis(100);
         for _ in 0..10 {
             let prepared = self
                 .intake
                 .queue
-                .prepare_outcome(claimed, &outcome, self.retention);
+                .prepare_outcome(claimed, &outcome, self.retention)
+                .with_writes(&writes);
             let queue = &claimed.record.queue;
             let asking = next
                 .filter(|(_, shutdown)| !shutdown.is_cancelled())
@@ -482,6 +502,8 @@ impl Workers {
                 Ok(Finish::CancelRequested) => {
                     tracing::info!(job = %claimed.record.id, "cancelled while it ran; its outcome is discarded");
                     outcome = Outcome::Cancelled;
+                    // Refused, as every write after a cancel is.
+                    writes.clear();
                 }
                 Ok(Finish::Lost) => {
                     tracing::info!(job = %claimed.record.id, "attempt lost its job to another run; result discarded");
@@ -575,6 +597,9 @@ struct Attempt {
     outcome: Outcome,
     /// The handler version that ran, if one did.
     ran_on: Option<String>,
+    /// The attempt's job writes still unsent when it ended: the outcome's
+    /// call applies them first.
+    pending_writes: Vec<JobWrite>,
 }
 
 impl Attempt {
@@ -582,6 +607,7 @@ impl Attempt {
         Self {
             outcome,
             ran_on: None,
+            pending_writes: Vec::new(),
         }
     }
 }

@@ -5,8 +5,10 @@
 //! round trip per report, and reports that come together cost one. Writes of
 //! the guest's state go through the same line, so the job's writes land in
 //! the order the guest made them, but wait until written (a read after them
-//! sees them). The worker flushes the writer before it records the attempt's
-//! outcome, so every event of an attempt precedes its last.
+//! sees them). When the attempt ends, the writes not yet sent are handed
+//! over to its outcome, which applies them first in its own call (or the
+//! writer is flushed, where follow-up jobs must come after them), so every
+//! event of an attempt precedes its last and its last writes cost no call.
 //!
 //! Owns the queue of pending writes and the writer task; what a write does is
 //! the queue's (`fenced.lua`). A refusal has the same effect as before, only
@@ -26,7 +28,8 @@ const PENDING: usize = 256;
 /// At most this many writes go in one call.
 const MAX_BATCH: usize = 64;
 
-/// An attempt's writer; [`WriteBehind::flush`] it before recording its outcome.
+/// An attempt's writer; [`WriteBehind::hand_over`] or [`WriteBehind::flush`]
+/// it before recording its outcome.
 #[derive(Default)]
 pub(super) struct WriteBehind {
     inner: Mutex<Inner>,
@@ -35,8 +38,16 @@ pub(super) struct WriteBehind {
 #[derive(Default)]
 struct Inner {
     /// Started by the attempt's first write: many jobs make none.
-    running: Option<(mpsc::Sender<Pending>, JoinHandle<()>)>,
+    running: Option<Running>,
     flushed: bool,
+}
+
+struct Running {
+    queued: mpsc::Sender<Pending>,
+    /// Cancelled when the attempt ended and hands its unsent writes over.
+    handed_over: CancellationToken,
+    /// Returns the writes it was handed over.
+    writer: JoinHandle<Vec<JobWrite>>,
 }
 
 /// What the writer needs, asked for when it starts.
@@ -87,11 +98,16 @@ impl WriteBehind {
         let sender = {
             let mut inner = lock(&self.inner);
             if inner.running.is_none() && !inner.flushed {
-                let (sender, receiver) = mpsc::channel(PENDING);
-                let task = tokio::spawn(send_in_order(writer(), receiver));
-                inner.running = Some((sender, task));
+                let (queued, receiver) = mpsc::channel(PENDING);
+                let handed_over = CancellationToken::new();
+                let writer = tokio::spawn(send_in_order(writer(), receiver, handed_over.clone()));
+                inner.running = Some(Running {
+                    queued,
+                    handed_over,
+                    writer,
+                });
             }
-            inner.running.as_ref().map(|(sender, _)| sender.clone())
+            inner.running.as_ref().map(|running| running.queued.clone())
         };
         if let Some(sender) = sender {
             // Only a writer that ended (the runtime is stopping) refuses.
@@ -102,19 +118,38 @@ impl WriteBehind {
     /// Sends what is queued and waits until it is written; later writes
     /// are dropped.
     pub async fn flush(&self) {
-        let running = {
-            let mut inner = lock(&self.inner);
-            inner.flushed = true;
-            inner.running.take()
-        };
-        if let Some((sender, task)) = running {
-            drop(sender);
-            let _ = task.await;
+        if let Some(running) = self.stop() {
+            drop(running.queued);
+            let _ = running.writer.await;
         }
+    }
+
+    /// Waits for the call in flight (if any), then returns the writes not
+    /// yet sent, in order, for the outcome's call to apply; later writes are
+    /// dropped.
+    pub async fn hand_over(&self) -> Vec<JobWrite> {
+        let Some(running) = self.stop() else {
+            return Vec::new();
+        };
+        running.handed_over.cancel();
+        drop(running.queued);
+        running.writer.await.unwrap_or_default()
+    }
+
+    fn stop(&self) -> Option<Running> {
+        let mut inner = lock(&self.inner);
+        inner.flushed = true;
+        inner.running.take()
     }
 }
 
-async fn send_in_order(writer: Writer, mut queued: mpsc::Receiver<Pending>) {
+/// Sends the queued writes in order, a batch per call, until the queue
+/// closes; once `handed_over`, returns those left instead of sending them.
+async fn send_in_order(
+    writer: Writer,
+    mut queued: mpsc::Receiver<Pending>,
+    handed_over: CancellationToken,
+) -> Vec<JobWrite> {
     let Writer {
         queue,
         fence,
@@ -122,6 +157,13 @@ async fn send_in_order(writer: Writer, mut queued: mpsc::Receiver<Pending>) {
     } = writer;
     let mut pending = Vec::with_capacity(MAX_BATCH);
     while queued.recv_many(&mut pending, MAX_BATCH).await > 0 {
+        if handed_over.is_cancelled() {
+            while let Ok(more) = queued.try_recv() {
+                pending.push(more);
+            }
+            // No one waits on them any more: the attempt ended.
+            return pending.into_iter().map(|pending| pending.write).collect();
+        }
         let (batch, waiting): (Vec<JobWrite>, Vec<Option<oneshot::Sender<()>>>) = pending
             .drain(..)
             .map(|pending| (pending.write, pending.written))
@@ -142,6 +184,7 @@ async fn send_in_order(writer: Writer, mut queued: mpsc::Receiver<Pending>) {
             let _ = written.send(());
         }
     }
+    Vec::new()
 }
 
 /// The guarded values are replaced whole, never left half-changed.
