@@ -63,7 +63,7 @@ pub enum Written {
     Cancelled,
 }
 
-/// One job write of a running attempt (see `fenced.lua`).
+/// One job write of a running attempt (see `job_writes.lua`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum JobWrite {
     /// An event on the job's stream.

@@ -11,7 +11,7 @@
 //! event of an attempt precedes its last and its last writes cost no call.
 //!
 //! Owns the queue of pending writes and the writer task; what a write does is
-//! the queue's (`fenced.lua`). A refusal has the same effect as before, only
+//! the queue's (`job_writes.lua`). A refusal has the same effect as before, only
 //! later: the attempt is marked lost (or cancelled) and its guest stopped.
 
 use std::sync::Mutex;
