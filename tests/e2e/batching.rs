@@ -66,6 +66,52 @@ async fn claim(queue: &Queue, keys: &QueueKeys, consumers: &[&str]) -> Vec<Claim
     }
 }
 
+/// A completed attempt's outcome.
+fn completed() -> Outcome {
+    Outcome::Completed {
+        result: "{}".into(),
+        blocks: "[]".into(),
+        handler_version: "v1".into(),
+        follow_ups: Vec::new(),
+    }
+}
+
+/// Jobs `ids` (normal class) submitted and claimed by workers w0, w1, ...
+async fn running(queue: &Queue, keys: &QueueKeys, ids: &[&str]) -> Vec<ClaimedJob> {
+    for id in ids {
+        submit(queue, keys, id, PriorityClass::Normal).await;
+    }
+    let workers: Vec<String> = (0..ids.len()).map(|n| format!("w{n}")).collect();
+    let workers: Vec<&str> = workers.iter().map(String::as_str).collect();
+    let jobs = claim(queue, keys, &workers).await;
+    assert_eq!(jobs.len(), ids.len());
+    jobs
+}
+
+/// Job `id` was handed to another attempt meanwhile: its entry changed.
+fn hand_to_another_attempt(redis: &Redis, id: &str) {
+    set_job_field(redis, id, "entry", "0-1");
+}
+
+/// A cancel of job `id` was accepted while it ran.
+fn accept_cancel(redis: &Redis, id: &str) {
+    set_job_field(
+        redis,
+        id,
+        "cancel",
+        &spool_core::queue::now_ms().to_string(),
+    );
+}
+
+fn set_job_field(redis: &Redis, id: &str, field: &str, value: &str) {
+    redis::cmd("HSET")
+        .arg(format!("spool:job:{id}"))
+        .arg(field)
+        .arg(value)
+        .query::<()>(&mut redis.connection())
+        .expect("HSET");
+}
+
 fn event_types(redis: &Redis, id: &str) -> Vec<String> {
     let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
         .arg(format!("job_events:{id}"))
@@ -142,11 +188,12 @@ async fn one_claim_starts_a_job_for_each_waiting_worker_in_priority_order() {
 async fn one_finish_call_records_each_outcome_as_if_alone_and_a_bad_one_fails_alone() {
     let redis = Redis::start();
     let (queue, keys) = queue_on(&redis, "batch").await;
-    for id in ["done", "broken", "retried", "poisoned", "lost"] {
-        submit(&queue, &keys, id, PriorityClass::Normal).await;
-    }
-    let jobs = claim(&queue, &keys, &["w0", "w1", "w2", "w3", "w4"]).await;
-    assert_eq!(jobs.len(), 5);
+    let jobs = running(
+        &queue,
+        &keys,
+        &["done", "broken", "retried", "poisoned", "lost"],
+    )
+    .await;
     // `poisoned`'s record is replaced by a string, so writing its outcome
     // fails; `lost` was handed to another attempt meanwhile.
     redis::cmd("SET")
@@ -154,20 +201,10 @@ async fn one_finish_call_records_each_outcome_as_if_alone_and_a_bad_one_fails_al
         .arg("not a hash")
         .query::<()>(&mut redis.connection())
         .expect("SET");
-    redis::cmd("HSET")
-        .arg("spool:job:lost")
-        .arg("entry")
-        .arg("0-1")
-        .query::<()>(&mut redis.connection())
-        .expect("HSET");
+    hand_to_another_attempt(&redis, "lost");
 
     let outcomes = [
-        Outcome::Completed {
-            result: "{}".into(),
-            blocks: "[]".into(),
-            handler_version: "v1".into(),
-            follow_ups: Vec::new(),
-        },
+        completed(),
         Outcome::Failed {
             error: "broken for good".into(),
             kind: FailureKind::Rejected,
@@ -177,18 +214,8 @@ async fn one_finish_call_records_each_outcome_as_if_alone_and_a_bad_one_fails_al
             kind: FailureKind::RetryRequested,
             retry_at_ms: spool_core::queue::now_ms() + 60_000,
         },
-        Outcome::Completed {
-            result: "{}".into(),
-            blocks: "[]".into(),
-            handler_version: "v1".into(),
-            follow_ups: Vec::new(),
-        },
-        Outcome::Completed {
-            result: "{}".into(),
-            blocks: "[]".into(),
-            handler_version: "v1".into(),
-            follow_ups: Vec::new(),
-        },
+        completed(),
+        completed(),
     ];
     let prepared: Vec<_> = jobs
         .iter()
@@ -244,11 +271,7 @@ async fn one_finish_call_records_each_outcome_as_if_alone_and_a_bad_one_fails_al
 async fn one_settle_call_records_outcomes_then_claims_the_freed_workers_next_jobs() {
     let redis = Redis::start();
     let (queue, keys) = queue_on(&redis, "batch").await;
-    for id in ["done", "retried", "cancelled"] {
-        submit(&queue, &keys, id, PriorityClass::Normal).await;
-    }
-    let jobs = claim(&queue, &keys, &["w0", "w1", "w2"]).await;
-    assert_eq!(jobs.len(), 3);
+    let jobs = running(&queue, &keys, &["done", "retried", "cancelled"]).await;
     // Waiting now: two normal jobs and, queued later, a high one.
     for (id, class) in [
         ("next-1", PriorityClass::Normal),
@@ -257,20 +280,9 @@ async fn one_settle_call_records_outcomes_then_claims_the_freed_workers_next_job
     ] {
         submit(&queue, &keys, id, class).await;
     }
-    // A cancel of `cancelled` was accepted while it ran.
-    redis::cmd("HSET")
-        .arg("spool:job:cancelled")
-        .arg("cancel")
-        .arg("1")
-        .query::<()>(&mut redis.connection())
-        .expect("HSET");
+    accept_cancel(&redis, "cancelled");
 
-    let completed = Outcome::Completed {
-        result: "{}".into(),
-        blocks: "[]".into(),
-        handler_version: "v1".into(),
-        follow_ups: Vec::new(),
-    };
+    let completed = completed();
     let retry = Outcome::Retry {
         error: "try again".into(),
         kind: FailureKind::RetryRequested,
@@ -356,25 +368,9 @@ async fn one_settle_call_records_outcomes_then_claims_the_freed_workers_next_job
 async fn an_attempts_last_writes_land_before_its_outcome_unless_it_lost_the_job_or_was_cancelled() {
     let redis = Redis::start();
     let (queue, keys) = queue_on(&redis, "batch").await;
-    for id in ["ends", "lost", "cancelled"] {
-        submit(&queue, &keys, id, PriorityClass::Normal).await;
-    }
-    let jobs = claim(&queue, &keys, &["w0", "w1", "w2"]).await;
-    assert_eq!(jobs.len(), 3);
-    // `lost` was handed to another attempt meanwhile; `cancelled` had its
-    // cancel accepted while it ran.
-    redis::cmd("HSET")
-        .arg("spool:job:lost")
-        .arg("entry")
-        .arg("0-1")
-        .query::<()>(&mut redis.connection())
-        .expect("HSET");
-    redis::cmd("HSET")
-        .arg("spool:job:cancelled")
-        .arg("cancel")
-        .arg(spool_core::queue::now_ms())
-        .query::<()>(&mut redis.connection())
-        .expect("HSET");
+    let jobs = running(&queue, &keys, &["ends", "lost", "cancelled"]).await;
+    hand_to_another_attempt(&redis, "lost");
+    accept_cancel(&redis, "cancelled");
 
     let writes = [
         JobWrite::Event {
@@ -390,12 +386,7 @@ async fn an_attempts_last_writes_land_before_its_outcome_unless_it_lost_the_job_
             value: "yes".into(),
         },
     ];
-    let completed = Outcome::Completed {
-        result: "{}".into(),
-        blocks: "[]".into(),
-        handler_version: "v1".into(),
-        follow_ups: Vec::new(),
-    };
+    let completed = completed();
     let prepared: Vec<_> = jobs
         .iter()
         .map(|job| {
