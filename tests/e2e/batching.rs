@@ -458,3 +458,33 @@ async fn an_attempts_last_writes_land_before_its_outcome_unless_it_lost_the_job_
     assert_eq!(cancelled.state, JobState::Cancelled);
     assert_eq!(cancelled.progress, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_whose_record_lost_its_id_is_dropped_and_the_next_job_claimed() {
+    let redis = Redis::start();
+    let (queue, keys) = queue_on(&redis, "batch").await;
+    for id in ["broken", "fine"] {
+        submit(&queue, &keys, id, PriorityClass::Normal).await;
+    }
+    redis::cmd("HDEL")
+        .arg("spool:job:broken")
+        .arg("id")
+        .query::<()>(&mut redis.connection())
+        .expect("HDEL");
+
+    let claimed = queue
+        .claim_many(&keys, &["w0"], spool_core::queue::now_ms(), 0)
+        .await
+        .expect("a record without its id does not fail the claim");
+    let Claimed::Jobs { jobs, dropped, .. } = claimed else {
+        panic!("the queue is neither paused nor new");
+    };
+    assert_eq!(dropped, ["broken"]);
+    let ids: Vec<&str> = jobs.iter().map(|j| j.record.id.as_str()).collect();
+    assert_eq!(ids, ["fine"]);
+    let count: u64 = redis::cmd("GET")
+        .arg(keys.counter("dropped"))
+        .query(&mut redis.connection())
+        .expect("GET");
+    assert_eq!(count, 1);
+}
