@@ -62,6 +62,13 @@ fn init_logging(format: Option<LogFormat>) {
 enum Command {
     /// Run the host: HTTP API, workers, and (unless --redis-url is given) its own redis-server.
     Serve(ServeArgs),
+    #[command(flatten)]
+    Other(Other),
+}
+
+/// The commands besides `serve`.
+#[derive(Subcommand)]
+enum Other {
     /// Run the stub model server alone (speaks the Ollama and OpenAI protocols).
     StubModel(spool::stub::StubArgs),
     /// Drive short jobs through the whole path and print throughput and latency.
@@ -349,7 +356,9 @@ fn run(command: Command) -> anyhow::Result<()> {
             let config = args.into_config(&process_env())?;
             async_runtime(config.redis.url.is_none())?.block_on(spool::app::serve(config))
         }
-        command => async_runtime(command.starts_redis_here())?.block_on(command.run()),
+        Command::Other(command) => {
+            async_runtime(command.starts_redis_here())?.block_on(command.run())
+        }
     }
 }
 
@@ -372,38 +381,36 @@ fn async_runtime(local_redis: bool) -> anyhow::Result<tokio::runtime::Runtime> {
         .map_err(|error| anyhow::anyhow!("cannot start the async runtime: {error}"))
 }
 
-impl Command {
-    /// Whether the command starts a redis-server of its own on this machine
-    /// (`serve` decides by its configuration: see `run`).
+impl Other {
+    /// Whether the command starts a redis-server of its own on this machine.
     fn starts_redis_here(&self) -> bool {
         match self {
-            Command::BenchCompare(_)
-            | Command::BenchChat(_)
-            | Command::BenchSessions(_)
-            | Command::BenchHub(_)
-            | Command::BenchCluster(_) => true,
-            Command::BenchLimiter(args) => args.starts_redis(),
+            Other::BenchCompare(_)
+            | Other::BenchChat(_)
+            | Other::BenchSessions(_)
+            | Other::BenchHub(_)
+            | Other::BenchCluster(_) => true,
+            Other::BenchLimiter(args) => args.starts_redis(),
             _ => false,
         }
     }
 
     async fn run(self) -> anyhow::Result<()> {
         match self {
-            Command::Serve(args) => spool::app::serve(args.into_config(&process_env())?).await,
-            Command::StubModel(args) => spool::stub::run(args).await,
-            Command::Bench(args) => spool::bench::run(args).await,
-            Command::Deploy(args) => spool::cli::admin::deploy(args).await,
-            Command::Rollback(args) => spool::cli::admin::rollback(args).await,
-            Command::Handlers(args) => spool::cli::admin::list(args).await,
-            Command::BenchLimiter(args) => spool::bench::limiter::run(args).await,
-            Command::Dead(args) => spool::cli::dead::run(args).await,
-            Command::Keys(args) => spool::cli::keys::run(args).await,
-            Command::Guest(args) => spool::cli::guest::run(args).await,
-            Command::BenchSessions(args) => spool::bench::sessions::run(args).await,
-            Command::BenchHub(args) => spool::bench::hub::run(args).await,
-            Command::BenchCompare(args) => spool::bench::compare::run(args).await,
-            Command::BenchChat(args) => spool::bench::chat::run(args).await,
-            Command::BenchCluster(args) => spool::bench::cluster::run(args).await,
+            Other::StubModel(args) => spool::stub::run(args).await,
+            Other::Bench(args) => spool::bench::run(args).await,
+            Other::Deploy(args) => spool::cli::admin::deploy(args).await,
+            Other::Rollback(args) => spool::cli::admin::rollback(args).await,
+            Other::Handlers(args) => spool::cli::admin::list(args).await,
+            Other::BenchLimiter(args) => spool::bench::limiter::run(args).await,
+            Other::Dead(args) => spool::cli::dead::run(args).await,
+            Other::Keys(args) => spool::cli::keys::run(args).await,
+            Other::Guest(args) => spool::cli::guest::run(args).await,
+            Other::BenchSessions(args) => spool::bench::sessions::run(args).await,
+            Other::BenchHub(args) => spool::bench::hub::run(args).await,
+            Other::BenchCompare(args) => spool::bench::compare::run(args).await,
+            Other::BenchChat(args) => spool::bench::chat::run(args).await,
+            Other::BenchCluster(args) => spool::bench::cluster::run(args).await,
         }
     }
 }

@@ -1,8 +1,8 @@
 //! Group commit between an instance's workers and Redis. The workers that
 //! want a job of the same queue at the same moment, and the outcomes ready
 //! at that moment, share one call: while the queue's calls are in flight
-//! (two at most), the requests that arrive meanwhile wait and go together in
-//! the next. A worker that records an outcome asks for its next job with it
+//! ([`CALLS_IN_FLIGHT`] at most), the requests that arrive meanwhile wait and
+//! go together in the next. A worker that records an outcome asks for its next job with it
 //! (`settle.lua`), so a loaded queue pays one call per batch for both, as
 //! BullMQ's move-to-finished fetches the next job. An idle instance pays one
 //! call per request, as before.
