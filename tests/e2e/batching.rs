@@ -202,6 +202,12 @@ async fn one_finish_call_records_each_outcome_as_if_alone_and_a_bad_one_fails_al
         .query::<()>(&mut redis.connection())
         .expect("SET");
     hand_to_another_attempt(&redis, "lost");
+    // A record that lost its submission time: its response is not averaged.
+    redis::cmd("HDEL")
+        .arg("spool:job:broken")
+        .arg("created_at")
+        .query::<()>(&mut redis.connection())
+        .expect("HDEL");
 
     let outcomes = [
         completed(),
@@ -263,8 +269,35 @@ async fn one_finish_call_records_each_outcome_as_if_alone_and_a_bad_one_fails_al
         (minute.completed, minute.failed, minute.cancelled),
         (1, 1, 0)
     );
-    assert_eq!(minute.response_count, 2);
+    assert_eq!(minute.response_count, 1, "broken had no submission time");
     assert_eq!(minute.processing_count, 2);
+    // The batch wrote one bucket, which expires, and only sums to it.
+    let buckets: Vec<String> = redis::cmd("KEYS")
+        .arg("spool:q:{batch}:monitor:*")
+        .query(&mut redis.connection())
+        .expect("KEYS");
+    assert_eq!(buckets.len(), 1, "{buckets:?}");
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&buckets[0])
+        .query(&mut redis.connection())
+        .expect("TTL");
+    assert!(ttl > 3600, "the bucket outlives the longest window: {ttl}");
+    let fields: Vec<String> = redis::cmd("HKEYS")
+        .arg(&buckets[0])
+        .query(&mut redis.connection())
+        .expect("HKEYS");
+    // A sum of 0 ms (a job faster than the clock) is not written.
+    let mut counted: Vec<&str> = fields
+        .iter()
+        .map(String::as_str)
+        .filter(|field| !["response_ms", "processing_ms"].contains(field))
+        .collect();
+    counted.sort_unstable();
+    assert_eq!(
+        counted,
+        ["completed", "failed", "response_missing"],
+        "no count of its own beside each sum: {fields:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,11 +3,12 @@
 -- of n minutes is the current (partial) bucket and the buckets before it that
 -- make n minutes in all: the last n minutes, to within one bucket.
 -- Returns, per window, {completed, failed, cancelled, response_ms,
--- response_count, processing_ms, processing_count}.
+-- response_count, processing_ms, processing_count}, where a count is the
+-- answered requests (completed, failed) that had the time (monitor.lua).
 -- KEYS[1] the queue's monitoring key prefix (`spool:q:{queue}:monitor:`)
 -- ARGV[1..] window lengths in minutes, ascending
-local fields = {'completed', 'failed', 'cancelled', 'response_ms', 'response_count',
-  'processing_ms', 'processing_count'}
+local fields = {'completed', 'failed', 'cancelled', 'response_ms', 'response_missing',
+  'processing_ms', 'processing_missing'}
 local per_minute = 60 / MONITOR_BUCKET_SECS
 local now = math.floor(tonumber(redis.call('TIME')[1]) / MONITOR_BUCKET_SECS)
 local totals = {0, 0, 0, 0, 0, 0, 0}
@@ -20,9 +21,10 @@ for age = 0, longest - 1 do
     totals[i] = totals[i] + (tonumber(values[i]) or 0)
   end
   while next_window <= #ARGV and age + 1 == tonumber(ARGV[next_window]) * per_minute do
-    local copy = {}
-    for i = 1, #fields do copy[i] = totals[i] end
-    windows[#windows + 1] = copy
+    -- A time is averaged over the answered requests that had it.
+    local answered = totals[1] + totals[2]
+    windows[#windows + 1] = {totals[1], totals[2], totals[3],
+      totals[4], answered - totals[5], totals[6], answered - totals[7]}
     next_window = next_window + 1
   end
 end
