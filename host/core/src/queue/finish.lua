@@ -107,10 +107,11 @@ local function finish_one(K, A)
   if message then
     end_message(message, message_stream, A[13], A[14], A[4], A[15], A[16])
   end
-  local ttl = tonumber(A[8])
-  if ttl > 0 then
+  -- The ttl goes to EXPIRE as the string it came as: Redis formats a Lua
+  -- number argument with %.17g, which showed in a loaded Redis' profile.
+  if tonumber(A[8]) > 0 then
     for _, key in ipairs({K[1], K[3], K[4]}) do
-      redis.call('EXPIRE', key, ttl)
+      redis.call('EXPIRE', key, A[8])
     end
   end
   return 1
@@ -126,10 +127,7 @@ local function finish_outcomes(keys, first_key, argv, first_arg)
   local next_arg = first_arg + 1
   for n = 1, tonumber(argv[first_arg]) do
     local base = first_key + (n - 1) * 9
-    local K = {}
-    for i = 1, 9 do
-      K[i] = keys[base + i]
-    end
+    local K = {unpack(keys, base + 1, base + 9)}
     local count = tonumber(argv[next_arg])
     local A = {unpack(argv, next_arg + 1, next_arg + count)}
     next_arg = next_arg + count + 1
