@@ -35,9 +35,8 @@ if ARGV[11] ~= '' then
   end
   redis.call('HSET', message, 'job_id', ARGV[2])
 end
-redis.call('HSET', KEYS[2], unpack(ARGV, 13))
 local entry = redis.call('XADD', KEYS[1], '*', 'job', ARGV[2])
-redis.call('HSET', KEYS[2], 'entry', entry)
+redis.call('HSET', KEYS[2], 'entry', entry, unpack(ARGV, 13))
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[8], '*',
   'event_type', ARGV[7], 'data', ARGV[4], 'timestamp', ARGV[3])
 copy_to_root(KEYS[3], ARGV[2], ARGV[8],

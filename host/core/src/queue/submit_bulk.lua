@@ -50,14 +50,13 @@ for i = 1, items do
     entries[i] = 'duplicate'
   else
     local hash = KEYS[3 * i - 1]
-    local fields = {}
+    local entry = redis.call('XADD', KEYS[3 * i - 2], '*', 'job', item_arg(i, 1))
+    local fields = {'entry', entry}
     for k = 1, f do
-      fields[2 * k - 1] = ARGV[8 + k]
-      fields[2 * k] = item_arg(i, k)
+      fields[2 * k + 1] = ARGV[8 + k]
+      fields[2 * k + 2] = item_arg(i, k)
     end
     redis.call('HSET', hash, unpack(fields))
-    local entry = redis.call('XADD', KEYS[3 * i - 2], '*', 'job', item_arg(i, 1))
-    redis.call('HSET', hash, 'entry', entry)
     redis.call('XADD', KEYS[3 * i], 'MAXLEN', '~', ARGV[6], '*',
       'event_type', ARGV[5], 'data', item_arg(i, 0), 'timestamp', ARGV[2])
     entries[i] = entry
