@@ -182,6 +182,12 @@ async fn batches(intake: Intake, queue: String, mut requests: mpsc::UnboundedRec
         let Ok(slot) = in_flight.clone().acquire_owned().await else {
             return;
         };
+        // The workers a reply just handed jobs to finish them in a burst: let
+        // the ones ready to run queue their outcomes before this batch closes,
+        // or the first of them goes alone and the rest follow in a second
+        // call. Interleaved `spool bench-compare` runs: 2.4 jobs per call at
+        // concurrency 16 against 1.6, ~9 % less Redis CPU per no-op job.
+        tokio::task::yield_now().await;
         let mut claims = Vec::new();
         let mut outcomes = Outcomes::default();
         for request in batch_from(first, &mut requests) {
