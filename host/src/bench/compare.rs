@@ -349,6 +349,9 @@ pub(super) struct Snapshot {
     pub(super) usec: BTreeMap<String, u64>,
     reads: u64,
     pub(super) cpu_secs: f64,
+    /// CPU of Redis' forked children: the AOF rewrites, with `--save ""`.
+    child_cpu_secs: f64,
+    pub(super) aof_rewrites: u64,
     used_memory: u64,
 }
 
@@ -379,6 +382,10 @@ impl Snapshot {
                 "used_cpu_sys" | "used_cpu_user" => {
                     snapshot.cpu_secs += value.parse::<f64>().unwrap_or(0.0)
                 }
+                "used_cpu_sys_children" | "used_cpu_user_children" => {
+                    snapshot.child_cpu_secs += value.parse::<f64>().unwrap_or(0.0)
+                }
+                "aof_rewrites" => snapshot.aof_rewrites = value.parse().unwrap_or(0),
                 "used_memory" => snapshot.used_memory = value.parse().unwrap_or(0),
                 _ => {}
             }
@@ -401,6 +408,11 @@ struct Budget {
     redis_cpu_us: f64,
     /// Time inside commands (`INFO commandstats`; a script counts with its commands).
     redis_command_us: f64,
+    /// AOF rewrites Redis started in the run (each forks a child that writes
+    /// the whole dataset: its CPU is taken from the queue and Redis on 2 cores).
+    aof_rewrites: u64,
+    /// The rewrites' CPU (Redis' children), per job.
+    rewrite_cpu_us: f64,
     /// The queue's own process (spool's instance, BullMQ's worker).
     host_cpu_us: f64,
 }
@@ -455,6 +467,8 @@ impl Budget {
                 .collect(),
             redis_cpu_us: (after.cpu_secs - before.cpu_secs) * 1e6 / jobs,
             redis_command_us: usec as f64 / jobs,
+            aof_rewrites: after.aof_rewrites.saturating_sub(before.aof_rewrites),
+            rewrite_cpu_us: (after.child_cpu_secs - before.child_cpu_secs).max(0.0) * 1e6 / jobs,
             host_cpu_us: host_cpu_us / jobs,
         }
     }
@@ -615,7 +629,7 @@ impl Report {
             "\nPer-job budget while processing (Redis INFO deltas / N; host CPU = the queue's process)"
         );
         println!(
-            "  {:<14} {:>5} {:>11} {:>9} {:>12} {:>13} {:>12} {:>9}",
+            "  {:<14} {:>5} {:>11} {:>9} {:>12} {:>13} {:>12} {:>9} {:>13}",
             "system",
             "conc",
             "Redis reads",
@@ -623,12 +637,13 @@ impl Report {
             "Redis CPU us",
             "Redis cmd us",
             "host CPU us",
-            "Wasm us"
+            "Wasm us",
+            "AOF rewrites"
         );
         for row in &self.rows {
             let b = &row.budget;
             println!(
-                "  {:<14} {:>5} {:>11.2} {:>9.2} {:>12.1} {:>13.1} {:>12.1} {:>9}",
+                "  {:<14} {:>5} {:>11.2} {:>9.2} {:>12.1} {:>13.1} {:>12.1} {:>9} {:>13}",
                 row.system,
                 row.concurrency,
                 b.round_trips,
@@ -636,7 +651,8 @@ impl Report {
                 b.redis_cpu_us,
                 b.redis_command_us,
                 b.host_cpu_us,
-                row.wasm_us.map_or("-".to_owned(), |w| format!("{w:.1}"))
+                row.wasm_us.map_or("-".to_owned(), |w| format!("{w:.1}")),
+                format!("{} ({:.1} us)", b.aof_rewrites, b.rewrite_cpu_us)
             );
         }
         if let Some(wasm) = &self.wasm {
@@ -667,6 +683,7 @@ impl Report {
                 "  submit -> start (created_at -> first claim, 1 ms clock): p50 {} ms, p99 {} ms, max {} ms    target p99 <= 5 ms",
                 paced.p50_ms, paced.p99_ms, paced.max_ms
             );
+            println!("  AOF rewrites during the run: {}", paced.aof_rewrites);
         }
         println!("\nCommands per job, most called first, with the µs inside them per job");
         for row in &self.rows {
@@ -716,7 +733,7 @@ impl Report {
             }
         }
         println!(
-            "\nNotes: `Redis reads` are Redis' read events (total_reads_processed): one per request, or per batch of requests a client pipelines (ioredis and redis-rs both do), so fewer than round trips under load. A script's own commands count in `commands` and `Redis cmd us`. Wasm us: time inside the guest per job, every hook (admit at submission, handle while processing; a reused decision costs no Wasm), as the instance's metrics saw it under the run's load (for chat it includes the wait on the model call)."
+            "\nNotes: `Redis reads` are Redis' read events (total_reads_processed): one per request, or per batch of requests a client pipelines (ioredis and redis-rs both do), so fewer than round trips under load. A script's own commands count in `commands` and `Redis cmd us`. Wasm us: time inside the guest per job, every hook (admit at submission, handle while processing; a reused decision costs no Wasm), as the instance's metrics saw it under the run's load (for chat it includes the wait on the model call). AOF rewrites: those Redis started during the run (it forks one each time its append-only file doubles), with their CPU per job beside: a rewrite's child takes a core from Redis and the queue's process while it runs."
         );
     }
 }

@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 
 use spool_runtime::{Admitted, Job, JobHost, Limits, Runtime};
 
+use super::compare::Snapshot;
 use super::instance::{NOOP_QUEUE, flush, redis_url, start_spool, wait_completed};
 
 /// The paced run lasts at most this long, or [`MAX_JOBS`] jobs.
@@ -34,6 +35,8 @@ pub struct Paced {
     pub p50_ms: u64,
     pub p99_ms: u64,
     pub max_ms: u64,
+    /// AOF rewrites Redis started while the jobs were submitted and ran.
+    pub aof_rewrites: u64,
 }
 
 /// Submits jobs to the no-op queue one POST each, the i-th at `i / rate`
@@ -56,6 +59,7 @@ pub async fn paced_run(
         let submit_url = format!("http://{}/api/queues/{NOOP_QUEUE}/jobs", running.addr);
         let client = reqwest::Client::new();
         let interval = Duration::from_secs_f64(1.0 / rate);
+        let before = Snapshot::take(redis).await?;
         let started = tokio::time::Instant::now();
         let mut submissions = JoinSet::new();
         for i in 0..jobs {
@@ -83,6 +87,10 @@ pub async fn paced_run(
             ids.push(joined??);
         }
         wait_completed(redis, NOOP_QUEUE, jobs).await?;
+        let aof_rewrites = Snapshot::take(redis)
+            .await?
+            .aof_rewrites
+            .saturating_sub(before.aof_rewrites);
         let mut waits = queue_waits(redis, &ids).await?;
         waits.sort_unstable();
         let at = |q: f64| waits[((waits.len() - 1) as f64 * q).round() as usize];
@@ -92,6 +100,7 @@ pub async fn paced_run(
             p50_ms: at(0.50),
             p99_ms: at(0.99),
             max_ms: waits.last().copied().unwrap_or(0),
+            aof_rewrites,
         })
     }
     .await;
