@@ -57,35 +57,17 @@ pub async fn paced_run(
     let running = start_spool(&url, noop_path, concurrency, jobs as u64 + 1).await?;
     let result = async {
         let submit_url = format!("http://{}/api/queues/{NOOP_QUEUE}/jobs", running.addr);
-        let client = reqwest::Client::new();
-        let interval = Duration::from_secs_f64(1.0 / rate);
         let before = Snapshot::take(redis).await?;
-        let started = tokio::time::Instant::now();
-        let mut submissions = JoinSet::new();
-        for i in 0..jobs {
-            tokio::time::sleep_until(started + interval.mul_f64(i as f64)).await;
-            let (client, submit_url) = (client.clone(), submit_url.clone());
-            submissions.spawn(async move {
-                let response = client
-                    .post(submit_url)
-                    .header("content-type", "application/json")
-                    .body(json!({ "payload": { "n": i } }).to_string())
-                    .send()
-                    .await?;
-                if response.status() != reqwest::StatusCode::ACCEPTED {
-                    bail!("submission refused: {}", response.text().await?);
-                }
-                let reply: serde_json::Value = serde_json::from_str(&response.text().await?)?;
-                reply["jobId"]
-                    .as_str()
-                    .map(str::to_owned)
-                    .context("a job id in the reply")
-            });
-        }
-        let mut ids = Vec::with_capacity(jobs);
-        while let Some(joined) = submissions.join_next().await {
-            ids.push(joined??);
-        }
+        // The client runs on a thread and runtime of its own, as one in
+        // another process would: on the instance's one worker thread its
+        // POSTs cost more than the jobs and made the instance's latency.
+        let ids = tokio::task::spawn_blocking(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(submit_paced(submit_url, jobs, rate))
+        })
+        .await??;
         wait_completed(redis, NOOP_QUEUE, jobs).await?;
         let aof_rewrites = Snapshot::take(redis)
             .await?
@@ -106,6 +88,39 @@ pub async fn paced_run(
     .await;
     running.stop().await;
     result
+}
+
+/// POSTs `jobs` no-op jobs, the i-th at `i / rate` seconds; returns their ids.
+async fn submit_paced(submit_url: String, jobs: usize, rate: f64) -> Result<Vec<String>> {
+    let client = reqwest::Client::new();
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let started = tokio::time::Instant::now();
+    let mut submissions = JoinSet::new();
+    for i in 0..jobs {
+        tokio::time::sleep_until(started + interval.mul_f64(i as f64)).await;
+        let (client, submit_url) = (client.clone(), submit_url.clone());
+        submissions.spawn(async move {
+            let response = client
+                .post(submit_url)
+                .header("content-type", "application/json")
+                .body(json!({ "payload": { "n": i } }).to_string())
+                .send()
+                .await?;
+            if response.status() != reqwest::StatusCode::ACCEPTED {
+                bail!("submission refused: {}", response.text().await?);
+            }
+            let reply: serde_json::Value = serde_json::from_str(&response.text().await?)?;
+            reply["jobId"]
+                .as_str()
+                .map(str::to_owned)
+                .context("a job id in the reply")
+        });
+    }
+    let mut ids = Vec::with_capacity(jobs);
+    while let Some(joined) = submissions.join_next().await {
+        ids.push(joined??);
+    }
+    Ok(ids)
 }
 
 /// Each job's `first_started_at - created_at`, in ms, read in pipelined batches.
