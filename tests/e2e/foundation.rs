@@ -627,10 +627,19 @@ fn serve_without_a_redis_url_runs_its_own_redis_server_and_stops_it_on_sigterm()
                 .is_ok()
         },
     );
-    assert!(
-        data.path().join("redis/appendonlydir").exists(),
-        "AOF is on"
-    );
+    // Read while it runs, asserted once it is stopped: a failed assertion
+    // must not leave the child (and its redis-server) running.
+    let aof_on = data.path().join("redis/appendonlydir").exists();
+    let rewrite_from: Vec<String> =
+        redis::Client::open(format!("redis+unix://{}", socket.display()))
+            .and_then(|c| c.get_connection())
+            .and_then(|mut c| {
+                redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("auto-aof-rewrite-min-size")
+                    .query(&mut c)
+            })
+            .unwrap_or_default();
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().expect("spool exits");
@@ -638,6 +647,12 @@ fn serve_without_a_redis_url_runs_its_own_redis_server_and_stops_it_on_sigterm()
         status.success(),
         "clean exit; log:\n{}",
         std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(aof_on, "AOF is on");
+    assert_eq!(
+        rewrite_from,
+        ["auto-aof-rewrite-min-size", "536870912"],
+        "a loaded instance does not rewrite its AOF every few seconds"
     );
     let still_up = redis::Client::open(format!("redis+unix://{}", socket.display()))
         .and_then(|c| c.get_connection())
