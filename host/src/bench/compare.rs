@@ -351,7 +351,7 @@ pub(super) struct Snapshot {
     pub(super) cpu_secs: f64,
     /// CPU of Redis' forked children: the AOF rewrites, with `--save ""`.
     child_cpu_secs: f64,
-    pub(super) aof_rewrites: u64,
+    aof_rewrites: u64,
     used_memory: u64,
 }
 

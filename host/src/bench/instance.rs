@@ -32,23 +32,39 @@ pub(super) async fn flush(redis: &mut MultiplexedConnection) -> Result<()> {
     redis::cmd("BGREWRITEAOF").query_async::<()>(redis).await?;
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let persistence: String = redis::cmd("INFO")
-            .arg("persistence")
-            .query_async(redis)
-            .await?;
-        let busy = persistence.lines().any(|line| {
-            matches!(
-                line.trim(),
-                "aof_rewrite_in_progress:1" | "aof_rewrite_scheduled:1"
-            )
-        });
-        if !busy {
+        let persistence = Persistence::read(redis).await?;
+        if persistence.field("aof_rewrite_in_progress") == 0
+            && persistence.field("aof_rewrite_scheduled") == 0
+        {
             return Ok(());
         }
         if Instant::now() > deadline {
             bail!("Redis' AOF rewrite did not end within {PATIENCE:?}");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Redis' `INFO persistence` at one moment.
+pub(super) struct Persistence(String);
+
+impl Persistence {
+    pub(super) async fn read(redis: &mut MultiplexedConnection) -> Result<Self> {
+        Ok(Self(
+            redis::cmd("INFO")
+                .arg("persistence")
+                .query_async(redis)
+                .await?,
+        ))
+    }
+
+    /// A numeric field's value; 0 when Redis does not report it.
+    pub(super) fn field(&self, name: &str) -> u64 {
+        self.0
+            .lines()
+            .find_map(|line| line.trim().strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0)
     }
 }
 

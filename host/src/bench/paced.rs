@@ -17,8 +17,7 @@ use tokio::task::JoinSet;
 
 use spool_runtime::{Admitted, Job, JobHost, Limits, Runtime};
 
-use super::compare::Snapshot;
-use super::instance::{NOOP_QUEUE, flush, redis_url, start_spool, wait_completed};
+use super::instance::{NOOP_QUEUE, Persistence, flush, redis_url, start_spool, wait_completed};
 
 /// The paced run lasts at most this long, or [`MAX_JOBS`] jobs.
 pub const MAX_SECONDS: f64 = 10.0;
@@ -57,7 +56,7 @@ pub async fn paced_run(
     let running = start_spool(&url, noop_path, concurrency, jobs as u64 + 1).await?;
     let result = async {
         let submit_url = format!("http://{}/api/queues/{NOOP_QUEUE}/jobs", running.addr);
-        let before = Snapshot::take(redis).await?;
+        let rewrites_before = Persistence::read(redis).await?.field("aof_rewrites");
         // The client runs on a thread and runtime of its own, as one in
         // another process would: on the instance's one worker thread its
         // POSTs cost more than the jobs and made the instance's latency.
@@ -69,10 +68,10 @@ pub async fn paced_run(
         })
         .await??;
         wait_completed(redis, NOOP_QUEUE, jobs).await?;
-        let aof_rewrites = Snapshot::take(redis)
+        let aof_rewrites = Persistence::read(redis)
             .await?
-            .aof_rewrites
-            .saturating_sub(before.aof_rewrites);
+            .field("aof_rewrites")
+            .saturating_sub(rewrites_before);
         let mut waits = queue_waits(redis, &ids).await?;
         waits.sort_unstable();
         let at = |q: f64| waits[((waits.len() - 1) as f64 * q).round() as usize];
