@@ -733,7 +733,7 @@ impl Report {
             }
         }
         println!(
-            "\nNotes: `Redis reads` are Redis' read events (total_reads_processed): one per request, or per batch of requests a client pipelines (ioredis and redis-rs both do), so fewer than round trips under load. A script's own commands count in `commands` and `Redis cmd us`. Wasm us: time inside the guest per job, every hook (admit at submission, handle while processing; a reused decision costs no Wasm), as the instance's metrics saw it under the run's load (for chat it includes the wait on the model call). AOF rewrites: those Redis started during the run (it forks one each time its append-only file doubles), with their CPU per job beside: a rewrite's child takes a core from Redis and the queue's process while it runs."
+            "\nNotes: `Redis reads` are Redis' read events (total_reads_processed): one per request, or per batch of requests a client pipelines (ioredis and redis-rs both do), so fewer than round trips under load. A script's own commands count in `commands` and `Redis cmd us`. Wasm us: time inside the guest per job, every hook (admit at submission, handle while processing; a reused decision costs no Wasm), as the instance's metrics saw it under the run's load (for chat it includes the wait on the model call). AOF rewrites: those Redis started during the run (it forks one each time its append-only file doubles, from 512 MB in spool's embedded Redis), with their CPU per job beside: a rewrite's child takes a core from Redis and the queue's process while it runs."
         );
     }
 }

@@ -59,14 +59,14 @@ end
 -- Writes what `monitor_request` counted since the last flush.
 local function monitor_flush()
   for key, sums in pairs(monitor_pending) do
-    local created = false
+    local new_field = false
     for field, n in pairs(sums) do
       -- A sum of zero adds nothing: a missing field reads as zero.
       if n > 0 and redis.call('HINCRBY', key, field, n) == n then
-        created = true
+        new_field = true
       end
     end
-    if created then
+    if new_field then
       redis.call('EXPIRE', key, MONITOR_KEEP_SECS)
     end
   end
