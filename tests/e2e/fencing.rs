@@ -31,7 +31,7 @@ async fn manager(redis: &Redis) -> redis::aio::ConnectionManager {
 }
 
 /// The `writes` queue runs the adversary's `writer` mode with room to tick.
-fn writer_config() -> String {
+pub(crate) fn writer_config() -> String {
     format!(
         r#"
 [handlers.adversary]

@@ -384,6 +384,55 @@ fn assert_all_keys_expire(redis: &Redis, id: &str) {
     }
 }
 
+/// A finished job's guest state expires with it, though the outcome's call
+/// sets that expiry only for a job whose attempt wrote state (or that ran
+/// before): a job that wrote none has no state key to expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_a_job_wrote_expires_with_it() {
+    let stack = Stack::start(HostOptions {
+        config: crate::fencing::writer_config(),
+        ..HostOptions::default()
+    })
+    .await;
+    let Stack {
+        host, api, redis, ..
+    } = &stack;
+    let mut ids = Vec::new();
+    for payload in [
+        json!({"mode": "writer", "ticks": 2}),
+        json!({"mode": "writer", "ticks": 0}),
+    ] {
+        let (status, reply) = api
+            .post(
+                &host.url("/api/queues/writes/jobs"),
+                &json!({ "payload": payload }),
+            )
+            .await;
+        assert_eq!(status, 202, "{reply}");
+        let id = job_id(&reply);
+        let job = api.wait_terminal(host, &id, WAIT).await;
+        assert_eq!(
+            (job["state"].as_str(), &job["attempts"]),
+            (Some("completed"), &json!(1)),
+            "{job}"
+        );
+        ids.push(id);
+    }
+    assert_all_keys_expire(redis, &ids[0]);
+    let last: String = query(
+        redis,
+        redis::cmd("HGET")
+            .arg(format!("spool:job:{}:state", ids[0]))
+            .arg("last"),
+    );
+    assert_eq!(last, "1:1", "the state the attempt wrote");
+    assert_eq!(
+        ttl(redis, &format!("spool:job:{}:state", ids[1])),
+        -2,
+        "a job that wrote no state has no state key"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_key_of_a_cancelled_job_expires() {
     let redis = Redis::start();

@@ -39,8 +39,11 @@
 --   13 message ending ('completed', 'error', 'retrying')   14 message error
 --   15 message ttl (s)   16 message events kept   17 dead letters kept
 --   18 monitoring key prefix   19 the queue's sessions prefix (see message_end.lua)
---   20 the number of pending writes w   21 their argument count c
---   22..21+c the writes   then job hash field/value pairs
+--   20 '1' when the job's state hash may exist: this attempt wrote state,
+--      or an earlier one ran ('0' spares a loaded queue an EXPIRE per job;
+--      a job with an attempt record, retried or replayed, expires it anyway)
+--   21 the number of pending writes w   22 their argument count c
+--   23..22+c the writes   then job hash field/value pairs
 -- (message_end.lua, dead_letters.lua, monitor.lua, stage_event.lua and
 -- job_writes.lua are prepended.)
 
@@ -59,7 +62,7 @@ end
 local function finish_one(K, A)
   local owner = redis.call('HMGET', K[1], 'state', 'entry', 'cancel', 'created_at', 'started_at',
     'message_session', 'message_id', 'attempt_records')
-  local writes, write_args = tonumber(A[20]), tonumber(A[21])
+  local writes, write_args = tonumber(A[21]), tonumber(A[22])
   if owner[1] ~= 'active' or owner[2] ~= A[2] then
     acknowledge(K[2], A[2])
     if writes > 0 then
@@ -72,13 +75,13 @@ local function finish_one(K, A)
   end
   acknowledge(K[2], A[2])
   if writes > 0 and not owner[3] then
-    apply_writes(K[1], K[3], K[4], A[3], A[4], A[12], A, 22, writes)
+    apply_writes(K[1], K[3], K[4], A[3], A[4], A[12], A, 23, writes)
   end
   if A[11] ~= '' then
     local record = (tonumber(owner[8]) or 0) + 1
     redis.call('HSET', K[1], 'attempt_records', record, 'attempt:' .. record, A[11])
   end
-  redis.call('HSET', K[1], 'state', A[5], 'finished_at', A[4], unpack(A, 22 + write_args))
+  redis.call('HSET', K[1], 'state', A[5], 'finished_at', A[4], unpack(A, 23 + write_args))
   if owner[3] then
     redis.call('HDEL', K[1], 'cancel')
   end
@@ -110,8 +113,10 @@ local function finish_one(K, A)
   -- The ttl goes to EXPIRE as the string it came as: Redis formats a Lua
   -- number argument with %.17g, which showed in a loaded Redis' profile.
   if tonumber(A[8]) > 0 then
-    for _, key in ipairs({K[1], K[3], K[4]}) do
-      redis.call('EXPIRE', key, A[8])
+    redis.call('EXPIRE', K[1], A[8])
+    redis.call('EXPIRE', K[3], A[8])
+    if A[20] == '1' or owner[8] then
+      redis.call('EXPIRE', K[4], A[8])
     end
   end
   return 1

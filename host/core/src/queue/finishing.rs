@@ -36,6 +36,8 @@ pub struct PreparedOutcome {
     keys: [String; 9],
     /// Its arguments before the writes (1..19).
     args: Vec<String>,
+    /// The job's state hash may exist, and must expire with the job.
+    state_may_exist: bool,
     /// The attempt's unsent writes (see `job_writes.lua`): how many, and
     /// their arguments.
     writes: (usize, Vec<String>),
@@ -48,6 +50,13 @@ impl PreparedOutcome {
     /// they land first, in the same call, under the attempt's fence.
     pub fn with_writes(mut self, writes: &[JobWrite]) -> Self {
         self.writes = (writes.len(), write_args(writes));
+        self
+    }
+
+    /// The job has no state hash to expire: its one attempt wrote no state.
+    /// Spares a loaded queue an EXPIRE per job; the default assumes one.
+    pub fn without_state(mut self) -> Self {
+        self.state_may_exist = false;
         self
     }
 }
@@ -133,6 +142,7 @@ impl Queue {
                 keys.counter("fenced"),
             ],
             args,
+            state_may_exist: true,
             writes: (0, Vec::new()),
             fields,
         }
@@ -164,10 +174,11 @@ pub(super) fn outcome_keys_and_args(
             invocation.key(key);
         }
         let (writes, write_args) = &outcome.writes;
-        let count = outcome.args.len() + 2 + write_args.len() + outcome.fields.len();
+        let count = outcome.args.len() + 3 + write_args.len() + outcome.fields.len();
         invocation
             .arg(count)
             .arg(&outcome.args)
+            .arg(if outcome.state_may_exist { "1" } else { "0" })
             .arg(writes)
             .arg(write_args.len())
             .arg(write_args)

@@ -8,6 +8,7 @@
 //! Events and progress are written behind the guest (`write_behind`).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_util::future::BoxFuture;
@@ -49,6 +50,8 @@ pub(super) struct WorkerHost {
     pub follow_ups: Mutex<Vec<FollowUp>>,
     /// The attempt's events and progress, written behind the guest.
     pub events: WriteBehind,
+    /// The guest set a state key: the job's state hash must expire with it.
+    pub wrote_state: AtomicBool,
 }
 
 impl WorkerHost {
@@ -180,6 +183,7 @@ impl JobHost for WorkerHost {
     }
 
     fn state_set(&self, key: String, value: String) -> BoxFuture<'_, ()> {
+        self.wrote_state.store(true, Ordering::Relaxed);
         Box::pin(
             self.events
                 .write(JobWrite::SetState { key, value }, || self.writer()),

@@ -8,6 +8,7 @@
 //! (which also ends a job's session message with it); sandboxing is the runtime's.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -245,25 +246,23 @@ impl Workers {
         let watch = self.running.watch(&claimed.record.id);
         let lost = CancellationToken::new();
         let attempt = async {
-            let Some(Attempt {
-                outcome,
-                ran_on,
-                pending_writes,
-            }) = self
+            let Some(mut ended) = self
                 .attempt(&claimed, route, handler, &watch.stop, &lost)
                 .await
             else {
                 tracing::info!(job = %claimed.record.id, "job was given to another attempt while this one ran; it stops here");
                 return None;
             };
-            if let Outcome::Failed { error, kind } | Outcome::Retry { error, kind, .. } = &outcome {
+            if let Outcome::Failed { error, kind } | Outcome::Retry { error, kind, .. } =
+                &ended.outcome
+            {
                 tracing::warn!(job = %claimed.record.id, attempt = claimed.record.attempts, %error, error_kind = %kind, "job attempt failed");
             }
             // A failed attempt records the version that ran it too.
             let mut ran = claimed.clone();
-            ran.record.handler_version = ran_on.or(ran.record.handler_version);
+            ran.record.handler_version = ended.ran_on.take().or(ran.record.handler_version);
             let next = next_unless.map(|shutdown| (consumer, shutdown));
-            self.record(&ran, outcome, pending_writes, next).await
+            self.record(&ran, ended, next).await
         };
         tokio::select! {
             next = attempt => next,
@@ -336,13 +335,6 @@ impl Workers {
                 kind: FailureKind::HandlerMissing,
             }));
         };
-        let ran = |outcome| {
-            Some(Attempt {
-                outcome,
-                ran_on: Some(handler.version.clone()),
-                pending_writes: Vec::new(),
-            })
-        };
         let fence = Fence::of(claimed);
         let message = store::bound_message(&self.sessions, record).await;
         let host = Arc::new(WorkerHost {
@@ -368,7 +360,16 @@ impl Workers {
             message: message.clone(),
             follow_ups: Default::default(),
             events: WriteBehind::default(),
+            wrote_state: AtomicBool::new(false),
         });
+        let ran = |outcome| {
+            Some(Attempt {
+                outcome,
+                ran_on: Some(handler.version.clone()),
+                pending_writes: Vec::new(),
+                wrote_state: host.wrote_state.load(Ordering::Relaxed),
+            })
+        };
         let job = Job {
             id: record.id.clone(),
             queue: record.queue.clone(),
@@ -425,6 +426,7 @@ impl Workers {
                 outcome,
                 ran_on: Some(handler.version.clone()),
                 pending_writes,
+                wrote_state: host.wrote_state.load(Ordering::Relaxed),
             });
         }
         let ids: Vec<String> = follow_ups.iter().map(|f| f.id.clone()).collect();
@@ -462,23 +464,31 @@ impl Workers {
     /// attempt that lost the job records nothing. With `next` (the worker,
     /// and the shutdown that stops it asking), the call that records the
     /// outcome also claims the worker's next job: what it got is returned.
-    /// `writes` (the attempt's, still unsent) land first, under its fence.
+    /// The attempt's writes still unsent land first, under its fence.
     async fn record(
         &self,
         claimed: &ClaimedJob,
-        outcome: Outcome,
-        writes: Vec<JobWrite>,
+        ended: Attempt,
         next: Option<(&str, &CancellationToken)>,
     ) -> Option<Assigned> {
-        let mut outcome = outcome;
-        let mut writes = writes;
+        let Attempt {
+            mut outcome,
+            pending_writes: mut writes,
+            wrote_state,
+            ..
+        } = ended;
+        // Only an attempt may have written the job's state (see `WorkerHost`).
+        let stateless = claimed.record.attempts <= 1 && !wrote_state;
         let mut delay = Duration::from_millis(100);
         for _ in 0..10 {
-            let prepared = self
+            let mut prepared = self
                 .intake
                 .queue
                 .prepare_outcome(claimed, &outcome, self.retention)
                 .with_writes(&writes);
+            if stateless {
+                prepared = prepared.without_state();
+            }
             let queue = &claimed.record.queue;
             let asking = next
                 .filter(|(_, shutdown)| !shutdown.is_cancelled())
@@ -600,6 +610,8 @@ struct Attempt {
     /// The attempt's job writes still unsent when it ended: the outcome's
     /// call applies them first.
     pending_writes: Vec<JobWrite>,
+    /// The attempt set a state key of the job's.
+    wrote_state: bool,
 }
 
 impl Attempt {
@@ -608,6 +620,7 @@ impl Attempt {
             outcome,
             ran_on: None,
             pending_writes: Vec::new(),
+            wrote_state: false,
         }
     }
 }
