@@ -24,7 +24,7 @@ use spool_core::hub::Hub;
 use spool_core::intake::Route;
 use spool_core::models::{BackendConfig, BackendKind, ModelClient, OllamaApi};
 use spool_core::queue::{Queue, QueueKeys, Retention};
-use spool_core::worker::{RunningJobs, WorkerRestarts, Workers};
+use spool_core::worker::{DryQueues, RunningJobs, WorkerRestarts, Workers};
 use spool_runtime::Runtime;
 use {crate::BUILT_IN, spool_core::registry::Registry};
 
@@ -110,6 +110,8 @@ pub async fn start(config: Config) -> Result<Running> {
     };
     let shutdown = CancellationToken::new();
     let wake = Arc::new(Notify::new());
+    let idle_poll = Duration::from_millis(config.workers.idle_poll_ms.max(10));
+    let dry = Arc::new(DryQueues::new(intake.routes.keys().cloned(), idle_poll));
     let running = Arc::new(RunningJobs::default());
     let restarts = Arc::new(WorkerRestarts::default());
     let mut background = JoinSet::new();
@@ -117,6 +119,7 @@ pub async fn start(config: Config) -> Result<Running> {
         pubsub.clone(),
         intake.routes.values().map(|r| r.keys.clone()).collect(),
         wake.clone(),
+        dry.clone(),
         running.clone(),
         shutdown.clone(),
     ));
@@ -138,13 +141,13 @@ pub async fn start(config: Config) -> Result<Running> {
         intake: intake.clone(),
         gateway: gateway.clone(),
         retention,
-        idle_poll: Duration::from_millis(config.workers.idle_poll_ms.max(10)),
+        idle_poll,
         visibility: Duration::from_millis(config.workers.visibility_timeout_ms),
         wake,
         sessions: sessions.clone(),
         running,
         restarts: restarts.clone(),
-        dispatch: spool_core::worker::Dispatch::start(&intake),
+        dispatch: spool_core::worker::Dispatch::start(&intake, dry),
     });
     background.spawn(recover_abandoned_jobs(
         workers.clone(),
@@ -614,15 +617,15 @@ async fn recover_abandoned_jobs(
     }
 }
 
-/// Forwards "queue has work" announcements to idle workers. Pub/Sub drops
-/// messages while disconnected, so workers also poll; this only cuts latency.
-/// Follows the instance's Pub/Sub signals: wake-ups for idle workers, and
-/// cancels of jobs that may be running here. Pub/Sub is at-most-once: idle
-/// polling and heartbeats catch what is missed.
+/// Follows the instance's Pub/Sub signals: work announced for a queue (it
+/// is no longer dry, and an idle worker wakes), and cancels of jobs that may
+/// be running here. Pub/Sub is at-most-once: idle polling and heartbeats
+/// catch what is missed.
 async fn listen_for_signals(
     pubsub: PubSubNodes,
     queues: Vec<QueueKeys>,
     wake: Arc<Notify>,
+    dry: Arc<DryQueues>,
     running: Arc<RunningJobs>,
     shutdown: CancellationToken,
 ) {
@@ -638,13 +641,18 @@ async fn listen_for_signals(
         .collect();
     loop {
         if let Ok(mut messages) = pubsub.subscribe(&channels).await {
+            // What was announced while unsubscribed is lost.
+            dry.announced_everywhere();
             loop {
                 tokio::select! {
                     message = messages.next() => match message {
                         Some((channel, job)) if cancels.contains(&channel) => {
                             running.cancel(&job);
                         }
-                        Some(_) => wake.notify_one(),
+                        Some((_, queue)) => {
+                            dry.announced(&queue);
+                            wake.notify_one();
+                        }
                         None => break,
                     },
                     _ = shutdown.cancelled() => return,

@@ -3,14 +3,24 @@
 //! and one finish call records a batch of outcomes, each exactly as if it were
 //! alone, one outcome that cannot be written failing alone; one settle call
 //! does both, the outcomes first, for the workers those outcomes freed. An
-//! attempt's writes still unsent when it ended go with its outcome.
+//! attempt's writes still unsent when it ended go with its outcome. A queue
+//! a claim found empty is not asked again until work is announced for it.
 
 use spool_core::queue::{
     Claimed, ClaimedJob, Finish, JobState, JobWrite, NewJob, Outcome, Queue, QueueKeys, Retention,
 };
 use spool_runtime::{FailureKind, PriorityClass};
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::reliability::WAIT;
 use crate::support::*;
+
+const NOOP: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/noop.wasm"));
 
 const RETENTION: Retention = Retention {
     completed_secs: 3600,
@@ -520,4 +530,115 @@ async fn an_entry_whose_record_lost_its_id_is_dropped_and_the_next_job_claimed()
         .query(&mut redis.connection())
         .expect("GET");
     assert_eq!(count, 1);
+}
+
+/// Counts the claims Redis runs of `queue`'s streams (a script's own
+/// commands included: MONITOR shows them) until `stop` is set.
+fn count_reads(
+    redis: &Redis,
+    queue: &str,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<usize> {
+    let mut monitor = redis.connection();
+    let _: () = redis::cmd("MONITOR").query(&mut monitor).expect("MONITOR");
+    monitor
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("read timeout");
+    let stream = format!("spool:q:{{{queue}}}:normal");
+    std::thread::spawn(move || {
+        let mut reads = 0;
+        while !stop.load(Ordering::SeqCst) {
+            match monitor.recv_response() {
+                Ok(redis::Value::SimpleString(line))
+                    if line.contains("XREADGROUP") && line.contains(&stream) =>
+                {
+                    reads += 1
+                }
+                Ok(_) => {}
+                Err(error) if error.is_timeout() => {}
+                Err(error) => panic!("MONITOR: {error}"),
+            }
+        }
+        reads
+    })
+}
+
+/// Workers busy with one queue pass by another on their turns (every 16
+/// jobs). Before, each pass paid Redis an empty claim of the other queue;
+/// now one that found it empty is told so at once until work is announced
+/// for it, and the job then queued there starts at once, though the idle
+/// poll is a minute. A bulk wakes every idle worker it has work for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_found_empty_is_not_asked_again_until_work_is_announced() {
+    let redis = Redis::start();
+    let stub = stub().await;
+    let dir = tempfile::Builder::new()
+        .prefix("spool-dry-")
+        .tempdir()
+        .expect("temp dir");
+    let noop = dir.path().join("noop.wasm");
+    std::fs::write(&noop, NOOP).expect("write noop");
+    let host = Host::start(
+        &redis,
+        &stub,
+        HostOptions {
+            concurrency: 4,
+            config: format!(
+                "[handlers.noop]\npath = \"{}\"\n\n[queues.busy]\nhandler = \"noop\"\n\n[queues.quiet]\nhandler = \"noop\"\n",
+                noop.display()
+            ),
+            workers: "idle_poll_ms = 60000".into(),
+            ..HostOptions::default()
+        },
+    );
+    let api = Api::default();
+    // Half the idle poll: a worker that took the queue for dry would wait it out.
+    let run_quiet_job = async || {
+        let (status, reply) = api
+            .post(
+                &host.url("/api/queues/quiet/jobs"),
+                &json!({ "payload": {} }),
+            )
+            .await;
+        assert_eq!(status, 202, "{reply}");
+        let id = reply["jobId"].as_str().expect("job id");
+        let job = api.wait_terminal(&host, id, Duration::from_secs(30)).await;
+        assert_eq!(job["state"], "completed", "{job}");
+    };
+    // Its announcement arrives: the instance's subscription is up, and the
+    // claims after the job find the quiet queue empty.
+    run_quiet_job().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let quiet_reads = count_reads(&redis, "quiet", stop.clone());
+
+    let jobs: Vec<_> = (0..400).map(|n| json!({ "payload": { "n": n } })).collect();
+    let (status, reply) = api
+        .post(
+            &host.url("/api/queues/busy/jobs/bulk"),
+            &json!({ "jobs": jobs }),
+        )
+        .await;
+    assert_eq!(status, 202, "{reply}");
+    let ids: Vec<String> = reply["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .map(|job| job["jobId"].as_str().expect("job id").to_owned())
+        .collect();
+    let mut workers = std::collections::BTreeSet::new();
+    for id in &ids {
+        let job = api.wait_terminal(&host, id, WAIT).await;
+        assert_eq!(job["state"], "completed", "{job}");
+        workers.insert(job["worker"].as_str().unwrap_or_default().to_owned());
+    }
+    // The bulk was one announcement, which wakes one worker; each that
+    // found work woke the next, or the rest would sleep out the idle poll.
+    assert!(workers.len() > 1, "the jobs ran on {workers:?} alone");
+    stop.store(true, Ordering::SeqCst);
+    let reads = quiet_reads.join().expect("monitor");
+    // 400 jobs on 4 workers are 25 turns at the quiet queue; each claim
+    // that went to Redis read it (and its other classes) once.
+    assert_eq!(reads, 0, "the quiet queue was read while the busy one ran");
+
+    run_quiet_job().await;
 }

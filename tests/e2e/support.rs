@@ -246,9 +246,15 @@ impl Host {
         } else {
             "\n[limits]\nrate_per_sec = 100000.0\ncapacity = 100000.0\nmax_call_attempts = 1\n"
         };
+        // Tests poll fast, unless they set their own.
+        let idle_poll = if options.workers.contains("idle_poll_ms") {
+            ""
+        } else {
+            "idle_poll_ms = 200\n"
+        };
         let config = format!(
             // The test's own TOML first: its top-level keys must precede any table.
-            "{}{limits}\n[workers]\nconcurrency = {}\nidle_poll_ms = 200\n{}\n\n[model]\nkind = \"ollama\"\nurl = \"{}\"\nchat_model = \"stub-chat\"\nembed_model = \"stub-embed\"\nrequest_timeout_ms = 10000\n",
+            "{}{limits}\n[workers]\nconcurrency = {}\n{idle_poll}{}\n\n[model]\nkind = \"ollama\"\nurl = \"{}\"\nchat_model = \"stub-chat\"\nembed_model = \"stub-embed\"\nrequest_timeout_ms = 10000\n",
             options.config,
             options.concurrency,
             options.workers,

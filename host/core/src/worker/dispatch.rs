@@ -7,6 +7,9 @@
 //! BullMQ's move-to-finished fetches the next job. An idle instance pays one
 //! call per request, as before.
 //!
+//! A queue whose last claim found nothing is not asked again until work is
+//! announced for it (`dry`): a worker passing by it is told it is idle.
+//!
 //! Owns each queue's batching task and what a worker gets back. It does not
 //! decide what a job runs (the worker does) nor what a claim or an outcome
 //! writes (the queue's scripts do). Strict priority and at-least-once are
@@ -20,6 +23,7 @@ use std::sync::Arc;
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use super::dry::DryQueues;
 use crate::intake::{Intake, Route};
 use crate::queue::{Claimed, ClaimedJob, Finish, PreparedOutcome, Settled};
 use crate::registry::Resolved;
@@ -64,6 +68,7 @@ pub struct Recorded {
 /// The batching tasks of every queue of an instance; dropping it ends them.
 pub struct Dispatch {
     desks: HashMap<String, mpsc::UnboundedSender<Request>>,
+    dry: Arc<DryQueues>,
 }
 
 enum Request {
@@ -80,22 +85,27 @@ enum Request {
 }
 
 impl Dispatch {
-    /// Starts the batching task of every queue the intake routes.
-    pub fn start(intake: &Intake) -> Self {
+    /// Starts the batching task of every queue the intake routes; `dry`
+    /// learns of their work announcements from the instance's subscription.
+    pub fn start(intake: &Intake, dry: Arc<DryQueues>) -> Self {
         let desks = intake
             .routes
             .keys()
             .map(|queue| {
                 let (desk, requests) = mpsc::unbounded_channel();
-                tokio::spawn(batches(intake.clone(), queue.clone(), requests));
+                let batching = batches(intake.clone(), dry.clone(), queue.clone(), requests);
+                tokio::spawn(batching);
                 (queue.clone(), desk)
             })
             .collect();
-        Self { desks }
+        Self { desks, dry }
     }
 
     /// Claims the next job of `queue` for the worker named `consumer`.
     pub async fn claim(&self, queue: &str, consumer: &str) -> Assigned {
+        if let Some(next_retry_ms) = self.dry.is_dry(queue) {
+            return Assigned::Idle { next_retry_ms };
+        }
         let idle = || Assigned::Idle {
             next_retry_ms: None,
         };
@@ -176,7 +186,12 @@ fn batch_from<T>(first: T, requests: &mut mpsc::UnboundedReceiver<T>) -> Vec<T> 
 /// outcomes with the claims of the batch (`settle`). Up to
 /// [`CALLS_IN_FLIGHT`] calls run at once; requests that arrive while they
 /// all do wait and go together in the next.
-async fn batches(intake: Intake, queue: String, mut requests: mpsc::UnboundedReceiver<Request>) {
+async fn batches(
+    intake: Intake,
+    dry: Arc<DryQueues>,
+    queue: String,
+    mut requests: mpsc::UnboundedReceiver<Request>,
+) {
     let in_flight = Arc::new(Semaphore::new(CALLS_IN_FLIGHT));
     while let Some(first) = requests.recv().await {
         let Ok(slot) = in_flight.clone().acquire_owned().await else {
@@ -205,11 +220,13 @@ async fn batches(intake: Intake, queue: String, mut requests: mpsc::UnboundedRec
             }
         }
         let intake = intake.clone();
+        let dry = dry.clone();
         let queue = queue.clone();
         tokio::spawn(async move {
             let Some(route) = intake.routes.get(&queue) else {
                 return;
             };
+            let seen = dry.seen(&queue);
             // The version is resolved at the moment the claim records as
             // the jobs' start, not once the claim is back: under load that
             // round trip is long enough for a switch to land inside it.
@@ -217,17 +234,32 @@ async fn batches(intake: Intake, queue: String, mut requests: mpsc::UnboundedRec
                 &route.config.handler,
                 route.config.handler_version.as_deref(),
             );
-            if outcomes.prepared.is_empty() {
-                claim_batch(&intake, route, resolved, claims).await;
+            let found = if outcomes.prepared.is_empty() {
+                claim_batch(&intake, route, resolved, claims).await
             } else {
-                settle_batch(&intake, route, resolved, claims, outcomes).await;
-            }
+                settle_batch(&intake, route, resolved, claims, outcomes).await
+            };
             drop(slot);
+            match found {
+                Found::Work => dry.had_work(&queue),
+                Found::Nothing { next_retry_ms } => dry.ran_dry(&queue, seen, next_retry_ms),
+                Found::Unknown => {}
+            }
         });
     }
 }
 
 type ClaimRequest = (String, oneshot::Sender<Assigned>);
+
+/// What a batch's claim found of its queue.
+enum Found {
+    /// A job for every worker that asked.
+    Work,
+    /// Fewer jobs than workers asking: the queue is empty for now.
+    Nothing { next_retry_ms: Option<u64> },
+    /// No worker asked, or the claim did not run.
+    Unknown,
+}
 
 /// A batch's outcomes, in order, with the worker each one's call claims a
 /// next job for and where its answer goes.
@@ -243,7 +275,7 @@ async fn claim_batch(
     route: &Route,
     resolved: Resolved,
     claims: Vec<ClaimRequest>,
-) {
+) -> Found {
     let consumers: Vec<&str> = claims.iter().map(|(c, _)| c.as_str()).collect();
     let claimed = intake
         .queue
@@ -254,10 +286,11 @@ async fn claim_batch(
             route.config.fair_every,
         )
         .await;
-    let mut handed = Handed::new(&route.keys.name, claimed, resolved.handler);
+    let mut handed = Handed::new(&route.keys.name, claimed, resolved.handler, claims.len());
     for (_, reply) in claims {
         handed.send(reply);
     }
+    handed.found
 }
 
 async fn settle_batch(
@@ -266,7 +299,7 @@ async fn settle_batch(
     resolved: Resolved,
     claims: Vec<ClaimRequest>,
     outcomes: Outcomes,
-) {
+) -> Found {
     let alone: Vec<&str> = claims.iter().map(|(c, _)| c.as_str()).collect();
     let next: Vec<Option<&str>> = outcomes.next.iter().map(Option::as_deref).collect();
     let settled = intake
@@ -293,7 +326,7 @@ async fn settle_batch(
                     next: None,
                 });
             }
-            return;
+            return Found::Unknown;
         }
     };
     // The claim served the consumers that asked alone, then those whose
@@ -303,7 +336,18 @@ async fn settle_batch(
         dropped: Vec::new(),
         next_retry_ms: None,
     }));
-    let mut handed = Handed::new(&route.keys.name, claimed, resolved.handler);
+    let freed = finished.iter().zip(&outcomes.next);
+    let asking = freed
+        .filter(|(finish, next)| {
+            next.is_some() && matches!(finish, Ok(done) if done.frees_worker())
+        })
+        .count();
+    let mut handed = Handed::new(
+        &route.keys.name,
+        claimed,
+        resolved.handler,
+        claims.len() + asking,
+    );
     for (_, reply) in claims {
         handed.send(reply);
     }
@@ -325,6 +369,7 @@ async fn settle_batch(
             warn_orphaned(&job);
         }
     }
+    handed.found
 }
 
 /// The jobs one claim got, handed out in order to the workers it served.
@@ -332,14 +377,18 @@ struct Handed {
     jobs: std::vec::IntoIter<ClaimedJob>,
     otherwise: Otherwise,
     handler: Option<HandlerComponent>,
+    found: Found,
 }
 
 impl Handed {
+    /// `asked`: how many workers the claim served.
     fn new(
         queue: &str,
         claimed: redis::RedisResult<Claimed>,
         handler: Option<HandlerComponent>,
+        asked: usize,
     ) -> Self {
+        let mut found = Found::Unknown;
         let (jobs, otherwise) = match claimed {
             Ok(Claimed::Jobs {
                 jobs,
@@ -348,6 +397,11 @@ impl Handed {
             }) => {
                 for job_id in dropped {
                     tracing::error!(%queue, job = %job_id, "a queued job's record is gone (evicted or deleted outside spool); its entry was dropped and counted");
+                }
+                if jobs.len() < asked {
+                    found = Found::Nothing { next_retry_ms };
+                } else if asked > 0 {
+                    found = Found::Work;
                 }
                 (jobs, Otherwise::Idle(next_retry_ms))
             }
@@ -359,6 +413,7 @@ impl Handed {
             jobs: jobs.into_iter(),
             otherwise,
             handler,
+            found,
         }
     }
 

@@ -25,6 +25,7 @@ use spool_runtime::content::blocks_to_json;
 use spool_runtime::{FailureKind, GuestFailure, HandlerComponent, Job, JobError, JobOutput};
 
 mod dispatch;
+mod dry;
 mod faults;
 mod follow_up;
 mod running;
@@ -35,6 +36,7 @@ mod write_behind;
 
 use dispatch::Assigned;
 pub use dispatch::Dispatch;
+pub use dry::DryQueues;
 pub use running::RunningJobs;
 pub use supervise::WorkerRestarts;
 mod host;
@@ -71,7 +73,8 @@ pub struct Workers {
 /// its last job, for at most [`QueueTurns::STREAK`] jobs in a row, then moves
 /// on to the next: a worker busy on one queue does not pay an empty claim on
 /// every other queue before each job, and every queue with work still gets a
-/// worker's turn within `STREAK` jobs.
+/// worker's turn within `STREAK` jobs. A turn at a queue found empty since
+/// costs no claim at all (`dry`).
 struct QueueTurns {
     start: usize,
     streak: usize,
@@ -134,7 +137,17 @@ impl Workers {
                     // Claimed from this very queue: `run_job` asks only when
                     // the turns keep the worker on it.
                     Some(job) => job,
-                    None => self.dispatch.claim(&route.keys.name, &consumer).await,
+                    None => {
+                        let assigned = self.dispatch.claim(&route.keys.name, &consumer).await;
+                        if matches!(assigned, Assigned::Job(..)) {
+                            // There may be more: an announcement wakes one
+                            // worker (a bulk of a thousand jobs is one), so
+                            // each that finds work wakes the next, until
+                            // one finds the queue empty.
+                            self.wake.notify_one();
+                        }
+                        assigned
+                    }
                 };
                 match assigned {
                     Assigned::Job(job, handler) => {
