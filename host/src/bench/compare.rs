@@ -684,6 +684,12 @@ impl Report {
                 paced.p50_ms, paced.p99_ms, paced.max_ms
             );
             println!("  AOF rewrites during the run: {}", paced.aof_rewrites);
+            if paced.held_back > 0 {
+                println!(
+                    "  the instance fell behind the rate: {} POSTs waited for one of {} in flight to answer, and were sent late (a wait before its POST is not in a job's figure)",
+                    paced.held_back, paced.max_in_flight
+                );
+            }
         }
         println!("\nCommands per job, most called first, with the µs inside them per job");
         for row in &self.rows {

@@ -22,6 +22,11 @@ use super::instance::{NOOP_QUEUE, Persistence, flush, redis_url, start_spool, wa
 /// The paced run lasts at most this long, or [`MAX_JOBS`] jobs.
 pub const MAX_SECONDS: f64 = 10.0;
 pub const MAX_JOBS: usize = 20_000;
+/// Submissions in flight at most: past the instance's knee, an open-loop
+/// client would open a connection per waiting request until the process ran
+/// out of file descriptors. One that must wait for a slot is sent late, and
+/// counted.
+const MAX_IN_FLIGHT: usize = 256;
 /// Calls per batch of [`wasm_per_job`], and batches per figure: each figure
 /// is its fastest batch, so a batch another process preempted does not count.
 const WASM_CALLS: u32 = 1000;
@@ -36,6 +41,11 @@ pub struct Paced {
     pub max_ms: u64,
     /// AOF rewrites Redis started while the jobs were submitted and ran.
     pub aof_rewrites: u64,
+    /// Submissions sent late, waiting for one of [`MAX_IN_FLIGHT`] to
+    /// answer: the instance fell behind the rate, and a job's wait before
+    /// its POST is not in its queue wait.
+    pub held_back: usize,
+    pub max_in_flight: usize,
 }
 
 /// Submits jobs to the no-op queue one POST each, the i-th at `i / rate`
@@ -60,7 +70,7 @@ pub async fn paced_run(
         // The client runs on a thread and runtime of its own, as one in
         // another process would: on the instance's one worker thread its
         // POSTs cost more than the jobs and made the instance's latency.
-        let ids = tokio::task::spawn_blocking(move || {
+        let (ids, held_back) = tokio::task::spawn_blocking(move || {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
@@ -82,6 +92,8 @@ pub async fn paced_run(
             p99_ms: at(0.99),
             max_ms: waits.last().copied().unwrap_or(0),
             aof_rewrites,
+            held_back,
+            max_in_flight: MAX_IN_FLIGHT,
         })
     }
     .await;
@@ -89,16 +101,28 @@ pub async fn paced_run(
     result
 }
 
-/// POSTs `jobs` no-op jobs, the i-th at `i / rate` seconds; returns their ids.
-async fn submit_paced(submit_url: String, jobs: usize, rate: f64) -> Result<Vec<String>> {
+/// POSTs `jobs` no-op jobs, the i-th at `i / rate` seconds, or as soon
+/// after as one of [`MAX_IN_FLIGHT`] answers; returns their ids and how many
+/// were sent late for want of a slot.
+async fn submit_paced(submit_url: String, jobs: usize, rate: f64) -> Result<(Vec<String>, usize)> {
     let client = reqwest::Client::new();
     let interval = Duration::from_secs_f64(1.0 / rate);
     let started = tokio::time::Instant::now();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    let mut held_back = 0;
     let mut submissions = JoinSet::new();
     for i in 0..jobs {
         tokio::time::sleep_until(started + interval.mul_f64(i as f64)).await;
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                held_back += 1;
+                slots.clone().acquire_owned().await?
+            }
+        };
         let (client, submit_url) = (client.clone(), submit_url.clone());
         submissions.spawn(async move {
+            let _slot = slot;
             let response = client
                 .post(submit_url)
                 .header("content-type", "application/json")
@@ -119,7 +143,7 @@ async fn submit_paced(submit_url: String, jobs: usize, rate: f64) -> Result<Vec<
     while let Some(joined) = submissions.join_next().await {
         ids.push(joined??);
     }
-    Ok(ids)
+    Ok((ids, held_back))
 }
 
 /// Each job's `first_started_at - created_at`, in ms, read in pipelined batches.
