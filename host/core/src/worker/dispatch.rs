@@ -286,11 +286,11 @@ async fn claim_batch(
             route.config.fair_every,
         )
         .await;
-    let mut handed = Handed::new(&route.keys.name, claimed, resolved.handler, claims.len());
+    let mut handed = Handed::new(&route.keys.name, claimed, resolved.handler);
     for (_, reply) in claims {
         handed.send(reply);
     }
-    handed.found
+    handed.found()
 }
 
 async fn settle_batch(
@@ -336,18 +336,7 @@ async fn settle_batch(
         dropped: Vec::new(),
         next_retry_ms: None,
     }));
-    let freed = finished.iter().zip(&outcomes.next);
-    let asking = freed
-        .filter(|(finish, next)| {
-            next.is_some() && matches!(finish, Ok(done) if done.frees_worker())
-        })
-        .count();
-    let mut handed = Handed::new(
-        &route.keys.name,
-        claimed,
-        resolved.handler,
-        claims.len() + asking,
-    );
+    let mut handed = Handed::new(&route.keys.name, claimed, resolved.handler);
     for (_, reply) in claims {
         handed.send(reply);
     }
@@ -369,7 +358,7 @@ async fn settle_batch(
             warn_orphaned(&job);
         }
     }
-    handed.found
+    handed.found()
 }
 
 /// The jobs one claim got, handed out in order to the workers it served.
@@ -377,18 +366,17 @@ struct Handed {
     jobs: std::vec::IntoIter<ClaimedJob>,
     otherwise: Otherwise,
     handler: Option<HandlerComponent>,
-    found: Found,
+    /// Workers handed a job, and whether one was left without.
+    given: usize,
+    short: bool,
 }
 
 impl Handed {
-    /// `asked`: how many workers the claim served.
     fn new(
         queue: &str,
         claimed: redis::RedisResult<Claimed>,
         handler: Option<HandlerComponent>,
-        asked: usize,
     ) -> Self {
-        let mut found = Found::Unknown;
         let (jobs, otherwise) = match claimed {
             Ok(Claimed::Jobs {
                 jobs,
@@ -397,11 +385,6 @@ impl Handed {
             }) => {
                 for job_id in dropped {
                     tracing::error!(%queue, job = %job_id, "a queued job's record is gone (evicted or deleted outside spool); its entry was dropped and counted");
-                }
-                if jobs.len() < asked {
-                    found = Found::Nothing { next_retry_ms };
-                } else if asked > 0 {
-                    found = Found::Work;
                 }
                 (jobs, Otherwise::Idle(next_retry_ms))
             }
@@ -413,15 +396,34 @@ impl Handed {
             jobs: jobs.into_iter(),
             otherwise,
             handler,
-            found,
+            given: 0,
+            short: false,
         }
     }
 
     /// What the next worker in line gets.
     fn next(&mut self) -> Assigned {
         match self.jobs.next() {
-            Some(job) => Assigned::Job(Box::new(job), self.handler.clone()),
-            None => self.otherwise.assigned(),
+            Some(job) => {
+                self.given += 1;
+                Assigned::Job(Box::new(job), self.handler.clone())
+            }
+            None => {
+                self.short = true;
+                self.otherwise.assigned()
+            }
+        }
+    }
+
+    /// What the claim found of its queue, once every worker it served was
+    /// handed what it got.
+    fn found(&self) -> Found {
+        match (&self.otherwise, self.short) {
+            (Otherwise::Idle(next_retry_ms), true) => Found::Nothing {
+                next_retry_ms: *next_retry_ms,
+            },
+            (_, false) if self.given > 0 => Found::Work,
+            _ => Found::Unknown,
         }
     }
 
