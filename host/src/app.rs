@@ -643,6 +643,7 @@ async fn listen_for_signals(
         if let Ok(mut messages) = pubsub.subscribe(&channels).await {
             // What was announced while unsubscribed is lost.
             dry.announced_everywhere();
+            wake.notify_waiters();
             loop {
                 tokio::select! {
                     message = messages.next() => match message {

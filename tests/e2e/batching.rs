@@ -642,3 +642,57 @@ async fn a_queue_found_empty_is_not_asked_again_until_work_is_announced() {
 
     run_quiet_job().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_announced_while_the_subscription_was_down_starts_once_it_is_back() {
+    let redis = Redis::start();
+    let stub = stub().await;
+    let dir = tempfile::Builder::new()
+        .prefix("spool-resubscribe-")
+        .tempdir()
+        .expect("temp dir");
+    let noop = dir.path().join("noop.wasm");
+    std::fs::write(&noop, NOOP).expect("write noop");
+    let host = Host::start(
+        &redis,
+        &stub,
+        HostOptions {
+            concurrency: 2,
+            config: format!(
+                "[handlers.noop]\npath = \"{}\"\n\n[queues.quiet]\nhandler = \"noop\"\n",
+                noop.display()
+            ),
+            workers: "idle_poll_ms = 60000".into(),
+            ..HostOptions::default()
+        },
+    );
+    let api = Api::default();
+    let run_quiet_job = async || {
+        let (status, reply) = api
+            .post(
+                &host.url("/api/queues/quiet/jobs"),
+                &json!({ "payload": {} }),
+            )
+            .await;
+        assert_eq!(status, 202, "{reply}");
+        let id = reply["jobId"].as_str().expect("job id").to_owned();
+        // A third of the idle poll: the instance reconnects within seconds.
+        let job = api.wait_terminal(&host, &id, Duration::from_secs(20)).await;
+        assert_eq!(job["state"], "completed", "{job}");
+    };
+    // The subscription is up, and both workers found the queue empty since.
+    run_quiet_job().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let killed: u64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query(&mut redis.connection())
+        .expect("CLIENT KILL");
+    assert!(killed >= 1, "the instance held a Pub/Sub connection");
+    // Announced while the instance is unsubscribed: nobody hears it, and
+    // the idle workers would sleep out the poll unless the new subscription
+    // woke them.
+    run_quiet_job().await;
+}

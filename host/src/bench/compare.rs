@@ -52,6 +52,10 @@ pub struct CompareArgs {
     /// (no spool no-op runs, no memory figures): the chat path's ratio.
     #[arg(long)]
     chat_only: bool,
+    /// The paced run alone, at --paced-rate and the first concurrency (no
+    /// throughput runs, no memory figures): the latency figure while tuning.
+    #[arg(long, requires = "paced_rate", conflicts_with = "chat_only")]
+    paced_only: bool,
 }
 
 pub async fn run(args: CompareArgs) -> Result<()> {
@@ -87,6 +91,15 @@ async fn compare(args: &CompareArgs, dir: &Path) -> Result<()> {
     );
 
     let mut report = Report::default();
+    if args.paced_only {
+        let rate = args.paced_rate.unwrap_or_default();
+        let concurrency = args.concurrency.first().copied().unwrap_or(16);
+        report.paced =
+            Some(super::paced::paced_run(&mut redis, &noop_path, concurrency, rate).await?);
+        report.paced_rate_given = true;
+        report.print(None);
+        return Ok(());
+    }
     let concurrencies = if args.chat_only {
         &args.concurrency[..1]
     } else {
@@ -351,7 +364,7 @@ pub(super) struct Snapshot {
     pub(super) cpu_secs: f64,
     /// CPU of Redis' forked children: the AOF rewrites, with `--save ""`.
     child_cpu_secs: f64,
-    aof_rewrites: u64,
+    pub(super) aof_rewrites: u64,
     used_memory: u64,
 }
 
@@ -396,30 +409,36 @@ impl Snapshot {
 
 /// What one job cost, on average, over a processing run.
 #[derive(Clone, Default)]
-struct Budget {
+pub(super) struct Budget {
     /// Read events Redis processed: each is one request or pipeline (a round trip).
-    round_trips: f64,
+    pub(super) round_trips: f64,
     /// Commands Redis ran, a script's own commands included.
-    commands: f64,
+    pub(super) commands: f64,
     /// Every command called: calls and µs inside them, per job, most
     /// called first (a script's µs include its commands').
-    top: Vec<(String, f64, f64)>,
+    pub(super) top: Vec<(String, f64, f64)>,
     /// Redis process CPU (`used_cpu_user + used_cpu_sys`).
-    redis_cpu_us: f64,
+    pub(super) redis_cpu_us: f64,
     /// Time inside commands (`INFO commandstats`; a script counts with its commands).
-    redis_command_us: f64,
+    pub(super) redis_command_us: f64,
     /// AOF rewrites Redis started in the run (each forks a child that writes
     /// the whole dataset: its CPU is taken from the queue and Redis on 2 cores).
     aof_rewrites: u64,
     /// The rewrites' CPU (Redis' children), per job.
-    rewrite_cpu_us: f64,
+    pub(super) rewrite_cpu_us: f64,
     /// The queue's own process (spool's instance, BullMQ's worker).
-    host_cpu_us: f64,
+    pub(super) host_cpu_us: f64,
 }
 
 impl Budget {
     /// `polls`: the benchmark's own GETs and INFOs, taken out.
-    fn new(before: &Snapshot, after: &Snapshot, jobs: usize, polls: u64, host_cpu_us: f64) -> Self {
+    pub(super) fn new(
+        before: &Snapshot,
+        after: &Snapshot,
+        jobs: usize,
+        polls: u64,
+        host_cpu_us: f64,
+    ) -> Self {
         let jobs = jobs as f64;
         let delta = |map_after: &BTreeMap<String, u64>,
                      map_before: &BTreeMap<String, u64>,
@@ -683,7 +702,16 @@ impl Report {
                 "  submit -> start (created_at -> first claim, 1 ms clock): p50 {} ms, p99 {} ms, max {} ms    target p99 <= 5 ms",
                 paced.p50_ms, paced.p99_ms, paced.max_ms
             );
-            println!("  AOF rewrites during the run: {}", paced.aof_rewrites);
+            let b = &paced.budget;
+            println!(
+                "  per job: Redis CPU {:.1} us ({:.0} % of a core over the run), {:.2} commands, {:.2} Redis reads; this process (instance and client) {:.1} us CPU",
+                b.redis_cpu_us,
+                b.redis_cpu_us * paced.jobs as f64 / paced.seconds / 1e4,
+                b.commands,
+                b.round_trips,
+                b.host_cpu_us
+            );
+            println!("  AOF rewrites during the run: {}", b.aof_rewrites);
             if paced.held_back > 0 {
                 println!(
                     "  the instance fell behind the rate: {} POSTs waited for one of {} in flight to answer, and were sent late (a wait before its POST is not in a job's figure)",
@@ -692,9 +720,16 @@ impl Report {
             }
         }
         println!("\nCommands per job, most called first, with the µs inside them per job");
-        for row in &self.rows {
-            let top: Vec<String> = row
-                .budget
+        let paced = self
+            .paced
+            .as_ref()
+            .map(|paced| ("spool paced", paced.concurrency, &paced.budget));
+        let rows = self
+            .rows
+            .iter()
+            .map(|r| (r.system, r.concurrency, &r.budget));
+        for (system, concurrency, budget) in rows.chain(paced) {
+            let top: Vec<String> = budget
                 .top
                 .iter()
                 // Calls of fewer than one job in 200 (the instance's own
@@ -702,12 +737,7 @@ impl Report {
                 .filter(|(_, n, _)| *n >= 0.005)
                 .map(|(command, n, us)| format!("{command} {n:.2} ({us:.1} us)"))
                 .collect();
-            println!(
-                "  {:<14} {:>3}: {}",
-                row.system,
-                row.concurrency,
-                top.join(", ")
-            );
+            println!("  {system:<14} {concurrency:>3}: {}", top.join(", "));
         }
         if let Some(memory) = memory {
             println!("\nMemory with {} jobs queued", memory.jobs);

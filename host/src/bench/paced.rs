@@ -17,7 +17,8 @@ use tokio::task::JoinSet;
 
 use spool_runtime::{Admitted, Job, JobHost, Limits, Runtime};
 
-use super::instance::{NOOP_QUEUE, Persistence, flush, redis_url, start_spool, wait_completed};
+use super::compare::{Budget, Snapshot, process_cpu};
+use super::instance::{NOOP_QUEUE, flush, redis_url, start_spool, wait_completed};
 
 /// The paced run lasts at most this long, or [`MAX_JOBS`] jobs.
 pub const MAX_SECONDS: f64 = 10.0;
@@ -33,25 +34,29 @@ const WASM_CALLS: u32 = 1000;
 const WASM_BATCHES: usize = 5;
 
 /// Queue waits of a paced run, in whole milliseconds (the job record's clock).
-pub struct Paced {
+pub(super) struct Paced {
     pub rate: f64,
+    pub concurrency: usize,
     pub jobs: usize,
     pub p50_ms: u64,
     pub p99_ms: u64,
     pub max_ms: u64,
-    /// AOF rewrites Redis started while the jobs were submitted and ran.
-    pub aof_rewrites: u64,
     /// Submissions sent late, waiting for one of [`MAX_IN_FLIGHT`] to
     /// answer: the instance fell behind the rate, and a job's wait before
     /// its POST is not in its queue wait.
     pub held_back: usize,
     pub max_in_flight: usize,
+    /// What a job cost over the run: Redis from `INFO`, the host CPU of this
+    /// process (the instance and the client both).
+    pub budget: Budget,
+    /// The run's length, from the first POST to the last completion.
+    pub seconds: f64,
 }
 
 /// Submits jobs to the no-op queue one POST each, the i-th at `i / rate`
 /// seconds, on a fresh instance with `concurrency` workers; waits for all to
 /// complete and reads each record's created -> first-claimed wait.
-pub async fn paced_run(
+pub(super) async fn paced_run(
     redis: &mut MultiplexedConnection,
     noop_path: &Path,
     concurrency: usize,
@@ -66,7 +71,8 @@ pub async fn paced_run(
     let running = start_spool(&url, noop_path, concurrency, jobs as u64 + 1).await?;
     let result = async {
         let submit_url = format!("http://{}/api/queues/{NOOP_QUEUE}/jobs", running.addr);
-        let rewrites_before = Persistence::read(redis).await?.field("aof_rewrites");
+        let before = Snapshot::take(redis).await?;
+        let (cpu_before, started) = (process_cpu(), Instant::now());
         // The client runs on a thread and runtime of its own, as one in
         // another process would: on the instance's one worker thread its
         // POSTs cost more than the jobs and made the instance's latency.
@@ -77,23 +83,23 @@ pub async fn paced_run(
                 .block_on(submit_paced(submit_url, jobs, rate))
         })
         .await??;
-        wait_completed(redis, NOOP_QUEUE, jobs).await?;
-        let aof_rewrites = Persistence::read(redis)
-            .await?
-            .field("aof_rewrites")
-            .saturating_sub(rewrites_before);
+        let polls = wait_completed(redis, NOOP_QUEUE, jobs).await?;
+        let (host_cpu, seconds) = (process_cpu() - cpu_before, started.elapsed().as_secs_f64());
+        let after = Snapshot::take(redis).await?;
         let mut waits = queue_waits(redis, &ids).await?;
         waits.sort_unstable();
         let at = |q: f64| waits[((waits.len() - 1) as f64 * q).round() as usize];
         Ok::<_, anyhow::Error>(Paced {
             rate,
+            concurrency,
             jobs,
             p50_ms: at(0.50),
             p99_ms: at(0.99),
             max_ms: waits.last().copied().unwrap_or(0),
-            aof_rewrites,
             held_back,
             max_in_flight: MAX_IN_FLIGHT,
+            budget: Budget::new(&before, &after, jobs, polls, host_cpu.as_secs_f64() * 1e6),
+            seconds,
         })
     }
     .await;
