@@ -94,12 +94,8 @@ pub async fn start(config: Config) -> Result<Running> {
         spool_core::store::StoreKeys::of(&queue.keys(&config.sessions.task_queue)),
     );
     let routes = open_queues(&config, &queue).await?;
-    let intake = spool_core::intake::Intake {
-        queue: queue.clone(),
-        runtime: runtime.clone(),
-        registry: registry.clone(),
-        routes: Arc::new(routes),
-    };
+    let intake =
+        spool_core::intake::Intake::new(queue.clone(), runtime.clone(), registry.clone(), routes);
 
     let retention = Retention {
         completed_secs: config.retention.completed_secs,

@@ -696,3 +696,94 @@ async fn a_job_announced_while_the_subscription_was_down_starts_once_it_is_back(
     // woke them.
     run_quiet_job().await;
 }
+
+/// The instance's count of `submit.lua` calls, from `GET /metrics`.
+async fn submit_calls(host: &Host) -> u64 {
+    let text = reqwest::Client::new()
+        .get(host.url("/metrics"))
+        .bearer_auth(admin_token())
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .filter(|line| line.starts_with("spool_redis_roundtrip_seconds_count"))
+        .filter(|line| line.contains("operation=\"submit\""))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_submissions_that_arrive_together_share_a_call_each_answered_on_its_own() {
+    let redis = Redis::start();
+    let stub = stub().await;
+    let dir = tempfile::Builder::new()
+        .prefix("spool-group-submit-")
+        .tempdir()
+        .expect("temp dir");
+    let noop = dir.path().join("noop.wasm");
+    std::fs::write(&noop, NOOP).expect("write noop");
+    let host = Host::start(
+        &redis,
+        &stub,
+        HostOptions {
+            config: format!(
+                "[handlers.noop]\npath = \"{}\"\n\n[queues.burst]\nhandler = \"noop\"\nmax_waiting = 30\n",
+                noop.display()
+            ),
+            ..HostOptions::default()
+        },
+    );
+    let api = Api::default();
+    // Paused, so that what is queued stays waiting and counts against max_waiting.
+    let (status, reply) = api
+        .post(&host.url("/api/queues/burst/pause"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    let calls_before = submit_calls(&host).await;
+
+    // Redis holds every script for a moment: the POSTs that arrive meanwhile
+    // wait for the calls in flight, and go together.
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(700)
+        .arg("WRITE")
+        .query(&mut redis.connection())
+        .expect("CLIENT PAUSE");
+    let posts = (0..40).map(|n| {
+        let api = &api;
+        let url = host.url("/api/queues/burst/jobs");
+        async move { api.post(&url, &json!({ "payload": { "n": n } })).await }
+    });
+    let replies = futures_util::future::join_all(posts).await;
+
+    let accepted: Vec<String> = replies
+        .iter()
+        .filter(|(status, _)| *status == 202)
+        .map(|(_, reply)| reply["jobId"].as_str().expect("job id").to_owned())
+        .collect();
+    let full = replies
+        .iter()
+        .filter(|(status, reply)| *status == 429 && reply["error"]["code"] == "queue_full")
+        .count();
+    assert_eq!(
+        (accepted.len(), full),
+        (30, 10),
+        "each job answered on its own, up to max_waiting: {replies:?}"
+    );
+    for id in &accepted {
+        let (status, job) = api.get(&host.url(&format!("/api/job/{id}"))).await;
+        assert_eq!(
+            (status, job["state"].as_str()),
+            (200, Some("waiting")),
+            "{job}"
+        );
+    }
+    let calls = submit_calls(&host).await - calls_before;
+    assert!(
+        calls <= 10,
+        "40 submissions that arrived together took {calls} calls"
+    );
+}

@@ -702,6 +702,10 @@ impl Report {
                 "  submit -> start (created_at -> first claim, 1 ms clock): p50 {} ms, p99 {} ms, max {} ms    target p99 <= 5 ms",
                 paced.p50_ms, paced.p99_ms, paced.max_ms
             );
+            println!(
+                "  (the first {} jobs, sent at the same rate as the fresh instance warmed up, are not in these figures: their p99 was {} ms)",
+                paced.warm_up_jobs, paced.warm_up_p99_ms
+            );
             let b = &paced.budget;
             println!(
                 "  per job: Redis CPU {:.1} us ({:.0} % of a core over the run), {:.2} commands, {:.2} Redis reads; this process (instance and client) {:.1} us CPU",

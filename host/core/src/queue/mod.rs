@@ -41,6 +41,7 @@ mod promote;
 mod record;
 mod settlement;
 mod settling;
+mod submitting;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -60,6 +61,7 @@ pub use promote::Promote;
 pub use record::{BoundMessage, JobRecord, JobState};
 pub use settlement::Outcome;
 pub use settling::Settled;
+pub use submitting::PreparedSubmit;
 
 use crate::metrics;
 use spool_runtime::event_type::MAX_STREAM_EVENTS;
@@ -489,51 +491,6 @@ impl Queue {
             }
         }
         Ok(())
-    }
-
-    pub async fn submit(&self, job: NewJob<'_>) -> Result<String, SubmitError> {
-        let now = now_ms();
-        let event = queued_event(&job);
-        let fields = job_fields(&job, now);
-        let keys = job.queue.job(job.id);
-        let mut invocation = self.submit.prepare_invoke();
-        invocation
-            .key(job.queue.stream(job.class))
-            .key(&keys.record)
-            .key(&keys.events)
-            .key(job.parent.map_or(&keys.record, |fence| &fence.job.record))
-            .key(job.parent.map_or_else(
-                || job.queue.counter("fenced"),
-                |fence| fence.counter_key().to_owned(),
-            ))
-            .arg(job.max_waiting)
-            .arg(job.id)
-            .arg(now)
-            .arg(event)
-            .arg(&job.queue.wake_channel)
-            .arg(&job.queue.name)
-            .arg(EventType::TaskQueued.as_str())
-            .arg(MAX_STREAM_EVENTS)
-            .arg(job.parent.map_or("", Fence::token))
-            .arg(job.parent.map_or("", |fence| fence.job_id.as_str()))
-            .arg(match (job.parent, job.message) {
-                (Some(_), Some(message)) => message.message_id.as_str(),
-                _ => "",
-            })
-            .arg(&job.queue.sessions_prefix);
-        for (field, value) in fields {
-            invocation.arg(field).arg(value);
-        }
-        let entry: Option<String> =
-            metrics::redis_timed("submit", invocation.invoke_async(&mut self.redis.clone()))
-                .await?;
-        match entry {
-            None => Err(SubmitError::Full(job.queue.name.clone())),
-            Some(reply) if reply == "duplicate" => Err(SubmitError::Duplicate),
-            Some(reply) if reply == "fenced" => Err(SubmitError::Fenced),
-            Some(reply) if reply == "cancelled" => Err(SubmitError::ParentCancelled),
-            Some(entry) => Ok(entry),
-        }
     }
 
     /// Keeps the entry of a running job alive; says whether to go on.

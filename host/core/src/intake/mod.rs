@@ -4,6 +4,8 @@
 //! follow-up jobs a finished job hands on; it knows nothing of HTTP or of
 //! what a job does.
 
+mod group;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -110,9 +112,27 @@ pub struct Intake {
     pub runtime: Arc<Runtime>,
     pub registry: Arc<Registry>,
     pub routes: Arc<BTreeMap<String, Route>>,
+    submissions: Arc<group::Submissions>,
 }
 
 impl Intake {
+    /// Intake for `routes`, with the task that group-commits each one's
+    /// single submissions (see `group`).
+    pub fn new(
+        queue: Queue,
+        runtime: Arc<Runtime>,
+        registry: Arc<Registry>,
+        routes: BTreeMap<String, Route>,
+    ) -> Self {
+        Self {
+            submissions: Arc::new(group::Submissions::start(&queue, &routes)),
+            queue,
+            runtime,
+            registry,
+            routes: Arc::new(routes),
+        }
+    }
+
     pub fn route(&self, queue: &str) -> Result<&Route, IntakeError> {
         self.routes
             .get(queue)
@@ -167,7 +187,7 @@ impl Intake {
             max_waiting: route.config.max_waiting,
             parent: submission.parent.as_ref(),
         };
-        match self.queue.submit(new_job).await {
+        match self.submissions.submit(&self.queue, new_job).await {
             Ok(_) => {
                 metrics::job_submitted(queue, decision.class);
                 Ok(Accepted {
