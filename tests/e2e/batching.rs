@@ -745,7 +745,7 @@ async fn single_submissions_that_arrive_together_share_a_call_each_answered_on_i
     let calls_before = submit_calls(&host).await;
 
     // Redis holds every script for a moment: the POSTs that arrive meanwhile
-    // wait for the calls in flight, and go together.
+    // wait for the call in flight, and go together.
     let _: () = redis::cmd("CLIENT")
         .arg("PAUSE")
         .arg(700)

@@ -1,29 +1,22 @@
 //! Group commit of single submissions. The jobs submitted to one queue while
-//! its earlier submissions are on their way to Redis ([`CALLS_IN_FLIGHT`] at
-//! most) wait, and go together in the next `submit.lua` call, each answered
-//! on its own, as claims and outcomes do (`worker::dispatch`). A queue under
-//! many single POSTs pays one script call and one wake-up per batch instead
-//! of per job, and its workers claim them in batches too. A quiet queue pays
-//! one call per job, as before.
+//! its last call is on its way to Redis wait, and go together in the next
+//! `submit.lua` call, each answered on its own, as claims and outcomes do
+//! (`worker::dispatch`). A queue under many single POSTs pays one script
+//! call and one wake-up per batch instead of per job, and its workers claim
+//! them in batches too. A quiet queue pays one call per job, as before.
 //!
 //! Owns each queue's submitting task. Whether a job may be queued is
 //! admission's (`Intake`), what queuing it writes is the queue's script.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use super::Route;
 use crate::queue::{NewJob, PreparedSubmit, Queue, QueueKeys, SubmitError};
 
 /// At most this many jobs go in one call.
 const MAX_BATCH: usize = 64;
-/// Calls of one queue that may run at once: more make batches smaller, so
-/// calls more; one would hold a job back a whole round trip behind the
-/// call before it.
-const CALLS_IN_FLIGHT: usize = 2;
-
 /// The submitting tasks of an instance's queues; dropping it ends them.
 pub struct Submissions {
     desks: HashMap<String, mpsc::UnboundedSender<Waiting>>,
@@ -73,46 +66,40 @@ impl Submissions {
     }
 }
 
-/// One queue's submitting task: each batch is one call; up to
-/// [`CALLS_IN_FLIGHT`] run at once, and the jobs that arrive while they all
-/// do go together in the next.
+/// One queue's submitting task: one call at a time, each with the jobs
+/// that arrived while the one before was in flight. A job that arrives then
+/// waits a round trip at most, far below what the waiting jobs gain: in
+/// interleaved paced runs at 6,400 POSTs/s, one call at a time against two
+/// cut commands per job from 18.4-19.2 to 16.4-17.9, and Redis and host CPU
+/// per job by ~2 %.
 async fn submit_batches(
     queue: Queue,
     keys: QueueKeys,
     mut waiting: mpsc::UnboundedReceiver<Waiting>,
 ) {
-    let in_flight = Arc::new(Semaphore::new(CALLS_IN_FLIGHT));
-    let keys = Arc::new(keys);
     while let Some(first) = waiting.recv().await {
-        let Ok(slot) = in_flight.clone().acquire_owned().await else {
-            return;
-        };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match waiting.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
+        let mut jobs = vec![first.job];
+        let mut answers = vec![first.answer];
+        while jobs.len() < MAX_BATCH {
+            let Ok(next) = waiting.try_recv() else {
+                break;
+            };
+            jobs.push(next.job);
+            answers.push(next.answer);
+        }
+        match queue.submit_many(&keys, jobs).await {
+            // One result per job, in order (`submit_many` checks).
+            Ok(results) => {
+                for (answer, result) in answers.into_iter().zip(results) {
+                    let _ = answer.send(result);
+                }
+            }
+            Err(error) => {
+                for answer in answers {
+                    let _ = answer.send(Err(SubmitError::Redis(error.clone())));
+                }
             }
         }
-        let (queue, keys) = (queue.clone(), keys.clone());
-        tokio::spawn(async move {
-            let (jobs, answers): (Vec<_>, Vec<_>) =
-                batch.into_iter().map(|w| (w.job, w.answer)).unzip();
-            match queue.submit_many(&keys, jobs).await {
-                // One result per job, in order (`submit_many` checks).
-                Ok(results) => {
-                    for (answer, result) in answers.into_iter().zip(results) {
-                        let _ = answer.send(result);
-                    }
-                }
-                Err(error) => {
-                    for answer in answers {
-                        let _ = answer.send(Err(SubmitError::Redis(error.clone())));
-                    }
-                }
-            }
-            drop(slot);
-        });
     }
 }
 
