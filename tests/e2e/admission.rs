@@ -51,30 +51,6 @@ async fn submit(api: &Api, host: &Host, queue: &str, body: Value) -> Value {
     reply
 }
 
-/// The value of one counter sample whose labels include all of `labels`
-/// (0 when the series does not exist yet).
-async fn counter(host: &Host, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let text = reqwest::Client::new()
-        .get(host.url("/metrics"))
-        .bearer_auth(admin_token())
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics body");
-    text.lines()
-        .filter_map(|line| line.strip_prefix(name)?.strip_prefix('{'))
-        .filter_map(|rest| rest.split_once("} "))
-        .filter(|(sample_labels, _)| {
-            labels
-                .iter()
-                .all(|(key, value)| sample_labels.contains(&format!("{key}=\"{value}\"")))
-        })
-        .filter_map(|(_, value)| value.trim().parse::<f64>().ok())
-        .sum()
-}
-
 async fn admit_calls(host: &Host, handler: &str, version: &str) -> f64 {
     counter(
         host,

@@ -19,6 +19,7 @@ use serde_json::json;
 
 use crate::reliability::WAIT;
 use crate::support::*;
+use spool::stub::StubServer;
 
 const NOOP: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/noop.wasm"));
 
@@ -563,6 +564,39 @@ fn count_reads(
     })
 }
 
+/// An instance serving `queues` (their TOML tables, each with `handler =
+/// "noop"`) with the no-op guest, written to the returned temp dir.
+fn noop_host(
+    redis: &Redis,
+    stub: &StubServer,
+    queues: &str,
+    options: HostOptions,
+) -> (Host, tempfile::TempDir) {
+    let dir = tempfile::Builder::new()
+        .prefix("spool-noop-")
+        .tempdir()
+        .expect("temp dir");
+    let noop = dir.path().join("noop.wasm");
+    std::fs::write(&noop, NOOP).expect("write noop");
+    let config = format!("[handlers.noop]\npath = \"{}\"\n\n{queues}", noop.display());
+    let host = Host::start(redis, stub, HostOptions { config, ..options });
+    (host, dir)
+}
+
+/// Submits a job to `queue` and waits until it completed, at most `within`.
+async fn run_job(api: &Api, host: &Host, queue: &str, within: Duration) {
+    let (status, reply) = api
+        .post(
+            &host.url(&format!("/api/queues/{queue}/jobs")),
+            &json!({ "payload": {} }),
+        )
+        .await;
+    assert_eq!(status, 202, "{reply}");
+    let id = reply["jobId"].as_str().expect("job id");
+    let job = api.wait_terminal(host, id, within).await;
+    assert_eq!(job["state"], "completed", "{job}");
+}
+
 /// Workers busy with one queue pass by another on their turns (every 16
 /// jobs). Before, each pass paid Redis an empty claim of the other queue;
 /// now one that found it empty is told so at once until work is announced
@@ -572,42 +606,22 @@ fn count_reads(
 async fn a_queue_found_empty_is_not_asked_again_until_work_is_announced() {
     let redis = Redis::start();
     let stub = stub().await;
-    let dir = tempfile::Builder::new()
-        .prefix("spool-dry-")
-        .tempdir()
-        .expect("temp dir");
-    let noop = dir.path().join("noop.wasm");
-    std::fs::write(&noop, NOOP).expect("write noop");
-    let host = Host::start(
+    let (host, _noop) = noop_host(
         &redis,
         &stub,
+        "[queues.busy]\nhandler = \"noop\"\n\n[queues.quiet]\nhandler = \"noop\"\n",
         HostOptions {
             concurrency: 4,
-            config: format!(
-                "[handlers.noop]\npath = \"{}\"\n\n[queues.busy]\nhandler = \"noop\"\n\n[queues.quiet]\nhandler = \"noop\"\n",
-                noop.display()
-            ),
             workers: "idle_poll_ms = 60000".into(),
             ..HostOptions::default()
         },
     );
     let api = Api::default();
     // Half the idle poll: a worker that took the queue for dry would wait it out.
-    let run_quiet_job = async || {
-        let (status, reply) = api
-            .post(
-                &host.url("/api/queues/quiet/jobs"),
-                &json!({ "payload": {} }),
-            )
-            .await;
-        assert_eq!(status, 202, "{reply}");
-        let id = reply["jobId"].as_str().expect("job id");
-        let job = api.wait_terminal(&host, id, Duration::from_secs(30)).await;
-        assert_eq!(job["state"], "completed", "{job}");
-    };
+    let half_the_poll = Duration::from_secs(30);
     // Its announcement arrives: the instance's subscription is up, and the
     // claims after the job find the quiet queue empty.
-    run_quiet_job().await;
+    run_job(&api, &host, "quiet", half_the_poll).await;
     let stop = Arc::new(AtomicBool::new(false));
     let quiet_reads = count_reads(&redis, "quiet", stop.clone());
 
@@ -640,101 +654,57 @@ async fn a_queue_found_empty_is_not_asked_again_until_work_is_announced() {
     // that went to Redis read it (and its other classes) once.
     assert_eq!(reads, 0, "the quiet queue was read while the busy one ran");
 
-    run_quiet_job().await;
+    run_job(&api, &host, "quiet", half_the_poll).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_announced_while_the_subscription_was_down_starts_once_it_is_back() {
     let redis = Redis::start();
     let stub = stub().await;
-    let dir = tempfile::Builder::new()
-        .prefix("spool-resubscribe-")
-        .tempdir()
-        .expect("temp dir");
-    let noop = dir.path().join("noop.wasm");
-    std::fs::write(&noop, NOOP).expect("write noop");
-    let host = Host::start(
+    let (host, _noop) = noop_host(
         &redis,
         &stub,
+        "[queues.quiet]\nhandler = \"noop\"\n",
         HostOptions {
             concurrency: 2,
-            config: format!(
-                "[handlers.noop]\npath = \"{}\"\n\n[queues.quiet]\nhandler = \"noop\"\n",
-                noop.display()
-            ),
             workers: "idle_poll_ms = 60000".into(),
             ..HostOptions::default()
         },
     );
     let api = Api::default();
-    let run_quiet_job = async || {
-        let (status, reply) = api
-            .post(
-                &host.url("/api/queues/quiet/jobs"),
-                &json!({ "payload": {} }),
-            )
-            .await;
-        assert_eq!(status, 202, "{reply}");
-        let id = reply["jobId"].as_str().expect("job id").to_owned();
-        // A third of the idle poll: the instance reconnects within seconds.
-        let job = api.wait_terminal(&host, &id, Duration::from_secs(20)).await;
-        assert_eq!(job["state"], "completed", "{job}");
-    };
+    // A third of the idle poll: the instance reconnects within seconds.
+    let a_third_of_the_poll = Duration::from_secs(20);
     // The subscription is up, and both workers found the queue empty since.
-    run_quiet_job().await;
+    run_job(&api, &host, "quiet", a_third_of_the_poll).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let killed: u64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query(&mut redis.connection())
-        .expect("CLIENT KILL");
+    let killed = redis.kill_pubsub_clients();
     assert!(killed >= 1, "the instance held a Pub/Sub connection");
     // Announced while the instance is unsubscribed: nobody hears it, and
     // the idle workers would sleep out the poll unless the new subscription
     // woke them.
-    run_quiet_job().await;
+    run_job(&api, &host, "quiet", a_third_of_the_poll).await;
 }
 
-/// The instance's count of `submit.lua` calls, from `GET /metrics`.
-async fn submit_calls(host: &Host) -> u64 {
-    let text = reqwest::Client::new()
-        .get(host.url("/metrics"))
-        .bearer_auth(admin_token())
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    text.lines()
-        .filter(|line| line.starts_with("spool_redis_roundtrip_seconds_count"))
-        .filter(|line| line.contains("operation=\"submit\""))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+/// The instance's count of `submit.lua` calls.
+async fn submit_calls(host: &Host) -> f64 {
+    counter(
+        host,
+        "spool_redis_roundtrip_seconds_count",
+        &[("operation", "submit")],
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_submissions_that_arrive_together_share_a_call_each_answered_on_its_own() {
     let redis = Redis::start();
     let stub = stub().await;
-    let dir = tempfile::Builder::new()
-        .prefix("spool-group-submit-")
-        .tempdir()
-        .expect("temp dir");
-    let noop = dir.path().join("noop.wasm");
-    std::fs::write(&noop, NOOP).expect("write noop");
-    let host = Host::start(
+    let (host, _noop) = noop_host(
         &redis,
         &stub,
-        HostOptions {
-            config: format!(
-                "[handlers.noop]\npath = \"{}\"\n\n[queues.burst]\nhandler = \"noop\"\nmax_waiting = 30\n",
-                noop.display()
-            ),
-            ..HostOptions::default()
-        },
+        "[queues.burst]\nhandler = \"noop\"\nmax_waiting = 30\n",
+        HostOptions::default(),
     );
     let api = Api::default();
     // Paused, so that what is queued stays waiting and counts against max_waiting.
@@ -783,7 +753,7 @@ async fn single_submissions_that_arrive_together_share_a_call_each_answered_on_i
     }
     let calls = submit_calls(&host).await - calls_before;
     assert!(
-        calls <= 10,
+        calls <= 10.0,
         "40 submissions that arrived together took {calls} calls"
     );
 }

@@ -250,12 +250,7 @@ async fn frames_published_while_an_instance_lost_its_pubsub_connection_are_read_
 
     // Pub/Sub is at-most-once: whatever is published while a subscriber is
     // cut off never reaches it.
-    let killed: u64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query(&mut redis.connection())
-        .expect("CLIENT KILL");
+    let killed = redis.kill_pubsub_clients();
     assert!(killed >= 2, "both instances held a Pub/Sub connection");
     let sent: Vec<String> = (0..10).map(|n| format!("during {n}")).collect();
     for text in &sent {

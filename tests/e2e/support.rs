@@ -138,6 +138,16 @@ impl Redis {
             .expect("redis connection")
     }
 
+    /// Cuts off every Pub/Sub subscriber; returns how many there were.
+    pub fn kill_pubsub_clients(&self) -> u64 {
+        redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query(&mut self.connection())
+            .expect("CLIENT KILL")
+    }
+
     /// SIGKILL, then start again on the same directory (AOF replay).
     pub fn kill_and_restart(&mut self) {
         self.kill();
@@ -640,4 +650,29 @@ pub fn stream_events(connection: &mut redis::Connection, key: &str) -> Vec<(Stri
             (field("event_type"), data)
         })
         .collect()
+}
+
+/// The sum of the samples of `name` (a counter, or a histogram's `_count`)
+/// whose labels include all of `labels`, from `GET /metrics` (0 when the
+/// series does not exist yet).
+pub async fn counter(host: &Host, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = reqwest::Client::new()
+        .get(host.url("/metrics"))
+        .bearer_auth(admin_token())
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    text.lines()
+        .filter_map(|line| line.strip_prefix(name)?.strip_prefix('{'))
+        .filter_map(|rest| rest.split_once("} "))
+        .filter(|(sample_labels, _)| {
+            labels
+                .iter()
+                .all(|(key, value)| sample_labels.contains(&format!("{key}=\"{value}\"")))
+        })
+        .filter_map(|(_, value)| value.trim().parse::<f64>().ok())
+        .sum()
 }
