@@ -4,6 +4,7 @@
 //! a temp dir, and prints throughput, per-job Wasm cost and submit->start latency,
 //! beside baselines measured in the same run. Loopback only; bounded counts.
 
+mod budget;
 pub mod chat;
 pub mod cluster;
 pub mod compare;

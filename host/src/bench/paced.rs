@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 
 use spool_runtime::{Admitted, Job, JobHost, Limits, Runtime};
 
-use super::compare::{Budget, Snapshot, process_cpu};
+use super::budget::{Budget, Snapshot, process_cpu};
 use super::instance::{NOOP_QUEUE, flush, redis_url, start_spool, wait_completed};
 
 /// The paced run lasts at most this long, or [`MAX_JOBS`] jobs.
