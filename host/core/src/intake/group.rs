@@ -17,6 +17,7 @@ use crate::queue::{NewJob, PreparedSubmit, Queue, QueueKeys, SubmitError};
 
 /// At most this many jobs go in one call.
 const MAX_BATCH: usize = 64;
+
 /// The submitting tasks of an instance's queues; dropping it ends them.
 pub struct Submissions {
     desks: HashMap<String, mpsc::UnboundedSender<Waiting>>,
