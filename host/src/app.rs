@@ -353,7 +353,7 @@ async fn model_backend(config: &Config) -> Result<(ModelClient, Option<StubServe
     let (backend, stub) = match &config.model {
         Some(backend) => (backend.clone(), None),
         None => {
-            let server = stub::start(&StubArgs {
+            let server = stub::start_apart(&StubArgs {
                 listen: SocketAddr::from(([127, 0, 0, 1], 0)),
                 latency_ms: 0,
                 chunk_delay_ms: 0,

@@ -39,6 +39,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt as _;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::oneshot;
@@ -168,6 +169,49 @@ impl Drop for StubServer {
     }
 }
 
+/// As [`start`], on a thread and runtime of its own. An instance's built-in
+/// model stands for a server elsewhere: on the instance's runtime its work
+/// queued with the instance's own, on the one worker thread it has beside a
+/// local Redis (in `bench-compare`'s chat runs a quarter of that thread's
+/// time, and model calls waited behind jobs for it).
+pub async fn start_apart(args: &StubArgs) -> anyhow::Result<StubServer> {
+    let (started, server) = oneshot::channel();
+    let args = args.clone();
+    std::thread::Builder::new()
+        .name("spool-stub".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            let runtime = match runtime {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    let _ = started.send(Err(anyhow::Error::from(error)));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match start(&args).await {
+                    Ok(mut server) => {
+                        // Served here until stopped; the caller holds the rest.
+                        let serving = server.task.take();
+                        let _ = started.send(Ok(server));
+                        if let Some(serving) = serving {
+                            let _ = serving.await;
+                        }
+                    }
+                    Err(error) => {
+                        let _ = started.send(Err(error));
+                    }
+                }
+            });
+        })
+        .context("starting the stub model server's thread")?;
+    server
+        .await
+        .context("the stub model server's thread ended before it served")?
+}
+
 /// Binds `args.listen` and serves the stub on the current runtime.
 pub async fn start(args: &StubArgs) -> anyhow::Result<StubServer> {
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -183,6 +227,11 @@ pub async fn start(args: &StubArgs) -> anyhow::Result<StubServer> {
     let (stop, stopped) = oneshot::channel::<()>();
     let app = router(stub.clone());
     let task = tokio::spawn(async move {
+        // Streamed frames are small writes: without NODELAY, Nagle holds each
+        // one until the client acknowledges the one before it.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let serving = axum::serve(listener, app).with_graceful_shutdown(async {
             let _ = stopped.await;
         });
@@ -332,7 +381,11 @@ async fn admit(
 ) -> Result<(Option<String>, Duration), Response> {
     let (fault, timing) = stub.record_call(path, items);
     tracing::debug!(path, items, ?fault, "stub model call");
-    tokio::time::sleep(Duration::from_millis(timing.latency_ms)).await;
+    if timing.latency_ms > 0 {
+        // Not a zero sleep either: tokio would round it up to its next
+        // timer tick, up to a millisecond on every call.
+        tokio::time::sleep(Duration::from_millis(timing.latency_ms)).await;
+    }
     let chunk_delay = Duration::from_millis(timing.chunk_delay_ms);
     match fault {
         None
