@@ -11,7 +11,7 @@ use crate::support::*;
 
 const WAIT: Duration = Duration::from_secs(60);
 /// The host's cap on one delta's text (`DELTA_MAX_BYTES` in
-/// `host/core/src/worker/host.rs`): a window that reaches it is written at once.
+/// `host/core/src/worker/write_behind.rs`): a delta that reaches it closes.
 const DELTA_MAX_BYTES: usize = 4096;
 
 /// Runs one chat job on `prompt` and returns the texts of its `text_delta`
@@ -58,7 +58,7 @@ async fn a_fast_streams_pieces_share_events_under_the_size_cap_and_keep_every_by
     for delta in &deltas {
         assert!(
             delta.len() < DELTA_MAX_BYTES + longest_piece,
-            "a delta of {} bytes: a window closes once it holds {DELTA_MAX_BYTES}",
+            "a delta of {} bytes: a delta closes once it holds {DELTA_MAX_BYTES}",
             delta.len()
         );
     }

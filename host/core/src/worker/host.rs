@@ -23,9 +23,7 @@ use crate::models::{ChatReply, ChatRequest, ModelError};
 use crate::queue::{Fence, JobWrite, Queue};
 use crate::store;
 use crate::store::{BoundMessage, Store, StoreError};
-use spool_runtime::{
-    ContentBlock, ContentKind, EventType, HostCallError, JobHost, TaskStart, TaskUpdate,
-};
+use spool_runtime::{ContentBlock, ContentKind, HostCallError, JobHost, TaskStart, TaskUpdate};
 
 /// What a running `handle` reaches outside its sandbox.
 pub(super) struct WorkerHost {
@@ -118,18 +116,13 @@ impl WorkerHost {
 impl JobHost for WorkerHost {
     fn chat(&self, request: ChatRequest) -> BoxFuture<'_, Result<ChatReply, ModelError>> {
         Box::pin(async move {
-            // Deltas are published by a writer running beside the call, so the
-            // model stream is never slowed by Redis; pieces are coalesced into
-            // one event per window (see `DeltaWindow`), every byte in order.
-            let (sender, receiver) = tokio::sync::mpsc::unbounded_channel::<String>();
+            // Deltas are queued by a task running beside the call, so the
+            // model stream never waits for room in the write-behind queue;
+            // the write-behind makes events of them (see `write_behind`).
+            let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<String>();
             let writer = async {
-                let mut window = DeltaWindow::new(receiver);
-                while let Some(text) = window.next().await {
-                    let data = serde_json::json!({ "text": text }).to_string();
-                    let event_type = EventType::TextDelta.as_str().to_owned();
-                    self.events
-                        .push(JobWrite::Event { event_type, data }, || self.writer())
-                        .await;
+                while let Some(piece) = receiver.recv().await {
+                    self.events.push_delta(piece, || self.writer()).await;
                 }
             };
             let call = async move {
@@ -319,41 +312,6 @@ impl JobHost for WorkerHost {
     }
 }
 
-/// How long the first piece of a text delta waits for more before it is
-/// written: pieces that arrive within it go out as one `text_delta` event
-/// (one fenced write, one stream entry) instead of one each.
-const DELTA_WINDOW: std::time::Duration = std::time::Duration::from_millis(5);
-/// A window's text is written at once when it reaches this size.
-const DELTA_MAX_BYTES: usize = 4096;
-
-/// Coalesces a model call's streamed pieces into deltas: each delta opens
-/// with the next piece and closes when [`DELTA_WINDOW`] has passed since that
-/// piece arrived, when it holds [`DELTA_MAX_BYTES`], or when the stream ends,
-/// so the first byte waits at most one window and none is dropped or reordered.
-struct DeltaWindow {
-    pieces: tokio::sync::mpsc::UnboundedReceiver<String>,
-}
-
-impl DeltaWindow {
-    fn new(pieces: tokio::sync::mpsc::UnboundedReceiver<String>) -> Self {
-        Self { pieces }
-    }
-
-    /// The next delta's text; `None` once the stream ended and all was given.
-    async fn next(&mut self) -> Option<String> {
-        let mut text = self.pieces.recv().await?;
-        let closes = tokio::time::Instant::now() + DELTA_WINDOW;
-        while text.len() < DELTA_MAX_BYTES {
-            match tokio::time::timeout_at(closes, self.pieces.recv()).await {
-                Ok(Some(piece)) => text.push_str(&piece),
-                // The stream ended, or the window closed.
-                Ok(None) | Err(_) => break,
-            }
-        }
-        Some(text)
-    }
-}
-
 /// A placeholder's `content_type`: the name of the block case it stands for.
 fn content_kind_name(kind: ContentKind) -> &'static str {
     match kind {
@@ -367,54 +325,5 @@ fn content_kind_name(kind: ContentKind) -> &'static str {
         ContentKind::Audio => "audio",
         ContentKind::Video => "video",
         ContentKind::File => "file",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn pieces_that_come_together_make_one_delta_and_the_end_closes_it() {
-        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
-        let mut window = DeltaWindow::new(receiver);
-        for piece in ["Hello", ", ", "wörld"] {
-            sender.send(piece.to_owned()).unwrap();
-        }
-        drop(sender);
-        assert_eq!(window.next().await.as_deref(), Some("Hello, wörld"));
-        assert_eq!(window.next().await, None);
-    }
-
-    #[tokio::test]
-    async fn a_delta_goes_out_after_one_window_while_the_stream_goes_on() {
-        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
-        let mut window = DeltaWindow::new(receiver);
-        sender.send("first".to_owned()).unwrap();
-        // The sender stays open: only the window can close this delta.
-        assert_eq!(window.next().await.as_deref(), Some("first"));
-        sender.send("second".to_owned()).unwrap();
-        drop(sender);
-        assert_eq!(window.next().await.as_deref(), Some("second"));
-    }
-
-    #[tokio::test]
-    async fn a_window_that_reaches_the_size_cap_is_written_at_once() {
-        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
-        let mut window = DeltaWindow::new(receiver);
-        let piece = "x".repeat(1000);
-        for _ in 0..6 {
-            sender.send(piece.clone()).unwrap();
-        }
-        drop(sender);
-        let first = window.next().await.unwrap_or_default();
-        let second = window.next().await.unwrap_or_default();
-        assert_eq!(
-            first.len(),
-            5000,
-            "pieces are whole: the cap is passed by less than one"
-        );
-        assert_eq!(second.len(), 1000);
-        assert_eq!(window.next().await, None);
     }
 }
