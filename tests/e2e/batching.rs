@@ -716,12 +716,7 @@ async fn single_submissions_that_arrive_together_share_a_call_each_answered_on_i
 
     // Redis holds every script for a moment: the POSTs that arrive meanwhile
     // wait for the call in flight, and go together.
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(700)
-        .arg("WRITE")
-        .query(&mut redis.connection())
-        .expect("CLIENT PAUSE");
+    redis.pause_writes(700);
     let posts = (0..40).map(|n| {
         let api = &api;
         let url = host.url("/api/queues/burst/jobs");

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use spool::stub::{Fault, StubServer};
 use spool_core::gateway::{CallContext, Gateway};
-use spool_core::limiter::{LimitsConfig, UserLimit};
+use spool_core::limiter::{LimitsConfig, Scope, UserLimit};
 use spool_core::models::{
     BackendConfig, BackendKind, ChatMessage, ChatRequest, ModelClient, ModelError, OllamaApi, Role,
 };
@@ -898,4 +898,43 @@ async fn a_rate_set_on_one_instance_paces_all_three_within_a_second() {
         "{limits}"
     );
     assert_eq!(limits["limiter"]["rateSource"], "config", "{limits}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_made_at_the_same_moment_share_one_script_call_each_paced_on_its_own() {
+    let redis = Redis::start();
+    let stub = stub().await;
+    let config = LimitsConfig {
+        rate_per_sec: 20.0,
+        capacity: 3.0,
+        ..LimitsConfig::default()
+    };
+    let gateway = gateway(&redis, &stub, config).await;
+    let limiter = gateway.limiter();
+    // Loads the script: what follows are calls of it.
+    limiter.snapshot().await.expect("snapshot");
+    let calls_before = redis.command_calls("evalsha");
+
+    // Redis holds scripts for a moment: the checks made meanwhile wait for
+    // the one in flight, and go together.
+    redis.pause_writes(300);
+    let deadline = Instant::now() + WAIT;
+    let checks = (0..9).map(|_| limiter.acquire(Scope::Backend, deadline));
+    let grants = futures_util::future::join_all(checks).await;
+
+    let calls = redis.command_calls("evalsha") - calls_before;
+    assert!(grants.iter().all(Result::is_ok), "{grants:?}");
+    // 3 in the burst, 6 reserved 50 ms apart, each confirmed when its time
+    // came: one call for the first check, one for the 8 queued behind it,
+    // one per confirmation. Alone, each check is a call: 15.
+    assert!(
+        calls <= 8,
+        "9 checks at once and 6 confirmations took {calls} calls"
+    );
+    let state = limiter.snapshot().await.expect("snapshot");
+    assert_eq!(state.granted, 9, "{state:?}");
+    assert_eq!(
+        state.waits, 6,
+        "each check of the batch was paced on its own: {state:?}"
+    );
 }

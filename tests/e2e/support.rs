@@ -148,6 +148,30 @@ impl Redis {
             .expect("CLIENT KILL")
     }
 
+    /// Holds every command that may write (scripts included) for `ms`: what
+    /// clients send meanwhile piles up behind it.
+    pub fn pause_writes(&self, ms: u64) {
+        redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(ms)
+            .arg("WRITE")
+            .query::<()>(&mut self.connection())
+            .expect("CLIENT PAUSE");
+    }
+
+    /// Calls of `command` so far (INFO commandstats).
+    pub fn command_calls(&self, command: &str) -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut self.connection())
+            .expect("INFO commandstats");
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |calls| calls.parse().expect("calls is a number"))
+    }
+
     /// SIGKILL, then start again on the same directory (AOF replay).
     pub fn kill_and_restart(&mut self) {
         self.kill();

@@ -1,24 +1,28 @@
--- Reserves a call slot from a backend's token bucket and, optionally, a user's.
--- One round trip; time comes from Redis so every instance shares one clock.
+-- Reserves call slots from a backend's token bucket and, optionally, users'
+-- buckets: one call for every request an instance has waiting, each answered
+-- as if it had come alone, in order, at the same instant. Time comes from
+-- Redis so every instance shares one clock.
 --
--- KEYS[1] backend state (hash)   KEYS[2] user bucket (hash; unused in mode "backend")
--- KEYS[3] the operator's rate (hash: rate, capacity), which replaces ARGV[2..3] while set
--- ARGV[1]  mode: "both" | "backend" | "user" | "peek"
--- ARGV[2]  configured rate (tokens/s)       ARGV[3] capacity
--- ARGV[4]  max wait in us: a reservation that would wait longer is not made
--- ARGV[5]  expected generation, or -1. When it equals the current generation
---          the caller's earlier reservation still stands (no 429 since): confirm it.
--- ARGV[6]  recovery quiet (us)  ARGV[7] recovery interval (us)
--- ARGV[8]  recovery step (fraction of the rate regained per interval)
--- ARGV[9]  user rate (tokens/s)  ARGV[10] user capacity   ARGV[11] state ttl (ms)
--- ARGV[12] display name of the backend
+-- KEYS[1] backend state (hash)
+-- KEYS[2] the operator's rate (hash: rate, capacity), which replaces ARGV[1..2] while set
+-- KEYS[2 + i] request i's user bucket (hash; read only in modes "both" and "user")
+-- ARGV[1] configured rate (tokens/s)   ARGV[2] capacity
+-- ARGV[3] recovery quiet (us)  ARGV[4] recovery interval (us)
+-- ARGV[5] recovery step (fraction of the rate regained per interval)
+-- ARGV[6] user rate (tokens/s)  ARGV[7] user capacity   ARGV[8] state ttl (ms)
+-- ARGV[9] display name of the backend
+-- From ARGV[10], three per request:
+--   mode: "both" | "backend" | "user" | "peek"
+--   max wait in us: a reservation that would wait longer is not made
+--   expected generation, or -1. When it equals the current generation the
+--   caller's earlier reservation still stands (no 429 since): confirm it.
 --
 -- Backend hash fields: tokens, ts (us the tokens were computed for; in the future
 -- during a cool-down), gen (bumped by every 429/403 that starts or extends a
 -- cool-down), adapted (effective rate while below the configured one), floor_rate
 -- + quiet_from (where recovery starts from), counters granted/waits/waited_us.
 --
--- Reply: { status, wait_us, tokens, rate, gen, rate_changed, cooldown_us }
+-- Reply, per request: { status, wait_us, tokens, rate, gen, rate_changed, cooldown_us }
 --   status 1 = reserved: call after wait_us (0 = now)
 --          2 = confirmed: the earlier reservation stands, call now
 --          3 = user token reserved: wait wait_us, then ask again in mode "backend"
@@ -26,14 +30,13 @@
 --          4 = peek: nothing taken
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local mode = ARGV[1]
-local cfg_rate = tonumber(ARGV[2])
-local capacity = tonumber(ARGV[3])
-local max_wait = tonumber(ARGV[4])
-local expected_gen = tonumber(ARGV[5])
-local ttl = tonumber(ARGV[11])
+local cfg_rate = tonumber(ARGV[1])
+local capacity = tonumber(ARGV[2])
+local user_rate = tonumber(ARGV[6])
+local user_cap = tonumber(ARGV[7])
+local ttl = tonumber(ARGV[8])
 -- A rate an operator set (SetRate) holds on every instance until cleared.
-local set = redis.call('HMGET', KEYS[3], 'rate', 'capacity')
+local set = redis.call('HMGET', KEYS[2], 'rate', 'capacity')
 cfg_rate = tonumber(set[1]) or cfg_rate
 capacity = tonumber(set[2]) or capacity
 
@@ -50,10 +53,10 @@ if adapted then
   rate = math.min(adapted, cfg_rate)
   local floor_rate = tonumber(h[5]) or rate
   local quiet_from = tonumber(h[6]) or now
-  local since = now - (quiet_from + tonumber(ARGV[6]))
+  local since = now - (quiet_from + tonumber(ARGV[3]))
   if since >= 0 then
-    local steps = math.floor(since / tonumber(ARGV[7])) + 1
-    local recovered = math.min(cfg_rate, floor_rate + steps * tonumber(ARGV[8]) * cfg_rate)
+    local steps = math.floor(since / tonumber(ARGV[4])) + 1
+    local recovered = math.min(cfg_rate, floor_rate + steps * tonumber(ARGV[5]) * cfg_rate)
     if recovered > rate then
       rate = recovered
       rate_changed = 1
@@ -88,71 +91,88 @@ if rate_changed == 1 then
   end
 end
 
--- `granted`: the slot was given, so the counter moves in the same HSET (the
--- count was read with the state: one command fewer than an HINCRBY per call).
-local function save_backend(left, granted)
-  if granted then
-    redis.call('HSET', KEYS[1], 'tokens', fmt(left), 'ts', string.format('%d', ts), 'name', ARGV[12],
-      'granted', string.format('%d', (tonumber(h[7]) or 0) + 1))
-  else
-    redis.call('HSET', KEYS[1], 'tokens', fmt(left), 'ts', string.format('%d', ts), 'name', ARGV[12])
-  end
-  redis.call('PEXPIRE', KEYS[1], ttl)
-end
+-- What the requests took from the backend, written once after them all.
+local granted, waits, waited_us = 0, 0, 0
 
 local function reply(status, wait, shown_tokens)
   return {status, wait, fmt(math.max(0, shown_tokens)), fmt(rate), gen, rate_changed, cooldown}
 end
 
-if mode == 'peek' then
-  save_backend(tokens)
-  local shown = tokens
-  if ts > now then shown = 0 end
-  return reply(4, 0, shown)
-end
-
-if expected_gen >= 0 and expected_gen == gen and mode == 'backend' then
-  save_backend(tokens)
-  return reply(2, 0, tokens)
-end
-
--- The user's bucket first: a user who must wait holds no backend token meanwhile.
-if mode == 'both' or mode == 'user' then
-  local user_rate = tonumber(ARGV[9])
-  local user_cap = tonumber(ARGV[10])
-  local u = redis.call('HMGET', KEYS[2], 'tokens', 'ts')
-  local ut, uts = refill(tonumber(u[1]) or user_cap, tonumber(u[2]) or now, user_rate, user_cap)
-  local u_after, u_wait = wait_for(ut, uts, user_rate, 1)
-  if u_wait > max_wait then
-    return reply(0, u_wait, tokens)
-  end
-  if u_wait > 0 or mode == 'user' then
-    redis.call('HSET', KEYS[2], 'tokens', fmt(u_after), 'ts', string.format('%d', uts))
-    redis.call('PEXPIRE', KEYS[2], ttl)
-    if mode == 'user' then return reply(1, u_wait, tokens) end
-    return reply(3, u_wait, tokens)
-  end
-  -- The user may call now: take the backend token too, or neither.
-  local after, wait = wait_for(tokens, ts, rate, 1)
-  if wait > max_wait then return reply(0, wait, tokens) end
-  redis.call('HSET', KEYS[2], 'tokens', fmt(u_after), 'ts', string.format('%d', uts))
-  redis.call('PEXPIRE', KEYS[2], ttl)
-  save_backend(after, true)
+-- The backend token is taken: `after` is what it leaves.
+local function take(after, wait)
+  tokens = after
+  granted = granted + 1
   if wait > 0 then
-    redis.call('HINCRBY', KEYS[1], 'waits', 1)
-    redis.call('HINCRBY', KEYS[1], 'waited_us', wait)
+    waits = waits + 1
+    waited_us = waited_us + wait
   end
-  return reply(1, wait, tokens)
 end
 
-local after, wait = wait_for(tokens, ts, rate, 1)
-if wait > max_wait then
-  save_backend(tokens)
-  return reply(0, wait, tokens)
+local function save_user(key, left, uts)
+  redis.call('HSET', key, 'tokens', fmt(left), 'ts', string.format('%d', uts))
+  redis.call('PEXPIRE', key, ttl)
 end
-save_backend(after, true)
-if wait > 0 then
-  redis.call('HINCRBY', KEYS[1], 'waits', 1)
-  redis.call('HINCRBY', KEYS[1], 'waited_us', wait)
+
+local function answer(mode, max_wait, expected_gen, user_key)
+  if mode == 'peek' then
+    local shown = tokens
+    if ts > now then shown = 0 end
+    return reply(4, 0, shown)
+  end
+
+  if expected_gen >= 0 and expected_gen == gen and mode == 'backend' then
+    return reply(2, 0, tokens)
+  end
+
+  local before = tokens
+  -- The user's bucket first: a user who must wait holds no backend token meanwhile.
+  if mode == 'both' or mode == 'user' then
+    local u = redis.call('HMGET', user_key, 'tokens', 'ts')
+    local ut, uts = refill(tonumber(u[1]) or user_cap, tonumber(u[2]) or now, user_rate, user_cap)
+    local u_after, u_wait = wait_for(ut, uts, user_rate, 1)
+    if u_wait > max_wait then
+      return reply(0, u_wait, before)
+    end
+    if u_wait > 0 or mode == 'user' then
+      save_user(user_key, u_after, uts)
+      if mode == 'user' then return reply(1, u_wait, before) end
+      return reply(3, u_wait, before)
+    end
+    -- The user may call now: take the backend token too, or neither.
+    local after, wait = wait_for(tokens, ts, rate, 1)
+    if wait > max_wait then return reply(0, wait, before) end
+    save_user(user_key, u_after, uts)
+    take(after, wait)
+    return reply(1, wait, before)
+  end
+
+  local after, wait = wait_for(tokens, ts, rate, 1)
+  if wait > max_wait then
+    return reply(0, wait, before)
+  end
+  take(after, wait)
+  return reply(1, wait, before)
 end
-return reply(1, wait, tokens)
+
+local replies = {}
+local request = 1
+for at = 10, #ARGV, 3 do
+  replies[request] = answer(ARGV[at], tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2]),
+    KEYS[2 + request])
+  request = request + 1
+end
+
+-- The bucket as the requests left it; the `granted` count moves in the same
+-- HSET (it was read with the state: one command fewer than an HINCRBY).
+if granted > 0 then
+  redis.call('HSET', KEYS[1], 'tokens', fmt(tokens), 'ts', string.format('%d', ts), 'name', ARGV[9],
+    'granted', string.format('%d', (tonumber(h[7]) or 0) + granted))
+else
+  redis.call('HSET', KEYS[1], 'tokens', fmt(tokens), 'ts', string.format('%d', ts), 'name', ARGV[9])
+end
+redis.call('PEXPIRE', KEYS[1], ttl)
+if waits > 0 then
+  redis.call('HINCRBY', KEYS[1], 'waits', waits)
+  redis.call('HINCRBY', KEYS[1], 'waited_us', waited_us)
+end
+return replies

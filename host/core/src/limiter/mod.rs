@@ -1,8 +1,10 @@
 //! The distributed rate limiter in front of the model backend: a token bucket per
 //! backend (and optionally per user) kept in Redis, so every instance shares one
 //! allowance and one clock (Redis `TIME`), plus the adaptive slow-down after
-//! rate-limit answers (429, or a 403 that says it is one: `models` decides). Each check is one atomic script round trip that returns the
-//! exact wait; a caller sleeps that long and never polls.
+//! rate-limit answers (429, or a 403 that says it is one: `models` decides).
+//! Each check is answered by one atomic script, shared with the checks
+//! made at the same moment (`reservations`), with the exact wait; a caller
+//! sleeps that long and never polls.
 //!
 //! Owns the keys `spool:limit:{backend-id}` (bucket, adaptive state, counters),
 //! `spool:limit:{backend-id}:user:{user}` (per-user buckets) and
@@ -12,6 +14,7 @@
 //! making the call and retrying it belong to `gateway`.
 
 mod config;
+mod reservations;
 
 use std::time::{Duration, Instant};
 
@@ -20,6 +23,7 @@ use redis::Script;
 use serde::Serialize;
 
 pub use config::{LimitsConfig, UserLimit};
+use reservations::{Answer, Check, Mode, Reservations, Verdict};
 
 use crate::models::{BackendConfig, BackendKind};
 
@@ -112,7 +116,7 @@ pub struct Limiter {
     name: String,
     kind: BackendKind,
     config: LimitsConfig,
-    acquire: Script,
+    reservations: Reservations,
     limited: Script,
 }
 
@@ -134,105 +138,27 @@ pub fn backend_id(backend: &BackendConfig) -> String {
         .collect()
 }
 
-/// Which buckets one call of the acquire script takes from (its ARGV[1]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
-    /// The backend's bucket and the user's.
-    Both,
-    Backend,
-    User,
-    /// Nothing: read the state, recovery applied.
-    Peek,
-}
-
-impl Mode {
-    fn as_str(self) -> &'static str {
-        match self {
-            Mode::Both => "both",
-            Mode::Backend => "backend",
-            Mode::User => "user",
-            Mode::Peek => "peek",
-        }
-    }
-}
-
-/// What the acquire script decided (its `status`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Verdict {
-    /// The wait exceeds the caller's budget; nothing was taken.
-    Refused,
-    /// A slot is reserved: call after `wait`.
-    Reserved,
-    /// The earlier reservation stands (no 429 since): call now.
-    Confirmed,
-    /// A user token is reserved: wait, then ask the backend.
-    UserReserved,
-    /// `peek`: nothing was taken.
-    Peeked,
-}
-
-/// The acquire script's reply.
-struct AcquireReply {
-    verdict: Verdict,
-    wait: Duration,
-    tokens: f64,
-    rate: f64,
-    generation: i64,
-    /// The effective rate moved (recovery); worth a log line.
-    rate_changed: bool,
-    cooldown: Duration,
-}
-
-impl AcquireReply {
-    fn parse(
-        (status, wait_us, tokens, rate, generation, rate_changed, cooldown_us): (
-            i64,
-            u64,
-            f64,
-            f64,
-            i64,
-            i64,
-            u64,
-        ),
-    ) -> Result<Self, redis::RedisError> {
-        let verdict = match status {
-            0 => Verdict::Refused,
-            1 => Verdict::Reserved,
-            2 => Verdict::Confirmed,
-            3 => Verdict::UserReserved,
-            4 => Verdict::Peeked,
-            other => {
-                return Err(redis::RedisError::from((
-                    redis::ErrorKind::UnexpectedReturnType,
-                    "limiter script",
-                    format!("unknown status {other}"),
-                )));
-            }
-        };
-        Ok(Self {
-            verdict,
-            wait: Duration::from_micros(wait_us),
-            tokens,
-            rate,
-            generation,
-            rate_changed: rate_changed == 1,
-            cooldown: Duration::from_micros(cooldown_us),
-        })
-    }
-}
-
 impl Limiter {
     pub fn new(redis: RedisConnection, backend: &BackendConfig, config: LimitsConfig) -> Self {
         let backend_id = backend_id(backend);
+        let key = format!("spool:limit:{{{backend_id}}}");
+        // Shown in /api/limits, the log and Redis: never the URL's credentials.
+        let name = format!("{} at {}", backend.kind, crate::redact::url(&backend.url));
+        let reservations = Reservations::new(
+            redis.clone(),
+            key.clone(),
+            config.clone(),
+            name.clone(),
+            STATE_TTL_MS,
+        );
         Self {
             redis,
-            key: format!("spool:limit:{{{backend_id}}}"),
-            // Shown in /api/limits, the log and Redis: never the URL's credentials.
-            name: format!("{} at {}", backend.kind, crate::redact::url(&backend.url)),
+            key,
+            name,
             backend_id,
             kind: backend.kind,
             config,
-            acquire: Script::new(include_str!("acquire.lua")),
+            reservations,
             limited: Script::new(include_str!("limited.lua")),
         }
     }
@@ -281,10 +207,13 @@ impl Limiter {
         }
         let mut expected_generation = -1;
         for _ in 0..MAX_RESERVATIONS {
-            let budget = deadline.saturating_duration_since(Instant::now());
-            let reply = self
-                .run_acquire(mode, user, budget, expected_generation)
-                .await?;
+            let check = Check {
+                mode,
+                user: user.map(str::to_owned),
+                deadline,
+                expected_generation,
+            };
+            let reply = self.reservations.check(check).await?;
             if reply.rate_changed {
                 self.log_recovery(reply.rate);
             }
@@ -318,40 +247,6 @@ impl Limiter {
 
     fn log_recovery(&self, rate: f64) {
         tracing::info!(backend = %self.name, rate, configured = self.config.rate_per_sec, "model rate recovering after a quiet period");
-    }
-
-    async fn run_acquire(
-        &self,
-        mode: Mode,
-        user: Option<&str>,
-        budget: Duration,
-        expected_generation: i64,
-    ) -> Result<AcquireReply, redis::RedisError> {
-        let config = &self.config;
-        let (user_rate, user_capacity) = config
-            .per_user
-            .as_ref()
-            .map_or((1.0, 1.0), |limit| (limit.rate_per_sec(), limit.calls));
-        let user_key = format!("{}:user:{}", self.key, user.unwrap_or(""));
-        self.acquire
-            .key(&self.key)
-            .key(user_key)
-            .key(self.set_key())
-            .arg(mode.as_str())
-            .arg(config.rate_per_sec)
-            .arg(config.capacity)
-            .arg(u64::try_from(budget.as_micros()).unwrap_or(u64::MAX))
-            .arg(expected_generation)
-            .arg(config.recovery_quiet_ms.saturating_mul(1000))
-            .arg(config.recovery_interval_ms.saturating_mul(1000))
-            .arg(config.recovery_step)
-            .arg(user_rate)
-            .arg(user_capacity)
-            .arg(STATE_TTL_MS)
-            .arg(&self.name)
-            .invoke_async(&mut self.redis.clone())
-            .await
-            .and_then(AcquireReply::parse)
     }
 
     /// Records a 429/403 answered to a call granted under `generation`. Every
@@ -453,16 +348,20 @@ impl Limiter {
 
     /// The current state, recovery applied, without taking anything.
     pub async fn snapshot(&self) -> Result<LimiterSnapshot, redis::RedisError> {
-        let AcquireReply {
+        let peek = Check {
+            mode: Mode::Peek,
+            user: None,
+            deadline: Instant::now(),
+            expected_generation: -1,
+        };
+        let Answer {
             tokens,
             rate,
             generation,
             rate_changed,
             cooldown,
             ..
-        } = self
-            .run_acquire(Mode::Peek, None, Duration::ZERO, -1)
-            .await?;
+        } = self.reservations.check(peek).await?;
         if rate_changed {
             self.log_recovery(rate);
         }
