@@ -23,6 +23,7 @@ use super::budget::{Budget, Snapshot, process_cpu};
 use super::instance::{
     CHAT_QUEUE, NOOP_QUEUE, PATIENCE, control_queue, flush, redis_url, start_spool, wait_completed,
 };
+use super::waits::Waits;
 
 pub(super) const NOOP: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/noop.wasm"));
 const PACKAGE_JSON: &str = include_str!("../../../bench/compare/package.json");
@@ -121,6 +122,7 @@ async fn compare(args: &CompareArgs, dir: &Path) -> Result<()> {
                 rate: number(&processed, "rate"),
                 budget: Budget::new(&before, &after, args.jobs, 0, number(&processed, "cpu_us")),
                 wasm_us: None,
+                waits: None,
             });
         }
         if args.chat_only {
@@ -230,16 +232,18 @@ struct SpoolRun {
     budget: Budget,
     concurrency: usize,
     wasm_us: f64,
+    waits: Waits,
 }
 
 impl SpoolRun {
-    fn row(&self, system: &'static str) -> Row {
+    fn row(self, system: &'static str) -> Row {
         Row {
             system,
             concurrency: self.concurrency,
             rate: self.rate,
-            budget: self.budget.clone(),
+            budget: self.budget,
             wasm_us: Some(self.wasm_us),
+            waits: Some(self.waits),
         }
     }
 }
@@ -277,12 +281,14 @@ async fn spool_run(
         let host_cpu = process_cpu() - cpu_before;
         let after = Snapshot::take(redis).await?;
         let wasm = wasm_seconds(&client, &base).await? - wasm_before;
+        let waits = Waits::from_metrics(&metrics(&client, &base).await?, jobs);
         Ok::<_, anyhow::Error>(SpoolRun {
             submit_rate,
             rate: jobs as f64 / elapsed.as_secs_f64(),
             budget: Budget::new(&before, &after, jobs, polls, host_cpu.as_secs_f64() * 1e6),
             concurrency,
             wasm_us: wasm * 1e6 / jobs as f64,
+            waits,
         })
     }
     .await;
@@ -317,14 +323,19 @@ pub(super) async fn bulk_submit(
     Ok(())
 }
 
-/// Seconds spent in Wasm (every hook) so far, from this process's `/metrics`.
-async fn wasm_seconds(client: &reqwest::Client, base: &str) -> Result<f64> {
-    let text = client
+/// The instance's `/metrics` text.
+async fn metrics(client: &reqwest::Client, base: &str) -> Result<String> {
+    Ok(client
         .get(format!("{base}/metrics"))
         .send()
         .await?
         .text()
-        .await?;
+        .await?)
+}
+
+/// Seconds spent in Wasm (every hook) so far, from this process's `/metrics`.
+async fn wasm_seconds(client: &reqwest::Client, base: &str) -> Result<f64> {
+    let text = metrics(client, base).await?;
     Ok(text
         .lines()
         .filter(|line| line.starts_with("spool_handler_wasm_seconds_sum"))
@@ -349,6 +360,8 @@ struct Row {
     rate: f64,
     budget: Budget,
     wasm_us: Option<f64>,
+    /// spool's: where a job's time went.
+    waits: Option<Waits>,
 }
 
 struct Memory {
@@ -523,6 +536,19 @@ impl Report {
                 row.wasm_us.map_or("-".to_owned(), |w| format!("{w:.1}")),
                 format!("{} ({:.1} us)", b.aof_rewrites, b.rewrite_cpu_us)
             );
+        }
+        println!(
+            "\nWhere a spool job's time went (means over the run, from the instance's /metrics)"
+        );
+        for row in &self.rows {
+            if let Some(waits) = &row.waits {
+                println!(
+                    "  {:<14} {:>5}: {}",
+                    row.system,
+                    row.concurrency,
+                    waits.line()
+                );
+            }
         }
         if let Some(wasm) = &self.wasm {
             println!(

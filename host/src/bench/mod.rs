@@ -13,6 +13,7 @@ mod instance;
 pub mod limiter;
 pub mod paced;
 pub mod sessions;
+mod waits;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
