@@ -267,8 +267,8 @@ async fn spool_run(
         let queue = control_queue(&url).await?;
         let keys = QueueKeys::new(queue_name, KeyLayout::SingleNode);
         queue.set_paused(&keys, true).await?;
-        // Wasm from before the submission: admit (at submission) + handle.
-        let wasm_before = wasm_seconds(&client, &base).await?;
+        // From before the submission: Wasm counts admit (at submission) + handle.
+        let metrics_before = metrics(&client, &base).await?;
         let submitted = Instant::now();
         bulk_submit(&client, &base, queue_name, jobs, &item).await?;
         let submit_rate = jobs as f64 / submitted.elapsed().as_secs_f64();
@@ -280,8 +280,9 @@ async fn spool_run(
         let elapsed = started.elapsed();
         let host_cpu = process_cpu() - cpu_before;
         let after = Snapshot::take(redis).await?;
-        let wasm = wasm_seconds(&client, &base).await? - wasm_before;
-        let waits = Waits::from_metrics(&metrics(&client, &base).await?, jobs);
+        let metrics_after = metrics(&client, &base).await?;
+        let wasm = wasm_seconds(&metrics_after) - wasm_seconds(&metrics_before);
+        let waits = Waits::between(&metrics_before, &metrics_after, jobs);
         Ok::<_, anyhow::Error>(SpoolRun {
             submit_rate,
             rate: jobs as f64 / elapsed.as_secs_f64(),
@@ -323,7 +324,7 @@ pub(super) async fn bulk_submit(
     Ok(())
 }
 
-/// The instance's `/metrics` text.
+/// The `/metrics` text: every instance this process ran, each its own series.
 async fn metrics(client: &reqwest::Client, base: &str) -> Result<String> {
     Ok(client
         .get(format!("{base}/metrics"))
@@ -333,14 +334,13 @@ async fn metrics(client: &reqwest::Client, base: &str) -> Result<String> {
         .await?)
 }
 
-/// Seconds spent in Wasm (every hook) so far, from this process's `/metrics`.
-async fn wasm_seconds(client: &reqwest::Client, base: &str) -> Result<f64> {
-    let text = metrics(client, base).await?;
-    Ok(text
+/// Seconds spent in Wasm (every hook) so far, from the `/metrics` text.
+fn wasm_seconds(metrics: &str) -> f64 {
+    metrics
         .lines()
         .filter(|line| line.starts_with("spool_handler_wasm_seconds_sum"))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
+        .sum()
 }
 
 /// This process's resident memory, in bytes.

@@ -1,9 +1,10 @@
-//! Where a job's time went in a run, from the instance's own `/metrics`
-//! histograms: the mean model call, limiter check and outcome call (which
-//! also claims the next job). A path whose CPU is not saturated is bound by
-//! these waits, so the figures say which one to shorten. Reads text only.
+//! Where a job's time went in a run, from the `/metrics` histograms taken
+//! before and after it: the mean model call, limiter check and outcome call
+//! (which also claims the next job). A path whose CPU is not saturated is
+//! bound by these waits, so the figures say which one to shorten. Reads
+//! text only.
 
-/// Means over one instance's life (a run starts a fresh instance).
+/// Means over one run.
 pub(super) struct Waits {
     pub model_call_ms: Option<f64>,
     pub limiter_ms: Option<f64>,
@@ -13,21 +14,23 @@ pub(super) struct Waits {
 }
 
 impl Waits {
-    pub fn from_metrics(text: &str, jobs: usize) -> Self {
+    /// From the `/metrics` text before and after a run of `jobs` jobs. The
+    /// process keeps the series of every instance it ran: only the change counts.
+    pub fn between(before: &str, after: &str, jobs: usize) -> Self {
+        let change = |name: &str, label: &str| {
+            Some(total(after, name, label)? - total(before, name, label).unwrap_or(0.0))
+        };
         let mean = |name: &str, label: &str| {
-            let sum = total(text, &format!("{name}_sum"), label)?;
-            let count = total(text, &format!("{name}_count"), label)?;
+            let sum = change(&format!("{name}_sum"), label)?;
+            let count = change(&format!("{name}_count"), label)?;
             (count > 0.0).then(|| sum * 1e3 / count)
         };
-        let outcome_calls = total(
-            text,
-            "spool_redis_roundtrip_seconds_count",
-            "operation=\"settle\"",
-        );
+        let settle = "operation=\"settle\"";
+        let outcome_calls = change("spool_redis_roundtrip_seconds_count", settle);
         Self {
             model_call_ms: mean("spool_model_call_seconds", "operation=\"chat\""),
             limiter_ms: mean("spool_limiter_wait_seconds", ""),
-            outcome_call_ms: mean("spool_redis_roundtrip_seconds", "operation=\"settle\""),
+            outcome_call_ms: mean("spool_redis_roundtrip_seconds", settle),
             outcomes_per_call: outcome_calls
                 .filter(|calls| *calls > 0.0)
                 .map(|calls| jobs as f64 / calls),
@@ -70,23 +73,29 @@ spool_model_call_seconds_sum{backend="ollama",operation="embed",outcome="ok"} 9
 spool_model_call_seconds_count{backend="ollama",operation="embed",outcome="ok"} 1
 spool_limiter_wait_seconds_sum{backend="ollama"} 0.5
 spool_limiter_wait_seconds_count{backend="ollama"} 1000
-spool_redis_roundtrip_seconds_sum{operation="settle"} 0.2
-spool_redis_roundtrip_seconds_count{operation="settle"} 200
+spool_redis_roundtrip_seconds_sum{operation="settle"} 0.25
+spool_redis_roundtrip_seconds_count{operation="settle"} 250
 spool_redis_roundtrip_seconds_sum_other{operation="settle"} 99
 "#;
 
     #[test]
-    fn means_come_from_the_matching_series_only() {
-        let waits = Waits::from_metrics(METRICS, 1000);
+    fn means_come_from_the_matching_series_and_the_run_only() {
+        let before = "spool_redis_roundtrip_seconds_sum{operation=\"settle\"} 8\n\
+                      spool_redis_roundtrip_seconds_count{operation=\"settle\"} 100\n";
+        let after = format!(
+            "{METRICS}spool_redis_roundtrip_seconds_sum{{instance=\"old\",operation=\"settle\"}} 8\n\
+                             spool_redis_roundtrip_seconds_count{{instance=\"old\",operation=\"settle\"}} 100\n"
+        );
+        let waits = Waits::between(before, &after, 1000);
         assert_eq!(waits.model_call_ms, Some(2.5));
         assert_eq!(waits.limiter_ms, Some(0.5));
         assert_eq!(waits.outcome_call_ms, Some(1.0));
-        assert_eq!(waits.outcomes_per_call, Some(5.0));
+        assert_eq!(waits.outcomes_per_call, Some(4.0));
     }
 
     #[test]
     fn a_run_without_model_calls_shows_dashes() {
-        let waits = Waits::from_metrics("", 10);
+        let waits = Waits::between("", "", 10);
         assert!(waits.line().starts_with("model call -, limiter check -"));
     }
 }
