@@ -121,8 +121,11 @@ impl JobHost for WorkerHost {
             // the write-behind makes events of them (see `write_behind`).
             let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<String>();
             let writer = async {
-                while let Some(piece) = receiver.recv().await {
-                    self.events.push_delta(piece, || self.writer()).await;
+                // Pieces that came together are queued as one.
+                let mut pieces = Vec::new();
+                while receiver.recv_many(&mut pieces, 64).await > 0 {
+                    let text = pieces.drain(..).collect();
+                    self.events.push_delta(text, || self.writer()).await;
                 }
             };
             let call = async move {
