@@ -12,7 +12,7 @@ use redis::streams::StreamId;
 use spool_core::connection::{self, RedisConnection};
 use spool_core::hub::{Fate, Hub, HubConfig, Subscription};
 
-use crate::support::{free_port, wait_until};
+use crate::support::{command_calls, free_port, wait_until};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -108,15 +108,7 @@ impl ClusterNode {
 
     /// Calls of `command` so far (INFO commandstats).
     fn calls(&self, command: &str) -> u64 {
-        let info: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query(&mut self.plain())
-            .expect("INFO commandstats");
-        let prefix = format!("cmdstat_{command}:calls=");
-        info.lines()
-            .find_map(|line| line.strip_prefix(&prefix))
-            .and_then(|rest| rest.split(',').next())
-            .map_or(0, |calls| calls.parse().expect("calls is a number"))
+        command_calls(&mut self.plain(), command)
     }
 }
 

@@ -161,15 +161,7 @@ impl Redis {
 
     /// Calls of `command` so far (INFO commandstats).
     pub fn command_calls(&self, command: &str) -> u64 {
-        let info: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query(&mut self.connection())
-            .expect("INFO commandstats");
-        let prefix = format!("cmdstat_{command}:calls=");
-        info.lines()
-            .find_map(|line| line.strip_prefix(&prefix))
-            .and_then(|rest| rest.split(',').next())
-            .map_or(0, |calls| calls.parse().expect("calls is a number"))
+        command_calls(&mut self.connection(), command)
     }
 
     /// SIGKILL, then start again on the same directory (AOF replay).
@@ -699,4 +691,17 @@ pub async fn counter(host: &Host, name: &str, labels: &[(&str, &str)]) -> f64 {
         })
         .filter_map(|(_, value)| value.trim().parse::<f64>().ok())
         .sum()
+}
+
+/// Calls of `command` the server behind `redis` has run (INFO commandstats).
+pub fn command_calls(redis: &mut redis::Connection, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(redis)
+        .expect("INFO commandstats");
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().expect("calls is a number"))
 }

@@ -121,11 +121,11 @@ impl JobHost for WorkerHost {
             // the write-behind makes events of them (see `write_behind`).
             let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<String>();
             let writer = async {
-                // Pieces that came together are queued as one.
+                // Pieces that came together are queued as one write.
                 let mut pieces = Vec::new();
                 while receiver.recv_many(&mut pieces, 64).await > 0 {
-                    let text = pieces.drain(..).collect();
-                    self.events.push_delta(text, || self.writer()).await;
+                    let together = std::mem::take(&mut pieces);
+                    self.events.push_delta(together, || self.writer()).await;
                 }
             };
             let call = async move {

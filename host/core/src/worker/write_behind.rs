@@ -76,11 +76,11 @@ struct Pending {
     written: Option<oneshot::Sender<()>>,
 }
 
-/// A write as queued: a text delta stays raw text until its batch is sent,
-/// so that consecutive ones become one event.
+/// A write as queued: text deltas stay raw pieces until their batch is
+/// sent, so that consecutive ones become one event.
 enum Write {
     Job(JobWrite),
-    TextDelta(String),
+    TextDelta(Vec<String>),
 }
 
 /// What the writer acts on when a write is refused.
@@ -99,10 +99,10 @@ impl WriteBehind {
         self.queue(Write::Job(write), None, writer).await;
     }
 
-    /// Queues a piece of the model's answer, to go out in a `text_delta`
-    /// event with the pieces next to it.
-    pub async fn push_delta(&self, text: String, writer: impl FnOnce() -> Writer) {
-        self.queue(Write::TextDelta(text), None, writer).await;
+    /// Queues pieces of the model's answer, to go out in a `text_delta`
+    /// event with the pieces next to them.
+    pub async fn push_delta(&self, pieces: Vec<String>, writer: impl FnOnce() -> Writer) {
+        self.queue(Write::TextDelta(pieces), None, writer).await;
     }
 
     /// Queues `write` and waits until it was sent (or refused): it and
@@ -260,11 +260,13 @@ fn job_writes(writes: impl IntoIterator<Item = Write>) -> Vec<JobWrite> {
     };
     for write in writes {
         match write {
-            Write::TextDelta(piece) => {
-                if text.len() >= DELTA_MAX_BYTES {
-                    out.push(delta(&mut text));
+            Write::TextDelta(pieces) => {
+                for piece in pieces {
+                    if text.len() >= DELTA_MAX_BYTES {
+                        out.push(delta(&mut text));
+                    }
+                    text.push_str(&piece);
                 }
-                text.push_str(&piece);
             }
             Write::Job(write) => {
                 if !text.is_empty() {
@@ -307,7 +309,7 @@ mod tests {
     }
 
     fn delta(text: &str) -> Write {
-        Write::TextDelta(text.to_owned())
+        Write::TextDelta(vec![text.to_owned()])
     }
 
     /// A batch begun with one write, and the queue it reads from.
@@ -403,15 +405,23 @@ mod tests {
     #[test]
     fn a_delta_that_reaches_the_size_cap_closes_and_pieces_stay_whole() {
         let piece = "x".repeat(1000);
-        let writes = job_writes((0..6).map(|_| delta(&piece)));
-        let sizes: Vec<usize> = writes
-            .iter()
-            .map(|write| text_of(write).map_or(0, |text| text.len()))
-            .collect();
+        let sizes = |writes: Vec<JobWrite>| -> Vec<usize> {
+            writes
+                .iter()
+                .map(|write| text_of(write).map_or(0, |text| text.len()))
+                .collect()
+        };
+        let one_by_one = job_writes((0..6).map(|_| delta(&piece)));
         assert_eq!(
-            sizes,
+            sizes(one_by_one),
             [5000, 1000],
             "the cap is passed by less than one piece"
+        );
+        let together = job_writes([Write::TextDelta(vec![piece.clone(); 6])]);
+        assert_eq!(
+            sizes(together),
+            [5000, 1000],
+            "pieces queued together count one by one"
         );
     }
 }
