@@ -170,10 +170,10 @@ impl Drop for StubServer {
 }
 
 /// As [`start`], on a thread and runtime of its own. An instance's built-in
-/// model stands for a server elsewhere: on the instance's runtime its work
-/// queued with the instance's own, on the one worker thread it has beside a
-/// local Redis (in `bench-compare`'s chat runs a quarter of that thread's
-/// time, and model calls waited behind jobs for it).
+/// model stands for a model server elsewhere. On the instance's runtime it
+/// shared the one worker thread the instance keeps beside a local Redis
+/// (about a sixth of that thread in `bench-compare`'s chat runs), and model
+/// calls waited behind jobs for it.
 pub async fn start_apart(args: &StubArgs) -> anyhow::Result<StubServer> {
     let (started, server) = oneshot::channel();
     let args = args.clone();

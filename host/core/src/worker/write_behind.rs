@@ -30,7 +30,7 @@ use spool_runtime::EventType;
 /// How long a batch's first write waits for more before the batch is sent:
 /// well under what a person notices in a stream, and longer than a
 /// zero-latency job takes, whose writes then ride with its outcome.
-pub(super) const LINGER: Duration = Duration::from_millis(5);
+const LINGER: Duration = Duration::from_millis(5);
 /// A text delta's text is cut into events of about this size: pieces stay
 /// whole, so an event passes it by less than one piece.
 const DELTA_MAX_BYTES: usize = 4096;
