@@ -142,6 +142,19 @@ impl Intake {
             })
     }
 
+    /// The queue's route and the handler version its jobs run now.
+    fn route_and_handler(&self, queue: &str) -> Result<(&Route, HandlerComponent), IntakeError> {
+        let route = self.route(queue)?;
+        let handler = self
+            .registry
+            .resolve(
+                &route.config.handler,
+                route.config.handler_version.as_deref(),
+            )
+            .ok_or_else(|| IntakeError::HandlerUnavailable(route.config.handler.clone()))?;
+        Ok((route, handler))
+    }
+
     /// Admits and enqueues a job under a fresh id.
     pub async fn submit(
         &self,
@@ -163,14 +176,7 @@ impl Intake {
         id: String,
         submission: &Submission,
     ) -> Result<Accepted, IntakeError> {
-        let route = self.route(queue)?;
-        let handler = self
-            .registry
-            .resolve(
-                &route.config.handler,
-                route.config.handler_version.as_deref(),
-            )
-            .ok_or_else(|| IntakeError::HandlerUnavailable(route.config.handler.clone()))?;
+        let (route, handler) = self.route_and_handler(queue)?;
         let decision = self.admit(&handler, queue, &id, submission).await?;
         let score = decision.score.clamp(1, 10);
         let new_job = NewJob {
@@ -217,14 +223,7 @@ impl Intake {
         submissions: &[Submission],
         owner: Option<&str>,
     ) -> Result<Vec<BulkAccepted>, BulkIntakeError> {
-        let route = self.route(queue)?;
-        let handler = self
-            .registry
-            .resolve(
-                &route.config.handler,
-                route.config.handler_version.as_deref(),
-            )
-            .ok_or_else(|| IntakeError::HandlerUnavailable(route.config.handler.clone()))?;
+        let (route, handler) = self.route_and_handler(queue)?;
         let ids: Vec<String> = submissions
             .iter()
             .map(|s| {
