@@ -325,7 +325,7 @@ pub(super) async fn bulk_submit(
 }
 
 /// The `/metrics` text: every instance this process ran, each its own series.
-async fn metrics(client: &reqwest::Client, base: &str) -> Result<String> {
+pub(super) async fn metrics(client: &reqwest::Client, base: &str) -> Result<String> {
     Ok(client
         .get(format!("{base}/metrics"))
         .send()
@@ -590,6 +590,12 @@ impl Report {
                 b.commands,
                 b.round_trips,
                 b.host_cpu_us
+            );
+            println!(
+                "  a POST answered in p50 {:.2} ms, p99 {:.2} ms; {}",
+                paced.post_p50_ms,
+                paced.post_p99_ms,
+                paced.waits.submitted_line()
             );
             println!("  AOF rewrites during the run: {}", b.aof_rewrites);
             if paced.held_back > 0 {

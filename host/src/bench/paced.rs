@@ -19,6 +19,7 @@ use spool_runtime::{Admitted, Job, JobHost, Limits, Runtime};
 
 use super::budget::{Budget, Snapshot, process_cpu};
 use super::instance::{NOOP_QUEUE, flush, redis_url, start_spool, wait_completed};
+use super::waits::Waits;
 
 /// The paced run lasts at most this long, or [`MAX_JOBS`] jobs.
 pub const MAX_SECONDS: f64 = 10.0;
@@ -58,6 +59,11 @@ pub(super) struct Paced {
     /// What a job cost over the run: Redis from `INFO`, the host CPU of this
     /// process (the instance and the client both).
     pub budget: Budget,
+    /// How long a POST took to be answered, as the client saw it.
+    pub post_p50_ms: f64,
+    pub post_p99_ms: f64,
+    /// The instance's calls over the run (submissions, outcomes).
+    pub waits: Waits,
     /// The run's length, from the first POST to the last completion.
     pub seconds: f64,
 }
@@ -79,13 +85,16 @@ pub(super) async fn paced_run(
     let url = redis_url(redis).await?;
     let running = start_spool(&url, noop_path, concurrency, jobs as u64 + 1).await?;
     let result = async {
-        let submit_url = format!("http://{}/api/queues/{NOOP_QUEUE}/jobs", running.addr);
+        let base = format!("http://{}", running.addr);
+        let submit_url = format!("{base}/api/queues/{NOOP_QUEUE}/jobs");
+        let client = reqwest::Client::new();
+        let metrics_before = super::compare::metrics(&client, &base).await?;
         let before = Snapshot::take(redis).await?;
         let (cpu_before, started) = (process_cpu(), Instant::now());
         // The client runs on a thread and runtime of its own, as one in
         // another process would: on the instance's one worker thread its
         // POSTs cost more than the jobs and made the instance's latency.
-        let (ids, held_back) = tokio::task::spawn_blocking(move || {
+        let (ids, mut post_times, held_back) = tokio::task::spawn_blocking(move || {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
@@ -95,6 +104,9 @@ pub(super) async fn paced_run(
         let polls = wait_completed(redis, NOOP_QUEUE, jobs).await?;
         let (host_cpu, seconds) = (process_cpu() - cpu_before, started.elapsed().as_secs_f64());
         let after = Snapshot::take(redis).await?;
+        let metrics_after = super::compare::metrics(&client, &base).await?;
+        post_times.sort_unstable();
+        let post_ms = |q: f64| percentile(&post_times, q) as f64 / 1e3;
         let warm_up_jobs = ((rate * WARM_UP_SECONDS) as usize).min(jobs / 5);
         let (warm_up, measured) = ids.split_at(warm_up_jobs);
         let mut waits = queue_waits(redis, measured).await?;
@@ -114,6 +126,9 @@ pub(super) async fn paced_run(
             held_back,
             max_in_flight: MAX_IN_FLIGHT,
             budget: Budget::new(&before, &after, jobs, polls, host_cpu.as_secs_f64() * 1e6),
+            post_p50_ms: post_ms(0.50),
+            post_p99_ms: post_ms(0.99),
+            waits: Waits::between(&metrics_before, &metrics_after, jobs),
             seconds,
         })
     }
@@ -133,8 +148,13 @@ fn percentile(values: &[u64], q: f64) -> u64 {
 
 /// POSTs `jobs` no-op jobs, the i-th at `i / rate` seconds, or as soon
 /// after as one of [`MAX_IN_FLIGHT`] answers; returns their ids in the order
-/// they were sent and how many were sent late for want of a slot.
-async fn submit_paced(submit_url: String, jobs: usize, rate: f64) -> Result<(Vec<String>, usize)> {
+/// they were sent, how long each POST took to be answered (in µs) and how
+/// many were sent late for want of a slot.
+async fn submit_paced(
+    submit_url: String,
+    jobs: usize,
+    rate: f64,
+) -> Result<(Vec<String>, Vec<u64>, usize)> {
     let client = reqwest::Client::new();
     let interval = Duration::from_secs_f64(1.0 / rate);
     let started = tokio::time::Instant::now();
@@ -153,6 +173,7 @@ async fn submit_paced(submit_url: String, jobs: usize, rate: f64) -> Result<(Vec
         let (client, submit_url) = (client.clone(), submit_url.clone());
         submissions.spawn(async move {
             let _slot = slot;
+            let sent = Instant::now();
             let response = client
                 .post(submit_url)
                 .header("content-type", "application/json")
@@ -167,15 +188,17 @@ async fn submit_paced(submit_url: String, jobs: usize, rate: f64) -> Result<(Vec
                 .as_str()
                 .map(str::to_owned)
                 .context("a job id in the reply")?;
-            Ok((i, id))
+            Ok((i, id, sent.elapsed().as_micros() as u64))
         });
     }
-    let mut ids = Vec::with_capacity(jobs);
+    let mut answered = Vec::with_capacity(jobs);
     while let Some(joined) = submissions.join_next().await {
-        ids.push(joined??);
+        answered.push(joined??);
     }
-    ids.sort_unstable();
-    Ok((ids.into_iter().map(|(_, id)| id).collect(), held_back))
+    answered.sort_unstable();
+    let post_times = answered.iter().map(|(_, _, took)| *took).collect();
+    let ids = answered.into_iter().map(|(_, id, _)| id).collect();
+    Ok((ids, post_times, held_back))
 }
 
 /// Each job's `first_started_at - created_at`, in ms, read in pipelined batches.

@@ -1,11 +1,15 @@
 //! Where a job's time went in a run, from the `/metrics` histograms taken
-//! before and after it: the mean model call, limiter check and outcome call
-//! (which also claims the next job). A path whose CPU is not saturated is
+//! before and after it: the mean submission call (single POSTs' group
+//! commit), model call, limiter check and outcome call (which also claims
+//! the next job). A path whose CPU is not saturated is
 //! bound by these waits, so the figures say which one to shorten. Reads
 //! text only.
 
 /// Means over one run.
 pub(super) struct Waits {
+    pub submit_call_ms: Option<f64>,
+    /// Jobs queued per submission call.
+    pub submits_per_call: Option<f64>,
     pub model_call_ms: Option<f64>,
     pub limiter_ms: Option<f64>,
     pub outcome_call_ms: Option<f64>,
@@ -25,30 +29,50 @@ impl Waits {
             let count = change(&format!("{name}_count"), label)?;
             (count > 0.0).then(|| sum * 1e3 / count)
         };
-        let settle = "operation=\"settle\"";
-        let outcome_calls = change("spool_redis_roundtrip_seconds_count", settle);
+        let per_call = |operation: &str| {
+            change("spool_redis_roundtrip_seconds_count", operation)
+                .filter(|calls| *calls > 0.0)
+                .map(|calls| jobs as f64 / calls)
+        };
+        let (submit, settle) = ("operation=\"submit\"", "operation=\"settle\"");
         Self {
+            submit_call_ms: mean("spool_redis_roundtrip_seconds", submit),
+            submits_per_call: per_call(submit),
             model_call_ms: mean("spool_model_call_seconds", "operation=\"chat\""),
             limiter_ms: mean("spool_limiter_wait_seconds", ""),
             outcome_call_ms: mean("spool_redis_roundtrip_seconds", settle),
-            outcomes_per_call: outcome_calls
-                .filter(|calls| *calls > 0.0)
-                .map(|calls| jobs as f64 / calls),
+            outcomes_per_call: per_call(settle),
         }
     }
 
     /// One line: each mean, or `-` where the run made no such call.
     pub fn line(&self) -> String {
-        let ms = |value: Option<f64>| value.map_or("-".to_owned(), |v| format!("{v:.2} ms"));
         format!(
             "model call {}, limiter check {}, outcome call (with the next claim) {} for {} jobs each",
             ms(self.model_call_ms),
             ms(self.limiter_ms),
             ms(self.outcome_call_ms),
-            self.outcomes_per_call
-                .map_or("-".to_owned(), |n| format!("{n:.1}")),
+            count(self.outcomes_per_call),
         )
     }
+
+    /// The line of a run of single submissions: their calls first.
+    pub fn submitted_line(&self) -> String {
+        format!(
+            "submission call {} for {} jobs each, {}",
+            ms(self.submit_call_ms),
+            count(self.submits_per_call),
+            self.line()
+        )
+    }
+}
+
+fn ms(value: Option<f64>) -> String {
+    value.map_or("-".to_owned(), |v| format!("{v:.2} ms"))
+}
+
+fn count(value: Option<f64>) -> String {
+    value.map_or("-".to_owned(), |n| format!("{n:.1}"))
 }
 
 /// The sum of a metric's samples whose labels contain `label`.
@@ -75,6 +99,8 @@ spool_limiter_wait_seconds_sum{backend="ollama"} 0.5
 spool_limiter_wait_seconds_count{backend="ollama"} 1000
 spool_redis_roundtrip_seconds_sum{operation="settle"} 0.25
 spool_redis_roundtrip_seconds_count{operation="settle"} 250
+spool_redis_roundtrip_seconds_sum{operation="submit"} 0.1
+spool_redis_roundtrip_seconds_count{operation="submit"} 100
 spool_redis_roundtrip_seconds_sum_other{operation="settle"} 99
 "#;
 
@@ -91,6 +117,8 @@ spool_redis_roundtrip_seconds_sum_other{operation="settle"} 99
         assert_eq!(waits.limiter_ms, Some(0.5));
         assert_eq!(waits.outcome_call_ms, Some(1.0));
         assert_eq!(waits.outcomes_per_call, Some(4.0));
+        assert_eq!(waits.submit_call_ms, Some(1.0));
+        assert_eq!(waits.submits_per_call, Some(10.0));
     }
 
     #[test]
