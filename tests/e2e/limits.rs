@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use spool::stub::{Fault, StubServer};
 use spool_core::gateway::{CallContext, Gateway};
-use spool_core::limiter::{LimitsConfig, Scope, UserLimit};
+use spool_core::limiter::{AcquireError, LimitsConfig, Scope, UserLimit};
 use spool_core::models::{
     BackendConfig, BackendKind, ChatMessage, ChatRequest, ModelClient, ModelError, OllamaApi, Role,
 };
@@ -936,5 +936,99 @@ async fn checks_made_at_the_same_moment_share_one_script_call_each_paced_on_its_
     assert_eq!(
         state.waits, 6,
         "each check of the batch was paced on its own: {state:?}"
+    );
+}
+
+/// The backend state's `granted` counter as Redis holds it, read without a
+/// limiter call (which would give an allowance back first).
+fn granted_in_redis(redis: &Redis, limiter: &spool_core::limiter::Limiter) -> u64 {
+    redis::cmd("HGET")
+        .arg(limiter.key())
+        .arg("granted")
+        .query::<Option<u64>>(&mut redis.connection())
+        .expect("HGET")
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_instance_on_a_fast_backend_spends_an_allowance_and_gives_back_the_rest() {
+    let redis = Redis::start();
+    let stub = stub().await;
+    let gateway = gateway(&redis, &stub, LimitsConfig::unpaced()).await;
+    let limiter = gateway.limiter();
+    limiter.snapshot().await.expect("snapshot");
+    let calls_before = redis.command_calls("evalsha");
+
+    let deadline = Instant::now() + WAIT;
+    for _ in 0..200 {
+        limiter
+            .acquire(Scope::Backend, deadline)
+            .await
+            .expect("a token");
+    }
+    let calls = redis.command_calls("evalsha") - calls_before;
+    // Alone, each check is a call: 200. An allowance holds up to 64 tokens
+    // for 10 ms; a slow test machine may close a few windows early.
+    assert!(calls <= 20, "200 checks in a row took {calls} calls");
+
+    // The window closes: what was not spent goes back in a call of its own,
+    // and `granted` counts the checks exactly.
+    wait_until("the allowance's rest to be given back", WAIT, || {
+        granted_in_redis(&redis, limiter) == 200
+    });
+    let given_back = redis.command_calls("evalsha");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        redis.command_calls("evalsha"),
+        given_back,
+        "an idle instance makes no further calls"
+    );
+    assert_eq!(limiter.snapshot().await.expect("snapshot").granted, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allowance_stops_at_its_own_429_at_once_and_at_another_instances_within_its_window() {
+    let redis = Redis::start();
+    let stub = stub().await;
+    let here = gateway(&redis, &stub, LimitsConfig::unpaced()).await;
+    let elsewhere = gateway(&redis, &stub, LimitsConfig::unpaced()).await;
+    let cooldown = Some(Duration::from_secs(5));
+    let soon = || Instant::now() + Duration::from_millis(200);
+
+    // Another instance is rate-limited while this one holds an allowance:
+    // once its window has closed, this one waits out the cool-down too.
+    let grant = here.limiter().acquire(Scope::Backend, soon()).await;
+    let generation = grant.expect("a token").generation;
+    elsewhere
+        .limiter()
+        .record_rate_limited(generation, 429, cooldown)
+        .await
+        .expect("recorded");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let after_window = here.limiter().acquire(Scope::Backend, soon()).await;
+    assert!(
+        matches!(after_window, Err(AcquireError::TooLong(_))),
+        "a check after the window sees the cool-down: {after_window:?}"
+    );
+
+    // This instance's own 429 voids its allowance at once.
+    redis::cmd("DEL")
+        .arg(here.limiter().key())
+        .query::<()>(&mut redis.connection())
+        .expect("DEL");
+    let generation = here
+        .limiter()
+        .acquire(Scope::Backend, soon())
+        .await
+        .expect("a token after the reset")
+        .generation;
+    here.limiter()
+        .record_rate_limited(generation, 429, cooldown)
+        .await
+        .expect("recorded");
+    let at_once = here.limiter().acquire(Scope::Backend, soon()).await;
+    assert!(
+        matches!(at_once, Err(AcquireError::TooLong(_))),
+        "the allowance is not spent after its own 429: {at_once:?}"
     );
 }

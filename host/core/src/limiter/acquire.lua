@@ -11,7 +11,10 @@
 -- ARGV[5] recovery step (fraction of the rate regained per interval)
 -- ARGV[6] user rate (tokens/s)  ARGV[7] user capacity   ARGV[8] state ttl (ms)
 -- ARGV[9] display name of the backend
--- From ARGV[10], three per request:
+-- ARGV[10] allowance wanted: tokens the instance would take ahead of its
+--          checks (0: none), each to be spent within ARGV[11] us
+-- ARGV[12] tokens of its last allowance it did not spend, given back
+-- From ARGV[13], three per request:
 --   mode: "both" | "backend" | "user" | "peek"
 --   max wait in us: a reservation that would wait longer is not made
 --   expected generation, or -1. When it equals the current generation the
@@ -22,7 +25,14 @@
 -- cool-down), adapted (effective rate while below the configured one), floor_rate
 -- + quiet_from (where recovery starts from), counters granted/waits/waited_us.
 --
--- Reply, per request: { status, wait_us, tokens, rate, gen, rate_changed, cooldown_us }
+-- An allowance is taken only from a bucket with tokens to spare: no
+-- cool-down, no lowered rate, at least half the capacity left after it, and
+-- no more than the rate refills within the time it may be spent in. A slow
+-- backend (under 200 calls/s for 10 ms) never gets one, and every call of
+-- it is paced here one by one. Its tokens count as granted until given back.
+--
+-- Reply: { allowance granted (tokens), gen, { per request } }, per request
+--   { status, wait_us, tokens, rate, gen, rate_changed, cooldown_us }
 --   status 1 = reserved: call after wait_us (0 = now)
 --          2 = confirmed: the earlier reservation stands, call now
 --          3 = user token reserved: wait wait_us, then ask again in mode "backend"
@@ -92,7 +102,10 @@ if rate_changed == 1 then
 end
 
 -- What the requests took from the backend, written once after them all.
-local granted, waits, waited_us = 0, 0, 0
+-- Tokens given back were counted as granted when taken.
+local returned = tonumber(ARGV[12])
+local granted, waits, waited_us = -returned, 0, 0
+tokens = math.min(capacity, tokens + returned)
 
 local function reply(status, wait, shown_tokens)
   return {status, wait, fmt(math.max(0, shown_tokens)), fmt(rate), gen, rate_changed, cooldown}
@@ -156,15 +169,27 @@ end
 
 local replies = {}
 local request = 1
-for at = 10, #ARGV, 3 do
+for at = 13, #ARGV, 3 do
   replies[request] = answer(ARGV[at], tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2]),
     KEYS[2 + request])
   request = request + 1
 end
 
+local allowance = 0
+if tonumber(ARGV[10]) > 0 and ts <= now and rate >= cfg_rate then
+  local refilled = math.floor(rate * tonumber(ARGV[11]) / 1000000)
+  allowance = math.min(tonumber(ARGV[10]), refilled, math.floor(tokens - capacity / 2))
+  if allowance >= 2 then
+    tokens = tokens - allowance
+    granted = granted + allowance
+  else
+    allowance = 0
+  end
+end
+
 -- The bucket as the requests left it; the `granted` count moves in the same
 -- HSET (it was read with the state: one command fewer than an HINCRBY).
-if granted > 0 then
+if granted ~= 0 then
   redis.call('HSET', KEYS[1], 'tokens', fmt(tokens), 'ts', string.format('%d', ts), 'name', ARGV[9],
     'granted', string.format('%d', (tonumber(h[7]) or 0) + granted))
 else
@@ -175,4 +200,4 @@ if waits > 0 then
   redis.call('HINCRBY', KEYS[1], 'waits', waits)
   redis.call('HINCRBY', KEYS[1], 'waited_us', waited_us)
 end
-return replies
+return {allowance, gen, replies}

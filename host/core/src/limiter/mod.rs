@@ -4,7 +4,8 @@
 //! rate-limit answers (429, or a 403 that says it is one: `models` decides).
 //! Each check is answered by one atomic script, shared with the checks
 //! made at the same moment (`reservations`), with the exact wait; a caller
-//! sleeps that long and never polls.
+//! sleeps that long and never polls. On a fast backend a busy instance
+//! spends a small allowance taken ahead instead (`reservations`).
 //!
 //! Owns the keys `spool:limit:{backend-id}` (bucket, adaptive state, counters),
 //! `spool:limit:{backend-id}:user:{user}` (per-user buckets) and
@@ -258,6 +259,7 @@ impl Limiter {
         status: u16,
         retry_after: Option<Duration>,
     ) -> Result<Slowdown, redis::RedisError> {
+        self.reservations.void_allowance();
         let cooldown = retry_after
             .unwrap_or(Duration::from_millis(self.config.default_cooldown_ms))
             .min(Duration::from_millis(self.config.max_cooldown_ms));

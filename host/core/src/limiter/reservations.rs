@@ -6,10 +6,21 @@
 //! call per batch instead of one each, and wait less behind one another in
 //! Redis; a quiet instance pays one call per check, as before.
 //!
-//! Owns the script call, its batching task and the reply's shape. What a
-//! verdict means for the caller (sleep, confirm, give up) is the limiter's.
+//! A busy instance on a fast backend also takes a standing allowance: a
+//! few tokens ahead of its checks (at most [`ALLOWANCE_MAX`], and only what
+//! the bucket refills within [`ALLOWANCE_WINDOW`], from a bucket at least
+//! half full), which its next checks spend without a call. What is not
+//! spent within the window goes back to the bucket with the next call, or
+//! in a call of its own when the window closes. The shared bucket still
+//! bounds every call; what an instance gives up for it is that a 429 seen
+//! by another instance stops it up to one window later (its own 429 stops
+//! it at once). A slow backend never gets an allowance.
+//!
+//! Owns the script call, its batching task, the allowance and the reply's
+//! shape. What a verdict means for the caller (sleep, confirm, give up) is
+//! the limiter's.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use redis::Script;
@@ -20,6 +31,11 @@ use crate::connection::RedisConnection;
 
 /// At most this many checks go in one call.
 const MAX_BATCH: usize = 64;
+/// How long an allowance may be spent for: how late a 429 reported by
+/// another instance may reach this one's calls.
+const ALLOWANCE_WINDOW: Duration = Duration::from_millis(10);
+/// The most tokens an allowance holds.
+const ALLOWANCE_MAX: u32 = 64;
 
 /// Which buckets a check takes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,6 +131,43 @@ impl Answer {
 pub(super) struct Reservations {
     call: Arc<Call>,
     desk: OnceLock<mpsc::UnboundedSender<Waiting>>,
+    allowance: Arc<Mutex<Allowance>>,
+}
+
+/// Tokens taken ahead of this instance's checks (see the module's doc).
+#[derive(Default)]
+struct Allowance {
+    tokens: u32,
+    /// The rate-limit episode they were taken in.
+    generation: i64,
+    rate: f64,
+    /// Spent until then; after it, only given back.
+    until: Option<Instant>,
+}
+
+impl Allowance {
+    /// One token for a check, while the window is open.
+    fn spend(&mut self) -> Option<Answer> {
+        if self.tokens == 0 || self.until.is_none_or(|until| Instant::now() >= until) {
+            return None;
+        }
+        self.tokens -= 1;
+        Some(Answer {
+            verdict: Verdict::Reserved,
+            wait: Duration::ZERO,
+            tokens: f64::from(self.tokens),
+            rate: self.rate,
+            generation: self.generation,
+            rate_changed: false,
+            cooldown: Duration::ZERO,
+        })
+    }
+
+    /// What was not spent, to give back; nothing is left to spend.
+    fn take_rest(&mut self) -> u32 {
+        self.until = None;
+        std::mem::take(&mut self.tokens)
+    }
 }
 
 /// What every call of the script sends besides its checks.
@@ -153,38 +206,126 @@ impl Reservations {
         Self {
             call: Arc::new(call),
             desk: OnceLock::new(),
+            allowance: Arc::default(),
         }
     }
 
-    /// Asks the script about `check`, in the next call.
+    /// Answers `check` from the allowance when it can, else asks the script
+    /// in the next call.
     pub async fn check(&self, check: Check) -> Result<Answer, redis::RedisError> {
+        if check.spends_allowance()
+            && let Some(answer) = self.lock_allowance().spend()
+        {
+            return Ok(answer);
+        }
         let desk = self.desk.get_or_init(|| {
             let (desk, waiting) = mpsc::unbounded_channel();
-            tokio::spawn(send_batches(self.call.clone(), waiting));
+            let batches = send_batches(self.call.clone(), self.allowance.clone(), waiting);
+            tokio::spawn(batches);
             desk
         });
         let (answer, answered) = oneshot::channel();
         if let Err(mpsc::error::SendError(waiting)) = desk.send(Waiting { check, answer }) {
             // The task ended (the runtime is stopping): asked alone.
-            let mut answers = self.call.run(&[waiting.check]).await?;
+            let (mut answers, _) = self.call.run(&[waiting.check], Ask::nothing()).await?;
             return answers.pop().ok_or_else(stopping);
         }
         answered.await.unwrap_or_else(|_| Err(stopping()))
     }
+
+    /// Stops spending the allowance (this instance was rate-limited); its
+    /// tokens go back with the next call.
+    pub fn void_allowance(&self) {
+        self.lock_allowance().until = None;
+    }
+
+    fn lock_allowance(&self) -> std::sync::MutexGuard<'_, Allowance> {
+        lock(&self.allowance)
+    }
+}
+
+/// A panic elsewhere cannot leave an allowance half-written: its fields
+/// are set together under the lock.
+fn lock(allowance: &Mutex<Allowance>) -> std::sync::MutexGuard<'_, Allowance> {
+    allowance.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Check {
+    /// A fresh check of the backend's bucket alone: what an allowance is for.
+    fn spends_allowance(&self) -> bool {
+        self.mode == Mode::Backend && self.expected_generation < 0
+    }
+}
+
+/// What a call asks of the bucket besides its checks.
+struct Ask {
+    /// Tokens wanted ahead (0: none).
+    allowance: u32,
+    /// Tokens of the last allowance given back.
+    returned: u32,
+}
+
+impl Ask {
+    fn nothing() -> Self {
+        Self {
+            allowance: 0,
+            returned: 0,
+        }
+    }
 }
 
 /// One call at a time, each with the checks that arrived while the one
-/// before was in flight.
-async fn send_batches(call: Arc<Call>, mut waiting: mpsc::UnboundedReceiver<Waiting>) {
+/// before was in flight; each gives back what is left of the allowance and,
+/// when a check of its batch could have spent one, asks for a new one. An
+/// allowance still unspent when its window closes goes back in a call of
+/// its own.
+async fn send_batches(
+    call: Arc<Call>,
+    allowance: Arc<Mutex<Allowance>>,
+    mut waiting: mpsc::UnboundedReceiver<Waiting>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while waiting.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    let mut window_ends: Option<Instant> = None;
+    loop {
+        let closed = async {
+            match window_ends {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            received = waiting.recv_many(&mut batch, MAX_BATCH) => {
+                if received == 0 {
+                    return;
+                }
+            }
+            () = closed => {}
+        }
         let (checks, answers): (Vec<Check>, Vec<_>) = batch
             .drain(..)
             .map(|waiting| (waiting.check, waiting.answer))
             .unzip();
-        match call.run(&checks).await {
+        let wanted = checks.iter().any(Check::spends_allowance);
+        let ask = Ask {
+            allowance: if wanted { ALLOWANCE_MAX } else { 0 },
+            returned: lock(&allowance).take_rest(),
+        };
+        window_ends = None;
+        if checks.is_empty() && ask.returned == 0 {
+            continue;
+        }
+        let sent = Instant::now();
+        match call.run(&checks, ask).await {
             // One answer per check, in order (`run` checks).
-            Ok(results) => {
+            Ok((results, granted)) => {
+                if let Some(granted) = granted {
+                    let until = sent + ALLOWANCE_WINDOW;
+                    *lock(&allowance) = Allowance {
+                        until: Some(until),
+                        ..granted
+                    };
+                    window_ends = Some(until);
+                }
                 for (answer, result) in answers.into_iter().zip(results) {
                     let _ = answer.send(Ok(result));
                 }
@@ -199,7 +340,12 @@ async fn send_batches(call: Arc<Call>, mut waiting: mpsc::UnboundedReceiver<Wait
 }
 
 impl Call {
-    async fn run(&self, checks: &[Check]) -> Result<Vec<Answer>, redis::RedisError> {
+    /// One script call: the checks' answers, and the allowance it granted.
+    async fn run(
+        &self,
+        checks: &[Check],
+        ask: Ask,
+    ) -> Result<(Vec<Answer>, Option<Allowance>), redis::RedisError> {
         let config = &self.config;
         let (user_rate, user_capacity) = config
             .per_user
@@ -217,7 +363,10 @@ impl Call {
             .arg(user_rate)
             .arg(user_capacity)
             .arg(self.ttl_ms)
-            .arg(&self.name);
+            .arg(&self.name)
+            .arg(ask.allowance)
+            .arg(u64::try_from(ALLOWANCE_WINDOW.as_micros()).unwrap_or(u64::MAX))
+            .arg(ask.returned);
         // The budgets are measured as the call leaves: time spent waiting
         // for it is not the caller's to spend twice.
         let now = Instant::now();
@@ -233,7 +382,8 @@ impl Call {
                 .arg(u64::try_from(budget.as_micros()).unwrap_or(u64::MAX))
                 .arg(check.expected_generation);
         }
-        let replies: Vec<Reply> = invocation.invoke_async(&mut self.redis.clone()).await?;
+        let (allowance, generation, replies): (u32, i64, Vec<Reply>) =
+            invocation.invoke_async(&mut self.redis.clone()).await?;
         if replies.len() != checks.len() {
             return Err(redis::RedisError::from((
                 redis::ErrorKind::UnexpectedReturnType,
@@ -241,7 +391,17 @@ impl Call {
                 format!("{} answers to {} checks", replies.len(), checks.len()),
             )));
         }
-        replies.into_iter().map(Answer::parse).collect()
+        let answers = replies
+            .into_iter()
+            .map(Answer::parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        let granted = (allowance > 0).then(|| Allowance {
+            tokens: allowance,
+            generation,
+            rate: answers.first().map_or(0.0, |answer| answer.rate),
+            until: None,
+        });
+        Ok((answers, granted))
     }
 }
 
