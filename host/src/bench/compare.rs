@@ -125,33 +125,32 @@ async fn compare(args: &CompareArgs, dir: &Path) -> Result<()> {
                 waits: None,
             });
         }
-        if args.chat_only {
-            continue;
+        if !args.chat_only {
+            let run = spool_run(
+                &mut redis,
+                &noop_path,
+                NOOP_QUEUE,
+                concurrency,
+                args.jobs,
+                |i| json!({ "payload": { "n": i } }),
+            )
+            .await?;
+            report.spool_submit.get_or_insert(run.submit_rate);
+            report.rows.push(run.row("spool no-op"));
         }
-        let run = spool_run(
+        let chat = spool_run(
             &mut redis,
             &noop_path,
-            NOOP_QUEUE,
+            CHAT_QUEUE,
             concurrency,
             args.jobs,
-            |i| json!({ "payload": { "n": i } }),
+            |i| json!({ "userId": format!("user-{}", i % 100), "prompt": format!("job {i}") }),
         )
         .await?;
-        report.spool_submit.get_or_insert(run.submit_rate);
-        report.rows.push(run.row("spool no-op"));
+        report.rows.push(chat.row("spool chat"));
     }
-    let chat_concurrency = args.concurrency.first().copied().unwrap_or(16);
-    let chat = spool_run(
-        &mut redis,
-        &noop_path,
-        CHAT_QUEUE,
-        chat_concurrency,
-        args.jobs,
-        |i| json!({ "userId": format!("user-{}", i % 100), "prompt": format!("job {i}") }),
-    )
-    .await?;
-    report.rows.push(chat.row("spool chat"));
 
+    let chat_concurrency = args.concurrency.first().copied().unwrap_or(16);
     if !args.chat_only {
         // Paced at half the no-op maximum measured above, at the same concurrency.
         let noop_max = report
