@@ -89,6 +89,7 @@ fn check_results(finished: &[(String, Value, String, usize)]) {
         );
         assert_eq!(job["attempts"], 1);
         assert_eq!(job["progress"], 100);
+        assert_eq!(job["step"], "parsing answer", "the guest's last step stays");
     }
 }
 

@@ -16,5 +16,9 @@ if refusal == 'fenced' then
 elseif refusal == 'cancelled' then
   return 2
 end
-apply_writes(KEYS[1], KEYS[3], KEYS[4], ARGV[4], ARGV[2], ARGV[3], ARGV, 6, tonumber(ARGV[5]))
+local progress = apply_writes(KEYS[3], KEYS[4], ARGV[4], ARGV[2], ARGV[3], ARGV, 6,
+  tonumber(ARGV[5]))
+if #progress > 0 then
+  redis.call('HSET', KEYS[1], unpack(progress))
+end
 return 1

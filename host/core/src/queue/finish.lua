@@ -74,14 +74,22 @@ local function finish_one(K, A)
     return 2
   end
   acknowledge(K[2], A[2])
+  local progress = {}
   if writes > 0 and not owner[3] then
-    apply_writes(K[1], K[3], K[4], A[3], A[4], A[12], A, 23, writes)
+    progress = apply_writes(K[3], K[4], A[3], A[4], A[12], A, 23, writes)
   end
   if A[11] ~= '' then
     local record = (tonumber(owner[8]) or 0) + 1
     redis.call('HSET', K[1], 'attempt_records', record, 'attempt:' .. record, A[11])
   end
-  redis.call('HSET', K[1], 'state', A[5], 'finished_at', A[4], unpack(A, 23 + write_args))
+  -- The attempt's last progress goes first: the outcome's own fields (a
+  -- completed job's progress of 100) win over it.
+  if #progress > 0 then
+    redis.call('HSET', K[1], 'state', A[5], 'finished_at', A[4], progress[1], progress[2],
+      progress[3], progress[4], unpack(A, 23 + write_args))
+  else
+    redis.call('HSET', K[1], 'state', A[5], 'finished_at', A[4], unpack(A, 23 + write_args))
+  end
   if owner[3] then
     redis.call('HDEL', K[1], 'cancel')
   end

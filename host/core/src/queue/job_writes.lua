@@ -8,8 +8,12 @@
 --   'state_set' key, value
 --   'state_delete' key
 -- Raises on an operation it does not know (the host sends only these).
-local function apply_writes(job_key, events_key, state_key, job_id, now, events_kept,
-    argv, at, n)
+-- Every progress write is an event, but only the last one's fields last: they
+-- are returned ({'progress', percent, 'step', step}, or {} when none) for the
+-- caller to write with its own HSET of the job, one command instead of one
+-- per write (a chat job reports three).
+local function apply_writes(events_key, state_key, job_id, now, events_kept, argv, at, n)
+  local progress = {}
   local function event(event_type, data)
     redis.call('XADD', events_key, 'MAXLEN', '~', events_kept, '*',
       'event_type', event_type, 'data', data, 'timestamp', now)
@@ -22,7 +26,7 @@ local function apply_writes(job_key, events_key, state_key, job_id, now, events_
       event(argv[at + 1], argv[at + 2])
       at = at + 3
     elseif operation == 'progress' then
-      redis.call('HSET', job_key, 'progress', argv[at + 3], 'step', argv[at + 4])
+      progress = {'progress', argv[at + 3], 'step', argv[at + 4]}
       event(argv[at + 1], argv[at + 2])
       at = at + 5
     elseif operation == 'state_set' then
@@ -35,4 +39,5 @@ local function apply_writes(job_key, events_key, state_key, job_id, now, events_
       error('unknown fenced write ' .. tostring(operation))
     end
   end
+  return progress
 end
