@@ -31,7 +31,7 @@
 -- backend (under 200 calls/s for 10 ms) never gets one, and every call of
 -- it is paced here one by one. Its tokens count as granted until given back.
 --
--- Reply: { allowance granted (tokens), gen, { per request } }, per request
+-- Reply: { allowance granted (tokens), gen, rate, { per request } }, per request
 --   { status, wait_us, tokens, rate, gen, rate_changed, cooldown_us }
 --   status 1 = reserved: call after wait_us (0 = now)
 --          2 = confirmed: the earlier reservation stands, call now
@@ -200,4 +200,4 @@ if waits > 0 then
   redis.call('HINCRBY', KEYS[1], 'waits', waits)
   redis.call('HINCRBY', KEYS[1], 'waited_us', waited_us)
 end
-return {allowance, gen, replies}
+return {allowance, gen, fmt(rate), replies}

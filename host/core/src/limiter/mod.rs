@@ -14,6 +14,7 @@
 //! until cleared, and never expires). It decides only *when* a call may go;
 //! making the call and retrying it belong to `gateway`.
 
+mod allowance;
 mod config;
 mod reservations;
 

@@ -6,36 +6,28 @@
 //! call per batch instead of one each, and wait less behind one another in
 //! Redis; a quiet instance pays one call per check, as before.
 //!
-//! A busy instance on a fast backend also takes a standing allowance: a
-//! few tokens ahead of its checks (at most [`ALLOWANCE_MAX`], and only what
-//! the bucket refills within [`ALLOWANCE_WINDOW`], from a bucket at least
-//! half full), which its next checks spend without a call. What is not
-//! spent within the window goes back to the bucket with the next call, or
-//! in a call of its own when the window closes. The shared bucket still
-//! bounds every call; what an instance gives up for it is that a 429 seen
-//! by another instance stops it up to one window later (its own 429 stops
-//! it at once). A slow backend never gets an allowance.
+//! A busy instance on a fast backend also spends a standing allowance of
+//! tokens taken ahead (`allowance`): this task asks for it with the checks
+//! that found none to spend, renews it before it runs out, and gives back
+//! what was not spent once its window closes. A check the allowance serves
+//! costs no call.
 //!
 //! Owns the script call, its batching task, the allowance and the reply's
 //! shape. What a verdict means for the caller (sleep, confirm, give up) is
 //! the limiter's.
 
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use redis::Script;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::LimitsConfig;
+use super::allowance::{self, Allowance, Granted, Token};
 use crate::connection::RedisConnection;
 
 /// At most this many checks go in one call.
 const MAX_BATCH: usize = 64;
-/// How long an allowance may be spent for: how late a 429 reported by
-/// another instance may reach this one's calls.
-const ALLOWANCE_WINDOW: Duration = Duration::from_millis(10);
-/// The most tokens an allowance holds.
-const ALLOWANCE_MAX: u32 = 64;
 
 /// Which buckets a check takes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,41 +124,21 @@ pub(super) struct Reservations {
     call: Arc<Call>,
     desk: OnceLock<mpsc::UnboundedSender<Waiting>>,
     allowance: Arc<Mutex<Allowance>>,
+    /// Wakes the desk to renew the allowance.
+    renew: Arc<Notify>,
 }
 
-/// Tokens taken ahead of this instance's checks (see the module's doc).
-#[derive(Default)]
-struct Allowance {
-    tokens: u32,
-    /// The rate-limit episode they were taken in.
-    generation: i64,
-    rate: f64,
-    /// Spent until then; after it, only given back.
-    until: Option<Instant>,
-}
-
-impl Allowance {
-    /// One token for a check, while the window is open.
-    fn spend(&mut self) -> Option<Answer> {
-        if self.tokens == 0 || self.until.is_none_or(|until| Instant::now() >= until) {
-            return None;
-        }
-        self.tokens -= 1;
-        Some(Answer {
+impl Token {
+    fn answer(self) -> Answer {
+        Answer {
             verdict: Verdict::Reserved,
             wait: Duration::ZERO,
-            tokens: f64::from(self.tokens),
+            tokens: f64::from(self.left),
             rate: self.rate,
             generation: self.generation,
             rate_changed: false,
             cooldown: Duration::ZERO,
-        })
-    }
-
-    /// What was not spent, to give back; nothing is left to spend.
-    fn take_rest(&mut self) -> u32 {
-        self.until = None;
-        std::mem::take(&mut self.tokens)
+        }
     }
 }
 
@@ -207,21 +179,27 @@ impl Reservations {
             call: Arc::new(call),
             desk: OnceLock::new(),
             allowance: Arc::default(),
+            renew: Arc::default(),
         }
     }
 
     /// Answers `check` from the allowance when it can, else asks the script
     /// in the next call.
     pub async fn check(&self, check: Check) -> Result<Answer, redis::RedisError> {
-        if check.spends_allowance()
-            && let Some(answer) = self.lock_allowance().spend()
-        {
-            return Ok(answer);
+        if let Some(token) = spend(&self.allowance, &check) {
+            if token.renew {
+                self.renew.notify_one();
+            }
+            return Ok(token.answer());
         }
         let desk = self.desk.get_or_init(|| {
             let (desk, waiting) = mpsc::unbounded_channel();
-            let batches = send_batches(self.call.clone(), self.allowance.clone(), waiting);
-            tokio::spawn(batches);
+            let desk_task = Desk {
+                call: self.call.clone(),
+                allowance: self.allowance.clone(),
+                renew: self.renew.clone(),
+            };
+            tokio::spawn(desk_task.run(waiting));
             desk
         });
         let (answer, answered) = oneshot::channel();
@@ -236,18 +214,23 @@ impl Reservations {
     /// Stops spending the allowance (this instance was rate-limited); its
     /// tokens go back with the next call.
     pub fn void_allowance(&self) {
-        self.lock_allowance().until = None;
-    }
-
-    fn lock_allowance(&self) -> std::sync::MutexGuard<'_, Allowance> {
-        lock(&self.allowance)
+        lock(&self.allowance).void();
     }
 }
 
-/// A panic elsewhere cannot leave an allowance half-written: its fields
-/// are set together under the lock.
-fn lock(allowance: &Mutex<Allowance>) -> std::sync::MutexGuard<'_, Allowance> {
+/// A panic elsewhere cannot leave an allowance half-written: each of its
+/// changes is made whole under the lock.
+fn lock(allowance: &Mutex<Allowance>) -> MutexGuard<'_, Allowance> {
     allowance.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A token of the allowance for `check`, if it is one an allowance serves
+/// and one is in hand.
+fn spend(allowance: &Mutex<Allowance>, check: &Check) -> Option<Token> {
+    check
+        .spends_allowance()
+        .then(|| lock(allowance).spend(Instant::now()))
+        .flatten()
 }
 
 impl Check {
@@ -274,65 +257,76 @@ impl Ask {
     }
 }
 
-/// One call at a time, each with the checks that arrived while the one
-/// before was in flight; each gives back what is left of the allowance and,
-/// when a check of its batch could have spent one, asks for a new one. An
-/// allowance still unspent when its window closes goes back in a call of
-/// its own.
-async fn send_batches(
+/// The task that makes the calls of one backend's checks.
+struct Desk {
     call: Arc<Call>,
     allowance: Arc<Mutex<Allowance>>,
-    mut waiting: mpsc::UnboundedReceiver<Waiting>,
-) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut window_ends: Option<Instant> = None;
-    loop {
-        let closed = async {
-            match window_ends {
-                Some(at) => tokio::time::sleep_until(at.into()).await,
-                None => std::future::pending().await,
+    renew: Arc<Notify>,
+}
+
+impl Desk {
+    /// One call at a time, each with the checks that arrived while the one
+    /// before was in flight, less those an allowance renewed meanwhile
+    /// serves. A call also asks for tokens ahead when a check found none or
+    /// a renewal is due, and gives back those of a closed window; tokens
+    /// left when the window closes go back in a call of their own.
+    async fn run(self, mut waiting: mpsc::UnboundedReceiver<Waiting>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        loop {
+            let closes_at = lock(&self.allowance).closes_at(Instant::now());
+            let closed = async {
+                match closes_at {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                received = waiting.recv_many(&mut batch, MAX_BATCH) => {
+                    if received == 0 {
+                        return;
+                    }
+                }
+                () = self.renew.notified() => {}
+                () = closed => {}
             }
-        };
-        tokio::select! {
-            received = waiting.recv_many(&mut batch, MAX_BATCH) => {
-                if received == 0 {
-                    return;
+            let mut checks = Vec::with_capacity(batch.len());
+            let mut answers = Vec::with_capacity(batch.len());
+            for Waiting { check, answer } in batch.drain(..) {
+                match spend(&self.allowance, &check) {
+                    Some(token) => {
+                        let _ = answer.send(Ok(token.answer()));
+                    }
+                    None => {
+                        checks.push(check);
+                        answers.push(answer);
+                    }
                 }
             }
-            () = closed => {}
-        }
-        let (checks, answers): (Vec<Check>, Vec<_>) = batch
-            .drain(..)
-            .map(|waiting| (waiting.check, waiting.answer))
-            .unzip();
-        let wanted = checks.iter().any(Check::spends_allowance);
-        let ask = Ask {
-            allowance: if wanted { ALLOWANCE_MAX } else { 0 },
-            returned: lock(&allowance).take_rest(),
-        };
-        window_ends = None;
-        if checks.is_empty() && ask.returned == 0 {
-            continue;
-        }
-        let sent = Instant::now();
-        match call.run(&checks, ask).await {
-            // One answer per check, in order (`run` checks).
-            Ok((results, granted)) => {
-                if let Some(granted) = granted {
-                    let until = sent + ALLOWANCE_WINDOW;
-                    *lock(&allowance) = Allowance {
-                        until: Some(until),
-                        ..granted
-                    };
-                    window_ends = Some(until);
+            let ask = {
+                let mut allowance = lock(&self.allowance);
+                let found_none = checks.iter().any(Check::spends_allowance);
+                Ask {
+                    allowance: allowance.wanted(found_none),
+                    returned: allowance.take_closed(Instant::now()),
                 }
-                for (answer, result) in answers.into_iter().zip(results) {
-                    let _ = answer.send(Ok(result));
-                }
+            };
+            if checks.is_empty() && ask.allowance == 0 && ask.returned == 0 {
+                continue;
             }
-            Err(error) => {
-                for answer in answers {
-                    let _ = answer.send(Err(error.clone()));
+            let sent = Instant::now();
+            match self.call.run(&checks, ask).await {
+                // One answer per check, in order (`run` checks).
+                Ok((results, granted)) => {
+                    lock(&self.allowance).grant(granted, sent);
+                    for (answer, result) in answers.into_iter().zip(results) {
+                        let _ = answer.send(Ok(result));
+                    }
+                }
+                Err(error) => {
+                    lock(&self.allowance).grant(None, sent);
+                    for answer in answers {
+                        let _ = answer.send(Err(error.clone()));
+                    }
                 }
             }
         }
@@ -345,7 +339,7 @@ impl Call {
         &self,
         checks: &[Check],
         ask: Ask,
-    ) -> Result<(Vec<Answer>, Option<Allowance>), redis::RedisError> {
+    ) -> Result<(Vec<Answer>, Option<Granted>), redis::RedisError> {
         let config = &self.config;
         let (user_rate, user_capacity) = config
             .per_user
@@ -365,7 +359,7 @@ impl Call {
             .arg(self.ttl_ms)
             .arg(&self.name)
             .arg(ask.allowance)
-            .arg(u64::try_from(ALLOWANCE_WINDOW.as_micros()).unwrap_or(u64::MAX))
+            .arg(u64::try_from(allowance::WINDOW.as_micros()).unwrap_or(u64::MAX))
             .arg(ask.returned);
         // The budgets are measured as the call leaves: time spent waiting
         // for it is not the caller's to spend twice.
@@ -382,7 +376,7 @@ impl Call {
                 .arg(u64::try_from(budget.as_micros()).unwrap_or(u64::MAX))
                 .arg(check.expected_generation);
         }
-        let (allowance, generation, replies): (u32, i64, Vec<Reply>) =
+        let (allowance, generation, rate, replies): (u32, i64, f64, Vec<Reply>) =
             invocation.invoke_async(&mut self.redis.clone()).await?;
         if replies.len() != checks.len() {
             return Err(redis::RedisError::from((
@@ -395,11 +389,10 @@ impl Call {
             .into_iter()
             .map(Answer::parse)
             .collect::<Result<Vec<_>, _>>()?;
-        let granted = (allowance > 0).then(|| Allowance {
+        let granted = (allowance > 0).then_some(Granted {
             tokens: allowance,
             generation,
-            rate: answers.first().map_or(0.0, |answer| answer.rate),
-            until: None,
+            rate,
         });
         Ok((answers, granted))
     }
