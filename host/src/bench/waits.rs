@@ -1,9 +1,9 @@
 //! Where a job's time went in a run, from the `/metrics` histograms taken
 //! before and after it: the mean submission call (single POSTs' group
 //! commit), model call, limiter check and outcome call (which also claims
-//! the next job). A path whose CPU is not saturated is
-//! bound by these waits, so the figures say which one to shorten. Reads
-//! text only.
+//! the next job). A path whose CPU is not saturated is bound by these
+//! waits, so the figures say which one to shorten. Fetches the instance's
+//! `/metrics` text and reads it; nothing else.
 
 /// Means over one run.
 pub(super) struct Waits {
@@ -73,6 +73,16 @@ fn ms(value: Option<f64>) -> String {
 
 fn count(value: Option<f64>) -> String {
     value.map_or("-".to_owned(), |n| format!("{n:.1}"))
+}
+
+/// The `/metrics` text: every instance this process ran, each its own series.
+pub(super) async fn metrics(client: &reqwest::Client, base: &str) -> anyhow::Result<String> {
+    Ok(client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?)
 }
 
 /// The sum of a metric's samples whose labels contain `label`.
