@@ -8,6 +8,7 @@
 //! state changes append their own events atomically, and a running attempt's
 //! events go through its fence (`crate::queue::Fence`).
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use redis::aio::ConnectionLike;
@@ -17,6 +18,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use spool_runtime::EventType;
+use spool_runtime::event_type::MAX_STREAM_EVENTS;
 
 #[derive(Clone, Debug, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -50,6 +52,65 @@ impl Event {
                 .unwrap_or(true),
             _ => false,
         }
+    }
+}
+
+/// Whether a job's task is over, from its stream's events in order: which
+/// of its jobs ended and which later stages were announced. A stage may end
+/// before its parent's completion is recorded (follow-ups are queued first,
+/// so that a crash cannot lose them), so a root's stream may hold a stage's
+/// end before the root's own: the task is over once the root and every
+/// stage announced on its stream have ended, whatever the order. Stages'
+/// events are copied to the root's stream only, so on a later stage's own
+/// stream its own end is the end.
+#[derive(Debug)]
+pub struct TaskEnd {
+    job_id: String,
+    is_root: bool,
+    ended: HashSet<String>,
+    announced: HashSet<String>,
+}
+
+impl TaskEnd {
+    pub fn new(job_id: &str) -> Self {
+        Self {
+            job_id: job_id.to_owned(),
+            // Follow-up ids are `{root}.{n}[.{m}...]` (worker::follow_up).
+            is_root: !job_id.contains('.'),
+            ended: HashSet::new(),
+            announced: HashSet::new(),
+        }
+    }
+
+    /// Takes in the stream's next `event`; true once the task is over.
+    pub fn see(&mut self, event: &Event) -> bool {
+        let job = event.job_id.as_deref().unwrap_or(&self.job_id);
+        match EventType::parse(&event.event_type) {
+            Some(EventType::TaskCompleted) => {
+                if self.is_root {
+                    let follow_ups = event.data.get("followUps").and_then(Value::as_array);
+                    let ids = follow_ups.into_iter().flatten().filter_map(Value::as_str);
+                    self.announced.extend(ids.map(str::to_owned));
+                }
+                self.ended.insert(job.to_owned());
+            }
+            Some(EventType::TaskCancelled) => {
+                self.ended.insert(job.to_owned());
+            }
+            Some(EventType::TaskFailed) if event.is_terminal() => {
+                self.ended.insert(job.to_owned());
+            }
+            _ => {}
+        }
+        self.is_over()
+    }
+
+    fn is_over(&self) -> bool {
+        self.ended.contains(&self.job_id)
+            && self
+                .announced
+                .iter()
+                .all(|stage| self.ended.contains(stage))
     }
 }
 
@@ -110,6 +171,8 @@ pub struct JobEvents {
     queue: crate::queue::Queue,
     job_id: String,
     key: String,
+    /// What the events delivered so far say of the task.
+    task: TaskEnd,
 }
 
 impl JobEvents {
@@ -119,6 +182,7 @@ impl JobEvents {
             queue: queue.clone(),
             job_id: record.id.clone(),
             key: queue.keys(&record.queue).job(&record.id).events,
+            task: TaskEnd::new(&record.id),
         }
     }
 
@@ -129,17 +193,28 @@ impl JobEvents {
             queue: queue.clone(),
             job_id: job_id.to_owned(),
             key: keys.events,
+            task: TaskEnd::new(job_id),
         }))
     }
 
-    /// Whether the stream's last event leaves it open (a stage still to come).
-    async fn last_event_is_open(&self) -> bool {
+    /// Whether the whole stream leaves the task open (a stage still to
+    /// come). Read whole: a follower that resumed mid-stream did not see
+    /// its start.
+    async fn stream_leaves_task_open(&self) -> bool {
         let mut redis = self.queue.connection();
-        let last: RedisResult<redis::streams::StreamRangeReply> =
-            redis.xrevrange_count(&self.key, "+", "-", 1).await;
-        last.ok()
-            .and_then(|reply| reply.ids.first().map(Event::from_entry))
-            .is_some_and(|event| !event.is_terminal())
+        // Trimmed to about this many: the newest are the ones that matter.
+        let newest: RedisResult<redis::streams::StreamRangeReply> = redis
+            .xrevrange_count(&self.key, "+", "-", 2 * MAX_STREAM_EVENTS)
+            .await;
+        let Ok(newest) = newest else {
+            return false;
+        };
+        let mut task = TaskEnd::new(&self.job_id);
+        let mut over = false;
+        for entry in newest.ids.iter().rev() {
+            over = task.see(&Event::from_entry(entry));
+        }
+        !over
     }
 }
 
@@ -154,8 +229,8 @@ impl crate::follow::Source for JobEvents {
         Event::from_entry(entry)
     }
 
-    fn is_last(entry: &Event) -> bool {
-        entry.is_terminal()
+    fn is_last(&mut self, entry: &Event) -> bool {
+        self.task.see(entry)
     }
 
     fn is_open(&self) -> futures_util::future::BoxFuture<'_, bool> {
@@ -163,9 +238,80 @@ impl crate::follow::Source for JobEvents {
             match self.queue.job(&self.job_id).await {
                 Ok(Some(record)) if !record.state.is_terminal() => true,
                 // A finished root job's later stages may still be running.
-                Ok(Some(_)) => self.last_event_is_open().await,
+                Ok(Some(_)) => self.stream_leaves_task_open().await,
                 _ => false,
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(job_id: Option<&str>, event_type: &str, data: Value) -> Event {
+        Event {
+            id: "1-0".into(),
+            job_id: job_id.map(str::to_owned),
+            event_type: event_type.into(),
+            data,
+            timestamp: 0,
+        }
+    }
+
+    fn over_after(task: &mut TaskEnd, events: &[Event]) -> Vec<bool> {
+        events.iter().map(|event| task.see(event)).collect()
+    }
+
+    #[test]
+    fn a_job_without_stages_is_over_at_its_own_end() {
+        let mut task = TaskEnd::new("a");
+        let events = [
+            event(None, "task_started", json!({})),
+            event(None, "task_failed", json!({"final": false})),
+            event(None, "task_completed", json!({})),
+        ];
+        assert_eq!(over_after(&mut task, &events), [false, false, true]);
+    }
+
+    #[test]
+    fn a_root_is_over_when_its_stages_have_ended_in_either_order() {
+        let stage_end = event(Some("a.1"), "task_completed", json!({}));
+        let root_end = event(None, "task_completed", json!({"followUps": ["a.1"]}));
+        let mut task = TaskEnd::new("a");
+        assert_eq!(
+            over_after(&mut task, &[root_end.clone(), stage_end.clone()]),
+            [false, true]
+        );
+        // The stage ended before its parent's completion was recorded.
+        let mut task = TaskEnd::new("a");
+        assert_eq!(over_after(&mut task, &[stage_end, root_end]), [false, true]);
+    }
+
+    #[test]
+    fn a_stage_that_queues_another_keeps_the_root_open_until_that_one_ends() {
+        let mut task = TaskEnd::new("a");
+        let events = [
+            event(None, "task_completed", json!({"followUps": ["a.1"]})),
+            event(
+                Some("a.1"),
+                "task_completed",
+                json!({"followUps": ["a.1.1"]}),
+            ),
+            event(Some("a.1.1"), "task_failed", json!({"final": false})),
+            event(Some("a.1.1"), "task_cancelled", json!({})),
+        ];
+        assert_eq!(over_after(&mut task, &events), [false, false, false, true]);
+    }
+
+    #[test]
+    fn a_stage_read_on_its_own_stream_is_over_at_its_own_end() {
+        let mut task = TaskEnd::new("a.1");
+        let end = event(None, "task_completed", json!({"followUps": ["a.1.1"]}));
+        assert!(
+            task.see(&end),
+            "its follow-up's events go to the root's stream"
+        );
     }
 }

@@ -37,8 +37,9 @@ pub trait Source: Send + Sync + 'static {
     /// An entry as read from the stream.
     fn parse(entry: &StreamId) -> Self::Entry;
 
-    /// Whether nothing follows this entry.
-    fn is_last(entry: &Self::Entry) -> bool;
+    /// Whether nothing follows this entry, given the entries before it
+    /// that this follower delivered.
+    fn is_last(&mut self, entry: &Self::Entry) -> bool;
 
     /// Asked when the stream was quiet: false when nothing more will come.
     fn is_open(&self) -> BoxFuture<'_, bool>;
@@ -145,7 +146,7 @@ impl<S: Source> Follower<S> {
                     _ => continue,
                 }
                 let entry = S::parse(&raw);
-                self.finished = S::is_last(&entry);
+                self.finished = self.source.is_last(&entry);
                 return Some(Step::Entry(entry));
             }
             if self.finished {

@@ -603,7 +603,7 @@ impl crate::follow::Source for MessageEvents {
         MessageEvent::from_entry(entry)
     }
 
-    fn is_last(entry: &MessageEvent) -> bool {
+    fn is_last(&mut self, entry: &MessageEvent) -> bool {
         entry.event_type == MessageEventType::MessageEnd.as_str()
     }
 
