@@ -484,6 +484,24 @@ async fn the_pipeline_guest_runs_outline_then_document_with_its_business_events(
                 events.last().map(|(_, e, _)| e.as_str()),
                 Some("task_completed")
             );
+            // Resumed after the root's own completion, the stream still knows
+            // the stage it announced: it ends at that stage's end (or at once,
+            // had the stage ended first), not at the next quiet check (15 s).
+            let root_completed = events
+                .iter()
+                .find(|(_, name, data)| name == "task_completed" && data.get("jobId").is_none())
+                .and_then(|(event_id, ..)| event_id.clone())
+                .expect("the root's own completion, with its id");
+            let resumed = read_sse(
+                &host.url(&format!("/stream/status/{job}")),
+                Some(&root_completed),
+                Duration::from_secs(5),
+            )
+            .await;
+            assert!(
+                resumed.iter().all(|(_, name, _)| name != "task_queued"),
+                "resumed after the point: {resumed:?}"
+            );
         } else {
             assert!(
                 stages.is_empty(),

@@ -64,7 +64,7 @@ impl Event {
 /// events are copied to the root's stream only, so on a later stage's own
 /// stream its own end is the end.
 #[derive(Debug)]
-pub struct TaskEnd {
+struct TaskEnd {
     job_id: String,
     is_root: bool,
     ended: HashSet<String>,
@@ -72,7 +72,7 @@ pub struct TaskEnd {
 }
 
 impl TaskEnd {
-    pub fn new(job_id: &str) -> Self {
+    fn new(job_id: &str) -> Self {
         Self {
             job_id: job_id.to_owned(),
             // Follow-up ids are `{root}.{n}[.{m}...]` (worker::follow_up).
@@ -83,7 +83,7 @@ impl TaskEnd {
     }
 
     /// Takes in the stream's next `event`; true once the task is over.
-    pub fn see(&mut self, event: &Event) -> bool {
+    fn see(&mut self, event: &Event) -> bool {
         let job = event.job_id.as_deref().unwrap_or(&self.job_id);
         match EventType::parse(&event.event_type) {
             Some(EventType::TaskCompleted) => {
@@ -232,6 +232,8 @@ impl crate::follow::Source for JobEvents {
     fn is_last(&mut self, entry: &Event) -> bool {
         self.task.see(entry)
     }
+
+    const JUDGES_BY_HISTORY: bool = true;
 
     fn is_open(&self) -> futures_util::future::BoxFuture<'_, bool> {
         Box::pin(async {

@@ -24,6 +24,9 @@ use crate::hub::{Fate, Hub, Position, Refusal, Subscription};
 
 /// Entries read per page of history.
 const PAGE: usize = 200;
+/// Entries before a resume point a source judging by history sees at most
+/// (a job's stream keeps about 1,000).
+const HISTORY_JUDGED: usize = 2_000;
 
 use crate::metrics::Watching;
 
@@ -38,8 +41,12 @@ pub trait Source: Send + Sync + 'static {
     fn parse(entry: &StreamId) -> Self::Entry;
 
     /// Whether nothing follows this entry, given the entries before it
-    /// that this follower delivered.
+    /// (see [`Source::JUDGES_BY_HISTORY`]).
     fn is_last(&mut self, entry: &Self::Entry) -> bool;
+
+    /// `is_last` also sees the entries before a resume point: a follower
+    /// that resumes mid-stream reads them (a page) when it opens.
+    const JUDGES_BY_HISTORY: bool = false;
 
     /// Asked when the stream was quiet: false when nothing more will come.
     fn is_open(&self) -> BoxFuture<'_, bool>;
@@ -121,7 +128,7 @@ impl<S: Source> Follower<S> {
         let key = source.key();
         let subscription = hub.subscribe(key.clone(), holder).await?;
         let catch_up_to = Position::parse(subscription.joined_at()).filter(|joined| *joined > last);
-        Ok(Self {
+        let mut follower = Self {
             redis: subscription.connection(),
             source,
             subscription,
@@ -133,7 +140,33 @@ impl<S: Source> Follower<S> {
             quiet,
             finished: false,
             _watching: Watching::start(),
-        })
+        };
+        if S::JUDGES_BY_HISTORY && last > Position(0, 0) {
+            follower.finished = follower.judge_history().await;
+        }
+        Ok(follower)
+    }
+
+    /// Shows the source the entries up to the resume point; true when the
+    /// last of them was the stream's last. Unreadable history judges nothing:
+    /// the source is asked again when the stream goes quiet.
+    async fn judge_history(&mut self) -> bool {
+        let reply: RedisResult<StreamRangeReply> = redis::cmd("XREVRANGE")
+            .arg(&self.key)
+            .arg(self.last.to_string())
+            .arg("-")
+            .arg("COUNT")
+            .arg(HISTORY_JUDGED)
+            .query_async(&mut self.redis)
+            .await;
+        let Ok(reply) = reply else {
+            return false;
+        };
+        let mut last = false;
+        for raw in reply.ids.iter().rev() {
+            last = self.source.is_last(&S::parse(raw));
+        }
+        last
     }
 
     pub async fn next(&mut self) -> Option<Step<S::Entry>> {
