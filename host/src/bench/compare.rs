@@ -23,7 +23,7 @@ use super::budget::{Budget, Snapshot, process_cpu};
 use super::instance::{
     CHAT_QUEUE, NOOP_QUEUE, PATIENCE, control_queue, flush, redis_url, start_spool, wait_completed,
 };
-use super::waits::{self, Waits};
+use super::waits::{Waits, metrics_text};
 
 pub(super) const NOOP: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/noop.wasm"));
 const PACKAGE_JSON: &str = include_str!("../../../bench/compare/package.json");
@@ -267,7 +267,7 @@ async fn spool_run(
         let keys = QueueKeys::new(queue_name, KeyLayout::SingleNode);
         queue.set_paused(&keys, true).await?;
         // From before the submission: Wasm counts admit (at submission) + handle.
-        let metrics_before = waits::metrics(&client, &base).await?;
+        let metrics_before = metrics_text(&client, &base).await?;
         let submitted = Instant::now();
         bulk_submit(&client, &base, queue_name, jobs, &item).await?;
         let submit_rate = jobs as f64 / submitted.elapsed().as_secs_f64();
@@ -279,7 +279,7 @@ async fn spool_run(
         let elapsed = started.elapsed();
         let host_cpu = process_cpu() - cpu_before;
         let after = Snapshot::take(redis).await?;
-        let metrics_after = waits::metrics(&client, &base).await?;
+        let metrics_after = metrics_text(&client, &base).await?;
         let wasm = wasm_seconds(&metrics_after) - wasm_seconds(&metrics_before);
         let waits = Waits::between(&metrics_before, &metrics_after, jobs);
         Ok::<_, anyhow::Error>(SpoolRun {

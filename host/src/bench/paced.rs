@@ -19,7 +19,7 @@ use spool_runtime::{Admitted, Job, JobHost, Limits, Runtime};
 
 use super::budget::{Budget, Snapshot, process_cpu};
 use super::instance::{NOOP_QUEUE, flush, redis_url, start_spool, wait_completed};
-use super::waits::{self, Waits};
+use super::waits::{Waits, metrics_text};
 
 /// The paced run lasts at most this long, or [`MAX_JOBS`] jobs.
 pub const MAX_SECONDS: f64 = 10.0;
@@ -88,7 +88,7 @@ pub(super) async fn paced_run(
         let base = format!("http://{}", running.addr);
         let submit_url = format!("{base}/api/queues/{NOOP_QUEUE}/jobs");
         let client = reqwest::Client::new();
-        let metrics_before = waits::metrics(&client, &base).await?;
+        let metrics_before = metrics_text(&client, &base).await?;
         let before = Snapshot::take(redis).await?;
         let (cpu_before, started) = (process_cpu(), Instant::now());
         // The client runs on a thread and runtime of its own, as one in
@@ -104,7 +104,7 @@ pub(super) async fn paced_run(
         let polls = wait_completed(redis, NOOP_QUEUE, jobs).await?;
         let (host_cpu, seconds) = (process_cpu() - cpu_before, started.elapsed().as_secs_f64());
         let after = Snapshot::take(redis).await?;
-        let metrics_after = waits::metrics(&client, &base).await?;
+        let metrics_after = metrics_text(&client, &base).await?;
         post_times.sort_unstable();
         let post_ms = |q: f64| percentile(&post_times, q) as f64 / 1e3;
         let warm_up_jobs = ((rate * WARM_UP_SECONDS) as usize).min(jobs / 5);

@@ -76,7 +76,7 @@ fn count(value: Option<f64>) -> String {
 }
 
 /// The `/metrics` text: every instance this process ran, each its own series.
-pub(super) async fn metrics(client: &reqwest::Client, base: &str) -> anyhow::Result<String> {
+pub(super) async fn metrics_text(client: &reqwest::Client, base: &str) -> anyhow::Result<String> {
     Ok(client
         .get(format!("{base}/metrics"))
         .send()
