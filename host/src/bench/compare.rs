@@ -42,8 +42,8 @@ pub struct CompareArgs {
     /// Jobs queued for the memory figures.
     #[arg(long, default_value_t = 100_000)]
     memory_jobs: usize,
-    /// Rate of the paced run, in jobs/s (default: half the measured no-op
-    /// maximum at the first concurrency).
+    /// Rate of the paced run, in jobs/s (default: half the best no-op rate
+    /// measured, run at the concurrency that reached it).
     #[arg(long)]
     paced_rate: Option<f64>,
     /// spool's figures only (no node or npm needed).
@@ -150,18 +150,18 @@ async fn compare(args: &CompareArgs, dir: &Path) -> Result<()> {
         report.rows.push(chat.row("spool chat"));
     }
 
-    let chat_concurrency = args.concurrency.first().copied().unwrap_or(16);
     if !args.chat_only {
-        // Paced at half the no-op maximum measured above, at the same concurrency.
-        let noop_max = report
+        // Paced at half spool's no-op maximum: the best rate of the
+        // concurrencies run above, with the workers that reached it.
+        let (concurrency, noop_max) = report
             .rows
             .iter()
-            .find(|r| r.system == "spool no-op" && r.concurrency == chat_concurrency)
-            .map_or(0.0, |r| r.rate);
+            .filter(|r| r.system == "spool no-op")
+            .max_by(|a, b| a.rate.total_cmp(&b.rate))
+            .map_or((16, 0.0), |r| (r.concurrency, r.rate));
         let paced_rate = args.paced_rate.unwrap_or(noop_max / 2.0);
-        report.paced = Some(
-            super::paced::paced_run(&mut redis, &noop_path, chat_concurrency, paced_rate).await?,
-        );
+        report.paced =
+            Some(super::paced::paced_run(&mut redis, &noop_path, concurrency, paced_rate).await?);
         report.paced_rate_given = args.paced_rate.is_some();
         report.wasm = Some(super::paced::wasm_per_job(NOOP).await?);
     }
@@ -554,14 +554,15 @@ impl Report {
         }
         if let Some(paced) = &self.paced {
             println!(
-                "\nPaced submissions: {} no-op jobs, one POST each (from this process) at {:.0} jobs/s ({})",
+                "\nPaced submissions: {} no-op jobs, one POST each (from this process) at {:.0} jobs/s ({}), concurrency {}",
                 paced.jobs,
                 paced.rate,
                 if self.paced_rate_given {
                     "--paced-rate"
                 } else {
-                    "half the no-op maximum above"
-                }
+                    "half the best no-op rate above"
+                },
+                paced.concurrency
             );
             println!(
                 "  submit -> start (created_at -> first claim, 1 ms clock): p50 {} ms, p99 {} ms, max {} ms    target p99 <= 5 ms",
