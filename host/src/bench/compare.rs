@@ -91,7 +91,10 @@ async fn compare(args: &CompareArgs, dir: &Path) -> Result<()> {
         args.jobs, args.concurrency
     );
 
-    let mut report = Report::default();
+    let mut report = Report {
+        cores,
+        ..Report::default()
+    };
     if args.paced_only {
         let rate = args.paced_rate.unwrap_or_default();
         let concurrency = args.concurrency.first().copied().unwrap_or(16);
@@ -457,6 +460,8 @@ struct Report {
     wasm: Option<super::paced::WasmPerJob>,
     bullmq_submit: Option<f64>,
     spool_submit: Option<f64>,
+    /// The machine's cores, for each run's CPU ceiling.
+    cores: usize,
 }
 
 impl Report {
@@ -484,18 +489,29 @@ impl Report {
             "\nProcessing (all N queued first, then timed from the worker's start to the Nth completion)"
         );
         println!(
-            "  {:<14} {:>5} {:>10} {:>8}",
-            "system", "conc", "jobs/s", "/BullMQ"
+            "  {:<14} {:>5} {:>10} {:>8} {:>13} {:>14}",
+            "system", "conc", "jobs/s", "/BullMQ", "CPU us/job", "CPU ceiling"
         );
         for row in &self.rows {
+            // Redis and the queue's process together; the ceiling is the
+            // rate at which they would keep every core busy.
+            let cpu_us = row.budget.redis_cpu_us + row.budget.host_cpu_us;
+            let ceiling = self.cores as f64 * 1e6 / cpu_us;
             println!(
-                "  {:<14} {:>5} {:>10.0} {:>8}",
+                "  {:<14} {:>5} {:>10.0} {:>8} {:>13.1} {:>8.0} ({:>3.0} %)",
                 row.system,
                 row.concurrency,
                 row.rate,
-                ratio(row.rate, self.bullmq_rate(row.concurrency))
+                ratio(row.rate, self.bullmq_rate(row.concurrency)),
+                cpu_us,
+                ceiling,
+                100.0 * row.rate / ceiling
             );
         }
+        println!(
+            "  (CPU us/job: Redis' and the queue process' CPU per job, from the budget below; CPU ceiling: the jobs/s at which they would keep all {} cores busy, and how much of it the run reached)",
+            self.cores
+        );
         println!(
             "\nPer-job budget while processing (Redis INFO deltas / N; host CPU = the queue's process)"
         );
@@ -574,12 +590,14 @@ impl Report {
             );
             let b = &paced.budget;
             println!(
-                "  per job: Redis CPU {:.1} us ({:.0} % of a core over the run), {:.2} commands, {:.2} Redis reads; this process (instance and client) {:.1} us CPU",
+                "  per job: Redis CPU {:.1} us ({:.0} % of a core over the run), {:.2} commands, {:.2} Redis reads; this process (instance and client) {:.1} us CPU; together {:.2} of the {} cores",
                 b.redis_cpu_us,
                 b.redis_cpu_us * paced.jobs as f64 / paced.seconds / 1e4,
                 b.commands,
                 b.round_trips,
-                b.host_cpu_us
+                b.host_cpu_us,
+                (b.redis_cpu_us + b.host_cpu_us) * paced.jobs as f64 / paced.seconds / 1e6,
+                self.cores
             );
             println!(
                 "  a POST answered in p50 {:.2} ms, p99 {:.2} ms; {}",
