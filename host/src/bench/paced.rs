@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use redis::aio::MultiplexedConnection;
+use serde_json::json;
 use tokio::task::JoinSet;
 
 use spool_runtime::{Admitted, Job, JobHost, Limits, Runtime};
@@ -148,20 +149,13 @@ fn percentile(values: &[u64], q: f64) -> u64 {
 /// POSTs `jobs` no-op jobs, the i-th at `i / rate` seconds, or as soon
 /// after as one of [`MAX_IN_FLIGHT`] answers; returns their ids in the order
 /// they were sent, how long each POST took to be answered (in µs) and how
-/// many were sent late for want of a slot. The URL is parsed once and a
-/// reply read for its id alone: the client shares the instance's cores.
+/// many were sent late for want of a slot.
 async fn submit_paced(
     submit_url: String,
     jobs: usize,
     rate: f64,
 ) -> Result<(Vec<String>, Vec<u64>, usize)> {
-    #[derive(serde::Deserialize)]
-    struct Accepted {
-        #[serde(rename = "jobId")]
-        job_id: String,
-    }
     let client = reqwest::Client::new();
-    let submit_url = reqwest::Url::parse(&submit_url)?;
     let interval = Duration::from_secs_f64(1.0 / rate);
     let started = tokio::time::Instant::now();
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
@@ -176,22 +170,25 @@ async fn submit_paced(
                 slots.clone().acquire_owned().await?
             }
         };
-        let request = client
-            .post(submit_url.clone())
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(format!(r#"{{"payload":{{"n":{i}}}}}"#));
+        let (client, submit_url) = (client.clone(), submit_url.clone());
         submissions.spawn(async move {
             let _slot = slot;
             let sent = Instant::now();
-            let response = request.send().await?;
-            let status = response.status();
-            let body = response.bytes().await?;
-            if status != reqwest::StatusCode::ACCEPTED {
-                bail!("submission refused: {}", String::from_utf8_lossy(&body));
+            let response = client
+                .post(submit_url)
+                .header("content-type", "application/json")
+                .body(json!({ "payload": { "n": i } }).to_string())
+                .send()
+                .await?;
+            if response.status() != reqwest::StatusCode::ACCEPTED {
+                bail!("submission refused: {}", response.text().await?);
             }
-            let accepted: Accepted =
-                serde_json::from_slice(&body).context("a job id in the reply")?;
-            Ok((i, accepted.job_id, sent.elapsed().as_micros() as u64))
+            let reply: serde_json::Value = serde_json::from_str(&response.text().await?)?;
+            let id = reply["jobId"]
+                .as_str()
+                .map(str::to_owned)
+                .context("a job id in the reply")?;
+            Ok((i, id, sent.elapsed().as_micros() as u64))
         });
     }
     let mut answered = Vec::with_capacity(jobs);
