@@ -584,6 +584,15 @@ impl Report {
                 "  submit -> start (created_at -> first claim, 1 ms clock): p50 {} ms, p99 {} ms, max {} ms    target p99 <= 5 ms",
                 paced.p50_ms, paced.p99_ms, paced.max_ms
             );
+            let by_second: Vec<String> = paced
+                .p99_by_second_ms
+                .iter()
+                .map(|p99| p99.map_or("-".to_owned(), |p99| p99.to_string()))
+                .collect();
+            println!(
+                "  p99 of the jobs submitted in each second of the run: {} ms (one second far above the others: a stall the queue drained after; every second high: past the instance's knee)",
+                by_second.join(", ")
+            );
             println!(
                 "  (the first {} jobs, sent at the same rate as the fresh instance warmed up, are not in these figures: their p99 was {} ms)",
                 paced.warm_up_jobs, paced.warm_up_p99_ms

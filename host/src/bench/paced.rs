@@ -48,6 +48,10 @@ pub(super) struct Paced {
     pub p50_ms: u64,
     pub p99_ms: u64,
     pub max_ms: u64,
+    /// The p99 of the jobs submitted in each second of the run, in order:
+    /// one second far above the others is a stall the queue then drained,
+    /// every second high an instance past its knee.
+    pub p99_by_second_ms: Vec<Option<u64>>,
     /// The warm-up's jobs, before those measured, and their p99.
     pub warm_up_jobs: usize,
     pub warm_up_p99_ms: u64,
@@ -109,11 +113,11 @@ pub(super) async fn paced_run(
         let post_ms = |q: f64| percentile(&post_times, q) as f64 / 1e3;
         let warm_up_jobs = ((rate * WARM_UP_SECONDS) as usize).min(jobs / 5);
         let (warm_up, measured) = ids.split_at(warm_up_jobs);
-        let mut waits = queue_waits(redis, measured).await?;
-        waits.sort_unstable();
+        let timed = queue_waits(redis, measured).await?;
+        let p99_by_second_ms = p99_by_second(&timed);
+        let waits = sorted_waits(timed);
         let at = |q: f64| percentile(&waits, q);
-        let mut warm_up_waits = queue_waits(redis, warm_up).await?;
-        warm_up_waits.sort_unstable();
+        let warm_up_waits = sorted_waits(queue_waits(redis, warm_up).await?);
         Ok::<_, anyhow::Error>(Paced {
             rate,
             concurrency,
@@ -121,6 +125,7 @@ pub(super) async fn paced_run(
             p50_ms: at(0.50),
             p99_ms: at(0.99),
             max_ms: waits.last().copied().unwrap_or(0),
+            p99_by_second_ms,
             warm_up_jobs,
             warm_up_p99_ms: percentile(&warm_up_waits, 0.99),
             held_back,
@@ -201,8 +206,39 @@ async fn submit_paced(
     Ok((ids, post_times, held_back))
 }
 
-/// Each job's `first_started_at - created_at`, in ms, read in pipelined batches.
-async fn queue_waits(redis: &mut MultiplexedConnection, ids: &[String]) -> Result<Vec<u64>> {
+/// The waits of `(created_at, wait)` pairs, shortest first.
+fn sorted_waits(timed: Vec<(u64, u64)>) -> Vec<u64> {
+    let mut waits: Vec<u64> = timed.into_iter().map(|(_, wait)| wait).collect();
+    waits.sort_unstable();
+    waits
+}
+
+/// The p99 wait of the jobs created in each second from the first one's
+/// creation, for `(created_at, wait)` pairs in ms (`None`: no job that second).
+fn p99_by_second(timed: &[(u64, u64)]) -> Vec<Option<u64>> {
+    let Some(first) = timed.iter().map(|(created, _)| *created).min() else {
+        return Vec::new();
+    };
+    let mut seconds: Vec<Vec<u64>> = Vec::new();
+    for &(created, wait) in timed {
+        let second = ((created - first) / 1000) as usize;
+        if seconds.len() <= second {
+            seconds.resize_with(second + 1, Vec::new);
+        }
+        seconds[second].push(wait);
+    }
+    seconds
+        .into_iter()
+        .map(|mut waits| {
+            waits.sort_unstable();
+            (!waits.is_empty()).then(|| percentile(&waits, 0.99))
+        })
+        .collect()
+}
+
+/// Each job's `(created_at, first_started_at - created_at)`, in ms, read in
+/// pipelined batches.
+async fn queue_waits(redis: &mut MultiplexedConnection, ids: &[String]) -> Result<Vec<(u64, u64)>> {
     let mut waits = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(1000) {
         let mut pipe = redis::pipe();
@@ -221,7 +257,7 @@ async fn queue_waits(redis: &mut MultiplexedConnection, ids: &[String]) -> Resul
             let (Some(created), Some(started)) = (created, started) else {
                 bail!("a completed job's record lacks created_at or first_started_at");
             };
-            waits.push(started.saturating_sub(created));
+            waits.push((created, started.saturating_sub(created)));
         }
     }
     Ok(waits)
@@ -295,4 +331,21 @@ pub async fn wasm_per_job(noop: &[u8]) -> Result<WasmPerJob> {
         admit_reused_us,
         handle_us,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn p99_by_second_groups_jobs_by_the_second_they_were_created_in() {
+        // Second 0: 100 jobs waiting 1 ms but the two slowest 40 ms (the
+        // p99 of 100 values is the 99th); second 1 empty; second 2: 5 and 3.
+        let mut timed: Vec<(u64, u64)> = (0..100).map(|i| (10_000 + i, 1)).collect();
+        timed[99].1 = 40;
+        timed[98].1 = 40;
+        timed.extend([(12_500, 5), (12_999, 3)]);
+        assert_eq!(p99_by_second(&timed), vec![Some(40), None, Some(5)]);
+        assert!(p99_by_second(&[]).is_empty());
+    }
 }
