@@ -166,6 +166,7 @@ async fn compare(args: &CompareArgs, dir: &Path) -> Result<()> {
         report.paced =
             Some(super::paced::paced_run(&mut redis, &noop_path, concurrency, paced_rate).await?);
         report.paced_rate_given = args.paced_rate.is_some();
+        report.burst = Some(super::paced::burst_run(&mut redis, &noop_path).await?);
         report.wasm = Some(super::paced::wasm_per_job(NOOP).await?);
     }
     let memory = if args.chat_only {
@@ -457,6 +458,7 @@ struct Report {
     rows: Vec<Row>,
     paced: Option<super::paced::Paced>,
     paced_rate_given: bool,
+    burst: Option<super::paced::Burst>,
     wasm: Option<super::paced::WasmPerJob>,
     bullmq_submit: Option<f64>,
     spool_submit: Option<f64>,
@@ -621,6 +623,16 @@ impl Report {
                     paced.held_back, paced.max_in_flight
                 );
             }
+        }
+        if let Some(burst) = &self.burst {
+            println!(
+                "\nBursts: {} bulks of {} no-op jobs, each to an idle instance with {} workers, once the one before completed",
+                burst.bursts, burst.jobs, burst.jobs
+            );
+            println!(
+                "  submit -> start (created_at -> first claim, 1 ms clock): p50 {} ms, max {} ms",
+                burst.p50_ms, burst.max_ms
+            );
         }
         println!("\nCommands per job, most called first, with the µs inside them per job");
         let paced = self

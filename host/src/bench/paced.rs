@@ -35,6 +35,12 @@ const WARM_UP_SECONDS: f64 = 0.5;
 /// out of file descriptors. One that must wait for a slot is sent late, and
 /// counted.
 const MAX_IN_FLIGHT: usize = 256;
+/// Jobs of one burst of [`burst_run`], and workers of its instance; bursts.
+const BURST_JOBS: usize = 64;
+const BURSTS: usize = 5;
+/// How long the instance is left idle before each burst: long enough for
+/// every worker to be waiting for a wake-up.
+const IDLE_BEFORE_BURST: Duration = Duration::from_millis(300);
 /// Calls per batch of [`wasm_per_job`], and batches per figure: each figure
 /// is its fastest batch, so a batch another process preempted does not count.
 const WASM_CALLS: u32 = 1000;
@@ -135,6 +141,68 @@ pub(super) async fn paced_run(
             post_p99_ms: post_ms(0.99),
             waits: Waits::between(&metrics_before, &metrics_after, jobs),
             seconds,
+        })
+    }
+    .await;
+    running.stop().await;
+    result
+}
+
+/// Queue waits of jobs that arrive together at an idle instance.
+pub(super) struct Burst {
+    pub jobs: usize,
+    pub bursts: usize,
+    pub p50_ms: u64,
+    pub max_ms: u64,
+}
+
+/// Submits [`BURSTS`] bulks of [`BURST_JOBS`] no-op jobs, one at a time to
+/// an idle instance with as many workers, each once the one before has
+/// completed; reads each job's created -> first-claimed wait. It measures
+/// how fast idle workers take up work that arrives at once.
+pub(super) async fn burst_run(
+    redis: &mut MultiplexedConnection,
+    noop_path: &Path,
+) -> Result<Burst> {
+    flush(redis).await?;
+    let url = redis_url(redis).await?;
+    let total = BURST_JOBS * BURSTS;
+    let running = start_spool(&url, noop_path, BURST_JOBS, total as u64).await?;
+    let result = async {
+        let client = reqwest::Client::new();
+        let bulk_url = format!("http://{}/api/queues/{NOOP_QUEUE}/jobs/bulk", running.addr);
+        let mut waits = Vec::with_capacity(total);
+        for burst in 1..=BURSTS {
+            tokio::time::sleep(IDLE_BEFORE_BURST).await;
+            let jobs: Vec<_> = (0..BURST_JOBS)
+                .map(|i| json!({ "payload": { "n": i } }))
+                .collect();
+            let response = client
+                .post(&bulk_url)
+                .header("content-type", "application/json")
+                .body(json!({ "jobs": jobs }).to_string())
+                .send()
+                .await?;
+            if response.status() != reqwest::StatusCode::ACCEPTED {
+                bail!("burst refused: {}", response.text().await?);
+            }
+            let reply: serde_json::Value = serde_json::from_str(&response.text().await?)?;
+            let ids = reply["jobs"]
+                .as_array()
+                .context("the burst's jobs in the reply")?
+                .iter()
+                .map(|job| job["jobId"].as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>()
+                .context("a job id for each of the burst's jobs")?;
+            wait_completed(redis, NOOP_QUEUE, burst * BURST_JOBS).await?;
+            waits.extend(queue_waits(redis, &ids).await?);
+        }
+        let waits = sorted_waits(waits);
+        Ok::<_, anyhow::Error>(Burst {
+            jobs: BURST_JOBS,
+            bursts: BURSTS,
+            p50_ms: percentile(&waits, 0.50),
+            max_ms: waits.last().copied().unwrap_or(0),
         })
     }
     .await;
