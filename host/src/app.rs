@@ -24,7 +24,7 @@ use spool_core::hub::Hub;
 use spool_core::intake::Route;
 use spool_core::models::{BackendConfig, BackendKind, ModelClient, OllamaApi};
 use spool_core::queue::{Queue, QueueKeys, Retention};
-use spool_core::worker::{DryQueues, RunningJobs, WorkerRestarts, Workers};
+use spool_core::worker::{DryQueues, RunningJobs, Wake, WorkerRestarts, Workers};
 use spool_runtime::Runtime;
 use {crate::BUILT_IN, spool_core::registry::Registry};
 
@@ -94,8 +94,21 @@ pub async fn start(config: Config) -> Result<Running> {
         spool_core::store::StoreKeys::of(&queue.keys(&config.sessions.task_queue)),
     );
     let routes = open_queues(&config, &queue).await?;
-    let intake =
-        spool_core::intake::Intake::new(queue.clone(), runtime.clone(), registry.clone(), routes);
+    let idle = Arc::new(Notify::new());
+    let idle_poll = Duration::from_millis(config.workers.idle_poll_ms.max(10));
+    let dry = Arc::new(DryQueues::new(routes.keys().cloned(), idle_poll));
+    let wake = Arc::new(Wake::new(
+        dry.clone(),
+        idle.clone(),
+        config.workers.concurrency,
+    ));
+    let intake = spool_core::intake::Intake::new(
+        queue.clone(),
+        runtime.clone(),
+        registry.clone(),
+        routes,
+        wake.clone(),
+    );
 
     let retention = Retention {
         completed_secs: config.retention.completed_secs,
@@ -105,17 +118,13 @@ pub async fn start(config: Config) -> Result<Running> {
         message_events: config.sessions.max_events,
     };
     let shutdown = CancellationToken::new();
-    let wake = Arc::new(Notify::new());
-    let idle_poll = Duration::from_millis(config.workers.idle_poll_ms.max(10));
-    let dry = Arc::new(DryQueues::new(intake.routes.keys().cloned(), idle_poll));
     let running = Arc::new(RunningJobs::default());
     let restarts = Arc::new(WorkerRestarts::default());
     let mut background = JoinSet::new();
     background.spawn(listen_for_signals(
         pubsub.clone(),
         intake.routes.values().map(|r| r.keys.clone()).collect(),
-        wake.clone(),
-        dry.clone(),
+        wake,
         running.clone(),
         shutdown.clone(),
     ));
@@ -139,7 +148,7 @@ pub async fn start(config: Config) -> Result<Running> {
         retention,
         idle_poll,
         visibility: Duration::from_millis(config.workers.visibility_timeout_ms),
-        wake,
+        wake: idle,
         sessions: sessions.clone(),
         running,
         restarts: restarts.clone(),
@@ -620,8 +629,7 @@ async fn recover_abandoned_jobs(
 async fn listen_for_signals(
     pubsub: PubSubNodes,
     queues: Vec<QueueKeys>,
-    wake: Arc<Notify>,
-    dry: Arc<DryQueues>,
+    wake: Arc<Wake>,
     running: Arc<RunningJobs>,
     shutdown: CancellationToken,
 ) {
@@ -638,18 +646,14 @@ async fn listen_for_signals(
     loop {
         if let Ok(mut messages) = pubsub.subscribe(&channels).await {
             // What was announced while unsubscribed is lost.
-            dry.announced_everywhere();
-            wake.notify_waiters();
+            wake.announced_everywhere();
             loop {
                 tokio::select! {
                     message = messages.next() => match message {
                         Some((channel, job)) if cancels.contains(&channel) => {
                             running.cancel(&job);
                         }
-                        Some((_, queue)) => {
-                            dry.announced(&queue);
-                            wake.notify_one();
-                        }
+                        Some((_, queue)) => wake.announced(&queue),
                         None => break,
                     },
                     _ = shutdown.cancelled() => return,

@@ -18,6 +18,15 @@ use crate::queue::{
 use crate::registry::Registry;
 use spool_runtime::{Admitted, FailureKind, HandlerComponent, Job, PriorityDecision, Runtime};
 
+/// Told of the jobs this instance queued, once Redis holds them, so that
+/// its own idle workers wake for each at once. The queue's Pub/Sub
+/// announcement wakes one worker per submission call (on every instance),
+/// and the others follow one at a time, each as the one before found work:
+/// a claim's round trip between the starts of one call's jobs.
+pub trait Announce: Send + Sync {
+    fn queued(&self, queue: &str, jobs: usize);
+}
+
 /// The fields the host itself reads from a submission; the handler reads the
 /// payload.
 #[derive(Clone, Debug, Default)]
@@ -113,6 +122,7 @@ pub struct Intake {
     pub registry: Arc<Registry>,
     pub routes: Arc<BTreeMap<String, Route>>,
     submissions: Arc<group::Submissions>,
+    announce: Arc<dyn Announce>,
 }
 
 impl Intake {
@@ -123,9 +133,11 @@ impl Intake {
         runtime: Arc<Runtime>,
         registry: Arc<Registry>,
         routes: BTreeMap<String, Route>,
+        announce: Arc<dyn Announce>,
     ) -> Self {
         Self {
             submissions: Arc::new(group::Submissions::start(&queue, &routes)),
+            announce,
             queue,
             runtime,
             registry,
@@ -195,6 +207,7 @@ impl Intake {
         };
         match self.submissions.submit(&self.queue, new_job).await {
             Ok(_) => {
+                self.announce.queued(queue, 1);
                 metrics::job_submitted(queue, decision.class);
                 Ok(Accepted {
                     id,
@@ -271,6 +284,11 @@ impl Intake {
             }
             Err(BulkSubmitError::Redis(error)) => return Err(IntakeError::Redis(error).into()),
         };
+        let queued = items
+            .iter()
+            .filter(|item| matches!(item, BulkItem::Queued(_)))
+            .count();
+        self.announce.queued(queue, queued);
         Ok(new_jobs
             .iter()
             .zip(items)

@@ -32,6 +32,7 @@ mod running;
 
 use follow_up::NotQueued;
 mod supervise;
+mod wake;
 mod write_behind;
 
 use dispatch::Assigned;
@@ -39,6 +40,7 @@ pub use dispatch::Dispatch;
 pub use dry::DryQueues;
 pub use running::RunningJobs;
 pub use supervise::WorkerRestarts;
+pub use wake::Wake;
 mod host;
 
 use host::WorkerHost;
