@@ -75,14 +75,22 @@ mod tests {
         workers
     }
 
-    async fn woken(workers: &mut tokio::task::JoinSet<()>) -> usize {
-        let mut woken = 0;
-        while let Ok(Some(_)) =
-            tokio::time::timeout(Duration::from_millis(50), workers.join_next()).await
-        {
-            woken += 1;
+    /// Exactly `expected` of `workers` wake: each is awaited (a slow machine
+    /// only delays them), and then no other wakes within 50 ms.
+    async fn assert_woken(workers: &mut tokio::task::JoinSet<()>, expected: usize, why: &str) {
+        for n in 1..=expected {
+            let joined = tokio::time::timeout(Duration::from_secs(10), workers.join_next()).await;
+            assert!(
+                matches!(joined, Ok(Some(Ok(())))),
+                "{why}: only {} woke",
+                n - 1
+            );
         }
-        woken
+        let more = tokio::time::timeout(Duration::from_millis(50), workers.join_next()).await;
+        assert!(
+            !matches!(more, Ok(Some(_))),
+            "{why}: more than {expected} woke"
+        );
     }
 
     #[tokio::test]
@@ -92,19 +100,15 @@ mod tests {
         let wake = Wake::new(dry.clone(), idle.clone(), 8);
         dry.ran_dry("q", dry.seen("q"), None);
 
-        let mut workers = idle_workers(&idle, 5).await;
+        let mut workers = idle_workers(&idle, 6).await;
         wake.queued("q", 3);
-        assert_eq!(woken(&mut workers).await, 3, "one worker a job");
+        assert_woken(&mut workers, 3, "one worker a job").await;
         assert_eq!(dry.is_dry("q"), None, "the woken find the queue open");
 
         wake.announced("q");
-        assert_eq!(woken(&mut workers).await, 1, "an announcement wakes one");
+        assert_woken(&mut workers, 1, "an announcement wakes one").await;
         wake.announced_everywhere();
-        assert_eq!(
-            woken(&mut workers).await,
-            1,
-            "a lost subscription wakes all"
-        );
+        assert_woken(&mut workers, 2, "a lost subscription wakes all").await;
     }
 
     #[tokio::test]
@@ -114,6 +118,6 @@ mod tests {
         let wake = Wake::new(dry, idle.clone(), 4);
         let mut workers = idle_workers(&idle, 6).await;
         wake.queued("q", 1000);
-        assert_eq!(woken(&mut workers).await, 4);
+        assert_woken(&mut workers, 4, "a worker each, up to every worker").await;
     }
 }
