@@ -314,17 +314,28 @@ pub(super) async fn bulk_submit(
     };
     for start in (0..jobs).step_by(BATCH) {
         let batch: Vec<Value> = (start..jobs.min(start + BATCH)).map(item).collect();
-        let response = client
-            .post(&url)
-            .header("content-type", "application/json")
-            .body(json!({ "jobs": batch }).to_string())
-            .send()
-            .await?;
-        if response.status() != reqwest::StatusCode::ACCEPTED {
-            bail!("bulk submission refused: {}", response.text().await?);
-        }
+        post_bulk(client, &url, &batch).await?;
     }
     Ok(())
+}
+
+/// POSTs one bulk of `jobs` to `url`; the answer, once it says they were
+/// accepted (its body unread).
+pub(super) async fn post_bulk(
+    client: &reqwest::Client,
+    url: &str,
+    jobs: &[Value],
+) -> Result<reqwest::Response> {
+    let response = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(json!({ "jobs": jobs }).to_string())
+        .send()
+        .await?;
+    if response.status() != reqwest::StatusCode::ACCEPTED {
+        bail!("bulk submission refused: {}", response.text().await?);
+    }
+    Ok(response)
 }
 
 /// Seconds spent in Wasm (every hook) so far, from the `/metrics` text.

@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 use spool_runtime::{Admitted, Job, JobHost, Limits, Runtime};
 
 use super::budget::{Budget, Snapshot, process_cpu};
+use super::compare::post_bulk;
 use super::instance::{NOOP_QUEUE, flush, redis_url, start_spool, wait_completed};
 use super::waits::{Waits, metrics_text};
 
@@ -177,16 +178,8 @@ pub(super) async fn burst_run(
             let jobs: Vec<_> = (0..BURST_JOBS)
                 .map(|i| json!({ "payload": { "n": i } }))
                 .collect();
-            let response = client
-                .post(&bulk_url)
-                .header("content-type", "application/json")
-                .body(json!({ "jobs": jobs }).to_string())
-                .send()
-                .await?;
-            if response.status() != reqwest::StatusCode::ACCEPTED {
-                bail!("burst refused: {}", response.text().await?);
-            }
-            let reply: serde_json::Value = serde_json::from_str(&response.text().await?)?;
+            let answer = post_bulk(&client, &bulk_url, &jobs).await?.text().await?;
+            let reply: serde_json::Value = serde_json::from_str(&answer)?;
             let ids = reply["jobs"]
                 .as_array()
                 .context("the burst's jobs in the reply")?
