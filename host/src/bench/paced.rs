@@ -31,6 +31,12 @@ pub const MAX_JOBS: usize = 20_000;
 /// the guest's free pages held the worker thread for tens of ms. Their own
 /// p99 is printed beside. At most a fifth of the run.
 const WARM_UP_SECONDS: f64 = 0.5;
+/// The run's jobs are also grouped by when they were submitted, in windows
+/// this long: a run lasts a second or two, and a tenth of one is still a
+/// thousand jobs at the rates measured.
+const WINDOW_MS: u64 = 100;
+/// The bound on a paced job's p99 submit -> start.
+pub(super) const TARGET_P99_MS: u64 = 5;
 /// Submissions in flight at most: past the instance's knee, an open-loop
 /// client would open a connection per waiting request until the process ran
 /// out of file descriptors. One that must wait for a slot is sent late, and
@@ -55,10 +61,10 @@ pub(super) struct Paced {
     pub p50_ms: u64,
     pub p99_ms: u64,
     pub max_ms: u64,
-    /// The p99 of the jobs submitted in each second of the run, in order:
-    /// one second far above the others is a stall the queue then drained,
-    /// every second high an instance past its knee.
-    pub p99_by_second_ms: Vec<Option<u64>>,
+    /// The p99s of the jobs submitted in each [`WINDOW_MS`] of the run:
+    /// a few windows far above the others are short stalls the queue then
+    /// drained, most windows high an instance past its knee.
+    pub windows: Windows,
     /// The warm-up's jobs, before those measured, and their p99.
     pub warm_up_jobs: usize,
     pub warm_up_p99_ms: u64,
@@ -121,7 +127,7 @@ pub(super) async fn paced_run(
         let warm_up_jobs = ((rate * WARM_UP_SECONDS) as usize).min(jobs / 5);
         let (warm_up, measured) = ids.split_at(warm_up_jobs);
         let timed = queue_waits(redis, measured).await?;
-        let p99_by_second_ms = p99_by_second(&timed);
+        let windows = Windows::of(&p99_by_window(&timed), TARGET_P99_MS);
         let waits = sorted_waits(timed);
         let at = |q: f64| percentile(&waits, q);
         let warm_up_waits = sorted_waits(queue_waits(redis, warm_up).await?);
@@ -132,7 +138,7 @@ pub(super) async fn paced_run(
             p50_ms: at(0.50),
             p99_ms: at(0.99),
             max_ms: waits.last().copied().unwrap_or(0),
-            p99_by_second_ms,
+            windows,
             warm_up_jobs,
             warm_up_p99_ms: percentile(&warm_up_waits, 0.99),
             held_back,
@@ -274,27 +280,51 @@ fn sorted_waits(timed: Vec<(u64, u64)>) -> Vec<u64> {
     waits
 }
 
-/// The p99 wait of the jobs created in each second from the first one's
-/// creation, for `(created_at, wait)` pairs in ms (`None`: no job that second).
-fn p99_by_second(timed: &[(u64, u64)]) -> Vec<Option<u64>> {
+/// The p99 wait of the jobs created in each [`WINDOW_MS`] from the first
+/// one's creation, for `(created_at, wait)` pairs in ms (`None`: no job in
+/// that window).
+fn p99_by_window(timed: &[(u64, u64)]) -> Vec<Option<u64>> {
     let Some(first) = timed.iter().map(|(created, _)| *created).min() else {
         return Vec::new();
     };
-    let mut seconds: Vec<Vec<u64>> = Vec::new();
+    let mut windows: Vec<Vec<u64>> = Vec::new();
     for &(created, wait) in timed {
-        let second = ((created - first) / 1000) as usize;
-        if seconds.len() <= second {
-            seconds.resize_with(second + 1, Vec::new);
+        let window = ((created - first) / WINDOW_MS) as usize;
+        if windows.len() <= window {
+            windows.resize_with(window + 1, Vec::new);
         }
-        seconds[second].push(wait);
+        windows[window].push(wait);
     }
-    seconds
+    windows
         .into_iter()
         .map(|mut waits| {
             waits.sort_unstable();
             (!waits.is_empty()).then(|| percentile(&waits, 0.99))
         })
         .collect()
+}
+
+/// What the windows' p99s say: the median window's, the worst one's, and
+/// how many windows were above `target_ms`, of how many.
+#[derive(Debug, PartialEq)]
+pub(super) struct Windows {
+    pub median_ms: u64,
+    pub worst_ms: u64,
+    pub above: usize,
+    pub of: usize,
+}
+
+impl Windows {
+    fn of(p99s: &[Option<u64>], target_ms: u64) -> Self {
+        let mut p99s: Vec<u64> = p99s.iter().flatten().copied().collect();
+        p99s.sort_unstable();
+        Self {
+            median_ms: p99s.get(p99s.len() / 2).copied().unwrap_or(0),
+            worst_ms: p99s.last().copied().unwrap_or(0),
+            above: p99s.iter().filter(|&&p99| p99 > target_ms).count(),
+            of: p99s.len(),
+        }
+    }
 }
 
 /// Each job's `(created_at, first_started_at - created_at)`, in ms, read in
@@ -399,14 +429,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn p99_by_second_groups_jobs_by_the_second_they_were_created_in() {
-        // Second 0: 100 jobs waiting 1 ms but the two slowest 40 ms (the
-        // p99 of 100 values is the 99th); second 1 empty; second 2: 5 and 3.
+    fn p99_by_window_groups_jobs_by_the_window_they_were_created_in() {
+        // Window 0: 100 jobs waiting 1 ms but the two slowest 40 ms (the
+        // p99 of 100 values is the 99th); window 1 empty; window 2: 5 and 3.
         let mut timed: Vec<(u64, u64)> = (0..100).map(|i| (10_000 + i, 1)).collect();
         timed[99].1 = 40;
         timed[98].1 = 40;
-        timed.extend([(12_500, 5), (12_999, 3)]);
-        assert_eq!(p99_by_second(&timed), vec![Some(40), None, Some(5)]);
-        assert!(p99_by_second(&[]).is_empty());
+        timed.extend([(10_000 + 2 * WINDOW_MS, 5), (10_000 + 3 * WINDOW_MS - 1, 3)]);
+        let p99s = p99_by_window(&timed);
+        assert_eq!(p99s, vec![Some(40), None, Some(5)]);
+        assert!(p99_by_window(&[]).is_empty());
+
+        let windows = |median_ms, worst_ms, above, of| Windows {
+            median_ms,
+            worst_ms,
+            above,
+            of,
+        };
+        assert_eq!(
+            Windows::of(&p99s, 5),
+            windows(40, 40, 1, 2),
+            "an empty window is not counted"
+        );
+        let p99s = [Some(2), Some(3), Some(9), Some(4), Some(3)];
+        assert_eq!(Windows::of(&p99s, 5), windows(3, 9, 1, 5));
     }
 }
