@@ -21,8 +21,10 @@ use serde_json::json;
 use spool_core::queue::{KeyLayout, Queue, QueueKeys};
 
 use super::budget::{Snapshot, process_cpu};
-use super::compare::{NOOP, bulk_submit};
-use super::instance::{PATIENCE, counter_key, start_spool_with_queues, wait_completed};
+use super::compare::NOOP;
+use super::instance::{
+    PATIENCE, bulk_submit, counter_key, start_spool_with_queues, wait_completed,
+};
 use crate::app::Running;
 use crate::local_cluster::{AppendFsync, ClusterOptions, LocalCluster, Master, SLOTS, slot_share};
 

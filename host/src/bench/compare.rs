@@ -21,15 +21,14 @@ use spool_core::queue::{KeyLayout, QueueKeys};
 
 use super::budget::{Budget, Snapshot, process_cpu};
 use super::instance::{
-    CHAT_QUEUE, NOOP_QUEUE, PATIENCE, control_queue, flush, redis_url, start_spool, wait_completed,
+    BATCH, CHAT_QUEUE, NOOP_QUEUE, PATIENCE, bulk_submit, control_queue, flush, redis_url,
+    start_spool, wait_completed,
 };
 use super::waits::{Waits, metrics_text};
 
 pub(super) const NOOP: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/noop.wasm"));
 const PACKAGE_JSON: &str = include_str!("../../../bench/compare/package.json");
 const BULLMQ_SCRIPT: &str = include_str!("../../../bench/compare/bullmq.mjs");
-/// Jobs per bulk call, for both systems (BullMQ's `addBulk` and spool's bulk route).
-const BATCH: usize = 1000;
 
 #[derive(clap::Args, Debug)]
 pub struct CompareArgs {
@@ -298,44 +297,6 @@ async fn spool_run(
     .await;
     running.stop().await;
     result
-}
-
-pub(super) async fn bulk_submit(
-    client: &reqwest::Client,
-    base: &str,
-    queue: &str,
-    jobs: usize,
-    item: &impl Fn(usize) -> Value,
-) -> Result<()> {
-    let url = if queue == CHAT_QUEUE {
-        format!("{base}/api/chat/bulk")
-    } else {
-        format!("{base}/api/queues/{queue}/jobs/bulk")
-    };
-    for start in (0..jobs).step_by(BATCH) {
-        let batch: Vec<Value> = (start..jobs.min(start + BATCH)).map(item).collect();
-        post_bulk(client, &url, &batch).await?;
-    }
-    Ok(())
-}
-
-/// POSTs one bulk of `jobs` to `url`; the answer, once it says they were
-/// accepted (its body unread).
-pub(super) async fn post_bulk(
-    client: &reqwest::Client,
-    url: &str,
-    jobs: &[Value],
-) -> Result<reqwest::Response> {
-    let response = client
-        .post(url)
-        .header("content-type", "application/json")
-        .body(json!({ "jobs": jobs }).to_string())
-        .send()
-        .await?;
-    if response.status() != reqwest::StatusCode::ACCEPTED {
-        bail!("bulk submission refused: {}", response.text().await?);
-    }
-    Ok(response)
 }
 
 /// Seconds spent in Wasm (every hook) so far, from the `/metrics` text.

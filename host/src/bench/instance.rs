@@ -1,19 +1,22 @@
 //! A spool instance for the comparison runs (`compare`, `paced`, `cluster`): started
 //! in-process over the benchmark's own redis-server with the no-op handler,
-//! and the few Redis calls the runs make around it (flush, pause, wait for
-//! the Nth completion). Owns no state of its own.
+//! and the few calls the runs make around it (flush, pause, bulk submission
+//! over HTTP, wait for the Nth completion). Owns no state of its own.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use redis::aio::MultiplexedConnection;
+use serde_json::{Value, json};
 
 use spool_core::config::{Config, HandlerFile, QueueConfig};
 use spool_core::queue::{KeyLayout, Queue, QueueKeys};
 
 pub(super) const NOOP_QUEUE: &str = "noop";
 pub(super) const CHAT_QUEUE: &str = "chat";
+/// Jobs per bulk call, for both systems (BullMQ's `addBulk` and spool's bulk route).
+pub(super) const BATCH: usize = 1000;
 /// How long the benchmark's own Redis calls may take.
 pub(super) const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -182,4 +185,44 @@ pub(super) async fn wait_completed(
         bail!("{queue}: {} jobs failed", failed.unwrap_or(0));
     }
     Ok(polls + 1)
+}
+
+/// Submits `jobs` to `queue` over HTTP in bulks of [`BATCH`], `item(i)` being
+/// the i-th job.
+pub(super) async fn bulk_submit(
+    client: &reqwest::Client,
+    base: &str,
+    queue: &str,
+    jobs: usize,
+    item: &impl Fn(usize) -> Value,
+) -> Result<()> {
+    let url = if queue == CHAT_QUEUE {
+        format!("{base}/api/chat/bulk")
+    } else {
+        format!("{base}/api/queues/{queue}/jobs/bulk")
+    };
+    for start in (0..jobs).step_by(BATCH) {
+        let batch: Vec<Value> = (start..jobs.min(start + BATCH)).map(item).collect();
+        post_bulk(client, &url, &batch).await?;
+    }
+    Ok(())
+}
+
+/// POSTs one bulk of `jobs` to `url`; the answer, once it says they were
+/// accepted (its body unread).
+pub(super) async fn post_bulk(
+    client: &reqwest::Client,
+    url: &str,
+    jobs: &[Value],
+) -> Result<reqwest::Response> {
+    let response = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(json!({ "jobs": jobs }).to_string())
+        .send()
+        .await?;
+    if response.status() != reqwest::StatusCode::ACCEPTED {
+        bail!("bulk submission refused: {}", response.text().await?);
+    }
+    Ok(response)
 }

@@ -18,8 +18,7 @@ use tokio::task::JoinSet;
 use spool_runtime::{Admitted, Job, JobHost, Limits, Runtime};
 
 use super::budget::{Budget, Snapshot, process_cpu};
-use super::compare::post_bulk;
-use super::instance::{NOOP_QUEUE, flush, redis_url, start_spool, wait_completed};
+use super::instance::{NOOP_QUEUE, flush, post_bulk, redis_url, start_spool, wait_completed};
 use super::waits::{Waits, metrics_text};
 
 /// The paced run lasts at most this long, or [`MAX_JOBS`] jobs.
