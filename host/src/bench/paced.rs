@@ -6,6 +6,7 @@
 //! [`MAX_SECONDS`] and [`MAX_JOBS`]. Owns nothing beyond its run.
 
 use spool_core::queue::{KeyLayout, QueueKeys};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -126,7 +127,7 @@ pub(super) async fn paced_run(
         let warm_up_jobs = ((rate * WARM_UP_SECONDS) as usize).min(jobs / 5);
         let (warm_up, measured) = ids.split_at(warm_up_jobs);
         let timed = queue_waits(redis, measured).await?;
-        let windows = Windows::of(&p99_by_window(&timed), TARGET_P99_MS);
+        let windows = Windows::of(p99_by_window(&timed), TARGET_P99_MS);
         let waits = sorted_waits(timed);
         let at = |q: f64| percentile(&waits, q);
         let warm_up_waits = sorted_waits(queue_waits(redis, warm_up).await?);
@@ -279,26 +280,18 @@ fn sorted_waits(timed: Vec<(u64, u64)>) -> Vec<u64> {
     waits
 }
 
-/// The p99 wait of the jobs created in each [`WINDOW_MS`] from the first
-/// one's creation, for `(created_at, wait)` pairs in ms (`None`: no job in
-/// that window).
-fn p99_by_window(timed: &[(u64, u64)]) -> Vec<Option<u64>> {
-    let Some(first) = timed.iter().map(|(created, _)| *created).min() else {
-        return Vec::new();
-    };
-    let mut windows: Vec<Vec<u64>> = Vec::new();
+/// The p99 wait of the jobs created in each [`WINDOW_MS`] that had any, in
+/// order, for `(created_at, wait)` pairs in ms.
+fn p99_by_window(timed: &[(u64, u64)]) -> Vec<u64> {
+    let mut windows: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
     for &(created, wait) in timed {
-        let window = ((created - first) / WINDOW_MS) as usize;
-        if windows.len() <= window {
-            windows.resize_with(window + 1, Vec::new);
-        }
-        windows[window].push(wait);
+        windows.entry(created / WINDOW_MS).or_default().push(wait);
     }
     windows
-        .into_iter()
+        .into_values()
         .map(|mut waits| {
             waits.sort_unstable();
-            (!waits.is_empty()).then(|| percentile(&waits, 0.99))
+            percentile(&waits, 0.99)
         })
         .collect()
 }
@@ -314,8 +307,7 @@ pub(super) struct Windows {
 }
 
 impl Windows {
-    fn of(p99s: &[Option<u64>], target_ms: u64) -> Self {
-        let mut p99s: Vec<u64> = p99s.iter().flatten().copied().collect();
+    fn of(mut p99s: Vec<u64>, target_ms: u64) -> Self {
         p99s.sort_unstable();
         Self {
             median_ms: p99s.get(p99s.len() / 2).copied().unwrap_or(0),
@@ -430,13 +422,14 @@ mod tests {
     #[test]
     fn p99_by_window_groups_jobs_by_the_window_they_were_created_in() {
         // Window 0: 100 jobs waiting 1 ms but the two slowest 40 ms (the
-        // p99 of 100 values is the 99th); window 1 empty; window 2: 5 and 3.
+        // p99 of 100 values is the 99th); window 1 empty, so not listed;
+        // window 2: 5 and 3.
         let mut timed: Vec<(u64, u64)> = (0..100).map(|i| (10_000 + i, 1)).collect();
         timed[99].1 = 40;
         timed[98].1 = 40;
         timed.extend([(10_000 + 2 * WINDOW_MS, 5), (10_000 + 3 * WINDOW_MS - 1, 3)]);
         let p99s = p99_by_window(&timed);
-        assert_eq!(p99s, vec![Some(40), None, Some(5)]);
+        assert_eq!(p99s, vec![40, 5]);
         assert!(p99_by_window(&[]).is_empty());
 
         let windows = |median_ms, worst_ms, above, of| Windows {
@@ -445,12 +438,8 @@ mod tests {
             above,
             of,
         };
-        assert_eq!(
-            Windows::of(&p99s, 5),
-            windows(40, 40, 1, 2),
-            "an empty window is not counted"
-        );
-        let p99s = [Some(2), Some(3), Some(9), Some(4), Some(3)];
-        assert_eq!(Windows::of(&p99s, 5), windows(3, 9, 1, 5));
+        assert_eq!(Windows::of(p99s, 5), windows(40, 40, 1, 2));
+        let p99s = vec![2, 3, 9, 4, 3];
+        assert_eq!(Windows::of(p99s, 5), windows(3, 9, 1, 5));
     }
 }
