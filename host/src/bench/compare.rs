@@ -1,9 +1,11 @@
 //! `spool bench-compare`: spool beside BullMQ on one redis-server (AOF
 //! everysec, a unix socket: loopback only) in one run, as issue #16 asks.
 //! Installs the pinned BullMQ (`bench/compare/package.json`) into a temp dir
-//! with npm, then for each concurrency runs BullMQ's no-op worker and spool's
-//! no-op handler (`guest/fixtures/noop`) over the same N jobs, then spool's
-//! chat path, and prints each figure with its ratio to BullMQ's, a per-job
+//! with npm, then for each concurrency runs BullMQ's no-op worker, its
+//! chat-shaped worker (spool's chat handler's events and model call, to the
+//! same stub) and spool's no-op handler (`guest/fixtures/noop`) over the same
+//! N jobs, then spool's chat path, and prints each figure with its ratio to
+//! BullMQ's (no-op, and chat to chat), a per-job
 //! budget (Redis round trips, commands and CPU from `INFO`, host CPU, Wasm)
 //! and memory per queued job. Redis is flushed between runs; each spool run
 //! is a fresh in-process instance. Owns nothing outside its temp dir.
@@ -25,6 +27,7 @@ use super::instance::{
     start_spool, wait_completed,
 };
 use super::waits::{Waits, metrics_text};
+use crate::stub::{self, StubArgs, StubServer};
 
 pub(super) const NOOP: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/noop.wasm"));
 const PACKAGE_JSON: &str = include_str!("../../../bench/compare/package.json");
@@ -48,8 +51,9 @@ pub struct CompareArgs {
     /// spool's figures only (no node or npm needed).
     #[arg(long)]
     no_bullmq: bool,
-    /// BullMQ's no-op run and spool's chat run only, at the first concurrency
-    /// (no spool no-op runs, no memory figures): the chat path's ratio.
+    /// BullMQ's no-op and chat runs and spool's chat run only, at the first
+    /// concurrency (no spool no-op runs, no memory figures): the chat path's
+    /// ratios.
     #[arg(long)]
     chat_only: bool,
     /// The paced run alone, at --paced-rate and the first concurrency (no
@@ -81,6 +85,12 @@ async fn compare(args: &CompareArgs, dir: &Path) -> Result<()> {
         None
     } else {
         Some(Bullmq::install(&dir.join("bullmq"), &socket).await?)
+    };
+    // The model of BullMQ's chat-shaped worker: the stub spool's chat runs
+    // call, on a thread of its own in this process, idle until then.
+    let stub = match &bullmq {
+        Some(_) => Some(stub::start_apart(&StubArgs::ephemeral()).await?),
+        None => None,
     };
     let noop_path = dir.join("noop.wasm");
     std::fs::write(&noop_path, NOOP)?;
@@ -126,6 +136,10 @@ async fn compare(args: &CompareArgs, dir: &Path) -> Result<()> {
                 wasm_us: None,
                 waits: None,
             });
+            if let Some(stub) = &stub {
+                let row = bullmq.chat_run(&mut redis, args.jobs, concurrency, stub);
+                report.rows.push(row.await?);
+            }
         }
         if !args.chat_only {
             let run = spool_run(
@@ -174,6 +188,9 @@ async fn compare(args: &CompareArgs, dir: &Path) -> Result<()> {
         Some(memory(&mut redis, bullmq.as_ref(), &noop_path, args.memory_jobs).await?)
     };
     report.print(memory.as_ref());
+    if let Some(stub) = stub {
+        stub.shutdown().await;
+    }
     drop(server);
     Ok(())
 }
@@ -221,6 +238,47 @@ impl Bullmq {
         let text = String::from_utf8_lossy(&output.stdout);
         let line = text.lines().last().unwrap_or_default();
         serde_json::from_str(line).with_context(|| format!("BullMQ phase {args:?} printed {text}"))
+    }
+
+    /// BullMQ's chat-shaped worker over N queued jobs: per job, spool's chat
+    /// handler's events and its model call to `stub`, which must have
+    /// answered N. Its host CPU is node's and the stub's (this process'), as
+    /// spool's chat run counts its instance's and the stub's.
+    async fn chat_run(
+        &self,
+        redis: &mut MultiplexedConnection,
+        jobs: usize,
+        concurrency: usize,
+        stub: &StubServer,
+    ) -> Result<Row> {
+        flush(redis).await?;
+        self.run(&["add", &jobs.to_string()]).await?;
+        stub.reset();
+        let before = Snapshot::take(redis).await?;
+        let cpu_before = process_cpu();
+        let processed = self
+            .run(&[
+                "process-chat",
+                &jobs.to_string(),
+                &concurrency.to_string(),
+                &stub.url(),
+            ])
+            .await?;
+        let stub_cpu_us = (process_cpu() - cpu_before).as_secs_f64() * 1e6;
+        let after = Snapshot::take(redis).await?;
+        let answered = stub.stats().calls.get("/api/chat").copied().unwrap_or(0);
+        if answered != jobs as u64 {
+            bail!("BullMQ's chat worker made {answered} model calls for {jobs} jobs");
+        }
+        let host_cpu_us = number(&processed, "cpu_us") + stub_cpu_us;
+        Ok(Row {
+            system: "BullMQ chat",
+            concurrency,
+            rate: number(&processed, "rate"),
+            budget: Budget::new(&before, &after, jobs, 0, host_cpu_us),
+            wasm_us: None,
+            waits: None,
+        })
     }
 }
 
@@ -439,10 +497,11 @@ struct Report {
 }
 
 impl Report {
-    fn bullmq_rate(&self, concurrency: usize) -> Option<f64> {
+    /// The rate of `system`'s run at `concurrency`, if it ran.
+    fn rate(&self, system: &str, concurrency: usize) -> Option<f64> {
         self.rows
             .iter()
-            .find(|r| r.system == "BullMQ no-op" && r.concurrency == concurrency)
+            .find(|r| r.system == system && r.concurrency == concurrency)
             .map(|r| r.rate)
     }
 
@@ -453,11 +512,13 @@ impl Report {
         println!(
             "Submission ({BATCH} jobs per call: BullMQ addBulk, spool POST .../jobs/bulk over HTTP)"
         );
+        let rate = |rate: Option<f64>| rate.map_or("-".to_owned(), |r| format!("{r:.0}"));
         println!(
-            "  BullMQ {:>9.0} jobs/s    spool {:>9.0} jobs/s    spool/BullMQ {}",
-            self.bullmq_submit.unwrap_or(0.0),
-            self.spool_submit.unwrap_or(0.0),
-            ratio(self.spool_submit.unwrap_or(0.0), self.bullmq_submit)
+            "  BullMQ {:>9} jobs/s    spool {:>9} jobs/s    spool/BullMQ {}",
+            rate(self.bullmq_submit),
+            rate(self.spool_submit),
+            self.spool_submit
+                .map_or("-".to_owned(), |ours| ratio(ours, self.bullmq_submit))
         );
         println!(
             "\nProcessing (all N queued first, then timed from the worker's start to the Nth completion)"
@@ -476,7 +537,7 @@ impl Report {
                 row.system,
                 row.concurrency,
                 row.rate,
-                ratio(row.rate, self.bullmq_rate(row.concurrency)),
+                ratio(row.rate, self.rate("BullMQ no-op", row.concurrency)),
                 cpu_us,
                 ceiling,
                 100.0 * row.rate / ceiling
@@ -486,6 +547,15 @@ impl Report {
             "  (CPU us/job: Redis' and the queue process' CPU per job, from the budget below; CPU ceiling: the jobs/s at which they would keep all {} cores busy, and how much of it the run reached)",
             self.cores
         );
+        for row in self.rows.iter().filter(|r| r.system == "spool chat") {
+            if let Some(theirs) = self.rate("BullMQ chat", row.concurrency) {
+                println!(
+                    "  spool chat / BullMQ chat at concurrency {}: {} (the same work: the same model call to the same stub, the same events)",
+                    row.concurrency,
+                    ratio(row.rate, Some(theirs))
+                );
+            }
+        }
         println!(
             "\nPer-job budget while processing (Redis INFO deltas / N; host CPU = the queue's process)"
         );
