@@ -175,7 +175,27 @@ async fn injected_failures_are_classified_and_never_retried() {
     };
     let reset_in_6m =
         BTreeMap::from([("x-ratelimit-reset-requests".to_owned(), "6m0s".to_owned())]);
+    // A redirect is not followed: a 301 would have come back as a GET without
+    // the body, a 307 as the same POST a second time.
+    let redirect = |status: u16, path: &str| {
+        let location = format!("{}{path}", server.url());
+        let fault = Fault {
+            headers: BTreeMap::from([("location".to_owned(), location.clone())]),
+            ..status_fault(status)
+        };
+        let refused = ModelError::Rejected {
+            status,
+            message: format!(
+                "the model server redirected the call to {location} (not followed): set the model URL to where it points"
+            ),
+        };
+        (fault, refused)
+    };
+    let (moved, moved_refused) = redirect(301, "/api/chat");
+    let (temporary, temporary_refused) = redirect(307, "/v1/chat/completions");
     let cases: Vec<(BackendKind, Fault, ModelError)> = vec![
+        (BackendKind::Ollama, moved, moved_refused),
+        (BackendKind::Openai, temporary, temporary_refused),
         (
             BackendKind::Ollama,
             Fault {

@@ -16,8 +16,9 @@ use spool_core::models::BackendKind;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Fault {
-    /// Answer with this status (400..=599) and an error body in the protocol's format;
-    /// 200 answers normally (a spacer: "the next call succeeds, the one after fails").
+    /// Answer with this status (400..=599) and an error body in the protocol's format,
+    /// or a redirect (300..=399; its `Location` goes in `headers`); 200 answers
+    /// normally (a spacer: "the next call succeeds, the one after fails").
     pub status: Option<u16>,
     /// Sent as `Retry-After`.
     pub retry_after_secs: Option<u64>,
@@ -58,9 +59,9 @@ impl Default for Fault {
 impl Fault {
     pub(super) fn check(&self) -> Result<(), String> {
         match (self.status, &self.midstream_error) {
-            (Some(status), None) if status != 200 && !(400..=599).contains(&status) => {
+            (Some(status), None) if status != 200 && !(300..=599).contains(&status) => {
                 return Err(format!(
-                    "status {status} is neither 200 nor an error status (400..=599)"
+                    "status {status} is neither 200, a redirect (300..=399) nor an error status (400..=599)"
                 ));
             }
             (Some(_), None) | (None, Some(_)) => {}

@@ -13,7 +13,7 @@ use std::fmt::Display;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::StatusCode;
-use reqwest::header::HeaderMap;
+use reqwest::header::{HeaderMap, LOCATION};
 use serde_json::Value;
 
 /// Error bodies can be whole HTML pages; the start is enough to explain the failure.
@@ -92,6 +92,15 @@ pub(super) fn classify(
             ),
         },
         500..=599 => ModelError::Unavailable(format!("HTTP {status}: {message}")),
+        300..=399 => ModelError::Rejected {
+            status,
+            message: match headers.get(LOCATION).and_then(|to| to.to_str().ok()) {
+                Some(location) => format!(
+                    "the model server redirected the call to {location} (not followed): set the model URL to where it points"
+                ),
+                None => "the model server redirected the call without saying where (not followed): check the model URL".into(),
+            },
+        },
         _ => ModelError::Rejected { status, message },
     }
 }
@@ -452,6 +461,14 @@ mod tests {
             ModelError::Rejected {
                 status: 401,
                 message: "Unauthorized".into()
+            }
+        );
+        // A redirect without a Location still says it was one.
+        assert_eq!(
+            classify(302, ""),
+            ModelError::Rejected {
+                status: 302,
+                message: "the model server redirected the call without saying where (not followed): check the model URL".into()
             }
         );
     }

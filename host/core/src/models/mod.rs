@@ -123,9 +123,13 @@ impl ModelClient {
         );
         let mut secrets = crate::redact::url_secrets(&config.url);
         secrets.extend(config.api_key.clone());
-        // reqwest never retries on its own; nothing here may add that.
+        // reqwest never retries on its own; nothing here may add that. Nor
+        // does it follow redirects: it would turn a POST answered 301, 302 or
+        // 303 into a GET without the body, and the model's answer to that
+        // (404, 405) would hide the real cause (see `error::classify`).
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(Duration::from_secs(90))
             .user_agent(concat!("spool/", env!("CARGO_PKG_VERSION")))
             .build()
