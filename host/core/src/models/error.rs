@@ -94,9 +94,12 @@ pub(super) fn classify(
         500..=599 => ModelError::Unavailable(format!("HTTP {status}: {message}")),
         300..=399 => ModelError::Rejected {
             status,
+            // The server's URL, not the configured one: its userinfo and
+            // query values (a signed URL's token) are masked like ours.
             message: match headers.get(LOCATION).and_then(|to| to.to_str().ok()) {
                 Some(location) => format!(
-                    "the model server redirected the call to {location} (not followed): set the model URL to where it points"
+                    "the model server redirected the call to {} (not followed): set the model URL to where it points",
+                    crate::redact::url(location)
                 ),
                 None => "the model server redirected the call without saying where (not followed): check the model URL".into(),
             },
@@ -408,15 +411,16 @@ mod tests {
     #[test]
     fn statuses_and_bodies_classify() {
         let now = SystemTime::now();
-        let classify = |status: u16, body: &str| {
+        let classify_with = |status: u16, pairs: &[(&str, &str)], body: &str| {
             classify(
                 StatusCode::from_u16(status).unwrap(),
-                &HeaderMap::new(),
+                &headers(pairs),
                 body.as_bytes(),
                 now,
                 false,
             )
         };
+        let classify = |status: u16, body: &str| classify_with(status, &[], body);
         assert_eq!(
             classify(
                 429,
@@ -463,7 +467,15 @@ mod tests {
                 message: "Unauthorized".into()
             }
         );
-        // A redirect without a Location still says it was one.
+        // A redirect's Location is shown with its secrets masked; one
+        // without a Location still says it was a redirect.
+        assert_eq!(
+            classify_with(302, &[("location", "https://u:p@h/v1?sig=s3cret")], ""),
+            ModelError::Rejected {
+                status: 302,
+                message: "the model server redirected the call to https://***@h/v1?sig=*** (not followed): set the model URL to where it points".into()
+            }
+        );
         assert_eq!(
             classify(302, ""),
             ModelError::Rejected {
