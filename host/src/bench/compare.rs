@@ -26,6 +26,8 @@ use super::instance::{
     BATCH, CHAT_QUEUE, NOOP_QUEUE, PATIENCE, bulk_submit, control_queue, flush, redis_url,
     start_spool, wait_completed,
 };
+use super::paced::{Pace, paced_run};
+use super::paced_runs::{PacedAt, PacedRun, one_post_runs};
 use super::waits::{Waits, metrics_text};
 use crate::stub::{self, StubArgs, StubServer};
 
@@ -56,9 +58,10 @@ pub struct CompareArgs {
     /// ratios.
     #[arg(long)]
     chat_only: bool,
-    /// The paced run alone, at --paced-rate and the first concurrency (no
-    /// throughput runs, no memory figures): the latency figure while tuning.
-    #[arg(long, requires = "paced_rate", conflicts_with = "chat_only")]
+    /// The paced runs alone, at the first concurrency (no throughput runs,
+    /// no memory figures): at --paced-rate if given, else the one-POST
+    /// maximum and half of it. The latency figure while tuning.
+    #[arg(long, conflicts_with = "chat_only")]
     paced_only: bool,
 }
 
@@ -105,11 +108,16 @@ async fn compare(args: &CompareArgs, dir: &Path) -> Result<()> {
         ..Report::default()
     };
     if args.paced_only {
-        let rate = args.paced_rate.unwrap_or_default();
         let concurrency = args.concurrency.first().copied().unwrap_or(16);
-        report.paced =
-            Some(super::paced::paced_run(&mut redis, &noop_path, concurrency, rate).await?);
-        report.paced_rate_given = true;
+        if let Some(rate) = args.paced_rate {
+            let paced = paced_run(&mut redis, &noop_path, concurrency, Pace::Rate(rate));
+            report
+                .paced
+                .push(PacedRun::new(PacedAt::Given, paced.await?));
+        }
+        report
+            .paced
+            .extend(one_post_runs(&mut redis, &noop_path, concurrency).await?);
         report.print(None);
         return Ok(());
     }
@@ -175,10 +183,15 @@ async fn compare(args: &CompareArgs, dir: &Path) -> Result<()> {
             .filter(|r| r.system == "spool no-op")
             .max_by(|a, b| a.rate.total_cmp(&b.rate))
             .map_or((16, 0.0), |r| (r.concurrency, r.rate));
-        let paced_rate = args.paced_rate.unwrap_or(noop_max / 2.0);
-        report.paced =
-            Some(super::paced::paced_run(&mut redis, &noop_path, concurrency, paced_rate).await?);
-        report.paced_rate_given = args.paced_rate.is_some();
+        let at = match args.paced_rate {
+            Some(rate) => (PacedAt::Given, rate),
+            None => (PacedAt::HalfNoopMax, noop_max / 2.0),
+        };
+        let paced = paced_run(&mut redis, &noop_path, concurrency, Pace::Rate(at.1));
+        report.paced.push(PacedRun::new(at.0, paced.await?));
+        report
+            .paced
+            .extend(one_post_runs(&mut redis, &noop_path, concurrency).await?);
         report.burst = Some(super::paced::burst_run(&mut redis, &noop_path).await?);
         report.wasm = Some(super::paced::wasm_per_job(NOOP).await?);
     }
@@ -486,8 +499,7 @@ async fn sample_job_keys(redis: &mut MultiplexedConnection) -> Result<Vec<(Strin
 #[derive(Default)]
 struct Report {
     rows: Vec<Row>,
-    paced: Option<super::paced::Paced>,
-    paced_rate_given: bool,
+    paced: Vec<PacedRun>,
     burst: Option<super::paced::Burst>,
     wasm: Option<super::paced::WasmPerJob>,
     bullmq_submit: Option<f64>,
@@ -612,62 +624,14 @@ impl Report {
                 wasm.admit_reused_us + wasm.handle_us
             );
         }
-        if let Some(paced) = &self.paced {
-            println!(
-                "\nPaced submissions: {} no-op jobs, one POST each (from this process) at {:.0} jobs/s ({}), concurrency {}",
-                paced.jobs,
-                paced.rate,
-                if self.paced_rate_given {
-                    "--paced-rate"
-                } else {
-                    "half the best no-op rate above"
-                },
-                paced.concurrency
-            );
-            println!(
-                "  submit -> start (created_at -> first claim, 1 ms clock): p50 {} ms, p99 {} ms, max {} ms    target p99 <= {} ms",
-                paced.p50_ms,
-                paced.p99_ms,
-                paced.max_ms,
-                super::paced::TARGET_P99_MS
-            );
-            let windows = &paced.windows;
-            println!(
-                "  p99 of the jobs submitted in each 100 ms of the run: median {} ms, worst {} ms; {} of {} windows above {} ms (a few: short stalls the queue drained after; most: past the instance's knee)",
-                windows.median_ms,
-                windows.worst_ms,
-                windows.above,
-                windows.of,
-                super::paced::TARGET_P99_MS
-            );
-            println!(
-                "  (the first {} jobs, sent at the same rate as the fresh instance warmed up, are not in these figures: their p99 was {} ms)",
-                paced.warm_up_jobs, paced.warm_up_p99_ms
-            );
-            let b = &paced.budget;
-            println!(
-                "  per job: Redis CPU {:.1} us ({:.0} % of a core over the run), {:.2} commands, {:.2} Redis reads; this process (instance and client) {:.1} us CPU; together {:.2} of the {} cores",
-                b.redis_cpu_us,
-                b.redis_cpu_us * paced.jobs as f64 / paced.seconds / 1e4,
-                b.commands,
-                b.round_trips,
-                b.host_cpu_us,
-                (b.redis_cpu_us + b.host_cpu_us) * paced.jobs as f64 / paced.seconds / 1e6,
-                self.cores
-            );
-            println!(
-                "  a POST answered in p50 {:.2} ms, p99 {:.2} ms; {}",
-                paced.post_p50_ms,
-                paced.post_p99_ms,
-                paced.waits.submitted_line()
-            );
-            println!("  AOF rewrites during the run: {}", b.aof_rewrites);
-            if paced.held_back > 0 {
-                println!(
-                    "  the instance fell behind the rate: {} POSTs waited for one of {} in flight to answer, and were sent late (a wait before its POST is not in a job's figure)",
-                    paced.held_back, paced.max_in_flight
-                );
-            }
+        let noop_max = self
+            .rows
+            .iter()
+            .filter(|r| r.system == "spool no-op")
+            .map(|r| r.rate)
+            .max_by(f64::total_cmp);
+        for run in &self.paced {
+            run.print(self.cores, noop_max);
         }
         if let Some(burst) = &self.burst {
             println!(
@@ -682,8 +646,8 @@ impl Report {
         println!("\nCommands per job, most called first, with the µs inside them per job");
         let paced = self
             .paced
-            .as_ref()
-            .map(|paced| ("spool paced", paced.concurrency, &paced.budget));
+            .iter()
+            .map(|run| (run.system(), run.paced.concurrency, &run.paced.budget));
         let rows = self
             .rows
             .iter()

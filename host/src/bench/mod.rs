@@ -12,6 +12,7 @@ pub mod hub;
 mod instance;
 pub mod limiter;
 pub mod paced;
+mod paced_runs;
 pub mod sessions;
 mod waits;
 

@@ -1,9 +1,11 @@
 //! `spool bench-compare`'s latency figures for the no-op handler (issue #16):
-//! jobs submitted one by one, paced at a fixed rate, with the time each waited
+//! jobs submitted one by one, paced at a fixed rate (or as fast as answered,
+//! for the rate one-by-one submission reaches), with the time each waited
 //! from its queuing (`created_at`) to its first claim (`first_started_at`);
 //! and the Wasm cost of one job (admit + handle) measured one call at a time,
 //! away from the contention of a loaded run. Loopback only; bounded by
-//! [`MAX_SECONDS`] and [`MAX_JOBS`]. Owns nothing beyond its run.
+//! [`MAX_SECONDS`], [`MAX_JOBS`] and `AS_ANSWERED_JOBS`. Owns nothing beyond
+//! its run.
 
 use spool_core::queue::{KeyLayout, QueueKeys};
 use std::collections::BTreeMap;
@@ -18,13 +20,15 @@ use tokio::task::JoinSet;
 
 use spool_runtime::{Admitted, Job, JobHost, Limits, Runtime};
 
-use super::budget::{Budget, Snapshot, process_cpu};
+use super::budget::{Budget, Snapshot, process_cpu, thread_cpu};
 use super::instance::{NOOP_QUEUE, flush, post_bulk, redis_url, start_spool, wait_completed};
 use super::waits::{Waits, metrics_text};
 
 /// The paced run lasts at most this long, or [`MAX_JOBS`] jobs.
 pub const MAX_SECONDS: f64 = 10.0;
 pub const MAX_JOBS: usize = 20_000;
+/// Jobs of a run sent as fast as answered ([`Pace::AsAnswered`]).
+const AS_ANSWERED_JOBS: usize = 10_000;
 /// The first jobs of a paced run, sent at the same rate, are not in its
 /// figures: a fresh instance touches its memory (buffers, connections, Wasm
 /// slots) for the first time under them, which on a VM whose host reclaims
@@ -53,8 +57,21 @@ const IDLE_BEFORE_BURST: Duration = Duration::from_millis(300);
 const WASM_CALLS: u32 = 1000;
 const WASM_BATCHES: usize = 5;
 
+/// How the client of [`paced_run`] sends its POSTs.
+#[derive(Clone, Copy)]
+pub(super) enum Pace {
+    /// This many jobs/s, open loop: the i-th at `i / rate` seconds.
+    Rate(f64),
+    /// Each as soon as one of [`MAX_IN_FLIGHT`] is answered: the rate at
+    /// which the instance takes and runs jobs submitted one POST each, the
+    /// maximum of that workload (a bulk-submitted queue's is higher).
+    AsAnswered,
+}
+
 /// Queue waits of a paced run, in whole milliseconds (the job record's clock).
 pub(super) struct Paced {
+    /// The rate paced at, or for [`Pace::AsAnswered`] the one reached (jobs
+    /// over the run's seconds).
     pub rate: f64,
     pub concurrency: usize,
     pub jobs: usize,
@@ -76,6 +93,8 @@ pub(super) struct Paced {
     /// What a job cost over the run: Redis from `INFO`, the host CPU of this
     /// process (the instance and the client both).
     pub budget: Budget,
+    /// The client's share of the budget's host CPU, per job (its thread's).
+    pub client_cpu_us: f64,
     /// How long a POST took to be answered, as the client saw it.
     pub post_p50_ms: f64,
     pub post_p99_ms: f64,
@@ -85,19 +104,23 @@ pub(super) struct Paced {
     pub seconds: f64,
 }
 
-/// Submits jobs to the no-op queue one POST each, the i-th at `i / rate`
-/// seconds, on a fresh instance with `concurrency` workers; waits for all to
-/// complete and reads each record's created -> first-claimed wait.
+/// Submits jobs to the no-op queue one POST each, at `pace`, on a fresh
+/// instance with `concurrency` workers; waits for all to complete and reads
+/// each record's created -> first-claimed wait.
 pub(super) async fn paced_run(
     redis: &mut MultiplexedConnection,
     noop_path: &Path,
     concurrency: usize,
-    rate: f64,
+    pace: Pace,
 ) -> Result<Paced> {
-    if !(rate.is_finite() && rate > 0.0) {
-        bail!("no rate to pace at (the no-op run measured {rate} jobs/s)");
-    }
-    let jobs = ((rate * MAX_SECONDS) as usize).clamp(1, MAX_JOBS);
+    let (jobs, interval) = match pace {
+        Pace::Rate(rate) if rate.is_finite() && rate > 0.0 => (
+            ((rate * MAX_SECONDS) as usize).clamp(1, MAX_JOBS),
+            Some(Duration::from_secs_f64(1.0 / rate)),
+        ),
+        Pace::Rate(rate) => bail!("no rate to pace at (the no-op run measured {rate} jobs/s)"),
+        Pace::AsAnswered => (AS_ANSWERED_JOBS, None),
+    };
     flush(redis).await?;
     let url = redis_url(redis).await?;
     let running = start_spool(&url, noop_path, concurrency, jobs as u64 + 1).await?;
@@ -111,15 +134,26 @@ pub(super) async fn paced_run(
         // The client runs on a thread and runtime of its own, as one in
         // another process would: on the instance's one worker thread its
         // POSTs cost more than the jobs and made the instance's latency.
-        let (ids, mut post_times, held_back) = tokio::task::spawn_blocking(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?
-                .block_on(submit_paced(submit_url, jobs, rate))
-        })
-        .await??;
+        // Named, so that a per-thread view (top -H, perf) tells it apart.
+        let (sent, submitted) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("paced-client".into())
+            .spawn(move || {
+                let submitted = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(anyhow::Error::from)
+                    .and_then(|client| client.block_on(submit_paced(submit_url, jobs, interval)))
+                    .map(|submitted| (submitted, thread_cpu()));
+                let _ = sent.send(submitted);
+            })?;
+        let ((ids, mut post_times, held_back), client_cpu) = submitted.await??;
         let polls = wait_completed(redis, NOOP_QUEUE, jobs).await?;
         let (host_cpu, seconds) = (process_cpu() - cpu_before, started.elapsed().as_secs_f64());
+        let rate = match pace {
+            Pace::Rate(rate) => rate,
+            Pace::AsAnswered => jobs as f64 / seconds,
+        };
         let after = Snapshot::take(redis).await?;
         let metrics_after = metrics_text(&client, &base).await?;
         post_times.sort_unstable();
@@ -144,6 +178,7 @@ pub(super) async fn paced_run(
             held_back,
             max_in_flight: MAX_IN_FLIGHT,
             budget: Budget::new(&before, &after, jobs, polls, host_cpu.as_secs_f64() * 1e6),
+            client_cpu_us: client_cpu.as_secs_f64() * 1e6 / jobs as f64,
             post_p50_ms: post_ms(0.50),
             post_p99_ms: post_ms(0.99),
             waits: Waits::between(&metrics_before, &metrics_after, jobs),
@@ -218,25 +253,28 @@ fn percentile(values: &[u64], q: f64) -> u64 {
         .unwrap_or(0)
 }
 
-/// POSTs `jobs` no-op jobs, the i-th at `i / rate` seconds, or as soon
-/// after as one of [`MAX_IN_FLIGHT`] answers; returns their ids in the order
-/// they were sent, how long each POST took to be answered (in µs) and how
-/// many were sent late for want of a slot.
+/// POSTs `jobs` no-op jobs, the i-th at `i` times `interval`, or as soon
+/// after as one of [`MAX_IN_FLIGHT`] answers (without an interval, each as
+/// soon as one answers); returns their ids in the order they were sent, how
+/// long each POST took to be answered (in µs) and how many were sent late
+/// for want of a slot.
 async fn submit_paced(
     submit_url: String,
     jobs: usize,
-    rate: f64,
+    interval: Option<Duration>,
 ) -> Result<(Vec<String>, Vec<u64>, usize)> {
     let client = reqwest::Client::new();
-    let interval = Duration::from_secs_f64(1.0 / rate);
     let started = tokio::time::Instant::now();
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     let mut held_back = 0;
     let mut submissions = JoinSet::new();
     for i in 0..jobs {
-        tokio::time::sleep_until(started + interval.mul_f64(i as f64)).await;
+        if let Some(interval) = interval {
+            tokio::time::sleep_until(started + interval.mul_f64(i as f64)).await;
+        }
         let slot = match slots.clone().try_acquire_owned() {
             Ok(slot) => slot,
+            Err(_) if interval.is_none() => slots.clone().acquire_owned().await?,
             Err(_) => {
                 held_back += 1;
                 slots.clone().acquire_owned().await?
